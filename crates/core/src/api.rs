@@ -1,0 +1,303 @@
+//! Wire types of the HTTP API (`/v1`), shared by the server, the CLI and remote
+//! factories so both ends agree on every field.
+
+use crate::event::NewEvent;
+use crate::id::{FactoryId, JobId, RunId};
+use crate::job::StopKind;
+use crate::spec::JobSpec;
+use crate::state::Outcome;
+use crate::time::Millis;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+/// What a bearer token may do.
+///
+/// `admin` ⊇ `operator` ⊇ `submitter` ⊇ `reader`; `factory` may run the factory
+/// protocol and read, nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Everything, including tokens.
+    Admin,
+    /// Cancel, kill, retry, pause, resume, plus what a submitter may do.
+    Operator,
+    /// Submit jobs, plus what a reader may do.
+    Submitter,
+    /// Read jobs, runs, events and logs.
+    Reader,
+    /// Run the factory protocol (register, claim, renew, events, finish) and read.
+    Factory,
+}
+
+impl Scope {
+    /// Every scope.
+    pub const ALL: [Scope; 5] = [
+        Scope::Admin,
+        Scope::Operator,
+        Scope::Submitter,
+        Scope::Reader,
+        Scope::Factory,
+    ];
+
+    /// The name used in the API, the CLI and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Admin => "admin",
+            Scope::Operator => "operator",
+            Scope::Submitter => "submitter",
+            Scope::Reader => "reader",
+            Scope::Factory => "factory",
+        }
+    }
+
+    /// Whether a token of this scope may do what `needed` allows.
+    pub fn allows(self, needed: Scope) -> bool {
+        use Scope::*;
+        match (self, needed) {
+            (Admin, _) => true,
+            (Operator, Operator | Submitter | Reader) => true,
+            (Submitter, Submitter | Reader) => true,
+            (Reader, Reader) => true,
+            (Factory, Factory | Reader) => true,
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Scope {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Scope::ALL
+            .into_iter()
+            .find(|x| x.as_str() == s)
+            .ok_or_else(|| {
+                format!(
+                    "unknown scope {s:?} (expected one of: {})",
+                    Scope::ALL.map(Scope::as_str).join(", ")
+                )
+            })
+    }
+}
+
+/// The error body of every non-2xx response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Machine-readable kind, e.g. `stale_lease`, `invalid_job`, `not_found`.
+    pub error: String,
+    /// What failed and with what value.
+    pub message: String,
+    /// What to do about it, when there is something to say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+    /// Kind-specific details (e.g. run, epoch and current_epoch for `stale_lease`).
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub details: serde_json::Value,
+}
+
+/// One job file to submit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubmitFile {
+    /// File name, used in error messages.
+    pub file: String,
+    /// The whole file: front matter and body.
+    pub text: String,
+    /// Directory that relative `repo` paths are resolved against.
+    #[serde(default)]
+    pub dir: Option<String>,
+}
+
+/// `POST /v1/jobs`: a batch of job files, stored all or nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubmitRequest {
+    /// The files, in order; later files may depend on earlier ones' idempotency keys
+    /// and vice versa.
+    pub jobs: Vec<SubmitFile>,
+}
+
+/// One job of a submitted batch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Submitted {
+    /// The job's id.
+    pub id: JobId,
+    /// Whether the idempotency key matched a job stored earlier (nothing new was stored).
+    pub existing: bool,
+}
+
+/// Response of `POST /v1/jobs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SubmitResponse {
+    /// One entry per submitted file, in order.
+    pub jobs: Vec<Submitted>,
+}
+
+/// `POST /v1/factories`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisterFactory {
+    /// Human name (host name by default).
+    pub name: String,
+    /// Maximum concurrent runs.
+    pub seats: u32,
+    /// Capabilities, `name` or `name=value`.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+}
+
+/// Response of `POST /v1/factories`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Registered {
+    /// The factory's id.
+    pub id: FactoryId,
+}
+
+/// `POST /v1/factories/{id}/claim`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ClaimRequest {
+    /// How long to wait for a claimable job before answering 204.
+    #[serde(default)]
+    pub wait_s: u64,
+}
+
+/// The lease half of a claim.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lease {
+    /// Run id.
+    pub id: RunId,
+    /// Attempt number.
+    pub attempt: u32,
+    /// Fencing epoch: name it in every write.
+    pub epoch: i64,
+    /// Lease expiry by the server's clock.
+    #[serde(with = "crate::time::rfc3339_millis")]
+    pub lease_expires_at: Millis,
+    /// The lease's length; renew well before it runs out.
+    pub lease_ttl_ms: u64,
+}
+
+/// The job half of a claim: everything a factory needs to run it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClaimedJob {
+    /// Job id.
+    pub id: JobId,
+    /// The full spec.
+    pub spec: JobSpec,
+}
+
+/// Response 200 of a claim.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Claim {
+    /// What to run.
+    pub job: ClaimedJob,
+    /// Under which lease.
+    pub run: Lease,
+}
+
+/// `POST /v1/runs/{id}/renew`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RenewRequest {
+    /// The epoch of the lease being renewed.
+    pub epoch: i64,
+}
+
+/// Response of a renew.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Renewed {
+    /// New lease expiry by the server's clock.
+    #[serde(with = "crate::time::rfc3339_millis")]
+    pub lease_expires_at: Millis,
+    /// A stop a person asked for: the factory must stop the run this way.
+    #[serde(default)]
+    pub stop: Option<StopKind>,
+}
+
+/// `POST /v1/runs/{id}/events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventsUpload {
+    /// The epoch of the run's lease.
+    pub epoch: i64,
+    /// Events, in order.
+    pub events: Vec<NewEvent>,
+}
+
+/// What a factory reports when a run ends: `POST /v1/runs/{id}/finish`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct FinishReport {
+    /// The epoch of the run's lease.
+    pub epoch: i64,
+    /// How the attempt ended.
+    pub outcome: Option<Outcome>,
+    /// The process's exit code, when it exited.
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    /// What went wrong outside the process (workspace setup, spawn failure).
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Attempt branch.
+    #[serde(default)]
+    pub branch: Option<String>,
+    /// Commit the attempt started from.
+    #[serde(default)]
+    pub base_commit: Option<String>,
+    /// Commit with the attempt's changes.
+    #[serde(default)]
+    pub commit: Option<String>,
+    /// Files changed.
+    #[serde(default)]
+    pub files_changed: Option<u32>,
+    /// Lines added.
+    #[serde(default)]
+    pub lines_added: Option<u32>,
+    /// Lines deleted.
+    #[serde(default)]
+    pub lines_deleted: Option<u32>,
+}
+
+/// `POST /v1/tokens`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreateToken {
+    /// Unique name.
+    pub name: String,
+    /// Scope.
+    pub scope: Scope,
+}
+
+/// A token as listed (never the secret).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// Token id.
+    pub id: i64,
+    /// Unique name.
+    pub name: String,
+    /// Scope.
+    pub scope: Scope,
+    /// Creation time.
+    #[serde(with = "crate::time::rfc3339_millis")]
+    pub created_at: Millis,
+    /// Revocation time, if revoked.
+    #[serde(with = "crate::time::opt_rfc3339")]
+    pub revoked_at: Option<Millis>,
+}
+
+/// Response of `POST /v1/tokens`: the only time the secret is shown.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreatedToken {
+    /// The stored token.
+    pub info: TokenInfo,
+    /// The bearer secret.
+    pub token: String,
+}
+
+/// Queue-wide status: `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// Whether claiming is paused.
+    pub paused: bool,
+    /// Job counts by state name.
+    pub jobs: std::collections::BTreeMap<String, u64>,
+}

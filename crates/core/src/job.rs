@@ -1,0 +1,134 @@
+//! Job and run records as the store keeps them and the API shows them.
+
+use crate::id::{FactoryId, JobId, RunId};
+use crate::spec::{DepsMode, JobSpec};
+use crate::state::{JobState, Outcome};
+use crate::time::Millis;
+use serde::{Deserialize, Serialize};
+
+/// A stop asked of a running job's factory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StopKind {
+    /// SIGTERM to the process group, a grace period, then SIGKILL.
+    Cancel,
+    /// SIGKILL to the process group at once.
+    Kill,
+}
+
+impl StopKind {
+    /// The name used in the API and the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopKind::Cancel => "cancel",
+            StopKind::Kill => "kill",
+        }
+    }
+
+    /// Parses the database/API name.
+    pub fn parse(s: &str) -> Option<StopKind> {
+        match s {
+            "cancel" => Some(StopKind::Cancel),
+            "kill" => Some(StopKind::Kill),
+            _ => None,
+        }
+    }
+
+    /// The attempt outcome a run stopped this way records.
+    pub fn outcome(self) -> Outcome {
+        match self {
+            StopKind::Cancel => Outcome::Canceled,
+            StopKind::Kill => Outcome::Killed,
+        }
+    }
+}
+
+/// A job with its current state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// Job id.
+    pub id: JobId,
+    /// Lifecycle state.
+    pub state: JobState,
+    /// Title (from the spec).
+    pub title: String,
+    /// Priority 0..=9 (from the spec).
+    pub priority: u8,
+    /// Number of the current or last attempt; 0 before the first claim.
+    pub attempt: u32,
+    /// Attempts allowed in all (a manual retry raises it).
+    pub max_attempts: u32,
+    /// Fencing epoch: incremented at every claim, never reused.
+    pub epoch: i64,
+    /// Named lock (from the spec).
+    pub lock: Option<String>,
+    /// Resolved dependency ids.
+    pub deps: Vec<JobId>,
+    /// When dependencies count as satisfied.
+    pub deps_mode: DepsMode,
+    /// Idempotency key (from the spec).
+    pub idempotency_key: Option<String>,
+    /// A stop requested for the running attempt.
+    pub stop_requested: Option<StopKind>,
+    /// Why the job is in its state, when there is more to say (e.g. the failed dependency).
+    pub reason: Option<String>,
+    /// Not claimable before this time.
+    #[serde(with = "crate::time::opt_rfc3339")]
+    pub not_before: Option<Millis>,
+    /// Submission time.
+    #[serde(with = "crate::time::rfc3339_millis")]
+    pub created_at: Millis,
+    /// Start of the first attempt.
+    #[serde(with = "crate::time::opt_rfc3339")]
+    pub started_at: Option<Millis>,
+    /// When the job reached a terminal state.
+    #[serde(with = "crate::time::opt_rfc3339")]
+    pub finished_at: Option<Millis>,
+    /// The spec as submitted (repo resolved).
+    pub spec: JobSpec,
+    /// The job's runs, oldest first; filled by `show`, empty in lists.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<Run>,
+}
+
+/// One attempt of a job on one factory.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Run {
+    /// Run id.
+    pub id: RunId,
+    /// The job.
+    pub job_id: JobId,
+    /// Attempt number, 1-based.
+    pub attempt: u32,
+    /// Fencing epoch of this attempt's lease.
+    pub epoch: i64,
+    /// The factory that claimed it.
+    pub factory_id: Option<FactoryId>,
+    /// How it ended; `None` while it runs.
+    pub outcome: Option<Outcome>,
+    /// Exit code of the process, when it exited.
+    pub exit_code: Option<i32>,
+    /// What went wrong, when something did outside the process itself.
+    pub error: Option<String>,
+    /// Attempt branch (`gantry/<job>/a<attempt>`).
+    pub branch: Option<String>,
+    /// Commit the attempt started from.
+    pub base_commit: Option<String>,
+    /// Commit holding the attempt's changes (equal to base when nothing changed).
+    pub commit: Option<String>,
+    /// Files changed by the attempt.
+    pub files_changed: Option<u32>,
+    /// Lines added by the attempt.
+    pub lines_added: Option<u32>,
+    /// Lines deleted by the attempt.
+    pub lines_deleted: Option<u32>,
+    /// Claim time.
+    #[serde(with = "crate::time::rfc3339_millis")]
+    pub started_at: Millis,
+    /// End time.
+    #[serde(with = "crate::time::opt_rfc3339")]
+    pub finished_at: Option<Millis>,
+    /// Current lease expiry (database clock).
+    #[serde(with = "crate::time::rfc3339_millis")]
+    pub lease_expires_at: Millis,
+}

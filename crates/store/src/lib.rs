@@ -1,0 +1,144 @@
+//! Gantry's durable state: jobs, runs, leases, events, factories and tokens.
+//!
+//! Invariants every backend upholds (checked by the conformance suite in
+//! `tests/it/conformance.rs`, which runs against each backend):
+//! - Every operation is one transaction: a crash leaves the state before or after it.
+//! - Every state change goes through [`gantry_core::state::next`].
+//! - A claim sets `running`, `attempt+1`, `epoch+1` and `lease_expires_at = now + ttl`
+//!   by the store's own clock, and inserts the run row, atomically.
+//! - A write naming `(run, epoch)` is applied only while the job is running under that
+//!   epoch; otherwise nothing is applied, a `lease.stale_write_rejected` event is
+//!   recorded and [`StoreError::StaleLease`] is returned.
+//! - At most one running job per lock key, enforced by a unique index, not by counting.
+
+mod error;
+mod sqlite;
+
+pub use error::StoreError;
+pub use sqlite::SqliteStore;
+
+pub use async_trait::async_trait;
+use gantry_core::api::{Claim, FinishReport, RegisterFactory, Renewed, Scope, Status, Submitted, TokenInfo};
+use gantry_core::event::{Event, NewEvent};
+use gantry_core::{FactoryId, Job, JobId, JobState, ParsedJob, Run, RunId};
+use std::time::Duration;
+
+/// Result of store operations.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Which jobs to list.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// Only jobs in this state.
+    pub state: Option<JobState>,
+    /// At most this many (newest first); `None` for all.
+    pub limit: Option<usize>,
+}
+
+/// A registered factory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FactoryInfo {
+    /// Id.
+    pub id: FactoryId,
+    /// Name.
+    pub name: String,
+    /// Seats.
+    pub seats: u32,
+    /// Capabilities.
+    pub capabilities: Vec<String>,
+    /// Last registration or heartbeat, store clock.
+    pub last_seen: i64,
+}
+
+/// The durable store. Both backends implement it; the server, the embedded factory and
+/// the benchmarks use nothing else.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Stores a batch of parsed job files, all or nothing: resolves deps (job ids, or
+    /// idempotency keys of earlier jobs or of jobs in the same batch), refuses unknown
+    /// deps and cycles (error naming file, line and the dep), returns the existing job
+    /// for an idempotency key seen before. New jobs start `blocked` when they have
+    /// unsatisfied deps, else `queued`; a job whose dep already ended badly (deps_mode
+    /// succeeded) starts `canceled` with the reason.
+    async fn submit(&self, jobs: Vec<ParsedJob>) -> Result<Vec<Submitted>>;
+
+    /// One job, without its runs.
+    async fn job(&self, id: JobId) -> Result<Job>;
+
+    /// Jobs matching the filter, newest first.
+    async fn jobs(&self, filter: &JobFilter) -> Result<Vec<Job>>;
+
+    /// The runs of a job, oldest first.
+    async fn runs(&self, job: JobId) -> Result<Vec<Run>>;
+
+    /// One run.
+    async fn run(&self, id: RunId) -> Result<Run>;
+
+    /// Registers a factory (or re-registers one with the same name) and returns its id.
+    async fn register_factory(&self, reg: &RegisterFactory) -> Result<FactoryId>;
+
+    /// Registered factories.
+    async fn factories(&self) -> Result<Vec<FactoryInfo>>;
+
+    /// Claims the best claimable job for the factory (priority desc, then id asc; deps
+    /// met; not_before passed; lock free; capabilities satisfied; queue not paused).
+    /// `None` when nothing is claimable now; never waits.
+    async fn claim(&self, factory: FactoryId, ttl: Duration) -> Result<Option<Claim>>;
+
+    /// Extends the lease of a run (fenced). Returns the new expiry and any stop request.
+    async fn renew(&self, run: RunId, epoch: i64, ttl: Duration) -> Result<Renewed>;
+
+    /// Appends events of a run (fenced).
+    async fn append_events(&self, run: RunId, epoch: i64, events: Vec<NewEvent>) -> Result<()>;
+
+    /// Records the end of a run (fenced) and moves the job on: success, retry with
+    /// backoff, failure, cancel or kill; cascades to dependents. Returns the job after.
+    async fn finish(&self, run: RunId, report: FinishReport) -> Result<Job>;
+
+    /// Returns every job whose lease expired to the lifecycle as outcome `lost`
+    /// (retry or fail, or canceled/killed when a stop was requested). Idempotent and
+    /// safe to run concurrently. Returns the runs it reaped.
+    async fn reap(&self) -> Result<Vec<RunId>>;
+
+    /// Cancels a job: at once when not running, else by asking its factory.
+    async fn cancel(&self, id: JobId) -> Result<Job>;
+
+    /// Kills a job: at once when not running, else by asking its factory.
+    async fn kill(&self, id: JobId) -> Result<Job>;
+
+    /// Pauses claiming and asks every running job's factory to kill it. Returns the
+    /// jobs asked.
+    async fn kill_all(&self) -> Result<Vec<JobId>>;
+
+    /// Sends a finished job (failed, canceled, killed) back to the queue with one more
+    /// attempt.
+    async fn retry(&self, id: JobId) -> Result<Job>;
+
+    /// Pauses or resumes claiming.
+    async fn set_paused(&self, paused: bool) -> Result<()>;
+
+    /// Queue-wide status.
+    async fn status(&self) -> Result<Status>;
+
+    /// Records a server-side event.
+    async fn record_event(&self, job: Option<JobId>, run: Option<RunId>, event: NewEvent) -> Result<Event>;
+
+    /// Events with id greater than `after`, oldest first, optionally of one job.
+    async fn events(&self, after: i64, job: Option<JobId>, limit: usize) -> Result<Vec<Event>>;
+
+    /// Stores a token by the hash of its secret.
+    async fn create_token(&self, name: &str, scope: Scope, hash: &str) -> Result<TokenInfo>;
+
+    /// The live (not revoked) token with this hash.
+    async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenInfo>>;
+
+    /// Every token, revoked ones included.
+    async fn tokens(&self) -> Result<Vec<TokenInfo>>;
+
+    /// Revokes a token by name.
+    async fn revoke_token(&self, name: &str) -> Result<TokenInfo>;
+
+    /// A counter bumped after every committed change that may make a job claimable or
+    /// add events; waiters (long-poll claims, SSE streams) wake on it and re-query.
+    fn changes(&self) -> tokio::sync::watch::Receiver<u64>;
+}
