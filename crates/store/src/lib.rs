@@ -100,6 +100,10 @@ pub trait Store: Send + Sync + 'static {
     /// safe to run concurrently. Returns the runs it reaped.
     async fn reap(&self) -> Result<Vec<RunId>>;
 
+    /// Makes every lease held by `factory` expire now, so the next reap returns its jobs
+    /// to the queue. Called when a factory restarts and knows its old runs are dead.
+    async fn expire_leases_of(&self, factory: FactoryId) -> Result<Vec<RunId>>;
+
     /// Cancels a job: at once when not running, else by asking its factory.
     async fn cancel(&self, id: JobId) -> Result<Job>;
 
