@@ -54,14 +54,14 @@ impl Scope {
     /// Whether a token of this scope may do what `needed` allows.
     pub fn allows(self, needed: Scope) -> bool {
         use Scope::*;
-        match (self, needed) {
-            (Admin, _) => true,
-            (Operator, Operator | Submitter | Reader) => true,
-            (Submitter, Submitter | Reader) => true,
-            (Reader, Reader) => true,
-            (Factory, Factory | Reader) => true,
-            _ => false,
-        }
+        matches!(
+            (self, needed),
+            (Admin, _)
+                | (Operator, Operator | Submitter | Reader)
+                | (Submitter, Submitter | Reader)
+                | (Reader, Reader)
+                | (Factory, Factory | Reader)
+        )
     }
 }
 

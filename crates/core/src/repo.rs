@@ -1,6 +1,6 @@
 //! Naming of source repositories: URL detection, path resolution and cache names.
 
-use std::path::Path;
+use std::path::{Component, Path};
 
 /// Whether `repo` is a git URL (`scheme://...` or scp-like `user@host:path`) rather than
 /// a local path.
@@ -30,12 +30,23 @@ pub fn resolve_repo(repo: &str, base_dir: Option<&Path>) -> String {
     let mut out = std::path::PathBuf::new();
     for comp in joined.components() {
         match comp {
-            std::path::Component::CurDir => {}
-            std::path::Component::ParentDir => {
-                out.pop();
-            }
+            Component::CurDir => {}
+            Component::ParentDir => match out.components().next_back() {
+                Some(Component::Normal(_)) => {
+                    out.pop();
+                }
+                // `/..` is `/`: there is nothing above the root.
+                Some(Component::RootDir | Component::Prefix(_)) => {}
+                // A relative path that climbs above its start keeps its `..`: dropping
+                // it would name a different directory.
+                Some(Component::ParentDir | Component::CurDir) | None => out.push(".."),
+            },
             other => out.push(other),
         }
+    }
+    if out.as_os_str().is_empty() && !repo.is_empty() {
+        // `.` or `./` without a base directory: the current directory, not "".
+        return ".".to_string();
     }
     out.to_string_lossy().into_owned()
 }
@@ -50,9 +61,19 @@ pub fn cache_name(repo: &str) -> String {
         .next()
         .unwrap_or("repo")
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect::<String>();
-    let base = if base.is_empty() { "repo".to_string() } else { base };
+    let base = if base.is_empty() {
+        "repo".to_string()
+    } else {
+        base
+    };
     // FNV-1a: stable across releases and platforms, unlike std's hasher.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in repo.as_bytes() {

@@ -1,0 +1,10 @@
+//! Integration tests of gantry-core: the job file parser, the lifecycle, retry rules,
+//! capability matching, repo naming, and the string forms of ids, states and scopes.
+
+mod caps;
+mod names;
+mod repo;
+mod retry;
+mod spec;
+mod spec_errors;
+mod state;
