@@ -14,7 +14,9 @@ pub enum StoreError {
         id: String,
     },
     /// A worker wrote under an epoch that is no longer the job's running epoch.
-    #[error("stale lease: run {run} wrote with epoch {epoch}, but job {job} is {state} at epoch {current_epoch}")]
+    #[error(
+        "stale lease: run {run} wrote with epoch {epoch}, but job {job} is {state} at epoch {current_epoch}"
+    )]
     StaleLease {
         /// The job.
         job: JobId,

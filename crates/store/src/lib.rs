@@ -2,7 +2,8 @@
 //!
 //! Invariants every backend upholds (checked by the conformance suite in
 //! `tests/it/conformance.rs`, which runs against each backend):
-//! - Every operation is one transaction: a crash leaves the state before or after it.
+//! - Every operation is atomic (one transaction, or one savepoint of a group commit that
+//!   answers no caller before it commits): a crash leaves the state before or after it.
 //! - Every state change goes through [`gantry_core::state::next`].
 //! - A claim sets `running`, `attempt+1`, `epoch+1` and `lease_expires_at = now + ttl`
 //!   by the store's own clock, and inserts the run row, atomically.
@@ -11,6 +12,7 @@
 //!   recorded and [`StoreError::StaleLease`] is returned.
 //! - At most one running job per lock key, enforced by a unique index, not by counting.
 
+pub mod bench;
 mod error;
 mod sqlite;
 
@@ -18,7 +20,9 @@ pub use error::StoreError;
 pub use sqlite::SqliteStore;
 
 pub use async_trait::async_trait;
-use gantry_core::api::{Claim, FinishReport, RegisterFactory, Renewed, Scope, Status, Submitted, TokenInfo};
+use gantry_core::api::{
+    Claim, FinishReport, RegisterFactory, Renewed, Scope, Status, Submitted, TokenInfo,
+};
 use gantry_core::event::{Event, NewEvent};
 use gantry_core::{FactoryId, Job, JobId, JobState, ParsedJob, Run, RunId};
 use std::time::Duration;
@@ -125,7 +129,12 @@ pub trait Store: Send + Sync + 'static {
     async fn status(&self) -> Result<Status>;
 
     /// Records a server-side event.
-    async fn record_event(&self, job: Option<JobId>, run: Option<RunId>, event: NewEvent) -> Result<Event>;
+    async fn record_event(
+        &self,
+        job: Option<JobId>,
+        run: Option<RunId>,
+        event: NewEvent,
+    ) -> Result<Event>;
 
     /// Events with id greater than `after`, oldest first, optionally of one job.
     async fn events(&self, after: i64, job: Option<JobId>, limit: usize) -> Result<Vec<Event>>;

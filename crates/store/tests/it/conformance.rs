@@ -1,0 +1,1265 @@
+//! The backend-independent conformance suite: every test takes its store from
+//! [`crate::new_store`] and uses only the `Store` trait.
+
+use crate::helpers::*;
+use crate::new_store;
+use gantry_core::api::{FinishReport, Scope};
+use gantry_core::event::NewEvent;
+use gantry_core::{JobId, JobState, Outcome, StopKind};
+use gantry_store::{JobFilter, StoreError};
+use serde_json::json;
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+fn assert_stale(err: StoreError, job: JobId, epoch: i64, current: i64) {
+    match err {
+        StoreError::StaleLease {
+            job: j,
+            epoch: e,
+            current_epoch,
+            ..
+        } => {
+            assert_eq!((j, e, current_epoch), (job, epoch, current));
+        }
+        other => panic!("expected a stale lease, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn claims_by_priority_then_submission_order() {
+    let t = new_store();
+    let s = &*t.store;
+    let ids = submit(
+        s,
+        vec![
+            job("a").priority(5),
+            job("b").priority(9),
+            job("c").priority(5),
+            job("d").priority(1),
+            job("e").priority(9),
+        ],
+    )
+    .await;
+    let f = factory(s, "f", &[]).await;
+    let order = drain(s, f).await;
+    assert_eq!(order, vec![ids[1], ids[4], ids[0], ids[2], ids[3]]);
+    let later = submit1(s, job("f").priority(0)).await;
+    assert_eq!(drain(s, f).await, vec![later]);
+}
+
+#[tokio::test]
+async fn claim_sets_lease_run_and_events() {
+    let t = new_store();
+    let s = &*t.store;
+    let id = submit1(s, job("a")).await;
+    let f = factory(s, "f", &[]).await;
+    let before = gantry_core::time::now_millis();
+    let c = s
+        .claim(f, Duration::from_secs(30))
+        .await
+        .expect("claim")
+        .expect("claimable");
+    assert_eq!(c.job.id, id);
+    assert_eq!(c.job.spec.title, "job a");
+    assert_eq!((c.run.attempt, c.run.epoch), (1, 1));
+    assert_eq!(c.run.lease_ttl_ms, 30_000);
+    assert!(c.run.lease_expires_at >= before + 30_000);
+    let j = s.job(id).await.expect("job");
+    assert_eq!(j.state, JobState::Running);
+    assert_eq!((j.attempt, j.epoch), (1, 1));
+    assert!(j.started_at.is_some());
+    let runs = s.runs(id).await.expect("runs");
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].id, c.run.id);
+    assert_eq!(runs[0].factory_id, Some(f));
+    assert_eq!(runs[0].outcome, None);
+    assert_eq!(s.run(c.run.id).await.expect("run"), runs[0]);
+    assert_eq!(
+        kinds_of(s, id).await,
+        vec!["job.submitted", "job.state", "run.claimed"]
+    );
+    assert!(s.claim(f, LONG).await.expect("claim").is_none());
+}
+
+#[tokio::test]
+async fn unknown_factory_and_job_are_not_found() {
+    let t = new_store();
+    let s = &*t.store;
+    let err = s
+        .claim(gantry_core::FactoryId(99), LONG)
+        .await
+        .expect_err("no such factory");
+    assert!(
+        matches!(&err, StoreError::NotFound { what: "factory", id } if id == "99"),
+        "{err:?}"
+    );
+    let err = s.job(JobId(42)).await.expect_err("no such job");
+    assert!(matches!(&err, StoreError::NotFound { what: "job", id } if id == "42"));
+    let err = s.run(gantry_core::RunId(7)).await.expect_err("no such run");
+    assert!(matches!(&err, StoreError::NotFound { what: "run", .. }));
+    let err = s
+        .renew(gantry_core::RunId(7), 1, LONG)
+        .await
+        .expect_err("no such run");
+    assert!(matches!(&err, StoreError::NotFound { what: "run", .. }));
+}
+
+#[tokio::test]
+async fn deps_block_until_succeeded() {
+    let t = new_store();
+    let s = &*t.store;
+    let ids = submit(s, vec![job("a").key("a"), job("b").dep_key("a")]).await;
+    assert_eq!(s.job(ids[1]).await.expect("job").state, JobState::Blocked);
+    assert_eq!(s.job(ids[1]).await.expect("job").deps, vec![ids[0]]);
+    let f = factory(s, "f", &[]).await;
+    let c = claim(s, f).await;
+    assert_eq!(c.job.id, ids[0]);
+    assert!(
+        s.claim(f, LONG).await.expect("claim").is_none(),
+        "b is blocked"
+    );
+    finish(s, &c, Outcome::Succeeded).await;
+    assert_eq!(s.job(ids[1]).await.expect("job").state, JobState::Queued);
+    assert_eq!(
+        transitions(s, ids[1]).await,
+        vec![("blocked".into(), "queued".into(), None)]
+    );
+    assert_eq!(claim(s, f).await.job.id, ids[1]);
+}
+
+#[tokio::test]
+async fn failed_dep_cancels_dependents_transitively_unless_finished_mode() {
+    let t = new_store();
+    let s = &*t.store;
+    let ids = submit(
+        s,
+        vec![
+            job("a").key("a").attempts(1),
+            job("b").key("b").dep_key("a"),
+            job("c").dep_key("b"),
+            job("d").dep_key("a").finished_mode(),
+        ],
+    )
+    .await;
+    let (a, b, c, d) = (ids[0], ids[1], ids[2], ids[3]);
+    let f = factory(s, "f", &[]).await;
+    let cl = claim(s, f).await;
+    let after = finish(s, &cl, Outcome::Failed).await;
+    assert_eq!(after.state, JobState::Failed);
+    let jb = s.job(b).await.expect("b");
+    assert_eq!(jb.state, JobState::Canceled);
+    assert_eq!(
+        jb.reason.as_deref(),
+        Some(format!("dependency {a} failed").as_str())
+    );
+    assert!(jb.finished_at.is_some());
+    let jc = s.job(c).await.expect("c");
+    assert_eq!(jc.state, JobState::Canceled);
+    assert_eq!(
+        jc.reason.as_deref(),
+        Some(format!("dependency {b} canceled").as_str())
+    );
+    assert_eq!(
+        transitions(s, c).await,
+        vec![(
+            "blocked".into(),
+            "canceled".into(),
+            Some(format!("dependency {b} canceled"))
+        )]
+    );
+    assert_eq!(s.job(d).await.expect("d").state, JobState::Queued);
+    assert_eq!(claim(s, f).await.job.id, d);
+}
+
+#[tokio::test]
+async fn a_dep_that_already_ended_badly_cancels_at_submit() {
+    let t = new_store();
+    let s = &*t.store;
+    let a = submit1(s, job("a")).await;
+    s.cancel(a).await.expect("cancel");
+    let ids = submit(
+        s,
+        vec![
+            job("b").key("b").dep_id(a),
+            job("c").dep_key("b"),
+            job("d").dep_id(a).finished_mode(),
+        ],
+    )
+    .await;
+    let jb = s.job(ids[0]).await.expect("b");
+    assert_eq!(jb.state, JobState::Canceled);
+    assert_eq!(
+        jb.reason.as_deref(),
+        Some(format!("dependency {a} canceled").as_str())
+    );
+    assert_eq!(s.job(ids[1]).await.expect("c").state, JobState::Canceled);
+    assert_eq!(s.job(ids[2]).await.expect("d").state, JobState::Queued);
+    let ev = events_of(s, ids[0]).await;
+    assert_eq!(ev[0].kind, "job.submitted");
+    assert_eq!(
+        ev[1].data["reason"],
+        json!(format!("dependency {a} canceled"))
+    );
+}
+
+#[tokio::test]
+async fn unknown_dep_refuses_the_whole_batch() {
+    let t = new_store();
+    let s = &*t.store;
+    let err = s
+        .submit(vec![
+            job("good.md").key("g").0,
+            job("bad.md").dep_key("nope").0,
+        ])
+        .await
+        .expect_err("unknown dep");
+    let StoreError::Invalid(e) = err else {
+        panic!("expected Invalid, got {err:?}");
+    };
+    assert_eq!(e.file, "bad.md");
+    assert_eq!(e.field.as_deref(), Some("deps"));
+    assert_eq!(e.line, Some(7));
+    assert!(e.message.contains("\"nope\""), "{}", e.message);
+    let err = s
+        .submit(vec![job("bad2.md").dep_id(JobId(999)).0])
+        .await
+        .expect_err("unknown id");
+    assert!(err.to_string().contains("999"), "{err}");
+    assert!(err.to_string().contains("bad2.md:7"), "{err}");
+    assert!(
+        s.jobs(&JobFilter::default())
+            .await
+            .expect("jobs")
+            .is_empty()
+    );
+    assert!(s.events(0, None, 100).await.expect("events").is_empty());
+    // The key of the refused batch was not stored either.
+    let ok = s.submit(vec![job("g2").key("g").0]).await.expect("submit");
+    assert!(!ok[0].existing);
+}
+
+#[tokio::test]
+async fn dependency_cycles_are_refused() {
+    let t = new_store();
+    let s = &*t.store;
+    let err = s
+        .submit(vec![
+            job("x.md").key("x").0,
+            job("a.md").key("a").dep_key("b").0,
+            job("b.md").key("b").dep_key("c").0,
+            job("c.md").key("c").dep_key("a").dep_key("x").0,
+        ])
+        .await
+        .expect_err("cycle");
+    let StoreError::Invalid(e) = err else {
+        panic!("expected Invalid, got {err:?}");
+    };
+    assert_eq!(e.field.as_deref(), Some("deps"));
+    assert!(e.message.contains("cycle"), "{}", e.message);
+    assert!(
+        e.message.contains("a.md -> b.md -> c.md -> a.md"),
+        "{}",
+        e.message
+    );
+    let err = s
+        .submit(vec![job("self.md").key("me").dep_key("me").0])
+        .await
+        .expect_err("self cycle");
+    assert!(err.to_string().contains("self.md -> self.md"), "{err}");
+    assert!(
+        s.jobs(&JobFilter::default())
+            .await
+            .expect("jobs")
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn same_batch_key_deps_resolve_both_ways() {
+    let t = new_store();
+    let s = &*t.store;
+    // "first" depends on a key defined later in the batch; "third" on an earlier one.
+    let ids = submit(
+        s,
+        vec![
+            job("first").key("first").dep_key("second"),
+            job("second").key("second"),
+            job("third").dep_key("first"),
+        ],
+    )
+    .await;
+    assert_eq!(s.job(ids[0]).await.expect("first").deps, vec![ids[1]]);
+    assert_eq!(s.job(ids[2]).await.expect("third").deps, vec![ids[0]]);
+    assert_eq!(s.job(ids[0]).await.expect("first").state, JobState::Blocked);
+    // A later batch can name the keys of earlier ones, and a number-like key that
+    // matches no key is taken as a job id.
+    let more = submit(
+        s,
+        vec![
+            job("fourth").dep_key("second"),
+            job("fifth").dep_key(&ids[1].to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(s.job(more[0]).await.expect("fourth").deps, vec![ids[1]]);
+    assert_eq!(s.job(more[1]).await.expect("fifth").deps, vec![ids[1]]);
+    let f = factory(s, "f", &[]).await;
+    let c = claim(s, f).await;
+    assert_eq!(c.job.id, ids[1]);
+    finish(s, &c, Outcome::Succeeded).await;
+    let mut next = drain(s, f).await;
+    next.sort();
+    assert_eq!(next, vec![ids[0], more[0], more[1]]);
+}
+
+#[tokio::test]
+async fn idempotency_key_returns_the_existing_job() {
+    let t = new_store();
+    let s = &*t.store;
+    let first = s.submit(vec![job("a").key("k").0]).await.expect("submit");
+    assert!(!first[0].existing);
+    let again = s
+        .submit(vec![
+            job("a-again").key("k").priority(9).0,
+            job("new").key("n").0,
+            job("new-dup").key("n").0,
+        ])
+        .await
+        .expect("submit");
+    assert_eq!(again[0].id, first[0].id);
+    assert!(again[0].existing);
+    assert!(!again[1].existing);
+    assert_eq!(again[2].id, again[1].id);
+    assert!(again[2].existing);
+    assert_eq!(s.jobs(&JobFilter::default()).await.expect("jobs").len(), 2);
+    let j = s.job(first[0].id).await.expect("job");
+    assert_eq!(j.title, "job a");
+    assert_eq!(j.priority, 5, "the existing job is not changed");
+    assert_eq!(
+        kinds_of(s, first[0].id).await,
+        vec!["job.submitted"],
+        "nothing recorded for the repeat"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lock_exclusion_under_concurrent_claims() {
+    let t = new_store();
+    let s = t.store.clone();
+    let mut batch = Vec::new();
+    for i in 0..36 {
+        let j = job(&format!("j{i}"));
+        batch.push(match i % 4 {
+            0 => j.lock("alpha"),
+            1 => j.lock("beta"),
+            2 => j.lock("gamma"),
+            _ => j,
+        });
+    }
+    submit(&*s, batch).await;
+    let held: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let done = Arc::new(Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for w in 0..8 {
+        let s = s.clone();
+        let held = held.clone();
+        let done = done.clone();
+        tasks.push(tokio::spawn(async move {
+            let f = factory(&*s, &format!("w{w}"), &[]).await;
+            let mut idle = 0;
+            while idle < 50 {
+                let Some(c) = s.claim(f, LONG).await.expect("claim") else {
+                    idle += 1;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    continue;
+                };
+                idle = 0;
+                let lock = c.job.spec.lock.clone();
+                if let Some(l) = &lock {
+                    assert!(
+                        held.lock().expect("lock").insert(l.clone()),
+                        "lock {l} claimed twice"
+                    );
+                }
+                let running = s
+                    .jobs(&JobFilter {
+                        state: Some(JobState::Running),
+                        limit: None,
+                    })
+                    .await
+                    .expect("jobs");
+                let locks: Vec<_> = running.iter().filter_map(|j| j.lock.clone()).collect();
+                let unique: HashSet<_> = locks.iter().collect();
+                assert_eq!(
+                    unique.len(),
+                    locks.len(),
+                    "two running jobs share a lock: {locks:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                // Release our record before the store releases the lock.
+                if let Some(l) = &lock {
+                    held.lock().expect("lock").remove(l);
+                }
+                finish(&*s, &c, Outcome::Succeeded).await;
+                done.lock().expect("done").push(c.job.id);
+            }
+        }));
+    }
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(60), task)
+            .await
+            .expect("no hang")
+            .expect("worker");
+    }
+    let done = done.lock().expect("done").clone();
+    assert_eq!(done.len(), 36);
+    assert_eq!(
+        done.iter().collect::<HashSet<_>>().len(),
+        36,
+        "no job claimed twice"
+    );
+}
+
+#[tokio::test]
+async fn capability_matching() {
+    let t = new_store();
+    let s = &*t.store;
+    let ids = submit(
+        s,
+        vec![
+            job("docker").caps(&["docker"]).priority(9),
+            job("gpu").caps(&["gpu=a100"]).priority(9),
+            job("plain").priority(1),
+        ],
+    )
+    .await;
+    let bare = factory(s, "bare", &[]).await;
+    let wrong_gpu = factory(s, "h100", &["docker=24", "gpu=h100"]).await;
+    let a100 = factory(s, "a100", &["gpu=a100", "gpu"]).await;
+    assert_eq!(
+        claim(s, bare).await.job.id,
+        ids[2],
+        "bare gets only the plain job"
+    );
+    assert!(s.claim(bare, LONG).await.expect("claim").is_none());
+    assert_eq!(
+        claim(s, wrong_gpu).await.job.id,
+        ids[0],
+        "docker=24 satisfies docker"
+    );
+    assert!(s.claim(wrong_gpu, LONG).await.expect("claim").is_none());
+    assert_eq!(claim(s, a100).await.job.id, ids[1]);
+}
+
+#[tokio::test]
+async fn stale_writes_after_expiry_and_reclaim_are_refused_and_recorded() {
+    let t = new_store();
+    let s = &*t.store;
+    let id = submit1(s, job("a")).await;
+    let f1 = factory(s, "f1", &[]).await;
+    let f2 = factory(s, "f2", &[]).await;
+    let old = s
+        .claim(f1, Duration::from_millis(400))
+        .await
+        .expect("claim")
+        .expect("claimable");
+    assert!(s.reap().await.expect("reap").is_empty(), "not expired yet");
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    assert_eq!(s.reap().await.expect("reap"), vec![old.run.id]);
+    let lost = s.run(old.run.id).await.expect("run");
+    assert_eq!(lost.outcome, Some(Outcome::Lost));
+    let j = s.job(id).await.expect("job");
+    assert_eq!(j.state, JobState::Queued);
+    assert!(j.not_before.is_some(), "retried with backoff");
+    // Let it be claimable again without waiting for the backoff.
+    s.cancel(id).await.expect("cancel");
+    s.retry(id).await.expect("retry");
+    let new = claim(s, f2).await;
+    assert_eq!(new.job.id, id);
+    assert_eq!((new.run.attempt, new.run.epoch), (2, 2));
+
+    let err = s
+        .renew(old.run.id, old.run.epoch, LONG)
+        .await
+        .expect_err("stale renew");
+    assert_stale(err, id, 1, 2);
+    let err = s
+        .append_events(
+            old.run.id,
+            old.run.epoch,
+            vec![NewEvent {
+                kind: "run.output".into(),
+                data: json!({"stream": "stdout", "text": "late"}),
+            }],
+        )
+        .await
+        .expect_err("stale events");
+    assert_stale(err, id, 1, 2);
+    let err = s
+        .finish(old.run.id, report(&old, Outcome::Succeeded))
+        .await
+        .expect_err("stale finish");
+    assert_stale(err, id, 1, 2);
+    // The right epoch on the wrong run is stale too.
+    let err = s.renew(old.run.id, 2, LONG).await.expect_err("wrong run");
+    assert_stale(err, id, 2, 2);
+
+    let events = events_of(s, id).await;
+    let rejected: Vec<_> = events
+        .iter()
+        .filter(|e| e.kind == "lease.stale_write_rejected")
+        .map(|e| {
+            (
+                e.data["op"].as_str().unwrap_or("").to_string(),
+                e.data["epoch"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rejected,
+        vec![
+            ("renew".to_string(), json!(1)),
+            ("events".to_string(), json!(1)),
+            ("finish".to_string(), json!(1)),
+            ("renew".to_string(), json!(2)),
+        ]
+    );
+    let stale = events
+        .iter()
+        .find(|e| e.kind == "lease.stale_write_rejected")
+        .expect("event");
+    assert_eq!(stale.data["current_epoch"], json!(2));
+    assert_eq!(stale.data["run"], json!(old.run.id.0));
+    assert!(
+        events.iter().all(|e| e.kind != "run.output"),
+        "nothing of the stale upload"
+    );
+    assert_eq!(
+        events.iter().filter(|e| e.kind == "lease.expired").count(),
+        1
+    );
+
+    // The new run is unaffected.
+    let j = s.job(id).await.expect("job");
+    assert_eq!((j.state, j.epoch), (JobState::Running, 2));
+    assert_eq!(
+        s.run(old.run.id).await.expect("run").outcome,
+        Some(Outcome::Lost)
+    );
+    let renewed = s.renew(new.run.id, 2, LONG).await.expect("renew");
+    assert_eq!(renewed.stop, None);
+    s.append_events(
+        new.run.id,
+        2,
+        vec![NewEvent {
+            kind: "run.output".into(),
+            data: json!({"stream": "stdout", "text": "hi"}),
+        }],
+    )
+    .await
+    .expect("events");
+    let done = finish(s, &new, Outcome::Succeeded).await;
+    assert_eq!(done.state, JobState::Succeeded);
+    assert!(done.finished_at.is_some());
+}
+
+#[tokio::test]
+async fn failed_attempts_retry_with_backoff_until_max_attempts() {
+    let t = new_store();
+    let s = &*t.store;
+    let id = submit1(
+        s,
+        job("a")
+            .attempts(2)
+            .retry_on(&[Outcome::Failed])
+            .backoff_ms(1000),
+    )
+    .await;
+    let f = factory(s, "f", &[]).await;
+    let c1 = claim(s, f).await;
+    let before = gantry_core::time::now_millis();
+    let j = finish(s, &c1, Outcome::Failed).await;
+    let after = gantry_core::time::now_millis();
+    assert_eq!(j.state, JobState::Queued);
+    assert_eq!(j.attempt, 1);
+    let nb = j.not_before.expect("backoff");
+    assert!(
+        nb >= before + 800 && nb <= after + 1200,
+        "not_before {nb} is 1000 ms ±20% after {before}..{after}"
+    );
+    let early = s.claim(f, LONG).await.expect("claim");
+    if gantry_core::time::now_millis() < nb {
+        assert!(early.is_none(), "claimed before not_before");
+    }
+    tokio::time::sleep(Duration::from_millis(
+        (nb - gantry_core::time::now_millis()).max(0) as u64 + 20,
+    ))
+    .await;
+    let c2 = claim(s, f).await;
+    assert_eq!((c2.run.attempt, c2.run.epoch), (2, 2));
+    let j = finish(s, &c2, Outcome::Failed).await;
+    assert_eq!(j.state, JobState::Failed);
+    assert_eq!(j.reason.as_deref(), Some("attempt 2 failed"));
+    let runs = s.runs(id).await.expect("runs");
+    assert_eq!(runs.len(), 2);
+    assert!(
+        runs.iter()
+            .all(|r| r.outcome == Some(Outcome::Failed) && r.exit_code == Some(1))
+    );
+}
+
+#[tokio::test]
+async fn retry_on_decides_which_outcomes_retry() {
+    let t = new_store();
+    let s = &*t.store;
+    let ids = submit(
+        s,
+        vec![
+            job("default-lost-only"),
+            job("timeouts").retry_on(&[Outcome::TimedOut]).backoff_ms(1),
+        ],
+    )
+    .await;
+    let f = factory(s, "f", &[]).await;
+    let c = claim(s, f).await;
+    assert_eq!(
+        finish(s, &c, Outcome::Failed).await.state,
+        JobState::Failed,
+        "failed is not retried by default"
+    );
+    let c = claim(s, f).await;
+    assert_eq!(c.job.id, ids[1]);
+    let j = finish(s, &c, Outcome::TimedOut).await;
+    assert_eq!(j.state, JobState::Queued);
+    assert!(
+        j.reason.as_deref().unwrap_or("").contains("timed_out"),
+        "{:?}",
+        j.reason
+    );
+}
+
+#[tokio::test]
+async fn finish_records_the_report() {
+    let t = new_store();
+    let s = &*t.store;
+    let id = submit1(s, job("a")).await;
+    let f = factory(s, "f", &[]).await;
+    let c = claim(s, f).await;
+    let err = s
+        .finish(
+            c.run.id,
+            FinishReport {
+                epoch: 1,
+                ..FinishReport::default()
+            },
+        )
+        .await
+        .expect_err("no outcome");
+    assert!(err.to_string().contains("outcome"), "{err}");
+    assert_eq!(
+        s.job(id).await.expect("job").state,
+        JobState::Running,
+        "nothing applied"
+    );
+    let rep = FinishReport {
+        epoch: 1,
+        outcome: Some(Outcome::Succeeded),
+        exit_code: Some(0),
+        error: None,
+        branch: Some(format!("gantry/{id}/a1")),
+        base_commit: Some("abc".into()),
+        commit: Some("def".into()),
+        files_changed: Some(2),
+        lines_added: Some(10),
+        lines_deleted: Some(3),
+    };
+    let j = s.finish(c.run.id, rep).await.expect("finish");
+    assert_eq!(j.state, JobState::Succeeded);
+    let r = s.run(c.run.id).await.expect("run");
+    assert_eq!(r.outcome, Some(Outcome::Succeeded));
+    assert_eq!(
+        r.branch.as_deref(),
+        Some(format!("gantry/{id}/a1").as_str())
+    );
+    assert_eq!(
+        (r.base_commit.as_deref(), r.commit.as_deref()),
+        (Some("abc"), Some("def"))
+    );
+    assert_eq!(
+        (r.files_changed, r.lines_added, r.lines_deleted),
+        (Some(2), Some(10), Some(3))
+    );
+    assert!(r.finished_at.is_some());
+    let fin = events_of(s, id)
+        .await
+        .into_iter()
+        .find(|e| e.kind == "run.finished")
+        .expect("event");
+    assert_eq!(fin.data["outcome"], json!("succeeded"));
+    assert_eq!(fin.data["lines_added"], json!(10));
+    assert_eq!(fin.run_id, Some(c.run.id));
+}
+
+#[tokio::test]
+async fn cancel_and_kill_queued_jobs_at_once() {
+    let t = new_store();
+    let s = &*t.store;
+    let ids = submit(
+        s,
+        vec![job("a"), job("b"), job("c").key("c"), job("d").dep_key("c")],
+    )
+    .await;
+    let j = s.cancel(ids[0]).await.expect("cancel");
+    assert_eq!(j.state, JobState::Canceled);
+    assert_eq!(j.reason.as_deref(), Some("canceled on request"));
+    let j = s.kill(ids[1]).await.expect("kill");
+    assert_eq!(j.state, JobState::Killed);
+    // Killing a dependency cancels its dependents.
+    s.kill(ids[2]).await.expect("kill");
+    let d = s.job(ids[3]).await.expect("d");
+    assert_eq!(d.state, JobState::Canceled);
+    assert_eq!(
+        d.reason.as_deref(),
+        Some(format!("dependency {} killed", ids[2]).as_str())
+    );
+    let err = s.cancel(ids[0]).await.expect_err("already canceled");
+    assert!(
+        matches!(
+            err,
+            StoreError::WrongState {
+                state: JobState::Canceled,
+                action: "cancel",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let f = factory(s, "f", &[]).await;
+    assert!(s.claim(f, LONG).await.expect("claim").is_none());
+}
+
+#[tokio::test]
+async fn cancel_and_kill_running_jobs_through_their_factory() {
+    let t = new_store();
+    let s = &*t.store;
+    let ids = submit(s, vec![job("a"), job("b")]).await;
+    let f = factory(s, "f", &[]).await;
+    let ca = claim(s, f).await;
+    let cb = claim(s, f).await;
+
+    let j = s.cancel(ids[0]).await.expect("cancel");
+    assert_eq!(j.state, JobState::Running);
+    assert_eq!(j.stop_requested, Some(StopKind::Cancel));
+    assert_eq!(
+        s.renew(ca.run.id, ca.run.epoch, LONG)
+            .await
+            .expect("renew")
+            .stop,
+        Some(StopKind::Cancel)
+    );
+    assert!(
+        kinds_of(s, ids[0])
+            .await
+            .contains(&"job.cancel_requested".to_string())
+    );
+    let j = finish(s, &ca, Outcome::Canceled).await;
+    assert_eq!(j.state, JobState::Canceled);
+    assert_eq!(j.stop_requested, None);
+
+    s.cancel(ids[1]).await.expect("cancel");
+    let j = s.kill(ids[1]).await.expect("kill");
+    assert_eq!(j.stop_requested, Some(StopKind::Kill));
+    let j = s.cancel(ids[1]).await.expect("cancel after kill");
+    assert_eq!(
+        j.stop_requested,
+        Some(StopKind::Kill),
+        "a kill is not weakened"
+    );
+    assert_eq!(
+        s.renew(cb.run.id, cb.run.epoch, LONG)
+            .await
+            .expect("renew")
+            .stop,
+        Some(StopKind::Kill)
+    );
+    assert!(
+        kinds_of(s, ids[1])
+            .await
+            .contains(&"job.kill_requested".to_string())
+    );
+    // A stop request wins over the retry policy, whatever the run reports.
+    let j = finish(s, &cb, Outcome::Lost).await;
+    assert_eq!(j.state, JobState::Killed);
+}
+
+#[tokio::test]
+async fn kill_all_pauses_and_asks_every_running_job_to_die() {
+    let t = new_store();
+    let s = &*t.store;
+    let ids = submit(s, vec![job("a"), job("b"), job("c")]).await;
+    let f = factory(s, "f", &[]).await;
+    let ca = claim(s, f).await;
+    let cb = claim(s, f).await;
+    let mut asked = s.kill_all().await.expect("kill all");
+    asked.sort();
+    assert_eq!(asked, vec![ids[0], ids[1]]);
+    assert!(s.status().await.expect("status").paused);
+    assert!(s.claim(f, LONG).await.expect("claim").is_none(), "paused");
+    for c in [&ca, &cb] {
+        assert_eq!(
+            s.renew(c.run.id, c.run.epoch, LONG)
+                .await
+                .expect("renew")
+                .stop,
+            Some(StopKind::Kill)
+        );
+        assert_eq!(finish(s, c, Outcome::Killed).await.state, JobState::Killed);
+    }
+    s.set_paused(false).await.expect("resume");
+    assert_eq!(claim(s, f).await.job.id, ids[2]);
+    let queue: Vec<_> = s
+        .events(0, None, 1000)
+        .await
+        .expect("events")
+        .into_iter()
+        .filter(|e| e.job_id.is_none())
+        .map(|e| (e.kind, e.seq))
+        .collect();
+    assert_eq!(
+        queue,
+        vec![
+            ("queue.paused".to_string(), 0),
+            ("queue.resumed".to_string(), 0)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn status_counts_jobs_by_state() {
+    let t = new_store();
+    let s = &*t.store;
+    let ids = submit(s, vec![job("a").key("a"), job("b").dep_key("a"), job("c")]).await;
+    s.cancel(ids[2]).await.expect("cancel");
+    let st = s.status().await.expect("status");
+    assert!(!st.paused);
+    assert_eq!(st.jobs["queued"], 1);
+    assert_eq!(st.jobs["blocked"], 1);
+    assert_eq!(st.jobs["canceled"], 1);
+    assert_eq!(st.jobs["running"], 0);
+    assert_eq!(st.jobs.len(), 7);
+    let canceled = s
+        .jobs(&JobFilter {
+            state: Some(JobState::Canceled),
+            limit: None,
+        })
+        .await
+        .expect("jobs");
+    assert_eq!(
+        canceled.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![ids[2]]
+    );
+    let newest = s
+        .jobs(&JobFilter {
+            state: None,
+            limit: Some(2),
+        })
+        .await
+        .expect("jobs");
+    assert_eq!(
+        newest.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![ids[2], ids[1]]
+    );
+}
+
+#[tokio::test]
+async fn manual_retry_of_finished_jobs() {
+    let t = new_store();
+    let s = &*t.store;
+    let ids = submit(
+        s,
+        vec![
+            job("a").key("a").attempts(1),
+            job("b").key("b"),
+            job("c").dep_key("b"),
+        ],
+    )
+    .await;
+    let f = factory(s, "f", &[]).await;
+    let c = claim(s, f).await;
+    finish(s, &c, Outcome::Failed).await;
+    let err = s.retry(ids[1]).await.expect_err("queued");
+    assert!(matches!(
+        err,
+        StoreError::WrongState {
+            action: "retry",
+            state: JobState::Queued,
+            ..
+        }
+    ));
+    let j = s.retry(ids[0]).await.expect("retry");
+    assert_eq!(j.state, JobState::Queued);
+    assert_eq!(j.max_attempts, 2);
+    assert_eq!(j.finished_at, None);
+    let c = claim(s, f).await;
+    assert_eq!((c.job.id, c.run.attempt), (ids[0], 2));
+    finish(s, &c, Outcome::Succeeded).await;
+    // A dependent canceled by its dep's failure waits for the dep when retried.
+    let b = claim(s, f).await;
+    assert_eq!(b.job.id, ids[1]);
+    s.kill(ids[1]).await.expect("kill");
+    finish(s, &b, Outcome::Killed).await;
+    assert_eq!(s.job(ids[2]).await.expect("c").state, JobState::Canceled);
+    s.retry(ids[1]).await.expect("retry b");
+    let j = s.retry(ids[2]).await.expect("retry c");
+    assert_eq!(j.state, JobState::Blocked);
+    let b = claim(s, f).await;
+    finish(s, &b, Outcome::Succeeded).await;
+    assert_eq!(s.job(ids[2]).await.expect("c").state, JobState::Queued);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reap_is_idempotent_under_concurrent_reapers() {
+    let t = new_store();
+    let s = t.store.clone();
+    let ids = submit(&*s, (0..6).map(|i| job(&format!("j{i}"))).collect()).await;
+    let f = factory(&*s, "f", &[]).await;
+    let mut runs = BTreeSet::new();
+    for _ in 0..6 {
+        let c = s
+            .claim(f, Duration::from_millis(10))
+            .await
+            .expect("claim")
+            .expect("claimable");
+        runs.insert(c.run.id);
+    }
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move { s.reap().await.expect("reap") }));
+    }
+    let mut reaped = Vec::new();
+    for task in tasks {
+        reaped.extend(task.await.expect("reaper"));
+    }
+    assert_eq!(reaped.len(), 6, "each run reaped exactly once: {reaped:?}");
+    assert_eq!(reaped.into_iter().collect::<BTreeSet<_>>(), runs);
+    assert!(s.reap().await.expect("reap").is_empty());
+    for id in ids {
+        let j = s.job(id).await.expect("job");
+        assert_eq!((j.state, j.attempt), (JobState::Queued, 1));
+        assert_eq!(
+            kinds_of(&*s, id)
+                .await
+                .iter()
+                .filter(|k| *k == "lease.expired")
+                .count(),
+            1
+        );
+    }
+}
+
+#[tokio::test]
+async fn reaping_a_job_with_a_stop_request_ends_it_as_requested() {
+    let t = new_store();
+    let s = &*t.store;
+    let ids = submit(s, vec![job("a"), job("b"), job("c").attempts(1)]).await;
+    let f = factory(s, "f", &[]).await;
+    for _ in 0..3 {
+        s.claim(f, Duration::from_secs(60))
+            .await
+            .expect("claim")
+            .expect("claimable");
+    }
+    s.cancel(ids[0]).await.expect("cancel");
+    s.kill(ids[1]).await.expect("kill");
+    let mut expired = s.expire_leases_of(f).await.expect("expire");
+    expired.sort();
+    assert_eq!(expired.len(), 3);
+    assert_eq!(s.reap().await.expect("reap").len(), 3);
+    assert_eq!(s.job(ids[0]).await.expect("a").state, JobState::Canceled);
+    assert_eq!(s.job(ids[1]).await.expect("b").state, JobState::Killed);
+    let c = s.job(ids[2]).await.expect("c");
+    assert_eq!(c.state, JobState::Failed, "lost with no attempts left");
+    assert_eq!(c.reason.as_deref(), Some("attempt 1 lost"));
+}
+
+#[tokio::test]
+async fn expire_leases_of_touches_only_that_factory() {
+    let t = new_store();
+    let s = &*t.store;
+    submit(s, vec![job("a"), job("b")]).await;
+    let f1 = factory(s, "f1", &[]).await;
+    let f2 = factory(s, "f2", &[]).await;
+    let c1 = claim(s, f1).await;
+    let c2 = claim(s, f2).await;
+    assert_eq!(
+        s.expire_leases_of(f1).await.expect("expire"),
+        vec![c1.run.id]
+    );
+    assert_eq!(s.reap().await.expect("reap"), vec![c1.run.id]);
+    assert!(s.renew(c2.run.id, c2.run.epoch, LONG).await.is_ok());
+}
+
+#[tokio::test]
+async fn factories_register_by_name() {
+    let t = new_store();
+    let s = &*t.store;
+    let a = factory(s, "host-a", &["docker"]).await;
+    let b = factory(s, "host-b", &[]).await;
+    assert_ne!(a, b);
+    let again = s
+        .register_factory(&gantry_core::api::RegisterFactory {
+            name: "host-a".into(),
+            seats: 9,
+            capabilities: vec!["gpu".into()],
+        })
+        .await
+        .expect("register");
+    assert_eq!(again, a);
+    let list = s.factories().await.expect("factories");
+    assert_eq!(list.len(), 2);
+    assert_eq!(list[0].id, a);
+    assert_eq!(
+        (list[0].seats, list[0].capabilities.clone()),
+        (9, vec!["gpu".to_string()])
+    );
+}
+
+#[tokio::test]
+async fn tokens() {
+    let t = new_store();
+    let s = &*t.store;
+    let admin = s
+        .create_token("admin", Scope::Admin, "h1")
+        .await
+        .expect("create");
+    assert_eq!(
+        (admin.name.as_str(), admin.scope, admin.revoked_at),
+        ("admin", Scope::Admin, None)
+    );
+    s.create_token("ci", Scope::Factory, "h2")
+        .await
+        .expect("create");
+    let err = s
+        .create_token("admin", Scope::Reader, "h3")
+        .await
+        .expect_err("dup name");
+    assert!(
+        matches!(&err, StoreError::Exists { what: "token", name } if name == "admin"),
+        "{err:?}"
+    );
+    let err = s
+        .create_token("other", Scope::Reader, "h1")
+        .await
+        .expect_err("dup hash");
+    assert!(matches!(err, StoreError::Exists { .. }), "{err:?}");
+    assert_eq!(
+        s.token_by_hash("h1").await.expect("lookup"),
+        Some(admin.clone())
+    );
+    assert_eq!(s.token_by_hash("nope").await.expect("lookup"), None);
+    let revoked = s.revoke_token("admin").await.expect("revoke");
+    assert!(revoked.revoked_at.is_some());
+    assert_eq!(s.token_by_hash("h1").await.expect("lookup"), None);
+    let all = s.tokens().await.expect("tokens");
+    assert_eq!(
+        all.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+        vec!["admin", "ci"]
+    );
+    assert!(all[0].revoked_at.is_some());
+    let err = s.revoke_token("ghost").await.expect_err("unknown");
+    assert!(matches!(&err, StoreError::NotFound { what: "token", id } if id == "ghost"));
+}
+
+#[tokio::test]
+async fn events_page_globally_and_count_per_job() {
+    let t = new_store();
+    let s = &*t.store;
+    let ids = submit(s, vec![job("a"), job("b")]).await;
+    let f = factory(s, "f", &[]).await;
+    let c = claim(s, f).await;
+    s.append_events(
+        c.run.id,
+        c.run.epoch,
+        (0..3)
+            .map(|i| NewEvent {
+                kind: "run.output".into(),
+                data: json!({"text": format!("line {i}")}),
+            })
+            .collect(),
+    )
+    .await
+    .expect("events");
+    let server = s
+        .record_event(
+            Some(ids[1]),
+            None,
+            NewEvent {
+                kind: "delivery.pushed".into(),
+                data: json!({"x": 1}),
+            },
+        )
+        .await
+        .expect("record");
+    assert_eq!((server.seq, server.job_id), (2, Some(ids[1])));
+    let global = s
+        .record_event(
+            None,
+            None,
+            NewEvent {
+                kind: "note".into(),
+                data: json!({}),
+            },
+        )
+        .await
+        .expect("record");
+    assert_eq!(global.seq, 0);
+    let err = s
+        .record_event(
+            Some(ids[1]),
+            Some(c.run.id),
+            NewEvent {
+                kind: "x".into(),
+                data: json!({}),
+            },
+        )
+        .await
+        .expect_err("run of another job");
+    assert!(
+        matches!(err, StoreError::NotFound { what: "run", .. }),
+        "{err:?}"
+    );
+    let err = s
+        .record_event(
+            Some(JobId(999)),
+            None,
+            NewEvent {
+                kind: "x".into(),
+                data: json!({}),
+            },
+        )
+        .await
+        .expect_err("unknown job");
+    assert!(
+        matches!(err, StoreError::NotFound { what: "job", .. }),
+        "{err:?}"
+    );
+
+    let a = events_of(s, ids[0]).await;
+    assert_eq!(
+        a.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=a.len() as i64).collect::<Vec<_>>()
+    );
+    let outputs: Vec<_> = a.iter().filter(|e| e.kind == "run.output").collect();
+    assert_eq!(outputs.len(), 3);
+    assert!(outputs.iter().all(|e| e.run_id == Some(c.run.id)));
+    assert_eq!(outputs[2].data["text"], json!("line 2"));
+
+    let all = s.events(0, None, 1000).await.expect("all");
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+    let mut paged = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = s.events(after, None, 3).await.expect("page");
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 3);
+        after = page.last().expect("non-empty").id;
+        paged.extend(page);
+    }
+    assert_eq!(paged, all);
+    let a_after = s.events(a[1].id, Some(ids[0]), 2).await.expect("page");
+    assert_eq!(a_after, a[2..4].to_vec());
+    assert!(all.last().expect("events").at >= all[0].at);
+}
+
+#[tokio::test]
+async fn changes_are_signaled_after_writes() {
+    let t = new_store();
+    let s = &*t.store;
+    let mut rx = s.changes();
+    let seen = *rx.borrow_and_update();
+    submit1(s, job("a")).await;
+    tokio::time::timeout(Duration::from_secs(5), rx.changed())
+        .await
+        .expect("signaled in time")
+        .expect("sender alive");
+    assert!(*rx.borrow_and_update() > seen);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writes_stay_isolated_when_some_fail() {
+    let t = new_store();
+    let s = t.store.clone();
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let good = job(&format!("good{i}.md")).key(&format!("good{i}"));
+            if i % 2 == 0 {
+                // A batch whose second file is bad: nothing of it may be stored, even
+                // though other operations commit alongside it.
+                let bad = job(&format!("bad{i}.md")).dep_key("missing");
+                s.submit(vec![good.0, bad.0]).await.map(|_| false)
+            } else {
+                s.submit(vec![good.0]).await.map(|_| true)
+            }
+        }));
+    }
+    let mut stored = 0;
+    for (i, task) in tasks.into_iter().enumerate() {
+        match task.await.expect("task") {
+            Ok(true) => stored += 1,
+            Err(StoreError::Invalid(e)) => assert_eq!(e.file, format!("bad{i}.md")),
+            other => panic!("batch {i}: {other:?}"),
+        }
+    }
+    assert_eq!(stored, 20);
+    let jobs = s.jobs(&JobFilter::default()).await.expect("jobs");
+    assert_eq!(jobs.len(), 20);
+    assert!(jobs.iter().all(|j| {
+        let n: usize = j.idempotency_key.as_deref().unwrap_or("")["good".len()..]
+            .parse()
+            .expect("number");
+        n % 2 == 1
+    }));
+    let events = s.events(0, None, 1000).await.expect("events");
+    assert_eq!(
+        events.len(),
+        20,
+        "one job.submitted per stored job, none for refused batches"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_benchmark_burns_everything_down() {
+    let t = new_store();
+    let report = gantry_store::bench::queue(t.store.clone(), 300, 4)
+        .await
+        .expect("bench");
+    assert_eq!((report.jobs, report.workers), (300, 4));
+    assert!(report.jobs_per_s > 0.0);
+    assert!(report.p50_claim_ms <= report.p99_claim_ms);
+    let st = t.store.status().await.expect("status");
+    assert_eq!(st.jobs["succeeded"], 300);
+    assert_eq!(st.jobs["queued"] + st.jobs["running"], 0);
+    let text = report.to_string();
+    let last = text.lines().last().expect("a line");
+    let keys: Vec<&str> = last
+        .split(' ')
+        .map(|kv| kv.split_once('=').expect("key=value").0)
+        .collect();
+    assert_eq!(keys, vec!["jobs_per_s", "p50_claim_ms", "p99_claim_ms"]);
+    for kv in last.split(' ') {
+        let v: f64 = kv
+            .split_once('=')
+            .expect("key=value")
+            .1
+            .parse()
+            .expect("a number");
+        assert!(v >= 0.0);
+    }
+}

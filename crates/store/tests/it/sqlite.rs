@@ -1,0 +1,229 @@
+//! SQLite-only checks: the file itself, reopening it, the lock index, and several
+//! stores (as several processes would) sharing one file.
+
+use crate::helpers::*;
+use gantry_core::api::Scope;
+use gantry_core::event::NewEvent;
+use gantry_core::{JobState, Outcome};
+use gantry_store::{JobFilter, SqliteStore, Store, StoreError};
+use serde_json::json;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+#[tokio::test]
+async fn everything_survives_closing_and_reopening() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("gantry.db");
+    let (ids, run, f) = {
+        let s = SqliteStore::open(&path).expect("open");
+        let ids = submit(
+            &s,
+            vec![job("a").key("a").lock("l"), job("b").dep_key("a"), job("c")],
+        )
+        .await;
+        let f = factory(&s, "f", &["docker"]).await;
+        let c = claim(&s, f).await;
+        s.append_events(
+            c.run.id,
+            c.run.epoch,
+            vec![NewEvent {
+                kind: "run.output".into(),
+                data: json!({"text": "x"}),
+            }],
+        )
+        .await
+        .expect("events");
+        s.create_token("admin", Scope::Admin, "hash")
+            .await
+            .expect("token");
+        s.set_paused(true).await.expect("pause");
+        (ids, c, f)
+    };
+    let s = SqliteStore::open(&path).expect("reopen");
+    let a = s.job(ids[0]).await.expect("a");
+    assert_eq!(
+        (a.state, a.epoch, a.lock.as_deref()),
+        (JobState::Running, 1, Some("l"))
+    );
+    assert_eq!(a.spec.body, "Instructions of a.\n");
+    assert_eq!(s.job(ids[1]).await.expect("b").state, JobState::Blocked);
+    assert_eq!(s.jobs(&JobFilter::default()).await.expect("jobs").len(), 3);
+    assert_eq!(s.runs(ids[0]).await.expect("runs")[0].id, run.run.id);
+    assert_eq!(
+        s.factories().await.expect("factories")[0].capabilities,
+        vec!["docker".to_string()]
+    );
+    assert!(s.token_by_hash("hash").await.expect("token").is_some());
+    assert!(s.status().await.expect("status").paused);
+    let kinds = kinds_of(&s, ids[0]).await;
+    assert_eq!(
+        kinds,
+        vec!["job.submitted", "job.state", "run.claimed", "run.output"]
+    );
+    // The lease and the seq counter carry on where they were.
+    s.renew(run.run.id, run.run.epoch, LONG)
+        .await
+        .expect("renew after reopen");
+    finish(&s, &run, Outcome::Succeeded).await;
+    assert_eq!(s.job(ids[1]).await.expect("b").state, JobState::Queued);
+    let seqs: Vec<i64> = events_of(&s, ids[0]).await.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as i64).collect::<Vec<_>>());
+    s.set_paused(false).await.expect("resume");
+    assert!(s.claim(f, LONG).await.expect("claim").is_some());
+}
+
+#[tokio::test]
+async fn the_lock_index_refuses_a_second_running_job_with_the_same_lock() {
+    let t = crate::new_store();
+    let s = &*t.store;
+    let ids = submit(
+        s,
+        vec![job("a").lock("repo"), job("b").lock("repo"), job("c")],
+    )
+    .await;
+    let f = factory(s, "f", &[]).await;
+    let c = claim(s, f).await;
+    assert_eq!(c.job.id, ids[0]);
+    assert_eq!(
+        claim(s, f).await.job.id,
+        ids[2],
+        "b is skipped while a holds the lock"
+    );
+    assert!(s.claim(f, LONG).await.expect("claim").is_none());
+    let conn = rusqlite::Connection::open(t.dir.path().join("gantry.db")).expect("open raw");
+    let err = conn
+        .execute(
+            "UPDATE jobs SET state = 'running' WHERE id = ?1",
+            [ids[1].0],
+        )
+        .expect_err("unique index");
+    assert!(
+        err.to_string()
+            .contains("UNIQUE constraint failed: jobs.lock_key"),
+        "{err}"
+    );
+    finish(s, &c, Outcome::Succeeded).await;
+    assert_eq!(claim(s, f).await.job.id, ids[1]);
+}
+
+#[tokio::test]
+async fn the_database_is_in_wal_mode_with_a_schema_version() {
+    let t = crate::new_store();
+    let conn = rusqlite::Connection::open(t.dir.path().join("gantry.db")).expect("open raw");
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .expect("mode");
+    assert_eq!(mode, "wal");
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, 1);
+}
+
+#[test]
+fn a_file_that_is_not_sqlite_is_refused_naming_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("notes.txt");
+    std::fs::write(&path, "these are my notes, not a database\n".repeat(200)).expect("write");
+    let err = SqliteStore::open(&path).expect_err("not a database");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("notes.txt") && msg.contains("not a Gantry database"),
+        "{msg}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&path).expect("read"),
+        "these are my notes, not a database\n".repeat(200),
+        "the file is left alone"
+    );
+}
+
+#[test]
+fn another_applications_database_is_refused_naming_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("other.db");
+    let conn = rusqlite::Connection::open(&path).expect("create");
+    conn.execute_batch("CREATE TABLE recipes (name TEXT); INSERT INTO recipes VALUES ('soup');")
+        .expect("schema");
+    drop(conn);
+    let err = SqliteStore::open(&path).expect_err("foreign database");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("other.db") && msg.contains("not a Gantry database"),
+        "{msg}"
+    );
+    let conn = rusqlite::Connection::open(&path).expect("reopen");
+    let n: i64 = conn
+        .query_row("SELECT count(*) FROM recipes", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(n, 1);
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused_naming_the_file_and_version() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("gantry.db");
+    drop(SqliteStore::open(&path).expect("create"));
+    let conn = rusqlite::Connection::open(&path).expect("raw");
+    conn.execute_batch("PRAGMA user_version = 99")
+        .expect("bump");
+    drop(conn);
+    let err = SqliteStore::open(&path).expect_err("newer schema");
+    let msg = err.to_string();
+    assert!(msg.contains("gantry.db") && msg.contains("99"), "{msg}");
+    assert!(matches!(err, StoreError::Corrupt(_)));
+}
+
+#[test]
+fn a_missing_directory_is_an_error_naming_the_path() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("no/such/dir/gantry.db");
+    let err = SqliteStore::open(&path).expect_err("missing dir");
+    assert!(err.to_string().contains("no/such/dir/gantry.db"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_stores_on_one_file_reap_and_claim_safely() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("gantry.db");
+    let a: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).expect("open a"));
+    let b: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).expect("open b"));
+    let ids = submit(&*a, (0..20).map(|i| job(&format!("j{i}"))).collect()).await;
+    let fa = factory(&*a, "fa", &[]).await;
+    let fb = factory(&*b, "fb", &[]).await;
+    // Both stores claim concurrently: every job exactly once.
+    let ta = tokio::spawn({
+        let a = a.clone();
+        async move {
+            let mut got = Vec::new();
+            while let Some(c) = a.claim(fa, Duration::from_millis(10)).await.expect("claim") {
+                got.push(c.job.id);
+            }
+            got
+        }
+    });
+    let tb = tokio::spawn({
+        let b = b.clone();
+        async move {
+            let mut got = Vec::new();
+            while let Some(c) = b.claim(fb, Duration::from_millis(10)).await.expect("claim") {
+                got.push(c.job.id);
+            }
+            got
+        }
+    });
+    let mut all = ta.await.expect("a");
+    all.extend(tb.await.expect("b"));
+    all.sort();
+    assert_eq!(all, ids);
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    let (ra, rb) = tokio::join!(a.reap(), b.reap());
+    let mut reaped = ra.expect("reap a");
+    reaped.extend(rb.expect("reap b"));
+    assert_eq!(reaped.len(), 20);
+    assert_eq!(reaped.iter().collect::<BTreeSet<_>>().len(), 20);
+    for id in ids {
+        assert_eq!(a.job(id).await.expect("job").state, JobState::Queued);
+    }
+}
