@@ -46,7 +46,8 @@ pub trait Coordinator: Send + Sync + 'static {
     /// Renews the run's lease; the answer may carry a stop request.
     async fn renew(&self, run: RunId, epoch: i64) -> Result<Renewed, CoordError>;
     /// Uploads events of the run.
-    async fn events(&self, run: RunId, epoch: i64, events: Vec<NewEvent>) -> Result<(), CoordError>;
+    async fn events(&self, run: RunId, epoch: i64, events: Vec<NewEvent>)
+    -> Result<(), CoordError>;
     /// Reports the end of the run.
     async fn finish(&self, run: RunId, report: FinishReport) -> Result<(), CoordError>;
 }

@@ -1,0 +1,862 @@
+//! Git workspaces, with the git CLI: the bare cache of each source repo, one worktree per
+//! attempt, the attempt's commit and figures, delivery to the source repo, and pruning.
+//!
+//! Layout under the data dir:
+//! ```text
+//! repos/<cache_name(repo)>   bare cache (clone --bare [--local]); attempt branches live here
+//! work/<job>-a<attempt>/     worktree of one attempt, removed when the run ends
+//! ```
+//! The cache never holds the source repo's `gantry` branch or its delivered
+//! `gantry/<job>` branches: they would collide with the attempt branches
+//! `gantry/<job>/a<n>` (a ref cannot be both a file and a directory), so they are left
+//! out of every fetch and deleted after a clone.
+//!
+//! Every git call runs with hooks disabled, automatic gc off, no terminal prompts and
+//! without the caller's `GIT_DIR`-style variables, so neither the user's configuration
+//! nor a surrounding git process changes what happens.
+
+use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Why a workspace operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    /// A git command exited with an error.
+    #[error("`git {args}` failed in {dir} (exit {code}): {stderr}", code = code.map_or("by signal".to_string(), |c| c.to_string()))]
+    Git {
+        /// The arguments, joined by spaces.
+        args: String,
+        /// Where it ran.
+        dir: PathBuf,
+        /// Its exit code (`None` when killed by a signal).
+        code: Option<i32>,
+        /// Its standard error, trimmed.
+        stderr: String,
+    },
+    /// git could not be started at all.
+    #[error("cannot run `git {args}` in {dir}: {source}")]
+    Spawn {
+        /// The arguments, joined by spaces.
+        args: String,
+        /// Where it should have run.
+        dir: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file or directory operation failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done, e.g. "cannot create directory".
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The source repository cannot be used.
+    #[error("cannot use repo {repo:?}: {message}")]
+    Repo {
+        /// The repo as given.
+        repo: String,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The base names no commit of the repository.
+    #[error("base {base:?} not found in repo {repo:?}: no branch, tag or commit of that name")]
+    UnknownBase {
+        /// The repo as given.
+        repo: String,
+        /// The base as given.
+        base: String,
+    },
+    /// An argument is not acceptable.
+    #[error("invalid {field} {value:?}: {reason}")]
+    Invalid {
+        /// The parameter at fault.
+        field: &'static str,
+        /// Its value.
+        value: String,
+        /// Why it is refused.
+        reason: String,
+    },
+}
+
+type Result<T, E = WorkspaceError> = std::result::Result<T, E>;
+
+/// Ref under which the source repo's HEAD commit is fetched into the cache.
+const SOURCE_HEAD_REF: &str = "refs/gantry/source-head";
+
+/// Options given to every git call: no hooks (ours or the user's), no automatic gc (it
+/// could pack refs while another run updates its branch), no pager.
+const GIT_BASE_ARGS: &[&str] = &[
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "gc.auto=0",
+    "-c",
+    "maintenance.auto=false",
+    "-c",
+    "core.pager=cat",
+    "-c",
+    "advice.detachedHead=false",
+];
+
+/// Variables that would point git at another repository or index than the one we name.
+const GIT_LOCATION_VARS: &[&str] = &[
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_COMMON_DIR",
+    "GIT_NAMESPACE",
+    "GIT_PREFIX",
+    "GIT_QUARANTINE_PATH",
+    "GIT_CEILING_DIRECTORIES",
+    "GIT_DISCOVERY_ACROSS_FILESYSTEM",
+];
+
+/// Identity of every commit the factory makes.
+const IDENTITY: &[(&str, &str)] = &[
+    ("GIT_AUTHOR_NAME", "gantry"),
+    ("GIT_AUTHOR_EMAIL", "gantry@localhost"),
+    ("GIT_COMMITTER_NAME", "gantry"),
+    ("GIT_COMMITTER_EMAIL", "gantry@localhost"),
+];
+
+fn git_command<I, S>(dir: &Path, args: I) -> (tokio::process::Command, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = tokio::process::Command::new("git");
+    cmd.args(GIT_BASE_ARGS);
+    let mut shown = Vec::new();
+    for a in args {
+        shown.push(a.as_ref().to_string_lossy().into_owned());
+        cmd.arg(a.as_ref());
+    }
+    cmd.current_dir(dir)
+        .stdin(Stdio::null())
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_OPTIONAL_LOCKS", "0")
+        // A git dropped half-way (shutdown) must not keep running behind our back.
+        .kill_on_drop(true);
+    for var in GIT_LOCATION_VARS {
+        cmd.env_remove(var);
+    }
+    (cmd, shown.join(" "))
+}
+
+/// Output of a git command that may legitimately exit non-zero.
+struct GitOutput {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+async fn git_status<I, S>(dir: &Path, args: I, env: &[(&str, &str)]) -> Result<GitOutput>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let (mut cmd, shown) = git_command(dir, args);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .map_err(|source| WorkspaceError::Spawn {
+            args: shown,
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+    Ok(GitOutput {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+    })
+}
+
+/// Runs git in `dir` and returns its standard output; a non-zero exit is an error
+/// carrying git's standard error.
+async fn git<I, S>(dir: &Path, args: I) -> Result<String>
+where
+    I: IntoIterator<Item = S> + Clone,
+    S: AsRef<OsStr>,
+{
+    git_env(dir, args, &[]).await
+}
+
+async fn git_env<I, S>(dir: &Path, args: I, env: &[(&str, &str)]) -> Result<String>
+where
+    I: IntoIterator<Item = S> + Clone,
+    S: AsRef<OsStr>,
+{
+    let out = git_status(dir, args.clone(), env).await?;
+    if out.code == Some(0) {
+        Ok(out.stdout)
+    } else {
+        Err(WorkspaceError::Git {
+            args: args
+                .into_iter()
+                .map(|a| a.as_ref().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" "),
+            dir: dir.to_path_buf(),
+            code: out.code,
+            stderr: out.stderr,
+        })
+    }
+}
+
+/// The bare cache of `repo`: `<data>/repos/<cache_name(repo)>`.
+pub fn cache_dir(data_dir: &Path, repo: &str) -> PathBuf {
+    data_dir
+        .join("repos")
+        .join(gantry_core::repo::cache_name(repo))
+}
+
+/// The per-cache mutex: one fetch (and worktree bookkeeping) at a time per cache, in
+/// this process. Entries are never removed; there is one per repo ever used.
+fn cache_lock(cache: &Path) -> Arc<tokio::sync::Mutex<()>> {
+    static LOCKS: OnceLock<Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>> = OnceLock::new();
+    let mut map = LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    map.entry(cache.to_path_buf()).or_default().clone()
+}
+
+/// Worktrees in use by runs of this process; [`prune`] never touches them.
+fn live_worktrees() -> &'static Mutex<HashSet<PathBuf>> {
+    static LIVE: OnceLock<Mutex<HashSet<PathBuf>>> = OnceLock::new();
+    LIVE.get_or_init(Default::default)
+}
+
+/// Marks a worktree path as in use for as long as the guard lives.
+#[derive(Debug)]
+pub(crate) struct LiveGuard(PathBuf);
+
+impl LiveGuard {
+    pub(crate) fn new(path: &Path) -> LiveGuard {
+        live_worktrees()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.to_path_buf());
+        LiveGuard(path.to_path_buf())
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        live_worktrees()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.0);
+    }
+}
+
+/// `p` made absolute against the current directory: git runs with the cache as its
+/// working directory, so relative paths given to it would point elsewhere.
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// The repo as git should be given it: URLs as they are, local paths made absolute.
+fn repo_arg(repo: &str) -> std::ffi::OsString {
+    if gantry_core::repo::is_url(repo) {
+        repo.into()
+    } else {
+        absolute(Path::new(repo)).into_os_string()
+    }
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> WorkspaceError {
+    let path = path.to_path_buf();
+    move |source| WorkspaceError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// Makes sure the bare cache of `repo` exists and is up to date; returns its path and
+/// whether it was just cloned. The caller holds the cache lock.
+async fn ensure_cache(data_dir: &Path, repo: &str, fetch_head: bool) -> Result<(PathBuf, bool)> {
+    let cache = cache_dir(data_dir, repo);
+    let repos = data_dir.join("repos");
+    if cache.join("HEAD").is_file() {
+        let mut args: Vec<&str> = vec![
+            "fetch",
+            "--quiet",
+            "--update-head-ok",
+            "--no-write-fetch-head",
+            "origin",
+            "+refs/heads/*:refs/heads/*",
+            "^refs/heads/gantry",
+            "^refs/heads/gantry/*",
+            "+refs/tags/*:refs/tags/*",
+        ];
+        let head_spec = format!("+HEAD:{SOURCE_HEAD_REF}");
+        if fetch_head {
+            args.push(&head_spec);
+        }
+        git(&cache, &args).await.map_err(|e| WorkspaceError::Repo {
+            repo: repo.to_string(),
+            message: format!("fetching into the cache {} failed: {e}", cache.display()),
+        })?;
+        return Ok((cache, false));
+    }
+
+    let local = !gantry_core::repo::is_url(repo);
+    if local && !Path::new(repo).exists() {
+        return Err(WorkspaceError::Repo {
+            repo: repo.to_string(),
+            message: "no such file or directory".to_string(),
+        });
+    }
+    if repo.starts_with('-') {
+        return Err(WorkspaceError::Repo {
+            repo: repo.to_string(),
+            message: "a repo may not start with `-`".to_string(),
+        });
+    }
+    tokio::fs::create_dir_all(&repos)
+        .await
+        .map_err(io_err("cannot create directory", &repos))?;
+    // Clone beside the final place and rename, so a crash mid-clone never leaves a
+    // half cache that later runs would take for a good one.
+    let name = cache
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = repos.join(format!(".tmp-{name}-{}", std::process::id()));
+    if tmp.exists() {
+        tokio::fs::remove_dir_all(&tmp)
+            .await
+            .map_err(io_err("cannot remove stale clone", &tmp))?;
+    }
+    let mut args: Vec<&OsStr> = vec!["clone".as_ref(), "--bare".as_ref(), "--quiet".as_ref()];
+    if local {
+        args.push("--local".as_ref());
+    }
+    let source = repo_arg(repo);
+    args.extend([OsStr::new("--"), source.as_os_str(), tmp.as_os_str()]);
+    if let Err(e) = git(&repos, &args).await {
+        let _ = tokio::fs::remove_dir_all(&tmp).await;
+        let message = match e {
+            WorkspaceError::Git { stderr, .. } => format!("git clone failed: {stderr}"),
+            other => other.to_string(),
+        };
+        return Err(WorkspaceError::Repo {
+            repo: repo.to_string(),
+            message,
+        });
+    }
+    // Delivered branches `gantry/<job>` of the source (and a branch named `gantry`)
+    // would block attempt branches; the pattern matches both and nothing else.
+    let delivered = git(
+        &tmp,
+        ["for-each-ref", "--format=%(refname)", "refs/heads/gantry"],
+    )
+    .await?;
+    if !delivered.trim().is_empty() {
+        let mut stdin = String::new();
+        for r in delivered.lines().filter(|l| !l.is_empty()) {
+            stdin.push_str(&format!("delete {r}\n"));
+        }
+        update_refs(&tmp, &stdin).await?;
+    }
+    tokio::fs::rename(&tmp, &cache)
+        .await
+        .map_err(io_err("cannot move the new clone into place at", &cache))?;
+    Ok((cache, true))
+}
+
+async fn update_refs(dir: &Path, stdin_text: &str) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let (mut cmd, shown) = git_command(dir, ["update-ref", "--stdin"]);
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| WorkspaceError::Spawn {
+            args: shown.clone(),
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(stdin_text.as_bytes())
+            .await
+            .map_err(io_err("cannot write to git update-ref in", dir))?;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|source| WorkspaceError::Spawn {
+            args: shown.clone(),
+            dir: dir.to_path_buf(),
+            source,
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(WorkspaceError::Git {
+            args: shown,
+            dir: dir.to_path_buf(),
+            code: out.status.code(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// Resolves `rev` to a full commit id in `dir`, or `None` when it names no commit.
+async fn resolve_commit(dir: &Path, rev: &str) -> Result<Option<String>> {
+    let spec = format!("{rev}^{{commit}}");
+    let out = git_status(dir, ["rev-parse", "--verify", "--quiet", &spec], &[]).await?;
+    let sha = out.stdout.trim();
+    Ok((out.code == Some(0) && !sha.is_empty()).then(|| sha.to_string()))
+}
+
+/// A prepared attempt workspace.
+#[derive(Debug, Clone)]
+pub(crate) struct Prepared {
+    /// The bare cache.
+    pub cache: PathBuf,
+    /// The commit the attempt starts from.
+    pub base_commit: String,
+}
+
+/// Prepares the worktree of one attempt: updates (or creates) the cache, resolves the
+/// base and adds the worktree `path` on `branch` at the base commit.
+pub(crate) async fn prepare(
+    data_dir: &Path,
+    repo: &str,
+    base: Option<&str>,
+    path: &Path,
+    branch: &str,
+) -> Result<Prepared> {
+    let data_dir = &absolute(data_dir);
+    let path = &absolute(path);
+    if let Some(b) = base
+        && (b.is_empty() || b.starts_with('-') || b.chars().any(char::is_whitespace))
+    {
+        return Err(WorkspaceError::Invalid {
+            field: "base",
+            value: b.to_string(),
+            reason:
+                "a base is a branch, tag or commit: non-empty, no spaces, not starting with `-`"
+                    .to_string(),
+        });
+    }
+    let cache = cache_dir(data_dir, repo);
+    let lock = cache_lock(&cache);
+    let _held = lock.lock().await;
+    let (cache, fresh) = ensure_cache(data_dir, repo, base.is_none()).await?;
+    let rev = match base {
+        Some(b) => b,
+        None if fresh => "HEAD",
+        None => SOURCE_HEAD_REF,
+    };
+    let base_commit = match resolve_commit(&cache, rev).await? {
+        Some(c) => c,
+        None => {
+            return Err(WorkspaceError::UnknownBase {
+                repo: repo.to_string(),
+                base: base.unwrap_or("HEAD").to_string(),
+            });
+        }
+    };
+    if let Some(parent) = path.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(io_err("cannot create directory", parent))?;
+    }
+    // Leftovers of a crashed incarnation at the same path would make `worktree add` fail.
+    if tokio::fs::symlink_metadata(path).await.is_ok() {
+        let _ = git(
+            &cache,
+            [
+                OsStr::new("worktree"),
+                OsStr::new("remove"),
+                OsStr::new("--force"),
+                OsStr::new("--force"),
+                path.as_os_str(),
+            ],
+        )
+        .await;
+        if tokio::fs::symlink_metadata(path).await.is_ok() {
+            tokio::fs::remove_dir_all(path)
+                .await
+                .map_err(io_err("cannot remove the old worktree", path))?;
+        }
+        git(&cache, ["worktree", "prune"]).await?;
+    }
+    git(
+        &cache,
+        [
+            OsStr::new("worktree"),
+            OsStr::new("add"),
+            OsStr::new("--quiet"),
+            OsStr::new("--no-track"),
+            OsStr::new("-B"),
+            OsStr::new(branch),
+            path.as_os_str(),
+            OsStr::new(&base_commit),
+        ],
+    )
+    .await?;
+    Ok(Prepared { cache, base_commit })
+}
+
+/// What an attempt changed, relative to its base.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Changes {
+    /// The commit holding the attempt's changes (the base when nothing changed).
+    pub commit: String,
+    /// Files changed.
+    pub files_changed: u32,
+    /// Lines added.
+    pub lines_added: u32,
+    /// Lines deleted.
+    pub lines_deleted: u32,
+}
+
+/// Commits everything in the worktree on `branch` (when anything changed), computes the
+/// figures against `base_commit` and writes the binary-safe patch to `patch_path`.
+pub(crate) async fn commit_changes(
+    cache: &Path,
+    worktree: &Path,
+    branch: &str,
+    base_commit: &str,
+    message: &str,
+    patch_path: &Path,
+) -> Result<Changes> {
+    git(worktree, ["add", "-A"]).await?;
+    let staged = git_status(worktree, ["diff", "--cached", "--quiet"], &[]).await?;
+    match staged.code {
+        Some(0) => {}
+        Some(1) => {
+            git_env(
+                worktree,
+                [
+                    "-c",
+                    "user.name=gantry",
+                    "-c",
+                    "user.email=gantry@localhost",
+                    "-c",
+                    "commit.gpgsign=false",
+                    "commit",
+                    "--quiet",
+                    "--no-verify",
+                    "--no-gpg-sign",
+                    "-m",
+                    message,
+                ],
+                IDENTITY,
+            )
+            .await?;
+        }
+        code => {
+            return Err(WorkspaceError::Git {
+                args: "diff --cached --quiet".to_string(),
+                dir: worktree.to_path_buf(),
+                code,
+                stderr: staged.stderr,
+            });
+        }
+    }
+    let commit = git(worktree, ["rev-parse", "--verify", "HEAD^{commit}"])
+        .await?
+        .trim()
+        .to_string();
+    // The process may have moved HEAD off the attempt branch (checked out another
+    // branch, detached); the attempt branch must still name what the attempt produced.
+    git(
+        cache,
+        ["update-ref", &format!("refs/heads/{branch}"), &commit],
+    )
+    .await?;
+    let numstat = git(
+        cache,
+        [
+            "diff",
+            "--numstat",
+            "--no-renames",
+            "--no-ext-diff",
+            "--no-textconv",
+            base_commit,
+            &commit,
+        ],
+    )
+    .await?;
+    let mut changes = Changes {
+        commit: commit.clone(),
+        ..Changes::default()
+    };
+    for line in numstat.lines().filter(|l| !l.is_empty()) {
+        let mut cols = line.splitn(3, '\t');
+        // Binary files show `-` for both counts: they count as changed, with no lines.
+        let added = cols.next().and_then(|c| c.parse::<u32>().ok()).unwrap_or(0);
+        let deleted = cols.next().and_then(|c| c.parse::<u32>().ok()).unwrap_or(0);
+        changes.files_changed += 1;
+        changes.lines_added = changes.lines_added.saturating_add(added);
+        changes.lines_deleted = changes.lines_deleted.saturating_add(deleted);
+    }
+    write_patch(cache, base_commit, &commit, patch_path).await?;
+    Ok(changes)
+}
+
+/// Writes `git diff --binary base commit` to `path`, streaming (patches can be large).
+async fn write_patch(cache: &Path, base: &str, commit: &str, path: &Path) -> Result<()> {
+    let file = std::fs::File::create(path).map_err(io_err("cannot create", path))?;
+    let args = [
+        "diff",
+        "--binary",
+        "--no-renames",
+        "--no-ext-diff",
+        "--no-textconv",
+        "--no-color",
+        base,
+        commit,
+    ];
+    let (mut cmd, shown) = git_command(cache, args);
+    // `output()` would replace the file by a pipe: spawn, then collect stderr only.
+    let out = cmd
+        .stdout(Stdio::from(file))
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| WorkspaceError::Spawn {
+            args: shown.clone(),
+            dir: cache.to_path_buf(),
+            source,
+        })?
+        .wait_with_output()
+        .await
+        .map_err(|source| WorkspaceError::Spawn {
+            args: shown.clone(),
+            dir: cache.to_path_buf(),
+            source,
+        })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(WorkspaceError::Git {
+            args: shown,
+            dir: cache.to_path_buf(),
+            code: out.status.code(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+}
+
+/// Removes the worktree at `path` from `cache` (its branch stays in the cache), and the
+/// directory itself whatever git thinks of it.
+pub(crate) async fn remove_worktree(cache: &Path, path: &Path) -> Result<()> {
+    let path = &absolute(path);
+    let lock = cache_lock(cache);
+    let _held = lock.lock().await;
+    let removed = git(
+        cache,
+        [
+            OsStr::new("worktree"),
+            OsStr::new("remove"),
+            OsStr::new("--force"),
+            OsStr::new("--force"),
+            path.as_os_str(),
+        ],
+    )
+    .await;
+    if tokio::fs::symlink_metadata(path).await.is_ok() {
+        tokio::fs::remove_dir_all(path)
+            .await
+            .map_err(io_err("cannot remove worktree", path))?;
+    }
+    if let Err(e) = removed {
+        tracing::debug!(error = %e, "git worktree remove failed; directory removed by hand");
+        git(cache, ["worktree", "prune"]).await?;
+    }
+    Ok(())
+}
+
+/// Pushes `commit` from the cache of `source_repo` to the source repo as
+/// `refs/heads/<branch>`, replacing whatever the branch held.
+///
+/// Called by the server after a successful, fenced finish, under its own per-repository
+/// lock: this is the one place a shared ref is written.
+pub async fn deliver(
+    data_dir: &Path,
+    source_repo: &str,
+    commit: &str,
+    branch: &str,
+) -> Result<(), WorkspaceError> {
+    let hex = commit.chars().all(|c| c.is_ascii_hexdigit());
+    if !(hex && (commit.len() == 40 || commit.len() == 64)) {
+        return Err(WorkspaceError::Invalid {
+            field: "commit",
+            value: commit.to_string(),
+            reason: "expected a full commit id (40 or 64 hex digits)".to_string(),
+        });
+    }
+    if branch.starts_with('-') || branch.starts_with("refs/") {
+        return Err(WorkspaceError::Invalid {
+            field: "branch",
+            value: branch.to_string(),
+            reason: "expected a branch name such as `gantry/12`".to_string(),
+        });
+    }
+    let cache = cache_dir(data_dir, source_repo);
+    if !cache.join("HEAD").is_file() {
+        return Err(WorkspaceError::Repo {
+            repo: source_repo.to_string(),
+            message: format!("no cache at {}: nothing was run from it", cache.display()),
+        });
+    }
+    let refname = format!("refs/heads/{branch}");
+    let check = git_status(&cache, ["check-ref-format", &refname], &[]).await?;
+    if check.code != Some(0) {
+        return Err(WorkspaceError::Invalid {
+            field: "branch",
+            value: branch.to_string(),
+            reason: "not a valid git branch name".to_string(),
+        });
+    }
+    let lock = cache_lock(&cache);
+    let _held = lock.lock().await;
+    if resolve_commit(&cache, commit).await?.is_none() {
+        return Err(WorkspaceError::Invalid {
+            field: "commit",
+            value: commit.to_string(),
+            reason: format!("no such commit in the cache {}", cache.display()),
+        });
+    }
+    let refspec = format!("{commit}:{refname}");
+    let target = repo_arg(source_repo);
+    git(
+        &cache,
+        [
+            OsStr::new("push"),
+            OsStr::new("--quiet"),
+            OsStr::new("--force"),
+            OsStr::new("--no-verify"),
+            OsStr::new("--"),
+            target.as_os_str(),
+            OsStr::new(&refspec),
+        ],
+    )
+    .await
+    .map_err(|e| WorkspaceError::Repo {
+        repo: source_repo.to_string(),
+        message: format!("pushing {commit} as {branch} failed: {e}"),
+    })?;
+    Ok(())
+}
+
+/// What [`prune`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// Worktree directories removed because no live run used them.
+    pub removed: Vec<PathBuf>,
+    /// Every cache with its disk use after pruning.
+    pub caches: Vec<CacheUsage>,
+}
+
+/// Disk use of one bare cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheUsage {
+    /// The cache directory.
+    pub path: PathBuf,
+    /// Bytes used by its files.
+    pub bytes: u64,
+}
+
+/// Whether the worktree `dir` (`<data>/work/<job>-a<attempt>`) belongs to a live run:
+/// one of this process, or one whose pid record names a process that still exists.
+fn worktree_is_live(dir: &Path) -> bool {
+    if live_worktrees()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(dir)
+    {
+        return true;
+    }
+    let record = dir.with_extension("pid");
+    // `with_extension` would cut a name with a dot; worktree names have none.
+    match crate::process::PidRecord::read(&record) {
+        Ok(r) => crate::process::start_time(r.pid) == Some(r.start_time),
+        Err(_) => false,
+    }
+}
+
+fn dir_size(path: &Path) -> u64 {
+    let Ok(meta) = std::fs::symlink_metadata(path) else {
+        return 0;
+    };
+    if !meta.is_dir() {
+        return meta.len();
+    }
+    std::fs::read_dir(path)
+        .map(|entries| entries.flatten().map(|e| dir_size(&e.path())).sum())
+        .unwrap_or(0)
+}
+
+/// Removes the worktrees under `<data>/work` that no live run uses, prunes the worktree
+/// bookkeeping of every cache (`git worktree prune`) and reports each cache's disk use.
+pub async fn prune(data_dir: &Path) -> Result<PruneReport, WorkspaceError> {
+    let mut report = PruneReport::default();
+    let work = data_dir.join("work");
+    if let Ok(mut entries) = tokio::fs::read_dir(&work).await {
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(io_err("cannot list", &work))?
+        {
+            let path = entry.path();
+            let is_dir = entry.file_type().await.is_ok_and(|t| t.is_dir());
+            if !is_dir || worktree_is_live(&path) {
+                continue;
+            }
+            tokio::fs::remove_dir_all(&path)
+                .await
+                .map_err(io_err("cannot remove worktree", &path))?;
+            report.removed.push(path);
+        }
+    }
+    let repos = data_dir.join("repos");
+    if let Ok(mut entries) = tokio::fs::read_dir(&repos).await {
+        while let Some(entry) = entries
+            .next_entry()
+            .await
+            .map_err(io_err("cannot list", &repos))?
+        {
+            let path = entry.path();
+            let hidden = entry.file_name().to_string_lossy().starts_with('.');
+            if hidden || !path.join("HEAD").is_file() {
+                continue;
+            }
+            {
+                let lock = cache_lock(&path);
+                let _held = lock.lock().await;
+                git(&path, ["worktree", "prune"]).await?;
+            }
+            let p = path.clone();
+            let bytes = tokio::task::spawn_blocking(move || dir_size(&p))
+                .await
+                .unwrap_or(0);
+            report.caches.push(CacheUsage { path, bytes });
+        }
+    }
+    report.caches.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(report)
+}

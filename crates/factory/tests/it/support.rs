@@ -1,0 +1,452 @@
+//! Test support: an in-memory `Coordinator`, a factory harness, git and /proc helpers.
+
+use async_trait::async_trait;
+use gantry_core::api::{Claim, ClaimedJob, FinishReport, Lease, RegisterFactory, Renewed};
+use gantry_core::event::NewEvent;
+use gantry_core::{DepsMode, EngineKind, FactoryId, JobId, JobSpec, Outcome, RunId, StopKind};
+use gantry_factory::{CoordError, Coordinator, Factory, FactoryConfig, FactoryError};
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+
+/// Hang guard for everything a test waits for.
+pub const GUARD: Duration = Duration::from_secs(60);
+
+/// How the test coordinator answers a run's renewals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RenewMode {
+    /// Renew, no stop.
+    Ok,
+    /// Refuse as stale.
+    Stale,
+    /// Renew and ask for a stop.
+    Stop(StopKind),
+    /// Fail as if the server were unreachable.
+    Unavailable,
+}
+
+/// Something the coordinator saw, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Seen {
+    Event(RunId, NewEvent),
+    Finish(RunId, FinishReport),
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Claim>,
+    log: Vec<Seen>,
+    renew: HashMap<RunId, RenewMode>,
+    renews: HashMap<RunId, usize>,
+    registered: Vec<RegisterFactory>,
+    claim_errors: VecDeque<CoordError>,
+}
+
+/// An in-memory coordinator: hands out queued claims, records events and finishes, and
+/// answers renewals as a test tells it to.
+#[derive(Default)]
+pub struct TestCoord {
+    state: Mutex<State>,
+    changed: Notify,
+}
+
+impl TestCoord {
+    /// Reads or changes the state without waking claimers.
+    fn with<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        f(&mut self.state.lock().expect("test coordinator lock"))
+    }
+
+    /// Changes the state and wakes waiting claimers.
+    fn change<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        let out = self.with(f);
+        self.changed.notify_waiters();
+        out
+    }
+
+    /// Queues a claim for the factory to pick up.
+    pub fn push(&self, claim: Claim) {
+        self.change(|s| s.queue.push_back(claim));
+    }
+
+    /// Sets how renewals of `run` are answered from now on.
+    pub fn set_renew(&self, run: RunId, mode: RenewMode) {
+        self.with(|s| s.renew.insert(run, mode));
+    }
+
+    /// Makes the next claim fail with `err`.
+    pub fn fail_next_claim(&self, err: CoordError) {
+        self.change(|s| s.claim_errors.push_back(err));
+    }
+
+    /// Everything seen so far.
+    pub fn log(&self) -> Vec<Seen> {
+        self.with(|s| s.log.clone())
+    }
+
+    /// Registrations so far.
+    pub fn registrations(&self) -> Vec<RegisterFactory> {
+        self.with(|s| s.registered.clone())
+    }
+
+    /// Number of successful renewals of `run`.
+    pub fn renew_count(&self, run: RunId) -> usize {
+        self.with(|s| s.renews.get(&run).copied().unwrap_or(0))
+    }
+
+    /// Events of `run`.
+    pub fn events(&self, run: RunId) -> Vec<NewEvent> {
+        self.log()
+            .into_iter()
+            .filter_map(|s| match s {
+                Seen::Event(r, e) if r == run => Some(e),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Finish reports of `run`.
+    pub fn finishes(&self, run: RunId) -> Vec<FinishReport> {
+        self.log()
+            .into_iter()
+            .filter_map(|s| match s {
+                Seen::Finish(r, f) if r == run => Some(f),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The text `run` wrote on `stream`, from its `run.output` events.
+    pub fn output(&self, run: RunId, stream: &str) -> String {
+        self.events(run)
+            .iter()
+            .filter(|e| e.kind == "run.output" && e.data["stream"] == stream)
+            .map(|e| {
+                e.data["text"]
+                    .as_str()
+                    .expect("text is a string")
+                    .to_string()
+            })
+            .collect()
+    }
+
+    /// The `run.started` event of `run`, once it came.
+    pub async fn started(&self, run: RunId) -> NewEvent {
+        wait_for(|| {
+            self.events(run)
+                .into_iter()
+                .find(|e| e.kind == "run.started")
+        })
+        .await
+    }
+
+    /// The finish report of `run`, once it came.
+    pub async fn finish_of(&self, run: RunId) -> FinishReport {
+        wait_for(|| self.finishes(run).into_iter().next()).await
+    }
+}
+
+#[async_trait]
+impl Coordinator for TestCoord {
+    async fn register(&self, reg: &RegisterFactory) -> Result<FactoryId, CoordError> {
+        let n = self.with(|s| {
+            s.registered.push(reg.clone());
+            s.registered.len()
+        });
+        Ok(FactoryId(n as i64))
+    }
+
+    async fn claim(
+        &self,
+        _factory: FactoryId,
+        wait: Duration,
+    ) -> Result<Option<Claim>, CoordError> {
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let next = self.with(|s| match s.claim_errors.pop_front() {
+                Some(e) => Err(e),
+                None => Ok(s.queue.pop_front()),
+            })?;
+            if let Some(c) = next {
+                return Ok(Some(c));
+            }
+            if tokio::time::timeout_at(until, notified).await.is_err() {
+                return Ok(None);
+            }
+        }
+    }
+
+    async fn renew(&self, run: RunId, epoch: i64) -> Result<Renewed, CoordError> {
+        let mode = self.with(|s| s.renew.get(&run).copied().unwrap_or(RenewMode::Ok));
+        match mode {
+            RenewMode::Stale => Err(CoordError::StaleLease {
+                run,
+                epoch,
+                message: "test says stale".to_string(),
+            }),
+            RenewMode::Unavailable => Err(CoordError::Unavailable("test says down".to_string())),
+            RenewMode::Ok | RenewMode::Stop(_) => {
+                self.with(|s| *s.renews.entry(run).or_default() += 1);
+                Ok(Renewed {
+                    lease_expires_at: 0,
+                    stop: match mode {
+                        RenewMode::Stop(k) => Some(k),
+                        _ => None,
+                    },
+                })
+            }
+        }
+    }
+
+    async fn events(
+        &self,
+        run: RunId,
+        epoch: i64,
+        events: Vec<NewEvent>,
+    ) -> Result<(), CoordError> {
+        let stale = self.with(|s| s.renew.get(&run) == Some(&RenewMode::Stale));
+        if stale {
+            return Err(CoordError::StaleLease {
+                run,
+                epoch,
+                message: "test says stale".to_string(),
+            });
+        }
+        self.with(|s| {
+            s.log
+                .extend(events.into_iter().map(|e| Seen::Event(run, e)));
+        });
+        Ok(())
+    }
+
+    async fn finish(&self, run: RunId, report: FinishReport) -> Result<(), CoordError> {
+        let stale = self.with(|s| s.renew.get(&run) == Some(&RenewMode::Stale));
+        if stale {
+            return Err(CoordError::StaleLease {
+                run,
+                epoch: report.epoch,
+                message: "test says stale".to_string(),
+            });
+        }
+        self.with(|s| s.log.push(Seen::Finish(run, report)));
+        Ok(())
+    }
+}
+
+/// Polls `f` until it returns something (hang guard [`GUARD`]).
+pub async fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
+    let until = tokio::time::Instant::now() + GUARD;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "condition not met within {GUARD:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Runs git in `dir` with a fixed identity, panicking on failure; returns stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args([
+            "-c",
+            "user.name=test",
+            "-c",
+            "user.email=test@localhost",
+            "-c",
+            "commit.gpgsign=false",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .current_dir(dir)
+        .env_remove("GIT_DIR")
+        .env_remove("GIT_WORK_TREE")
+        .env_remove("GIT_INDEX_FILE")
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?} in {} failed: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Makes a source repo at `dir` on branch `main` with `hello.txt` (3 lines) and
+/// `README.md` (1 line) committed. Returns the commit.
+pub fn make_repo(dir: &Path) -> String {
+    std::fs::create_dir_all(dir).expect("mkdir repo");
+    git(dir, &["init", "-q", "-b", "main"]);
+    std::fs::write(dir.join("hello.txt"), "one\ntwo\nthree\n").expect("write");
+    std::fs::write(dir.join("README.md"), "readme\n").expect("write");
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "-q", "-m", "initial"]);
+    git(dir, &["rev-parse", "HEAD"])
+}
+
+/// A spec running `command` in `repo`.
+pub fn spec(repo: &Path, command: &[&str]) -> JobSpec {
+    JobSpec {
+        title: "test job".to_string(),
+        repo: repo.to_string_lossy().into_owned(),
+        base: None,
+        engine: EngineKind::Command,
+        command: command.iter().map(|s| s.to_string()).collect(),
+        priority: 5,
+        capabilities: Vec::new(),
+        deps: Vec::new(),
+        deps_mode: DepsMode::Succeeded,
+        lock: None,
+        timeout_ms: None,
+        max_attempts: 3,
+        retry_on: vec![Outcome::Lost],
+        backoff_ms: 5000,
+        idempotency_key: None,
+        labels: Default::default(),
+        env: Default::default(),
+        body: "Do the thing.\n".to_string(),
+    }
+}
+
+/// A claim of attempt `attempt` of job `job` as run `run`.
+pub fn claim(job: i64, run: i64, attempt: u32, spec: JobSpec) -> Claim {
+    Claim {
+        job: ClaimedJob {
+            id: JobId(job),
+            spec,
+        },
+        run: Lease {
+            id: RunId(run),
+            attempt,
+            epoch: run * 10,
+            lease_expires_at: 0,
+            lease_ttl_ms: 10_000,
+        },
+    }
+}
+
+/// The configuration tests use: short grace, renewal and claim waits.
+pub fn test_config(data: &Path, seats: u32) -> FactoryConfig {
+    FactoryConfig {
+        name: "test-factory".to_string(),
+        seats,
+        capabilities: vec!["docker".to_string()],
+        data_dir: data.to_path_buf(),
+        kill_grace: Duration::from_millis(300),
+        renew_interval: Duration::from_millis(50),
+        claim_wait: Duration::from_millis(200),
+    }
+}
+
+/// A running factory task and the sender that shuts it down.
+pub type Running = (
+    watch::Sender<bool>,
+    tokio::task::JoinHandle<Result<(), FactoryError>>,
+);
+
+/// Starts a factory over `coord`.
+pub fn spawn_factory(coord: Arc<TestCoord>, cfg: FactoryConfig) -> Running {
+    let (shutdown, rx) = watch::channel(false);
+    let task = tokio::spawn(Factory::new(cfg, coord).run(rx));
+    (shutdown, task)
+}
+
+/// A running factory over a [`TestCoord`], with a source repo, all in one temp dir.
+pub struct Harness {
+    pub _tmp: tempfile::TempDir,
+    pub data: PathBuf,
+    pub repo: PathBuf,
+    pub base: String,
+    pub coord: Arc<TestCoord>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), FactoryError>>,
+}
+
+impl Harness {
+    /// Starts a factory with `seats` seats and a 300 ms kill grace.
+    pub async fn start(seats: u32) -> Harness {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let repo = tmp.path().join("src-repo");
+        let base = make_repo(&repo);
+        let data = tmp.path().join("data");
+        let coord = Arc::new(TestCoord::default());
+        let (shutdown, task) = spawn_factory(coord.clone(), test_config(&data, seats));
+        Harness {
+            _tmp: tmp,
+            data,
+            repo,
+            base,
+            coord,
+            shutdown,
+            task,
+        }
+    }
+
+    /// The bare cache of the harness's source repo.
+    pub fn cache(&self) -> PathBuf {
+        gantry_factory::workspace::cache_dir(&self.data, &self.repo.to_string_lossy())
+    }
+
+    /// Queues `claim` and waits for its finish report.
+    pub async fn run(&self, claim: Claim) -> FinishReport {
+        let run = claim.run.id;
+        self.coord.push(claim);
+        self.coord.finish_of(run).await
+    }
+
+    /// Stops the factory and waits for it (and all its runs) to end.
+    pub async fn stop(self) -> (Arc<TestCoord>, tempfile::TempDir) {
+        self.shutdown.send(true).expect("factory listens");
+        tokio::time::timeout(GUARD, self.task)
+            .await
+            .expect("factory stops")
+            .expect("factory task did not panic")
+            .expect("factory loop ended without error");
+        (self.coord, self._tmp)
+    }
+}
+
+/// Processes of group `pgid` listed in /proc, with their state letter (zombies included).
+pub fn group_members(pgid: i32) -> Vec<(i32, String)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        if fields.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pgid) {
+            out.push((pid, fields[0].to_string()));
+        }
+    }
+    out
+}
+
+/// Members of group `pgid` that are not zombies.
+pub fn live_members(pgid: i32) -> Vec<i32> {
+    group_members(pgid)
+        .into_iter()
+        .filter(|(_, st)| st != "Z")
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// The pid the `run.started` event names.
+pub fn started_pid(ev: &NewEvent) -> i32 {
+    ev.data["pid"].as_i64().expect("pid in run.started") as i32
+}
