@@ -1,1 +1,406 @@
 //! The control plane: HTTP API, auth, event streams, reaper and the embedded factory.
+//!
+//! [`start`] opens the store in the data dir, makes sure an admin token exists, binds
+//! the listener and starts three tasks: the HTTP API, the reaper and (unless turned off)
+//! the embedded factory. The API is stateless over the store; the embedded factory
+//! talks to the same [`Service`] the HTTP handlers use, through [`LocalCoordinator`].
+//!
+//! Invariant: the shared ref `gantry/<job>` in a source repository is written only here,
+//! after the store accepted a finish under the run's current epoch, under a lock per
+//! source repository.
+
+mod auth;
+mod coordinator;
+mod error;
+mod extract;
+mod http;
+mod service;
+
+pub use auth::{ADMIN_TOKEN_FILE, Caller, TOKEN_PREFIX, hash_token, new_token_secret};
+pub use coordinator::LocalCoordinator;
+pub use error::{ApiError, ServerError};
+pub use http::router;
+pub use service::{MAX_CLAIM_WAIT, Service, delivery_branch};
+
+use gantry_core::api::RegisterFactory;
+use gantry_factory::{Factory, FactoryConfig};
+use gantry_store::{SqliteStore, Store};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Name of the store file in the data dir.
+pub const DB_FILE: &str = "gantry.db";
+
+/// Name under which the embedded factory registers.
+pub const EMBEDDED_FACTORY_NAME: &str = "embedded";
+
+/// How long one claim of the embedded factory waits on the store before it loops.
+const EMBEDDED_CLAIM_WAIT: Duration = Duration::from_secs(10);
+
+/// Longest time between two lease renewals of the embedded factory.
+const EMBEDDED_RENEW_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How `gantry serve` runs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServeConfig {
+    /// Data directory (created when missing): store, admin token, caches, worktrees,
+    /// artifacts.
+    pub data_dir: PathBuf,
+    /// Address to listen on; port 0 picks a free port (see [`RunningServer::addr`]).
+    pub listen: SocketAddr,
+    /// Length of a lease; factories renew well before it runs out.
+    pub lease_ttl: Duration,
+    /// Time between two runs of the reaper.
+    pub reaper_interval: Duration,
+    /// Seats of the embedded factory.
+    pub seats: u32,
+    /// Whether to run the embedded factory.
+    pub embedded_factory: bool,
+    /// Time between SIGTERM and SIGKILL when a run is canceled or times out.
+    pub kill_grace: Duration,
+    /// Whether to deliver a succeeded job's commit to its source repo as `gantry/<job>`.
+    pub push: bool,
+    /// Capabilities of the embedded factory.
+    pub capabilities: Vec<String>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            data_dir: PathBuf::from(".gantry"),
+            listen: SocketAddr::from((Ipv4Addr::LOCALHOST, 7700)),
+            lease_ttl: Duration::from_secs(60),
+            reaper_interval: Duration::from_secs(2),
+            seats: 4,
+            embedded_factory: true,
+            kill_grace: Duration::from_secs(3),
+            push: true,
+            capabilities: Vec::new(),
+        }
+    }
+}
+
+/// A started server: the API listening, the reaper and the embedded factory running.
+pub struct RunningServer {
+    addr: SocketAddr,
+    admin_token: String,
+    service: Arc<Service>,
+    shutdown: watch::Sender<bool>,
+    http: Option<JoinHandle<std::io::Result<()>>>,
+    reaper: Option<JoinHandle<()>>,
+    factory: Option<JoinHandle<Result<(), String>>>,
+}
+
+impl std::fmt::Debug for RunningServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningServer")
+            .field("addr", &self.addr)
+            .field("data_dir", &self.service.config().data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks the values that cannot work, naming the field and the value.
+fn validate(cfg: &ServeConfig) -> Result<(), ServerError> {
+    let bad = |field: &str, value: String, reason: &str| {
+        Err(ServerError::Config(format!("{field} = {value}: {reason}")))
+    };
+    if cfg.lease_ttl.is_zero() {
+        return bad(
+            "lease_ttl",
+            format!("{:?}", cfg.lease_ttl),
+            "must be more than 0",
+        );
+    }
+    if cfg.reaper_interval.is_zero() {
+        return bad(
+            "reaper_interval",
+            format!("{:?}", cfg.reaper_interval),
+            "must be more than 0",
+        );
+    }
+    if cfg.embedded_factory && cfg.seats == 0 {
+        return bad(
+            "seats",
+            "0".to_string(),
+            "the embedded factory needs at least one seat",
+        );
+    }
+    for cap in &cfg.capabilities {
+        if let Err(e) = gantry_core::caps::validate(cap) {
+            return bad("capabilities", format!("{cap:?}"), &e);
+        }
+    }
+    Ok(())
+}
+
+/// Starts the server: creates the data dir and the store, makes sure an admin token
+/// exists (writing `<data>/admin.token`, mode 0600, on first start), binds the listener,
+/// and starts the API, the reaper and the embedded factory.
+///
+/// Before the embedded factory registers, processes left by a previous run of this
+/// server (killed without cleanup) are killed, and once it has registered, the leases
+/// its previous incarnation held are expired so those jobs come back at once.
+pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
+    validate(&cfg)?;
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ServerError::Io {
+        action: "create data dir",
+        path: cfg.data_dir.clone(),
+        source,
+    })?;
+    let db = cfg.data_dir.join(DB_FILE);
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db)?);
+    let admin_token = auth::ensure_admin_token(&*store, &cfg.data_dir).await?;
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|source| ServerError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+    let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+        addr: cfg.listen,
+        source,
+    })?;
+
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let service = Arc::new(Service::new(
+        store.clone(),
+        cfg.clone(),
+        shutdown_rx.clone(),
+    ));
+
+    let factory = if cfg.embedded_factory {
+        Some(start_embedded_factory(&service, shutdown_rx.clone()).await?)
+    } else {
+        None
+    };
+    let reaper = tokio::spawn(reaper_loop(
+        store.clone(),
+        cfg.reaper_interval,
+        shutdown_rx.clone(),
+    ));
+    let mut stop = shutdown_rx.clone();
+    let http = tokio::spawn(
+        axum::serve(listener, router(service.clone()))
+            .with_graceful_shutdown(async move {
+                // An error means the sender is gone, which also means: stop.
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .into_future(),
+    );
+    tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "gantry server listening");
+    Ok(RunningServer {
+        addr,
+        admin_token,
+        service,
+        shutdown,
+        http: Some(http),
+        reaper: Some(reaper),
+        factory,
+    })
+}
+
+/// Kills orphans of a previous incarnation, registers the embedded factory, expires its
+/// old leases, and spawns its loop.
+async fn start_embedded_factory(
+    service: &Arc<Service>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<JoinHandle<Result<(), String>>, ServerError> {
+    let cfg = service.config().clone();
+    let data_dir = cfg.data_dir.clone();
+    let killed = tokio::task::spawn_blocking(move || gantry_factory::kill_orphans(&data_dir))
+        .await
+        .map_err(|e| ServerError::Task {
+            task: "kill orphans",
+            message: e.to_string(),
+        })?;
+    if killed > 0 {
+        tracing::warn!(killed, "killed process groups left by a previous server");
+    }
+    let reg = RegisterFactory {
+        name: EMBEDDED_FACTORY_NAME.to_string(),
+        seats: cfg.seats,
+        capabilities: cfg.capabilities.clone(),
+    };
+    let id = service
+        .register(&reg)
+        .await
+        .map_err(|e| ServerError::Factory(e.to_string()))?;
+    let expired = service.store().expire_leases_of(id).await?;
+    if !expired.is_empty() {
+        // Runs of the previous incarnation are dead (their processes were just killed):
+        // return their jobs to the lifecycle now rather than at the next reaper tick.
+        let reaped = service.store().reap().await?;
+        tracing::info!(
+            ?expired,
+            ?reaped,
+            "returned the previous embedded factory's runs"
+        );
+    }
+    let fcfg = FactoryConfig {
+        name: EMBEDDED_FACTORY_NAME.to_string(),
+        seats: cfg.seats,
+        capabilities: cfg.capabilities.clone(),
+        data_dir: cfg.data_dir.clone(),
+        kill_grace: cfg.kill_grace,
+        // A renewal's answer is how the factory learns of a cancel or kill, so the
+        // interval is the stop latency: keep it short (the factory also caps it at a
+        // third of the lease, so one lost renewal never costs the lease).
+        renew_interval: EMBEDDED_RENEW_INTERVAL.min(cfg.lease_ttl / 3),
+        claim_wait: EMBEDDED_CLAIM_WAIT,
+    };
+    let coordinator = Arc::new(LocalCoordinator::new(service.clone()));
+    let factory = Factory::new(fcfg, coordinator);
+    Ok(tokio::spawn(async move {
+        factory.run(shutdown).await.map_err(|e| e.to_string())
+    }))
+}
+
+/// Returns expired leases to the lifecycle every `interval` until shutdown.
+async fn reaper_loop(
+    store: Arc<dyn Store>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => match store.reap().await {
+                Ok(runs) if !runs.is_empty() => tracing::info!(?runs, "reaped expired leases"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "reaper failed; trying again next tick"),
+            },
+            _ = service::stopped(&mut shutdown) => return,
+        }
+    }
+}
+
+/// Waits for a task and turns a failure or a panic into a [`ServerError`].
+async fn join<T, E: std::fmt::Display>(
+    task: &'static str,
+    handle: JoinHandle<Result<T, E>>,
+) -> Result<(), ServerError> {
+    match handle.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(ServerError::Task {
+            task,
+            message: e.to_string(),
+        }),
+        Err(e) => Err(ServerError::Task {
+            task,
+            message: e.to_string(),
+        }),
+    }
+}
+
+impl RunningServer {
+    /// The address the API listens on (the real port when port 0 was asked for).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The admin token's secret (also in `<data>/admin.token`).
+    pub fn admin_token(&self) -> &str {
+        &self.admin_token
+    }
+
+    /// The service the API runs on.
+    pub fn service(&self) -> &Arc<Service> {
+        &self.service
+    }
+
+    /// Stops the server: stops accepting requests (open event streams and long-poll
+    /// claims end), stops the embedded factory (its runs' processes are killed; their
+    /// leases expire and the next start or reaper returns them), stops the reaper.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        self.stop().await
+    }
+
+    /// Runs until SIGINT or SIGTERM arrives or a task of the server fails, then shuts
+    /// down as [`RunningServer::shutdown`] does. Returns the first failure.
+    pub async fn wait(mut self) -> Result<(), ServerError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).map_err(|source| ServerError::Io {
+            action: "install SIGTERM handler",
+            path: PathBuf::from("-"),
+            source,
+        })?;
+        let mut http = self.http.take();
+        let mut factory = self.factory.take();
+        let early: Option<Result<(), ServerError>> = tokio::select! {
+            _ = tokio::signal::ctrl_c() => None,
+            _ = term.recv() => None,
+            r = async { http.as_mut().expect("the HTTP task runs until stop").await } => {
+                http = None;
+                Some(match r {
+                    Ok(Ok(())) => Err(ServerError::Task {
+                        task: "http",
+                        message: "the HTTP server stopped unexpectedly".to_string(),
+                    }),
+                    Ok(Err(e)) => Err(ServerError::Task { task: "http", message: e.to_string() }),
+                    Err(e) => Err(ServerError::Task { task: "http", message: e.to_string() }),
+                })
+            }
+            r = async {
+                match factory.as_mut() {
+                    Some(f) => f.await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                factory = None;
+                Some(match r {
+                    Ok(Ok(())) => Err(ServerError::Task {
+                        task: "embedded factory",
+                        message: "the embedded factory stopped unexpectedly".to_string(),
+                    }),
+                    Ok(Err(e)) => Err(ServerError::Task { task: "embedded factory", message: e }),
+                    Err(e) => Err(ServerError::Task { task: "embedded factory", message: e.to_string() }),
+                })
+            }
+        };
+        self.http = http;
+        self.factory = factory;
+        if early.is_none() {
+            tracing::info!("signal received: shutting down");
+        }
+        let stopped = self.stop().await;
+        match early {
+            Some(Err(e)) => Err(e),
+            _ => stopped,
+        }
+    }
+
+    async fn stop(&mut self) -> Result<(), ServerError> {
+        self.shutdown.send_replace(true);
+        let mut first: Result<(), ServerError> = Ok(());
+        if let Some(h) = self.http.take() {
+            first = first.and(join("http", h).await);
+        }
+        if let Some(h) = self.factory.take() {
+            let r = join("embedded factory", h).await;
+            first = first.and(r);
+        }
+        if let Some(h) = self.reaper.take() {
+            let r = h.await.map_err(|e| ServerError::Task {
+                task: "reaper",
+                message: e.to_string(),
+            });
+            first = first.and(r);
+        }
+        tracing::info!(addr = %self.addr, "gantry server stopped");
+        first
+    }
+}
+
+impl Drop for RunningServer {
+    fn drop(&mut self) {
+        // Dropped without shutdown (e.g. a test that panicked): still tell the tasks to
+        // stop, so the embedded factory kills its runs' processes.
+        self.shutdown.send_replace(true);
+    }
+}

@@ -1,0 +1,285 @@
+//! `gantry bench queue` and `gantry bench dispatch`.
+
+use crate::client::Client;
+use crate::error::{CliError, Kind, from_client};
+use crate::gitutil::{git, init_repo};
+use crate::output;
+use crate::serve;
+use gantry_core::api::{SubmitFile, SubmitRequest};
+use gantry_core::{JobId, JobState};
+use gantry_server::ServeConfig;
+use gantry_store::{SqliteStore, Store};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// `gantry bench queue --jobs N --workers K [--db PATH]`.
+pub async fn queue(jobs: usize, workers: usize, db: Option<PathBuf>) -> Result<(), CliError> {
+    // The temp dir lives until the end of the benchmark, then is removed.
+    let (_tmp, path) = match db {
+        Some(p) => {
+            if p.exists() {
+                return Err(CliError::new(Kind::Usage, format!(
+                    "invalid value '{}' for '--db <PATH>': the file exists; the benchmark needs a fresh store",
+                    p.display()
+                ))
+                .hint("pass a path that does not exist yet, or leave --db out to use a temp dir"));
+            }
+            (None, p)
+        }
+        None => {
+            let tmp = tempfile::Builder::new()
+                .prefix("gantry-bench-")
+                .tempdir()
+                .map_err(|e| CliError::local("cannot create a temp dir").cause(e.to_string()))?;
+            let p = tmp.path().join("bench.db");
+            (Some(tmp), p)
+        }
+    };
+    let store = SqliteStore::open(&path).map_err(|e| {
+        CliError::local(format!("cannot open a SQLite store at {}", path.display()))
+            .cause(e.to_string())
+    })?;
+    let store: Arc<dyn Store> = Arc::new(store);
+    output::line(format!(
+        "bench queue: {jobs} no-op jobs, {workers} workers, SQLite store {}",
+        path.display()
+    ));
+    output::line("each job: claim with a lease (one transaction), then a fenced finish");
+    let report = gantry_store::bench::queue(store, jobs, workers)
+        .await
+        .map_err(|e| {
+            CliError::new(Kind::Local, "the queue benchmark failed").cause(e.to_string())
+        })?;
+    output::line(report.to_string());
+    Ok(())
+}
+
+/// Nanoseconds since the Unix epoch, by the wall clock (the one `date +%s%N` reads).
+fn now_ns() -> i128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i128)
+        .unwrap_or(0)
+}
+
+/// Nearest-rank percentile of sorted values.
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn read_stamp(path: &Path) -> Result<i128, CliError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        CliError::local(format!("cannot read the timestamp file {}", path.display()))
+            .cause(e.to_string())
+    })?;
+    text.trim().parse::<i128>().map_err(|e| {
+        CliError::local(format!(
+            "bad timestamp {:?} in {}",
+            text.trim(),
+            path.display()
+        ))
+        .cause(e.to_string())
+        .hint("the benchmark needs GNU date (`date +%s%N`)")
+    })
+}
+
+/// The command that both measures end with: a process that writes the wall clock in
+/// nanoseconds to `stamp`.
+fn stamp_script(stamp: &Path) -> String {
+    format!("date +%s%N > '{}'", stamp.display())
+}
+
+/// `gantry bench dispatch [--runs N]`.
+pub async fn dispatch(runs: usize) -> Result<(), CliError> {
+    let tmp = tempfile::Builder::new()
+        .prefix("gantry-dispatch-")
+        .tempdir()
+        .map_err(|e| CliError::local("cannot create a temp dir").cause(e.to_string()))?;
+    let root = tmp.path();
+    let repo = root.join("repo");
+    let stamps = root.join("stamps");
+    std::fs::create_dir_all(&stamps).map_err(|e| {
+        CliError::local(format!("cannot create {}", stamps.display())).cause(e.to_string())
+    })?;
+    init_repo(
+        &repo,
+        &[("README.md", "# bench\n"), ("src/lib.sh", "echo hi\n")],
+    )
+    .await?;
+
+    output::line(format!(
+        "bench dispatch: {runs} measured runs of each kind, after one warm-up run"
+    ));
+    output::line("both measures end when the started process writes the wall clock (`date +%s%N`)");
+
+    // Baseline: what any runner must do at least: a worktree on a new branch, then a
+    // process in it.
+    let mut baseline = Vec::with_capacity(runs);
+    for i in 0..=runs {
+        let wt = root.join(format!("wt-{i}"));
+        let stamp = stamps.join(format!("baseline-{i}"));
+        let t0 = now_ns();
+        git(
+            &repo,
+            &[
+                "worktree",
+                "add",
+                "-q",
+                "-b",
+                &format!("bench/{i}"),
+                &wt.to_string_lossy(),
+                "HEAD",
+            ],
+        )
+        .await?;
+        let status = tokio::process::Command::new("sh")
+            .arg("-c")
+            .arg(stamp_script(&stamp))
+            .current_dir(&wt)
+            .status()
+            .await
+            .map_err(|e| CliError::local("cannot start sh").cause(e.to_string()))?;
+        if !status.success() {
+            return Err(CliError::local(format!(
+                "the baseline process failed ({status})"
+            )));
+        }
+        let ms = (read_stamp(&stamp)? - t0) as f64 / 1e6;
+        if i > 0 {
+            baseline.push(ms);
+        }
+        git(
+            &repo,
+            &["worktree", "remove", "--force", &wt.to_string_lossy()],
+        )
+        .await?;
+    }
+
+    // Dispatch: the same process as a real command job through an embedded server.
+    let server = serve::start(ServeConfig {
+        data_dir: root.join("data"),
+        listen: ([127, 0, 0, 1], 0).into(),
+        lease_ttl: Duration::from_secs(30),
+        reaper_interval: Duration::from_secs(1),
+        seats: 1,
+        embedded_factory: true,
+        kill_grace: Duration::from_secs(1),
+        push: false,
+        capabilities: Vec::new(),
+    })
+    .await?;
+    let url = format!("http://{}", server.addr());
+    let client = Client::new(&url, Some(server.admin_token().to_string()))
+        .map_err(|e| from_client(e, &url))?;
+    let measured = measure_dispatch(&client, &repo, &stamps, runs).await;
+    if let Err(e) = server.shutdown().await {
+        output::note(format!(
+            "warning: the bench server did not stop cleanly: {e}"
+        ));
+    }
+    let dispatch = measured?;
+
+    let mut b = baseline;
+    let mut d = dispatch;
+    b.sort_by(f64::total_cmp);
+    d.sort_by(f64::total_cmp);
+    let (b50, b99) = (percentile(&b, 50.0), percentile(&b, 99.0));
+    let (d50, d99) = (percentile(&d, 50.0), percentile(&d, 99.0));
+    output::line(format!(
+        "baseline  p50 {b50:>8.2} ms  p99 {b99:>8.2} ms  `git worktree add -b` + start `sh -c 'date ...'` in it"
+    ));
+    output::line(format!(
+        "dispatch  p50 {d50:>8.2} ms  p99 {d99:>8.2} ms  submit request sent -> the job's process writes its stamp"
+    ));
+    output::line(
+        "          (dispatch: one job at a time into an idle embedded server, 1 seat, no push)",
+    );
+    output::line(format!(
+        "dispatch_p50_ms={d50:.2} baseline_p50_ms={b50:.2} ratio={:.2}",
+        d50 / b50
+    ));
+    Ok(())
+}
+
+async fn measure_dispatch(
+    client: &Client,
+    repo: &Path,
+    stamps: &Path,
+    runs: usize,
+) -> Result<Vec<f64>, CliError> {
+    let api = |e| from_client(e, client.base());
+    let mut out = Vec::with_capacity(runs);
+    for i in 0..=runs {
+        let stamp = stamps.join(format!("dispatch-{i}"));
+        let text = format!(
+            "---\ntitle: dispatch bench {i}\nrepo: {}\nengine: command\ncommand: [sh, -c, \"{}\"]\nmax_attempts: 1\n---\nWrites a timestamp.\n",
+            repo.display(),
+            stamp_script(&stamp)
+        );
+        let req = SubmitRequest {
+            jobs: vec![SubmitFile {
+                file: format!("dispatch-{i}.md"),
+                text,
+                dir: None,
+            }],
+        };
+        let t0 = now_ns();
+        let resp = client.submit(&req).await.map_err(api)?;
+        let id: JobId = resp.jobs.first().map(|s| s.id).ok_or_else(|| {
+            CliError::new(
+                Kind::Server,
+                "the server accepted the job but returned no id",
+            )
+        })?;
+        // Waiting for the job to end keeps the server idle for the next submit.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let job = loop {
+            let job = client.job(id).await.map_err(api)?;
+            if job.state.is_terminal() {
+                break job;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(CliError::new(
+                    Kind::Server,
+                    format!("bench job {id} did not finish within 60 s"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        if job.state != JobState::Succeeded {
+            return Err(
+                CliError::new(Kind::Server, format!("bench job {id} ended {}", job.state)).hint(
+                    format!(
+                        "`gantry bench dispatch -v` shows the server's log; the job's reason: {}",
+                        job.reason.unwrap_or_default()
+                    ),
+                ),
+            );
+        }
+        let ms = (read_stamp(&stamp)? - t0) as f64 / 1e6;
+        if i > 0 {
+            out.push(ms);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&[3.0], 99.0), 3.0);
+        assert_eq!(percentile(&[1.0, 2.0], 50.0), 1.0);
+        assert!(percentile(&[], 50.0).is_nan());
+    }
+}

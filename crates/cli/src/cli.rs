@@ -1,0 +1,391 @@
+//! The low-level form of the command line: clap structs that hold what was typed, as
+//! strings where a value needs checking. [`crate::command`] turns them into a validated
+//! [`crate::command::Invocation`] before anything runs, so every check lives in one
+//! place and its errors name the argument and the value.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+const ROOT_AFTER_HELP: &str = "\
+Start here:
+  gantry demo                      runs a small queue of jobs in a temp repo (no account, no network)
+
+Everyday use:
+  gantry serve &                   the server with an embedded factory, data in ./.gantry
+  gantry submit job.md             prints the new job's id
+  gantry ls                        the newest jobs
+  gantry show 1                    one job and its runs
+  gantry logs 1 --follow           the job's output, live
+
+The CLI finds the server with --url (GANTRY_URL, default http://127.0.0.1:7700) and the
+admin token with --token (GANTRY_TOKEN), else in <data-dir>/admin.token. Times are UTC.
+Exit codes: 0 ok, 1 error, 2 usage error.";
+
+/// `gantry`: a control plane for fleets of coding agents.
+#[derive(Debug, Parser)]
+#[command(
+    name = "gantry",
+    version,
+    about = "Gantry: queue jobs, run each in its own git worktree, record what happened",
+    long_about = "Gantry queues jobs (markdown files with YAML front matter), leases each one to a \
+factory that runs it in its own git worktree, and records what happened, without losing a job \
+when a machine dies and without letting a stale worker write.",
+    after_help = ROOT_AFTER_HELP,
+    propagate_version = true,
+    subcommand_required = true,
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    /// The server's base URL.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "GANTRY_URL",
+        hide_env_values = true,
+        default_value = "http://127.0.0.1:7700",
+        value_name = "URL"
+    )]
+    pub url: String,
+
+    /// API token (else read from <data-dir>/admin.token).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "GANTRY_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+
+    /// Data directory: the SQLite store, worktrees, artifacts and admin.token.
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "GANTRY_DATA_DIR",
+        hide_env_values = true,
+        default_value = "./.gantry",
+        value_name = "DIR"
+    )]
+    pub data_dir: PathBuf,
+
+    /// Log to stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides.
+    #[arg(short, long, global = true, help_heading = "Global options", action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Sub,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Sub {
+    /// Run the server with an embedded factory until SIGINT or SIGTERM.
+    #[command(
+        long_about = "Runs the HTTP API, the reaper and (unless --no-factory) an embedded factory \
+with --seats concurrent runs, over the SQLite store in --data-dir. On first start it writes an \
+admin token to <data-dir>/admin.token (mode 0600). SIGINT or SIGTERM shuts it down gracefully; \
+jobs that were running come back through the reaper on the next start.",
+        after_help = "Examples:\n  gantry serve\n  gantry serve --listen 127.0.0.1:0 --seats 2 --lease-ttl 30s\n  gantry serve --no-factory --data-dir /var/lib/gantry\n  gantry serve --cap docker --cap gpu=a100"
+    )]
+    Serve(ServeArgs),
+
+    /// Submit job files as one batch and print the new jobs' ids.
+    #[command(
+        long_about = "Sends every FILE in one batch: the batch is stored whole or not at all. Prints \
+one job id per line on stdout, in file order; a file whose idempotency key matched a job stored \
+earlier prints that job's id and a note on stderr. A bad file is refused with an error naming \
+the file, the line and the field.",
+        after_help = "A job file (markdown with YAML front matter; the body is given to the process as $GANTRY_PROMPT_FILE):\n  ---\n  title: Add a health endpoint\n  repo: ../my-service            # a local path (relative to the file) or a git URL\n  command: [sh, -c, \"make health\"]\n  priority: 7                    # 0..9, higher first; default 5\n  deps: [schema-change]          # job ids or idempotency keys\n  lock: my-service               # at most one running job per lock\n  timeout: 30m\n  max_attempts: 3\n  retry_on: [lost, failed]\n  idempotency_key: health-endpoint\n  ---\n  Add a GET /health endpoint that returns 200.\n\nExamples:\n  gantry submit job.md\n  gantry submit jobs/*.md\n  id=$(gantry submit fix.md) && gantry logs \"$id\" --follow"
+    )]
+    Submit(SubmitArgs),
+
+    /// List jobs, newest first.
+    #[command(
+        after_help = "States: blocked, queued, running, succeeded, failed, canceled, killed.\n\nExamples:\n  gantry ls\n  gantry ls --state running\n  gantry ls --state failed --limit 5 --json"
+    )]
+    Ls(LsArgs),
+
+    /// Show one job and its runs.
+    #[command(
+        long_about = "Shows the job (state, priority, attempts, lock, deps, times) and a table of \
+its runs: id, attempt, fencing epoch, outcome, exit code, branch, commit, files changed and \
+lines added/deleted.",
+        after_help = "Examples:\n  gantry show 12\n  gantry show 12 --json"
+    )]
+    Show(IdJsonArgs),
+
+    /// Print a job's events (append-only, in order).
+    #[command(
+        long_about = "Prints the job's events oldest first. With --follow, streams new events as \
+they happen (server-sent events; a dropped stream is resumed with Last-Event-ID) and stops when \
+the job reaches a final state. With --json, prints the events as a JSON array, or one JSON \
+object per line when following.",
+        after_help = "Examples:\n  gantry events 12\n  gantry events 12 --follow\n  gantry events 12 --json"
+    )]
+    Events(FollowArgs),
+
+    /// Print a job's output: stdout and stderr of every run, interleaved in order.
+    #[command(
+        long_about = "Prints the text of the job's run.output events: stdout and stderr of every \
+attempt, interleaved in the order they were recorded. With --follow, keeps printing until the \
+job reaches a final state.",
+        after_help = "Examples:\n  gantry logs 12\n  gantry logs 12 --follow"
+    )]
+    Logs(FollowArgs),
+
+    /// Print the diff of a job's latest attempt.
+    #[command(after_help = "Examples:\n  gantry diff 12\n  gantry diff 12 | git apply")]
+    Diff(IdJsonArgs),
+
+    /// Cancel a job: SIGTERM to its process group, a grace period, then SIGKILL.
+    #[command(after_help = "Examples:\n  gantry cancel 12")]
+    Cancel(IdJsonArgs),
+
+    /// Kill a job (SIGKILL to its process group at once), or every running job with --all.
+    #[command(
+        override_usage = "gantry kill [OPTIONS] <ID>\n       gantry kill [OPTIONS] --all",
+        long_about = "Kills one job at once (SIGKILL to its process group). With --all, kills \
+every running job and pauses claiming, so nothing new starts until `gantry resume`.",
+        after_help = "Examples:\n  gantry kill 12\n  gantry kill --all && gantry resume"
+    )]
+    Kill(KillArgs),
+
+    /// Pause claiming: running jobs go on, nothing new starts.
+    #[command(after_help = "Examples:\n  gantry pause\n  gantry resume")]
+    Pause(JsonArgs),
+
+    /// Resume claiming after `pause` or `kill --all`.
+    #[command(after_help = "Examples:\n  gantry resume")]
+    Resume(JsonArgs),
+
+    /// Send a failed, canceled or killed job back to the queue with one more attempt.
+    #[command(after_help = "Examples:\n  gantry retry 12")]
+    Retry(IdJsonArgs),
+
+    /// Show whether claiming is paused and how many jobs are in each state.
+    #[command(after_help = "Examples:\n  gantry status\n  gantry status --json")]
+    Status(JsonArgs),
+
+    /// Create, list and revoke API tokens.
+    #[command(
+        subcommand,
+        after_help = "Scopes: admin ⊇ operator ⊇ submitter ⊇ reader; factory runs the factory protocol and reads.\n\nExamples:\n  gantry token create --name ci --scope submitter\n  gantry token ls\n  gantry token revoke ci"
+    )]
+    Token(TokenSub),
+
+    /// Run a small queue of jobs in a temp git repo: deps, a lock, priorities, a retry.
+    #[command(
+        long_about = "Makes a small git repo in a temp dir, starts an embedded server on a free \
+port (data in the temp dir), submits a few command jobs that show dependencies, a named lock, \
+priorities and a retry, prints a live log until they all finish, then a summary and where the \
+result branches are. Needs no network and no account; takes a few seconds. The temp dir is \
+removed at the end unless --keep.",
+        after_help = "Examples:\n  gantry demo\n  gantry demo --keep"
+    )]
+    Demo(DemoArgs),
+
+    /// Benchmarks: the queue (store only) and dispatch latency (real runs).
+    #[command(subcommand)]
+    Bench(BenchSub),
+}
+
+/// Arguments of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:7700", value_name = "ADDR")]
+    pub listen: String,
+    /// How long a lease lasts without a renewal, e.g. 60s or 2m.
+    #[arg(long, default_value = "60s", value_name = "DURATION")]
+    pub lease_ttl: String,
+    /// How often the reaper returns expired leases to the queue.
+    #[arg(long, default_value = "2s", value_name = "DURATION")]
+    pub reaper_interval: String,
+    /// Concurrent runs of the embedded factory.
+    #[arg(long, default_value = "4", value_name = "N")]
+    pub seats: String,
+    /// Run no embedded factory (remote factories only).
+    #[arg(long)]
+    pub no_factory: bool,
+    /// Time between SIGTERM and SIGKILL when a run is canceled or times out.
+    #[arg(long, default_value = "3s", value_name = "DURATION")]
+    pub kill_grace: String,
+    /// Do not push succeeded branches back to the source repo as gantry/<job>.
+    #[arg(long)]
+    pub no_push: bool,
+    /// A capability of the embedded factory, `name` or `name=value` (repeatable).
+    #[arg(long = "cap", value_name = "NAME[=VALUE]")]
+    pub caps: Vec<String>,
+}
+
+/// Arguments of `submit`.
+#[derive(Debug, Args)]
+pub struct SubmitArgs {
+    /// Job files (markdown with YAML front matter).
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+    /// Print the server's answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `ls`.
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// Only jobs in this state.
+    #[arg(long, value_name = "STATE")]
+    pub state: Option<String>,
+    /// At most this many jobs.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<String>,
+    /// Print the jobs as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A job id and `--json`.
+#[derive(Debug, Args)]
+pub struct IdJsonArgs {
+    /// Job id.
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A job id, `--follow` and `--json`.
+#[derive(Debug, Args)]
+pub struct FollowArgs {
+    /// Job id.
+    #[arg(value_name = "ID")]
+    pub id: String,
+    /// Keep streaming until the job reaches a final state.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Print JSON (one object per line when following).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Just `--json`.
+#[derive(Debug, Args)]
+pub struct JsonArgs {
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `kill`.
+#[derive(Debug, Args)]
+pub struct KillArgs {
+    /// Job id.
+    #[arg(
+        value_name = "ID",
+        required_unless_present = "all",
+        conflicts_with = "all"
+    )]
+    pub id: Option<String>,
+    /// Kill every running job and pause claiming.
+    #[arg(long)]
+    pub all: bool,
+    /// Print the answer as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `token` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum TokenSub {
+    /// Create a token and print its secret (shown only this once).
+    #[command(
+        after_help = "Examples:\n  gantry token create --name ci --scope submitter\n  GANTRY_TOKEN=$(gantry token create --name bot --scope reader) gantry ls"
+    )]
+    Create(TokenCreateArgs),
+    /// List tokens (never their secrets).
+    Ls(JsonArgs),
+    /// Revoke a token by name.
+    Revoke(TokenRevokeArgs),
+}
+
+/// Arguments of `token create`.
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// Unique name of the token.
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+    /// admin, operator, submitter, reader or factory.
+    #[arg(long, value_name = "SCOPE")]
+    pub scope: String,
+    /// Print the token's record and secret as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `token revoke`.
+#[derive(Debug, Args)]
+pub struct TokenRevokeArgs {
+    /// Name of the token.
+    #[arg(value_name = "NAME")]
+    pub name: String,
+    /// Print the revoked token's record as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Arguments of `demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Keep the temp dir (repo, data dir, job files) instead of removing it.
+    #[arg(long)]
+    pub keep: bool,
+}
+
+/// `bench` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum BenchSub {
+    /// Burn down no-op jobs through a real SQLite store with concurrent workers.
+    #[command(
+        long_about = "Opens a fresh SQLite store (in a temp dir, or --db), submits --jobs no-op jobs \
+and burns them down with --workers concurrent workers, each claiming with a lease and finishing \
+under its epoch. The last line is `jobs_per_s=<x> p50_claim_ms=<y> p99_claim_ms=<z>`.",
+        after_help = "Examples:\n  gantry bench queue --jobs 10000 --workers 4"
+    )]
+    Queue(BenchQueueArgs),
+    /// Submit-to-process-start latency of real command jobs against a bare baseline.
+    #[command(
+        long_about = "In a small temp git repo, measures a bare baseline (`git worktree add` plus \
+starting a process that writes a timestamp) and then the same for real command jobs through an \
+embedded server (from just before the submit request to the timestamp the job's process \
+writes). Prints p50/p99 of both; the last line is \
+`dispatch_p50_ms=<x> baseline_p50_ms=<y> ratio=<z>`.",
+        after_help = "Examples:\n  gantry bench dispatch\n  gantry bench dispatch --runs 50"
+    )]
+    Dispatch(BenchDispatchArgs),
+}
+
+/// Arguments of `bench queue`.
+#[derive(Debug, Args)]
+pub struct BenchQueueArgs {
+    /// Number of jobs.
+    #[arg(long, default_value = "10000", value_name = "N")]
+    pub jobs: String,
+    /// Concurrent workers.
+    #[arg(long, default_value = "4", value_name = "K")]
+    pub workers: String,
+    /// SQLite file to use (must not exist yet); default: a temp dir.
+    #[arg(long, value_name = "PATH")]
+    pub db: Option<PathBuf>,
+}
+
+/// Arguments of `bench dispatch`.
+#[derive(Debug, Args)]
+pub struct BenchDispatchArgs {
+    /// Measured runs of each kind.
+    #[arg(long, default_value = "20", value_name = "N")]
+    pub runs: String,
+}

@@ -1,0 +1,680 @@
+//! The high-level form of the command line: a validated [`Command`] with typed values,
+//! made from the clap structs of [`crate::cli`]. Nothing runs before this conversion
+//! succeeds, and every refusal is a [`UsageError`] naming the argument and the value.
+
+use crate::cli::{self, Cli, Sub};
+use gantry_core::api::Scope;
+use gantry_core::{JobId, JobState};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A refused argument: which one, with what value, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid value '{value}' for '{arg}': {reason}")]
+pub struct UsageError {
+    /// The subcommand path, e.g. `serve` or `token create` (empty for global options).
+    pub subcommand: String,
+    /// The argument as shown in help, e.g. `--lease-ttl <DURATION>`.
+    pub arg: String,
+    /// The value given.
+    pub value: String,
+    /// Why it was refused and what is expected.
+    pub reason: String,
+}
+
+/// How to print answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// Aligned tables and short lines for people.
+    Human,
+    /// Pretty JSON of the API objects.
+    Json,
+}
+
+impl Format {
+    fn from_flag(json: bool) -> Format {
+        if json { Format::Json } else { Format::Human }
+    }
+}
+
+/// Where the API token comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSource {
+    /// Given with `--token` or `GANTRY_TOKEN`.
+    Given(String),
+    /// Read from this file (`<data-dir>/admin.token`) when a command needs it.
+    File(PathBuf),
+}
+
+/// Options every command shares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Global {
+    /// Server base URL without a trailing slash, e.g. `http://127.0.0.1:7700`.
+    pub url: String,
+    /// Where the token comes from.
+    pub token: TokenSource,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Log verbosity (count of `-v`).
+    pub verbose: u8,
+}
+
+/// Options of `gantry serve`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServeOpts {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Lease length.
+    pub lease_ttl: Duration,
+    /// Reaper period.
+    pub reaper_interval: Duration,
+    /// Seats of the embedded factory.
+    pub seats: u32,
+    /// Whether to run the embedded factory.
+    pub embedded_factory: bool,
+    /// SIGTERM-to-SIGKILL grace.
+    pub kill_grace: Duration,
+    /// Whether to push succeeded branches to the source repo.
+    pub push: bool,
+    /// Capabilities of the embedded factory.
+    pub capabilities: Vec<String>,
+}
+
+/// What `gantry kill` kills.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillTarget {
+    /// One job.
+    Job(JobId),
+    /// Every running job (and claiming is paused).
+    All,
+}
+
+/// A validated command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeOpts),
+    /// Submit job files as one batch.
+    Submit {
+        /// The files, in order.
+        files: Vec<PathBuf>,
+        /// Output format.
+        format: Format,
+    },
+    /// List jobs.
+    Ls {
+        /// Only this state.
+        state: Option<JobState>,
+        /// At most this many.
+        limit: Option<u32>,
+        /// Output format.
+        format: Format,
+    },
+    /// Show a job with its runs.
+    Show {
+        /// The job.
+        id: JobId,
+        /// Output format.
+        format: Format,
+    },
+    /// A job's events.
+    Events {
+        /// The job.
+        id: JobId,
+        /// Stream until the job ends.
+        follow: bool,
+        /// Output format.
+        format: Format,
+    },
+    /// A job's output.
+    Logs {
+        /// The job.
+        id: JobId,
+        /// Stream until the job ends.
+        follow: bool,
+        /// Output format.
+        format: Format,
+    },
+    /// A job's diff.
+    Diff {
+        /// The job.
+        id: JobId,
+        /// Output format.
+        format: Format,
+    },
+    /// Cancel a job.
+    Cancel {
+        /// The job.
+        id: JobId,
+        /// Output format.
+        format: Format,
+    },
+    /// Kill a job or all running jobs.
+    Kill {
+        /// What to kill.
+        target: KillTarget,
+        /// Output format.
+        format: Format,
+    },
+    /// Pause claiming.
+    Pause {
+        /// Output format.
+        format: Format,
+    },
+    /// Resume claiming.
+    Resume {
+        /// Output format.
+        format: Format,
+    },
+    /// Retry a finished job.
+    Retry {
+        /// The job.
+        id: JobId,
+        /// Output format.
+        format: Format,
+    },
+    /// Queue status.
+    Status {
+        /// Output format.
+        format: Format,
+    },
+    /// Create a token.
+    TokenCreate {
+        /// Token name.
+        name: String,
+        /// Token scope.
+        scope: Scope,
+        /// Output format.
+        format: Format,
+    },
+    /// List tokens.
+    TokenLs {
+        /// Output format.
+        format: Format,
+    },
+    /// Revoke a token.
+    TokenRevoke {
+        /// Token name.
+        name: String,
+        /// Output format.
+        format: Format,
+    },
+    /// The demo.
+    Demo {
+        /// Keep the temp dir.
+        keep: bool,
+    },
+    /// The queue benchmark.
+    BenchQueue {
+        /// Number of jobs.
+        jobs: usize,
+        /// Concurrent workers.
+        workers: usize,
+        /// SQLite file, or a temp dir when `None`.
+        db: Option<PathBuf>,
+    },
+    /// The dispatch benchmark.
+    BenchDispatch {
+        /// Measured runs of each kind.
+        runs: usize,
+    },
+}
+
+/// A whole validated command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invocation {
+    /// Shared options.
+    pub global: Global,
+    /// The command.
+    pub command: Command,
+}
+
+impl TryFrom<Cli> for Invocation {
+    type Error = UsageError;
+
+    fn try_from(cli: Cli) -> Result<Self, UsageError> {
+        let global = Global {
+            url: parse_url(&cli.url)?,
+            token: match cli.token {
+                Some(t) if !t.trim().is_empty() => TokenSource::Given(t.trim().to_string()),
+                _ => TokenSource::File(cli.data_dir.join("admin.token")),
+            },
+            data_dir: cli.data_dir,
+            verbose: cli.verbose,
+        };
+        let command = convert(cli.command)?;
+        Ok(Invocation { global, command })
+    }
+}
+
+fn convert(sub: Sub) -> Result<Command, UsageError> {
+    Ok(match sub {
+        Sub::Serve(a) => Command::Serve(serve_opts(a)?),
+        Sub::Submit(a) => Command::Submit {
+            files: a.files,
+            format: Format::from_flag(a.json),
+        },
+        Sub::Ls(a) => Command::Ls {
+            state: a
+                .state
+                .map(|s| {
+                    s.parse::<JobState>()
+                        .map_err(|reason| bad("ls", "--state <STATE>", &s, reason))
+                })
+                .transpose()?,
+            limit: a
+                .limit
+                .map(|s| parse_count("ls", "--limit <N>", &s, 1))
+                .transpose()?
+                .map(|n| u32::try_from(n).unwrap_or(u32::MAX)),
+            format: Format::from_flag(a.json),
+        },
+        Sub::Show(a) => Command::Show {
+            id: parse_id("show", &a.id)?,
+            format: Format::from_flag(a.json),
+        },
+        Sub::Events(a) => Command::Events {
+            id: parse_id("events", &a.id)?,
+            follow: a.follow,
+            format: Format::from_flag(a.json),
+        },
+        Sub::Logs(a) => Command::Logs {
+            id: parse_id("logs", &a.id)?,
+            follow: a.follow,
+            format: Format::from_flag(a.json),
+        },
+        Sub::Diff(a) => Command::Diff {
+            id: parse_id("diff", &a.id)?,
+            format: Format::from_flag(a.json),
+        },
+        Sub::Cancel(a) => Command::Cancel {
+            id: parse_id("cancel", &a.id)?,
+            format: Format::from_flag(a.json),
+        },
+        Sub::Kill(a) => Command::Kill {
+            target: match (a.all, a.id) {
+                (true, _) => KillTarget::All,
+                (false, Some(id)) => KillTarget::Job(parse_id("kill", &id)?),
+                // clap's `required_unless_present` makes this unreachable, but a
+                // usage error is the honest answer if it ever is reached.
+                (false, None) => {
+                    return Err(bad(
+                        "kill",
+                        "<ID>",
+                        "",
+                        "give a job id, or --all to kill every running job".to_string(),
+                    ));
+                }
+            },
+            format: Format::from_flag(a.json),
+        },
+        Sub::Pause(a) => Command::Pause {
+            format: Format::from_flag(a.json),
+        },
+        Sub::Resume(a) => Command::Resume {
+            format: Format::from_flag(a.json),
+        },
+        Sub::Retry(a) => Command::Retry {
+            id: parse_id("retry", &a.id)?,
+            format: Format::from_flag(a.json),
+        },
+        Sub::Status(a) => Command::Status {
+            format: Format::from_flag(a.json),
+        },
+        Sub::Token(cli::TokenSub::Create(a)) => Command::TokenCreate {
+            name: parse_token_name("token create", "--name <NAME>", &a.name)?,
+            scope: a
+                .scope
+                .parse::<Scope>()
+                .map_err(|reason| bad("token create", "--scope <SCOPE>", &a.scope, reason))?,
+            format: Format::from_flag(a.json),
+        },
+        Sub::Token(cli::TokenSub::Ls(a)) => Command::TokenLs {
+            format: Format::from_flag(a.json),
+        },
+        Sub::Token(cli::TokenSub::Revoke(a)) => Command::TokenRevoke {
+            name: parse_token_name("token revoke", "<NAME>", &a.name)?,
+            format: Format::from_flag(a.json),
+        },
+        Sub::Demo(a) => Command::Demo { keep: a.keep },
+        Sub::Bench(cli::BenchSub::Queue(a)) => Command::BenchQueue {
+            jobs: parse_count("bench queue", "--jobs <N>", &a.jobs, 1)?,
+            workers: parse_count("bench queue", "--workers <K>", &a.workers, 1)?,
+            db: a.db,
+        },
+        Sub::Bench(cli::BenchSub::Dispatch(a)) => Command::BenchDispatch {
+            runs: parse_count("bench dispatch", "--runs <N>", &a.runs, 1)?,
+        },
+    })
+}
+
+fn serve_opts(a: cli::ServeArgs) -> Result<ServeOpts, UsageError> {
+    let listen = a.listen.parse::<SocketAddr>().map_err(|e| {
+        bad(
+            "serve",
+            "--listen <ADDR>",
+            &a.listen,
+            format!("{e}; expected an IP address and port such as 127.0.0.1:7700 or [::1]:0"),
+        )
+    })?;
+    let lease_ttl = parse_duration("serve", "--lease-ttl <DURATION>", &a.lease_ttl)?;
+    let reaper_interval =
+        parse_duration("serve", "--reaper-interval <DURATION>", &a.reaper_interval)?;
+    let kill_grace = parse_duration("serve", "--kill-grace <DURATION>", &a.kill_grace)?;
+    if lease_ttl.is_zero() {
+        return Err(bad(
+            "serve",
+            "--lease-ttl <DURATION>",
+            &a.lease_ttl,
+            "a lease must last longer than zero".to_string(),
+        ));
+    }
+    if reaper_interval.is_zero() {
+        return Err(bad(
+            "serve",
+            "--reaper-interval <DURATION>",
+            &a.reaper_interval,
+            "the reaper needs a period longer than zero".to_string(),
+        ));
+    }
+    let seats = parse_count("serve", "--seats <N>", &a.seats, 1)?;
+    let seats = u32::try_from(seats).map_err(|_| {
+        bad(
+            "serve",
+            "--seats <N>",
+            &a.seats,
+            "too many seats".to_string(),
+        )
+    })?;
+    for cap in &a.caps {
+        gantry_core::caps::validate(cap)
+            .map_err(|reason| bad("serve", "--cap <NAME[=VALUE]>", cap, reason))?;
+    }
+    Ok(ServeOpts {
+        listen,
+        lease_ttl,
+        reaper_interval,
+        seats,
+        embedded_factory: !a.no_factory,
+        kill_grace,
+        push: !a.no_push,
+        capabilities: a.caps,
+    })
+}
+
+fn bad(subcommand: &str, arg: &str, value: &str, reason: String) -> UsageError {
+    UsageError {
+        subcommand: subcommand.to_string(),
+        arg: arg.to_string(),
+        value: value.to_string(),
+        reason,
+    }
+}
+
+/// Parses a duration such as `60s`, `500ms`, `2m` or `1h 30m`.
+pub fn parse_duration(subcommand: &str, arg: &str, value: &str) -> Result<Duration, UsageError> {
+    humantime::parse_duration(value.trim()).map_err(|e| {
+        bad(
+            subcommand,
+            arg,
+            value,
+            format!("expected a duration such as 60s, 500ms, 2m or 1h ({e})"),
+        )
+    })
+}
+
+fn parse_count(subcommand: &str, arg: &str, value: &str, min: usize) -> Result<usize, UsageError> {
+    match value.trim().parse::<usize>() {
+        Ok(n) if n >= min => Ok(n),
+        Ok(_) => Err(bad(
+            subcommand,
+            arg,
+            value,
+            format!("expected at least {min}"),
+        )),
+        Err(_) => Err(bad(
+            subcommand,
+            arg,
+            value,
+            format!("expected a whole number of at least {min}"),
+        )),
+    }
+}
+
+fn parse_id(subcommand: &str, value: &str) -> Result<JobId, UsageError> {
+    value
+        .parse::<JobId>()
+        .map_err(|reason| bad(subcommand, "<ID>", value, reason))
+}
+
+fn parse_token_name(subcommand: &str, arg: &str, value: &str) -> Result<String, UsageError> {
+    let ok = !value.is_empty()
+        && value.len() <= 64
+        && value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '@'));
+    if ok {
+        Ok(value.to_string())
+    } else {
+        Err(bad(
+            subcommand,
+            arg,
+            value,
+            "a token name is 1 to 64 letters, digits, `_`, `-`, `.` or `@`".to_string(),
+        ))
+    }
+}
+
+fn parse_url(value: &str) -> Result<String, UsageError> {
+    let trimmed = value.trim().trim_end_matches('/');
+    let Some(rest) = trimmed.strip_prefix("http://") else {
+        let reason = if trimmed.starts_with("https://") {
+            "this build of gantry speaks plain HTTP only; put a TLS proxy in front of it and \
+             reach the server over http:// on a trusted network"
+        } else {
+            "expected a URL such as http://127.0.0.1:7700"
+        };
+        return Err(bad("", "--url <URL>", value, reason.to_string()));
+    };
+    let host = rest.split('/').next().unwrap_or_default();
+    if host.is_empty() {
+        return Err(bad(
+            "",
+            "--url <URL>",
+            value,
+            "the URL has no host; expected a URL such as http://127.0.0.1:7700".to_string(),
+        ));
+    }
+    Ok(trimmed.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn parse(args: &[&str]) -> Result<Invocation, UsageError> {
+        let mut argv = vec!["gantry"];
+        argv.extend_from_slice(args);
+        let cli = Cli::try_parse_from(argv).expect("clap accepts the arguments");
+        Invocation::try_from(cli)
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_defaults() {
+        let inv = parse(&["serve"]).expect("valid");
+        let Command::Serve(opts) = inv.command else {
+            panic!("expected serve, got {:?}", inv.command)
+        };
+        assert_eq!(opts.listen, "127.0.0.1:7700".parse().expect("addr"));
+        assert_eq!(opts.lease_ttl, Duration::from_secs(60));
+        assert_eq!(opts.reaper_interval, Duration::from_secs(2));
+        assert_eq!(opts.kill_grace, Duration::from_secs(3));
+        assert_eq!(opts.seats, 4);
+        assert!(opts.embedded_factory && opts.push);
+        assert!(opts.capabilities.is_empty());
+    }
+
+    #[test]
+    fn serve_flags() {
+        let inv = parse(&[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--lease-ttl",
+            "500ms",
+            "--reaper-interval",
+            "1m",
+            "--seats",
+            "2",
+            "--no-factory",
+            "--kill-grace",
+            "1s",
+            "--no-push",
+            "--cap",
+            "docker",
+            "--cap",
+            "gpu=a100",
+        ])
+        .expect("valid");
+        assert_eq!(
+            inv.command,
+            Command::Serve(ServeOpts {
+                listen: "127.0.0.1:0".parse().expect("addr"),
+                lease_ttl: Duration::from_millis(500),
+                reaper_interval: Duration::from_secs(60),
+                seats: 2,
+                embedded_factory: false,
+                kill_grace: Duration::from_secs(1),
+                push: false,
+                capabilities: vec!["docker".into(), "gpu=a100".into()],
+            })
+        );
+    }
+
+    #[test]
+    fn bad_values_name_argument_and_value() {
+        let cases: &[(&[&str], &str, &str)] = &[
+            (
+                &["serve", "--lease-ttl", "soon"],
+                "--lease-ttl <DURATION>",
+                "soon",
+            ),
+            (
+                &["serve", "--lease-ttl", "0s"],
+                "--lease-ttl <DURATION>",
+                "0s",
+            ),
+            (
+                &["serve", "--reaper-interval", "2x"],
+                "--reaper-interval <DURATION>",
+                "2x",
+            ),
+            (
+                &["serve", "--kill-grace=-1s"],
+                "--kill-grace <DURATION>",
+                "-1s",
+            ),
+            (&["serve", "--seats", "0"], "--seats <N>", "0"),
+            (&["serve", "--seats", "many"], "--seats <N>", "many"),
+            (
+                &["serve", "--listen", "localhost"],
+                "--listen <ADDR>",
+                "localhost",
+            ),
+            (
+                &["serve", "--cap", "bad cap"],
+                "--cap <NAME[=VALUE]>",
+                "bad cap",
+            ),
+            (&["ls", "--state", "done"], "--state <STATE>", "done"),
+            (&["ls", "--limit", "0"], "--limit <N>", "0"),
+            (&["show", "abc"], "<ID>", "abc"),
+            (&["show", "0"], "<ID>", "0"),
+            (
+                &["token", "create", "--name", "x", "--scope", "root"],
+                "--scope <SCOPE>",
+                "root",
+            ),
+            (
+                &["token", "create", "--name", "a b", "--scope", "reader"],
+                "--name <NAME>",
+                "a b",
+            ),
+            (&["bench", "queue", "--jobs", "ten"], "--jobs <N>", "ten"),
+            (&["bench", "dispatch", "--runs", "0"], "--runs <N>", "0"),
+            (&["--url", "ftp://x", "ls"], "--url <URL>", "ftp://x"),
+            (&["--url", "http://", "ls"], "--url <URL>", "http://"),
+        ];
+        for (args, arg, value) in cases {
+            let err = parse(args).expect_err(&format!("{args:?} must be refused"));
+            assert_eq!(err.arg, *arg, "{args:?}");
+            assert_eq!(err.value, *value, "{args:?}");
+            let text = err.to_string();
+            assert!(
+                text.contains(arg) && text.contains(value),
+                "{args:?}: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_state_lists_the_states() {
+        let err = parse(&["ls", "--state", "done"]).expect_err("refused");
+        assert!(err.reason.contains("succeeded"), "{}", err.reason);
+    }
+
+    #[test]
+    fn token_source() {
+        let inv = parse(&["--data-dir", "/tmp/d", "ls"]).expect("valid");
+        assert_eq!(
+            inv.global.token,
+            TokenSource::File(PathBuf::from("/tmp/d/admin.token"))
+        );
+        let inv = parse(&["--token", "s3cret", "ls"]).expect("valid");
+        assert_eq!(inv.global.token, TokenSource::Given("s3cret".into()));
+    }
+
+    #[test]
+    fn url_is_normalized() {
+        let inv = parse(&["--url", "http://127.0.0.1:9/", "status"]).expect("valid");
+        assert_eq!(inv.global.url, "http://127.0.0.1:9");
+    }
+
+    #[test]
+    fn kill_forms() {
+        let inv = parse(&["kill", "--all"]).expect("valid");
+        assert_eq!(
+            inv.command,
+            Command::Kill {
+                target: KillTarget::All,
+                format: Format::Human
+            }
+        );
+        let inv = parse(&["kill", "7", "--json"]).expect("valid");
+        assert_eq!(
+            inv.command,
+            Command::Kill {
+                target: KillTarget::Job(JobId(7)),
+                format: Format::Json
+            }
+        );
+        let mut argv = vec!["gantry", "kill"];
+        assert!(
+            Cli::try_parse_from(argv.clone()).is_err(),
+            "kill needs an id or --all"
+        );
+        argv.extend(["3", "--all"]);
+        assert!(
+            Cli::try_parse_from(argv).is_err(),
+            "an id and --all conflict"
+        );
+    }
+}

@@ -1,0 +1,591 @@
+//! `gantry demo`: a small queue of command jobs in a temp git repo, through a real
+//! embedded server, showing dependencies, a named lock, priorities and a retry. It is
+//! the README's first command, so it must take seconds and need nothing but git.
+
+use crate::client::Client;
+use crate::commands::plus_minus;
+use crate::error::{CliError, Kind, from_client};
+use crate::gitutil::{git, init_repo};
+use crate::output::{self, Table, short_duration};
+use crate::serve;
+use gantry_core::api::{SubmitFile, SubmitRequest};
+use gantry_core::event::{self, Event};
+use gantry_core::time::now_millis;
+use gantry_core::{Job, JobId, JobState, Outcome};
+use gantry_server::ServeConfig;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+/// Seats of the demo's factory: fewer than the jobs ready at once, so priority decides
+/// who goes first.
+const SEATS: u32 = 2;
+
+/// How long the demo waits for its jobs before it gives up (a hang guard, never hit
+/// when things work: the jobs take a few seconds).
+const DEADLINE: Duration = Duration::from_secs(90);
+
+/// One demo job: a short name (also its idempotency key), its file, and what it shows.
+struct DemoJob {
+    name: &'static str,
+    front: String,
+    script: &'static str,
+}
+
+fn jobs() -> Vec<DemoJob> {
+    let job = |name: &'static str, extra: &str, title: &str, script: &'static str| DemoJob {
+        name,
+        front: format!("title: {title}\nidempotency_key: {name}\n{extra}"),
+        script,
+    };
+    vec![
+        job(
+            "schema",
+            "",
+            "Create the database schema",
+            "sleep 0.4; printf 'CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT);\\n' > schema.sql; echo 'wrote schema.sql'",
+        ),
+        job(
+            "api",
+            "deps: [schema]\n",
+            "Add the users API (needs the schema)",
+            "sleep 0.2; printf 'GET /users\\nPOST /users\\n' > api.txt; echo 'wrote api.txt'",
+        ),
+        job(
+            "docs-intro",
+            "lock: docs\n",
+            "Write the intro page",
+            "sleep 0.5; mkdir -p docs; printf '# Intro\\nHello.\\n' > docs/intro.md; echo 'wrote docs/intro.md'",
+        ),
+        job(
+            "docs-usage",
+            "lock: docs\n",
+            "Write the usage page",
+            "sleep 0.5; mkdir -p docs; printf '# Usage\\nRun it.\\n' > docs/usage.md; echo 'wrote docs/usage.md'",
+        ),
+        job(
+            "flaky",
+            "max_attempts: 3\nretry_on: [failed]\nbackoff: 300ms\n",
+            "Flaky test fix (fails once, then passes)",
+            "if [ \"$GANTRY_ATTEMPT\" = 1 ]; then echo 'network hiccup: failing on purpose' >&2; exit 1; fi; echo 'ok on attempt '\"$GANTRY_ATTEMPT\" > flaky.txt; echo 'passed'",
+        ),
+        job(
+            "hotfix",
+            "priority: 9\n",
+            "Hotfix the greeting (priority 9, submitted last)",
+            "sleep 0.3; sed -i 's/Hello/Hello, world/' app.sh; echo 'patched app.sh'",
+        ),
+    ]
+}
+
+/// The text of a demo job file.
+fn job_file(j: &DemoJob) -> String {
+    // The script goes into a single-quoted YAML scalar: a quote is written twice.
+    format!(
+        "---\n{}repo: ../repo\nengine: command\ncommand: [sh, -c, '{}']\n---\nDemo job `{}`: {}\n",
+        j.front,
+        j.script.replace('\'', "''"),
+        j.name,
+        j.script
+    )
+}
+
+/// `gantry demo`.
+pub async fn demo(keep: bool) -> Result<(), CliError> {
+    let tmp = tempfile::Builder::new()
+        .prefix("gantry-demo-")
+        .tempdir()
+        .map_err(|e| {
+            CliError::local("cannot create a temp dir for the demo").cause(e.to_string())
+        })?;
+    let root = tmp.path().to_path_buf();
+    let result = run(&root, keep).await;
+    if keep || result.is_err() {
+        let kept = tmp.keep();
+        output::line("");
+        output::line(format!(
+            "Kept {} (repo/, jobs/, data/){}",
+            kept.display(),
+            if result.is_err() {
+                " to look into what went wrong"
+            } else {
+                ""
+            }
+        ));
+    } else {
+        drop(tmp);
+        output::note(
+            "(the temp dir is removed; `gantry demo --keep` keeps the repo, job files and data dir)",
+        );
+    }
+    result
+}
+
+async fn run(root: &Path, keep: bool) -> Result<(), CliError> {
+    let repo = root.join("repo");
+    let jobs_dir = root.join("jobs");
+    let data = root.join("data");
+    init_repo(
+        &repo,
+        &[
+            (
+                "README.md",
+                "# demo-app\n\nA tiny app for the Gantry demo.\n",
+            ),
+            ("app.sh", "#!/bin/sh\necho 'Hello'\n"),
+        ],
+    )
+    .await?;
+    output::line(format!(
+        "Made a git repo with one commit: {}",
+        repo.display()
+    ));
+
+    let server = serve::start(ServeConfig {
+        data_dir: data.clone(),
+        listen: ([127, 0, 0, 1], 0).into(),
+        // Short so a lost run would come back quickly; renewals are a third of it.
+        lease_ttl: Duration::from_secs(10),
+        reaper_interval: Duration::from_millis(500),
+        seats: SEATS,
+        embedded_factory: true,
+        kill_grace: Duration::from_secs(1),
+        push: true,
+        capabilities: Vec::new(),
+    })
+    .await?;
+    let url = format!("http://{}", server.addr());
+    output::line(format!(
+        "Started an embedded server on {url} ({SEATS} seats, data in {})",
+        data.display()
+    ));
+    let client = Client::new(&url, Some(server.admin_token().to_string()))
+        .map_err(|e| from_client(e, &url))?;
+    let outcome = drive(&client, &repo, &jobs_dir, keep).await;
+    if let Err(e) = server.shutdown().await {
+        output::note(format!(
+            "warning: the demo server did not stop cleanly: {e}"
+        ));
+    }
+    outcome
+}
+
+/// What the live log knows about one job.
+struct Tracked {
+    name: String,
+    state: JobState,
+    delivered: Option<String>,
+}
+
+async fn drive(client: &Client, repo: &Path, jobs_dir: &Path, keep: bool) -> Result<(), CliError> {
+    let specs = jobs();
+    std::fs::create_dir_all(jobs_dir).map_err(|e| {
+        CliError::local(format!("cannot create {}", jobs_dir.display())).cause(e.to_string())
+    })?;
+    let mut files = Vec::new();
+    for (i, j) in specs.iter().enumerate() {
+        let path = jobs_dir.join(format!("{}-{}.md", i + 1, j.name));
+        let text = job_file(j);
+        std::fs::write(&path, &text).map_err(|e| {
+            CliError::local(format!("cannot write {}", path.display())).cause(e.to_string())
+        })?;
+        files.push(SubmitFile {
+            file: format!(
+                "jobs/{}",
+                path.file_name()
+                    .map(|n| n.to_string_lossy())
+                    .unwrap_or_default()
+            ),
+            text,
+            dir: Some(jobs_dir.to_string_lossy().into_owned()),
+        });
+    }
+
+    output::line("");
+    output::line(format!(
+        "Submitting {} jobs in one batch (from {}):",
+        specs.len(),
+        jobs_dir.display()
+    ));
+    output::line("  schema      writes schema.sql");
+    output::line("  api         deps: [schema], so it waits for it");
+    output::line("  docs-intro  lock: docs, never runs at the same time as docs-usage");
+    output::line("  docs-usage  lock: docs");
+    output::line("  flaky       fails on attempt 1, retry_on: [failed], passes on attempt 2");
+    output::line(format!(
+        "  hotfix      priority 9 (the others 5), submitted last: starts first on {SEATS} seats"
+    ));
+    output::line("");
+
+    let t0 = now_millis();
+    let resp = client
+        .submit(&SubmitRequest { jobs: files })
+        .await
+        .map_err(|e| from_client(e, client.base()))?;
+    let mut tracked: BTreeMap<JobId, Tracked> = BTreeMap::new();
+    for (s, j) in resp.jobs.iter().zip(&specs) {
+        tracked.insert(
+            s.id,
+            Tracked {
+                name: j.name.to_string(),
+                state: JobState::Queued,
+                delivered: None,
+            },
+        );
+    }
+    let width = specs.iter().map(|j| j.name.len()).max().unwrap_or(0);
+
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut stream = client.event_stream(None, 0);
+    let mut delivery_wait: Option<tokio::time::Instant> = None;
+    loop {
+        let all_done = tracked.values().all(|t| t.state.is_terminal());
+        let succeeded: BTreeSet<JobId> = tracked
+            .iter()
+            .filter(|(_, t)| t.state == JobState::Succeeded)
+            .map(|(id, _)| *id)
+            .collect();
+        let undelivered = succeeded.iter().any(|id| tracked[id].delivered.is_none());
+        if all_done {
+            // Delivery (the push of gantry/<job>) follows the finish; wait a little for
+            // it so the branch list below is complete, but never long.
+            let until = *delivery_wait
+                .get_or_insert_with(|| tokio::time::Instant::now() + Duration::from_secs(3));
+            if !undelivered || tokio::time::Instant::now() >= until {
+                break;
+            }
+        }
+        let wait_until = match delivery_wait {
+            Some(d) => d.min(deadline),
+            None => deadline,
+        };
+        let ev = match tokio::time::timeout_at(wait_until, stream.next()).await {
+            Ok(Ok(ev)) => ev,
+            Ok(Err(e)) => return Err(from_client(e, client.base())),
+            Err(_) if delivery_wait.is_some() => continue,
+            Err(_) => {
+                let pending: Vec<String> = tracked
+                    .iter()
+                    .filter(|(_, t)| !t.state.is_terminal())
+                    .map(|(id, t)| format!("#{id} {} ({})", t.name, t.state))
+                    .collect();
+                return Err(CliError::new(
+                    Kind::Server,
+                    format!(
+                        "the demo jobs did not finish within {}s",
+                        DEADLINE.as_secs()
+                    ),
+                )
+                .cause(format!("still not finished: {}", pending.join(", ")))
+                .hint(
+                    "run `gantry demo --keep -v` to see the server's log and keep its data dir",
+                ));
+            }
+        };
+        let Some(id) = ev.job_id else { continue };
+        let Some(t) = tracked.get_mut(&id) else {
+            continue;
+        };
+        if ev.kind == event::JOB_STATE
+            && let Some(to) = ev
+                .data
+                .get("to")
+                .and_then(|v| v.as_str())
+                .and_then(|s| s.parse().ok())
+        {
+            t.state = to;
+        }
+        if ev.kind == event::DELIVERY_PUSHED || ev.kind == event::DELIVERY_FAILED {
+            t.delivered = Some(
+                ev.data
+                    .get("branch")
+                    .and_then(|b| b.as_str())
+                    .unwrap_or("-")
+                    .to_string(),
+            );
+        }
+        if let Some(text) = live_line(&ev) {
+            for l in text.lines() {
+                output::line(format!(
+                    "{:>6}  #{id} {:<width$}  {l}",
+                    format!("+{:.2}s", (ev.at - t0).max(0) as f64 / 1000.0),
+                    t.name
+                ));
+            }
+        }
+    }
+
+    // The final word comes from the API, not from what the stream showed.
+    let mut jobs: Vec<Job> = Vec::new();
+    for id in tracked.keys() {
+        jobs.push(
+            client
+                .job(*id)
+                .await
+                .map_err(|e| from_client(e, client.base()))?,
+        );
+    }
+    summary(&jobs, &tracked, t0);
+    output::line("");
+    let branches = git(repo, &["branch", "--list", "gantry/*"]).await?;
+    output::line(format!(
+        "Branches in the demo repo (`git -C {} branch --list 'gantry/*'`):",
+        repo.display()
+    ));
+    if branches.trim().is_empty() {
+        output::line("  (none: no job delivered a branch)");
+    } else {
+        for b in branches.lines() {
+            output::line(format!("  {}", b.trim()));
+        }
+    }
+    if keep && let Some(j) = jobs.iter().find(|j| j.state == JobState::Succeeded) {
+        output::line(format!(
+            "See one: git -C {} show --stat gantry/{}",
+            repo.display(),
+            j.id
+        ));
+    }
+    let failed: Vec<&Job> = jobs
+        .iter()
+        .filter(|j| j.state != JobState::Succeeded)
+        .collect();
+    if !failed.is_empty() {
+        let ids: Vec<String> = failed
+            .iter()
+            .map(|j| format!("#{} ({})", j.id, j.state))
+            .collect();
+        return Err(CliError::new(
+            Kind::Server,
+            format!("not every demo job succeeded: {}", ids.join(", ")),
+        )
+        .hint("run `gantry demo --keep -v` and look at the kept data dir's artifacts"));
+    }
+    Ok(())
+}
+
+/// The live log's line for an event, if it is worth one.
+fn live_line(ev: &Event) -> Option<String> {
+    let d = &ev.data;
+    let get = |k: &str| {
+        d.get(k).map(|v| {
+            v.as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| v.to_string())
+        })
+    };
+    match ev.kind.as_str() {
+        event::RUN_CLAIMED => Some(format!(
+            "claimed   attempt {}",
+            get("attempt").unwrap_or_else(|| "?".into())
+        )),
+        event::RUN_STARTED => Some(format!(
+            "started   on {}",
+            get("branch").unwrap_or_default()
+        )),
+        event::RUN_OUTPUT => get("text").map(|t| {
+            let stream = get("stream").unwrap_or_default();
+            let mark = if stream == "stderr" { "!" } else { "|" };
+            t.trim_end_matches('\n')
+                .lines()
+                .map(|l| format!("{mark} {l}"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        }),
+        event::RUN_FINISHED => {
+            let outcome = get("outcome").unwrap_or_else(|| "?".into());
+            let mut s = format!(
+                "{outcome:<9} exit {}",
+                get("exit_code").unwrap_or_else(|| "-".into())
+            );
+            if let Some(f) = get("files_changed") {
+                s.push_str(&format!(
+                    ", {f} file(s) +{}/-{}",
+                    get("lines_added").unwrap_or_else(|| "0".into()),
+                    get("lines_deleted").unwrap_or_else(|| "0".into())
+                ));
+            }
+            Some(s)
+        }
+        event::JOB_STATE => {
+            let from = get("from").unwrap_or_default();
+            let to = get("to").unwrap_or_default();
+            match (from.as_str(), to.as_str()) {
+                ("blocked", "queued") => Some("unblocked: its dependency succeeded".to_string()),
+                ("running", "queued") => {
+                    Some("back in the queue for another attempt (retry_on: failed)".to_string())
+                }
+                (_, "canceled" | "failed" | "killed") => Some(format!(
+                    "{to}{}",
+                    get("reason").map(|r| format!(": {r}")).unwrap_or_default()
+                )),
+                _ => None,
+            }
+        }
+        event::LEASE_EXPIRED => Some("lease expired: the run is lost".to_string()),
+        event::DELIVERY_PUSHED => Some(format!("pushed    {}", get("branch").unwrap_or_default())),
+        event::DELIVERY_FAILED => {
+            Some(format!("push failed: {}", get("error").unwrap_or_default()))
+        }
+        _ => None,
+    }
+}
+
+/// The summary table and what it shows about deps, the lock, priorities and the retry.
+fn summary(jobs: &[Job], tracked: &BTreeMap<JobId, Tracked>, t0: i64) {
+    let name = |id: JobId| tracked.get(&id).map(|t| t.name.clone()).unwrap_or_default();
+    output::line("");
+    let mut t = Table::new(&[
+        "JOB>",
+        "NAME",
+        "TITLE",
+        "STATE",
+        "ATTEMPTS>",
+        "BRANCH",
+        "FILES>",
+        "+/-",
+    ]);
+    for j in jobs {
+        let last = j.runs.last();
+        let branch = tracked
+            .get(&j.id)
+            .and_then(|t| t.delivered.clone())
+            .or_else(|| last.and_then(|r| r.branch.clone()))
+            .unwrap_or_else(|| "-".into());
+        t.row(vec![
+            j.id.to_string(),
+            name(j.id),
+            j.title.clone(),
+            j.state.to_string(),
+            j.runs.len().to_string(),
+            branch,
+            last.and_then(|r| r.files_changed)
+                .map(|f| f.to_string())
+                .unwrap_or_else(|| "-".into()),
+            last.map(plus_minus).unwrap_or_else(|| "-".into()),
+        ]);
+    }
+    t.print();
+
+    let by_name = |n: &str| jobs.iter().find(|j| name(j.id) == n);
+    let first_start = |j: &Job| j.runs.first().map(|r| r.started_at);
+    let last_end = |j: &Job| j.runs.last().and_then(|r| r.finished_at);
+    let rel = |ms: i64| format!("+{:.2}s", (ms - t0).max(0) as f64 / 1000.0);
+    output::line("");
+    output::line("What happened:");
+
+    if let (Some(schema), Some(api)) = (by_name("schema"), by_name("api"))
+        && let (Some(done), Some(start)) = (last_end(schema), first_start(api))
+    {
+        output::line(format!(
+            "  deps:     schema finished at {}, api was claimed at {} ({})",
+            rel(done),
+            rel(start),
+            if start >= done {
+                "after it, as deps: [schema] asks"
+            } else {
+                "BEFORE it: the dependency was not respected"
+            }
+        ));
+    }
+
+    if let (Some(a), Some(b)) = (by_name("docs-intro"), by_name("docs-usage"))
+        && let (Some(ra), Some(rb)) = (a.runs.last(), b.runs.last())
+        && let (Some(ea), Some(eb)) = (ra.finished_at, rb.finished_at)
+    {
+        let overlap = ra.started_at < eb && rb.started_at < ea;
+        output::line(format!(
+            "  lock:     docs-intro ran {}–{}, docs-usage ran {}–{} ({})",
+            rel(ra.started_at),
+            rel(ea),
+            rel(rb.started_at),
+            rel(eb),
+            if overlap {
+                "they OVERLAPPED: the lock did not hold"
+            } else {
+                "never at the same time: lock `docs`"
+            }
+        ));
+    }
+
+    if let Some(hot) = by_name("hotfix")
+        && let Some(first) = hot.runs.first()
+    {
+        // Run ids are handed out by the claim transaction, so they order the claims
+        // exactly, even within one millisecond.
+        let mut claims: Vec<(gantry_core::RunId, JobId)> = jobs
+            .iter()
+            .filter_map(|j| j.runs.first().map(|r| (r.id, j.id)))
+            .collect();
+        claims.sort();
+        let rank = claims
+            .iter()
+            .position(|(_, id)| *id == hot.id)
+            .map(|p| p + 1)
+            .unwrap_or(0);
+        output::line(format!(
+            "  priority: hotfix (priority 9) was submitted last and claimed {} of {} (at {}, {SEATS} seats)",
+            ordinal(rank),
+            claims.len(),
+            rel(first.started_at)
+        ));
+    }
+
+    if let Some(fl) = by_name("flaky") {
+        let attempts: Vec<String> = fl
+            .runs
+            .iter()
+            .map(|r| {
+                let o = r.outcome.map(Outcome::as_str).unwrap_or("running");
+                match r.exit_code {
+                    Some(c) if r.outcome != Some(Outcome::Succeeded) => {
+                        format!("attempt {} {o} (exit {c})", r.attempt)
+                    }
+                    _ => format!("attempt {} {o}", r.attempt),
+                }
+            })
+            .collect();
+        output::line(format!("  retry:    flaky: {}", attempts.join(", then ")));
+    }
+    let total = jobs
+        .iter()
+        .filter_map(last_end)
+        .max()
+        .map(|e| short_duration(e - t0));
+    if let Some(total) = total {
+        output::line(format!(
+            "  all {} jobs done {total} after the submit",
+            jobs.len()
+        ));
+    }
+}
+
+fn ordinal(n: usize) -> String {
+    match n {
+        1 => "1st".into(),
+        2 => "2nd".into(),
+        3 => "3rd".into(),
+        0 => "?".into(),
+        n => format!("{n}th"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn demo_job_files_parse() {
+        for j in jobs() {
+            let text = job_file(&j);
+            let parsed = gantry_core::spec::parse_job_file(&format!("{}.md", j.name), &text);
+            let parsed = parsed
+                .unwrap_or_else(|e| panic!("demo job {} does not parse: {e}\n{text}", j.name));
+            assert_eq!(
+                parsed.spec.command,
+                vec!["sh".to_string(), "-c".into(), j.script.to_string()]
+            );
+            assert_eq!(parsed.spec.idempotency_key.as_deref(), Some(j.name));
+        }
+    }
+}

@@ -1,0 +1,79 @@
+//! `gantry serve`: the server with its embedded factory, in the foreground until
+//! SIGINT or SIGTERM.
+
+use crate::command::{Global, ServeOpts};
+use crate::error::{CliError, Kind};
+use crate::output;
+use gantry_server::{ADMIN_TOKEN_FILE, RunningServer, ServeConfig, ServerError};
+
+/// Maps a failure to start or stop the server, with a hint where one helps.
+pub fn server_error(e: ServerError) -> CliError {
+    let hint = match &e {
+        ServerError::Bind { addr, .. } => Some(format!(
+            "is another server already listening on {addr}? pass --listen with another address (port 0 picks a free one)"
+        )),
+        ServerError::Io { path, .. } => Some(format!(
+            "check that {} can be created and written (--data-dir, GANTRY_DATA_DIR)",
+            path.display()
+        )),
+        _ => None,
+    };
+    let err = CliError::new(Kind::Local, format!("the server failed: {e}"));
+    match hint {
+        Some(h) => err.hint(h),
+        None => err,
+    }
+}
+
+/// The server configuration of `gantry serve` with these options.
+pub fn config(global: &Global, opts: &ServeOpts) -> ServeConfig {
+    ServeConfig {
+        data_dir: global.data_dir.clone(),
+        listen: opts.listen,
+        lease_ttl: opts.lease_ttl,
+        reaper_interval: opts.reaper_interval,
+        seats: opts.seats,
+        embedded_factory: opts.embedded_factory,
+        kill_grace: opts.kill_grace,
+        push: opts.push,
+        capabilities: opts.capabilities.clone(),
+    }
+}
+
+/// Starts an embedded server, mapping its errors.
+pub async fn start(cfg: ServeConfig) -> Result<RunningServer, CliError> {
+    gantry_server::start(cfg).await.map_err(server_error)
+}
+
+/// `gantry serve`.
+pub async fn serve(global: &Global, opts: ServeOpts) -> Result<(), CliError> {
+    let cfg = config(global, &opts);
+    let server = start(cfg).await?;
+    let data_dir =
+        std::path::absolute(&global.data_dir).unwrap_or_else(|_| global.data_dir.clone());
+    output::line(format!(
+        "gantry serve: listening on http://{}",
+        server.addr()
+    ));
+    output::line(format!(
+        "admin token: {} (the CLI reads it from there; or pass --token)",
+        data_dir.join(ADMIN_TOKEN_FILE).display()
+    ));
+    output::line(if opts.embedded_factory {
+        format!(
+            "embedded factory: {} seat(s){}",
+            opts.seats,
+            if opts.capabilities.is_empty() {
+                String::new()
+            } else {
+                format!(", capabilities {}", opts.capabilities.join(", "))
+            }
+        )
+    } else {
+        "embedded factory: off (--no-factory)".to_string()
+    });
+    output::note("press Ctrl-C (or send SIGTERM) to stop");
+    server.wait().await.map_err(server_error)?;
+    output::note("gantry serve: stopped");
+    Ok(())
+}

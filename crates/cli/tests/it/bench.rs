@@ -1,0 +1,84 @@
+//! `gantry bench queue` and `gantry bench dispatch` print their machine-readable last line.
+
+use crate::harness::{gantry, run_with_timeout};
+use std::time::Duration;
+
+/// Parses `k1=<f64> k2=<f64> ...` with exactly these keys in this order.
+fn parse_kv(line: &str, keys: &[&str]) -> Vec<f64> {
+    let parts: Vec<&str> = line.split(' ').collect();
+    assert_eq!(
+        parts.len(),
+        keys.len(),
+        "last line {line:?} has {} fields",
+        keys.len()
+    );
+    parts
+        .iter()
+        .zip(keys)
+        .map(|(p, k)| {
+            let (key, value) = p
+                .split_once('=')
+                .unwrap_or_else(|| panic!("{p:?} in {line:?} is not key=value"));
+            assert_eq!(key, *k, "{line:?}");
+            assert!(
+                !value.is_empty() && value.chars().all(|c| c.is_ascii_digit() || c == '.'),
+                "{p:?} in {line:?}"
+            );
+            value
+                .parse::<f64>()
+                .unwrap_or_else(|e| panic!("{p:?}: {e}"))
+        })
+        .collect()
+}
+
+#[test]
+fn bench_queue_prints_the_last_line() {
+    let mut c = gantry();
+    c.args(["bench", "queue", "--jobs", "2000", "--workers", "4"]);
+    let out = run_with_timeout(c, Duration::from_secs(300));
+    out.ok();
+    let last = out.stdout.lines().last().unwrap_or_default();
+    let v = parse_kv(last, &["jobs_per_s", "p50_claim_ms", "p99_claim_ms"]);
+    assert!(v[0] > 0.0 && v[1] <= v[2], "{last}");
+    assert!(
+        out.stdout.contains("2000"),
+        "details name the job count\n{out}"
+    );
+}
+
+#[test]
+fn bench_queue_refuses_an_existing_db() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join("exists.db");
+    std::fs::write(&db, "").unwrap();
+    let mut c = gantry();
+    c.args([
+        "bench",
+        "queue",
+        "--jobs",
+        "10",
+        "--db",
+        db.to_str().unwrap(),
+    ]);
+    let out = run_with_timeout(c, Duration::from_secs(60));
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("--db") && out.stderr.contains("exists.db"),
+        "{out}"
+    );
+}
+
+#[test]
+fn bench_dispatch_prints_the_last_line() {
+    let mut c = gantry();
+    c.args(["bench", "dispatch", "--runs", "3"]);
+    let out = run_with_timeout(c, Duration::from_secs(300));
+    out.ok();
+    let last = out.stdout.lines().last().unwrap_or_default();
+    let v = parse_kv(last, &["dispatch_p50_ms", "baseline_p50_ms", "ratio"]);
+    assert!(v[0] > 0.0 && v[1] > 0.0, "{last}");
+    assert!(
+        out.stdout.contains("baseline  p50") && out.stdout.contains("dispatch  p50"),
+        "says what it measures\n{out}"
+    );
+}

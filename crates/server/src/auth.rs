@@ -1,0 +1,289 @@
+//! Bearer tokens: secrets, hashing, the first-start admin token and the request
+//! extractor that authenticates a caller.
+
+use crate::error::{ApiError, ServerError};
+use crate::service::Service;
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+use gantry_core::api::{Scope, TokenInfo};
+use gantry_store::{Store, StoreError};
+use rand::TryRng;
+use sha2::{Digest, Sha256};
+use std::io::Write;
+use std::marker::PhantomData;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Prefix of every token secret, so a leaked one is recognizable (and greppable by
+/// secret scanners).
+pub const TOKEN_PREFIX: &str = "gtk_";
+
+/// Name of the file in the data dir holding the admin token's secret.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// Number of random bytes in a secret: 256 bits.
+const SECRET_BYTES: usize = 32;
+
+/// A new random token secret: `gtk_` then 256 bits from the OS random number generator,
+/// hex encoded.
+pub fn new_token_secret() -> String {
+    let mut bytes = [0u8; SECRET_BYTES];
+    rand::rngs::SysRng
+        .try_fill_bytes(&mut bytes)
+        .expect("the OS random number generator is available on every supported platform");
+    format!("{TOKEN_PREFIX}{}", hex::encode(bytes))
+}
+
+/// The hash under which a token secret is stored: SHA-256, hex encoded.
+///
+/// A plain fast hash is enough here, unlike for passwords: secrets are 256 random bits
+/// from the OS RNG, so there is no dictionary to try and brute force over 2^256 values
+/// is out of reach however fast each guess is. A slow KDF (argon2, bcrypt) would only
+/// add latency to every request. The hash keeps a stolen database from yielding usable
+/// secrets.
+pub fn hash_token(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// Makes sure `<data_dir>/admin.token` holds the secret of a live admin token and
+/// returns that secret.
+///
+/// - The file holds a live admin token: it is used as it is.
+/// - Otherwise (first start, file deleted, or its token revoked) a new admin token is
+///   stored and its secret written to the file. Whoever can write the data dir can
+///   already rewrite the database, so minting a token here grants nothing new, and it
+///   makes a lost admin token recoverable by deleting the file and restarting.
+pub(crate) async fn ensure_admin_token(
+    store: &dyn Store,
+    data_dir: &Path,
+) -> Result<String, ServerError> {
+    let path = data_dir.join(ADMIN_TOKEN_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let secret = text.trim().to_string();
+            if let Some(info) = store.token_by_hash(&hash_token(&secret)).await?
+                && info.scope == Scope::Admin
+            {
+                return Ok(secret);
+            }
+            tracing::warn!(
+                path = %path.display(),
+                "admin token file does not hold a live admin token; creating a new one"
+            );
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(ServerError::Io {
+                action: "read admin token",
+                path,
+                source,
+            });
+        }
+    }
+
+    let secret = new_token_secret();
+    let taken: Vec<String> = store.tokens().await?.into_iter().map(|t| t.name).collect();
+    let name = (1..)
+        .map(|n| {
+            if n == 1 {
+                "admin".to_string()
+            } else {
+                format!("admin-{n}")
+            }
+        })
+        .find(|name| !taken.contains(name))
+        .expect("an unbounded sequence of names always has one that is not taken");
+    let info = store
+        .create_token(&name, Scope::Admin, &hash_token(&secret))
+        .await?;
+    write_secret_file(&path, &secret)?;
+    tracing::info!(name = %info.name, path = %path.display(), "created the admin token");
+    Ok(secret)
+}
+
+/// Writes `secret` to `path`, readable by the owner only from the first byte on: the
+/// file is created with mode 0600 (never chmod-ed afterwards, which would leave a window
+/// where it is readable by others) under a temporary name, then renamed into place.
+fn write_secret_file(path: &Path, secret: &str) -> Result<(), ServerError> {
+    let tmp = path.with_extension("token.tmp");
+    let io = |action, source| ServerError::Io {
+        action,
+        path: tmp.clone(),
+        source,
+    };
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("remove stale temporary token file", e)),
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(|e| io("create admin token file", e))?;
+    file.write_all(format!("{secret}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| io("write admin token file", e))?;
+    std::fs::rename(&tmp, path).map_err(|source| ServerError::Io {
+        action: "rename admin token file into place",
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// An authenticated caller: the live token its bearer secret matched.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The token.
+    pub token: TokenInfo,
+}
+
+impl Caller {
+    /// Refuses the request (403) unless the caller's scope allows `needed`.
+    pub fn require(&self, needed: Scope) -> Result<(), ApiError> {
+        if self.token.scope.allows(needed) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "token {:?} has scope {}, which does not allow this (needs {})",
+                self.token.name, self.token.scope, needed
+            ))
+            .with_hint(format!("use a token with scope {needed} or admin")))
+        }
+    }
+}
+
+impl FromRequestParts<Arc<Service>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        service: &Arc<Service>,
+    ) -> Result<Self, Self::Rejection> {
+        let hint = format!(
+            "send `Authorization: Bearer <token>`; the admin token is in {}",
+            service.config().data_dir.join(ADMIN_TOKEN_FILE).display()
+        );
+        let Some(value) = parts.headers.get(AUTHORIZATION) else {
+            return Err(ApiError::unauthorized("missing Authorization header").with_hint(hint));
+        };
+        let secret = value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                ApiError::unauthorized("Authorization header is not of the form `Bearer <token>`")
+                    .with_hint(hint.clone())
+            })?;
+        match service.store().token_by_hash(&hash_token(secret)).await {
+            Ok(Some(token)) => Ok(Caller { token }),
+            Ok(None) => Err(ApiError::unauthorized("unknown or revoked token").with_hint(hint)),
+            Err(e @ StoreError::NotFound { .. }) => {
+                Err(ApiError::unauthorized(format!("unknown token: {e}")).with_hint(hint))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// A scope a route requires, as a type, so the check runs as an extractor: before the
+/// request body is read, and so a forbidden request gets 403 whatever its body.
+pub trait Required {
+    /// The scope.
+    const SCOPE: Scope;
+}
+
+macro_rules! required {
+    ($(#[$doc:meta])* $name:ident, $scope:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy)]
+        pub struct $name;
+        impl Required for $name {
+            const SCOPE: Scope = $scope;
+        }
+    };
+}
+
+required!(
+    /// Requires [`Scope::Reader`].
+    Read,
+    Scope::Reader
+);
+required!(
+    /// Requires [`Scope::Submitter`].
+    Submit,
+    Scope::Submitter
+);
+required!(
+    /// Requires [`Scope::Operator`].
+    Operate,
+    Scope::Operator
+);
+required!(
+    /// Requires [`Scope::Factory`].
+    RunFactory,
+    Scope::Factory
+);
+required!(
+    /// Requires [`Scope::Admin`].
+    Administer,
+    Scope::Admin
+);
+
+/// An authenticated caller whose scope allows `R::SCOPE`.
+#[derive(Debug, Clone)]
+pub struct Authed<R>(pub Caller, pub(crate) PhantomData<R>);
+
+impl<R: Required + Send + Sync> FromRequestParts<Arc<Service>> for Authed<R> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        service: &Arc<Service>,
+    ) -> Result<Self, Self::Rejection> {
+        let caller = Caller::from_request_parts(parts, service).await?;
+        caller.require(R::SCOPE)?;
+        Ok(Authed(caller, PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_prefixed_random_and_hashes_are_stable() {
+        let a = new_token_secret();
+        let b = new_token_secret();
+        assert!(a.starts_with(TOKEN_PREFIX), "{a}");
+        assert_eq!(a.len(), TOKEN_PREFIX.len() + 2 * SECRET_BYTES);
+        assert_ne!(a, b);
+        assert_eq!(hash_token(&a), hash_token(&a));
+        assert_ne!(hash_token(&a), hash_token(&b));
+        // The SHA-256 of "abc", from FIPS 180-2.
+        assert_eq!(
+            hash_token("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn secret_file_is_created_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(ADMIN_TOKEN_FILE);
+        write_secret_file(&path, "gtk_one").expect("write");
+        write_secret_file(&path, "gtk_two").expect("overwrite");
+        let meta = std::fs::metadata(&path).expect("metadata");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), "gtk_two\n");
+    }
+}

@@ -1,0 +1,185 @@
+//! Errors: [`ServerError`] for starting and stopping the server, [`ApiError`] for what
+//! one request (HTTP or in-process) gets back.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use gantry_core::SpecError;
+use gantry_core::api::ErrorBody;
+use gantry_store::StoreError;
+use serde_json::json;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Why the server could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A file or directory of the data dir could not be created, read or written.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done, e.g. "create data dir".
+        action: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A configuration value cannot work; the message names the field and the value.
+    #[error("invalid server configuration: {0}")]
+    Config(String),
+    /// The store failed.
+    #[error("store error: {0}")]
+    Store(#[from] StoreError),
+    /// The embedded factory could not be set up.
+    #[error("embedded factory: {0}")]
+    Factory(String),
+    /// A background task (HTTP server, reaper, factory) failed or panicked.
+    #[error("{task} task failed: {message}")]
+    Task {
+        /// Which task.
+        task: &'static str,
+        /// What happened.
+        message: String,
+    },
+}
+
+/// A refused or failed request: an HTTP status plus the [`ErrorBody`] sent with it.
+///
+/// The in-process coordinator gets the same value, so the embedded factory sees the
+/// same refusals a remote one does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// The body.
+    pub body: ErrorBody,
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({}): {}",
+            self.body.error,
+            self.status.as_u16(),
+            self.body.message
+        )
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl ApiError {
+    /// An error of `kind` with `status` and `message`, no hint, no details.
+    pub fn new(status: StatusCode, kind: &str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            body: ErrorBody {
+                error: kind.to_string(),
+                message: message.into(),
+                hint: None,
+                details: serde_json::Value::Null,
+            },
+        }
+    }
+
+    /// Adds a hint: what to do about it.
+    pub fn with_hint(mut self, hint: impl Into<String>) -> ApiError {
+        self.body.hint = Some(hint.into());
+        self
+    }
+
+    /// Adds kind-specific details.
+    pub fn with_details(mut self, details: serde_json::Value) -> ApiError {
+        self.body.details = details;
+        self
+    }
+
+    /// 400 `bad_request`.
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    /// 401 `unauthorized`.
+    pub fn unauthorized(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    /// 403 `forbidden`.
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    /// 404 `not_found`.
+    pub fn not_found(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    /// 500 `internal`. The message is logged as well, since it points at a bug or a
+    /// broken environment rather than at the caller.
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        let message = message.into();
+        tracing::error!(%message, "internal error");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
+    /// 400 `invalid_job`, naming file, line and field in the details.
+    pub fn invalid_job(e: &SpecError) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_job", e.to_string())
+            .with_details(json!({ "file": e.file, "line": e.line, "field": e.field }))
+    }
+
+    /// The error kind (`stale_lease`, `not_found`, ...).
+    pub fn kind(&self) -> &str {
+        &self.body.error
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        match &e {
+            StoreError::NotFound { .. } => ApiError::not_found(e.to_string()),
+            StoreError::StaleLease {
+                job,
+                run,
+                epoch,
+                current_epoch,
+                state,
+            } => ApiError::new(StatusCode::CONFLICT, "stale_lease", e.to_string())
+                .with_hint(
+                    "this worker's lease is gone (expired or re-claimed): kill the run \
+                         and push nothing",
+                )
+                .with_details(json!({
+                    "job": job,
+                    "run": run,
+                    "epoch": epoch,
+                    "current_epoch": current_epoch,
+                    "state": state,
+                })),
+            StoreError::Invalid(spec) => ApiError::invalid_job(spec),
+            StoreError::WrongState { job, state, action } => {
+                ApiError::new(StatusCode::CONFLICT, "wrong_state", e.to_string())
+                    .with_details(json!({ "job": job, "state": state, "action": action }))
+            }
+            StoreError::Exists { what, name } => {
+                ApiError::new(StatusCode::CONFLICT, "exists", e.to_string())
+                    .with_details(json!({ "what": what, "name": name }))
+            }
+            StoreError::Corrupt(_) | StoreError::Backend(_) => ApiError::internal(e.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(self.body)).into_response()
+    }
+}

@@ -1,0 +1,453 @@
+//! The HTTP API under `/v1`: routes, handlers and the event stream.
+
+use crate::auth::{Administer, Authed, Operate, Read, RunFactory, Submit, new_token_secret};
+use crate::error::ApiError;
+use crate::extract::{JsonBody, PathParam, QueryParams};
+use crate::service::{POLL_FALLBACK, Service, stopped};
+use axum::Json;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::header::{ACCEPT, CONTENT_TYPE};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Router, http::Method, http::Uri};
+use futures_util::Stream;
+use gantry_core::api::{
+    ClaimRequest, CreateToken, CreatedToken, EventsUpload, FinishReport, RegisterFactory,
+    Registered, RenewRequest, Status, SubmitRequest, SubmitResponse, TokenInfo,
+};
+use gantry_core::event::Event;
+use gantry_core::time::rfc3339;
+use gantry_core::{FactoryId, Job, JobId, JobState, RunId};
+use gantry_store::JobFilter;
+use serde::Serialize;
+use serde_json::json;
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Largest accepted request body: job batches and event uploads with output fit well.
+const BODY_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Events per page when none is asked for.
+const DEFAULT_EVENTS_LIMIT: usize = 1000;
+/// Largest page of events.
+const MAX_EVENTS_LIMIT: usize = 10_000;
+/// Events read from the store per query while streaming.
+const STREAM_BATCH: usize = 500;
+/// Interval of the keep-alive comments on an idle event stream.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// The API router over `service`.
+pub fn router(service: Arc<Service>) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/jobs", post(submit).get(list_jobs))
+        .route("/v1/jobs/{id}", get(show_job))
+        .route("/v1/jobs/{id}/diff", get(job_diff))
+        .route("/v1/jobs/{id}/cancel", post(cancel))
+        .route("/v1/jobs/{id}/kill", post(kill))
+        .route("/v1/jobs/{id}/retry", post(retry))
+        .route("/v1/kill-all", post(kill_all))
+        .route("/v1/pause", post(pause))
+        .route("/v1/resume", post(resume))
+        .route("/v1/status", get(status))
+        .route("/v1/events", get(events))
+        .route("/v1/factories", post(register_factory).get(list_factories))
+        .route("/v1/factories/{id}/claim", post(claim))
+        .route("/v1/runs/{id}/renew", post(renew))
+        .route("/v1/runs/{id}/events", post(upload_events))
+        .route("/v1/runs/{id}/finish", post(finish))
+        .route("/v1/tokens", post(create_token).get(list_tokens))
+        .route("/v1/tokens/{name}", delete(revoke_token))
+        .fallback(no_route)
+        .method_not_allowed_fallback(wrong_method)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(service)
+}
+
+type Svc = State<Arc<Service>>;
+
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route {method} {}", uri.path()))
+        .with_hint("the API lives under /v1 (e.g. GET /v1/health, GET /v1/jobs)")
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} does not accept {method}", uri.path()),
+    )
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({ "ok": true }))
+}
+
+async fn submit(
+    State(svc): Svc,
+    Authed(caller, _): Authed<Submit>,
+    JsonBody(req): JsonBody<SubmitRequest>,
+) -> Result<Json<SubmitResponse>, ApiError> {
+    let resp = svc.submit(req).await?;
+    let ids: Vec<JobId> = resp.jobs.iter().map(|s| s.id).collect();
+    tracing::info!(token = %caller.token.name, jobs = ?ids, "jobs submitted");
+    Ok(Json(resp))
+}
+
+async fn list_jobs(
+    State(svc): Svc,
+    _: Authed<Read>,
+    q: QueryParams,
+) -> Result<Json<Vec<Job>>, ApiError> {
+    q.only(&["state", "limit"])?;
+    let filter = JobFilter {
+        state: q.get::<JobState>("state")?,
+        limit: q.get("limit")?,
+    };
+    Ok(Json(svc.store().jobs(&filter).await?))
+}
+
+async fn show_job(
+    State(svc): Svc,
+    _: Authed<Read>,
+    PathParam(id): PathParam<JobId>,
+) -> Result<Json<Job>, ApiError> {
+    Ok(Json(svc.job_with_runs(id).await?))
+}
+
+async fn job_diff(
+    State(svc): Svc,
+    _: Authed<Read>,
+    PathParam(id): PathParam<JobId>,
+) -> Result<Response, ApiError> {
+    let diff = svc.diff(id).await?;
+    Ok(([(CONTENT_TYPE, "text/plain; charset=utf-8")], diff).into_response())
+}
+
+async fn cancel(
+    State(svc): Svc,
+    Authed(caller, _): Authed<Operate>,
+    PathParam(id): PathParam<JobId>,
+) -> Result<Json<Job>, ApiError> {
+    let job = svc.store().cancel(id).await?;
+    tracing::info!(token = %caller.token.name, job = %id, state = %job.state, "cancel asked");
+    Ok(Json(job))
+}
+
+async fn kill(
+    State(svc): Svc,
+    Authed(caller, _): Authed<Operate>,
+    PathParam(id): PathParam<JobId>,
+) -> Result<Json<Job>, ApiError> {
+    let job = svc.store().kill(id).await?;
+    tracing::info!(token = %caller.token.name, job = %id, state = %job.state, "kill asked");
+    Ok(Json(job))
+}
+
+async fn retry(
+    State(svc): Svc,
+    Authed(caller, _): Authed<Operate>,
+    PathParam(id): PathParam<JobId>,
+) -> Result<Json<Job>, ApiError> {
+    let job = svc.store().retry(id).await?;
+    tracing::info!(token = %caller.token.name, job = %id, state = %job.state, "retry asked");
+    Ok(Json(job))
+}
+
+async fn kill_all(
+    State(svc): Svc,
+    Authed(caller, _): Authed<Operate>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let jobs = svc.store().kill_all().await?;
+    tracing::warn!(token = %caller.token.name, ?jobs, "kill-all: claiming paused");
+    Ok(Json(json!({ "jobs": jobs })))
+}
+
+async fn pause(
+    State(svc): Svc,
+    Authed(caller, _): Authed<Operate>,
+) -> Result<Json<Status>, ApiError> {
+    svc.store().set_paused(true).await?;
+    tracing::info!(token = %caller.token.name, "claiming paused");
+    Ok(Json(svc.store().status().await?))
+}
+
+async fn resume(
+    State(svc): Svc,
+    Authed(caller, _): Authed<Operate>,
+) -> Result<Json<Status>, ApiError> {
+    svc.store().set_paused(false).await?;
+    tracing::info!(token = %caller.token.name, "claiming resumed");
+    Ok(Json(svc.store().status().await?))
+}
+
+async fn status(State(svc): Svc, _: Authed<Read>) -> Result<Json<Status>, ApiError> {
+    Ok(Json(svc.store().status().await?))
+}
+
+/// `GET /v1/events`: an SSE stream when the client accepts `text/event-stream`, else a
+/// JSON page.
+async fn events(
+    State(svc): Svc,
+    _: Authed<Read>,
+    headers: HeaderMap,
+    q: QueryParams,
+) -> Result<Response, ApiError> {
+    q.only(&["job", "after", "limit"])?;
+    let job = q.get::<JobId>("job")?;
+    let after = q.get::<i64>("after")?.unwrap_or(0);
+    if after < 0 {
+        return Err(ApiError::bad_request(format!(
+            "invalid value \"{after}\" for query parameter `after`: must be 0 or more"
+        ))
+        .with_details(json!({ "field": "after", "value": after })));
+    }
+    if let Some(job) = job {
+        // A stream of a job that does not exist would wait forever for nothing.
+        svc.store().job(job).await?;
+    }
+    let wants_stream = headers
+        .get_all(ACCEPT)
+        .iter()
+        .any(|v| v.to_str().is_ok_and(|s| s.contains("text/event-stream")));
+    if wants_stream {
+        let after = match headers.get("last-event-id") {
+            None => after,
+            Some(v) => v
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<i64>().ok())
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "invalid Last-Event-ID header {v:?}: expected an event id (an integer \
+                         0 or more)"
+                    ))
+                    .with_details(json!({ "field": "Last-Event-ID" }))
+                })?,
+        };
+        let stream = event_stream(svc, job, after);
+        return Ok(Sse::new(stream)
+            .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
+            .into_response());
+    }
+    let limit = q.get::<usize>("limit")?.unwrap_or(DEFAULT_EVENTS_LIMIT);
+    if limit == 0 || limit > MAX_EVENTS_LIMIT {
+        return Err(ApiError::bad_request(format!(
+            "invalid value \"{limit}\" for query parameter `limit`: must be 1..={MAX_EVENTS_LIMIT}"
+        ))
+        .with_details(json!({ "field": "limit", "value": limit })));
+    }
+    Ok(Json(svc.store().events(after, job, limit).await?).into_response())
+}
+
+/// State of one event stream.
+struct Follow {
+    svc: Arc<Service>,
+    job: Option<JobId>,
+    /// Id of the last event sent.
+    after: i64,
+    buf: VecDeque<Event>,
+    changes: tokio::sync::watch::Receiver<u64>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// Stored events after `after`, then live ones as they are recorded. Ends when the
+/// server shuts down or the store fails (the client reconnects with `Last-Event-ID` and
+/// loses nothing).
+fn event_stream(
+    svc: Arc<Service>,
+    job: Option<JobId>,
+    after: i64,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    let follow = Follow {
+        changes: svc.store().changes(),
+        shutdown: svc.shutdown_signal(),
+        svc,
+        job,
+        after,
+        buf: VecDeque::new(),
+    };
+    futures_util::stream::unfold(follow, |mut st| async move {
+        loop {
+            if let Some(ev) = st.buf.pop_front() {
+                st.after = ev.id;
+                return Some((Ok(sse_event(&ev)), st));
+            }
+            if *st.shutdown.borrow() {
+                return None;
+            }
+            // Seen before querying, so an event committed during the query still wakes
+            // the wait below.
+            st.changes.borrow_and_update();
+            match st.svc.store().events(st.after, st.job, STREAM_BATCH).await {
+                Ok(events) if !events.is_empty() => {
+                    st.buf.extend(events);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, after = st.after, "event stream ends: store error");
+                    return None;
+                }
+            }
+            tokio::select! {
+                changed = st.changes.changed() => {
+                    if changed.is_err() {
+                        tokio::time::sleep(POLL_FALLBACK).await;
+                    }
+                }
+                _ = tokio::time::sleep(POLL_FALLBACK) => {}
+                _ = stopped(&mut st.shutdown) => return None,
+            }
+        }
+    })
+}
+
+/// One stored event as SSE: `id:` the event id, `event:` its kind, `data:` its JSON.
+fn sse_event(ev: &Event) -> SseEvent {
+    let out = match SseEvent::default().json_data(ev) {
+        Ok(out) => out.id(ev.id.to_string()),
+        Err(e) => {
+            return SseEvent::default()
+                .id(ev.id.to_string())
+                .comment(format!("event {} cannot be encoded: {e}", ev.id));
+        }
+    };
+    // An SSE field cannot hold a line break; such a kind stays in the data only.
+    if ev.kind.contains(['\n', '\r']) {
+        out
+    } else {
+        out.event(&ev.kind)
+    }
+}
+
+async fn register_factory(
+    State(svc): Svc,
+    _: Authed<RunFactory>,
+    JsonBody(reg): JsonBody<RegisterFactory>,
+) -> Result<Json<Registered>, ApiError> {
+    Ok(Json(Registered {
+        id: svc.register(&reg).await?,
+    }))
+}
+
+/// A factory as listed.
+#[derive(Serialize)]
+struct FactoryView {
+    id: FactoryId,
+    name: String,
+    seats: u32,
+    capabilities: Vec<String>,
+    last_seen: String,
+}
+
+async fn list_factories(
+    State(svc): Svc,
+    _: Authed<Read>,
+) -> Result<Json<Vec<FactoryView>>, ApiError> {
+    let list = svc.store().factories().await?;
+    Ok(Json(
+        list.into_iter()
+            .map(|f| FactoryView {
+                id: f.id,
+                name: f.name,
+                seats: f.seats,
+                capabilities: f.capabilities,
+                last_seen: rfc3339(f.last_seen),
+            })
+            .collect(),
+    ))
+}
+
+async fn claim(
+    State(svc): Svc,
+    _: Authed<RunFactory>,
+    PathParam(id): PathParam<FactoryId>,
+    JsonBody(req): JsonBody<ClaimRequest>,
+) -> Result<Response, ApiError> {
+    match svc.claim(id, Duration::from_secs(req.wait_s)).await? {
+        Some(claim) => Ok(Json(claim).into_response()),
+        None => Ok(StatusCode::NO_CONTENT.into_response()),
+    }
+}
+
+async fn renew(
+    State(svc): Svc,
+    _: Authed<RunFactory>,
+    PathParam(id): PathParam<RunId>,
+    JsonBody(req): JsonBody<RenewRequest>,
+) -> Result<Response, ApiError> {
+    Ok(Json(svc.renew(id, req.epoch).await?).into_response())
+}
+
+async fn upload_events(
+    State(svc): Svc,
+    _: Authed<RunFactory>,
+    PathParam(id): PathParam<RunId>,
+    JsonBody(req): JsonBody<EventsUpload>,
+) -> Result<StatusCode, ApiError> {
+    svc.append_events(id, req.epoch, req.events).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn finish(
+    State(svc): Svc,
+    _: Authed<RunFactory>,
+    PathParam(id): PathParam<RunId>,
+    JsonBody(report): JsonBody<FinishReport>,
+) -> Result<Json<Job>, ApiError> {
+    Ok(Json(svc.finish(id, report).await?))
+}
+
+/// Longest token name.
+const MAX_TOKEN_NAME: usize = 64;
+
+async fn create_token(
+    State(svc): Svc,
+    Authed(caller, _): Authed<Administer>,
+    JsonBody(req): JsonBody<CreateToken>,
+) -> Result<Json<CreatedToken>, ApiError> {
+    let valid = !req.name.is_empty()
+        && req.name.len() <= MAX_TOKEN_NAME
+        && req
+            .name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.@".contains(c));
+    if !valid {
+        return Err(ApiError::bad_request(format!(
+            "field `name` is {:?}: a token name is 1 to {MAX_TOKEN_NAME} characters of \
+             letters, digits, `-`, `_`, `.` and `@`",
+            req.name
+        ))
+        .with_details(json!({ "field": "name", "value": req.name })));
+    }
+    let token = new_token_secret();
+    let info = svc
+        .store()
+        .create_token(&req.name, req.scope, &crate::auth::hash_token(&token))
+        .await?;
+    tracing::info!(token = %caller.token.name, name = %info.name, scope = %info.scope, "token created");
+    Ok(Json(CreatedToken { info, token }))
+}
+
+async fn list_tokens(
+    State(svc): Svc,
+    _: Authed<Administer>,
+) -> Result<Json<Vec<TokenInfo>>, ApiError> {
+    Ok(Json(svc.store().tokens().await?))
+}
+
+async fn revoke_token(
+    State(svc): Svc,
+    Authed(caller, _): Authed<Administer>,
+    PathParam(name): PathParam<String>,
+) -> Result<Json<TokenInfo>, ApiError> {
+    let info = svc.store().revoke_token(&name).await?;
+    tracing::info!(token = %caller.token.name, %name, "token revoked");
+    Ok(Json(info))
+}

@@ -1,0 +1,365 @@
+//! The service: everything the API does, over the store, shared by the HTTP handlers
+//! and the in-process coordinator so the embedded factory takes the same code path as
+//! a remote one.
+
+use crate::ServeConfig;
+use crate::error::ApiError;
+use gantry_core::api::{
+    Claim, FinishReport, RegisterFactory, Renewed, SubmitFile, SubmitRequest, SubmitResponse,
+};
+use gantry_core::event::{self, NewEvent};
+use gantry_core::repo::{is_url, resolve_repo};
+use gantry_core::spec::parse_job_file;
+use gantry_core::{FactoryId, Job, JobId, JobState, Outcome, ParsedJob, RunId, SpecError};
+use gantry_store::Store;
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+/// How often waiters (long-poll claims, event streams) re-query the store even when no
+/// change was signalled: things that become true with the passing of time (a
+/// `not_before` in the past, a lease reaped by another replica) signal nothing.
+pub(crate) const POLL_FALLBACK: Duration = Duration::from_millis(500);
+
+/// Resolves once `shutdown` turns true (or its sender is gone, which means the same).
+///
+/// The guard `wait_for` returns is dropped here, so callers' futures stay `Send`.
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// The longest a claim may wait: longer long polls only tie up connections.
+pub const MAX_CLAIM_WAIT: Duration = Duration::from_secs(120);
+
+/// Event kind prefixes only the server writes: a worker uploading one could forge a
+/// delivery or a lease record, so such uploads are refused.
+const SERVER_EVENT_PREFIXES: [&str; 4] = ["job.", "lease.", "delivery.", "queue."];
+
+/// The branch a succeeded job is delivered to in its source repository.
+pub fn delivery_branch(job: JobId) -> String {
+    format!("gantry/{job}")
+}
+
+/// Store, configuration and delivery locks: what every request handler and the
+/// in-process coordinator work with.
+pub struct Service {
+    store: Arc<dyn Store>,
+    cfg: ServeConfig,
+    /// One async lock per source repository, so two deliveries never push into the same
+    /// repository at once.
+    delivery_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Service {
+    /// A service over `store`. Waits (claims, event streams) end when `shutdown` turns
+    /// true.
+    pub fn new(store: Arc<dyn Store>, cfg: ServeConfig, shutdown: watch::Receiver<bool>) -> Self {
+        Service {
+            store,
+            cfg,
+            delivery_locks: Mutex::new(HashMap::new()),
+            shutdown,
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServeConfig {
+        &self.cfg
+    }
+
+    /// A receiver that turns true when the server shuts down.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shutdown.clone()
+    }
+
+    /// Whether the server is shutting down.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// Parses, checks and stores a batch of job files, all or nothing.
+    pub async fn submit(&self, req: SubmitRequest) -> Result<SubmitResponse, ApiError> {
+        if req.jobs.is_empty() {
+            return Err(ApiError::bad_request(
+                "field `jobs` is empty: nothing to submit",
+            ));
+        }
+        let mut parsed = Vec::with_capacity(req.jobs.len());
+        for file in &req.jobs {
+            parsed.push(prepare(file).await.map_err(|e| ApiError::invalid_job(&e))?);
+        }
+        let jobs = self.store.submit(parsed).await?;
+        Ok(SubmitResponse { jobs })
+    }
+
+    /// One job with its runs.
+    pub async fn job_with_runs(&self, id: JobId) -> Result<Job, ApiError> {
+        let mut job = self.store.job(id).await?;
+        job.runs = self.store.runs(id).await?;
+        Ok(job)
+    }
+
+    /// The diff of the job's latest run that left one.
+    pub async fn diff(&self, id: JobId) -> Result<String, ApiError> {
+        let job = self.job_with_runs(id).await?;
+        for run in job.runs.iter().rev() {
+            let path =
+                gantry_factory::artifacts_dir(&self.cfg.data_dir, id, run.id).join("diff.patch");
+            match tokio::fs::read_to_string(&path).await {
+                Ok(text) => return Ok(text),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => {
+                    return Err(ApiError::internal(format!(
+                        "cannot read {}: {e}",
+                        path.display()
+                    )));
+                }
+            }
+        }
+        Err(ApiError::not_found(format!("job {id} has no diff"))
+            .with_hint(match job.state {
+                JobState::Blocked | JobState::Queued => {
+                    "the job has not run yet; a diff is saved when a run ends".to_string()
+                }
+                JobState::Running => {
+                    "the job is running; a diff is saved when the run ends".to_string()
+                }
+                _ => "no run of this job saved a diff (it may have failed before its \
+                      workspace was ready)"
+                    .to_string(),
+            })
+            .with_details(json!({ "job": id, "state": job.state })))
+    }
+
+    /// Registers a factory after checking its name, seats and capabilities.
+    pub async fn register(&self, reg: &RegisterFactory) -> Result<FactoryId, ApiError> {
+        if reg.name.trim().is_empty() {
+            return Err(ApiError::bad_request(
+                "field `name` is empty: a factory needs a name",
+            ));
+        }
+        if reg.seats == 0 {
+            return Err(ApiError::bad_request(
+                "field `seats` is 0: a factory needs at least one seat",
+            ));
+        }
+        for cap in &reg.capabilities {
+            gantry_core::caps::validate(cap).map_err(|e| {
+                ApiError::bad_request(format!("field `capabilities`: {e}"))
+                    .with_details(json!({ "field": "capabilities", "value": cap }))
+            })?;
+        }
+        Ok(self.store.register_factory(reg).await?)
+    }
+
+    /// Claims a job for `factory`, waiting up to `wait` (capped at [`MAX_CLAIM_WAIT`])
+    /// for one to become claimable. Wakes on every store change, and re-polls every
+    /// [`POLL_FALLBACK`] for changes that signal nothing. `None` when nothing came or the
+    /// server is shutting down.
+    pub async fn claim(
+        &self,
+        factory: FactoryId,
+        wait: Duration,
+    ) -> Result<Option<Claim>, ApiError> {
+        let deadline = Instant::now() + wait.min(MAX_CLAIM_WAIT);
+        let mut changes = self.store.changes();
+        let mut shutdown = self.shutdown.clone();
+        loop {
+            // Mark the current change as seen before querying, so a change committed
+            // while the query runs still wakes the wait below.
+            changes.borrow_and_update();
+            if let Some(claim) = self.store.claim(factory, self.cfg.lease_ttl).await? {
+                return Ok(Some(claim));
+            }
+            let now = Instant::now();
+            if now >= deadline || *shutdown.borrow() {
+                return Ok(None);
+            }
+            let nap = (deadline - now).min(POLL_FALLBACK);
+            tokio::select! {
+                changed = changes.changed() => {
+                    // A closed channel means the store is going away: fall back to polling.
+                    if changed.is_err() {
+                        tokio::time::sleep(nap).await;
+                    }
+                }
+                _ = tokio::time::sleep(nap) => {}
+                _ = stopped(&mut shutdown) => return Ok(None),
+            }
+        }
+    }
+
+    /// Renews a run's lease (fenced).
+    pub async fn renew(&self, run: RunId, epoch: i64) -> Result<Renewed, ApiError> {
+        Ok(self.store.renew(run, epoch, self.cfg.lease_ttl).await?)
+    }
+
+    /// Appends events of a run (fenced). Kinds only the server writes are refused.
+    pub async fn append_events(
+        &self,
+        run: RunId,
+        epoch: i64,
+        events: Vec<NewEvent>,
+    ) -> Result<(), ApiError> {
+        for (i, ev) in events.iter().enumerate() {
+            let well_formed = !ev.kind.is_empty()
+                && ev.kind.len() <= 64
+                && ev
+                    .kind
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+            if !well_formed {
+                return Err(ApiError::bad_request(format!(
+                    "field `events[{i}].kind` is {:?}: a kind is 1 to 64 characters of \
+                     letters, digits, `.`, `_` and `-`",
+                    ev.kind
+                ))
+                .with_details(json!({ "field": format!("events[{i}].kind"), "value": ev.kind })));
+            }
+            if let Some(prefix) = SERVER_EVENT_PREFIXES
+                .iter()
+                .find(|p| ev.kind.starts_with(*p))
+            {
+                return Err(ApiError::bad_request(format!(
+                    "field `events[{i}].kind` is {:?}: kinds starting with {prefix:?} are \
+                     written by the server only",
+                    ev.kind
+                ))
+                .with_details(json!({ "field": format!("events[{i}].kind"), "value": ev.kind })));
+            }
+        }
+        Ok(self.store.append_events(run, epoch, events).await?)
+    }
+
+    /// Records the end of a run (fenced) and, when it succeeded with a commit and push
+    /// is on, delivers the commit to the source repository as `gantry/<job>`.
+    ///
+    /// Delivery happens only after the store accepted the finish under the run's epoch,
+    /// so a stale worker can never cause a push.
+    pub async fn finish(&self, run: RunId, report: FinishReport) -> Result<Job, ApiError> {
+        let Some(outcome) = report.outcome else {
+            return Err(ApiError::bad_request("field `outcome` is missing")
+                .with_details(json!({ "field": "outcome" })));
+        };
+        let commit = report.commit.clone();
+        let job = self.store.finish(run, report).await?;
+        if outcome == Outcome::Succeeded && job.state == JobState::Succeeded && self.cfg.push {
+            match commit {
+                Some(commit) => self.deliver(&job, run, &commit).await,
+                None => tracing::info!(job = %job.id, %run, "nothing to deliver: no commit"),
+            }
+        }
+        Ok(job)
+    }
+
+    /// Pushes `commit` to the job's source repository as `gantry/<job>` under the
+    /// repository's lock, and records `delivery.pushed` or `delivery.failed`.
+    async fn deliver(&self, job: &Job, run: RunId, commit: &str) {
+        let repo = job.spec.repo.clone();
+        let branch = delivery_branch(job.id);
+        let lock = {
+            let mut locks = self
+                .delivery_locks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            locks.entry(repo.clone()).or_default().clone()
+        };
+        let _held = lock.lock().await;
+        let result =
+            gantry_factory::workspace::deliver(&self.cfg.data_dir, &repo, commit, &branch).await;
+        let event = match result {
+            Ok(()) => {
+                tracing::info!(job = %job.id, %repo, %branch, %commit, "delivered");
+                NewEvent {
+                    kind: event::DELIVERY_PUSHED.to_string(),
+                    data: json!({ "repo": repo, "branch": branch, "commit": commit }),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(job = %job.id, %repo, %branch, error = %e, "delivery failed");
+                NewEvent {
+                    kind: event::DELIVERY_FAILED.to_string(),
+                    data: json!({ "repo": repo, "branch": branch, "commit": commit,
+                                  "error": e.to_string() }),
+                }
+            }
+        };
+        if let Err(e) = self
+            .store
+            .record_event(Some(job.id), Some(run), event)
+            .await
+        {
+            tracing::error!(job = %job.id, error = %e, "cannot record the delivery event");
+        }
+    }
+}
+
+/// Parses one submitted file, resolves its repo against the file's directory and checks
+/// that a local repo exists and is a git repository.
+async fn prepare(file: &SubmitFile) -> Result<ParsedJob, SpecError> {
+    let mut parsed = parse_job_file(&file.file, &file.text)?;
+    let dir = file.dir.as_deref().map(Path::new);
+    let repo = resolve_repo(&parsed.spec.repo, dir);
+    if !is_url(&repo) {
+        check_local_repo(&parsed, &repo).await?;
+    }
+    parsed.spec.repo = repo;
+    Ok(parsed)
+}
+
+/// Refuses a local repo that is relative (nothing to resolve it against), missing, or
+/// not a git repository (a work tree's top level or a bare repository).
+async fn check_local_repo(parsed: &ParsedJob, repo: &str) -> Result<(), SpecError> {
+    // The file may have used the `cwd` alias: name the key as written.
+    let field =
+        if parsed.field_lines.contains_key("repo") || !parsed.field_lines.contains_key("cwd") {
+            "repo"
+        } else {
+            "cwd"
+        };
+    let path = PathBuf::from(repo);
+    if path.is_relative() {
+        return Err(parsed.error(
+            field,
+            format!(
+                "repo path {repo:?} is relative and the submission gave no absolute `dir` \
+                 to resolve it against"
+            ),
+        ));
+    }
+    if !path.exists() {
+        return Err(parsed.error(field, format!("repo path {repo:?} does not exist")));
+    }
+    if !path.is_dir() {
+        return Err(parsed.error(field, format!("repo path {repo:?} is not a directory")));
+    }
+    if path.join(".git").exists() {
+        return Ok(());
+    }
+    let out = tokio::process::Command::new("git")
+        .arg("-C")
+        .arg(&path)
+        .args(["rev-parse", "--is-bare-repository"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|e| parsed.error(field, format!("cannot run git to check repo {repo:?}: {e}")))?;
+    if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "true" {
+        Ok(())
+    } else {
+        Err(parsed.error(
+            field,
+            format!("repo path {repo:?} is not a git repository (no .git and not bare)"),
+        ))
+    }
+}

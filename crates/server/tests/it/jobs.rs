@@ -1,0 +1,346 @@
+//! Submitting jobs, running them in the embedded factory, delivering, and refusing bad
+//! input with errors that name the file, line, field and value.
+
+use crate::support::{TestServer, config, git, has_ref, job_file, repo};
+use gantry_core::api::{ErrorBody, SubmitResponse};
+use gantry_core::event::{DELIVERY_FAILED, DELIVERY_PUSHED};
+use gantry_core::{Job, JobState, Outcome};
+use gantry_server::ServeConfig;
+use serde_json::json;
+
+async fn error_of(resp: reqwest::Response, status: u16) -> ErrorBody {
+    let got = resp.status();
+    let text = resp.text().await.expect("body");
+    assert_eq!(got, status, "{text}");
+    serde_json::from_str(&text).expect("error body")
+}
+
+const EDIT: &[&str] = &[
+    "sh",
+    "-c",
+    "printf 'third\\n' >> README.md && echo added > NEW.txt && echo done",
+];
+
+#[tokio::test]
+async fn a_submitted_job_runs_succeeds_and_is_delivered() {
+    let (_tmp, repo) = repo();
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut ts = TestServer::start(config(data.path())).await;
+    let ids = ts
+        .submit(&[("edit.md", job_file("edit", &repo, EDIT, ""))])
+        .await;
+    let id = ids[0];
+
+    let job = ts.wait_state(id, JobState::Succeeded).await;
+    assert_eq!(job.attempt, 1);
+    assert_eq!(job.runs.len(), 1, "{job:#?}");
+    let run = &job.runs[0];
+    assert_eq!(run.outcome, Some(Outcome::Succeeded));
+    assert_eq!(run.exit_code, Some(0));
+    assert_eq!(
+        run.branch.as_deref(),
+        Some(format!("gantry/{id}/a1").as_str())
+    );
+    let commit = run.commit.clone().expect("a commit");
+    assert_ne!(
+        Some(&commit),
+        run.base_commit.as_ref(),
+        "the changes were committed"
+    );
+    assert_eq!(run.files_changed, Some(2));
+    assert_eq!(run.lines_added, Some(2));
+    assert_eq!(run.lines_deleted, Some(0));
+
+    // The server delivered the commit to the source repo as gantry/<job>.
+    let pushed = ts.wait_event(id, DELIVERY_PUSHED).await;
+    assert_eq!(pushed.data["branch"], format!("gantry/{id}"));
+    assert_eq!(pushed.data["commit"], commit.as_str());
+    assert_eq!(git(&repo, &["rev-parse", &format!("gantry/{id}")]), commit);
+    assert_eq!(
+        git(&repo, &["show", &format!("gantry/{id}:NEW.txt")]),
+        "added"
+    );
+    // The attempt branch stays in the factory's cache, not in the source repo.
+    assert!(!has_ref(&repo, &format!("refs/heads/gantry/{id}/a1")));
+    ts.shutdown().await;
+}
+
+#[tokio::test]
+async fn nothing_is_delivered_when_push_is_off() {
+    let (_tmp, repo) = repo();
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut ts = TestServer::start(ServeConfig {
+        push: false,
+        ..config(data.path())
+    })
+    .await;
+    let id = ts
+        .submit(&[("edit.md", job_file("edit", &repo, EDIT, ""))])
+        .await[0];
+    let job = ts.wait_state(id, JobState::Succeeded).await;
+    assert!(job.runs[0].commit.is_some());
+    // The finish that made the job succeeded is where delivery would happen, and it
+    // has returned: any delivery event would be recorded by now.
+    let events = ts.events(Some(id)).await;
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.kind == DELIVERY_PUSHED || e.kind == DELIVERY_FAILED),
+        "{events:#?}"
+    );
+    assert!(!has_ref(&repo, &format!("refs/heads/gantry/{id}")));
+    ts.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_invalid_job_file_refuses_the_whole_batch() {
+    let (_tmp, repo) = repo();
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut ts = TestServer::start(ServeConfig {
+        embedded_factory: false,
+        ..config(data.path())
+    })
+    .await;
+    let good = job_file("good", &repo, &["true"], "");
+    // Line 6: after ---, title, repo, engine, command.
+    let bad = job_file("bad", &repo, &["true"], "priority: 12\n");
+    let body = json!({ "jobs": [
+        { "file": "good.md", "text": good },
+        { "file": "bad.md", "text": bad },
+    ]});
+    let err = error_of(ts.post(&ts.admin, "/v1/jobs", &body).await, 400).await;
+    assert_eq!(err.error, "invalid_job");
+    assert_eq!(err.details["file"], "bad.md");
+    assert_eq!(err.details["line"], 6);
+    assert_eq!(err.details["field"], "priority");
+    assert!(
+        err.message.contains("bad.md") && err.message.contains("12"),
+        "{}",
+        err.message
+    );
+    let jobs: Vec<Job> = ts.get_json("/v1/jobs").await;
+    assert!(jobs.is_empty(), "nothing stored: {jobs:#?}");
+
+    // An unknown dependency is refused by the store, naming the dep, also whole.
+    let dep = job_file("dep", &repo, &["true"], "deps: [no-such-key]\n");
+    let body = json!({ "jobs": [
+        { "file": "good.md", "text": job_file("good", &repo, &["true"], "") },
+        { "file": "dep.md", "text": dep },
+    ]});
+    let err = error_of(ts.post(&ts.admin, "/v1/jobs", &body).await, 400).await;
+    assert_eq!(err.error, "invalid_job");
+    assert_eq!(err.details["file"], "dep.md");
+    assert_eq!(err.details["field"], "deps");
+    assert!(err.message.contains("no-such-key"), "{}", err.message);
+    assert!(ts.get_json::<Vec<Job>>("/v1/jobs").await.is_empty());
+
+    // An empty batch says so.
+    let err = error_of(
+        ts.post(&ts.admin, "/v1/jobs", &json!({ "jobs": [] })).await,
+        400,
+    )
+    .await;
+    assert!(err.message.contains("`jobs`"), "{}", err.message);
+    ts.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_local_repo_must_exist_and_be_a_git_repo() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut ts = TestServer::start(ServeConfig {
+        embedded_factory: false,
+        ..config(data.path())
+    })
+    .await;
+    let nowhere = data.path().join("no-such-repo");
+    let body =
+        json!({ "jobs": [{ "file": "x.md", "text": job_file("x", &nowhere, &["true"], "") }] });
+    let err = error_of(ts.post(&ts.admin, "/v1/jobs", &body).await, 400).await;
+    assert_eq!(err.error, "invalid_job");
+    assert_eq!(err.details["file"], "x.md");
+    assert_eq!(err.details["line"], 3);
+    assert_eq!(err.details["field"], "repo");
+    assert!(
+        err.message.contains(&nowhere.display().to_string()),
+        "{}",
+        err.message
+    );
+    assert!(err.message.contains("does not exist"), "{}", err.message);
+
+    let plain = tempfile::tempdir().expect("tempdir");
+    let body =
+        json!({ "jobs": [{ "file": "y.md", "text": job_file("y", plain.path(), &["true"], "") }] });
+    let err = error_of(ts.post(&ts.admin, "/v1/jobs", &body).await, 400).await;
+    assert_eq!(err.details["field"], "repo");
+    assert!(
+        err.message.contains("not a git repository"),
+        "{}",
+        err.message
+    );
+    assert!(
+        err.message.contains(&plain.path().display().to_string()),
+        "{}",
+        err.message
+    );
+
+    // A relative path without a directory to resolve it against is refused too.
+    let text = "---\ntitle: rel\nrepo: ../repo\nengine: command\ncommand: [\"true\"]\n---\nx\n";
+    let body = json!({ "jobs": [{ "file": "rel.md", "text": text }] });
+    let err = error_of(ts.post(&ts.admin, "/v1/jobs", &body).await, 400).await;
+    assert_eq!(err.details["field"], "repo");
+    assert!(err.message.contains("relative"), "{}", err.message);
+    assert!(ts.get_json::<Vec<Job>>("/v1/jobs").await.is_empty());
+
+    // With the file's directory, the same relative path resolves to the real repo.
+    let (tmp, repo) = repo();
+    let jobs_dir = tmp.path().join("jobs");
+    std::fs::create_dir(&jobs_dir).expect("mkdir jobs");
+    let body = json!({ "jobs": [{ "file": "rel.md", "text": text, "dir": jobs_dir }] });
+    let resp: SubmitResponse = ts.post_json("/v1/jobs", &body).await;
+    let job = ts.job(resp.jobs[0].id).await;
+    assert_eq!(job.spec.repo, repo.display().to_string());
+    assert_eq!(job.state, JobState::Queued);
+    ts.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_bodies_queries_and_paths_name_the_field_and_value() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut ts = TestServer::start(ServeConfig {
+        embedded_factory: false,
+        ..config(data.path())
+    })
+    .await;
+
+    let err = error_of(
+        ts.post(&ts.admin, "/v1/jobs", &json!({ "jobs": 5 })).await,
+        400,
+    )
+    .await;
+    assert_eq!(err.error, "bad_request");
+    assert!(
+        err.message.contains("`jobs`") && err.message.contains('5'),
+        "{}",
+        err.message
+    );
+
+    let body = json!({ "jobs": [{ "file": "a.md" }] });
+    let err = error_of(ts.post(&ts.admin, "/v1/jobs", &body).await, 400).await;
+    assert!(
+        err.message.contains("jobs[0]") && err.message.contains("text"),
+        "{}",
+        err.message
+    );
+
+    let resp = ts
+        .http
+        .post(ts.url("/v1/jobs"))
+        .bearer_auth(&ts.admin)
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .expect("sent");
+    let err = error_of(resp, 400).await;
+    assert!(err.message.contains("not valid JSON"), "{}", err.message);
+
+    let err = error_of(ts.get(&ts.admin, "/v1/events?after=abc").await, 400).await;
+    assert!(
+        err.message.contains("`after`") && err.message.contains("abc"),
+        "{}",
+        err.message
+    );
+    let err = error_of(ts.get(&ts.admin, "/v1/events?limit=0").await, 400).await;
+    assert!(err.message.contains("`limit`"), "{}", err.message);
+    let err = error_of(ts.get(&ts.admin, "/v1/jobs?state=bogus").await, 400).await;
+    assert!(
+        err.message.contains("`state`") && err.message.contains("bogus"),
+        "{}",
+        err.message
+    );
+    let err = error_of(ts.get(&ts.admin, "/v1/jobs?limt=3").await, 400).await;
+    assert!(err.message.contains("`limt`"), "{}", err.message);
+
+    let err = error_of(ts.get(&ts.admin, "/v1/jobs/abc").await, 400).await;
+    assert!(err.message.contains("abc"), "{}", err.message);
+    let err = error_of(ts.get(&ts.admin, "/v1/jobs/999").await, 404).await;
+    assert_eq!(err.error, "not_found");
+    assert!(err.message.contains("999"), "{}", err.message);
+    let err = error_of(ts.get(&ts.admin, "/v1/nothing-here").await, 404).await;
+    assert_eq!(err.error, "not_found");
+
+    let reg = json!({ "name": "f", "seats": 0 });
+    let err = error_of(ts.post(&ts.admin, "/v1/factories", &reg).await, 400).await;
+    assert!(err.message.contains("`seats`"), "{}", err.message);
+    let err = error_of(
+        ts.post(
+            &ts.admin,
+            "/v1/factories/1/claim",
+            &json!({ "wait_s": "soon" }),
+        )
+        .await,
+        400,
+    )
+    .await;
+    assert!(
+        err.message.contains("`wait_s`") && err.message.contains("soon"),
+        "{}",
+        err.message
+    );
+    let err = error_of(
+        ts.post(&ts.admin, "/v1/runs/1/renew", &json!({})).await,
+        400,
+    )
+    .await;
+    assert!(err.message.contains("epoch"), "{}", err.message);
+    ts.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_remote_factory_runs_jobs_over_http() {
+    use gantry_core::api::Scope;
+    use gantry_factory::{Factory, FactoryConfig, HttpCoordinator};
+    use std::sync::Arc;
+
+    let (_tmp, repo) = repo();
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut ts = TestServer::start(ServeConfig {
+        embedded_factory: false,
+        ..config(data.path())
+    })
+    .await;
+    let token = ts.token("remote", Scope::Factory).await;
+    let coord = HttpCoordinator::new(&ts.base, &token).expect("coordinator");
+    // Same machine, same data dir: the server can deliver from the factory's cache.
+    let fcfg = FactoryConfig {
+        name: "remote".to_string(),
+        seats: 2,
+        data_dir: data.path().to_path_buf(),
+        claim_wait: std::time::Duration::from_secs(2),
+        ..FactoryConfig::default()
+    };
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let factory = tokio::spawn(Factory::new(fcfg, Arc::new(coord)).run(stop_rx));
+
+    let id = ts
+        .submit(&[("edit.md", job_file("edit", &repo, EDIT, ""))])
+        .await[0];
+    let job = ts.wait_state(id, JobState::Succeeded).await;
+    let commit = job.runs[0].commit.clone().expect("commit");
+    ts.wait_event(id, DELIVERY_PUSHED).await;
+    assert_eq!(git(&repo, &["rev-parse", &format!("gantry/{id}")]), commit);
+    let factories: Vec<serde_json::Value> = ts.get_json("/v1/factories").await;
+    assert!(
+        factories
+            .iter()
+            .any(|f| f["name"] == "remote" && f["seats"] == 2),
+        "{factories:?}"
+    );
+
+    stop.send_replace(true);
+    factory
+        .await
+        .expect("factory task")
+        .expect("factory stops cleanly");
+    ts.shutdown().await;
+}
