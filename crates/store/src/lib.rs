@@ -15,6 +15,7 @@
 pub mod bench;
 mod error;
 mod sqlite;
+mod vfs;
 
 pub use error::StoreError;
 pub use sqlite::SqliteStore;

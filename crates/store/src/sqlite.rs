@@ -4,18 +4,28 @@
 //! `PRAGMA user_version` and recognized by `PRAGMA application_id`.
 //!
 //! Writes: one writer thread owns the write connection. Every write operation runs in a
-//! savepoint of its own inside a `BEGIN IMMEDIATE` transaction that carries all the
-//! operations queued at that moment (group commit); each operation is all or nothing,
-//! and no caller hears back before the commit that holds its operation. Reads run on a
-//! second connection and see the last commit. Several processes may share the file:
-//! SQLite's write lock serializes their transactions and `busy_timeout` makes them wait.
+//! savepoint of its own inside a `BEGIN IMMEDIATE` transaction; the transaction carries
+//! every operation that arrives while it is open (group commit), and commits as soon as
+//! none is waiting. Each operation is all or nothing, and no caller hears back before
+//! the commit that holds its operation. Reads run on a second connection and see the
+//! last commit. Several processes may share the file: SQLite's write lock serializes
+//! their transactions and `busy_timeout` makes them wait.
 //!
-//! Hot-path notes (measured, see `examples/queue_bench.rs`): the claim query walks the
-//! partial index `jobs_claim` in claim order; states are written into SQL text rather
-//! than bound where a partial index's condition could see them, because SQLite
-//! re-prepares such statements at every binding; there is no index on `state` alone,
-//! and events carry no foreign keys, because each index or check costs every claim
-//! and finish a page write or a lookup.
+//! Hot-path notes (measured with `examples/queue_bench.rs`; the writer thread bounds
+//! the store's throughput, so what it does per claim and finish is kept small):
+//! - Commits are written to the WAL in one system call each (see [`crate::vfs`]), and
+//!   the WAL is checkpointed often enough to be rewritten in place rather than grown.
+//! - Pages are 2 KiB and the `jobs` rows that claims and finishes rewrite are narrow;
+//!   the spec, title and deps live in `job_specs`, written once at submit and read by
+//!   the caller on the read connection after the commit, never by the writer.
+//! - A job's state change records its events with one update of the job (which also
+//!   takes their seqs) and one insert; finish returns the job row it read for the fence
+//!   with the same change applied, rather than reading it again.
+//! - The statements claims and finishes run are never re-prepared and build no
+//!   temporary table (see "The hot path's statements" below, and its test).
+//! - The claim query walks the partial index `jobs_claim` in claim order; there is no
+//!   index on `state` alone, and events carry no foreign keys, because each index or
+//!   check costs every claim and finish a page write or a lookup.
 
 use crate::{FactoryInfo, JobFilter, Result, Store, StoreError};
 use async_trait::async_trait;
@@ -30,7 +40,7 @@ use gantry_core::{
     DepRef, DepsMode, FactoryId, Job, JobId, JobSpec, JobState, Outcome, ParsedJob, Run, RunId,
     StopKind, caps, retry,
 };
-use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -50,31 +60,33 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const MIGRATIONS: &[&str] = &[SCHEMA_V1];
 
 const SCHEMA_V1: &str = r#"
+-- What claims and finishes rewrite, kept narrow: every update rewrites the whole row,
+-- and the narrower the rows, the fewer pages a commit of neighbouring jobs touches.
 CREATE TABLE jobs (
     id              INTEGER PRIMARY KEY AUTOINCREMENT,
-    state           TEXT NOT NULL CHECK (state IN
-                      ('blocked','queued','running','succeeded','failed','canceled','killed')),
-    title           TEXT NOT NULL,
+    -- Written as ORs, not `IN (...)`: SQLite builds an ephemeral table for an IN list at
+    -- every execution of a statement that checks it, which every claim and finish is.
+    state           TEXT NOT NULL CHECK (state = 'blocked' OR state = 'queued'
+                      OR state = 'running' OR state = 'succeeded' OR state = 'failed'
+                      OR state = 'canceled' OR state = 'killed'),
     priority        INTEGER NOT NULL,
     attempt         INTEGER NOT NULL DEFAULT 0,
     max_attempts    INTEGER NOT NULL,
     epoch           INTEGER NOT NULL DEFAULT 0,
+    current_run     INTEGER,
+    event_seq       INTEGER NOT NULL DEFAULT 0,
     lock_key        TEXT,
-    deps            TEXT NOT NULL DEFAULT '[]',
-    deps_mode       TEXT NOT NULL,
-    idempotency_key TEXT UNIQUE,
-    capabilities    TEXT NOT NULL DEFAULT '[]',
-    retry_on        TEXT NOT NULL,
-    backoff_ms      INTEGER NOT NULL,
+    not_before      INTEGER,
     stop_requested  TEXT,
     reason          TEXT,
-    not_before      INTEGER,
     created_at      INTEGER NOT NULL,
     started_at      INTEGER,
     finished_at     INTEGER,
-    current_run     INTEGER,
-    event_seq       INTEGER NOT NULL DEFAULT 0,
-    spec            TEXT NOT NULL
+    retry_on        TEXT NOT NULL,
+    backoff_ms      INTEGER NOT NULL,
+    deps_mode       TEXT NOT NULL,
+    capabilities    TEXT NOT NULL DEFAULT '[]',
+    idempotency_key TEXT UNIQUE
 );
 -- The claim query walks this index in claim order and stops at the first fit.
 CREATE INDEX jobs_claim ON jobs (priority DESC, id) WHERE state = 'queued';
@@ -86,6 +98,14 @@ CREATE INDEX jobs_claim ON jobs (priority DESC, id) WHERE state = 'queued';
 -- state alone: every claim and finish would rewrite two of its pages, and only rare
 -- listings would use it.
 CREATE UNIQUE INDEX jobs_running_lock ON jobs (lock_key) WHERE state = 'running';
+
+-- The large, immutable part of a job, written once at submit and never rewritten.
+CREATE TABLE job_specs (
+    job_id INTEGER PRIMARY KEY REFERENCES jobs (id),
+    title  TEXT NOT NULL,
+    deps   TEXT NOT NULL DEFAULT '[]',
+    spec   TEXT NOT NULL
+);
 
 CREATE TABLE job_deps (
     job_id INTEGER NOT NULL REFERENCES jobs (id),
@@ -134,7 +154,14 @@ CREATE TABLE events (
 );
 -- No foreign keys here: events are the most written rows, and every writer of an
 -- event has just read (or locked) its job and run; `record_event` checks them itself.
-CREATE INDEX events_job ON events (job_id, id);
+-- A job's events are found through two partial indexes. Its first event (seq 1,
+-- `job.submitted`) is written at submit, in job order, so it lands at the end of
+-- `events_job_first`. Its later events go to `events_job`; as jobs are worked in
+-- roughly submission order, those land near the end of that index too. (One index
+-- over both would put every later event into the middle of pages packed with the
+-- first events of the jobs after it, splitting a page every few commits.)
+CREATE INDEX events_job_first ON events (job_id) WHERE seq = 1;
+CREATE INDEX events_job ON events (job_id, id) WHERE seq > 1;
 
 CREATE TABLE tokens (
     id         INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -152,10 +179,19 @@ CREATE TABLE queue (
 INSERT INTO queue (id, paused) VALUES (1, 0);
 "#;
 
-/// The columns [`RawJob::read`] expects, in order.
-const JOB_COLS: &str = "id, state, title, priority, attempt, max_attempts, epoch, lock_key, \
-     deps, deps_mode, idempotency_key, stop_requested, reason, not_before, created_at, \
-     started_at, finished_at, spec";
+/// The columns of `jobs` that [`JobRow::read`] expects, in order (no name is also a
+/// column of `job_specs`, so they read unqualified from the join too).
+const JOB_ROW_COLS: &str = "id, state, priority, attempt, max_attempts, epoch, lock_key, \
+     deps_mode, idempotency_key, stop_requested, reason, not_before, created_at, \
+     started_at, finished_at";
+
+/// The columns [`RawJob::read`] expects, in order, from [`JOB_FROM`].
+const JOB_COLS: &str = "id, state, priority, attempt, max_attempts, epoch, lock_key, \
+     deps_mode, idempotency_key, stop_requested, reason, not_before, created_at, \
+     started_at, finished_at, title, deps, spec";
+
+/// A job's row joined with its spec.
+const JOB_FROM: &str = "jobs JOIN job_specs ON job_specs.job_id = jobs.id";
 
 /// The columns [`read_run`] expects, in order.
 const RUN_COLS: &str = "id, job_id, attempt, epoch, factory_id, outcome, exit_code, error, \
@@ -165,18 +201,29 @@ const RUN_COLS: &str = "id, job_id, attempt, epoch, factory_id, outcome, exit_co
 /// Most write operations one commit carries.
 const MAX_BATCH: usize = 256;
 
-/// How many times the writer yields while gathering a batch smaller than the last one.
-const GATHER_YIELDS: usize = 4;
+/// How long the writer polls for the next operation before it sleeps. Callers answered
+/// by a commit usually send their next operation within tens of microseconds; being
+/// put to sleep and woken again (a futex, and the scheduler's latency) costs the
+/// writer more than polling for that long, and an idle store polls only this long.
+const WRITER_SPIN: Duration = Duration::from_micros(50);
 
-/// How long the writer must have committed nothing before the checkpointer copies the
-/// WAL into the database file.
+/// Page size of a new database file. Smaller pages than SQLite's 4 KiB mean fewer bytes
+/// per commit (each changed page is written whole to the WAL, and copied once into the
+/// savepoint journal by every operation that changes it); the hot rows are small and
+/// specs are read rarely, so the deeper trees and the overflow pages of long specs
+/// cost less than that saves.
+const PAGE_SIZE: i64 = 2048;
+
+/// How long the idle writer must have committed nothing before the checkpointer copies
+/// the WAL into the database file.
 const CHECKPOINT_IDLE: Duration = Duration::from_millis(100);
 
-/// WAL frames (pages) after which the writer checkpoints itself after a commit, which
-/// bounds the WAL (about 128 MiB) under load that never pauses. Checkpointing costs
-/// fsyncs that stall every writer, and a WAL shared by many commits copies each page
-/// once, so the bound is high; with pauses the checkpointer keeps the WAL far smaller.
-const WRITER_AUTOCHECKPOINT_FRAMES: i64 = 32_768;
+/// WAL size after which the writer checkpoints itself after a commit, under load that
+/// never pauses (the checkpointer handles pauses). Kept small on purpose: once the WAL
+/// has been checkpointed SQLite writes it again from its start, and overwriting pages
+/// of a file that the OS already holds costs about half as much as growing the file,
+/// which outweighs the checkpoints' copies and fsyncs.
+const WRITER_AUTOCHECKPOINT_BYTES: i64 = 8 << 20;
 
 /// The embedded SQLite store (one file, WAL mode).
 ///
@@ -247,7 +294,9 @@ impl std::fmt::Debug for SqliteStore {
 
 fn open_connection(path: &Path) -> Result<Connection> {
     let shown = path.display();
-    let conn = Connection::open(path)
+    let vfs = crate::vfs::name()
+        .map_err(|e| StoreError::Backend(format!("cannot open database {shown}: {e}")))?;
+    let conn = Connection::open_with_flags_and_vfs(path, rusqlite::OpenFlags::default(), vfs)
         .map_err(|e| StoreError::Backend(format!("cannot open database {shown}: {e}")))?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(64);
@@ -275,6 +324,10 @@ impl SqliteStore {
         let (app_id, version, tables) = identify(&conn)
             .map_err(|e| StoreError::Corrupt(format!("{shown} is not a Gantry database: {e}")))?;
         check_identity(path, app_id, version, tables)?;
+        if tables == 0 {
+            // Only a new file takes it: the size of an existing one is fixed.
+            conn.pragma_update(None, "page_size", PAGE_SIZE)?;
+        }
         let mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
             .map_err(|e| StoreError::Backend(format!("cannot enable WAL on {shown}: {e}")))?;
@@ -286,7 +339,12 @@ impl SqliteStore {
         let reader = open_connection(path)?;
         configure(&reader)?;
 
-        conn.pragma_update(None, "wal_autocheckpoint", WRITER_AUTOCHECKPOINT_FRAMES)?;
+        let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
+        conn.pragma_update(
+            None,
+            "wal_autocheckpoint",
+            WRITER_AUTOCHECKPOINT_BYTES / page_size.max(512),
+        )?;
         let changes = Arc::new(watch::channel(0).0);
         let checkpointer = {
             let conn = open_connection(path)?;
@@ -393,17 +451,40 @@ impl SqliteStore {
 
     /// Runs `f` in one read transaction on the read connection, so multi-statement
     /// reads see one snapshot.
-    fn read<R>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<R>) -> Result<R> {
-        // A panic while holding the lock dropped its transaction, which rolled it back,
-        // so the connection is still consistent.
-        let mut conn = self
+    fn read<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+        self.read_on(true, f)
+    }
+
+    /// Runs `f`, which must read with a single statement (its own snapshot), on the read
+    /// connection without a transaction around it.
+    fn read_one<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+        self.read_on(false, f)
+    }
+
+    fn read_on<R>(&self, snapshot: bool, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+        let conn = self
             .inner
             .reader
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
-        let out = f(&tx)?;
-        tx.commit()?;
+        if !conn.is_autocommit() {
+            // A read that panicked left its transaction open; end it, so this read sees
+            // the latest commit.
+            conn.prepare_cached("ROLLBACK")?.execute([])?;
+        }
+        if !snapshot {
+            return f(&conn);
+        }
+        // Cached statements rather than `Connection::transaction`, which prepares its
+        // BEGIN and COMMIT anew every time.
+        conn.prepare_cached("BEGIN")?.execute([])?;
+        let out = f(&conn);
+        // The transaction only read: committing it and rolling it back are the same.
+        let end = conn
+            .prepare_cached("COMMIT")
+            .and_then(|mut s| s.execute([]));
+        let out = out?;
+        end?;
         Ok(out)
     }
 }
@@ -473,53 +554,59 @@ fn checkpoint_loop(
     }
 }
 
-/// The writer thread: takes every queued operation (up to [`MAX_BATCH`]), runs them in
-/// one transaction, commits, answers them all, and bumps the change counter.
-fn writer_loop(conn: Connection, ops: mpsc::Receiver<Op>, changes: &watch::Sender<u64>) {
-    let mut last_batch = 1;
-    while let Ok(first) = ops.recv() {
-        let mut batch = vec![first];
-        // When fewer operations are waiting than last time, the others are usually on
-        // their way (their callers were just answered): yielding the CPU a few times
-        // lets them arrive and share this commit.
-        let mut spun = 0;
-        loop {
-            while batch.len() < MAX_BATCH {
-                match ops.try_recv() {
-                    Ok(op) => batch.push(op),
-                    Err(_) => break,
-                }
-            }
-            if batch.len() >= last_batch || spun >= GATHER_YIELDS {
-                break;
-            }
-            spun += 1;
-            std::thread::yield_now();
+/// The next queued operation: polls for [`WRITER_SPIN`], then sleeps until one comes.
+/// `None` once the store is closed.
+fn next_op(ops: &mpsc::Receiver<Op>) -> Option<Op> {
+    let mut since: Option<std::time::Instant> = None;
+    loop {
+        match ops.try_recv() {
+            Ok(op) => return Some(op),
+            Err(mpsc::TryRecvError::Disconnected) => return None,
+            Err(mpsc::TryRecvError::Empty) => {}
         }
-        last_batch = batch.len();
+        let start = *since.get_or_insert_with(std::time::Instant::now);
+        if start.elapsed() >= WRITER_SPIN {
+            return ops.recv().ok();
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// The writer thread: opens a transaction for the first queued operation, runs it and
+/// every operation that arrives while the transaction is open (up to [`MAX_BATCH`]),
+/// commits, answers them all, and bumps the change counter.
+fn writer_loop(conn: Connection, ops: mpsc::Receiver<Op>, changes: &watch::Sender<u64>) {
+    while let Some(first) = next_op(&ops) {
         let begin = conn
             .prepare_cached("BEGIN IMMEDIATE")
             .and_then(|mut s| s.execute([]).map(|_| ()));
-        let completions: Vec<Completion> = match &begin {
-            Ok(()) => batch
-                .into_iter()
-                .map(|op| {
-                    // Some errors (disk full, I/O) make SQLite roll the whole transaction
-                    // back; what follows must not run outside it, in autocommit mode.
-                    if conn.is_autocommit() {
-                        op(Err(
-                            "the write transaction was rolled back by an earlier error",
-                        ))
-                    } else {
-                        op(Ok(&conn))
-                    }
-                })
-                .collect(),
-            Err(e) => {
-                let msg = format!("cannot begin a write transaction: {e}");
-                batch.into_iter().map(|op| op(Err(&msg))).collect()
+        let begin_error = begin
+            .as_ref()
+            .err()
+            .map(|e| format!("cannot begin a write transaction: {e}"));
+        let run = |op: Op| -> Completion {
+            if let Some(msg) = &begin_error {
+                op(Err(msg))
+            } else if conn.is_autocommit() {
+                // Some errors (disk full, I/O) make SQLite roll the whole transaction
+                // back; what follows must not run outside it, in autocommit mode.
+                op(Err(
+                    "the write transaction was rolled back by an earlier error",
+                ))
+            } else {
+                op(Ok(&conn))
             }
         };
+        // Operations run as they arrive: while one runs, the callers answered by the
+        // last commit send their next ones, which then share this commit. The commit
+        // happens as soon as none is waiting, so callers never wait for latecomers.
+        let mut completions: Vec<Completion> = vec![run(first)];
+        while completions.len() < MAX_BATCH {
+            match ops.try_recv() {
+                Ok(op) => completions.push(run(op)),
+                Err(_) => break,
+            }
+        }
         let commit_error = match begin {
             Err(_) => None,
             Ok(()) => match conn
@@ -655,17 +742,16 @@ fn opt_u32(what: &str, v: Option<i64>) -> Result<Option<u32>> {
     v.map(|v| to_u32(what, v)).transpose()
 }
 
-/// A job row as stored, before its text columns are parsed.
-struct RawJob {
+/// A `jobs` row as stored, before its text columns are parsed.
+#[derive(Clone)]
+struct JobRow {
     id: i64,
     state: String,
-    title: String,
     priority: i64,
     attempt: i64,
     max_attempts: i64,
     epoch: i64,
     lock_key: Option<String>,
-    deps: String,
     deps_mode: String,
     idempotency_key: Option<String>,
     stop_requested: Option<String>,
@@ -674,55 +760,100 @@ struct RawJob {
     created_at: i64,
     started_at: Option<i64>,
     finished_at: Option<i64>,
+}
+
+impl JobRow {
+    /// Reads [`JOB_ROW_COLS`].
+    fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<JobRow> {
+        Ok(JobRow {
+            id: r.get(0)?,
+            state: r.get(1)?,
+            priority: r.get(2)?,
+            attempt: r.get(3)?,
+            max_attempts: r.get(4)?,
+            epoch: r.get(5)?,
+            lock_key: r.get(6)?,
+            deps_mode: r.get(7)?,
+            idempotency_key: r.get(8)?,
+            stop_requested: r.get(9)?,
+            reason: r.get(10)?,
+            not_before: r.get(11)?,
+            created_at: r.get(12)?,
+            started_at: r.get(13)?,
+            finished_at: r.get(14)?,
+        })
+    }
+}
+
+impl JobRow {
+    /// Makes to this row (read before a [`step`] in the same transaction) the change
+    /// that `step` made to the stored one.
+    fn apply_step(
+        &mut self,
+        to: JobState,
+        reason: Option<&str>,
+        not_before: Option<Millis>,
+        now: Millis,
+    ) {
+        self.state = to.as_str().to_string();
+        self.reason = reason.map(str::to_string);
+        self.not_before = not_before;
+        self.finished_at = to.is_terminal().then_some(now);
+        if to != JobState::Running {
+            self.stop_requested = None;
+        }
+    }
+}
+
+/// A job's `job_specs` row as stored: written once at submit, never changed after.
+struct SpecRow {
+    title: String,
+    deps: String,
     spec: String,
 }
 
+/// A whole job as stored, before its text columns are parsed.
+struct RawJob {
+    row: JobRow,
+    spec: SpecRow,
+}
+
 impl RawJob {
+    /// Reads [`JOB_COLS`].
     fn read(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawJob> {
         Ok(RawJob {
-            id: r.get(0)?,
-            state: r.get(1)?,
-            title: r.get(2)?,
-            priority: r.get(3)?,
-            attempt: r.get(4)?,
-            max_attempts: r.get(5)?,
-            epoch: r.get(6)?,
-            lock_key: r.get(7)?,
-            deps: r.get(8)?,
-            deps_mode: r.get(9)?,
-            idempotency_key: r.get(10)?,
-            stop_requested: r.get(11)?,
-            reason: r.get(12)?,
-            not_before: r.get(13)?,
-            created_at: r.get(14)?,
-            started_at: r.get(15)?,
-            finished_at: r.get(16)?,
-            spec: r.get(17)?,
+            row: JobRow::read(r)?,
+            spec: SpecRow {
+                title: r.get(15)?,
+                deps: r.get(16)?,
+                spec: r.get(17)?,
+            },
         })
     }
 
     fn into_job(self) -> Result<Job> {
-        let deps: Vec<i64> = parse_json("job deps", &self.deps)?;
+        let RawJob { row, spec } = self;
+        let deps: Vec<i64> = parse_json("job deps", &spec.deps)?;
         Ok(Job {
-            id: JobId(self.id),
-            state: parse_state(&self.state)?,
-            title: self.title,
-            priority: u8::try_from(self.priority)
-                .map_err(|_| corrupt(format!("priority {} out of range", self.priority)))?,
-            attempt: to_u32("attempt", self.attempt)?,
-            max_attempts: to_u32("max_attempts", self.max_attempts)?,
-            epoch: self.epoch,
-            lock: self.lock_key,
+            id: JobId(row.id),
+            state: parse_state(&row.state)?,
+            title: spec.title,
+            priority: u8::try_from(row.priority)
+                .map_err(|_| corrupt(format!("priority {} out of range", row.priority)))?,
+            attempt: to_u32("attempt", row.attempt)?,
+            max_attempts: to_u32("max_attempts", row.max_attempts)?,
+            epoch: row.epoch,
+            lock: row.lock_key,
             deps: deps.into_iter().map(JobId).collect(),
-            deps_mode: parse_deps_mode(&self.deps_mode)?,
-            idempotency_key: self.idempotency_key,
-            stop_requested: parse_stop(self.stop_requested.as_deref())?,
-            reason: self.reason,
-            not_before: self.not_before,
-            created_at: self.created_at,
-            started_at: self.started_at,
-            finished_at: self.finished_at,
-            spec: parse_json("job spec", &self.spec)?,
+            deps_mode: parse_deps_mode(&row.deps_mode)?,
+            idempotency_key: row.idempotency_key,
+            stop_requested: parse_stop(row.stop_requested.as_deref())?,
+            reason: row.reason,
+            not_before: row.not_before,
+            created_at: row.created_at,
+            started_at: row.started_at,
+            finished_at: row.finished_at,
+            spec: parse_json("job spec", &spec.spec)?,
             runs: Vec::new(),
         })
     }
@@ -825,14 +956,25 @@ fn read_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Event, String)> {
 }
 
 fn load_job(tx: &Connection, id: JobId) -> Result<Job> {
-    load_raw_job(tx, id)?.into_job()
+    tx.prepare_cached(&format!("SELECT {JOB_COLS} FROM {JOB_FROM} WHERE id = ?1"))?
+        .query_row([id.0], RawJob::read)
+        .optional()?
+        .ok_or_else(|| not_found("job", id))?
+        .into_job()
 }
 
-/// The job row unparsed: the writer thread returns this and the caller parses it, so
-/// the one thread that all writes share spends no time decoding JSON.
-fn load_raw_job(tx: &Connection, id: JobId) -> Result<RawJob> {
-    tx.prepare_cached(&format!("SELECT {JOB_COLS} FROM jobs WHERE id = ?1"))?
-        .query_row([id.0], RawJob::read)
+/// The immutable part of a job. Writes that return a job return its `jobs` row (see
+/// [`JobRow`]) and their callers read this on the read connection, after the commit:
+/// the one thread that all writes share then spends no time copying or decoding it.
+fn load_spec(tx: &Connection, id: JobId) -> Result<SpecRow> {
+    tx.prepare_cached(LOAD_SPEC_SQL)?
+        .query_row([id.0], |r| {
+            Ok(SpecRow {
+                title: r.get(0)?,
+                deps: r.get(1)?,
+                spec: r.get(2)?,
+            })
+        })
         .optional()?
         .ok_or_else(|| not_found("job", id))
 }
@@ -845,54 +987,187 @@ fn not_found(what: &'static str, id: impl std::fmt::Display) -> StoreError {
 }
 
 // ---------------------------------------------------------------------------------------
+// The hot path's statements
+//
+// Claims and finishes run these for every job, so each is checked by a test: it must
+// not be re-prepared when its bound values change, and must need no temporary table.
+// Two rules keep them so. (1) No join with `= ?` terms: SQLite plans a join by the
+// bound value and re-prepares it whenever that value moves to or from 0 or 1. (2) No
+// RETURNING and no `IN (...)` list in a checked constraint: both build a temporary
+// table at every execution.
+// ---------------------------------------------------------------------------------------
+
+/// A factory's capabilities and whether claiming is paused (one table and a scalar
+/// subquery, not a join).
+const CLAIM_FACTORY_SQL: &str =
+    "SELECT capabilities, (SELECT paused FROM queue WHERE id = 1) FROM factories WHERE id = ?1";
+
+/// The queued jobs in claim order (a range scan of `jobs_claim`), skipping those not
+/// yet due and those whose lock a running job holds.
+const CLAIM_SCAN_SQL: &str = "SELECT q.id, q.attempt, q.epoch, q.event_seq, q.capabilities
+     FROM jobs q INDEXED BY jobs_claim
+     WHERE q.state = 'queued'
+       AND (q.not_before IS NULL OR q.not_before <= ?1)
+       AND (q.lock_key IS NULL OR NOT EXISTS
+             (SELECT 1 FROM jobs r WHERE r.state = 'running' AND r.lock_key = q.lock_key))
+     ORDER BY q.priority DESC, q.id";
+
+const RUN_INSERT_SQL: &str =
+    "INSERT INTO runs (job_id, attempt, epoch, factory_id, started_at, lease_expires_at)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+
+/// Claims a queued job (`to` is what [`state::next`] says a claim leads to).
+fn claim_update_sql(to: JobState) -> String {
+    format!(
+        "UPDATE jobs SET state = '{to}', attempt = ?2, epoch = ?3, current_run = ?4,
+             started_at = COALESCE(started_at, ?5), not_before = NULL, reason = NULL,
+             stop_requested = NULL, event_seq = ?6
+         WHERE id = ?1 AND state = 'queued'"
+    )
+}
+
+/// The fence's first lookup: a run's job and epoch.
+const FENCE_RUN_SQL: &str = "SELECT job_id, epoch FROM runs WHERE id = ?1";
+
+/// The fence's second lookup: the job's row and what ending its attempt needs.
+fn fence_job_sql() -> String {
+    format!(
+        "SELECT {JOB_ROW_COLS}, current_run, retry_on, backoff_ms, event_seq
+         FROM jobs WHERE id = ?1"
+    )
+}
+
+const FINISH_RUN_SQL: &str =
+    "UPDATE runs SET outcome = ?2, exit_code = ?3, error = ?4, branch = ?5, base_commit = ?6,
+         commit_sha = ?7, files_changed = ?8, lines_added = ?9, lines_deleted = ?10,
+         finished_at = ?11
+     WHERE id = ?1";
+
+/// Moves a job between states. The states are written into the SQL, not bound: a bound
+/// value compared with a partial index's condition makes SQLite re-prepare the
+/// statement whenever the value changes. They come from a closed enum, and there are
+/// few combinations.
+fn step_sql(from: JobState, to: JobState) -> String {
+    let keep_stop = if to == JobState::Running {
+        "stop_requested"
+    } else {
+        "NULL"
+    };
+    format!(
+        "UPDATE jobs SET state = '{to}', reason = ?2, not_before = ?3, finished_at = ?4,
+             stop_requested = {keep_stop}, event_seq = ?5
+         WHERE id = ?1 AND state = '{from}'"
+    )
+}
+
+/// Inserts `n` events of one job: `?1` job, `?2` time, then run, seq, kind and data of
+/// each.
+fn events_insert_sql(n: usize) -> String {
+    let mut sql = String::from("INSERT INTO events (job_id, at, run_id, seq, kind, data) VALUES ");
+    for i in 0..n {
+        let p = 3 + 4 * i;
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!(
+            "(?1, ?2, ?{}, ?{}, ?{}, ?{})",
+            p,
+            p + 1,
+            p + 2,
+            p + 3
+        ));
+    }
+    sql
+}
+
+const LOAD_SPEC_SQL: &str = "SELECT title, deps, spec FROM job_specs WHERE job_id = ?1";
+
+// ---------------------------------------------------------------------------------------
 // Events and transitions
 // ---------------------------------------------------------------------------------------
 
-/// Appends an event; a job's event takes the job's next `seq`. Returns (id, seq).
+/// Appends an event whose data is JSON text; a job's event takes the job's next `seq`.
+/// Returns (id, seq).
 fn add_event(
     tx: &Connection,
     job: Option<JobId>,
     run: Option<RunId>,
     kind: &str,
-    data: &serde_json::Value,
+    data: &str,
     now: Millis,
 ) -> Result<(i64, i64)> {
     let seq = match job {
-        Some(job) => tx
-            .prepare_cached(
-                "UPDATE jobs SET event_seq = event_seq + 1 WHERE id = ?1 RETURNING event_seq",
-            )?
-            .query_row([job.0], |r| r.get::<_, i64>(0))
-            .optional()?
-            .ok_or_else(|| not_found("job", job))?,
+        Some(job) => take_seqs(tx, job, 1)?,
         None => 0,
     };
-    insert_event(tx, job, run, seq, kind, data, now)?;
+    insert_events(
+        tx,
+        job,
+        &[EventRow {
+            run: run.map(|r| r.0),
+            seq,
+            kind,
+            data,
+        }],
+        now,
+    )?;
     Ok((tx.last_insert_rowid(), seq))
 }
 
-/// Inserts an event row whose `seq` the caller already took from the job.
-fn insert_event(
+/// Takes the next `n` seqs of a job's events; returns the last one.
+fn take_seqs(tx: &Connection, job: JobId, n: i64) -> Result<i64> {
+    tx.prepare_cached(
+        "UPDATE jobs SET event_seq = event_seq + ?2 WHERE id = ?1 RETURNING event_seq",
+    )?
+    .query_row([job.0, n], |r| r.get::<_, i64>(0))
+    .optional()?
+    .ok_or_else(|| not_found("job", job))
+}
+
+/// An event row to insert, whose `seq` the caller already took from its job.
+struct EventRow<'a> {
+    run: Option<i64>,
+    seq: i64,
+    kind: &'a str,
+    /// JSON text.
+    data: &'a str,
+}
+
+/// Inserts event rows of one job (or job-less ones) in one statement.
+fn insert_events(
     tx: &Connection,
     job: Option<JobId>,
-    run: Option<RunId>,
-    seq: i64,
-    kind: &str,
-    data: &serde_json::Value,
+    rows: &[EventRow<'_>],
     now: Millis,
 ) -> Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO events (job_id, run_id, seq, kind, at, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![
-        job.map(|j| j.0),
-        run.map(|r| r.0),
-        seq,
-        kind,
-        now,
-        data.to_string()
-    ])?;
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let job = job.map(|j| j.0);
+    let mut values: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(2 + 4 * rows.len());
+    values.push(&job);
+    values.push(&now);
+    for r in rows {
+        values.extend([&r.run as &dyn rusqlite::ToSql, &r.seq, &r.kind, &r.data]);
+    }
+    tx.prepare_cached(&events_insert_sql(rows.len()))?
+        .execute(values.as_slice())?;
     Ok(())
+}
+
+/// The data of a `job.state` event.
+fn state_data(from: JobState, to: JobState, reason: Option<&str>) -> String {
+    // The states are plain words; only the reason needs JSON quoting.
+    let reason = serde_json::to_string(&reason).unwrap_or_else(|_| "null".into());
+    format!(r#"{{"from":"{from}","to":"{to}","reason":{reason}}}"#)
+}
+
+/// An event recorded together with a state change, just before its `job.state`.
+struct Pending<'a> {
+    run: Option<RunId>,
+    kind: &'a str,
+    /// JSON text.
+    data: String,
 }
 
 fn action_of(input: Input) -> &'static str {
@@ -906,8 +1181,19 @@ fn action_of(input: Input) -> &'static str {
     }
 }
 
-/// Moves a job from `from` by `input` through [`state::next`], records `job.state`, and
-/// returns the new state and effect. Does not settle dependents: see [`transition`].
+/// A job after [`step`].
+struct Stepped {
+    to: JobState,
+    effect: Effect,
+}
+
+/// Moves a job from `from` by `input` through [`state::next`], recording the `pending`
+/// events and then `job.state` (one update of the job, one insert of the events), and
+/// returns the new state and the effect. `seq` is the job's `event_seq` when the
+/// caller has just read it in this transaction (else it is read here). Does not settle
+/// dependents: see [`transition`]. [`JobRow::apply_step`] makes the same change to a
+/// row read before.
+#[allow(clippy::too_many_arguments)]
 fn step(
     tx: &Connection,
     job: JobId,
@@ -916,42 +1202,64 @@ fn step(
     reason: Option<&str>,
     not_before: Option<Millis>,
     now: Millis,
-) -> Result<(JobState, Effect)> {
+    seq: Option<i64>,
+    pending: &[Pending<'_>],
+) -> Result<Stepped> {
     let (to, effect) = state::next(from, input).map_err(|_| StoreError::WrongState {
         job,
         state: from,
         action: action_of(input),
     })?;
-    if to != from {
-        let finished_at = to.is_terminal().then_some(now);
-        // The states are written into the SQL, not bound: a bound value compared with a
-        // partial index's condition makes SQLite re-prepare the statement whenever the
-        // value changes. They come from a closed enum, and there are few combinations.
-        let keep_stop = if to == JobState::Running {
-            "stop_requested"
-        } else {
-            "NULL"
-        };
-        let sql = format!(
-            "UPDATE jobs SET state = '{to}', reason = ?2, not_before = ?3, finished_at = ?4,
-                 stop_requested = {keep_stop}, event_seq = event_seq + 1
-             WHERE id = ?1 AND state = '{from}' RETURNING event_seq"
-        );
-        let seq: i64 = tx
-            .prepare_cached(&sql)?
-            .query_row(params![job.0, reason, not_before, finished_at], |r| {
-                r.get(0)
-            })
-            .optional()?
-            .ok_or_else(|| corrupt(format!("job {job} was not {from} when moving it to {to}")))?;
-        let data = json!({"from": from.as_str(), "to": to.as_str(), "reason": reason});
-        insert_event(tx, Some(job), None, seq, ev::JOB_STATE, &data, now)?;
+    if to == from {
+        for p in pending {
+            add_event(tx, Some(job), p.run, p.kind, &p.data, now)?;
+        }
+        return Ok(Stepped { to, effect });
     }
-    Ok((to, effect))
+    let seq = match seq {
+        Some(seq) => seq,
+        None => tx
+            .prepare_cached("SELECT event_seq FROM jobs WHERE id = ?1")?
+            .query_row([job.0], |r| r.get::<_, i64>(0))
+            .optional()?
+            .ok_or_else(|| not_found("job", job))?,
+    };
+    let finished_at = to.is_terminal().then_some(now);
+    let n = pending.len() as i64 + 1;
+    let last_seq = seq + n;
+    let updated = tx.prepare_cached(&step_sql(from, to))?.execute(params![
+        job.0,
+        reason,
+        not_before,
+        finished_at,
+        last_seq
+    ])?;
+    if updated != 1 {
+        return Err(corrupt(format!(
+            "job {job} was not {from} when moving it to {to}"
+        )));
+    }
+    let state = state_data(from, to, reason);
+    let first_seq = last_seq - n + 1;
+    let rows: Vec<EventRow<'_>> = pending
+        .iter()
+        .map(|p| (p.run.map(|r| r.0), p.kind, p.data.as_str()))
+        .chain(std::iter::once((None, ev::JOB_STATE, state.as_str())))
+        .zip(first_seq..)
+        .map(|((run, kind, data), seq)| EventRow {
+            run,
+            seq,
+            kind,
+            data,
+        })
+        .collect();
+    insert_events(tx, Some(job), &rows, now)?;
+    Ok(Stepped { to, effect })
 }
 
 /// [`step`], then, when the job reached a terminal state, re-evaluates its blocked
 /// dependents (transitively) in the same transaction.
+#[allow(clippy::too_many_arguments)]
 fn transition(
     tx: &Connection,
     job: JobId,
@@ -960,12 +1268,14 @@ fn transition(
     reason: Option<&str>,
     not_before: Option<Millis>,
     now: Millis,
-) -> Result<(JobState, Effect)> {
-    let (to, effect) = step(tx, job, from, input, reason, not_before, now)?;
-    if to != from && to.is_terminal() {
+    seq: Option<i64>,
+    pending: &[Pending<'_>],
+) -> Result<Stepped> {
+    let stepped = step(tx, job, from, input, reason, not_before, now, seq, pending)?;
+    if stepped.to != from && stepped.to.is_terminal() {
         settle_dependents(tx, job, now)?;
     }
-    Ok((to, effect))
+    Ok(stepped)
 }
 
 /// What a blocked job's dependencies say.
@@ -1035,7 +1345,7 @@ fn settle_blocked(tx: &Connection, job: JobId, now: Millis) -> Result<Option<Job
         DepsVerdict::Met => (Input::DepsMet, None),
         DepsVerdict::Failed(reason) => (Input::DepFailed, Some(reason)),
     };
-    let (to, _) = step(
+    let stepped = step(
         tx,
         job,
         JobState::Blocked,
@@ -1043,8 +1353,10 @@ fn settle_blocked(tx: &Connection, job: JobId, now: Millis) -> Result<Option<Job
         reason.as_deref(),
         None,
         now,
+        None,
+        &[],
     )?;
-    Ok(Some(to))
+    Ok(Some(stepped.to))
 }
 
 /// Re-evaluates the blocked dependents of a job that just reached a terminal state,
@@ -1081,6 +1393,10 @@ struct Live {
     retry_on: String,
     backoff_ms: u64,
     stop: Option<StopKind>,
+    /// The job's `event_seq`.
+    seq: i64,
+    /// The job's row, when the fence read it (a finish returns it, changed).
+    row: Option<JobRow>,
 }
 
 /// Checks that `run` is the current run of a job running under `epoch`. When it is not,
@@ -1092,43 +1408,27 @@ fn check_fence(
     op: &str,
     now: Millis,
 ) -> Result<Result<Live, StoreError>> {
-    // Two primary-key lookups rather than a join: SQLite re-prepares that join at every
-    // new binding, which costs more than the second lookup.
+    // Two primary-key lookups rather than a join: SQLite plans a join with `= ?` terms
+    // by the bound value and re-prepares it whenever that value moves to or from 0 or 1,
+    // which costs more than the second lookup.
     let (job, run_epoch): (i64, i64) = tx
-        .prepare_cached("SELECT job_id, epoch FROM runs WHERE id = ?1")?
+        .prepare_cached(FENCE_RUN_SQL)?
         .query_row([run.0], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?
         .ok_or_else(|| not_found("run", run))?;
-    type Row = (
-        String,
-        i64,
-        Option<i64>,
-        i64,
-        i64,
-        String,
-        i64,
-        Option<String>,
-    );
-    let (st, job_epoch, current, attempt, max_attempts, retry_on, backoff, stop): Row = tx
-        .prepare_cached(
-            "SELECT state, epoch, current_run, attempt, max_attempts, retry_on, backoff_ms,
-                    stop_requested
-             FROM jobs WHERE id = ?1",
-        )?
-        .query_row([job], |r| {
+    let (row, current, retry_on, backoff, seq): (JobRow, Option<i64>, String, i64, i64) =
+        tx.prepare_cached(&fence_job_sql())?.query_row([job], |r| {
             Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
+                JobRow::read(r)?,
+                r.get(15)?,
+                r.get(16)?,
+                r.get(17)?,
+                r.get(18)?,
             ))
         })?;
+    let job_epoch = row.epoch;
     let job = JobId(job);
-    let state = parse_state(&st)?;
+    let state = parse_state(&row.state)?;
     let live = state == JobState::Running
         && job_epoch == epoch
         && run_epoch == epoch
@@ -1140,7 +1440,7 @@ fn check_fence(
             Some(job),
             Some(run),
             ev::STALE_WRITE_REJECTED,
-            &data,
+            &data.to_string(),
             now,
         )?;
         tracing::warn!(%job, %run, epoch, current_epoch = job_epoch, %state, op, "stale write rejected");
@@ -1155,17 +1455,26 @@ fn check_fence(
     Ok(Ok(Live {
         job,
         run,
-        attempt: to_u32("attempt", attempt)?,
-        max_attempts: to_u32("max_attempts", max_attempts)?,
+        attempt: to_u32("attempt", row.attempt)?,
+        max_attempts: to_u32("max_attempts", row.max_attempts)?,
         retry_on,
         backoff_ms: u64::try_from(backoff).map_err(|_| corrupt(format!("backoff_ms {backoff}")))?,
-        stop: parse_stop(stop.as_deref())?,
+        stop: parse_stop(row.stop_requested.as_deref())?,
+        seq,
+        row: Some(row),
     }))
 }
 
 /// Ends the running attempt of `live` with `outcome`: applies the retry policy (a stop
-/// request wins over it and decides the state), and moves the job on.
-fn end_attempt(tx: &Connection, live: &Live, outcome: Outcome, now: Millis) -> Result<JobState> {
+/// request wins over it and decides the state), and moves the job on, recording the
+/// `pending` events (what ended the attempt) before its `job.state`.
+fn end_attempt(
+    tx: &Connection,
+    live: &Live,
+    outcome: Outcome,
+    now: Millis,
+    pending: &[Pending<'_>],
+) -> Result<(JobState, Option<JobRow>)> {
     // A stop that a person requested decides how the job ends when the run vanished
     // without saying (lost); a reported outcome is what really happened and stands.
     let outcome = match (outcome, live.stop) {
@@ -1194,7 +1503,7 @@ fn end_attempt(tx: &Connection, live: &Live, outcome: Outcome, now: Millis) -> R
     } else {
         (None, Some(format!("attempt {} {outcome}", live.attempt)))
     };
-    let (to, _) = transition(
+    let stepped = transition(
         tx,
         live.job,
         JobState::Running,
@@ -1202,8 +1511,14 @@ fn end_attempt(tx: &Connection, live: &Live, outcome: Outcome, now: Millis) -> R
         reason.as_deref(),
         not_before,
         now,
+        Some(live.seq),
+        pending,
     )?;
-    Ok(to)
+    let row = live.row.clone().map(|mut row| {
+        row.apply_step(stepped.to, reason.as_deref(), not_before, now);
+        row
+    });
+    Ok((stepped.to, row))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1312,13 +1627,12 @@ fn submit_tx(tx: &Connection, jobs: &[ParsedJob], now: Millis) -> Result<Vec<Sub
         let caps_json = serde_json::to_string(&spec.capabilities)
             .map_err(|e| corrupt(format!("cannot encode capabilities: {e}")))?;
         tx.prepare_cached(
-            "INSERT INTO jobs (state, title, priority, max_attempts, lock_key, deps_mode,
-                 idempotency_key, capabilities, retry_on, backoff_ms, created_at, event_seq, spec)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 1, ?12)",
+            "INSERT INTO jobs (state, priority, max_attempts, lock_key, deps_mode,
+                 idempotency_key, capabilities, retry_on, backoff_ms, created_at, event_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 1)",
         )?
         .execute(params![
             state.as_str(),
-            spec.title,
             spec.priority,
             spec.max_attempts.max(1),
             spec.lock,
@@ -1328,9 +1642,10 @@ fn submit_tx(tx: &Connection, jobs: &[ParsedJob], now: Millis) -> Result<Vec<Sub
             retry_on.join(","),
             i64::try_from(spec.backoff_ms).unwrap_or(i64::MAX),
             now,
-            spec_json,
         ])?;
         let id = tx.last_insert_rowid();
+        tx.prepare_cached("INSERT INTO job_specs (job_id, title, spec) VALUES (?1, ?2, ?3)")?
+            .execute(params![id, spec.title, spec_json])?;
         let data = json!({"title": spec.title, "state": state.as_str()}).to_string();
         tx.prepare_cached(
             "INSERT INTO events (job_id, run_id, seq, kind, at, data) VALUES (?1, NULL, 1, ?2, ?3, ?4)",
@@ -1358,7 +1673,7 @@ fn submit_tx(tx: &Connection, jobs: &[ParsedJob], now: Millis) -> Result<Vec<Sub
             }
         }
         let json = serde_json::to_string(&dep_ids).map_err(|e| corrupt(e.to_string()))?;
-        tx.prepare_cached("UPDATE jobs SET deps = ?2 WHERE id = ?1")?
+        tx.prepare_cached("UPDATE job_specs SET deps = ?2 WHERE job_id = ?1")?
             .execute(params![ids[n].0, json])?;
     }
     for n in order {
@@ -1446,23 +1761,11 @@ fn topo_order(
     Ok(order)
 }
 
-/// A claim whose spec is still JSON (see [`load_raw_job`] for why).
+/// A claim as the writer makes it: the caller reads the job's spec after the commit
+/// (see [`load_spec`]).
 struct RawClaim {
     job: JobId,
-    spec: String,
     run: Lease,
-}
-
-impl RawClaim {
-    fn into_claim(self) -> Result<Claim> {
-        Ok(Claim {
-            job: ClaimedJob {
-                id: self.job,
-                spec: parse_json::<JobSpec>("job spec", &self.spec)?,
-            },
-            run: self.run,
-        })
-    }
 }
 
 fn claim_tx(
@@ -1471,37 +1774,31 @@ fn claim_tx(
     ttl: Duration,
     now: Millis,
 ) -> Result<Option<RawClaim>> {
-    let fcaps: String = tx
-        .prepare_cached("SELECT capabilities FROM factories WHERE id = ?1")?
-        .query_row([factory.0], |r| r.get(0))
+    let (fcaps, paused): (String, bool) = tx
+        .prepare_cached(CLAIM_FACTORY_SQL)?
+        .query_row([factory.0], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?
         .ok_or_else(|| not_found("factory", factory))?;
-    let paused: bool = tx
-        .prepare_cached("SELECT paused FROM queue WHERE id = 1")?
-        .query_row([], |r| r.get(0))?;
     if paused {
         return Ok(None);
     }
-    let fcaps: Vec<String> = parse_json("factory capabilities", &fcaps)?;
+    let mut fcaps_parsed: Option<Vec<String>> = None;
     // Walk the queued jobs in claim order (an index range scan on jobs_claim), skipping
     // those not yet due and those whose lock a running job holds; capabilities are
     // checked here because their matching rule is not SQL.
     let chosen = {
-        let mut stmt = tx.prepare_cached(
-            "SELECT q.id, q.attempt, q.epoch, q.capabilities, q.spec FROM jobs q INDEXED BY jobs_claim
-             WHERE q.state = 'queued'
-               AND (q.not_before IS NULL OR q.not_before <= ?1)
-               AND (q.lock_key IS NULL OR NOT EXISTS
-                     (SELECT 1 FROM jobs r WHERE r.state = 'running' AND r.lock_key = q.lock_key))
-             ORDER BY q.priority DESC, q.id",
-        )?;
+        let mut stmt = tx.prepare_cached(CLAIM_SCAN_SQL)?;
         let mut rows = stmt.query([now])?;
         let mut chosen = None;
         while let Some(row) = rows.next()? {
-            let need: String = row.get(3)?;
+            let need = row.get_ref(4)?.as_str().map_err(rusqlite::Error::from)?;
             if need != "[]" {
-                let need: Vec<String> = parse_json("job capabilities", &need)?;
-                if !caps::satisfies(&fcaps, &need) {
+                let need: Vec<String> = parse_json("job capabilities", need)?;
+                let have = match &mut fcaps_parsed {
+                    Some(have) => have,
+                    none => none.insert(parse_json("factory capabilities", &fcaps)?),
+                };
+                if !caps::satisfies(have, &need) {
                     continue;
                 }
             }
@@ -1509,13 +1806,13 @@ fn claim_tx(
                 JobId(row.get(0)?),
                 row.get::<_, i64>(1)?,
                 row.get::<_, i64>(2)?,
-                row.get::<_, String>(4)?,
+                row.get::<_, i64>(3)?,
             ));
             break;
         }
         chosen
     };
-    let Some((job, attempt, epoch, spec)) = chosen else {
+    let Some((job, attempt, epoch, seq)) = chosen else {
         return Ok(None);
     };
     let (to, _) =
@@ -1524,44 +1821,50 @@ fn claim_tx(
     let epoch = epoch + 1;
     let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
     let expires = now.saturating_add(i64::try_from(ttl_ms).unwrap_or(i64::MAX));
-    tx.prepare_cached(
-        "INSERT INTO runs (job_id, attempt, epoch, factory_id, started_at, lease_expires_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![job.0, attempt, epoch, factory.0, now, expires])?;
+    tx.prepare_cached(RUN_INSERT_SQL)?
+        .execute(params![job.0, attempt, epoch, factory.0, now, expires])?;
     let run = RunId(tx.last_insert_rowid());
-    let seq: i64 = tx
-        .prepare_cached(
-            "UPDATE jobs SET state = ?2, attempt = ?3, epoch = ?4, current_run = ?5,
-                 started_at = COALESCE(started_at, ?6), not_before = NULL, reason = NULL,
-                 stop_requested = NULL, event_seq = event_seq + 2
-             WHERE id = ?1 AND state = 'queued' RETURNING event_seq",
-        )?
-        .query_row(
-            params![job.0, to.as_str(), attempt, epoch, run.0, now],
-            |r| r.get(0),
-        )?;
-    let state_data = json!({"from": "queued", "to": to.as_str(), "reason": null}).to_string();
-    let claim_data = json!({
-        "run": run.0, "attempt": attempt, "epoch": epoch, "factory": factory.0,
-        "lease_expires_at": expires,
-    })
-    .to_string();
-    let mut ins = tx.prepare_cached(
-        "INSERT INTO events (job_id, run_id, seq, kind, at, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
-    ins.execute(params![
+    // The job's two new events take the next two seqs; the job was read in this
+    // transaction, which holds the write lock, so nothing moved it in between.
+    let updated = tx.prepare_cached(&claim_update_sql(to))?.execute(params![
         job.0,
-        Option::<i64>::None,
-        seq - 1,
-        ev::JOB_STATE,
+        attempt,
+        epoch,
+        run.0,
         now,
-        state_data
+        seq + 2
     ])?;
-    ins.execute(params![job.0, run.0, seq, ev::RUN_CLAIMED, now, claim_data])?;
+    if updated != 1 {
+        return Err(corrupt(format!(
+            "job {job} was not queued when claiming it"
+        )));
+    }
+    let state = state_data(JobState::Queued, to, None);
+    let claimed = format!(
+        r#"{{"run":{},"attempt":{attempt},"epoch":{epoch},"factory":{},"lease_expires_at":{expires}}}"#,
+        run.0, factory.0
+    );
+    insert_events(
+        tx,
+        Some(job),
+        &[
+            EventRow {
+                run: None,
+                seq: seq + 1,
+                kind: ev::JOB_STATE,
+                data: &state,
+            },
+            EventRow {
+                run: Some(run.0),
+                seq: seq + 2,
+                kind: ev::RUN_CLAIMED,
+                data: &claimed,
+            },
+        ],
+        now,
+    )?;
     Ok(Some(RawClaim {
         job,
-        spec,
         run: Lease {
             id: run,
             attempt: to_u32("attempt", attempt)?,
@@ -1572,7 +1875,21 @@ fn claim_tx(
     }))
 }
 
-fn finish_tx(tx: &Connection, live: &Live, report: &FinishReport, now: Millis) -> Result<RawJob> {
+/// The data of a `run.finished` event.
+#[derive(serde::Serialize)]
+struct FinishedData<'a> {
+    outcome: &'a str,
+    exit_code: Option<i32>,
+    error: Option<&'a str>,
+    branch: Option<&'a str>,
+    base_commit: Option<&'a str>,
+    commit: Option<&'a str>,
+    files_changed: Option<u32>,
+    lines_added: Option<u32>,
+    lines_deleted: Option<u32>,
+}
+
+fn finish_tx(tx: &Connection, live: &Live, report: &FinishReport, now: Millis) -> Result<JobRow> {
     let Some(outcome) = report.outcome else {
         return Err(StoreError::Invalid(gantry_core::SpecError {
             file: format!("finish of run {}", live.run),
@@ -1581,13 +1898,7 @@ fn finish_tx(tx: &Connection, live: &Live, report: &FinishReport, now: Millis) -
             message: "the finish report has no outcome".into(),
         }));
     };
-    tx.prepare_cached(
-        "UPDATE runs SET outcome = ?2, exit_code = ?3, error = ?4, branch = ?5, base_commit = ?6,
-             commit_sha = ?7, files_changed = ?8, lines_added = ?9, lines_deleted = ?10,
-             finished_at = ?11
-         WHERE id = ?1",
-    )?
-    .execute(params![
+    tx.prepare_cached(FINISH_RUN_SQL)?.execute(params![
         live.run.0,
         outcome.as_str(),
         report.exit_code,
@@ -1600,35 +1911,34 @@ fn finish_tx(tx: &Connection, live: &Live, report: &FinishReport, now: Millis) -
         report.lines_deleted,
         now,
     ])?;
-    let data = json!({
-        "outcome": outcome.as_str(),
-        "exit_code": report.exit_code,
-        "error": report.error,
-        "branch": report.branch,
-        "base_commit": report.base_commit,
-        "commit": report.commit,
-        "files_changed": report.files_changed,
-        "lines_added": report.lines_added,
-        "lines_deleted": report.lines_deleted,
-    });
-    add_event(
-        tx,
-        Some(live.job),
-        Some(live.run),
-        ev::RUN_FINISHED,
-        &data,
-        now,
-    )?;
-    end_attempt(tx, live, outcome, now)?;
-    load_raw_job(tx, live.job)
+    let data = serde_json::to_string(&FinishedData {
+        outcome: outcome.as_str(),
+        exit_code: report.exit_code,
+        error: report.error.as_deref(),
+        branch: report.branch.as_deref(),
+        base_commit: report.base_commit.as_deref(),
+        commit: report.commit.as_deref(),
+        files_changed: report.files_changed,
+        lines_added: report.lines_added,
+        lines_deleted: report.lines_deleted,
+    })
+    .map_err(|e| corrupt(format!("cannot encode the finish report: {e}")))?;
+    let finished = Pending {
+        run: Some(live.run),
+        kind: ev::RUN_FINISHED,
+        data,
+    };
+    end_attempt(tx, live, outcome, now, &[finished])?
+        .1
+        .ok_or_else(|| corrupt(format!("job {} was read without its row", live.job)))
 }
 
 fn reap_tx(tx: &Connection, now: Millis) -> Result<Vec<RunId>> {
-    type Row = (i64, i64, i64, i64, i64, String, i64, Option<String>);
+    type Row = (i64, i64, i64, i64, i64, String, i64, Option<String>, i64);
     let expired: Vec<Row> = tx
         .prepare_cached(
             "SELECT j.id, r.id, j.epoch, j.attempt, j.max_attempts, j.retry_on, j.backoff_ms,
-                    j.stop_requested
+                    j.stop_requested, j.event_seq
              FROM jobs j INDEXED BY jobs_running_lock JOIN runs r ON r.id = j.current_run
              WHERE j.state = 'running' AND r.lease_expires_at < ?1 ORDER BY j.id",
         )?
@@ -1642,11 +1952,13 @@ fn reap_tx(tx: &Connection, now: Millis) -> Result<Vec<RunId>> {
                 r.get(5)?,
                 r.get(6)?,
                 r.get(7)?,
+                r.get(8)?,
             ))
         })?
         .collect::<rusqlite::Result<_>>()?;
     let mut reaped = Vec::with_capacity(expired.len());
-    for (job, run, epoch, attempt, max_attempts, retry_on, backoff, stop) in expired {
+    // Each job's events only change below, once, so the seqs read above stay current.
+    for (job, run, epoch, attempt, max_attempts, retry_on, backoff, stop, seq) in expired {
         let live = Live {
             job: JobId(job),
             run: RunId(run),
@@ -1655,21 +1967,19 @@ fn reap_tx(tx: &Connection, now: Millis) -> Result<Vec<RunId>> {
             retry_on,
             backoff_ms: u64::try_from(backoff).unwrap_or(0),
             stop: parse_stop(stop.as_deref())?,
+            seq,
+            row: None,
         };
         tx.prepare_cached(
             "UPDATE runs SET outcome = 'lost', finished_at = ?2 WHERE id = ?1 AND outcome IS NULL",
         )?
         .execute(params![run, now])?;
-        let data = json!({"run": run, "epoch": epoch});
-        add_event(
-            tx,
-            Some(live.job),
-            Some(live.run),
-            ev::LEASE_EXPIRED,
-            &data,
-            now,
-        )?;
-        let to = end_attempt(tx, &live, Outcome::Lost, now)?;
+        let expired = Pending {
+            run: Some(live.run),
+            kind: ev::LEASE_EXPIRED,
+            data: format!(r#"{{"run":{run},"epoch":{epoch}}}"#),
+        };
+        let to = end_attempt(tx, &live, Outcome::Lost, now, &[expired])?.0;
         tracing::info!(job, run, epoch, %to, "lease expired");
         reaped.push(live.run);
     }
@@ -1689,7 +1999,7 @@ fn stop_tx(tx: &Connection, id: JobId, kind: StopKind, now: Millis) -> Result<Jo
         StopKind::Cancel => (Input::Cancel, "canceled on request"),
         StopKind::Kill => (Input::Kill, "killed on request"),
     };
-    let (_, effect) = transition(tx, id, state, input, Some(reason), None, now)?;
+    let effect = transition(tx, id, state, input, Some(reason), None, now, None, &[])?.effect;
     let requested = match effect {
         Effect::None => None,
         Effect::RequestCancel => Some((StopKind::Cancel, ev::JOB_CANCEL_REQUESTED)),
@@ -1702,7 +2012,7 @@ fn stop_tx(tx: &Connection, id: JobId, kind: StopKind, now: Millis) -> Result<Jo
             tx.prepare_cached("UPDATE jobs SET stop_requested = ?2 WHERE id = ?1")?
                 .execute(params![id.0, want.as_str()])?;
         }
-        add_event(tx, Some(id), current_run.map(RunId), kind, &json!({}), now)?;
+        add_event(tx, Some(id), current_run.map(RunId), kind, "{}", now)?;
     }
     load_job(tx, id)
 }
@@ -1738,6 +2048,8 @@ fn retry_tx(tx: &Connection, id: JobId, now: Millis) -> Result<Job> {
         Some(reason),
         None,
         now,
+        None,
+        &[],
     )?;
     load_job(tx, id)
 }
@@ -1752,7 +2064,7 @@ fn set_paused_tx(tx: &Connection, paused: bool, now: Millis) -> Result<()> {
         } else {
             ev::QUEUE_RESUMED
         };
-        add_event(tx, None, None, kind, &json!({}), now)?;
+        add_event(tx, None, None, kind, "{}", now)?;
     }
     Ok(())
 }
@@ -1772,7 +2084,7 @@ impl Store for SqliteStore {
     }
 
     async fn job(&self, id: JobId) -> Result<Job> {
-        self.read(|tx| load_job(tx, id))
+        self.read_one(|tx| load_job(tx, id))
     }
 
     async fn jobs(&self, filter: &JobFilter) -> Result<Vec<Job>> {
@@ -1784,13 +2096,13 @@ impl Store for SqliteStore {
             let raws = match filter.state {
                 Some(st) => tx
                     .prepare_cached(&format!(
-                        "SELECT {JOB_COLS} FROM jobs WHERE state = ?1 ORDER BY id DESC LIMIT ?2"
+                        "SELECT {JOB_COLS} FROM {JOB_FROM} WHERE state = ?1 ORDER BY id DESC LIMIT ?2"
                     ))?
                     .query_map(params![st.as_str(), limit], RawJob::read)?
                     .collect::<rusqlite::Result<Vec<_>>>()?,
                 None => tx
                     .prepare_cached(&format!(
-                        "SELECT {JOB_COLS} FROM jobs ORDER BY id DESC LIMIT ?1"
+                        "SELECT {JOB_COLS} FROM {JOB_FROM} ORDER BY id DESC LIMIT ?1"
                     ))?
                     .query_map([limit], RawJob::read)?
                     .collect::<rusqlite::Result<Vec<_>>>()?,
@@ -1869,10 +2181,20 @@ impl Store for SqliteStore {
     }
 
     async fn claim(&self, factory: FactoryId, ttl: Duration) -> Result<Option<Claim>> {
-        self.write(move |tx, now| claim_tx(tx, factory, ttl, now))
+        let Some(raw) = self
+            .write(move |tx, now| claim_tx(tx, factory, ttl, now))
             .await?
-            .map(RawClaim::into_claim)
-            .transpose()
+        else {
+            return Ok(None);
+        };
+        let spec = self.read_one(|tx| load_spec(tx, raw.job))?;
+        Ok(Some(Claim {
+            job: ClaimedJob {
+                id: raw.job,
+                spec: parse_json::<JobSpec>("job spec", &spec.spec)?,
+            },
+            run: raw.run,
+        }))
     }
 
     async fn renew(&self, run: RunId, epoch: i64, ttl: Duration) -> Result<Renewed> {
@@ -1897,9 +2219,25 @@ impl Store for SqliteStore {
     }
 
     async fn append_events(&self, run: RunId, epoch: i64, events: Vec<NewEvent>) -> Result<()> {
+        // Encoded by the caller, off the writer thread.
+        let events: Vec<(String, String)> = events
+            .into_iter()
+            .map(|e| (e.kind, e.data.to_string()))
+            .collect();
         self.fenced(run, epoch, "events", move |tx, live, now| {
-            for e in &events {
-                add_event(tx, Some(live.job), Some(run), &e.kind, &e.data, now)?;
+            let n = i64::try_from(events.len()).unwrap_or(i64::MAX);
+            if n == 0 {
+                return Ok(());
+            }
+            let last = take_seqs(tx, live.job, n)?;
+            for ((kind, data), seq) in events.iter().zip(last - n + 1..) {
+                let row = EventRow {
+                    run: Some(run.0),
+                    seq,
+                    kind,
+                    data,
+                };
+                insert_events(tx, Some(live.job), &[row], now)?;
             }
             Ok(())
         })
@@ -1907,11 +2245,13 @@ impl Store for SqliteStore {
     }
 
     async fn finish(&self, run: RunId, report: FinishReport) -> Result<Job> {
-        self.fenced(run, report.epoch, "finish", move |tx, live, now| {
-            finish_tx(tx, live, &report, now)
-        })
-        .await?
-        .into_job()
+        let row = self
+            .fenced(run, report.epoch, "finish", move |tx, live, now| {
+                finish_tx(tx, live, &report, now)
+            })
+            .await?;
+        let spec = self.read_one(|tx| load_spec(tx, JobId(row.id)))?;
+        RawJob { row, spec }.into_job()
     }
 
     async fn reap(&self) -> Result<Vec<RunId>> {
@@ -1996,6 +2336,7 @@ impl Store for SqliteStore {
         run: Option<RunId>,
         event: NewEvent,
     ) -> Result<Event> {
+        let data = event.data.to_string();
         self.write(move |tx, now| {
             if let Some(run) = run {
                 let owner: Option<i64> = tx
@@ -2010,7 +2351,7 @@ impl Store for SqliteStore {
                     _ => {}
                 }
             }
-            let (id, seq) = add_event(tx, job, run, &event.kind, &event.data, now)?;
+            let (id, seq) = add_event(tx, job, run, &event.kind, &data, now)?;
             Ok(Event {
                 id,
                 job_id: job,
@@ -2029,9 +2370,15 @@ impl Store for SqliteStore {
         self.read(|tx| {
             let rows = match job {
                 Some(job) => tx
+                    // The two partial indexes of a job's events (see the schema): its
+                    // first event, then the rest.
                     .prepare_cached(
                         "SELECT id, job_id, run_id, seq, kind, at, data FROM events
-                         WHERE job_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+                         WHERE job_id = ?1 AND seq = 1 AND id > ?2
+                         UNION ALL
+                         SELECT id, job_id, run_id, seq, kind, at, data FROM events
+                         WHERE job_id = ?1 AND seq > 1 AND id > ?2
+                         ORDER BY id LIMIT ?3",
                     )?
                     .query_map(params![job.0, after, limit], read_event)?
                     .collect::<rusqlite::Result<Vec<_>>>()?,
@@ -2172,6 +2519,72 @@ mod tests {
             judge_deps(f, &[(1, Failed), (2, Blocked)]),
             DepsVerdict::Wait
         );
+    }
+
+    /// Every hot-path statement, with how many parameters it binds.
+    fn hot_statements() -> Vec<String> {
+        let mut sqls = vec![
+            CLAIM_FACTORY_SQL.to_string(),
+            CLAIM_SCAN_SQL.to_string(),
+            RUN_INSERT_SQL.to_string(),
+            claim_update_sql(JobState::Running),
+            FENCE_RUN_SQL.to_string(),
+            fence_job_sql(),
+            FINISH_RUN_SQL.to_string(),
+            events_insert_sql(1),
+            events_insert_sql(2),
+            LOAD_SPEC_SQL.to_string(),
+            "UPDATE jobs SET event_seq = event_seq + ?2 WHERE id = ?1 RETURNING event_seq".into(),
+        ];
+        for from in JobState::ALL {
+            for to in JobState::ALL {
+                sqls.push(step_sql(from, to));
+            }
+        }
+        sqls
+    }
+
+    #[test]
+    fn hot_statements_are_not_re_prepared_and_need_no_temporary_table() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("gantry.db");
+        let mut conn = Connection::open(&path).expect("open");
+        migrate(&mut conn, &path).expect("migrate");
+        // This checks plans, not data: the made-up values need not reference rows.
+        conn.execute_batch("PRAGMA foreign_keys = OFF")
+            .expect("pragma");
+        // `take_seqs` is the one hot statement that needs RETURNING: it is used only for
+        // events a worker uploads, never by claims and finishes.
+        let returning =
+            "UPDATE jobs SET event_seq = event_seq + ?2 WHERE id = ?1 RETURNING event_seq";
+        for sql in hot_statements() {
+            let mut stmt = conn.prepare(&sql).expect("prepare");
+            let n = stmt.parameter_count();
+            // Values that cross 0 and 1, which is where SQLite re-plans value-sensitive
+            // statements.
+            for v in [5_i64, 1, 0, 2, 7, 3] {
+                let values = vec![v; n];
+                let mut rows = stmt.query(rusqlite::params_from_iter(values)).expect("run");
+                while rows.next().expect("step").is_some() {}
+            }
+            assert_eq!(
+                stmt.get_status(rusqlite::StatementStatus::RePrepare),
+                0,
+                "re-prepared: {sql}"
+            );
+            let mut explain = conn.prepare(&format!("EXPLAIN {sql}")).expect("explain");
+            let ops: Vec<String> = explain
+                .query_map(rusqlite::params_from_iter(vec![0_i64; n]), |r| r.get(1))
+                .expect("explain")
+                .collect::<rusqlite::Result<_>>()
+                .expect("opcodes");
+            if sql != returning {
+                assert!(
+                    !ops.iter().any(|op| op == "OpenEphemeral"),
+                    "needs a temporary table: {sql}"
+                );
+            }
+        }
     }
 
     #[test]

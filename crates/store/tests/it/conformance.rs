@@ -1263,3 +1263,98 @@ async fn the_queue_benchmark_burns_everything_down() {
         assert!(v >= 0.0);
     }
 }
+
+#[tokio::test]
+async fn finish_returns_the_job_as_stored() {
+    let t = new_store();
+    let s = &*t.store;
+    let ids = submit(
+        s,
+        vec![
+            job("ok").key("ok"),
+            job("retried").retry_on(&[Outcome::Failed]),
+            job("last").attempts(1).retry_on(&[Outcome::Failed]),
+            job("canceled"),
+            job("killed"),
+            job("dependent").dep_key("ok"),
+        ],
+    )
+    .await;
+    let f = factory(s, "f", &[]).await;
+    let claims: Vec<_> = {
+        let mut v = Vec::new();
+        for _ in 0..5 {
+            v.push(claim(s, f).await);
+        }
+        v
+    };
+    s.cancel(ids[3]).await.expect("cancel");
+    s.kill(ids[4]).await.expect("kill");
+    let cases = [
+        (0, Outcome::Succeeded, JobState::Succeeded),
+        (1, Outcome::Failed, JobState::Queued),
+        (2, Outcome::Failed, JobState::Failed),
+        (3, Outcome::Canceled, JobState::Canceled),
+        (4, Outcome::Succeeded, JobState::Succeeded),
+    ];
+    for (i, outcome, state) in cases {
+        assert_eq!(claims[i].job.id, ids[i]);
+        let returned = finish(s, &claims[i], outcome).await;
+        assert_eq!(returned.state, state, "job {i}");
+        assert_eq!(returned, s.job(ids[i]).await.expect("job"), "job {i}");
+    }
+    let retried = s.job(ids[1]).await.expect("retried");
+    assert!(retried.not_before.is_some() && retried.reason.is_some());
+    assert_eq!(retried.stop_requested, None);
+    assert_eq!(
+        s.job(ids[5]).await.expect("dependent").state,
+        JobState::Queued
+    );
+}
+
+#[tokio::test]
+async fn a_jobs_events_page_like_the_global_log_filtered_to_it() {
+    let t = new_store();
+    let s = &*t.store;
+    let ids = submit(s, (0..4).map(|i| job(&format!("j{i}"))).collect()).await;
+    let f = factory(s, "f", &[]).await;
+    // Interleave the jobs' events, as concurrent work does.
+    let a = claim(s, f).await;
+    let b = claim(s, f).await;
+    for c in [&b, &a, &b] {
+        s.append_events(
+            c.run.id,
+            c.run.epoch,
+            vec![NewEvent {
+                kind: "run.output".into(),
+                data: json!({"text": "x"}),
+            }],
+        )
+        .await
+        .expect("events");
+    }
+    s.cancel(ids[3]).await.expect("cancel");
+    finish(s, &a, Outcome::Failed).await;
+    finish(s, &b, Outcome::Succeeded).await;
+    let all = s.events(0, None, 10_000).await.expect("all");
+    for &id in &ids {
+        let mine: Vec<_> = all
+            .iter()
+            .filter(|e| e.job_id == Some(id))
+            .cloned()
+            .collect();
+        assert_eq!(mine[0].kind, "job.submitted");
+        for after in std::iter::once(0).chain(mine.iter().map(|e| e.id)) {
+            for limit in [1, 2, 3, 100] {
+                let want: Vec<_> = mine
+                    .iter()
+                    .filter(|e| e.id > after)
+                    .take(limit)
+                    .cloned()
+                    .collect();
+                let got = s.events(after, Some(id), limit).await.expect("page");
+                assert_eq!(got, want, "job {id} after {after} limit {limit}");
+            }
+        }
+    }
+}
