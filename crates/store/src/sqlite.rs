@@ -577,6 +577,7 @@ fn next_op(ops: &mpsc::Receiver<Op>) -> Option<Op> {
 /// commits, answers them all, and bumps the change counter.
 fn writer_loop(conn: Connection, ops: mpsc::Receiver<Op>, changes: &watch::Sender<u64>) {
     while let Some(first) = next_op(&ops) {
+        let rows_before = conn.total_changes();
         let begin = conn
             .prepare_cached("BEGIN IMMEDIATE")
             .and_then(|mut s| s.execute([]).map(|_| ()));
@@ -624,8 +625,12 @@ fn writer_loop(conn: Connection, ops: mpsc::Receiver<Op>, changes: &watch::Sende
             },
         };
         // Bump before answering, so a caller that waits for changes after its write
-        // returns never misses its own.
-        changes.send_modify(|n| *n = n.wrapping_add(1));
+        // returns never misses its own. A batch that changed no row (a claim that found
+        // nothing, an empty reap) does not bump: waiters woken by it would query,
+        // find nothing, and wake each other forever (issue 2: an idle server spun).
+        if conn.total_changes() != rows_before {
+            changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
         for done in completions {
             done(commit_error.as_deref());
         }

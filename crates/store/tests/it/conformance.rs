@@ -1358,3 +1358,33 @@ async fn a_jobs_events_page_like_the_global_log_filtered_to_it() {
         }
     }
 }
+
+/// Issue 2: an idle `gantry serve` spun at full CPU because a claim that found nothing
+/// still signalled a change, waking every long-polling claimer to claim again.
+#[tokio::test]
+async fn issue2_operations_that_change_nothing_do_not_signal_changes() {
+    let t = new_store();
+    let s = &*t.store;
+    let f = factory(s, "f", &[]).await;
+    let mut changes = s.changes();
+    changes.borrow_and_update();
+    for _ in 0..3 {
+        assert!(
+            s.claim(f, Duration::from_secs(30))
+                .await
+                .expect("claim")
+                .is_none()
+        );
+        assert!(s.reap().await.expect("reap").is_empty());
+    }
+    assert!(
+        !changes.has_changed().expect("store alive"),
+        "an empty claim or reap must not wake waiters"
+    );
+    // A real change still wakes them.
+    submit1(s, job("a")).await;
+    assert!(
+        changes.has_changed().expect("store alive"),
+        "a submit must wake waiters"
+    );
+}

@@ -15,7 +15,10 @@ fn crate_dirs() -> Vec<std::path::PathBuf> {
 }
 
 fn rel(p: &std::path::Path) -> String {
-    p.strip_prefix(workspace_root()).unwrap_or(p).display().to_string()
+    p.strip_prefix(workspace_root())
+        .unwrap_or(p)
+        .display()
+        .to_string()
 }
 
 #[test]
@@ -23,7 +26,10 @@ fn architecture_names_every_crate() {
     let arch = fs::read_to_string(workspace_root().join("docs/ARCHITECTURE.md"))
         .expect("docs/ARCHITECTURE.md exists");
     for dir in crate_dirs() {
-        let name = dir.file_name().expect("crate dir has a name").to_string_lossy();
+        let name = dir
+            .file_name()
+            .expect("crate dir has a name")
+            .to_string_lossy();
         if name == "tidy" {
             continue;
         }
@@ -41,7 +47,11 @@ fn one_integration_test_binary_per_crate() {
         if !tests.exists() {
             continue;
         }
-        assert!(tests.join("it/main.rs").exists(), "{} has tests but no tests/it/main.rs", rel(&dir));
+        assert!(
+            tests.join("it/main.rs").exists(),
+            "{} has tests but no tests/it/main.rs",
+            rel(&dir)
+        );
         for entry in fs::read_dir(&tests).expect("tests dir readable").flatten() {
             let p = entry.path();
             assert!(
@@ -56,7 +66,11 @@ fn one_integration_test_binary_per_crate() {
 #[test]
 fn only_the_cli_output_layer_prints() {
     for dir in crate_dirs() {
-        let name = dir.file_name().expect("crate dir has a name").to_string_lossy().to_string();
+        let name = dir
+            .file_name()
+            .expect("crate dir has a name")
+            .to_string_lossy()
+            .to_string();
         for file in rust_files(&dir.join("src")) {
             let is_output_layer = name == "cli" && file.ends_with("output.rs");
             if is_output_layer {
@@ -88,7 +102,12 @@ fn no_markers_that_must_not_land() {
         let text = fs::read_to_string(&file).expect("source readable");
         for (i, line) in text.lines().enumerate() {
             for marker in ["#[ignore", "todo!(", "unimplemented!(", "dbg!("] {
-                assert!(!line.contains(marker), "{}:{}: `{marker}` must not land", rel(&file), i + 1);
+                assert!(
+                    !line.contains(marker),
+                    "{}:{}: `{marker}` must not land",
+                    rel(&file),
+                    i + 1
+                );
             }
         }
     }
@@ -99,10 +118,19 @@ fn readme_opens_with_the_two_commands_and_ci_runs_the_test_one() {
     let root = workspace_root();
     let readme = fs::read_to_string(root.join("README.md")).expect("README.md exists");
     let head: String = readme.lines().take(8).collect::<Vec<_>>().join("\n");
-    assert!(head.contains("cargo run -- demo"), "README must open with the demo command");
-    assert!(head.contains("./scripts/test"), "README must open with the test command");
+    assert!(
+        head.contains("cargo run -- demo"),
+        "README must open with the demo command"
+    );
+    assert!(
+        head.contains("./scripts/test"),
+        "README must open with the test command"
+    );
     let ci = fs::read_to_string(root.join(".ci/run")).expect(".ci/run exists");
-    assert!(ci.contains("./scripts/test"), ".ci/run must call the README's test command");
+    assert!(
+        ci.contains("./scripts/test"),
+        ".ci/run must call the README's test command"
+    );
 }
 
 #[test]
@@ -112,6 +140,10 @@ fn every_public_crate_has_a_crate_doc() {
         let main = dir.join("src/main.rs");
         let root = if lib.exists() { lib } else { main };
         let text = fs::read_to_string(&root).expect("crate root readable");
-        assert!(text.trim_start().starts_with("//!"), "{} must start with a `//!` crate doc", rel(&root));
+        assert!(
+            text.trim_start().starts_with("//!"),
+            "{} must start with a `//!` crate doc",
+            rel(&root)
+        );
     }
 }
