@@ -5,6 +5,7 @@
 use crate::cli::{self, Cli, Sub};
 use gantry_core::api::Scope;
 use gantry_core::{JobId, JobState};
+use gantry_server::ServeConfig;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -60,27 +61,6 @@ pub struct Global {
     pub verbose: u8,
 }
 
-/// Options of `gantry serve`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServeOpts {
-    /// Address to listen on.
-    pub listen: SocketAddr,
-    /// Lease length.
-    pub lease_ttl: Duration,
-    /// Reaper period.
-    pub reaper_interval: Duration,
-    /// Seats of the embedded factory.
-    pub seats: u32,
-    /// Whether to run the embedded factory.
-    pub embedded_factory: bool,
-    /// SIGTERM-to-SIGKILL grace.
-    pub kill_grace: Duration,
-    /// Whether to push succeeded branches to the source repo.
-    pub push: bool,
-    /// Capabilities of the embedded factory.
-    pub capabilities: Vec<String>,
-}
-
 /// What `gantry kill` kills.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KillTarget {
@@ -94,7 +74,7 @@ pub enum KillTarget {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Run the server.
-    Serve(ServeOpts),
+    Serve(ServeConfig),
     /// Submit job files as one batch.
     Submit {
         /// The files, in order.
@@ -243,14 +223,14 @@ impl TryFrom<Cli> for Invocation {
             data_dir: cli.data_dir,
             verbose: cli.verbose,
         };
-        let command = convert(cli.command)?;
+        let command = convert(cli.command, &global)?;
         Ok(Invocation { global, command })
     }
 }
 
-fn convert(sub: Sub) -> Result<Command, UsageError> {
+fn convert(sub: Sub, global: &Global) -> Result<Command, UsageError> {
     Ok(match sub {
-        Sub::Serve(a) => Command::Serve(serve_opts(a)?),
+        Sub::Serve(a) => Command::Serve(serve_config(a, global)?),
         Sub::Submit(a) => Command::Submit {
             files: a.files,
             format: Format::from_flag(a.json),
@@ -349,7 +329,7 @@ fn convert(sub: Sub) -> Result<Command, UsageError> {
     })
 }
 
-fn serve_opts(a: cli::ServeArgs) -> Result<ServeOpts, UsageError> {
+fn serve_config(a: cli::ServeArgs, global: &Global) -> Result<ServeConfig, UsageError> {
     let listen = a.listen.parse::<SocketAddr>().map_err(|e| {
         bad(
             "serve",
@@ -391,7 +371,8 @@ fn serve_opts(a: cli::ServeArgs) -> Result<ServeOpts, UsageError> {
         gantry_core::caps::validate(cap)
             .map_err(|reason| bad("serve", "--cap <NAME[=VALUE]>", cap, reason))?;
     }
-    Ok(ServeOpts {
+    Ok(ServeConfig {
+        data_dir: global.data_dir.clone(),
         listen,
         lease_ttl,
         reaper_interval,
@@ -546,7 +527,8 @@ mod tests {
         .expect("valid");
         assert_eq!(
             inv.command,
-            Command::Serve(ServeOpts {
+            Command::Serve(ServeConfig {
+                data_dir: inv.global.data_dir.clone(),
                 listen: "127.0.0.1:0".parse().expect("addr"),
                 lease_ttl: Duration::from_millis(500),
                 reaper_interval: Duration::from_secs(60),

@@ -1,7 +1,7 @@
 //! `gantry serve`: the server with its embedded factory, in the foreground until
 //! SIGINT or SIGTERM.
 
-use crate::command::{Global, ServeOpts};
+use crate::command::Global;
 use crate::error::{CliError, Kind};
 use crate::output;
 use gantry_server::{ADMIN_TOKEN_FILE, RunningServer, ServeConfig, ServerError};
@@ -25,30 +25,14 @@ pub fn server_error(e: ServerError) -> CliError {
     }
 }
 
-/// The server configuration of `gantry serve` with these options.
-pub fn config(global: &Global, opts: &ServeOpts) -> ServeConfig {
-    ServeConfig {
-        data_dir: global.data_dir.clone(),
-        listen: opts.listen,
-        lease_ttl: opts.lease_ttl,
-        reaper_interval: opts.reaper_interval,
-        seats: opts.seats,
-        embedded_factory: opts.embedded_factory,
-        kill_grace: opts.kill_grace,
-        push: opts.push,
-        capabilities: opts.capabilities.clone(),
-    }
-}
-
 /// Starts an embedded server, mapping its errors.
 pub async fn start(cfg: ServeConfig) -> Result<RunningServer, CliError> {
     gantry_server::start(cfg).await.map_err(server_error)
 }
 
 /// `gantry serve`.
-pub async fn serve(global: &Global, opts: ServeOpts) -> Result<(), CliError> {
-    let cfg = config(global, &opts);
-    let server = start(cfg).await?;
+pub async fn serve(global: &Global, cfg: ServeConfig) -> Result<(), CliError> {
+    let server = start(cfg.clone()).await?;
     let data_dir =
         std::path::absolute(&global.data_dir).unwrap_or_else(|_| global.data_dir.clone());
     output::line(format!(
@@ -59,14 +43,14 @@ pub async fn serve(global: &Global, opts: ServeOpts) -> Result<(), CliError> {
         "admin token: {} (the CLI reads it from there; or pass --token)",
         data_dir.join(ADMIN_TOKEN_FILE).display()
     ));
-    output::line(if opts.embedded_factory {
+    output::line(if cfg.embedded_factory {
         format!(
             "embedded factory: {} seat(s){}",
-            opts.seats,
-            if opts.capabilities.is_empty() {
+            cfg.seats,
+            if cfg.capabilities.is_empty() {
                 String::new()
             } else {
-                format!(", capabilities {}", opts.capabilities.join(", "))
+                format!(", capabilities {}", cfg.capabilities.join(", "))
             }
         )
     } else {

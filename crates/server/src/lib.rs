@@ -45,7 +45,7 @@ const EMBEDDED_CLAIM_WAIT: Duration = Duration::from_secs(10);
 const EMBEDDED_RENEW_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How `gantry serve` runs.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServeConfig {
     /// Data directory (created when missing): store, admin token, caches, worktrees,
     /// artifacts.
