@@ -401,6 +401,12 @@ async fn update_refs(dir: &Path, stdin_text: &str) -> Result<()> {
             .await
             .map_err(io_err("cannot write to git update-ref in", dir))?;
     }
+    wait_git(child, shown, dir).await
+}
+
+/// Waits for a spawned git whose stderr is piped; a non-zero exit is an error carrying
+/// git's standard error.
+async fn wait_git(child: tokio::process::Child, shown: String, dir: &Path) -> Result<()> {
     let out = child
         .wait_with_output()
         .await
@@ -633,7 +639,7 @@ async fn write_patch(cache: &Path, base: &str, commit: &str, path: &Path) -> Res
     ];
     let (mut cmd, shown) = git_command(cache, args);
     // `output()` would replace the file by a pipe: spawn, then collect stderr only.
-    let out = cmd
+    let child = cmd
         .stdout(Stdio::from(file))
         .stderr(Stdio::piped())
         .spawn()
@@ -641,24 +647,8 @@ async fn write_patch(cache: &Path, base: &str, commit: &str, path: &Path) -> Res
             args: shown.clone(),
             dir: cache.to_path_buf(),
             source,
-        })?
-        .wait_with_output()
-        .await
-        .map_err(|source| WorkspaceError::Spawn {
-            args: shown.clone(),
-            dir: cache.to_path_buf(),
-            source,
         })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(WorkspaceError::Git {
-            args: shown,
-            dir: cache.to_path_buf(),
-            code: out.status.code(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
-    }
+    wait_git(child, shown, cache).await
 }
 
 /// Removes the worktree at `path` from `cache` (its branch stays in the cache), and the
