@@ -1,0 +1,39 @@
+//! Gantry's agent engines: normalized agent events, parsers for the machine output of
+//! agent CLIs (Claude Code stream-json, Codex `exec --json`, Gantry's own JSON lines),
+//! running insights (tokens, cost, turns, tool calls), budgets, the command lines of
+//! the CLI adapters, and the `script` engine that compiles a list of steps to `sh`.
+//!
+//! Invariant: this crate does no I/O. Parsers take lines, adapters return argv, the
+//! script engine returns a script text; running processes is the factory's job.
+//!
+//! # Token normalization
+//! Every engine reports tokens in the same three figures:
+//! - `tokens_in`: ALL input tokens, cached ones included. Claude:
+//!   `input_tokens + cache_read_input_tokens + cache_creation_input_tokens`. Codex:
+//!   `input_tokens`, which already includes `cached_input_tokens`.
+//! - `tokens_cached`: the cache-read part of `tokens_in` (Claude
+//!   `cache_read_input_tokens`, Codex `cached_input_tokens`).
+//! - `tokens_out`: output tokens.
+//!
+//! A budget's "tokens" figure is `tokens_in + tokens_out`.
+
+pub mod adapter;
+pub mod budget;
+pub mod event;
+pub mod format;
+pub mod insights;
+pub mod line;
+pub mod price;
+pub mod script;
+
+mod claude;
+mod codex;
+
+pub use adapter::{AgentRequest, Invocation, Stdin, claude_invocation, codex_invocation};
+pub use budget::{Breach, Budget};
+pub use event::AgentEvent;
+pub use format::{Format, StreamParser, parser};
+pub use insights::Insights;
+pub use line::LineBuffer;
+pub use price::{Price, PriceTable};
+pub use script::{Step, StepError, parse_steps, script};
