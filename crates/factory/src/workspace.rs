@@ -21,6 +21,8 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
 
+mod source_state;
+
 /// Why a workspace operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkspaceError {
@@ -294,7 +296,19 @@ fn io_err(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> W
 async fn ensure_cache(data_dir: &Path, repo: &str, fetch_head: bool) -> Result<(PathBuf, bool)> {
     let cache = cache_dir(data_dir, repo);
     let repos = data_dir.join("repos");
+    let local = !gantry_core::repo::is_url(repo);
+    // Taken before the fetch, so a change racing with the fetch is seen next time.
+    let seen = if local {
+        source_state::read(Path::new(repo))
+    } else {
+        None
+    };
     if cache.join("HEAD").is_file() {
+        if let Some(now) = &seen
+            && source_state::up_to_date(&cache, now, fetch_head)
+        {
+            return Ok((cache, false));
+        }
         let mut args: Vec<&str> = vec![
             "fetch",
             "--quiet",
@@ -314,10 +328,12 @@ async fn ensure_cache(data_dir: &Path, repo: &str, fetch_head: bool) -> Result<(
             repo: repo.to_string(),
             message: format!("fetching into the cache {} failed: {e}", cache.display()),
         })?;
+        if let Some(seen) = seen {
+            source_state::record(&cache, seen, fetch_head);
+        }
         return Ok((cache, false));
     }
 
-    let local = !gantry_core::repo::is_url(repo);
     if local && !Path::new(repo).exists() {
         return Err(WorkspaceError::Repo {
             repo: repo.to_string(),
@@ -379,6 +395,11 @@ async fn ensure_cache(data_dir: &Path, repo: &str, fetch_head: bool) -> Result<(
     tokio::fs::rename(&tmp, &cache)
         .await
         .map_err(io_err("cannot move the new clone into place at", &cache))?;
+    if let Some(seen) = seen {
+        // A fresh clone has the source's branches and its HEAD as the cache's own HEAD,
+        // but not the source-head ref: a later run without a base fetches it once.
+        source_state::record(&cache, seen, false);
+    }
     Ok((cache, true))
 }
 
@@ -435,6 +456,19 @@ async fn resolve_commit(dir: &Path, rev: &str) -> Result<Option<String>> {
     Ok((out.code == Some(0) && !sha.is_empty()).then(|| sha.to_string()))
 }
 
+/// The commit a branch of `cache` points at: read from its loose ref file when there is
+/// one (the branch was just written by `worktree add -B`), else asked of git.
+async fn branch_commit(cache: &Path, branch: &str) -> Result<Option<String>> {
+    let file = cache.join("refs/heads").join(branch);
+    if let Ok(text) = tokio::fs::read_to_string(&file).await {
+        let sha = text.trim();
+        if sha.len() >= 40 && sha.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Ok(Some(sha.to_string()));
+        }
+    }
+    resolve_commit(cache, &format!("refs/heads/{branch}")).await
+}
+
 /// A prepared attempt workspace.
 #[derive(Debug, Clone)]
 pub(crate) struct Prepared {
@@ -475,15 +509,6 @@ pub(crate) async fn prepare(
         None if fresh => "HEAD",
         None => SOURCE_HEAD_REF,
     };
-    let base_commit = match resolve_commit(&cache, rev).await? {
-        Some(c) => c,
-        None => {
-            return Err(WorkspaceError::UnknownBase {
-                repo: repo.to_string(),
-                base: base.unwrap_or("HEAD").to_string(),
-            });
-        }
-    };
     if let Some(parent) = path.parent() {
         tokio::fs::create_dir_all(parent)
             .await
@@ -509,7 +534,9 @@ pub(crate) async fn prepare(
         }
         git(&cache, ["worktree", "prune"]).await?;
     }
-    git(
+    // `worktree add` resolves the base itself: one git process instead of a rev-parse
+    // before it, which matters because this is on the path from claim to process start.
+    let added = git(
         &cache,
         [
             OsStr::new("worktree"),
@@ -519,10 +546,31 @@ pub(crate) async fn prepare(
             OsStr::new("-B"),
             OsStr::new(branch),
             path.as_os_str(),
-            OsStr::new(&base_commit),
+            OsStr::new(rev),
         ],
     )
-    .await?;
+    .await;
+    match added {
+        Ok(_) => {}
+        Err(WorkspaceError::Git { stderr, .. })
+            if stderr.contains("invalid reference") || stderr.contains("not a commit") =>
+        {
+            return Err(WorkspaceError::UnknownBase {
+                repo: repo.to_string(),
+                base: base.unwrap_or("HEAD").to_string(),
+            });
+        }
+        Err(e) => return Err(e),
+    }
+    let base_commit = match branch_commit(&cache, branch).await? {
+        Some(c) => c,
+        None => {
+            return Err(WorkspaceError::UnknownBase {
+                repo: repo.to_string(),
+                base: base.unwrap_or("HEAD").to_string(),
+            });
+        }
+    };
     Ok(Prepared { cache, base_commit })
 }
 
