@@ -86,6 +86,7 @@ async fn run(global: Global, command: Command) -> Result<(), CliError> {
         Command::Demo { keep } => demo::demo(keep).await,
         Command::BenchQueue { jobs, workers, db } => bench::queue(jobs, workers, db).await,
         Command::BenchDispatch { runs } => bench::dispatch(runs).await,
+        Command::BenchConcurrent { runs, sleep } => bench::concurrent(runs, sleep).await,
         other => {
             let client = commands::client_for(&global)?;
             match other {
@@ -123,7 +124,8 @@ async fn run(global: Global, command: Command) -> Result<(), CliError> {
                 Command::Serve(_)
                 | Command::Demo { .. }
                 | Command::BenchQueue { .. }
-                | Command::BenchDispatch { .. } => unreachable!("handled above without a client"),
+                | Command::BenchDispatch { .. }
+                | Command::BenchConcurrent { .. } => unreachable!("handled above without a client"),
             }
         }
     }

@@ -1,6 +1,7 @@
-//! `gantry bench queue` and `gantry bench dispatch`.
+//! `gantry bench queue`, `gantry bench dispatch` and `gantry bench concurrent`.
 
 use crate::client::Client;
+use crate::command::BenchDb;
 use crate::error::{CliError, Kind, from_client};
 use crate::gitutil::{git, init_repo};
 use crate::output;
@@ -8,16 +9,20 @@ use crate::serve;
 use gantry_core::api::{SubmitFile, SubmitRequest};
 use gantry_core::{JobId, JobState};
 use gantry_server::ServeConfig;
-use gantry_store::{SqliteStore, Store};
-use std::path::{Path, PathBuf};
+use gantry_store::{PgOptions, PgStore, SqliteStore, Store};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// `gantry bench queue --jobs N --workers K [--db PATH]`.
-pub async fn queue(jobs: usize, workers: usize, db: Option<PathBuf>) -> Result<(), CliError> {
+/// `gantry bench queue --jobs N --workers K [--db PATH|URL]`.
+pub async fn queue(jobs: usize, workers: usize, db: Option<BenchDb>) -> Result<(), CliError> {
+    if let Some(BenchDb::Postgres(url)) = &db {
+        return queue_postgres(jobs, workers, url).await;
+    }
     // The temp dir lives until the end of the benchmark, then is removed.
     let (_tmp, path) = match db {
-        Some(p) => {
+        Some(BenchDb::Postgres(_)) => unreachable!("handled above"),
+        Some(BenchDb::Sqlite(p)) => {
             if p.exists() {
                 return Err(CliError::new(Kind::Usage, format!(
                     "invalid value '{}' for '--db <PATH>': the file exists; the benchmark needs a fresh store",
@@ -53,6 +58,260 @@ pub async fn queue(jobs: usize, workers: usize, db: Option<PathBuf>) -> Result<(
         })?;
     output::line(report.to_string());
     Ok(())
+}
+
+/// The queue benchmark on PostgreSQL: the database must be empty, since the benchmark's
+/// workers would claim any job in it.
+async fn queue_postgres(jobs: usize, workers: usize, url: &str) -> Result<(), CliError> {
+    let store = PgStore::connect(url, PgOptions::default())
+        .await
+        .map_err(|e| {
+            CliError::local("cannot open the PostgreSQL store")
+                .cause(e.to_string())
+                .hint("check the URL, and that the server is up and the user may create tables")
+        })?;
+    let status = store
+        .status()
+        .await
+        .map_err(|e| CliError::local("cannot read the store's status").cause(e.to_string()))?;
+    let existing: u64 = status.jobs.values().sum();
+    if existing > 0 {
+        return Err(CliError::new(
+            Kind::Usage,
+            format!("invalid value for '--db <URL>': the database already holds {existing} jobs; the benchmark needs an empty one"),
+        )
+        .hint("create a fresh database (`createdb gantry_bench`) and pass its URL"));
+    }
+    let store: Arc<dyn Store> = Arc::new(store);
+    output::line(format!(
+        "bench queue: {jobs} no-op jobs, {workers} workers, PostgreSQL store"
+    ));
+    output::line("each job: claim with a lease (one statement), then a fenced finish");
+    let report = gantry_store::bench::queue(store, jobs, workers)
+        .await
+        .map_err(|e| {
+            CliError::new(Kind::Local, "the queue benchmark failed").cause(e.to_string())
+        })?;
+    output::line(report.to_string());
+    Ok(())
+}
+
+/// `gantry bench concurrent --runs N --sleep D`.
+pub async fn concurrent(runs: usize, sleep: Duration) -> Result<(), CliError> {
+    let tmp = tempfile::Builder::new()
+        .prefix("gantry-concurrent-")
+        .tempdir()
+        .map_err(|e| CliError::local("cannot create a temp dir").cause(e.to_string()))?;
+    let root = tmp.path();
+    let repo = root.join("repo");
+    init_repo(&repo, &[("README.md", "# concurrent bench\n")]).await?;
+    let seats = u32::try_from(runs)
+        .map_err(|_| CliError::new(Kind::Usage, format!("--runs {runs} is too many")))?;
+    let server = serve::start(ServeConfig {
+        data_dir: root.join("data"),
+        listen: ([127, 0, 0, 1], 0).into(),
+        lease_ttl: Duration::from_secs(60),
+        reaper_interval: Duration::from_secs(2),
+        seats,
+        embedded_factory: true,
+        kill_grace: Duration::from_secs(1),
+        push: false,
+        capabilities: Vec::new(),
+        db: None,
+    })
+    .await?;
+    let url = format!("http://{}", server.addr());
+    let client = Client::new(&url, Some(server.admin_token().to_string()))
+        .map_err(|e| from_client(e, &url))?;
+    output::line(format!(
+        "bench concurrent: {runs} script-engine runs that each sleep {}s, one seat each",
+        sleep.as_secs_f64()
+    ));
+    let measured = measure_concurrent(&client, &repo, runs, sleep).await;
+    if let Err(e) = server.shutdown().await {
+        output::note(format!(
+            "warning: the bench server did not stop cleanly: {e}"
+        ));
+    }
+    let m = measured?;
+    let mut lat = m.api_ms;
+    lat.sort_by(f64::total_cmp);
+    let (p50, p99) = (percentile(&lat, 50.0), percentile(&lat, 99.0));
+    output::line(format!(
+        "all {runs} running after {:.1}s; sampled for {:.1}s while they ran",
+        m.ramp.as_secs_f64(),
+        m.window.as_secs_f64()
+    ));
+    output::line(format!(
+        "rss: peak {:.1} MB of Gantry's own processes ({} of them; agents' shells not counted)",
+        m.peak_rss_kb as f64 / 1024.0,
+        m.processes
+    ));
+    output::line(format!(
+        "api: {} calls (status and job list), p50 {p50:.2} ms, p99 {p99:.2} ms",
+        lat.len()
+    ));
+    output::line(format!(
+        "runs={runs} total_rss_mb={:.1} api_p50_ms={p50:.2} api_p99_ms={p99:.2}",
+        m.peak_rss_kb as f64 / 1024.0
+    ));
+    Ok(())
+}
+
+/// What `bench concurrent` measured.
+struct Concurrent {
+    /// From the submit until every run had started.
+    ramp: Duration,
+    /// How long the sampling lasted.
+    window: Duration,
+    /// API call latencies while every run was going on.
+    api_ms: Vec<f64>,
+    /// Highest total RSS seen, in KiB.
+    peak_rss_kb: u64,
+    /// Gantry processes counted in that total.
+    processes: usize,
+}
+
+async fn measure_concurrent(
+    client: &Client,
+    repo: &Path,
+    runs: usize,
+    sleep: Duration,
+) -> Result<Concurrent, CliError> {
+    let api = |e| from_client(e, client.base());
+    let files = (0..runs)
+        .map(|i| SubmitFile {
+            file: format!("sleep-{i}.md"),
+            text: format!(
+                "---\ntitle: sleeper {i}\nrepo: {}\nengine: script\nmax_attempts: 1\nsteps:\n  - say: sleeping\n  - sleep: {}\n  - usage: {{tokens_in: 100, tokens_out: 10}}\n---\nSleeps.\n",
+                repo.display(),
+                sleep.as_secs_f64()
+            ),
+            dir: None,
+        })
+        .collect();
+    let t0 = tokio::time::Instant::now();
+    let resp = client
+        .submit(&SubmitRequest { jobs: files })
+        .await
+        .map_err(api)?;
+    let ids: Vec<JobId> = resp.jobs.iter().map(|s| s.id).collect();
+    // Ramp: wait until every job is running.
+    let ramp_deadline = t0 + sleep;
+    loop {
+        let running = client
+            .jobs(Some(JobState::Running), None)
+            .await
+            .map_err(api)?
+            .len();
+        if running >= runs {
+            break;
+        }
+        if tokio::time::Instant::now() > ramp_deadline {
+            return Err(CliError::new(
+                Kind::Server,
+                format!(
+                    "only {running} of {runs} runs were going after {}s, the runs' sleep",
+                    sleep.as_secs()
+                ),
+            )
+            .hint("give the runs a longer --sleep so they all overlap, or fewer --runs"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ramp = t0.elapsed();
+    // Sample while they all still sleep: until a little before the first can end.
+    let window_end = t0 + sleep.mul_f64(0.9);
+    let start = tokio::time::Instant::now();
+    let mut api_ms = Vec::new();
+    let (mut peak_rss_kb, mut processes) = (0, 0);
+    let mut turn = 0u64;
+    while tokio::time::Instant::now() < window_end {
+        let t = std::time::Instant::now();
+        if turn % 2 == 0 {
+            client.status().await.map_err(api)?;
+        } else {
+            client.jobs(None, Some(50)).await.map_err(api)?;
+        }
+        api_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        if turn % 10 == 0 {
+            let (rss, n) = own_rss_kb();
+            if rss > peak_rss_kb {
+                (peak_rss_kb, processes) = (rss, n);
+            }
+        }
+        turn += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let window = start.elapsed();
+    // Every run must still end well: the numbers mean nothing if runs failed.
+    let deadline = tokio::time::Instant::now() + sleep + Duration::from_secs(60);
+    for id in ids {
+        loop {
+            let job = client.job(id).await.map_err(api)?;
+            if job.state.is_terminal() {
+                if job.state != JobState::Succeeded {
+                    return Err(CliError::new(
+                        Kind::Server,
+                        format!("bench job {id} ended {}", job.state),
+                    )
+                    .cause(job.reason.unwrap_or_default()));
+                }
+                break;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(CliError::new(
+                    Kind::Server,
+                    format!("bench job {id} did not end in time"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(Concurrent {
+        ramp,
+        window,
+        api_ms,
+        peak_rss_kb,
+        processes,
+    })
+}
+
+/// Total resident memory (KiB) of this process and every descendant running the same
+/// executable (Gantry's own processes: the agents' shells and sleeps are not counted),
+/// with how many processes that is.
+fn own_rss_kb() -> (u64, usize) {
+    let me = std::process::id();
+    let exe = std::fs::read_link("/proc/self/exe").ok();
+    let mut total = 0;
+    let mut count = 0;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return (0, 0);
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let same_exe = pid == me
+            || (std::fs::read_link(format!("/proc/{pid}/exe")).ok() == exe && exe.is_some());
+        if !same_exe {
+            continue;
+        }
+        if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            && let Some(kb) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        {
+            total += kb;
+            count += 1;
+        }
+    }
+    (total, count)
 }
 
 /// Nanoseconds since the Unix epoch, by the wall clock (the one `date +%s%N` reads).
@@ -171,6 +430,7 @@ pub async fn dispatch(runs: usize) -> Result<(), CliError> {
         kill_grace: Duration::from_secs(1),
         push: false,
         capabilities: Vec::new(),
+        db: None,
     })
     .await?;
     let url = format!("http://{}", server.addr());

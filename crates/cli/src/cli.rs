@@ -220,6 +220,10 @@ pub struct ServeArgs {
     /// A capability of the embedded factory, `name` or `name=value` (repeatable).
     #[arg(long = "cap", value_name = "NAME[=VALUE]")]
     pub caps: Vec<String>,
+    /// Keep the store in PostgreSQL (postgres://USER@HOST:PORT/DB) instead of SQLite in
+    /// the data dir; several servers may share one database.
+    #[arg(long, value_name = "URL", env = "GANTRY_DB")]
+    pub db: Option<String>,
 }
 
 /// Arguments of `submit`.
@@ -366,6 +370,26 @@ writes). Prints p50/p99 of both; the last line is \
         after_help = "Examples:\n  gantry bench dispatch\n  gantry bench dispatch --runs 50"
     )]
     Dispatch(BenchDispatchArgs),
+    /// Many concurrent script-engine runs: Gantry's memory and API latency under load.
+    #[command(
+        long_about = "Starts an embedded server with one seat per run, submits --runs script-engine \
+jobs that each sleep --sleep, and while they all run, samples the resident memory of Gantry's own \
+processes and times API calls (status and job listings). The last line is \
+`runs=<n> total_rss_mb=<x> api_p50_ms=<y> api_p99_ms=<z>`.",
+        after_help = "Examples:\n  gantry bench concurrent --runs 500\n  gantry bench concurrent --runs 50 --sleep 10s"
+    )]
+    Concurrent(BenchConcurrentArgs),
+}
+
+/// Arguments of `bench concurrent`.
+#[derive(Debug, Args)]
+pub struct BenchConcurrentArgs {
+    /// Concurrent runs.
+    #[arg(long, default_value = "500", value_name = "N")]
+    pub runs: String,
+    /// How long each run sleeps; the measurement window is the time all of them run.
+    #[arg(long, default_value = "30s", value_name = "DURATION")]
+    pub sleep: String,
 }
 
 /// Arguments of `bench queue`.
@@ -377,9 +401,10 @@ pub struct BenchQueueArgs {
     /// Concurrent workers.
     #[arg(long, default_value = "4", value_name = "K")]
     pub workers: String,
-    /// SQLite file to use (must not exist yet); default: a temp dir.
-    #[arg(long, value_name = "PATH")]
-    pub db: Option<PathBuf>,
+    /// The store: a SQLite file that does not exist yet, or an empty PostgreSQL database
+    /// (postgres://USER@HOST:PORT/DB); default: SQLite in a temp dir.
+    #[arg(long, value_name = "PATH|URL")]
+    pub db: Option<String>,
 }
 
 /// Arguments of `bench dispatch`.

@@ -191,14 +191,30 @@ pub enum Command {
         jobs: usize,
         /// Concurrent workers.
         workers: usize,
-        /// SQLite file, or a temp dir when `None`.
-        db: Option<PathBuf>,
+        /// The store, or SQLite in a temp dir when `None`.
+        db: Option<BenchDb>,
+    },
+    /// The concurrent-runs benchmark.
+    BenchConcurrent {
+        /// Concurrent runs.
+        runs: usize,
+        /// How long each run sleeps.
+        sleep: Duration,
     },
     /// The dispatch benchmark.
     BenchDispatch {
         /// Measured runs of each kind.
         runs: usize,
     },
+}
+
+/// The store a queue benchmark burns jobs through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BenchDb {
+    /// A SQLite file that does not exist yet.
+    Sqlite(PathBuf),
+    /// A PostgreSQL URL naming an empty database.
+    Postgres(String),
 }
 
 /// A whole validated command line.
@@ -321,7 +337,17 @@ fn convert(sub: Sub, global: &Global) -> Result<Command, UsageError> {
         Sub::Bench(cli::BenchSub::Queue(a)) => Command::BenchQueue {
             jobs: parse_count("bench queue", "--jobs <N>", &a.jobs, 1)?,
             workers: parse_count("bench queue", "--workers <K>", &a.workers, 1)?,
-            db: a.db,
+            db: a.db.map(|d| {
+                if d.starts_with("postgres://") || d.starts_with("postgresql://") {
+                    BenchDb::Postgres(d)
+                } else {
+                    BenchDb::Sqlite(PathBuf::from(d))
+                }
+            }),
+        },
+        Sub::Bench(cli::BenchSub::Concurrent(a)) => Command::BenchConcurrent {
+            runs: parse_count("bench concurrent", "--runs <N>", &a.runs, 1)?,
+            sleep: parse_duration("bench concurrent", "--sleep <DURATION>", &a.sleep)?,
         },
         Sub::Bench(cli::BenchSub::Dispatch(a)) => Command::BenchDispatch {
             runs: parse_count("bench dispatch", "--runs <N>", &a.runs, 1)?,
@@ -371,6 +397,16 @@ fn serve_config(a: cli::ServeArgs, global: &Global) -> Result<ServeConfig, Usage
         gantry_core::caps::validate(cap)
             .map_err(|reason| bad("serve", "--cap <NAME[=VALUE]>", cap, reason))?;
     }
+    if let Some(url) = &a.db
+        && !(url.starts_with("postgres://") || url.starts_with("postgresql://"))
+    {
+        return Err(bad(
+            "serve",
+            "--db <URL>",
+            url,
+            "expected a PostgreSQL URL such as postgres://gantry@db.internal:5432/gantry (leave --db out for the embedded SQLite store)".to_string(),
+        ));
+    }
     Ok(ServeConfig {
         data_dir: global.data_dir.clone(),
         listen,
@@ -381,6 +417,7 @@ fn serve_config(a: cli::ServeArgs, global: &Global) -> Result<ServeConfig, Usage
         kill_grace,
         push: !a.no_push,
         capabilities: a.caps,
+        db: a.db,
     })
 }
 
@@ -537,6 +574,7 @@ mod tests {
                 kill_grace: Duration::from_secs(1),
                 push: false,
                 capabilities: vec!["docker".into(), "gpu=a100".into()],
+                db: None,
             })
         );
     }

@@ -205,8 +205,28 @@ pub async fn show(client: &Client, id: JobId, format: Format) -> Result<(), CliE
     }
     let base = j.spec.base.clone().unwrap_or_else(|| "HEAD".into());
     kv.push(("repo", format!("{} @ {base}", j.spec.repo)));
+    kv.push(("engine", engine_label(&j)));
     if !j.spec.command.is_empty() {
         kv.push(("command", shell_words(&j.spec.command)));
+    }
+    if let Some(b) = &j.spec.budget {
+        kv.push(("budget", budget_label(b)));
+    }
+    if let Some(i) = &j.insights {
+        kv.push(("insights", insights_label(i)));
+    }
+    if let Some(sid) = &j.session_id {
+        kv.push(("session", sid.clone()));
+    }
+    if let Some(cp) = &j.checkpoint {
+        kv.push((
+            "checkpoint",
+            format!(
+                "{} at {}",
+                cp.branch,
+                cp.commit.chars().take(8).collect::<String>()
+            ),
+        ));
     }
     if let Some(r) = &j.reason {
         kv.push(("reason", r.clone()));
@@ -241,8 +261,114 @@ pub async fn show(client: &Client, id: JobId, format: Format) -> Result<(), CliE
         output::line("No runs yet.");
     } else {
         runs_table(&j.runs, now).print();
+        if j.runs.iter().any(|r| r.insights.is_some()) {
+            output::line("");
+            insights_table(&j.runs).print();
+        }
     }
     Ok(())
+}
+
+/// The engine of a job, with its model and mode when set.
+fn engine_label(j: &Job) -> String {
+    let spec = &j.spec;
+    let mut out = spec.engine.name().to_string();
+    if let Some(m) = &spec.model {
+        out.push_str(&format!(", model {m}"));
+    }
+    if spec.yolo {
+        out.push_str(", yolo");
+    } else if let Some(p) = &spec.permission_mode {
+        out.push_str(&format!(", {p}"));
+    }
+    if let Some(t) = spec.max_turns {
+        out.push_str(&format!(", max {t} turns"));
+    }
+    if let Some(f) = spec.output {
+        out.push_str(&format!(", output {}", f.as_str()));
+    }
+    out
+}
+
+/// A budget as `$5, 2000000 tokens, 60 turns`.
+fn budget_label(b: &gantry_core::engine::Budget) -> String {
+    let mut parts = Vec::new();
+    if let Some(u) = b.usd {
+        parts.push(format!("${u}"));
+    }
+    if let Some(t) = b.tokens {
+        parts.push(format!("{t} tokens"));
+    }
+    if let Some(t) = b.turns {
+        parts.push(format!("{t} turns"));
+    }
+    parts.join(", ")
+}
+
+/// The cost of a run or job: `$0.1355`, with `~` when estimated from the price table.
+fn cost_label(i: &gantry_core::engine::Insights) -> String {
+    match i.cost_usd {
+        Some(c) if i.cost_estimated => format!("~${c:.4}"),
+        Some(c) => format!("${c:.4}"),
+        None => "-".into(),
+    }
+}
+
+/// One line of insights: tokens, cost, turns, tool calls.
+pub fn insights_label(i: &gantry_core::engine::Insights) -> String {
+    let mut out = format!(
+        "{} tokens in ({} cached), {} out, cost {}, {} turns, {} tool calls",
+        i.tokens_in,
+        i.tokens_cached,
+        i.tokens_out,
+        cost_label(i),
+        i.turns,
+        i.tool_calls
+    );
+    if i.tool_errors > 0 {
+        out.push_str(&format!(" ({} failed)", i.tool_errors));
+    }
+    if let Some(m) = &i.model {
+        out.push_str(&format!(", model {m}"));
+    }
+    out
+}
+
+/// The table of what each run's agent reported.
+pub fn insights_table(runs: &[Run]) -> Table {
+    let mut t = Table::new(&[
+        "RUN>",
+        "MODEL",
+        "IN>",
+        "CACHED>",
+        "OUT>",
+        "COST>",
+        "TURNS>",
+        "TOOLS>",
+        "TOOL ERR>",
+        "RESULT",
+    ]);
+    for r in runs {
+        let Some(i) = &r.insights else { continue };
+        t.row(vec![
+            r.id.to_string(),
+            i.model.clone().unwrap_or_else(|| "-".into()),
+            i.tokens_in.to_string(),
+            i.tokens_cached.to_string(),
+            i.tokens_out.to_string(),
+            cost_label(i),
+            i.turns.to_string(),
+            i.tool_calls.to_string(),
+            i.tool_errors.to_string(),
+            match (i.success, &i.error_kind) {
+                (Some(true), _) => "success".into(),
+                (Some(false), Some(k)) => k.clone(),
+                (Some(false), None) => "failed".into(),
+                (None, _) => "-".into(),
+            },
+        ]);
+    }
+    t
 }
 
 /// Quotes an argv the way a shell would read it back.
@@ -338,6 +464,17 @@ pub fn event_summary(e: &Event) -> String {
             }
             out
         }
+        event::AGENT_INSIGHTS => serde_json::from_value::<gantry_core::engine::Insights>(d.clone())
+            .map(|i| insights_label(&i))
+            .unwrap_or_else(|_| d.to_string()),
+        event::RUN_CHECKPOINT => format!(
+            "{} at {}",
+            s(d, "wip_branch").unwrap_or_else(|| "?".into()),
+            s(d, "wip_commit")
+                .map(|c| c.chars().take(8).collect::<String>())
+                .unwrap_or_else(|| "?".into())
+        ),
+        kind if kind.starts_with("agent.") => agent_summary(d),
         _ => {
             if d.as_object().is_some_and(|o| o.is_empty()) || d.is_null() {
                 String::new()
@@ -345,6 +482,73 @@ pub fn event_summary(e: &Event) -> String {
                 d.to_string()
             }
         }
+    }
+}
+
+/// A normalized agent event in one line.
+fn agent_summary(d: &serde_json::Value) -> String {
+    use gantry_core::engine::AgentEvent;
+    let Ok(ev) = serde_json::from_value::<AgentEvent>(d.clone()) else {
+        return d.to_string();
+    };
+    let one_line = |t: &str| {
+        let t = t.trim();
+        let mut shown: String = t.chars().take(160).collect();
+        if shown.len() < t.len() {
+            shown.push('…');
+        }
+        shown.replace('\n', "⏎")
+    };
+    match ev {
+        AgentEvent::SessionStarted { session_id, model } => format!(
+            "session {session_id}{}",
+            model.map(|m| format!(", model {m}")).unwrap_or_default()
+        ),
+        AgentEvent::TurnStarted { turn } => format!("turn {turn}"),
+        AgentEvent::Message { text } => one_line(&text),
+        AgentEvent::ToolCall { name, input, .. } => match input {
+            Some(i) => format!("{name}: {}", one_line(&i)),
+            None => name,
+        },
+        AgentEvent::ToolResult {
+            is_error, output, ..
+        } => format!(
+            "{}{}",
+            if is_error { "error" } else { "ok" },
+            output
+                .map(|o| format!(": {}", one_line(&o)))
+                .unwrap_or_default()
+        ),
+        AgentEvent::Usage {
+            tokens_in,
+            tokens_out,
+            tokens_cached,
+            cost_usd,
+            ..
+        } => format!(
+            "+{tokens_in} in ({tokens_cached} cached), +{tokens_out} out{}",
+            cost_usd.map(|c| format!(", ${c:.4}")).unwrap_or_default()
+        ),
+        AgentEvent::Notice { message } => one_line(&message),
+        AgentEvent::Result {
+            success,
+            error_kind,
+            num_turns,
+            cost_usd,
+            ..
+        } => format!(
+            "{}{}{}",
+            if success {
+                "success".to_string()
+            } else {
+                error_kind.unwrap_or_else(|| "failed".into())
+            },
+            num_turns
+                .map(|n| format!(", {n} turns"))
+                .unwrap_or_default(),
+            cost_usd.map(|c| format!(", ${c:.4}")).unwrap_or_default()
+        ),
+        AgentEvent::Raw { source_type, .. } => format!("({source_type})"),
     }
 }
 

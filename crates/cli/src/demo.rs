@@ -152,6 +152,7 @@ async fn run(root: &Path, keep: bool) -> Result<(), CliError> {
         kill_grace: Duration::from_secs(1),
         push: true,
         capabilities: Vec::new(),
+        db: None,
     })
     .await?;
     let url = format!("http://{}", server.addr());

@@ -7,6 +7,7 @@ use crate::job::StopKind;
 use crate::spec::JobSpec;
 use crate::state::Outcome;
 use crate::time::Millis;
+use gantry_engine::Insights;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -187,6 +188,28 @@ pub struct ClaimedJob {
     pub id: JobId,
     /// The full spec.
     pub spec: JobSpec,
+    /// The agent session of the job's latest attempt that reported one: a retry resumes
+    /// it where the engine supports resuming.
+    #[serde(default)]
+    pub resume_session: Option<String>,
+    /// The job's latest checkpoint: the attempt starts from it instead of the base.
+    #[serde(default)]
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// Work in progress of a job, committed while a run went on or when it stopped, so the
+/// next attempt (on any factory) continues from there instead of from the base.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The branch holding it in the source repo: `gantry/<job>/wip`.
+    #[serde(rename = "wip_branch")]
+    pub branch: String,
+    /// The commit the work started from.
+    #[serde(rename = "wip_base")]
+    pub base: String,
+    /// The checkpoint commit.
+    #[serde(rename = "wip_commit")]
+    pub commit: String,
 }
 
 /// Response 200 of a claim.
@@ -256,6 +279,9 @@ pub struct FinishReport {
     /// Lines deleted.
     #[serde(default)]
     pub lines_deleted: Option<u32>,
+    /// What the agent reported: model, session, tokens, cost, turns, tool calls.
+    #[serde(default)]
+    pub insights: Option<Insights>,
 }
 
 /// `POST /v1/tokens`.

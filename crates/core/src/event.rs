@@ -36,6 +36,16 @@ pub const DELIVERY_FAILED: &str = "delivery.failed";
 pub const QUEUE_PAUSED: &str = "queue.paused";
 /// Claiming was resumed (job-less event). Data: `{}`.
 pub const QUEUE_RESUMED: &str = "queue.resumed";
+/// A run committed its work in progress; payload `{wip_branch, wip_base, wip_commit}`.
+/// The store records it on the job, so the next attempt starts from it.
+pub const RUN_CHECKPOINT: &str = "run.checkpoint";
+/// A snapshot of a running attempt's insights (payload: the insights); the store keeps
+/// the latest one on the run, so `show` has live figures.
+pub const AGENT_INSIGHTS: &str = "agent.insights";
+/// A run passed a limit of its budget and was stopped; payload names the limit and figures.
+pub const RUN_BUDGET_EXCEEDED: &str = "run.budget_exceeded";
+/// A factory did not claim because free memory or disk is under its threshold.
+pub const FACTORY_ADMISSION: &str = "factory.admission";
 
 /// An event to append, as a worker or the server writes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,9 +1,11 @@
 //! Job and run records as the store keeps them and the API shows them.
 
+use crate::api::Checkpoint;
 use crate::id::{FactoryId, JobId, RunId};
 use crate::spec::{DepsMode, JobSpec};
 use crate::state::{JobState, Outcome};
 use crate::time::Millis;
+use gantry_engine::Insights;
 use serde::{Deserialize, Serialize};
 
 /// A stop asked of a running job's factory.
@@ -86,6 +88,15 @@ pub struct Job {
     pub finished_at: Option<Millis>,
     /// The spec as submitted (repo resolved).
     pub spec: JobSpec,
+    /// Agent session of the latest attempt that reported one (resumed by a retry).
+    #[serde(default)]
+    pub session_id: Option<String>,
+    /// Latest checkpoint of the work in progress.
+    #[serde(default)]
+    pub checkpoint: Option<Checkpoint>,
+    /// Insights totalled over the job's runs; filled by `show`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insights: Option<Insights>,
     /// The job's runs, oldest first; filled by `show`, empty in lists.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub runs: Vec<Run>,
@@ -122,6 +133,9 @@ pub struct Run {
     pub lines_added: Option<u32>,
     /// Lines deleted by the attempt.
     pub lines_deleted: Option<u32>,
+    /// What the agent reported (live while the run goes on, final once it ended).
+    #[serde(default)]
+    pub insights: Option<Insights>,
     /// Claim time.
     #[serde(with = "crate::time::rfc3339_millis")]
     pub started_at: Millis,
@@ -131,4 +145,14 @@ pub struct Run {
     /// Current lease expiry (database clock).
     #[serde(with = "crate::time::rfc3339_millis")]
     pub lease_expires_at: Millis,
+}
+
+/// The insights of a job: the sum over its runs that reported any, or `None` when none did.
+pub fn total_insights(runs: &[Run]) -> Option<Insights> {
+    let mut reported = runs.iter().filter_map(|r| r.insights.as_ref());
+    let mut total = reported.next()?.clone();
+    for more in reported {
+        total.add(more);
+    }
+    Some(total)
 }

@@ -6,6 +6,7 @@
 
 use crate::id::JobId;
 use crate::state::Outcome;
+pub use gantry_engine::{Budget, Format, Step};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -25,6 +26,12 @@ pub const DEFAULT_BACKOFF_MS: u64 = 5_000;
 pub enum EngineKind {
     /// Runs the job's `command` argv in the worktree.
     Command,
+    /// Gantry's built-in deterministic agent, following the job's `steps`.
+    Script,
+    /// Anthropic's Claude Code CLI (`claude -p --output-format stream-json`).
+    ClaudeCode,
+    /// OpenAI's Codex CLI (`codex exec --json`).
+    Codex,
 }
 
 impl EngineKind {
@@ -32,9 +39,45 @@ impl EngineKind {
     pub fn name(self) -> &'static str {
         match self {
             EngineKind::Command => "command",
+            EngineKind::Script => "script",
+            EngineKind::ClaudeCode => "claude-code",
+            EngineKind::Codex => "codex",
         }
     }
+
+    /// Parses an engine name as written in a job file.
+    pub fn parse(name: &str) -> Option<EngineKind> {
+        [
+            EngineKind::Command,
+            EngineKind::Script,
+            EngineKind::ClaudeCode,
+            EngineKind::Codex,
+        ]
+        .into_iter()
+        .find(|e| e.name() == name)
+    }
+
+    /// Whether the engine is an agent CLI that takes a model, turns and permissions.
+    pub fn is_agent_cli(self) -> bool {
+        matches!(self, EngineKind::ClaudeCode | EngineKind::Codex)
+    }
 }
+
+/// Permission modes Claude Code accepts for `--permission-mode`.
+pub const CLAUDE_PERMISSION_MODES: [&str; 5] = [
+    "acceptEdits",
+    "bypassPermissions",
+    "default",
+    "dontAsk",
+    "plan",
+];
+
+/// Sandbox modes Codex accepts for `--sandbox`, written as `permission_mode`.
+pub const CODEX_PERMISSION_MODES: [&str; 3] =
+    ["read-only", "workspace-write", "danger-full-access"];
+
+/// Highest `max_turns` accepted.
+pub const MAX_MAX_TURNS: u32 = 100_000;
 
 /// How a job waits for its dependencies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
@@ -104,6 +147,31 @@ pub struct JobSpec {
     pub labels: BTreeMap<String, String>,
     /// Extra environment variables for the process.
     pub env: BTreeMap<String, String>,
+    /// Model asked of the agent (agent engines; the script engine reports it).
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Spending limits, enforced live from the agent's stream.
+    #[serde(default)]
+    pub budget: Option<Budget>,
+    /// Run the agent CLI in its bypass mode (no permission checks, no sandbox).
+    #[serde(default)]
+    pub yolo: bool,
+    /// Turn limit passed to the agent CLI.
+    #[serde(default)]
+    pub max_turns: Option<u32>,
+    /// Claude Code permission mode or Codex sandbox mode; `None` means the safest
+    /// non-interactive mode that still lets the agent edit its worktree.
+    #[serde(default)]
+    pub permission_mode: Option<String>,
+    /// Tools the agent may use without asking (Claude Code `--allowedTools`).
+    #[serde(default)]
+    pub allowed_tools: Vec<String>,
+    /// Steps of the script engine.
+    #[serde(default)]
+    pub steps: Vec<Step>,
+    /// Format of the command engine's standard output, parsed for insights.
+    #[serde(default)]
+    pub output: Option<Format>,
     /// The instructions (markdown body), verbatim.
     pub body: String,
 }
@@ -161,7 +229,7 @@ impl ParsedJob {
 }
 
 /// Every field a job file may set, in the order the docs list them.
-pub const KNOWN_FIELDS: [&str; 18] = [
+pub const KNOWN_FIELDS: [&str; 26] = [
     "title",
     "repo",
     "cwd",
@@ -180,17 +248,18 @@ pub const KNOWN_FIELDS: [&str; 18] = [
     "idempotency_key",
     "labels",
     "env",
+    "model",
+    "budget",
+    "yolo",
+    "max_turns",
+    "permission_mode",
+    "allowed_tools",
+    "steps",
+    "output",
 ];
 
-/// Fields the design describes for later features; a job file that sets one is refused
-/// with "not supported yet" rather than "unknown", so the author knows it is coming.
-pub const LATER_FIELDS: [&str; 3] = ["model", "budget", "yolo"];
-
-/// Every engine name Gantry knows; only [`AVAILABLE_ENGINES`] can run today.
+/// Every engine name Gantry knows.
 pub const KNOWN_ENGINES: [&str; 4] = ["command", "script", "claude-code", "codex"];
-
-/// Engines that can run now.
-pub const AVAILABLE_ENGINES: [&str; 1] = ["command"];
 
 /// Highest allowed `max_attempts`.
 pub const MAX_MAX_ATTEMPTS: u32 = 100;
@@ -228,6 +297,7 @@ pub fn parse_job_file(file: &str, text: &str) -> Result<ParsedJob, SpecError> {
     })
 }
 
+mod agent;
 mod yaml;
 
 use yaml::{Node, Value, quote};
@@ -315,6 +385,14 @@ struct Fields {
     idempotency_key: Option<String>,
     labels: Option<BTreeMap<String, String>>,
     env: Option<BTreeMap<String, String>>,
+    model: Option<String>,
+    budget: Option<Budget>,
+    yolo: Option<bool>,
+    max_turns: Option<u32>,
+    permission_mode: Option<(String, usize)>,
+    allowed_tools: Option<Vec<String>>,
+    steps: Option<Vec<Step>>,
+    output: Option<Format>,
 }
 
 impl Validator<'_> {
@@ -393,15 +471,6 @@ impl Validator<'_> {
                     format!("duplicate field `{name}` (first set on line {first})"),
                 ));
             }
-            if LATER_FIELDS.contains(&name.as_str()) {
-                return Err(self.err(
-                    key_line,
-                    &name,
-                    format!(
-                        "field `{name}` is not supported yet (it belongs to a later feature); remove it"
-                    ),
-                ));
-            }
             if !KNOWN_FIELDS.contains(&name.as_str()) {
                 return Err(self.err(
                     key_line,
@@ -473,10 +542,28 @@ impl Validator<'_> {
                 }
                 "labels" => f.labels = Some(self.labels(&value)?),
                 "env" => f.env = Some(self.env(&value)?),
+                "model" => f.model = Some(self.non_empty_string(&value, "model")?),
+                "budget" => f.budget = Some(self.budget(&value)?),
+                "yolo" => match value.value {
+                    Value::Bool(b) => f.yolo = Some(b),
+                    _ => return Err(self.type_err(&value, "yolo", "`true` or `false`")),
+                },
+                "max_turns" => {
+                    let n = self.int_in_range(&value, "max_turns", 1, i128::from(MAX_MAX_TURNS))?;
+                    f.max_turns = Some(u32::try_from(n).expect("checked to be within 1..=100000"));
+                }
+                "permission_mode" => {
+                    let mode = self.non_empty_string(&value, "permission_mode")?;
+                    f.permission_mode = Some((mode, self.line(&value)));
+                }
+                "allowed_tools" => f.allowed_tools = Some(self.allowed_tools(&value)?),
+                "steps" => f.steps = Some(self.steps(&value)?),
+                "output" => f.output = Some(self.output(&value)?),
                 _ => unreachable!("every known field has an arm; `{name}` does not"),
             }
         }
 
+        self.engine_fields(f.engine.unwrap_or(EngineKind::Command), &f)?;
         let title = f
             .title
             .ok_or_else(|| self.missing("title", "missing title: every job needs a `title:`"))?;
@@ -495,7 +582,15 @@ impl Validator<'_> {
                     "missing command: the `command` engine needs an argv list, e.g. `command: [sh, -c, \"make test\"]`",
                 ));
             }
+            (_, _) => Vec::new(),
         };
+        let steps = f.steps.unwrap_or_default();
+        if engine == EngineKind::Script && steps.is_empty() {
+            return Err(self.missing(
+                "steps",
+                "missing steps: the `script` engine needs a list of steps, e.g. `steps: [{say: hello}]`",
+            ));
+        }
         Ok(JobSpec {
             title,
             repo,
@@ -514,6 +609,14 @@ impl Validator<'_> {
             idempotency_key: f.idempotency_key,
             labels: f.labels.unwrap_or_default(),
             env: f.env.unwrap_or_default(),
+            model: f.model,
+            budget: f.budget,
+            yolo: f.yolo.unwrap_or(false),
+            max_turns: f.max_turns,
+            permission_mode: f.permission_mode.map(|(m, _)| m),
+            allowed_tools: f.allowed_tools.unwrap_or_default(),
+            steps,
+            output: f.output,
             body: body.to_string(),
         })
     }
@@ -592,22 +695,14 @@ impl Validator<'_> {
             return Err(self.type_err(node, "engine", "an engine name (a string)"));
         };
         let line = self.line(node);
-        match name.as_str() {
-            "command" => Ok(EngineKind::Command),
-            known if KNOWN_ENGINES.contains(&known) => Err(self.err(
-                line,
-                "engine",
-                format!(
-                    "engine `{known}` is not available yet (available: {})",
-                    AVAILABLE_ENGINES.join(", ")
-                ),
-            )),
-            other => Err(self.err(
+        match EngineKind::parse(name) {
+            Some(engine) => Ok(engine),
+            None => Err(self.err(
                 line,
                 "engine",
                 format!(
                     "unknown engine {} (known engines: {})",
-                    quote(other),
+                    quote(name),
                     KNOWN_ENGINES.join(", ")
                 ),
             )),

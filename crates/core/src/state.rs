@@ -98,17 +98,21 @@ pub enum Outcome {
     Killed,
     /// Canceled on request (SIGTERM, grace, then SIGKILL).
     Canceled,
+    /// Stopped the moment it passed a limit of the job's budget; never retried, since
+    /// another attempt would spend past the same limit.
+    BudgetExceeded,
 }
 
 impl Outcome {
     /// Every outcome.
-    pub const ALL: [Outcome; 6] = [
+    pub const ALL: [Outcome; 7] = [
         Outcome::Succeeded,
         Outcome::Failed,
         Outcome::TimedOut,
         Outcome::Lost,
         Outcome::Killed,
         Outcome::Canceled,
+        Outcome::BudgetExceeded,
     ];
 
     /// The name used in the API, job files and the database.
@@ -120,6 +124,7 @@ impl Outcome {
             Outcome::Lost => "lost",
             Outcome::Killed => "killed",
             Outcome::Canceled => "canceled",
+            Outcome::BudgetExceeded => "budget_exceeded",
         }
     }
 
@@ -218,6 +223,7 @@ pub fn next(state: JobState, input: Input) -> Result<(JobState, Effect), Invalid
             Outcome::Succeeded => to(S::Succeeded),
             Outcome::Killed => to(S::Killed),
             Outcome::Canceled => to(S::Canceled),
+            Outcome::BudgetExceeded => to(S::Failed),
             Outcome::Failed | Outcome::TimedOut | Outcome::Lost => {
                 if retry {
                     to(S::Queued)

@@ -44,6 +44,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 pub fn router(service: Arc<Service>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
+        .route("/metrics", get(crate::metrics::scrape))
         .route("/v1/jobs", post(submit).get(list_jobs))
         .route("/v1/jobs/{id}", get(show_job))
         .route("/v1/jobs/{id}/diff", get(job_diff))

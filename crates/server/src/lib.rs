@@ -14,6 +14,7 @@ mod coordinator;
 mod error;
 mod extract;
 mod http;
+pub mod metrics;
 mod service;
 
 pub use auth::{ADMIN_TOKEN_FILE, Caller, TOKEN_PREFIX, hash_token, new_token_secret};
@@ -24,7 +25,7 @@ pub use service::{MAX_CLAIM_WAIT, Service, delivery_branch};
 
 use gantry_core::api::RegisterFactory;
 use gantry_factory::{Factory, FactoryConfig};
-use gantry_store::{SqliteStore, Store};
+use gantry_store::{PgOptions, PgStore, SqliteStore, Store};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -66,6 +67,9 @@ pub struct ServeConfig {
     pub push: bool,
     /// Capabilities of the embedded factory.
     pub capabilities: Vec<String>,
+    /// A PostgreSQL URL (`postgres://user@host/db`) to keep the store in, shared by any
+    /// number of servers; `None` keeps it in `<data_dir>/gantry.db` (SQLite).
+    pub db: Option<String>,
 }
 
 impl Default for ServeConfig {
@@ -80,6 +84,7 @@ impl Default for ServeConfig {
             kill_grace: Duration::from_secs(3),
             push: true,
             capabilities: Vec::new(),
+            db: None,
         }
     }
 }
@@ -152,8 +157,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
         path: cfg.data_dir.clone(),
         source,
     })?;
-    let db = cfg.data_dir.join(DB_FILE);
-    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&db)?);
+    let store = open_store(&cfg).await?;
     let admin_token = auth::ensure_admin_token(&*store, &cfg.data_dir).await?;
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -180,6 +184,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
     };
     let reaper = tokio::spawn(reaper_loop(
         store.clone(),
+        service.metrics().clone(),
         cfg.reaper_interval,
         shutdown_rx.clone(),
     ));
@@ -202,6 +207,18 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
         reaper: Some(reaper),
         factory,
     })
+}
+
+/// Opens the store the config names: PostgreSQL when `db` is set, else the SQLite file
+/// in the data dir.
+async fn open_store(cfg: &ServeConfig) -> Result<Arc<dyn Store>, ServerError> {
+    match &cfg.db {
+        Some(url) => {
+            let store = PgStore::connect(url, PgOptions::default()).await?;
+            Ok(Arc::new(store))
+        }
+        None => Ok(Arc::new(SqliteStore::open(&cfg.data_dir.join(DB_FILE))?)),
+    }
 }
 
 /// Kills orphans of a previous incarnation, registers the embedded factory, expires its
@@ -235,6 +252,7 @@ async fn start_embedded_factory(
         // Runs of the previous incarnation are dead (their processes were just killed):
         // return their jobs to the lifecycle now rather than at the next reaper tick.
         let reaped = service.store().reap().await?;
+        service.metrics().leases_expired(reaped.len());
         tracing::info!(
             ?expired,
             ?reaped,
@@ -263,6 +281,7 @@ async fn start_embedded_factory(
 /// Returns expired leases to the lifecycle every `interval` until shutdown.
 async fn reaper_loop(
     store: Arc<dyn Store>,
+    metrics: Arc<metrics::Metrics>,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -271,7 +290,10 @@ async fn reaper_loop(
     loop {
         tokio::select! {
             _ = tick.tick() => match store.reap().await {
-                Ok(runs) if !runs.is_empty() => tracing::info!(?runs, "reaped expired leases"),
+                Ok(runs) if !runs.is_empty() => {
+                    metrics.leases_expired(runs.len());
+                    tracing::info!(?runs, "reaped expired leases");
+                }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "reaper failed; trying again next tick"),
             },

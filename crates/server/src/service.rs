@@ -4,6 +4,7 @@
 
 use crate::ServeConfig;
 use crate::error::ApiError;
+use crate::metrics::{ClaimResult, FencedWrite, Metrics};
 use gantry_core::api::{
     Claim, FinishReport, RegisterFactory, Renewed, SubmitFile, SubmitRequest, SubmitResponse,
 };
@@ -53,6 +54,8 @@ pub struct Service {
     /// repository at once.
     delivery_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     shutdown: watch::Receiver<bool>,
+    /// This process's counters (see [`crate::metrics`]).
+    metrics: Arc<Metrics>,
 }
 
 impl Service {
@@ -64,7 +67,13 @@ impl Service {
             cfg,
             delivery_locks: Mutex::new(HashMap::new()),
             shutdown,
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// This process's counters, served at `GET /metrics`.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The store.
@@ -106,6 +115,7 @@ impl Service {
     pub async fn job_with_runs(&self, id: JobId) -> Result<Job, ApiError> {
         let mut job = self.store.job(id).await?;
         job.runs = self.store.runs(id).await?;
+        job.insights = gantry_core::job::total_insights(&job.runs);
         Ok(job)
     }
 
@@ -178,7 +188,11 @@ impl Service {
             // Mark the current change as seen before querying, so a change committed
             // while the query runs still wakes the wait below.
             changes.borrow_and_update();
-            if let Some(claim) = self.store.claim(factory, self.cfg.lease_ttl).await? {
+            let started = Instant::now();
+            let claimed = self.store.claim(factory, self.cfg.lease_ttl).await;
+            let took = started.elapsed();
+            self.metrics.claim_observed(ClaimResult::of(&claimed), took);
+            if let Some(claim) = claimed? {
                 return Ok(Some(claim));
             }
             let now = Instant::now();
@@ -201,7 +215,8 @@ impl Service {
 
     /// Renews a run's lease (fenced).
     pub async fn renew(&self, run: RunId, epoch: i64) -> Result<Renewed, ApiError> {
-        Ok(self.store.renew(run, epoch, self.cfg.lease_ttl).await?)
+        let renewed = self.store.renew(run, epoch, self.cfg.lease_ttl).await;
+        Ok(renewed.map_err(|e| self.metrics.stale_checked(FencedWrite::Renew, e))?)
     }
 
     /// Appends events of a run (fenced). Kinds only the server writes are refused.
@@ -238,7 +253,8 @@ impl Service {
                 .with_details(json!({ "field": format!("events[{i}].kind"), "value": ev.kind })));
             }
         }
-        Ok(self.store.append_events(run, epoch, events).await?)
+        let appended = self.store.append_events(run, epoch, events).await;
+        Ok(appended.map_err(|e| self.metrics.stale_checked(FencedWrite::Events, e))?)
     }
 
     /// Records the end of a run (fenced) and, when it succeeded with a commit and push
@@ -252,7 +268,12 @@ impl Service {
                 .with_details(json!({ "field": "outcome" })));
         };
         let commit = report.commit.clone();
-        let job = self.store.finish(run, report).await?;
+        let insights = report.insights.clone();
+        let finished = self.store.finish(run, report).await;
+        let job = finished.map_err(|e| self.metrics.stale_checked(FencedWrite::Finish, e))?;
+        let (engine, model) = (job.spec.engine.name(), job.spec.model.as_deref());
+        self.metrics
+            .run_finished(outcome, engine, model, insights.as_ref());
         if outcome == Outcome::Succeeded && job.state == JobState::Succeeded && self.cfg.push {
             match commit {
                 Some(commit) => self.deliver(&job, run, &commit).await,

@@ -14,10 +14,12 @@
 
 pub mod bench;
 mod error;
+mod postgres;
 mod sqlite;
 mod vfs;
 
 pub use error::StoreError;
+pub use postgres::{PgOptions, PgStore};
 pub use sqlite::SqliteStore;
 
 pub use async_trait::async_trait;

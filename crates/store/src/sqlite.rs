@@ -30,8 +30,8 @@
 use crate::{FactoryInfo, JobFilter, Result, Store, StoreError};
 use async_trait::async_trait;
 use gantry_core::api::{
-    Claim, ClaimedJob, FinishReport, Lease, RegisterFactory, Renewed, Scope, Status, Submitted,
-    TokenInfo,
+    Checkpoint, Claim, ClaimedJob, FinishReport, Lease, RegisterFactory, Renewed, Scope, Status,
+    Submitted, TokenInfo,
 };
 use gantry_core::event::{self as ev, Event, NewEvent};
 use gantry_core::state::{self, Effect, Input};
@@ -57,7 +57,21 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Schema migrations: entry `i` takes the database from `user_version` `i` to `i + 1`.
 /// Never edit a released entry; append a new one instead.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1];
+const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+
+/// Agents (issue 3): the insights of each run, and per job the agent session to resume
+/// and the latest checkpoint. The job side lives in its own table, written only for jobs
+/// that have one, so the narrow `jobs` rows that every claim rewrites stay narrow.
+const SCHEMA_V2: &str = r#"
+ALTER TABLE runs ADD COLUMN insights TEXT;
+CREATE TABLE job_agent (
+    job_id     INTEGER PRIMARY KEY REFERENCES jobs (id),
+    session_id TEXT,
+    wip_branch TEXT,
+    wip_base   TEXT,
+    wip_commit TEXT
+);
+"#;
 
 const SCHEMA_V1: &str = r#"
 -- What claims and finishes rewrite, kept narrow: every update rewrites the whole row,
@@ -188,15 +202,16 @@ const JOB_ROW_COLS: &str = "id, state, priority, attempt, max_attempts, epoch, l
 /// The columns [`RawJob::read`] expects, in order, from [`JOB_FROM`].
 const JOB_COLS: &str = "id, state, priority, attempt, max_attempts, epoch, lock_key, \
      deps_mode, idempotency_key, stop_requested, reason, not_before, created_at, \
-     started_at, finished_at, title, deps, spec";
+     started_at, finished_at, title, deps, spec, session_id, wip_branch, wip_base, wip_commit";
 
-/// A job's row joined with its spec.
-const JOB_FROM: &str = "jobs JOIN job_specs ON job_specs.job_id = jobs.id";
+/// A job's row joined with its spec and its agent state.
+const JOB_FROM: &str = "jobs JOIN job_specs ON job_specs.job_id = jobs.id \
+     LEFT JOIN job_agent ON job_agent.job_id = jobs.id";
 
 /// The columns [`read_run`] expects, in order.
 const RUN_COLS: &str = "id, job_id, attempt, epoch, factory_id, outcome, exit_code, error, \
      branch, base_commit, commit_sha, files_changed, lines_added, lines_deleted, started_at, \
-     finished_at, lease_expires_at";
+     finished_at, lease_expires_at, insights";
 
 /// Most write operations one commit carries.
 const MAX_BATCH: usize = 256;
@@ -821,6 +836,29 @@ struct SpecRow {
 struct RawJob {
     row: JobRow,
     spec: SpecRow,
+    agent: AgentRow,
+}
+
+/// A job's agent state (`job_agent`), absent for most jobs.
+#[derive(Debug, Default)]
+struct AgentRow {
+    session_id: Option<String>,
+    wip_branch: Option<String>,
+    wip_base: Option<String>,
+    wip_commit: Option<String>,
+}
+
+impl AgentRow {
+    fn checkpoint(&self) -> Option<Checkpoint> {
+        match (&self.wip_branch, &self.wip_base, &self.wip_commit) {
+            (Some(branch), Some(base), Some(commit)) => Some(Checkpoint {
+                branch: branch.clone(),
+                base: base.clone(),
+                commit: commit.clone(),
+            }),
+            _ => None,
+        }
+    }
 }
 
 impl RawJob {
@@ -833,11 +871,17 @@ impl RawJob {
                 deps: r.get(16)?,
                 spec: r.get(17)?,
             },
+            agent: AgentRow {
+                session_id: r.get(18)?,
+                wip_branch: r.get(19)?,
+                wip_base: r.get(20)?,
+                wip_commit: r.get(21)?,
+            },
         })
     }
 
     fn into_job(self) -> Result<Job> {
-        let RawJob { row, spec } = self;
+        let RawJob { row, spec, agent } = self;
         let deps: Vec<i64> = parse_json("job deps", &spec.deps)?;
         Ok(Job {
             id: JobId(row.id),
@@ -859,6 +903,9 @@ impl RawJob {
             started_at: row.started_at,
             finished_at: row.finished_at,
             spec: parse_json("job spec", &spec.spec)?,
+            checkpoint: agent.checkpoint(),
+            session_id: agent.session_id,
+            insights: None,
             runs: Vec::new(),
         })
     }
@@ -883,6 +930,7 @@ struct RawRun {
     started_at: i64,
     finished_at: Option<i64>,
     lease_expires_at: i64,
+    insights: Option<String>,
 }
 
 fn read_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRun> {
@@ -904,6 +952,7 @@ fn read_run(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawRun> {
         started_at: r.get(14)?,
         finished_at: r.get(15)?,
         lease_expires_at: r.get(16)?,
+        insights: r.get(17)?,
     })
 }
 
@@ -927,6 +976,11 @@ impl RawRun {
             started_at: self.started_at,
             finished_at: self.finished_at,
             lease_expires_at: self.lease_expires_at,
+            insights: self
+                .insights
+                .as_deref()
+                .map(|text| parse_json("run insights", text))
+                .transpose()?,
         })
     }
 }
@@ -982,6 +1036,82 @@ fn load_spec(tx: &Connection, id: JobId) -> Result<SpecRow> {
         })
         .optional()?
         .ok_or_else(|| not_found("job", id))
+}
+
+/// Reads a job's agent state; the default when it has none.
+fn load_agent(tx: &Connection, id: JobId) -> Result<AgentRow> {
+    Ok(tx
+        .prepare_cached(
+            "SELECT session_id, wip_branch, wip_base, wip_commit FROM job_agent WHERE job_id = ?1",
+        )?
+        .query_row([id.0], |r| {
+            Ok(AgentRow {
+                session_id: r.get(0)?,
+                wip_branch: r.get(1)?,
+                wip_base: r.get(2)?,
+                wip_commit: r.get(3)?,
+            })
+        })
+        .optional()?
+        .unwrap_or_default())
+}
+
+/// Applies what some events uploaded by a run mean for the store: a checkpoint moves the
+/// job's work-in-progress pointer, an insights snapshot becomes the run's live figures.
+fn apply_run_event(tx: &Connection, live: &Live, kind: &str, data: &str) -> Result<()> {
+    match kind {
+        ev::RUN_CHECKPOINT => {
+            let cp: Checkpoint = serde_json::from_str(data).map_err(|e| {
+                StoreError::Invalid(gantry_core::SpecError {
+                    file: format!("event {kind} of run {}", live.run),
+                    line: None,
+                    field: Some("data".into()),
+                    message: format!("a checkpoint needs wip_branch, wip_base and wip_commit: {e}"),
+                })
+            })?;
+            tx.prepare_cached(
+                "INSERT INTO job_agent (job_id, wip_branch, wip_base, wip_commit)
+                 VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (job_id) DO UPDATE SET wip_branch = ?2, wip_base = ?3, wip_commit = ?4",
+            )?
+            .execute(params![live.job.0, cp.branch, cp.base, cp.commit])?;
+        }
+        ev::AGENT_INSIGHTS => {
+            // Checked to be insights before it is kept as the run's figures.
+            let insights: gantry_core::engine::Insights =
+                serde_json::from_str(data).map_err(|e| {
+                    StoreError::Invalid(gantry_core::SpecError {
+                        file: format!("event {kind} of run {}", live.run),
+                        line: None,
+                        field: Some("data".into()),
+                        message: format!("not a valid insights snapshot: {e}"),
+                    })
+                })?;
+            save_insights(tx, live, &insights)?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Stores a run's insights, and the agent session on its job so a retry can resume it.
+fn save_insights(
+    tx: &Connection,
+    live: &Live,
+    insights: &gantry_core::engine::Insights,
+) -> Result<()> {
+    let text = serde_json::to_string(insights)
+        .map_err(|e| corrupt(format!("cannot encode insights: {e}")))?;
+    tx.prepare_cached("UPDATE runs SET insights = ?2 WHERE id = ?1")?
+        .execute(params![live.run.0, text])?;
+    if let Some(session) = &insights.session_id {
+        tx.prepare_cached(
+            "INSERT INTO job_agent (job_id, session_id) VALUES (?1, ?2)
+             ON CONFLICT (job_id) DO UPDATE SET session_id = ?2",
+        )?
+        .execute(params![live.job.0, session])?;
+    }
+    Ok(())
 }
 
 fn not_found(what: &'static str, id: impl std::fmt::Display) -> StoreError {
@@ -1892,6 +2022,8 @@ struct FinishedData<'a> {
     files_changed: Option<u32>,
     lines_added: Option<u32>,
     lines_deleted: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    insights: Option<&'a gantry_core::engine::Insights>,
 }
 
 fn finish_tx(tx: &Connection, live: &Live, report: &FinishReport, now: Millis) -> Result<JobRow> {
@@ -1926,8 +2058,12 @@ fn finish_tx(tx: &Connection, live: &Live, report: &FinishReport, now: Millis) -
         files_changed: report.files_changed,
         lines_added: report.lines_added,
         lines_deleted: report.lines_deleted,
+        insights: report.insights.as_ref(),
     })
     .map_err(|e| corrupt(format!("cannot encode the finish report: {e}")))?;
+    if let Some(insights) = &report.insights {
+        save_insights(tx, live, insights)?;
+    }
     let finished = Pending {
         run: Some(live.run),
         kind: ev::RUN_FINISHED,
@@ -2192,11 +2328,14 @@ impl Store for SqliteStore {
         else {
             return Ok(None);
         };
-        let spec = self.read_one(|tx| load_spec(tx, raw.job))?;
+        let (spec, agent) =
+            self.read_one(|tx| Ok((load_spec(tx, raw.job)?, load_agent(tx, raw.job)?)))?;
         Ok(Some(Claim {
             job: ClaimedJob {
                 id: raw.job,
                 spec: parse_json::<JobSpec>("job spec", &spec.spec)?,
+                checkpoint: agent.checkpoint(),
+                resume_session: agent.session_id,
             },
             run: raw.run,
         }))
@@ -2236,6 +2375,7 @@ impl Store for SqliteStore {
             }
             let last = take_seqs(tx, live.job, n)?;
             for ((kind, data), seq) in events.iter().zip(last - n + 1..) {
+                apply_run_event(tx, live, kind, data)?;
                 let row = EventRow {
                     run: Some(run.0),
                     seq,
@@ -2255,8 +2395,11 @@ impl Store for SqliteStore {
                 finish_tx(tx, live, &report, now)
             })
             .await?;
-        let spec = self.read_one(|tx| load_spec(tx, JobId(row.id)))?;
-        RawJob { row, spec }.into_job()
+        let (spec, agent) = self.read_one(|tx| {
+            let id = JobId(row.id);
+            Ok((load_spec(tx, id)?, load_agent(tx, id)?))
+        })?;
+        RawJob { row, spec, agent }.into_job()
     }
 
     async fn reap(&self) -> Result<Vec<RunId>> {

@@ -6,5 +6,6 @@ mod names;
 mod repo;
 mod retry;
 mod spec;
+mod spec_agent;
 mod spec_errors;
 mod state;

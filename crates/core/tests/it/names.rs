@@ -54,7 +54,8 @@ fn outcome_names() {
             "timed_out",
             "lost",
             "killed",
-            "canceled"
+            "canceled",
+            "budget_exceeded"
         ]
     );
     for o in Outcome::ALL {
@@ -73,7 +74,7 @@ fn outcome_parse_errors() {
         assert_eq!(
             bad.parse::<Outcome>(),
             Err(format!(
-                "unknown outcome {bad:?} (expected one of: succeeded, failed, timed_out, lost, killed, canceled)"
+                "unknown outcome {bad:?} (expected one of: succeeded, failed, timed_out, lost, killed, canceled, budget_exceeded)"
             ))
         );
     }

@@ -191,36 +191,6 @@ fn complex_key() {
     );
 }
 
-#[test]
-fn model_is_not_supported_yet() {
-    check(
-        &with("model: sonnet\n"),
-        Some("model"),
-        5,
-        &["field `model` is not supported yet"],
-    );
-}
-
-#[test]
-fn budget_is_not_supported_yet() {
-    check(
-        &with("budget: { usd: 5, turns: 60 }\n"),
-        Some("budget"),
-        5,
-        &["field `budget` is not supported yet"],
-    );
-}
-
-#[test]
-fn yolo_is_not_supported_yet() {
-    check(
-        &with("yolo: false\n"),
-        Some("yolo"),
-        5,
-        &["field `yolo` is not supported yet"],
-    );
-}
-
 // ---- title ----
 
 #[test]
@@ -326,36 +296,6 @@ fn base_wrong_type() {
 }
 
 // ---- engine ----
-
-#[test]
-fn engine_codex_is_not_available_yet() {
-    check(
-        &with("engine: codex\n"),
-        Some("engine"),
-        5,
-        &["engine `codex` is not available yet (available: command)"],
-    );
-}
-
-#[test]
-fn engine_claude_code_is_not_available_yet() {
-    check(
-        &with("engine: claude-code\n"),
-        Some("engine"),
-        5,
-        &["engine `claude-code` is not available yet (available: command)"],
-    );
-}
-
-#[test]
-fn engine_script_is_not_available_yet() {
-    check(
-        &with("engine: script\n"),
-        Some("engine"),
-        5,
-        &["engine `script` is not available yet (available: command)"],
-    );
-}
 
 #[test]
 fn unknown_engine() {

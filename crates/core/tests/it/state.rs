@@ -41,6 +41,8 @@ const KILL_R: Input = ended(Outcome::Killed, true);
 const KILL_N: Input = ended(Outcome::Killed, false);
 const CANC_R: Input = ended(Outcome::Canceled, true);
 const CANC_N: Input = ended(Outcome::Canceled, false);
+const BUDG_R: Input = ended(Outcome::BudgetExceeded, true);
+const BUDG_N: Input = ended(Outcome::BudgetExceeded, false);
 
 /// The whole lifecycle. `_R` = the retry policy allows another attempt, `_N` = it does not.
 const TABLE: &[(JobState, Input, Expect)] = &[
@@ -54,6 +56,8 @@ const TABLE: &[(JobState, Input, Expect)] = &[
     (Blocked, FAIL_N, Invalid),
     (Blocked, TIME_R, Invalid),
     (Blocked, TIME_N, Invalid),
+    (Blocked, BUDG_R, Invalid),
+    (Blocked, BUDG_N, Invalid),
     (Blocked, LOST_R, Invalid),
     (Blocked, LOST_N, Invalid),
     (Blocked, KILL_R, Invalid),
@@ -74,6 +78,8 @@ const TABLE: &[(JobState, Input, Expect)] = &[
     (Queued, FAIL_N, Invalid),
     (Queued, TIME_R, Invalid),
     (Queued, TIME_N, Invalid),
+    (Queued, BUDG_R, Invalid),
+    (Queued, BUDG_N, Invalid),
     (Queued, LOST_R, Invalid),
     (Queued, LOST_N, Invalid),
     (Queued, KILL_R, Invalid),
@@ -94,6 +100,9 @@ const TABLE: &[(JobState, Input, Expect)] = &[
     (Running, FAIL_N, To(Failed)),
     (Running, TIME_R, To(Queued)),
     (Running, TIME_N, To(Failed)),
+    // A budget stop is final even when the retry policy would allow another attempt.
+    (Running, BUDG_R, To(Failed)),
+    (Running, BUDG_N, To(Failed)),
     (Running, LOST_R, To(Queued)),
     (Running, LOST_N, To(Failed)),
     (Running, KILL_R, To(Killed)),
@@ -114,6 +123,8 @@ const TABLE: &[(JobState, Input, Expect)] = &[
     (Succeeded, FAIL_N, Invalid),
     (Succeeded, TIME_R, Invalid),
     (Succeeded, TIME_N, Invalid),
+    (Succeeded, BUDG_R, Invalid),
+    (Succeeded, BUDG_N, Invalid),
     (Succeeded, LOST_R, Invalid),
     (Succeeded, LOST_N, Invalid),
     (Succeeded, KILL_R, Invalid),
@@ -134,6 +145,8 @@ const TABLE: &[(JobState, Input, Expect)] = &[
     (Failed, FAIL_N, Invalid),
     (Failed, TIME_R, Invalid),
     (Failed, TIME_N, Invalid),
+    (Failed, BUDG_R, Invalid),
+    (Failed, BUDG_N, Invalid),
     (Failed, LOST_R, Invalid),
     (Failed, LOST_N, Invalid),
     (Failed, KILL_R, Invalid),
@@ -154,6 +167,8 @@ const TABLE: &[(JobState, Input, Expect)] = &[
     (Canceled, FAIL_N, Invalid),
     (Canceled, TIME_R, Invalid),
     (Canceled, TIME_N, Invalid),
+    (Canceled, BUDG_R, Invalid),
+    (Canceled, BUDG_N, Invalid),
     (Canceled, LOST_R, Invalid),
     (Canceled, LOST_N, Invalid),
     (Canceled, KILL_R, Invalid),
@@ -174,6 +189,8 @@ const TABLE: &[(JobState, Input, Expect)] = &[
     (Killed, FAIL_N, Invalid),
     (Killed, TIME_R, Invalid),
     (Killed, TIME_N, Invalid),
+    (Killed, BUDG_R, Invalid),
+    (Killed, BUDG_N, Invalid),
     (Killed, LOST_R, Invalid),
     (Killed, LOST_N, Invalid),
     (Killed, KILL_R, Invalid),
@@ -207,7 +224,7 @@ fn all_inputs() -> Vec<Input> {
 #[test]
 fn table_covers_every_state_and_input_exactly_once() {
     let inputs = all_inputs();
-    assert_eq!(inputs.len(), 19);
+    assert_eq!(inputs.len(), 21);
     assert_eq!(TABLE.len(), JobState::ALL.len() * inputs.len());
     for state in JobState::ALL {
         for input in &inputs {

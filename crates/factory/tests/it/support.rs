@@ -28,8 +28,10 @@ pub enum RenewMode {
     Unavailable,
 }
 
-/// Something the coordinator saw, in order.
+/// Something the coordinator saw, in order. (A finish report is much larger than an
+/// event; boxing it would only complicate the tests' pattern matching.)
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub enum Seen {
     Event(RunId, NewEvent),
     Finish(RunId, FinishReport),
@@ -314,6 +316,14 @@ pub fn spec(repo: &Path, command: &[&str]) -> JobSpec {
         idempotency_key: None,
         labels: Default::default(),
         env: Default::default(),
+        model: None,
+        budget: None,
+        yolo: false,
+        max_turns: None,
+        permission_mode: None,
+        allowed_tools: Vec::new(),
+        steps: Vec::new(),
+        output: None,
         body: "Do the thing.\n".to_string(),
     }
 }
@@ -324,6 +334,8 @@ pub fn claim(job: i64, run: i64, attempt: u32, spec: JobSpec) -> Claim {
         job: ClaimedJob {
             id: JobId(job),
             spec,
+            resume_session: None,
+            checkpoint: None,
         },
         run: Lease {
             id: RunId(run),

@@ -5,5 +5,6 @@ mod auth;
 mod events;
 mod fencing;
 mod jobs;
+mod metrics;
 mod stop;
 mod support;

@@ -1,8 +1,10 @@
-//! The backend-independent conformance suite: every test takes its store from
-//! [`crate::new_store`] and uses only the `Store` trait.
+//! The backend-independent conformance suite: every case is an `async fn` taking a
+//! fresh, empty [`TestStore`] and using only the `Store` trait. The [`cases!`] list at
+//! the end runs each one against every backend, as `conformance::sqlite::<case>` and
+//! `conformance::postgres::<case>`.
 
+use crate::TestStore;
 use crate::helpers::*;
-use crate::new_store;
 use gantry_core::api::{FinishReport, Scope};
 use gantry_core::event::NewEvent;
 use gantry_core::{JobId, JobState, Outcome, StopKind};
@@ -26,9 +28,7 @@ fn assert_stale(err: StoreError, job: JobId, epoch: i64, current: i64) {
     }
 }
 
-#[tokio::test]
-async fn claims_by_priority_then_submission_order() {
-    let t = new_store();
+async fn claims_by_priority_then_submission_order(t: TestStore) {
     let s = &*t.store;
     let ids = submit(
         s,
@@ -48,9 +48,7 @@ async fn claims_by_priority_then_submission_order() {
     assert_eq!(drain(s, f).await, vec![later]);
 }
 
-#[tokio::test]
-async fn claim_sets_lease_run_and_events() {
-    let t = new_store();
+async fn claim_sets_lease_run_and_events(t: TestStore) {
     let s = &*t.store;
     let id = submit1(s, job("a")).await;
     let f = factory(s, "f", &[]).await;
@@ -82,9 +80,7 @@ async fn claim_sets_lease_run_and_events() {
     assert!(s.claim(f, LONG).await.expect("claim").is_none());
 }
 
-#[tokio::test]
-async fn unknown_factory_and_job_are_not_found() {
-    let t = new_store();
+async fn unknown_factory_and_job_are_not_found(t: TestStore) {
     let s = &*t.store;
     let err = s
         .claim(gantry_core::FactoryId(99), LONG)
@@ -105,9 +101,7 @@ async fn unknown_factory_and_job_are_not_found() {
     assert!(matches!(&err, StoreError::NotFound { what: "run", .. }));
 }
 
-#[tokio::test]
-async fn deps_block_until_succeeded() {
-    let t = new_store();
+async fn deps_block_until_succeeded(t: TestStore) {
     let s = &*t.store;
     let ids = submit(s, vec![job("a").key("a"), job("b").dep_key("a")]).await;
     assert_eq!(s.job(ids[1]).await.expect("job").state, JobState::Blocked);
@@ -128,9 +122,7 @@ async fn deps_block_until_succeeded() {
     assert_eq!(claim(s, f).await.job.id, ids[1]);
 }
 
-#[tokio::test]
-async fn failed_dep_cancels_dependents_transitively_unless_finished_mode() {
-    let t = new_store();
+async fn failed_dep_cancels_dependents_transitively_unless_finished_mode(t: TestStore) {
     let s = &*t.store;
     let ids = submit(
         s,
@@ -172,9 +164,7 @@ async fn failed_dep_cancels_dependents_transitively_unless_finished_mode() {
     assert_eq!(claim(s, f).await.job.id, d);
 }
 
-#[tokio::test]
-async fn a_dep_that_already_ended_badly_cancels_at_submit() {
-    let t = new_store();
+async fn a_dep_that_already_ended_badly_cancels_at_submit(t: TestStore) {
     let s = &*t.store;
     let a = submit1(s, job("a")).await;
     s.cancel(a).await.expect("cancel");
@@ -203,9 +193,7 @@ async fn a_dep_that_already_ended_badly_cancels_at_submit() {
     );
 }
 
-#[tokio::test]
-async fn unknown_dep_refuses_the_whole_batch() {
-    let t = new_store();
+async fn unknown_dep_refuses_the_whole_batch(t: TestStore) {
     let s = &*t.store;
     let err = s
         .submit(vec![
@@ -239,9 +227,7 @@ async fn unknown_dep_refuses_the_whole_batch() {
     assert!(!ok[0].existing);
 }
 
-#[tokio::test]
-async fn dependency_cycles_are_refused() {
-    let t = new_store();
+async fn dependency_cycles_are_refused(t: TestStore) {
     let s = &*t.store;
     let err = s
         .submit(vec![
@@ -275,9 +261,7 @@ async fn dependency_cycles_are_refused() {
     );
 }
 
-#[tokio::test]
-async fn same_batch_key_deps_resolve_both_ways() {
-    let t = new_store();
+async fn same_batch_key_deps_resolve_both_ways(t: TestStore) {
     let s = &*t.store;
     // "first" depends on a key defined later in the batch; "third" on an earlier one.
     let ids = submit(
@@ -313,9 +297,7 @@ async fn same_batch_key_deps_resolve_both_ways() {
     assert_eq!(next, vec![ids[0], more[0], more[1]]);
 }
 
-#[tokio::test]
-async fn idempotency_key_returns_the_existing_job() {
-    let t = new_store();
+async fn idempotency_key_returns_the_existing_job(t: TestStore) {
     let s = &*t.store;
     let first = s.submit(vec![job("a").key("k").0]).await.expect("submit");
     assert!(!first[0].existing);
@@ -343,9 +325,7 @@ async fn idempotency_key_returns_the_existing_job() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn lock_exclusion_under_concurrent_claims() {
-    let t = new_store();
+async fn lock_exclusion_under_concurrent_claims(t: TestStore) {
     let s = t.store.clone();
     let mut batch = Vec::new();
     for i in 0..36 {
@@ -421,9 +401,7 @@ async fn lock_exclusion_under_concurrent_claims() {
     );
 }
 
-#[tokio::test]
-async fn capability_matching() {
-    let t = new_store();
+async fn capability_matching(t: TestStore) {
     let s = &*t.store;
     let ids = submit(
         s,
@@ -452,9 +430,7 @@ async fn capability_matching() {
     assert_eq!(claim(s, a100).await.job.id, ids[1]);
 }
 
-#[tokio::test]
-async fn stale_writes_after_expiry_and_reclaim_are_refused_and_recorded() {
-    let t = new_store();
+async fn stale_writes_after_expiry_and_reclaim_are_refused_and_recorded(t: TestStore) {
     let s = &*t.store;
     let id = submit1(s, job("a")).await;
     let f1 = factory(s, "f1", &[]).await;
@@ -564,9 +540,7 @@ async fn stale_writes_after_expiry_and_reclaim_are_refused_and_recorded() {
     assert!(done.finished_at.is_some());
 }
 
-#[tokio::test]
-async fn failed_attempts_retry_with_backoff_until_max_attempts() {
-    let t = new_store();
+async fn failed_attempts_retry_with_backoff_until_max_attempts(t: TestStore) {
     let s = &*t.store;
     let id = submit1(
         s,
@@ -609,9 +583,7 @@ async fn failed_attempts_retry_with_backoff_until_max_attempts() {
     );
 }
 
-#[tokio::test]
-async fn retry_on_decides_which_outcomes_retry() {
-    let t = new_store();
+async fn retry_on_decides_which_outcomes_retry(t: TestStore) {
     let s = &*t.store;
     let ids = submit(
         s,
@@ -639,9 +611,7 @@ async fn retry_on_decides_which_outcomes_retry() {
     );
 }
 
-#[tokio::test]
-async fn finish_records_the_report() {
-    let t = new_store();
+async fn finish_records_the_report(t: TestStore) {
     let s = &*t.store;
     let id = submit1(s, job("a")).await;
     let f = factory(s, "f", &[]).await;
@@ -673,6 +643,7 @@ async fn finish_records_the_report() {
         files_changed: Some(2),
         lines_added: Some(10),
         lines_deleted: Some(3),
+        insights: None,
     };
     let j = s.finish(c.run.id, rep).await.expect("finish");
     assert_eq!(j.state, JobState::Succeeded);
@@ -701,9 +672,7 @@ async fn finish_records_the_report() {
     assert_eq!(fin.run_id, Some(c.run.id));
 }
 
-#[tokio::test]
-async fn cancel_and_kill_queued_jobs_at_once() {
-    let t = new_store();
+async fn cancel_and_kill_queued_jobs_at_once(t: TestStore) {
     let s = &*t.store;
     let ids = submit(
         s,
@@ -739,9 +708,7 @@ async fn cancel_and_kill_queued_jobs_at_once() {
     assert!(s.claim(f, LONG).await.expect("claim").is_none());
 }
 
-#[tokio::test]
-async fn cancel_and_kill_running_jobs_through_their_factory() {
-    let t = new_store();
+async fn cancel_and_kill_running_jobs_through_their_factory(t: TestStore) {
     let s = &*t.store;
     let ids = submit(s, vec![job("a"), job("b")]).await;
     let f = factory(s, "f", &[]).await;
@@ -793,9 +760,7 @@ async fn cancel_and_kill_running_jobs_through_their_factory() {
     assert_eq!(j.state, JobState::Killed);
 }
 
-#[tokio::test]
-async fn kill_all_pauses_and_asks_every_running_job_to_die() {
-    let t = new_store();
+async fn kill_all_pauses_and_asks_every_running_job_to_die(t: TestStore) {
     let s = &*t.store;
     let ids = submit(s, vec![job("a"), job("b"), job("c")]).await;
     let f = factory(s, "f", &[]).await;
@@ -835,9 +800,7 @@ async fn kill_all_pauses_and_asks_every_running_job_to_die() {
     );
 }
 
-#[tokio::test]
-async fn status_counts_jobs_by_state() {
-    let t = new_store();
+async fn status_counts_jobs_by_state(t: TestStore) {
     let s = &*t.store;
     let ids = submit(s, vec![job("a").key("a"), job("b").dep_key("a"), job("c")]).await;
     s.cancel(ids[2]).await.expect("cancel");
@@ -872,9 +835,7 @@ async fn status_counts_jobs_by_state() {
     );
 }
 
-#[tokio::test]
-async fn manual_retry_of_finished_jobs() {
-    let t = new_store();
+async fn manual_retry_of_finished_jobs(t: TestStore) {
     let s = &*t.store;
     let ids = submit(
         s,
@@ -918,9 +879,7 @@ async fn manual_retry_of_finished_jobs() {
     assert_eq!(s.job(ids[2]).await.expect("c").state, JobState::Queued);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn reap_is_idempotent_under_concurrent_reapers() {
-    let t = new_store();
+async fn reap_is_idempotent_under_concurrent_reapers(t: TestStore) {
     let s = t.store.clone();
     let ids = submit(&*s, (0..6).map(|i| job(&format!("j{i}"))).collect()).await;
     let f = factory(&*s, "f", &[]).await;
@@ -960,9 +919,7 @@ async fn reap_is_idempotent_under_concurrent_reapers() {
     }
 }
 
-#[tokio::test]
-async fn reaping_a_job_with_a_stop_request_ends_it_as_requested() {
-    let t = new_store();
+async fn reaping_a_job_with_a_stop_request_ends_it_as_requested(t: TestStore) {
     let s = &*t.store;
     let ids = submit(s, vec![job("a"), job("b"), job("c").attempts(1)]).await;
     let f = factory(s, "f", &[]).await;
@@ -985,9 +942,7 @@ async fn reaping_a_job_with_a_stop_request_ends_it_as_requested() {
     assert_eq!(c.reason.as_deref(), Some("attempt 1 lost"));
 }
 
-#[tokio::test]
-async fn expire_leases_of_touches_only_that_factory() {
-    let t = new_store();
+async fn expire_leases_of_touches_only_that_factory(t: TestStore) {
     let s = &*t.store;
     submit(s, vec![job("a"), job("b")]).await;
     let f1 = factory(s, "f1", &[]).await;
@@ -1002,9 +957,7 @@ async fn expire_leases_of_touches_only_that_factory() {
     assert!(s.renew(c2.run.id, c2.run.epoch, LONG).await.is_ok());
 }
 
-#[tokio::test]
-async fn factories_register_by_name() {
-    let t = new_store();
+async fn factories_register_by_name(t: TestStore) {
     let s = &*t.store;
     let a = factory(s, "host-a", &["docker"]).await;
     let b = factory(s, "host-b", &[]).await;
@@ -1027,9 +980,7 @@ async fn factories_register_by_name() {
     );
 }
 
-#[tokio::test]
-async fn tokens() {
-    let t = new_store();
+async fn tokens(t: TestStore) {
     let s = &*t.store;
     let admin = s
         .create_token("admin", Scope::Admin, "h1")
@@ -1073,9 +1024,7 @@ async fn tokens() {
     assert!(matches!(&err, StoreError::NotFound { what: "token", id } if id == "ghost"));
 }
 
-#[tokio::test]
-async fn events_page_globally_and_count_per_job() {
-    let t = new_store();
+async fn events_page_globally_and_count_per_job(t: TestStore) {
     let s = &*t.store;
     let ids = submit(s, vec![job("a"), job("b")]).await;
     let f = factory(s, "f", &[]).await;
@@ -1176,9 +1125,7 @@ async fn events_page_globally_and_count_per_job() {
     assert!(all.last().expect("events").at >= all[0].at);
 }
 
-#[tokio::test]
-async fn changes_are_signaled_after_writes() {
-    let t = new_store();
+async fn changes_are_signaled_after_writes(t: TestStore) {
     let s = &*t.store;
     let mut rx = s.changes();
     let seen = *rx.borrow_and_update();
@@ -1190,9 +1137,7 @@ async fn changes_are_signaled_after_writes() {
     assert!(*rx.borrow_and_update() > seen);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_writes_stay_isolated_when_some_fail() {
-    let t = new_store();
+async fn concurrent_writes_stay_isolated_when_some_fail(t: TestStore) {
     let s = t.store.clone();
     let mut tasks = Vec::new();
     for i in 0..40 {
@@ -1234,9 +1179,7 @@ async fn concurrent_writes_stay_isolated_when_some_fail() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_queue_benchmark_burns_everything_down() {
-    let t = new_store();
+async fn the_queue_benchmark_burns_everything_down(t: TestStore) {
     let report = gantry_store::bench::queue(t.store.clone(), 300, 4)
         .await
         .expect("bench");
@@ -1264,9 +1207,7 @@ async fn the_queue_benchmark_burns_everything_down() {
     }
 }
 
-#[tokio::test]
-async fn finish_returns_the_job_as_stored() {
-    let t = new_store();
+async fn finish_returns_the_job_as_stored(t: TestStore) {
     let s = &*t.store;
     let ids = submit(
         s,
@@ -1312,9 +1253,7 @@ async fn finish_returns_the_job_as_stored() {
     );
 }
 
-#[tokio::test]
-async fn a_jobs_events_page_like_the_global_log_filtered_to_it() {
-    let t = new_store();
+async fn a_jobs_events_page_like_the_global_log_filtered_to_it(t: TestStore) {
     let s = &*t.store;
     let ids = submit(s, (0..4).map(|i| job(&format!("j{i}"))).collect()).await;
     let f = factory(s, "f", &[]).await;
@@ -1361,9 +1300,7 @@ async fn a_jobs_events_page_like_the_global_log_filtered_to_it() {
 
 /// Issue 2: an idle `gantry serve` spun at full CPU because a claim that found nothing
 /// still signalled a change, waking every long-polling claimer to claim again.
-#[tokio::test]
-async fn issue2_operations_that_change_nothing_do_not_signal_changes() {
-    let t = new_store();
+async fn issue2_operations_that_change_nothing_do_not_signal_changes(t: TestStore) {
     let s = &*t.store;
     let f = factory(s, "f", &[]).await;
     let mut changes = s.changes();
@@ -1387,4 +1324,263 @@ async fn issue2_operations_that_change_nothing_do_not_signal_changes() {
         changes.has_changed().expect("store alive"),
         "a submit must wake waiters"
     );
+}
+
+// --- Agents (issue 3): insights, sessions to resume, checkpoints --------------------
+
+fn insights(session: &str, tokens_in: u64, cost: f64) -> gantry_core::engine::Insights {
+    gantry_core::engine::Insights {
+        model: Some("claude-sonnet-4".into()),
+        session_id: Some(session.into()),
+        tokens_in,
+        tokens_out: 10,
+        tokens_cached: 5,
+        cost_usd: Some(cost),
+        turns: 2,
+        tool_calls: 3,
+        tool_errors: 1,
+        success: Some(false),
+        ..Default::default()
+    }
+}
+
+async fn issue3_insights_snapshots_and_finish_are_kept_on_the_run(t: TestStore) {
+    let s = &*t.store;
+    let id = submit1(s, job("a")).await;
+    let f = factory(s, "f", &[]).await;
+    let c = claim(s, f).await;
+    let live = insights("sess-1", 100, 0.5);
+    s.append_events(
+        c.run.id,
+        c.run.epoch,
+        vec![NewEvent {
+            kind: gantry_core::event::AGENT_INSIGHTS.to_string(),
+            data: serde_json::to_value(&live).expect("json"),
+        }],
+    )
+    .await
+    .expect("snapshot");
+    let r = s.run(c.run.id).await.expect("run");
+    assert_eq!(
+        r.insights.as_ref(),
+        Some(&live),
+        "live figures while running"
+    );
+    assert_eq!(
+        s.job(id).await.expect("job").session_id.as_deref(),
+        Some("sess-1")
+    );
+
+    let last = insights("sess-1", 300, 1.25);
+    s.finish(
+        c.run.id,
+        FinishReport {
+            epoch: c.run.epoch,
+            outcome: Some(Outcome::Failed),
+            exit_code: Some(1),
+            insights: Some(last.clone()),
+            ..FinishReport::default()
+        },
+    )
+    .await
+    .expect("finish");
+    assert_eq!(
+        s.run(c.run.id).await.expect("run").insights,
+        Some(last.clone())
+    );
+    let finished = s
+        .events(0, Some(id), 1000)
+        .await
+        .expect("events")
+        .into_iter()
+        .find(|e| e.kind == gantry_core::event::RUN_FINISHED)
+        .expect("run.finished");
+    assert_eq!(finished.data["insights"]["tokens_in"], json!(300));
+}
+
+async fn issue3_a_retry_gets_the_session_and_the_checkpoint(t: TestStore) {
+    let s = &*t.store;
+    let id = submit1(
+        s,
+        job("a")
+            .attempts(3)
+            .retry_on(&[Outcome::Failed])
+            .backoff_ms(0),
+    )
+    .await;
+    let f = factory(s, "f", &[]).await;
+    let c = claim(s, f).await;
+    assert_eq!(c.job.resume_session, None);
+    assert_eq!(c.job.checkpoint, None);
+    let cp =
+        json!({"wip_branch": format!("gantry/{id}/wip"), "wip_base": "b0", "wip_commit": "c1"});
+    s.append_events(
+        c.run.id,
+        c.run.epoch,
+        vec![NewEvent {
+            kind: gantry_core::event::RUN_CHECKPOINT.to_string(),
+            data: cp,
+        }],
+    )
+    .await
+    .expect("checkpoint");
+    let j = s.job(id).await.expect("job");
+    let want = gantry_core::api::Checkpoint {
+        branch: format!("gantry/{id}/wip"),
+        base: "b0".into(),
+        commit: "c1".into(),
+    };
+    assert_eq!(j.checkpoint.as_ref(), Some(&want));
+    s.finish(
+        c.run.id,
+        FinishReport {
+            epoch: c.run.epoch,
+            outcome: Some(Outcome::Failed),
+            exit_code: Some(1),
+            insights: Some(insights("sess-9", 1, 0.1)),
+            ..FinishReport::default()
+        },
+    )
+    .await
+    .expect("finish");
+    // The retry is due after its backoff; the helper's jobs back off by 0 ms.
+    let again = claim(s, f).await;
+    assert_eq!(again.job.id, id);
+    assert_eq!(again.job.resume_session.as_deref(), Some("sess-9"));
+    assert_eq!(again.job.checkpoint, Some(want));
+}
+
+async fn issue3_a_bad_checkpoint_is_refused_and_nothing_is_stored(t: TestStore) {
+    let s = &*t.store;
+    let id = submit1(s, job("a")).await;
+    let f = factory(s, "f", &[]).await;
+    let c = claim(s, f).await;
+    let before = s.events(0, Some(id), 1000).await.expect("events").len();
+    let err = s
+        .append_events(
+            c.run.id,
+            c.run.epoch,
+            vec![
+                NewEvent {
+                    kind: "run.output".to_string(),
+                    data: json!({"text": "hi"}),
+                },
+                NewEvent {
+                    kind: gantry_core::event::RUN_CHECKPOINT.to_string(),
+                    data: json!({"wip_branch": "x"}),
+                },
+            ],
+        )
+        .await
+        .expect_err("a checkpoint without its commit");
+    assert!(err.to_string().contains("wip_commit"), "{err}");
+    let j = s.job(id).await.expect("job");
+    assert_eq!(j.checkpoint, None);
+    assert_eq!(
+        s.events(0, Some(id), 1000).await.expect("events").len(),
+        before,
+        "the whole upload was refused"
+    );
+}
+
+async fn issue3_budget_exceeded_fails_the_job_without_retry(t: TestStore) {
+    let s = &*t.store;
+    let id = submit1(
+        s,
+        job("a")
+            .attempts(3)
+            .retry_on(&[Outcome::Failed])
+            .backoff_ms(0),
+    )
+    .await;
+    let f = factory(s, "f", &[]).await;
+    let c = claim(s, f).await;
+    let j = s
+        .finish(
+            c.run.id,
+            FinishReport {
+                epoch: c.run.epoch,
+                outcome: Some(Outcome::BudgetExceeded),
+                error: Some("budget exceeded: tokens 120 > limit 100".into()),
+                ..FinishReport::default()
+            },
+        )
+        .await
+        .expect("finish");
+    assert_eq!((j.id, j.state), (id, JobState::Failed));
+    assert_eq!(j.attempt, 1);
+    assert_eq!(
+        s.run(c.run.id).await.expect("run").outcome,
+        Some(Outcome::BudgetExceeded)
+    );
+    assert!(
+        s.claim(f, Duration::from_secs(30))
+            .await
+            .expect("claim")
+            .is_none()
+    );
+}
+
+/// Generates, for each case, one test per backend: `sqlite::<case>` and
+/// `postgres::<case>` (which fails, saying how to get a server, when
+/// `GANTRY_TEST_PG_URL` is unset).
+macro_rules! cases {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    super::$case(crate::new_store()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() {
+                    super::$case(crate::new_pg_store().await).await;
+                }
+            )*
+        }
+    };
+}
+
+cases! {
+    issue3_insights_snapshots_and_finish_are_kept_on_the_run,
+    issue3_a_retry_gets_the_session_and_the_checkpoint,
+    issue3_a_bad_checkpoint_is_refused_and_nothing_is_stored,
+    issue3_budget_exceeded_fails_the_job_without_retry,
+    claims_by_priority_then_submission_order,
+    claim_sets_lease_run_and_events,
+    unknown_factory_and_job_are_not_found,
+    deps_block_until_succeeded,
+    failed_dep_cancels_dependents_transitively_unless_finished_mode,
+    a_dep_that_already_ended_badly_cancels_at_submit,
+    unknown_dep_refuses_the_whole_batch,
+    dependency_cycles_are_refused,
+    same_batch_key_deps_resolve_both_ways,
+    idempotency_key_returns_the_existing_job,
+    lock_exclusion_under_concurrent_claims,
+    capability_matching,
+    stale_writes_after_expiry_and_reclaim_are_refused_and_recorded,
+    failed_attempts_retry_with_backoff_until_max_attempts,
+    retry_on_decides_which_outcomes_retry,
+    finish_records_the_report,
+    cancel_and_kill_queued_jobs_at_once,
+    cancel_and_kill_running_jobs_through_their_factory,
+    kill_all_pauses_and_asks_every_running_job_to_die,
+    status_counts_jobs_by_state,
+    manual_retry_of_finished_jobs,
+    reap_is_idempotent_under_concurrent_reapers,
+    reaping_a_job_with_a_stop_request_ends_it_as_requested,
+    expire_leases_of_touches_only_that_factory,
+    factories_register_by_name,
+    tokens,
+    events_page_globally_and_count_per_job,
+    changes_are_signaled_after_writes,
+    concurrent_writes_stay_isolated_when_some_fail,
+    the_queue_benchmark_burns_everything_down,
+    finish_returns_the_job_as_stored,
+    a_jobs_events_page_like_the_global_log_filtered_to_it,
+    issue2_operations_that_change_nothing_do_not_signal_changes,
 }

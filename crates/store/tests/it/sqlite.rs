@@ -118,7 +118,7 @@ async fn the_database_is_in_wal_mode_with_a_schema_version() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("version");
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
 }
 
 #[test]

@@ -1,0 +1,407 @@
+//! PostgreSQL-only checks: what only shows with several store instances (replicas) on
+//! one database, real concurrency, and the LISTEN/NOTIFY signal.
+
+use crate::helpers::*;
+use crate::{PgDb, pg_server_url};
+use gantry_core::event::NewEvent;
+use gantry_core::{JobId, JobState, Outcome};
+use gantry_store::{PgOptions, PgStore, Store};
+use serde_json::json;
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A store instance on `db` with these options.
+async fn instance(db: &PgDb, opts: PgOptions) -> Arc<PgStore> {
+    Arc::new(
+        PgStore::connect(&db.url, opts)
+            .await
+            .expect("connect to the test database"),
+    )
+}
+
+/// Options whose poller never fires during a test, so only notifications wake waiters.
+fn no_poll() -> PgOptions {
+    PgOptions {
+        poll_interval: Duration::from_secs(3600),
+        ..PgOptions::default()
+    }
+}
+
+/// Waits until the instance's LISTEN connection is `up`.
+async fn until_listening(store: &PgStore, up: bool) {
+    let mut rx = store.listening();
+    tokio::time::timeout(Duration::from_secs(20), rx.wait_for(|l| *l == up))
+        .await
+        .expect("the listener changes state in time")
+        .expect("store alive");
+}
+
+/// Waits (bounded) for a change signal after `rx`'s last seen value; true if one came.
+async fn woken(rx: &mut tokio::sync::watch::Receiver<u64>, within: Duration) -> bool {
+    matches!(tokio::time::timeout(within, rx.changed()).await, Ok(Ok(())))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claims_from_two_instances_never_share_a_job_or_a_lock() {
+    let db = PgDb::create().await;
+    let a = instance(&db, PgOptions::default()).await;
+    let b = instance(&db, PgOptions::default()).await;
+    let mut batch = Vec::new();
+    for i in 0..240 {
+        let j = job(&format!("j{i}"));
+        batch.push(match i % 6 {
+            0 => j.lock("alpha"),
+            1 => j.lock("beta"),
+            2 => j.lock("gamma"),
+            _ => j,
+        });
+    }
+    let ids = submit(&*a, batch).await;
+    let held: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let claimed: Arc<Mutex<Vec<JobId>>> = Arc::default();
+    let mut tasks = Vec::new();
+    for w in 0..16 {
+        let s: Arc<dyn Store> = if w % 2 == 0 { a.clone() } else { b.clone() };
+        let (held, claimed) = (held.clone(), claimed.clone());
+        tasks.push(tokio::spawn(async move {
+            let f = factory(&*s, &format!("w{w}"), &[]).await;
+            let mut idle = 0;
+            while idle < 100 {
+                let Some(c) = s.claim(f, LONG).await.expect("claim") else {
+                    idle += 1;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    continue;
+                };
+                idle = 0;
+                claimed.lock().expect("claimed").push(c.job.id);
+                let lock = c.job.spec.lock.clone();
+                if let Some(l) = &lock {
+                    assert!(
+                        held.lock().expect("held").insert(l.clone()),
+                        "lock {l} held twice"
+                    );
+                }
+                tokio::task::yield_now().await;
+                if let Some(l) = &lock {
+                    held.lock().expect("held").remove(l);
+                }
+                finish(&*s, &c, Outcome::Succeeded).await;
+            }
+        }));
+    }
+    for task in tasks {
+        tokio::time::timeout(Duration::from_secs(120), task)
+            .await
+            .expect("no hang")
+            .expect("worker");
+    }
+    let claimed = claimed.lock().expect("claimed").clone();
+    assert_eq!(claimed.len(), ids.len(), "every job claimed once");
+    assert_eq!(
+        claimed.iter().collect::<HashSet<_>>().len(),
+        ids.len(),
+        "no job claimed twice"
+    );
+    let st = a.status().await.expect("status");
+    assert_eq!(st.jobs["succeeded"], 240);
+    // The event log agrees: per lock, claims and ends alternate.
+    let events = a.events(0, None, 100_000).await.expect("events");
+    let lock_of: HashMap<JobId, Option<String>> = a
+        .jobs(&Default::default())
+        .await
+        .expect("jobs")
+        .into_iter()
+        .map(|j| (j.id, j.lock))
+        .collect();
+    let mut holder: HashMap<String, JobId> = HashMap::new();
+    for e in &events {
+        let Some(job) = e.job_id else { continue };
+        let Some(Some(lock)) = lock_of.get(&job) else {
+            continue;
+        };
+        match e.kind.as_str() {
+            "run.claimed" => {
+                if let Some(other) = holder.insert(lock.clone(), job) {
+                    panic!("lock {lock} claimed by {job} while {other} held it");
+                }
+            }
+            "run.finished" => {
+                assert_eq!(holder.remove(lock), Some(job), "lock {lock} released");
+            }
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_notification_wakes_a_waiting_claim_on_another_instance() {
+    let db = PgDb::create().await;
+    let waiter = instance(&db, no_poll()).await;
+    let writer = instance(&db, no_poll()).await;
+    until_listening(&waiter, true).await;
+    let f = factory(&*waiter, "f", &[]).await;
+    let mut rx = waiter.changes();
+    rx.borrow_and_update();
+    assert!(waiter.claim(f, LONG).await.expect("claim").is_none());
+    let id = submit1(&*writer, job("a")).await;
+    assert!(
+        woken(&mut rx, Duration::from_secs(10)).await,
+        "the other instance's submit woke the waiter (no poller runs)"
+    );
+    assert_eq!(claim(&*waiter, f).await.job.id, id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn claims_still_wake_with_listen_off_through_the_poller() {
+    let db = PgDb::create().await;
+    let waiter = instance(
+        &db,
+        PgOptions {
+            listen: false,
+            poll_interval: Duration::from_millis(100),
+            ..PgOptions::default()
+        },
+    )
+    .await;
+    let writer = instance(&db, no_poll()).await;
+    assert!(!*waiter.listening().borrow());
+    let f = factory(&*waiter, "f", &[]).await;
+    let mut rx = waiter.changes();
+    rx.borrow_and_update();
+    let id = submit1(&*writer, job("a")).await;
+    assert!(
+        woken(&mut rx, Duration::from_secs(10)).await,
+        "the poller saw the other instance's submit"
+    );
+    assert_eq!(claim(&*waiter, f).await.job.id, id);
+    // Once it has seen that claim, nothing changes, and the poller stays quiet.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    rx.borrow_and_update();
+    assert!(!woken(&mut rx, Duration::from_millis(400)).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dropped_listener_listens_again() {
+    let db = PgDb::create().await;
+    let waiter = instance(&db, no_poll()).await;
+    let writer = instance(&db, no_poll()).await;
+    until_listening(&waiter, true).await;
+    until_listening(&writer, true).await;
+    let admin = db.client().await;
+    let killed = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE application_name = 'gantry-listener' AND datname = current_database()",
+            &[],
+        )
+        .await
+        .expect("terminate the listeners");
+    assert_eq!(killed.len(), 2, "both instances' listeners");
+    until_listening(&waiter, false).await;
+    until_listening(&waiter, true).await;
+    let f = factory(&*waiter, "f", &[]).await;
+    let mut rx = waiter.changes();
+    rx.borrow_and_update();
+    let id = submit1(&*writer, job("a")).await;
+    assert!(
+        woken(&mut rx, Duration::from_secs(10)).await,
+        "the new listening connection hears the other instance"
+    );
+    assert_eq!(claim(&*waiter, f).await.job.id, id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reapers_on_two_instances_requeue_each_expired_job_once() {
+    let db = PgDb::create().await;
+    let a = instance(&db, PgOptions::default()).await;
+    let b = instance(&db, PgOptions::default()).await;
+    let ids = submit(&*a, (0..30).map(|i| job(&format!("j{i}"))).collect()).await;
+    let f = factory(&*a, "f", &[]).await;
+    let mut runs = BTreeSet::new();
+    for _ in 0..30 {
+        let c = a
+            .claim(f, Duration::from_millis(50))
+            .await
+            .expect("claim")
+            .expect("claimable");
+        runs.insert(c.run.id);
+    }
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let s: Arc<dyn Store> = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            for _ in 0..3 {
+                mine.extend(s.reap().await.expect("reap"));
+            }
+            mine
+        }));
+    }
+    let mut reaped = Vec::new();
+    for task in tasks {
+        reaped.extend(task.await.expect("reaper"));
+    }
+    assert_eq!(reaped.len(), 30, "each run reaped exactly once: {reaped:?}");
+    assert_eq!(reaped.into_iter().collect::<BTreeSet<_>>(), runs);
+    for id in ids {
+        let j = b.job(id).await.expect("job");
+        assert_eq!((j.state, j.attempt), (JobState::Queued, 1));
+        let kinds = kinds_of(&*b, id).await;
+        assert_eq!(kinds.iter().filter(|k| *k == "lease.expired").count(), 1);
+        let runs = b.runs(id).await.expect("runs");
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].outcome, Some(Outcome::Lost));
+    }
+}
+
+/// Events commit out of id order under concurrency; a follower paging by id (as an SSE
+/// stream does, on any replica) must still see every one exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_follower_paging_by_id_misses_no_event_of_concurrent_writers() {
+    let db = PgDb::create().await;
+    let a = instance(&db, PgOptions::default()).await;
+    let b = instance(&db, PgOptions::default()).await;
+    submit(&*a, (0..8).map(|i| job(&format!("j{i}"))).collect()).await;
+    let f = factory(&*a, "f", &[]).await;
+    let mut claims = Vec::new();
+    for _ in 0..8 {
+        claims.push(claim(&*a, f).await);
+    }
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let follower = {
+        let b = b.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut seen = Vec::new();
+            let mut after = 0;
+            loop {
+                let finished = done.load(std::sync::atomic::Ordering::SeqCst);
+                let page = b.events(after, None, 7).await.expect("page");
+                if page.is_empty() && finished {
+                    return seen;
+                }
+                match page.last() {
+                    Some(last) => after = last.id,
+                    None => tokio::time::sleep(Duration::from_millis(1)).await,
+                }
+                seen.extend(page.into_iter().map(|e| e.id));
+            }
+        })
+    };
+    let mut writers = Vec::new();
+    for (i, c) in claims.into_iter().enumerate() {
+        let s: Arc<dyn Store> = if i % 2 == 0 { a.clone() } else { b.clone() };
+        writers.push(tokio::spawn(async move {
+            for n in 0..25 {
+                s.append_events(
+                    c.run.id,
+                    c.run.epoch,
+                    vec![
+                        NewEvent {
+                            kind: "run.output".into(),
+                            data: json!({"n": n}),
+                        };
+                        (n % 3) + 1
+                    ],
+                )
+                .await
+                .expect("append");
+            }
+        }));
+    }
+    for w in writers {
+        w.await.expect("writer");
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let seen = tokio::time::timeout(Duration::from_secs(60), follower)
+        .await
+        .expect("follower ends")
+        .expect("follower");
+    let all: Vec<i64> = a
+        .events(0, None, 100_000)
+        .await
+        .expect("all")
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(seen, all, "the follower saw every event once, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn several_instances_migrate_a_new_database_at_once() {
+    let db = PgDb::create().await;
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let url = db.url.clone();
+        tasks.push(tokio::spawn(async move {
+            PgStore::connect(&url, PgOptions::default()).await
+        }));
+    }
+    for task in tasks {
+        task.await.expect("task").expect("connect and migrate");
+    }
+    let client = db.client().await;
+    let versions: Vec<i32> = client
+        .query("SELECT version FROM gantry_schema ORDER BY version", &[])
+        .await
+        .expect("versions")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    // Each version applied once, in order, whatever the number of instances.
+    assert!(!versions.is_empty());
+    assert_eq!(versions, (1..=versions.len() as i32).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_newer_schema_is_refused_by_name() {
+    let db = PgDb::create().await;
+    drop(instance(&db, PgOptions::default()).await);
+    let client = db.client().await;
+    client
+        .execute("INSERT INTO gantry_schema (version) VALUES (99)", &[])
+        .await
+        .expect("bump the version");
+    let err = PgStore::connect(&db.url, PgOptions::default())
+        .await
+        .expect_err("newer schema");
+    let msg = err.to_string();
+    assert!(msg.contains("99") && msg.contains(&db.name), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lease_times_come_from_the_database_clock() {
+    let db = PgDb::create().await;
+    let s = instance(&db, PgOptions::default()).await;
+    submit1(&*s, job("a")).await;
+    let f = factory(&*s, "f", &[]).await;
+    let client = db.client().await;
+    let before: i64 = client
+        .query_one("SELECT gantry_now_ms()", &[])
+        .await
+        .expect("clock")
+        .get(0);
+    let c = s
+        .claim(f, Duration::from_secs(30))
+        .await
+        .expect("claim")
+        .expect("claimable");
+    let after: i64 = client
+        .query_one("SELECT gantry_now_ms()", &[])
+        .await
+        .expect("clock")
+        .get(0);
+    assert!(
+        c.run.lease_expires_at >= before + 30_000 && c.run.lease_expires_at <= after + 30_000,
+        "{before} + 30 s <= {} <= {after} + 30 s",
+        c.run.lease_expires_at
+    );
+}
+
+#[test]
+fn the_postgres_tests_know_their_server() {
+    // Fails loudly (never skips) when the variable is missing.
+    assert!(pg_server_url().starts_with("postgres"));
+}
