@@ -3,7 +3,7 @@
 use crate::cli::Cli;
 use crate::command::{Command, Global, Invocation};
 use crate::error::{CliError, Kind};
-use crate::{bench, commands, demo, output, serve};
+use crate::{bench, commands, demo, factories, factory, output, serve};
 use clap::Parser;
 use std::process::ExitCode;
 
@@ -84,9 +84,11 @@ async fn run(global: Global, command: Command) -> Result<(), CliError> {
     match command {
         Command::Serve(opts) => serve::serve(&global, opts).await,
         Command::Demo { keep } => demo::demo(keep).await,
+        Command::Factory(opts) => factory::run(&global, opts).await,
         Command::BenchQueue { jobs, workers, db } => bench::queue(jobs, workers, db).await,
         Command::BenchDispatch { runs } => bench::dispatch(runs).await,
         Command::BenchConcurrent { runs, sleep } => bench::concurrent(runs, sleep).await,
+        Command::BenchKill { runs } => bench::kill(runs).await,
         other => {
             let client = commands::client_for(&global)?;
             match other {
@@ -112,6 +114,7 @@ async fn run(global: Global, command: Command) -> Result<(), CliError> {
                 Command::Resume { format } => commands::resume(&client, format).await,
                 Command::Retry { id, format } => commands::retry(&client, id, format).await,
                 Command::Status { format } => commands::status(&client, format).await,
+                Command::Factories { format } => factories::list(&client, format).await,
                 Command::TokenCreate {
                     name,
                     scope,
@@ -122,10 +125,12 @@ async fn run(global: Global, command: Command) -> Result<(), CliError> {
                     commands::token_revoke(&client, &name, format).await
                 }
                 Command::Serve(_)
+                | Command::Factory(_)
                 | Command::Demo { .. }
                 | Command::BenchQueue { .. }
                 | Command::BenchDispatch { .. }
-                | Command::BenchConcurrent { .. } => unreachable!("handled above without a client"),
+                | Command::BenchConcurrent { .. }
+                | Command::BenchKill { .. } => unreachable!("handled above without a client"),
             }
         }
     }

@@ -96,6 +96,162 @@ async fn queue_postgres(jobs: usize, workers: usize, url: &str) -> Result<(), Cl
     Ok(())
 }
 
+/// `gantry bench kill --runs N`.
+pub async fn kill(runs: usize) -> Result<(), CliError> {
+    let tmp = tempfile::Builder::new()
+        .prefix("gantry-kill-")
+        .tempdir()
+        .map_err(|e| CliError::local("cannot create a temp dir").cause(e.to_string()))?;
+    let root = tmp.path();
+    let repo = root.join("repo");
+    init_repo(&repo, &[("README.md", "# kill bench\n")]).await?;
+    let server = serve::start(ServeConfig {
+        data_dir: root.join("data"),
+        listen: ([127, 0, 0, 1], 0).into(),
+        lease_ttl: Duration::from_secs(30),
+        reaper_interval: Duration::from_secs(1),
+        seats: 1,
+        embedded_factory: true,
+        kill_grace: Duration::from_secs(1),
+        push: false,
+        capabilities: Vec::new(),
+        db: None,
+        config_file: None,
+    })
+    .await?;
+    let url = format!("http://{}", server.addr());
+    let client = Client::new(&url, Some(server.admin_token().to_string()))
+        .map_err(|e| from_client(e, &url))?;
+    output::line(format!(
+        "bench kill: {runs} jobs, each a shell with two children that ignore SIGTERM; kill request -> no process of the run's group left"
+    ));
+    let measured = measure_kills(&client, &repo, runs).await;
+    if let Err(e) = server.shutdown().await {
+        output::note(format!(
+            "warning: the bench server did not stop cleanly: {e}"
+        ));
+    }
+    let mut ms = measured?;
+    ms.sort_by(f64::total_cmp);
+    let (p50, p99) = (percentile(&ms, 50.0), percentile(&ms, 99.0));
+    let max = ms.last().copied().unwrap_or(f64::NAN);
+    output::line(format!(
+        "kill -> tree gone: p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms"
+    ));
+    output::line(format!(
+        "kills={} p50_ms={p50:.1} p99_ms={p99:.1} max_ms={max:.1}",
+        ms.len()
+    ));
+    Ok(())
+}
+
+async fn measure_kills(client: &Client, repo: &Path, runs: usize) -> Result<Vec<f64>, CliError> {
+    let api = |e| from_client(e, client.base());
+    // Two children that ignore SIGTERM, one grandchild; the shell waits for them.
+    let script = "trap \"\" TERM; (trap \"\" TERM; sleep 300 & sleep 300; wait) & sleep 300 & wait";
+    let mut out = Vec::with_capacity(runs);
+    for i in 0..runs {
+        let req = SubmitRequest {
+            jobs: vec![SubmitFile {
+                file: format!("kill-{i}.md"),
+                text: format!(
+                    "---\ntitle: kill bench {i}\nrepo: {}\nengine: command\ncommand: [sh, -c, '{}']\nmax_attempts: 1\n---\nTo be killed.\n",
+                    repo.display(),
+                    script.replace('\'', "''")
+                ),
+                dir: None,
+            }],
+        };
+        let resp = client.submit(&req).await.map_err(api)?;
+        let id = resp.jobs.first().map(|s| s.id).ok_or_else(|| {
+            CliError::new(
+                Kind::Server,
+                "the server accepted the job but returned no id",
+            )
+        })?;
+        // The run's process group id is its leader's pid, from the run.started event.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let pgid = loop {
+            let events = client.all_events(Some(id), 0).await.map_err(api)?;
+            let pid = events
+                .iter()
+                .find(|e| e.kind == gantry_core::event::RUN_STARTED)
+                .and_then(|e| e.data.get("pid"))
+                .and_then(serde_json::Value::as_i64);
+            if let Some(pid) = pid
+                && group_members(pid).len() >= 4
+            {
+                break pid;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(CliError::new(
+                    Kind::Server,
+                    format!("bench job {id} did not start its process tree within 30 s"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let t0 = std::time::Instant::now();
+        client.kill(id).await.map_err(api)?;
+        loop {
+            if group_members(pgid).is_empty() {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                return Err(CliError::new(
+                    Kind::Server,
+                    format!("the process group {pgid} of job {id} survived its kill for 30 s"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        out.push(t0.elapsed().as_secs_f64() * 1000.0);
+        // Let the job reach its end before the next one, so each kill is measured alone.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !client.job(id).await.map_err(api)?.state.is_terminal() {
+            if tokio::time::Instant::now() > deadline {
+                return Err(CliError::new(
+                    Kind::Server,
+                    format!("job {id} was not killed within 30 s"),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    Ok(out)
+}
+
+/// Live (not zombie) processes whose process group is `pgid`, read from /proc.
+fn group_members(pgid: i64) -> Vec<i64> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<i64>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the parenthesized command: state, ppid, pgrp, ...
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.first() != Some(&"Z")
+            && fields.get(2).and_then(|g| g.parse::<i64>().ok()) == Some(pgid)
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
 /// `gantry bench concurrent --runs N --sleep D`.
 pub async fn concurrent(runs: usize, sleep: Duration) -> Result<(), CliError> {
     let tmp = tempfile::Builder::new()
@@ -118,6 +274,7 @@ pub async fn concurrent(runs: usize, sleep: Duration) -> Result<(), CliError> {
         push: false,
         capabilities: Vec::new(),
         db: None,
+        config_file: None,
     })
     .await?;
     let url = format!("http://{}", server.addr());
@@ -431,6 +588,7 @@ pub async fn dispatch(runs: usize) -> Result<(), CliError> {
         push: false,
         capabilities: Vec::new(),
         db: None,
+        config_file: None,
     })
     .await?;
     let url = format!("http://{}", server.addr());

@@ -93,6 +93,18 @@ jobs that were running come back through the reaper on the next start.",
     )]
     Serve(ServeArgs),
 
+    /// Run a remote factory: claim jobs from a server and run them here.
+    #[command(
+        long_about = "Registers with the server at --url (a token of scope factory or admin, from \
+--token or GANTRY_TOKEN), then claims jobs whenever a seat is free and runs each one in its own \
+git worktree under --data-dir, renewing its lease and reporting events and the result over HTTP. \
+On start it re-adopts the runs a previous factory on the same data dir left running. SIGINT or \
+SIGTERM stops it: it claims nothing more and stops its runs (or, with --leave-runs, leaves them \
+running for the next factory on this data dir to adopt).",
+        after_help = "Examples:\n  gantry factory --url http://gantry.internal:7700 --token gtk_... --seats 4\n  gantry factory --cap docker --cap gpu=a100 --data-dir /var/lib/gantry-factory"
+    )]
+    Factory(FactoryArgs),
+
     /// Submit job files as one batch and print the new jobs' ids.
     #[command(
         long_about = "Sends every FILE in one batch: the batch is stored whole or not at all. Prints \
@@ -170,6 +182,17 @@ every running job and pauses claiming, so nothing new starts until `gantry resum
     #[command(after_help = "Examples:\n  gantry status\n  gantry status --json")]
     Status(JsonArgs),
 
+    /// List the factories: seats, running jobs, capabilities, last heartbeat, health.
+    #[command(
+        long_about = "Lists every registered factory (the embedded one and remote `gantry factory` \
+workers): its seats, the jobs it is running now, its capabilities, when it was last heard from \
+(heartbeat, lease renewal or registration), the load, free memory and free disk its last \
+heartbeat reported, and its health: down when it has been silent for half the lease TTL (its \
+leases then expire as usual).",
+        after_help = "Examples:\n  gantry factories\n  gantry factories --json"
+    )]
+    Factories(JsonArgs),
+
     /// Create, list and revoke API tokens.
     #[command(
         subcommand,
@@ -224,6 +247,38 @@ pub struct ServeArgs {
     /// the data dir; several servers may share one database.
     #[arg(long, value_name = "URL", env = "GANTRY_DB")]
     pub db: Option<String>,
+    /// The config file (engines, prices, admission, checkpoints; docs/engines.md);
+    /// default: <data-dir>/gantry.toml when it exists.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// Arguments of `factory`.
+#[derive(Debug, Args)]
+pub struct FactoryArgs {
+    /// Concurrent runs.
+    #[arg(long, default_value = "4", value_name = "N")]
+    pub seats: String,
+    /// A capability of this factory, `name` or `name=value` (repeatable).
+    #[arg(long = "cap", value_name = "NAME[=VALUE]")]
+    pub caps: Vec<String>,
+    /// The name it registers under (a restarted factory keeps its name); default: the
+    /// host name.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Time between SIGTERM and SIGKILL when a run is canceled or times out.
+    #[arg(long, default_value = "3s", value_name = "DURATION")]
+    pub kill_grace: String,
+    /// Do not claim while the machine's available memory is under this many MiB (0: off).
+    #[arg(long, default_value = "2048", value_name = "MIB")]
+    pub min_free_memory: String,
+    /// Do not claim while the data dir's disk has less than this many MiB free (0: off).
+    #[arg(long, default_value = "1024", value_name = "MIB")]
+    pub min_free_disk: String,
+    /// On SIGINT/SIGTERM, leave the runs going for the next factory on this data dir to
+    /// adopt (for upgrades), instead of stopping them.
+    #[arg(long)]
+    pub leave_runs: bool,
 }
 
 /// Arguments of `submit`.
@@ -379,6 +434,23 @@ processes and times API calls (status and job listings). The last line is \
         after_help = "Examples:\n  gantry bench concurrent --runs 500\n  gantry bench concurrent --runs 50 --sleep 10s"
     )]
     Concurrent(BenchConcurrentArgs),
+    /// Kill latency: from the kill call to the whole process tree of a run gone.
+    #[command(
+        long_about = "Through an embedded server, runs --runs command jobs that each start a small \
+process tree (a shell with children that ignore SIGTERM), and for each one measures the time \
+from the kill request (POST /v1/jobs/ID/kill) until no process of the run's group is left. The \
+last line is `kills=<n> p50_ms=<x> p99_ms=<y> max_ms=<z>`.",
+        after_help = "Examples:\n  gantry bench kill\n  gantry bench kill --runs 50"
+    )]
+    Kill(BenchKillArgs),
+}
+
+/// Arguments of `bench kill`.
+#[derive(Debug, Args)]
+pub struct BenchKillArgs {
+    /// Jobs to start and kill.
+    #[arg(long, default_value = "30", value_name = "N")]
+    pub runs: String,
 }
 
 /// Arguments of `bench concurrent`.

@@ -5,7 +5,8 @@
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use gantry_core::api::{
-    CreateToken, CreatedToken, ErrorBody, Scope, Status, SubmitRequest, SubmitResponse, TokenInfo,
+    CreateToken, CreatedToken, ErrorBody, FactoryStatus, Scope, Status, SubmitRequest,
+    SubmitResponse, TokenInfo,
 };
 use gantry_core::event::Event;
 use gantry_core::{Job, JobId, JobState};
@@ -277,6 +278,11 @@ impl Client {
     /// `GET /v1/status`.
     pub async fn status(&self) -> Result<Status> {
         self.get("/v1/status").await
+    }
+
+    /// `GET /v1/factories`: every registered factory with its running jobs and health.
+    pub async fn factories(&self) -> Result<Vec<FactoryStatus>> {
+        self.get("/v1/factories").await
     }
 
     /// `GET /v1/events?after=&job=&limit=`: one page of events, oldest first.

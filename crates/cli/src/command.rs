@@ -75,6 +75,8 @@ pub enum KillTarget {
 pub enum Command {
     /// Run the server.
     Serve(ServeConfig),
+    /// Run a remote factory.
+    Factory(FactoryOptions),
     /// Submit job files as one batch.
     Submit {
         /// The files, in order.
@@ -159,6 +161,11 @@ pub enum Command {
         /// Output format.
         format: Format,
     },
+    /// List factories.
+    Factories {
+        /// Output format.
+        format: Format,
+    },
     /// Create a token.
     TokenCreate {
         /// Token name.
@@ -194,6 +201,11 @@ pub enum Command {
         /// The store, or SQLite in a temp dir when `None`.
         db: Option<BenchDb>,
     },
+    /// The kill-latency benchmark.
+    BenchKill {
+        /// Jobs to start and kill.
+        runs: usize,
+    },
     /// The concurrent-runs benchmark.
     BenchConcurrent {
         /// Concurrent runs.
@@ -206,6 +218,25 @@ pub enum Command {
         /// Measured runs of each kind.
         runs: usize,
     },
+}
+
+/// How `gantry factory` runs (the URL, token and data dir come from [`Global`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FactoryOptions {
+    /// Name to register under.
+    pub name: String,
+    /// Concurrent runs.
+    pub seats: u32,
+    /// Capabilities.
+    pub capabilities: Vec<String>,
+    /// SIGTERM-to-SIGKILL grace of a canceled run.
+    pub kill_grace: Duration,
+    /// Memory admission threshold, MiB.
+    pub min_free_memory_mb: u64,
+    /// Disk admission threshold, MiB.
+    pub min_free_disk_mb: u64,
+    /// Leave runs going on shutdown.
+    pub leave_runs: bool,
 }
 
 /// The store a queue benchmark burns jobs through.
@@ -318,6 +349,9 @@ fn convert(sub: Sub, global: &Global) -> Result<Command, UsageError> {
         Sub::Status(a) => Command::Status {
             format: Format::from_flag(a.json),
         },
+        Sub::Factories(a) => Command::Factories {
+            format: Format::from_flag(a.json),
+        },
         Sub::Token(cli::TokenSub::Create(a)) => Command::TokenCreate {
             name: parse_token_name("token create", "--name <NAME>", &a.name)?,
             scope: a
@@ -334,6 +368,7 @@ fn convert(sub: Sub, global: &Global) -> Result<Command, UsageError> {
             format: Format::from_flag(a.json),
         },
         Sub::Demo(a) => Command::Demo { keep: a.keep },
+        Sub::Factory(a) => Command::Factory(factory_options(a)?),
         Sub::Bench(cli::BenchSub::Queue(a)) => Command::BenchQueue {
             jobs: parse_count("bench queue", "--jobs <N>", &a.jobs, 1)?,
             workers: parse_count("bench queue", "--workers <K>", &a.workers, 1)?,
@@ -345,6 +380,9 @@ fn convert(sub: Sub, global: &Global) -> Result<Command, UsageError> {
                 }
             }),
         },
+        Sub::Bench(cli::BenchSub::Kill(a)) => Command::BenchKill {
+            runs: parse_count("bench kill", "--runs <N>", &a.runs, 1)?,
+        },
         Sub::Bench(cli::BenchSub::Concurrent(a)) => Command::BenchConcurrent {
             runs: parse_count("bench concurrent", "--runs <N>", &a.runs, 1)?,
             sleep: parse_duration("bench concurrent", "--sleep <DURATION>", &a.sleep)?,
@@ -353,6 +391,62 @@ fn convert(sub: Sub, global: &Global) -> Result<Command, UsageError> {
             runs: parse_count("bench dispatch", "--runs <N>", &a.runs, 1)?,
         },
     })
+}
+
+fn factory_options(a: cli::FactoryArgs) -> Result<FactoryOptions, UsageError> {
+    let seats = parse_count("factory", "--seats <N>", &a.seats, 1)?;
+    let seats = u32::try_from(seats).map_err(|_| {
+        bad(
+            "factory",
+            "--seats <N>",
+            &a.seats,
+            "too many seats".to_string(),
+        )
+    })?;
+    for cap in &a.caps {
+        gantry_core::caps::validate(cap)
+            .map_err(|reason| bad("factory", "--cap <NAME[=VALUE]>", cap, reason))?;
+    }
+    let name = match a.name {
+        Some(n) if n.trim().is_empty() => {
+            return Err(bad(
+                "factory",
+                "--name <NAME>",
+                &n,
+                "a factory name must not be empty".to_string(),
+            ));
+        }
+        Some(n) => n,
+        None => host_name(),
+    };
+    let mib = |arg: &str, value: &str| {
+        value.trim().parse::<u64>().map_err(|e| {
+            bad(
+                "factory",
+                arg,
+                value,
+                format!("{e}; expected a whole number of MiB (0 turns the check off)"),
+            )
+        })
+    };
+    Ok(FactoryOptions {
+        name,
+        seats,
+        capabilities: a.caps,
+        kill_grace: parse_duration("factory", "--kill-grace <DURATION>", &a.kill_grace)?,
+        min_free_memory_mb: mib("--min-free-memory <MIB>", &a.min_free_memory)?,
+        min_free_disk_mb: mib("--min-free-disk <MIB>", &a.min_free_disk)?,
+        leave_runs: a.leave_runs,
+    })
+}
+
+/// This machine's host name, or `factory` when it cannot be read.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "factory".to_string())
 }
 
 fn serve_config(a: cli::ServeArgs, global: &Global) -> Result<ServeConfig, UsageError> {
@@ -418,6 +512,7 @@ fn serve_config(a: cli::ServeArgs, global: &Global) -> Result<ServeConfig, Usage
         push: !a.no_push,
         capabilities: a.caps,
         db: a.db,
+        config_file: a.config,
     })
 }
 
@@ -575,6 +670,7 @@ mod tests {
                 push: false,
                 capabilities: vec!["docker".into(), "gpu=a100".into()],
                 db: None,
+                config_file: None,
             })
         );
     }

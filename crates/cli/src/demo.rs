@@ -1,6 +1,7 @@
-//! `gantry demo`: a small queue of command jobs in a temp git repo, through a real
-//! embedded server, showing dependencies, a named lock, priorities and a retry. It is
-//! the README's first command, so it must take seconds and need nothing but git.
+//! `gantry demo`: a small queue of jobs in a temp git repo, through a real embedded
+//! server, showing dependencies, a named lock, priorities, a retry, and two agents of
+//! the built-in `script` engine with live insights, one of them stopped by its budget.
+//! It is the README's first command, so it must take seconds and need nothing but git.
 
 use crate::client::Client;
 use crate::commands::plus_minus;
@@ -25,18 +26,60 @@ const SEATS: u32 = 2;
 /// when things work: the jobs take a few seconds).
 const DEADLINE: Duration = Duration::from_secs(90);
 
-/// One demo job: a short name (also its idempotency key), its file, and what it shows.
+/// One demo job: a short name (also its idempotency key), its file's front matter, and
+/// the state it must end in.
 struct DemoJob {
     name: &'static str,
     front: String,
-    script: &'static str,
+    expect: JobState,
 }
 
+/// The front matter of the script-engine agent that does its work within budget.
+const AGENT_STEPS: &str = "engine: script
+model: claude-sonnet-4
+steps:
+  - say: Reading app.sh to see how the greeting is printed.
+  - run: cat app.sh
+  - usage: {tokens_in: 18200, tokens_out: 640, tokens_cached: 12800, cost_usd: 0.0291}
+  - say: Adding a --name option.
+  - write: greet.sh
+    content: |
+      #!/bin/sh
+      echo \"Hello, ${1:-world}\"
+  - run: sh greet.sh Gantry
+  - usage: {tokens_in: 21400, tokens_out: 910, tokens_cached: 18100, cost_usd: 0.0342}
+  - say: Done. greet.sh greets by name; try `sh greet.sh you`.
+";
+
+/// The front matter of the agent that spends past its token budget.
+const RUNAWAY_STEPS: &str = "engine: script
+model: claude-sonnet-4
+budget: {tokens: 50000}
+steps:
+  - say: Rewriting everything from scratch.
+  - usage: {tokens_in: 22000, tokens_out: 1500}
+  - sleep: 0.3
+  - usage: {tokens_in: 24000, tokens_out: 2100}
+  - sleep: 0.3
+  - usage: {tokens_in: 26000, tokens_out: 2400}
+  - sleep: 5
+  - say: This line is never reached.
+";
+
 fn jobs() -> Vec<DemoJob> {
-    let job = |name: &'static str, extra: &str, title: &str, script: &'static str| DemoJob {
+    let job = |name: &'static str, extra: &str, title: &str, script: &str| DemoJob {
         name,
-        front: format!("title: {title}\nidempotency_key: {name}\n{extra}"),
-        script,
+        // The script goes into a single-quoted YAML scalar: a quote is written twice.
+        front: format!(
+            "title: {title}\nidempotency_key: {name}\n{extra}engine: command\ncommand: [sh, -c, '{}']\n",
+            script.replace('\'', "''")
+        ),
+        expect: JobState::Succeeded,
+    };
+    let agent = |name: &'static str, title: &str, steps: &str, expect: JobState| DemoJob {
+        name,
+        front: format!("title: {title}\nidempotency_key: {name}\n{steps}"),
+        expect,
     };
     vec![
         job(
@@ -75,18 +118,26 @@ fn jobs() -> Vec<DemoJob> {
             "Hotfix the greeting (priority 9, submitted last)",
             "sleep 0.3; sed -i 's/Hello/Hello, world/' app.sh; echo 'patched app.sh'",
         ),
+        agent(
+            "agent",
+            "Add a greeting by name (script agent)",
+            AGENT_STEPS,
+            JobState::Succeeded,
+        ),
+        agent(
+            "runaway",
+            "Rewrite everything (script agent, 50k token budget)",
+            RUNAWAY_STEPS,
+            JobState::Failed,
+        ),
     ]
 }
 
 /// The text of a demo job file.
 fn job_file(j: &DemoJob) -> String {
-    // The script goes into a single-quoted YAML scalar: a quote is written twice.
     format!(
-        "---\n{}repo: ../repo\nengine: command\ncommand: [sh, -c, '{}']\n---\nDemo job `{}`: {}\n",
-        j.front,
-        j.script.replace('\'', "''"),
-        j.name,
-        j.script
+        "---\n{}repo: ../repo\n---\nDemo job `{}`. The steps above are what the agent does.\n",
+        j.front, j.name,
     )
 }
 
@@ -153,6 +204,7 @@ async fn run(root: &Path, keep: bool) -> Result<(), CliError> {
         push: true,
         capabilities: Vec::new(),
         db: None,
+        config_file: None,
     })
     .await?;
     let url = format!("http://{}", server.addr());
@@ -214,8 +266,12 @@ async fn drive(client: &Client, repo: &Path, jobs_dir: &Path, keep: bool) -> Res
     output::line("  docs-usage  lock: docs");
     output::line("  flaky       fails on attempt 1, retry_on: [failed], passes on attempt 2");
     output::line(format!(
-        "  hotfix      priority 9 (the others 5), submitted last: starts first on {SEATS} seats"
+        "  hotfix      priority 9 (the others 5), submitted after the command jobs: starts first on {SEATS} seats"
     ));
+    output::line("  agent       script-engine agent: says, runs, writes, reports tokens and cost");
+    output::line(
+        "  runaway     script-engine agent with budget {tokens: 50000}: stopped when it passes it",
+    );
     output::line("");
 
     let t0 = now_millis();
@@ -347,18 +403,22 @@ async fn drive(client: &Client, repo: &Path, jobs_dir: &Path, keep: bool) -> Res
             j.id
         ));
     }
-    let failed: Vec<&Job> = jobs
+    let expected: BTreeMap<&str, JobState> = specs.iter().map(|j| (j.name, j.expect)).collect();
+    let unexpected: Vec<String> = jobs
         .iter()
-        .filter(|j| j.state != JobState::Succeeded)
+        .filter_map(|j| {
+            let name = tracked.get(&j.id).map(|t| t.name.as_str()).unwrap_or("");
+            let want = expected.get(name).copied().unwrap_or(JobState::Succeeded);
+            (j.state != want).then(|| format!("#{} {name} is {} (expected {want})", j.id, j.state))
+        })
         .collect();
-    if !failed.is_empty() {
-        let ids: Vec<String> = failed
-            .iter()
-            .map(|j| format!("#{} ({})", j.id, j.state))
-            .collect();
+    if !unexpected.is_empty() {
         return Err(CliError::new(
             Kind::Server,
-            format!("not every demo job succeeded: {}", ids.join(", ")),
+            format!(
+                "not every demo job ended as expected: {}",
+                unexpected.join(", ")
+            ),
         )
         .hint("run `gantry demo --keep -v` and look at the kept data dir's artifacts"));
     }
@@ -395,10 +455,10 @@ fn live_line(ev: &Event) -> Option<String> {
         }),
         event::RUN_FINISHED => {
             let outcome = get("outcome").unwrap_or_else(|| "?".into());
-            let mut s = format!(
-                "{outcome:<9} exit {}",
-                get("exit_code").unwrap_or_else(|| "-".into())
-            );
+            let exit = get("exit_code")
+                .filter(|c| c != "null")
+                .unwrap_or_else(|| "-".into());
+            let mut s = format!("{outcome:<9} exit {exit}");
             if let Some(f) = get("files_changed") {
                 s.push_str(&format!(
                     ", {f} file(s) +{}/-{}",
@@ -424,6 +484,21 @@ fn live_line(ev: &Event) -> Option<String> {
             }
         }
         event::LEASE_EXPIRED => Some("lease expired: the run is lost".to_string()),
+        event::RUN_BUDGET_EXCEEDED => Some(format!(
+            "STOPPED   {}",
+            get("message").unwrap_or_else(|| "budget exceeded".into())
+        )),
+        event::AGENT_INSIGHTS => None,
+        kind if kind.starts_with("agent.") => {
+            let text = crate::commands::event_summary(ev);
+            let label = kind.trim_start_matches("agent.");
+            match label {
+                "message" | "tool_call" | "usage" | "result" => {
+                    Some(format!("{:<9} {text}", label.replace("tool_call", "tool")))
+                }
+                _ => None,
+            }
+        }
         event::DELIVERY_PUSHED => Some(format!("pushed    {}", get("branch").unwrap_or_default())),
         event::DELIVERY_FAILED => {
             Some(format!("push failed: {}", get("error").unwrap_or_default()))
@@ -548,6 +623,31 @@ fn summary(jobs: &[Job], tracked: &BTreeMap<JobId, Tracked>, t0: i64) {
             .collect();
         output::line(format!("  retry:    flaky: {}", attempts.join(", then ")));
     }
+    if let Some(a) = by_name("agent")
+        && let Some(i) = &a.insights
+    {
+        output::line(format!(
+            "  insights: agent: {}",
+            crate::commands::insights_label(i)
+        ));
+    }
+    if let Some(r) = by_name("runaway") {
+        let outcome = r
+            .runs
+            .last()
+            .and_then(|r| r.outcome)
+            .map(Outcome::as_str)
+            .unwrap_or("?");
+        let spent = r
+            .insights
+            .as_ref()
+            .map(|i| format!("{} tokens", i.tokens()))
+            .unwrap_or_else(|| "?".into());
+        output::line(format!(
+            "  budget:   runaway: {outcome} after {spent} of its 50000, job {} with no retry",
+            r.state
+        ));
+    }
     let total = jobs
         .iter()
         .filter_map(last_end)
@@ -582,11 +682,14 @@ mod tests {
             let parsed = gantry_core::spec::parse_job_file(&format!("{}.md", j.name), &text);
             let parsed = parsed
                 .unwrap_or_else(|e| panic!("demo job {} does not parse: {e}\n{text}", j.name));
-            assert_eq!(
-                parsed.spec.command,
-                vec!["sh".to_string(), "-c".into(), j.script.to_string()]
-            );
             assert_eq!(parsed.spec.idempotency_key.as_deref(), Some(j.name));
+            match parsed.spec.engine {
+                gantry_core::EngineKind::Command => {
+                    assert_eq!(parsed.spec.command[..2], ["sh".to_string(), "-c".into()]);
+                }
+                gantry_core::EngineKind::Script => assert!(parsed.spec.steps.len() >= 5),
+                other => panic!("demo job {} uses engine {other:?}", j.name),
+            }
         }
     }
 }

@@ -11,6 +11,8 @@ mod command;
 mod commands;
 mod demo;
 mod error;
+mod factories;
+mod factory;
 mod gitutil;
 mod output;
 mod serve;

@@ -157,6 +157,83 @@ pub struct Registered {
     pub id: FactoryId,
 }
 
+/// `POST /v1/factories/{id}/heartbeat`: the factory is alive, and how its machine is
+/// doing. A figure the factory cannot measure is left out (`null`), never sent as 0.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Heartbeat {
+    /// Load average over the last minute.
+    #[serde(default)]
+    pub load_1m: Option<f64>,
+    /// Memory available to new processes, in MiB.
+    #[serde(default)]
+    pub free_memory_mb: Option<u64>,
+    /// Free space on the disk of the factory's data dir, in MiB.
+    #[serde(default)]
+    pub free_disk_mb: Option<u64>,
+}
+
+/// Response of a heartbeat: how often to send the next ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatAck {
+    /// Send the next heartbeat within this many milliseconds.
+    pub interval_ms: u64,
+    /// A factory not heard from (heartbeat, renewal or registration) for this many
+    /// milliseconds is listed as down.
+    pub down_after_ms: u64,
+}
+
+/// Whether a factory is heard from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Health {
+    /// Heard from within the server's `down_after`.
+    Up,
+    /// Silent for longer than that: its leases expire as usual.
+    Down,
+}
+
+impl Health {
+    /// The name used in the API and the CLI.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Health::Up => "up",
+            Health::Down => "down",
+        }
+    }
+}
+
+impl fmt::Display for Health {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One factory as `GET /v1/factories` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FactoryStatus {
+    /// Id.
+    pub id: FactoryId,
+    /// Name.
+    pub name: String,
+    /// Maximum concurrent runs.
+    pub seats: u32,
+    /// Capabilities, `name` or `name=value`.
+    pub capabilities: Vec<String>,
+    /// Jobs running now under a lease of this factory.
+    pub running: u32,
+    /// Last registration, heartbeat or lease renewal, by the store's clock.
+    #[serde(with = "crate::time::rfc3339_millis")]
+    pub last_seen: Millis,
+    /// How long before the listing that was, by the store's clock (so a client's
+    /// clock skew does not matter).
+    pub last_seen_ago_ms: u64,
+    /// Figures of the last heartbeat.
+    #[serde(flatten)]
+    pub stats: Heartbeat,
+    /// Up, or down when silent for longer than the server's `down_after`.
+    pub health: Health,
+}
+
 /// `POST /v1/factories/{id}/claim`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct ClaimRequest {
@@ -308,6 +385,10 @@ pub struct TokenInfo {
     /// Revocation time, if revoked.
     #[serde(with = "crate::time::opt_rfc3339")]
     pub revoked_at: Option<Millis>,
+    /// For a factory token, the factory it registered first: the only one it may act
+    /// for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub factory: Option<FactoryId>,
 }
 
 /// Response of `POST /v1/tokens`: the only time the secret is shown.

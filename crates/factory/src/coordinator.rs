@@ -50,4 +50,10 @@ pub trait Coordinator: Send + Sync + 'static {
     -> Result<(), CoordError>;
     /// Reports the end of the run.
     async fn finish(&self, run: RunId, report: FinishReport) -> Result<(), CoordError>;
+    /// A signal that changes when a stop may have been asked of a running job, so runs
+    /// renew at once (a stop travels in the renewal's answer) instead of at their next
+    /// interval. `None` (the default): stops arrive with the regular renewals only.
+    fn stop_signal(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
 }

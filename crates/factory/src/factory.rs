@@ -1,30 +1,70 @@
-//! The factory loop: register, then claim a job whenever a seat is free and run it.
+//! The factory loop: adopt the runs a previous incarnation left, clean up, register,
+//! then claim a job whenever a seat is free and run it.
 
+use crate::admission::{self, Admission};
 use crate::coordinator::{CoordError, Coordinator};
-use crate::run::{RunContext, run_claim};
+use crate::process;
+use crate::record::{self, RunRecord};
+use crate::run::{Adoption, RunContext, adopt_run, run_claim};
+use crate::workspace::{self, LiveGuard};
 use crate::{FactoryConfig, FactoryError};
-use gantry_core::FactoryId;
-use gantry_core::api::RegisterFactory;
+use gantry_core::api::{Claim, RegisterFactory};
+use gantry_core::{FactoryId, JobId, RunId, StopKind};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 
 /// First delay after a failed call to the coordinator.
 const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 /// Longest delay between retries of the loop's calls.
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// Time between two admission checks while admission is closed.
+const ADMISSION_RECHECK: Duration = Duration::from_secs(1);
 
 /// A factory: runs claimed jobs, at most `seats` at a time, each in its own worktree.
 pub struct Factory {
     cfg: Arc<FactoryConfig>,
     coord: Arc<dyn Coordinator>,
+    /// Tells every run the factory stops (runs adopted before [`Factory::run`] was
+    /// called need it before the caller's shutdown signal is known).
+    stop: watch::Sender<bool>,
+    seats: Arc<Semaphore>,
+    runs: JoinSet<()>,
+    adopted: bool,
+    admission: watch::Sender<Admission>,
 }
 
 impl std::fmt::Debug for Factory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Factory").field("cfg", &self.cfg).finish()
     }
+}
+
+/// What [`Factory::adopt`] found under `<data>/runs/`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdoptReport {
+    /// Runs whose lease held: this factory now watches them to their end (including
+    /// those that ended while no factory watched, finished with their real status).
+    pub adopted: Vec<(JobId, RunId)>,
+    /// Runs whose lease was gone or could not be proven: killed and cleaned up, never
+    /// finished (the reaper hands their jobs out again).
+    pub dropped: Vec<(JobId, RunId)>,
+    /// Record files that could not be read; they were removed.
+    pub unreadable: Vec<PathBuf>,
+}
+
+/// Whether a recorded run's lease still holds.
+enum Verdict {
+    /// Renewed: the renewal was sent at `renewed_at` and may carry a stop.
+    Valid {
+        renewed_at: Instant,
+        stop: Option<StopKind>,
+    },
+    /// Refused, or the server could not be reached for a whole lease TTL.
+    Lost(String),
 }
 
 /// Outcome of waiting for something while watching for shutdown.
@@ -49,19 +89,142 @@ async fn or_shutdown<T>(
 impl Factory {
     /// A factory with this configuration, talking to the control plane through `coord`.
     pub fn new(cfg: FactoryConfig, coord: Arc<dyn Coordinator>) -> Self {
+        let seats = Arc::new(Semaphore::new(cfg.seats as usize));
         Factory {
             cfg: Arc::new(cfg),
             coord,
+            stop: watch::channel(false).0,
+            seats,
+            runs: JoinSet::new(),
+            adopted: false,
+            admission: watch::channel(Admission::Open).0,
         }
     }
 
-    /// Runs the factory until `shutdown` turns true: registers, then claims and runs
-    /// jobs while seats are free.
+    /// Whether the factory claims, and if not why, as of its last check (before each
+    /// claim, and every second while closed). Take it before [`Factory::run`].
+    pub fn admission(&self) -> watch::Receiver<Admission> {
+        self.admission.subscribe()
+    }
+
+    /// Checks admission now and publishes it; logs when it opens or closes.
+    fn check_admission(&self) -> Admission {
+        let now = admission::check(&self.cfg);
+        let before = self.admission.send_replace(now.clone());
+        if std::mem::discriminant(&before) != std::mem::discriminant(&now) {
+            if now.is_open() {
+                tracing::info!("admission open again: claiming");
+            } else {
+                tracing::warn!(reason = %now, "admission closed: not claiming");
+            }
+        }
+        now
+    }
+
+    fn ctx(&self) -> RunContext {
+        RunContext {
+            cfg: self.cfg.clone(),
+            coord: self.coord.clone(),
+            shutdown: self.stop.subscribe(),
+        }
+    }
+
+    /// Creates the data directories and makes this process a child subreaper.
+    fn prepare_dirs(&self) -> Result<(), FactoryError> {
+        for sub in ["repos", "work", "artifacts", "runs"] {
+            let path = self.cfg.data_dir.join(sub);
+            std::fs::create_dir_all(&path)
+                .map_err(|source| FactoryError::DataDir { path, source })?;
+        }
+        process::become_subreaper();
+        Ok(())
+    }
+
+    /// Takes over the runs that a previous incarnation of this factory (same data dir)
+    /// left: for each run record, renews the run's lease; if it holds, the run is
+    /// watched again from where the record says (a run that ended meanwhile is finished
+    /// with its real exit status); if not, its process group is killed and its worktree
+    /// and record removed, without a report. A run is never started twice.
+    ///
+    /// [`Factory::run`] calls it first; call it yourself to know when adoption is done
+    /// (e.g. to start a lease reaper only after the adopted leases were renewed). The
+    /// adopted runs occupy seats. Calling it again does nothing.
+    pub async fn adopt(&mut self) -> Result<AdoptReport, FactoryError> {
+        let mut report = AdoptReport::default();
+        if self.adopted {
+            return Ok(report);
+        }
+        self.prepare_dirs()?;
+        self.adopted = true;
+        let mut decisions = JoinSet::new();
+        for (path, rec) in record::scan(&self.cfg.data_dir) {
+            match rec {
+                Ok(rec) => {
+                    let coord = self.coord.clone();
+                    decisions.spawn(async move {
+                        let verdict = decide(coord.as_ref(), &rec.claim).await;
+                        (rec, verdict)
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "unreadable run record removed; its run cannot be adopted");
+                    let _ = std::fs::remove_file(&path);
+                    report.unreadable.push(path);
+                }
+            }
+        }
+        while let Some(res) = decisions.join_next().await {
+            let (rec, verdict) = match res {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::error!(error = %e, "deciding on a recorded run failed");
+                    continue;
+                }
+            };
+            let ids = (rec.claim.job.id, rec.claim.run.id);
+            let why = match verdict {
+                Verdict::Valid { renewed_at, stop } if rec.process.is_some() => {
+                    let permit = self.seats.clone().try_acquire_owned().ok();
+                    if permit.is_none() {
+                        tracing::warn!(job = %ids.0, run = %ids.1, seats = self.cfg.seats, "more runs to adopt than seats; adopting it anyway");
+                    }
+                    tracing::info!(job = %ids.0, run = %ids.1, "adopting run");
+                    let adoption = Adoption {
+                        guard: LiveGuard::new(&rec.worktree),
+                        record: rec,
+                        renewed_at,
+                        stop,
+                    };
+                    let ctx = self.ctx();
+                    self.runs.spawn(async move {
+                        adopt_run(ctx, adoption).await;
+                        drop(permit);
+                    });
+                    report.adopted.push(ids);
+                    continue;
+                }
+                Verdict::Valid { .. } => {
+                    "the previous factory stopped before it recorded the process".to_string()
+                }
+                Verdict::Lost(why) => why,
+            };
+            tracing::warn!(job = %ids.0, run = %ids.1, reason = %why, "recorded run dropped: killed, not finished");
+            drop_run(&self.cfg, &rec).await;
+            report.dropped.push(ids);
+        }
+        Ok(report)
+    }
+
+    /// Runs the factory until `shutdown` turns true: adopts the runs of a previous
+    /// incarnation (unless [`Factory::adopt`] already did), prunes leftover worktrees,
+    /// registers, then claims and runs jobs while seats are free.
     ///
     /// On shutdown it stops claiming, SIGKILLs the process groups of its runs and
     /// reports none of them (their leases expire and the reaper hands the jobs out
-    /// again), then returns once every run has wound down.
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), FactoryError> {
+    /// again), then returns once every run has wound down. With
+    /// [`FactoryConfig::leave_runs_on_shutdown`] it leaves them running instead, for
+    /// the next factory on the same data dir to adopt.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), FactoryError> {
         let cfg = self.cfg.clone();
         if cfg.seats == 0 {
             return Err(FactoryError::Config {
@@ -70,39 +233,60 @@ impl Factory {
                 reason: "a factory needs at least one seat".to_string(),
             });
         }
-        for sub in ["repos", "work", "artifacts"] {
-            let path = cfg.data_dir.join(sub);
-            std::fs::create_dir_all(&path)
-                .map_err(|source| FactoryError::DataDir { path, source })?;
+        if !self.adopted {
+            match or_shutdown(&mut shutdown, self.adopt()).await {
+                Waited::Done(report) => {
+                    let report = report?;
+                    if !report.adopted.is_empty() || !report.dropped.is_empty() {
+                        tracing::info!(adopted = ?report.adopted, dropped = ?report.dropped, "runs of a previous factory");
+                    }
+                }
+                Waited::Shutdown => {
+                    self.wind_down().await;
+                    return Ok(());
+                }
+            }
         }
-        crate::process::become_subreaper();
+        match workspace::prune(&cfg.data_dir).await {
+            Ok(pruned) => {
+                for path in &pruned.removed {
+                    tracing::info!(path = %path.display(), "removed a leftover worktree");
+                }
+                for cache in &pruned.caches {
+                    tracing::info!(cache = %cache.path.display(), bytes = cache.bytes, "repo cache disk use");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "pruning leftover worktrees failed"),
+        }
         let reg = RegisterFactory {
             name: cfg.name.clone(),
             seats: cfg.seats,
             capabilities: cfg.capabilities.clone(),
         };
         let Some(mut id) = self.register(&reg, &mut shutdown).await? else {
+            self.wind_down().await;
             return Ok(());
         };
         tracing::info!(factory = %id, name = %cfg.name, seats = cfg.seats, "factory registered");
 
-        let seats = Arc::new(Semaphore::new(cfg.seats as usize));
-        let mut runs = JoinSet::new();
-        let ctx = RunContext {
-            cfg: cfg.clone(),
-            coord: self.coord.clone(),
-            shutdown: shutdown.clone(),
-        };
         let mut backoff = BACKOFF_FIRST;
         loop {
             // Forget runs that ended, so the set does not grow with the factory's age.
-            while let Some(res) = runs.try_join_next() {
+            while let Some(res) = self.runs.try_join_next() {
                 log_join(res);
             }
-            let permit = match or_shutdown(&mut shutdown, seats.clone().acquire_owned()).await {
+            let permit = match or_shutdown(&mut shutdown, self.seats.clone().acquire_owned()).await
+            {
                 Waited::Done(Ok(p)) => p,
                 Waited::Done(Err(_)) | Waited::Shutdown => break,
             };
+            if !self.check_admission().is_open() {
+                drop(permit);
+                match or_shutdown(&mut shutdown, tokio::time::sleep(ADMISSION_RECHECK)).await {
+                    Waited::Done(()) => continue,
+                    Waited::Shutdown => break,
+                }
+            }
             let claimed =
                 match or_shutdown(&mut shutdown, self.coord.claim(id, cfg.claim_wait)).await {
                     Waited::Done(c) => c,
@@ -111,12 +295,7 @@ impl Factory {
             match claimed {
                 Ok(Some(claim)) => {
                     backoff = BACKOFF_FIRST;
-                    tracing::info!(job = %claim.job.id, run = %claim.run.id, attempt = claim.run.attempt, "claimed");
-                    let ctx = ctx.clone();
-                    runs.spawn(async move {
-                        run_claim(ctx, claim).await;
-                        drop(permit);
-                    });
+                    self.spawn_run(claim, permit);
                 }
                 Ok(None) => backoff = BACKOFF_FIRST,
                 Err(CoordError::Refused { kind, message }) if kind == "not_found" => {
@@ -137,12 +316,26 @@ impl Factory {
                 }
             }
         }
-        tracing::info!(running = runs.len(), "factory stopping");
-        // Each run watches the same shutdown signal: it kills its group and returns.
-        while let Some(res) = runs.join_next().await {
+        self.wind_down().await;
+        Ok(())
+    }
+
+    fn spawn_run(&mut self, claim: Claim, permit: tokio::sync::OwnedSemaphorePermit) {
+        tracing::info!(job = %claim.job.id, run = %claim.run.id, attempt = claim.run.attempt, "claimed");
+        let ctx = self.ctx();
+        self.runs.spawn(async move {
+            run_claim(ctx, claim).await;
+            drop(permit);
+        });
+    }
+
+    /// Tells every run the factory stops and waits for them all.
+    async fn wind_down(mut self) {
+        tracing::info!(running = self.runs.len(), "factory stopping");
+        let _ = self.stop.send(true);
+        while let Some(res) = self.runs.join_next().await {
             log_join(res);
         }
-        Ok(())
     }
 
     /// Registers, retrying while the server is unavailable. `None` on shutdown.
@@ -172,6 +365,57 @@ impl Factory {
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     }
+}
+
+/// Renews the lease of a recorded run to learn whether it still holds, retrying while
+/// the server is unreachable, for at most one lease TTL (after which the lease has
+/// expired for sure: it was last renewed before this factory started).
+async fn decide(coord: &dyn Coordinator, claim: &Claim) -> Verdict {
+    let ttl = Duration::from_millis(claim.run.lease_ttl_ms.max(1));
+    let deadline = Instant::now() + ttl;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let sent = Instant::now();
+        match tokio::time::timeout_at(deadline, coord.renew(claim.run.id, claim.run.epoch)).await {
+            Ok(Ok(renewed)) => {
+                return Verdict::Valid {
+                    renewed_at: sent,
+                    stop: renewed.stop,
+                };
+            }
+            Ok(Err(e @ (CoordError::StaleLease { .. } | CoordError::Refused { .. }))) => {
+                return Verdict::Lost(format!("lease renewal refused: {e}"));
+            }
+            Ok(Err(CoordError::Unavailable(e))) => {
+                tracing::warn!(run = %claim.run.id, error = %e, "renewing a recorded run's lease failed; retrying");
+                if Instant::now() + backoff >= deadline {
+                    break;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(_) => break,
+        }
+    }
+    Verdict::Lost("the server could not be reached for a whole lease TTL".to_string())
+}
+
+/// Kills what is left of a recorded run that is not ours any more, and removes its
+/// worktree and record (its artifacts stay).
+async fn drop_run(cfg: &FactoryConfig, rec: &RunRecord) {
+    match &rec.process {
+        Some(p) if process::group_is_run(p) => process::kill_group_and_wait(p.pgid).await,
+        Some(_) => {}
+        None => process::kill_run_processes(rec.claim.job.id, rec.claim.run.id).await,
+    }
+    if rec.cache.join("HEAD").is_file() {
+        if let Err(e) = workspace::remove_worktree(&rec.cache, &rec.worktree).await {
+            tracing::warn!(path = %rec.worktree.display(), error = %e, "cannot remove worktree");
+        }
+    } else if rec.worktree.exists() {
+        let _ = tokio::fs::remove_dir_all(&rec.worktree).await;
+    }
+    RunRecord::remove(&cfg.data_dir, rec.claim.run.id);
 }
 
 fn log_join(res: Result<(), tokio::task::JoinError>) {

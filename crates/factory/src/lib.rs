@@ -11,18 +11,25 @@
 //!   calls after a fenced finish;
 //! - a run whose lease renewal is refused is killed at once, and nothing of it is
 //!   committed, pushed or reported;
-//! - no process of a finished, canceled, killed or timed-out run is left behind.
+//! - no process of a finished, canceled, killed or timed-out run is left behind;
+//! - a run is never started twice: a factory that dies leaves its runs' processes
+//!   running (detached, output to files, exit status captured) and a run record each;
+//!   the next factory on the same data dir adopts them ([`Factory::adopt`]).
 
+pub mod admission;
+pub mod agent;
 mod coordinator;
 mod factory;
 mod http;
-mod output;
 pub mod process;
+pub mod record;
 mod run;
+mod tail;
 pub mod workspace;
 
+pub use admission::Admission;
 pub use coordinator::{CoordError, Coordinator};
-pub use factory::Factory;
+pub use factory::{AdoptReport, Factory};
 pub use http::HttpCoordinator;
 pub use process::kill_orphans;
 
@@ -31,7 +38,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// How a factory runs: its identity, its size and where it keeps its files.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct FactoryConfig {
     /// Human name, sent when registering (the host name by default).
     pub name: String,
@@ -47,6 +54,17 @@ pub struct FactoryConfig {
     pub renew_interval: Duration,
     /// How long one claim waits on the server for a job (long poll).
     pub claim_wait: Duration,
+    /// On shutdown, leave the runs' processes running (and their records) for the
+    /// next factory on the same data dir to adopt, instead of killing them.
+    pub leave_runs_on_shutdown: bool,
+    /// Do not claim while the machine's available memory (`MemAvailable`) is under
+    /// this many MiB; 0 disables the check.
+    pub min_free_memory_mb: u64,
+    /// Do not claim while the data dir's file system has less than this many MiB
+    /// free; 0 disables the check.
+    pub min_free_disk_mb: u64,
+    /// Agent CLIs, prices and the checkpoint interval.
+    pub engines: agent::EngineSettings,
 }
 
 impl Default for FactoryConfig {
@@ -59,6 +77,11 @@ impl Default for FactoryConfig {
             kill_grace: Duration::from_secs(3),
             renew_interval: Duration::from_secs(1),
             claim_wait: Duration::from_secs(20),
+            leave_runs_on_shutdown: false,
+            // One agent's worth: agent CLIs use 1.5 to 2 GB each.
+            min_free_memory_mb: 2048,
+            min_free_disk_mb: 1024,
+            engines: agent::EngineSettings::default(),
         }
     }
 }
@@ -98,7 +121,9 @@ pub enum FactoryError {
 
 /// The artifact directory of one run: `<data>/artifacts/<job>/<run>/`.
 ///
-/// It holds `prompt.md`, `stdout.log`, `stderr.log` and `diff.patch`.
+/// It holds `prompt.md`, `stdout.log` (`transcript.jsonl` for engines whose output is
+/// parsed), `stderr.log`, `exit_status` (written by the process's shim when it ends)
+/// and `diff.patch`.
 pub fn artifacts_dir(data_dir: &Path, job: JobId, run: RunId) -> PathBuf {
     data_dir
         .join("artifacts")

@@ -1,10 +1,13 @@
-//! Process groups: signalling a run's whole group, making sure none of it is left, and
-//! pid records that let a restarted factory kill what a previous incarnation left.
+//! Processes of runs: started detached, signalled and killed as a whole process group,
+//! and recognised again after a restart without ever hitting a reused pid.
 //!
-//! Every run's command is started as the leader of its own process group, so one signal
-//! reaches the command and everything it started (unless a descendant deliberately
-//! leaves the group with `setsid`). A pid record `<data>/work/<job>-a<attempt>.pid`
-//! names the group while the run lives; [`kill_orphans`] reads them after a restart.
+//! A run's process is started through a tiny `sh` shim, in its own session and process
+//! group (the shim leads both), with stdin from a file or `/dev/null` and stdout and
+//! stderr written straight to files. The shim waits for the real command and writes its
+//! exit status atomically to a file, so the status is captured even while no factory
+//! watches: the factory that started the run may die and a later one finds both the
+//! output and the status on disk. One signal to the group reaches the command and
+//! everything it started (unless a descendant deliberately leaves with `setsid`).
 
 use gantry_core::{JobId, RunId};
 use nix::errno::Errno;
@@ -12,16 +15,80 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
+use std::ffi::{OsStr, OsString};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::OnceLock;
 use std::time::Duration;
 
-/// What a run's pid record holds: enough to find its process group again, and to tell
-/// the recorded process from a later one that reused its pid.
+/// The shim: ignores nothing (traps with a handler are reset to the default in the
+/// command it starts), survives SIGHUP/SIGINT/SIGTERM itself so that it outlives the
+/// command and records how it ended (POSIX defers a trap until the foreground command
+/// completes), then writes the status to `$1` through a temporary file and a rename.
+/// A command killed by signal N ends with status 128+N. `PWD`, which the shell sets,
+/// is unset so the command's environment is exactly the one given.
+const SHIM: &str = "trap : HUP INT TERM
+unset PWD
+s=$1
+shift
+\"$@\"
+c=$?
+printf '%s\\n' \"$c\" > \"$s.tmp\" && mv -f \"$s.tmp\" \"$s\"
+";
+
+/// The name the shim runs under (`$0`), which also makes it easy to spot in `ps`.
+const SHIM_NAME: &str = "gantry-run";
+
+/// Why a process could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// The program is not an executable file, or not found on `PATH`.
+    #[error("cannot start the command {program:?}: {reason}")]
+    NotFound {
+        /// The program as given.
+        program: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The argv is empty.
+    #[error("the command is empty")]
+    Empty,
+    /// A file for stdin, stdout or stderr could not be opened.
+    #[error("cannot open {path} for the command's {what}: {source}")]
+    Io {
+        /// `stdin`, `stdout` or `stderr`.
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The shim could not be started.
+    #[error("cannot start the command {program:?}: {source}")]
+    Spawn {
+        /// The program as given.
+        program: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The process vanished before its identity could be read.
+    #[error("the command {program:?} ended before its pid and start time were known")]
+    Vanished {
+        /// The program as given.
+        program: String,
+    },
+}
+
+/// What identifies a run's process: enough to find its process group again, and to
+/// tell the recorded process from a later one that reused its pid.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PidRecord {
-    /// Pid of the group leader (the run's command).
+    /// Pid of the group leader (the shim).
     pub pid: i32,
-    /// Process group id (equal to `pid`: the command leads its own group).
+    /// Process group id (equal to `pid`: the shim leads its own group and session).
     pub pgid: i32,
     /// Start time of the leader, field 22 of `/proc/<pid>/stat` (clock ticks since boot).
     pub start_time: u64,
@@ -31,31 +98,252 @@ pub struct PidRecord {
     pub run: RunId,
 }
 
-impl PidRecord {
-    /// Where the record of attempt `attempt` of `job` lives: `<data>/work/<job>-a<attempt>.pid`.
-    pub fn path(data_dir: &Path, job: JobId, attempt: u32) -> PathBuf {
-        data_dir.join("work").join(format!("{job}-a{attempt}.pid"))
+/// A command to start detached, with everything it needs spelled out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DetachedCommand {
+    /// Program and arguments. A program without `/` is looked up on the `PATH` of
+    /// `env`; one with `/` is taken relative to `cwd`.
+    pub argv: Vec<OsString>,
+    /// Working directory.
+    pub cwd: PathBuf,
+    /// The whole environment (nothing of the factory's is inherited).
+    pub env: Vec<(OsString, OsString)>,
+    /// File read as stdin; `None` means `/dev/null`.
+    pub stdin: Option<PathBuf>,
+    /// File that receives stdout (created or truncated).
+    pub stdout: PathBuf,
+    /// File that receives stderr (created or truncated).
+    pub stderr: PathBuf,
+    /// File the exit status is written to when the command ends.
+    pub exit_status: PathBuf,
+}
+
+/// A process started by [`spawn_detached`].
+#[derive(Debug)]
+pub struct Detached {
+    /// Pid, process group and start time of the shim that leads the group.
+    pub pid: i32,
+    /// Start time of the shim (see [`PidRecord::start_time`]).
+    pub start_time: u64,
+    /// The shim as a child of this process: waiting for it is a prompt notice that the
+    /// run ended (the status itself is read from the exit status file). Dropping it
+    /// neither kills nor disturbs the run.
+    pub child: tokio::process::Child,
+}
+
+/// How a command ended, as its exit status file tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    /// It exited with this code.
+    Code(i32),
+    /// It was ended by this signal (the shell reports 128+N).
+    Signal(i32),
+}
+
+impl Exit {
+    /// Whether the command exited 0.
+    pub fn success(self) -> bool {
+        self == Exit::Code(0)
     }
 
-    /// Writes the record atomically (a temporary file renamed into place), so a crash
-    /// never leaves half a record behind.
-    pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        let json = serde_json::to_vec(self).map_err(std::io::Error::other)?;
-        let tmp = path.with_extension("pid.tmp");
-        std::fs::write(&tmp, json)?;
-        std::fs::rename(&tmp, path)
+    /// The exit code, when it exited.
+    pub fn code(self) -> Option<i32> {
+        match self {
+            Exit::Code(c) => Some(c),
+            Exit::Signal(_) => None,
+        }
     }
 
-    /// Reads a record written by [`PidRecord::write`].
-    pub fn read(path: &Path) -> std::io::Result<PidRecord> {
-        let bytes = std::fs::read(path)?;
-        serde_json::from_slice(&bytes).map_err(|e| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("pid record {} is not valid: {e}", path.display()),
-            )
+    /// Reads a status as the shell reports it: 128+N for signal N (N at most 64).
+    pub fn from_shell(status: i32) -> Exit {
+        if (129..=128 + 64).contains(&status) {
+            Exit::Signal(status - 128)
+        } else {
+            Exit::Code(status)
+        }
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Code(c) => write!(f, "exit code {c}"),
+            Exit::Signal(n) => match Signal::try_from(*n) {
+                Ok(sig) => write!(f, "signal {n} ({sig})"),
+                Err(_) => write!(f, "signal {n}"),
+            },
+        }
+    }
+}
+
+/// Reads the exit status file written by the shim: `None` while there is none (the
+/// command still runs, or its shim was killed before it could write one).
+pub fn read_exit_status(path: &Path) -> Option<Result<Exit, String>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => return Some(Err(format!("cannot read {}: {e}", path.display()))),
+    };
+    Some(
+        text.trim()
+            .parse::<i32>()
+            .map(Exit::from_shell)
+            .map_err(|_| format!("{} holds no exit status: {text:?}", path.display())),
+    )
+}
+
+/// The `setsid` program, when this system has one (util-linux and busybox do).
+fn setsid_program() -> Option<&'static Path> {
+    static SETSID: OnceLock<Option<PathBuf>> = OnceLock::new();
+    SETSID
+        .get_or_init(|| {
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let dirs = std::env::split_paths(&path)
+                .chain(["/usr/bin", "/bin", "/usr/sbin", "/sbin"].map(PathBuf::from));
+            let found = dirs.map(|d| d.join("setsid")).find(|p| is_executable(p));
+            if found.is_none() {
+                tracing::warn!(
+                    "no setsid program found: runs get their own process group but share the factory's session"
+                );
+            }
+            found
         })
+        .as_deref()
+}
+
+fn is_executable(p: &Path) -> bool {
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+/// Finds `program` the way `execvp` would with `env`'s `PATH`, so that a missing
+/// program is reported by name instead of as the shim's exit 127.
+pub fn resolve_program(
+    program: &OsStr,
+    cwd: &Path,
+    env: &[(OsString, OsString)],
+) -> Result<PathBuf, ProcessError> {
+    let shown = program.to_string_lossy().into_owned();
+    if program.is_empty() {
+        return Err(ProcessError::Empty);
     }
+    let path = Path::new(program);
+    if program.as_encoded_bytes().contains(&b'/') {
+        let full = cwd.join(path);
+        return if is_executable(&full) {
+            Ok(full)
+        } else if full.exists() {
+            Err(ProcessError::NotFound {
+                program: shown,
+                reason: "not an executable file".to_string(),
+            })
+        } else {
+            Err(ProcessError::NotFound {
+                program: shown,
+                reason: "no such file".to_string(),
+            })
+        };
+    }
+    let search = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| OsString::from("/usr/local/bin:/usr/bin:/bin"));
+    std::env::split_paths(&search)
+        .map(|dir| cwd.join(dir).join(path))
+        .find(|p| is_executable(p))
+        .ok_or_else(|| ProcessError::NotFound {
+            program: shown,
+            reason: "not found on PATH".to_string(),
+        })
+}
+
+/// Starts `cmd` detached: through the shim, in its own session and process group, with
+/// its output going straight to files. Returns once the shim leads its group.
+pub async fn spawn_detached(cmd: &DetachedCommand) -> Result<Detached, ProcessError> {
+    let Some((program, args)) = cmd.argv.split_first() else {
+        return Err(ProcessError::Empty);
+    };
+    let shown = program.to_string_lossy().into_owned();
+    let resolved = resolve_program(program, &cmd.cwd, &cmd.env)?;
+    let open = |what, path: &Path, write: bool| {
+        let f = if write {
+            std::fs::File::create(path)
+        } else {
+            std::fs::File::open(path)
+        };
+        f.map_err(|source| ProcessError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let stdin = match &cmd.stdin {
+        Some(p) => Stdio::from(open("stdin", p, false)?),
+        None => Stdio::null(),
+    };
+    let stdout = open("stdout", &cmd.stdout, true)?;
+    let stderr = open("stderr", &cmd.stderr, true)?;
+    // A stale status of an earlier start would pass for this one's.
+    let _ = std::fs::remove_file(&cmd.exit_status);
+
+    let setsid = setsid_program();
+    let mut command = match setsid {
+        // `setsid` calls setsid(2) itself and execs the shell (it forks only when it
+        // already leads a group, which a fresh child of ours does not).
+        Some(s) => {
+            let mut c = tokio::process::Command::new(s);
+            c.arg("/bin/sh");
+            c
+        }
+        None => {
+            let mut c = tokio::process::Command::new("/bin/sh");
+            c.process_group(0);
+            c
+        }
+    };
+    command
+        .arg("-c")
+        .arg(SHIM)
+        .arg(SHIM_NAME)
+        .arg(&cmd.exit_status)
+        .arg(&resolved)
+        .args(args)
+        .current_dir(&cmd.cwd)
+        .env_clear()
+        .envs(cmd.env.iter().map(|(k, v)| (k, v)))
+        .stdin(stdin)
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr));
+    let child = command.spawn().map_err(|source| ProcessError::Spawn {
+        program: shown.clone(),
+        source,
+    })?;
+    let pid = child
+        .id()
+        .and_then(|p| i32::try_from(p).ok())
+        .ok_or_else(|| ProcessError::Vanished {
+            program: shown.clone(),
+        })?;
+    if setsid.is_some() {
+        // Until `setsid` ran, the child is still in our group and session: wait until it
+        // leads its own, so that signalling the group never reaches us.
+        let mut delay = Duration::from_micros(200);
+        for _ in 0..200 {
+            match stat_fields(pid) {
+                Some(f) if f.get(2).and_then(|g| g.parse::<i32>().ok()) == Some(pid) => break,
+                None => break,
+                Some(_) => {}
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(10));
+        }
+    }
+    let start_time = start_time(pid).ok_or(ProcessError::Vanished { program: shown })?;
+    Ok(Detached {
+        pid,
+        start_time,
+        child,
+    })
 }
 
 /// The fields of `/proc/<pid>/stat` after the command name, which may itself contain
@@ -70,6 +358,33 @@ fn stat_fields(pid: i32) -> Option<Vec<String>> {
 /// is no such process.
 pub fn start_time(pid: i32) -> Option<u64> {
     stat_fields(pid)?.get(19)?.parse().ok()
+}
+
+/// Whether the recorded leader still runs: same pid, same start time, not a zombie.
+pub fn is_alive(p: &PidRecord) -> bool {
+    stat_fields(p.pid).is_some_and(|f| {
+        f.get(19).and_then(|t| t.parse::<u64>().ok()) == Some(p.start_time)
+            && !matches!(f.first().map(String::as_str), Some("Z" | "X"))
+    })
+}
+
+/// Whether group `p.pgid` is provably the recorded run's, so that signalling it cannot
+/// hit anyone else:
+/// - the recorded leader still exists with the recorded start time (a pid reused by an
+///   unrelated process has a different start time); or
+/// - the leader is gone, but members of the group remain whose environment names the
+///   recorded job and run (Linux does not reuse a pid as a new process or group id
+///   while a group of that id still has members, so these are the run's descendants).
+pub fn group_is_run(p: &PidRecord) -> bool {
+    if p.pgid <= 1 || p.pid <= 1 {
+        return false;
+    }
+    match start_time(p.pid) {
+        Some(t) => t == p.start_time,
+        None => live_group_members(p.pgid)
+            .into_iter()
+            .any(|pid| env_names_run(pid, p.job, p.run)),
+    }
 }
 
 /// Pids of the processes of group `pgid` that are not zombies, read from `/proc`.
@@ -87,8 +402,51 @@ pub fn live_group_members(pgid: i32) -> Vec<i32> {
         .collect()
 }
 
+/// Pids of live processes whose environment names `run` of `job`: how the processes of
+/// a run are found when no pid of it was recorded.
+pub fn processes_of_run(job: JobId, run: RunId) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != me && env_names_run(*pid, job, run))
+        .collect()
+}
+
+/// Kills the processes of `run` of `job` found by their environment (and the process
+/// groups they lead), for a run whose pid was never recorded; returns once none is
+/// left alive, or after about two seconds.
+pub async fn kill_run_processes(job: JobId, run: RunId) {
+    for _ in 0..200 {
+        let pids = processes_of_run(job, run);
+        let live: Vec<i32> = pids
+            .into_iter()
+            .filter(|pid| {
+                stat_fields(*pid)
+                    .is_some_and(|f| !matches!(f.first().map(String::as_str), Some("Z" | "X")))
+            })
+            .collect();
+        if live.is_empty() {
+            return;
+        }
+        for pid in live {
+            let leads_group = stat_fields(pid)
+                .and_then(|f| f.get(2).and_then(|g| g.parse::<i32>().ok()))
+                == Some(pid);
+            if leads_group {
+                signal_group(pid, Signal::SIGKILL);
+            }
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            reap_group(pid);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tracing::warn!(%job, %run, "processes of the run survive SIGKILL");
+}
+
 /// Sends `signal` to every process of group `pgid`. Returns whether the group existed.
-pub(crate) fn signal_group(pgid: i32, signal: Signal) -> bool {
+pub fn signal_group(pgid: i32, signal: Signal) -> bool {
     match killpg(Pid::from_raw(pgid), signal) {
         Ok(()) => true,
         Err(Errno::ESRCH) => false,
@@ -99,8 +457,12 @@ pub(crate) fn signal_group(pgid: i32, signal: Signal) -> bool {
     }
 }
 
-/// Reaps members of group `pgid` that are our children (they are when this process is a
-/// child subreaper and their parent died), so they do not linger as zombies.
+/// How long [`kill_group_and_wait`] keeps reaping a group of which only zombies remain.
+const ZOMBIE_WAIT: Duration = Duration::from_millis(50);
+
+/// Reaps members of group `pgid` that are our children (the shim is; others are when
+/// this process is a child subreaper and their parent died), so they do not linger as
+/// zombies.
 fn reap_group(pgid: i32) {
     loop {
         match waitpid(Pid::from_raw(-pgid), Some(WaitPidFlag::WNOHANG)) {
@@ -110,17 +472,22 @@ fn reap_group(pgid: i32) {
     }
 }
 
-/// SIGKILLs group `pgid` until no process of it remains.
+/// SIGKILLs group `pgid` and returns once no process of it remains, children that
+/// ignore SIGTERM included: what `gantry bench kill` measures.
 ///
-/// "Remains" means `kill(-pgid, 0)` still succeeds. When the only members left are
-/// zombies that someone else must reap (this process is not their parent and init does
-/// not reap), waiting longer cannot help: after a while those count as gone.
+/// "Remains" means a member that is not a zombie: a zombie is dead, and when someone
+/// else must reap it (this process is not its parent and init may not reap), waiting
+/// longer cannot help.
 ///
-/// Call it only after the leader was reaped (its `wait` returned): the group's members
-/// are reaped here by group, which must not steal the leader's exit status.
-pub(crate) async fn kill_group_and_wait(pgid: i32) {
-    let mut delay = Duration::from_millis(5);
+/// The group's members that are our children are reaped here, which is fine for runs:
+/// their exit status comes from the exit status file, not from `wait`.
+pub async fn kill_group_and_wait(pgid: i32) {
+    if pgid <= 1 {
+        return;
+    }
+    let mut delay = Duration::from_micros(500);
     let mut rounds = 0u32;
+    let mut zombies_since = None;
     loop {
         let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
         reap_group(pgid);
@@ -133,16 +500,21 @@ pub(crate) async fn kill_group_and_wait(pgid: i32) {
             Ok(()) => {}
         }
         rounds += 1;
-        // Only zombies left for a while (SIGKILL is delivered in well under a second).
-        if rounds >= 100 && live_group_members(pgid).is_empty() {
-            tracing::debug!(pgid, "only unreaped zombies remain in the process group");
-            return;
+        // Only zombies left: they are dead. Those re-parented to us (a subreaper) are
+        // reaped above within moments; others are someone else's to reap, and waiting
+        // longer for them cannot help.
+        if rounds >= 2 && live_group_members(pgid).is_empty() {
+            let since = *zombies_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= ZOMBIE_WAIT {
+                tracing::debug!(pgid, "only unreaped zombies remain in the process group");
+                return;
+            }
         }
         if rounds % 500 == 0 {
             tracing::warn!(pgid, live = ?live_group_members(pgid), "process group survives SIGKILL");
         }
         tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(50));
+        delay = (delay * 2).min(Duration::from_millis(20));
     }
 }
 
@@ -163,58 +535,43 @@ fn env_names_run(pid: i32, job: JobId, run: RunId) -> bool {
     has_run && has_job
 }
 
-/// Kills the process groups that a previous incarnation of the factory left behind,
-/// as named by the pid records under `<data>/work/`, and removes the records.
-/// Returns the number of groups killed.
+/// Kills the runs that a previous incarnation of the factory left behind, as named by
+/// the run records under `<data>/runs/`, and removes the records. Returns the number of
+/// process groups killed.
 ///
-/// A group is killed only when it is provably the recorded run's:
-/// - the recorded leader still exists with the recorded start time (a pid reused by an
-///   unrelated process has a different start time and is left alone); or
-/// - the leader is gone, but members of the group remain whose environment names the
-///   recorded job and run (Linux does not reuse a pid as a new process or group id while
-///   a group of that id still has members, so these are the run's descendants).
-///
-/// Called by a restarted `gantry serve` (or `gantry factory`) before it registers again.
+/// A group is killed only when it is provably the recorded run's ([`group_is_run`]).
+/// This is the "forget everything" start: a factory that adopts its runs instead
+/// ([`crate::Factory::adopt`]) must not call it, or there is nothing left to adopt.
 pub fn kill_orphans(data_dir: &Path) -> usize {
-    let work = data_dir.join("work");
-    let Ok(dir) = std::fs::read_dir(&work) else {
-        return 0;
-    };
     let mut killed = 0;
-    for entry in dir.flatten() {
-        let path = entry.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("pid") {
-            continue;
-        }
-        let record = match PidRecord::read(&path) {
-            Ok(r) => r,
+    for (path, record) in crate::record::scan(data_dir) {
+        match record {
+            Ok(r) => match &r.process {
+                Some(p) if group_is_run(p) => {
+                    tracing::info!(job = %p.job, run = %p.run, pgid = p.pgid, "killing orphaned run");
+                    if signal_group(p.pgid, Signal::SIGKILL) {
+                        killed += 1;
+                    }
+                }
+                Some(p) => tracing::debug!(?p, "run record names no live process of its run"),
+                None => {
+                    let pids = processes_of_run(r.claim.job.id, r.claim.run.id);
+                    for pid in &pids {
+                        let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+                    }
+                    if !pids.is_empty() {
+                        killed += 1;
+                    }
+                }
+            },
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "unreadable pid record removed");
-                let _ = std::fs::remove_file(&path);
-                continue;
+                tracing::warn!(path = %path.display(), error = %e, "unreadable run record removed")
             }
-        };
-        if record.pgid <= 1 || record.pid <= 1 {
-            tracing::warn!(?record, "pid record with an impossible pid removed");
-            let _ = std::fs::remove_file(&path);
-            continue;
         }
-        let ours = match start_time(record.pid) {
-            Some(t) => t == record.start_time,
-            None => live_group_members(record.pgid)
-                .into_iter()
-                .any(|pid| env_names_run(pid, record.job, record.run)),
-        };
-        if ours {
-            tracing::info!(job = %record.job, run = %record.run, pgid = record.pgid, "killing orphaned run");
-            if signal_group(record.pgid, Signal::SIGKILL) {
-                killed += 1;
-            }
-        } else {
-            tracing::debug!(?record, "pid record names no live process of its run");
-        }
-        if let Err(e) = std::fs::remove_file(&path) {
-            tracing::warn!(path = %path.display(), error = %e, "cannot remove pid record");
+        if let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove run record");
         }
     }
     killed
@@ -222,8 +579,8 @@ pub fn kill_orphans(data_dir: &Path) -> usize {
 
 /// Makes this process a child subreaper, so descendants of a run whose parent died are
 /// re-parented to us (and reaped by [`kill_group_and_wait`]) instead of to init, which
-/// in containers often does not reap.
-pub(crate) fn become_subreaper() {
+/// in containers often does not reap. The factory does it when it starts.
+pub fn become_subreaper() {
     if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
         tracing::warn!(error = %e, "cannot become a child subreaper; orphaned zombies may linger");
     }
@@ -243,20 +600,43 @@ mod tests {
     }
 
     #[test]
-    fn pid_record_round_trips_and_bad_record_names_the_file() {
+    fn shell_statuses_above_128_are_signals() {
+        assert_eq!(Exit::from_shell(0), Exit::Code(0));
+        assert_eq!(Exit::from_shell(3), Exit::Code(3));
+        assert_eq!(Exit::from_shell(128), Exit::Code(128));
+        assert_eq!(Exit::from_shell(137), Exit::Signal(9));
+        assert_eq!(Exit::from_shell(143), Exit::Signal(15));
+        assert_eq!(Exit::from_shell(255), Exit::Code(255));
+        assert_eq!(Exit::Signal(9).to_string(), "signal 9 (SIGKILL)");
+        assert!(Exit::Code(0).success() && !Exit::Code(1).success());
+    }
+
+    #[test]
+    fn exit_status_files_are_read_or_named_when_bad() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("1-a1.pid");
-        let rec = PidRecord {
-            pid: 10,
-            pgid: 10,
-            start_time: 42,
-            job: JobId(1),
-            run: RunId(2),
-        };
-        rec.write(&path).expect("write");
-        assert_eq!(PidRecord::read(&path).expect("read"), rec);
-        std::fs::write(&path, b"{nope").expect("write garbage");
-        let err = PidRecord::read(&path).expect_err("garbage must not parse");
-        assert!(err.to_string().contains("1-a1.pid"), "{err}");
+        let path = dir.path().join("exit_status");
+        assert!(read_exit_status(&path).is_none());
+        std::fs::write(&path, "137\n").expect("write");
+        assert_eq!(read_exit_status(&path), Some(Ok(Exit::Signal(9))));
+        std::fs::write(&path, "nope").expect("write");
+        let err = read_exit_status(&path)
+            .expect("present")
+            .expect_err("garbage");
+        assert!(err.contains("exit_status"), "{err}");
+    }
+
+    #[test]
+    fn programs_are_resolved_on_the_runs_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let env = vec![(OsString::from("PATH"), OsString::from("/usr/bin:/bin"))];
+        let sh = resolve_program(OsStr::new("sh"), dir.path(), &env).expect("sh is on PATH");
+        assert!(sh.is_absolute() && sh.ends_with("sh"), "{sh:?}");
+        let err = resolve_program(OsStr::new("no-such-program-xyz"), dir.path(), &env)
+            .expect_err("missing");
+        assert!(err.to_string().contains("no-such-program-xyz"), "{err}");
+        std::fs::write(dir.path().join("data.txt"), "x").expect("write");
+        let err = resolve_program(OsStr::new("./data.txt"), dir.path(), &env)
+            .expect_err("not executable");
+        assert!(err.to_string().contains("not an executable"), "{err}");
     }
 }

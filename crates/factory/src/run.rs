@@ -1,28 +1,41 @@
 //! The run supervisor: one claimed job from workspace to finish report.
 //!
-//! Steps: prepare the worktree, start the command in its own process group with a
-//! cleared environment, stream its output, renew the lease, stop it on request, on
-//! timeout, on a lost lease or on shutdown, make sure no process of its group is left,
-//! commit and measure the changes, remove the worktree and report.
+//! Steps: prepare the worktree, write the run record, start the command detached (its
+//! own session and process group, output to files, exit status captured by a shim),
+//! tail and upload its output, renew the lease, stop it on request, on timeout, on a
+//! lost lease or on shutdown, make sure no process of its group is left, commit and
+//! measure the changes, remove the worktree, report, and remove the record.
+//!
+//! A run whose factory died is picked up by the next factory on the same data dir
+//! ([`adopt_run`]): it continues from the run record as if it had started the run.
 //!
 //! A lost lease (renewal refused, or the server unreachable until the lease must have
 //! expired) and a factory shutdown end the run without a report: the job is no longer
 //! (or soon no longer) ours, and the reaper hands it out again.
+//!
+//! Checkpoints: every `checkpoint_interval` while the process runs, and once more when
+//! it is stopped gracefully (cancel, timeout, budget, shutdown), the worktree's work in
+//! progress is committed on `gantry/<job>/wip` without touching the agent's index or
+//! HEAD, pushed to a local source repo, and reported as a `run.checkpoint` event. An
+//! attempt whose claim carries a checkpoint starts from it instead of the base.
 
+use crate::agent;
 use crate::coordinator::{CoordError, Coordinator};
-use crate::output::{self, OutputHub, Stream};
-use crate::process::{self, PidRecord};
+use crate::process::{self, DetachedCommand, Exit, PidRecord};
+use crate::record::{CheckpointState, Offsets, RECORD_VERSION, RunRecord};
+use crate::tail::{FileTail, SharedRecord, TICK, Tailer, TextReader};
 use crate::workspace::{self, LiveGuard};
 use crate::{FactoryConfig, artifacts_dir, attempt_branch, worktree_dir};
-use gantry_core::api::{Claim, FinishReport};
+use gantry_core::api::{Checkpoint, Claim, FinishReport};
 use gantry_core::event::{NewEvent, RUN_STARTED};
 use gantry_core::{JobId, Outcome, RunId, StopKind};
 use nix::sys::signal::Signal;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -33,10 +46,12 @@ const ENV_ALLOWLIST: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TERM
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 /// Longest delay between retries of a failed finish.
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// How long the last output upload of a run may take before the run is wrapped up.
+const DRAIN_MAX: Duration = Duration::from_secs(30);
 
 /// What the lease renewer knows about the lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum LeaseState {
+pub(crate) enum LeaseState {
     /// Renewed, nothing asked.
     Held,
     /// Renewed, and a person asked to stop the run this way.
@@ -51,6 +66,16 @@ pub(crate) struct RunContext {
     pub cfg: Arc<FactoryConfig>,
     pub coord: Arc<dyn Coordinator>,
     pub shutdown: watch::Receiver<bool>,
+}
+
+/// A task that is aborted when this handle is dropped, so the helpers of a run (its
+/// renewer, its tailer) never outlive it, even when the run's own task is aborted.
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Renews the lease every `interval` until the receiver side is dropped; on transport
@@ -73,10 +98,23 @@ async fn renew_loop(
     let interval = interval.min(ttl / 3).max(Duration::from_millis(10));
     let mut next = Instant::now() + interval;
     let mut backoff = RETRY_FIRST;
+    let mut stops = coord.stop_signal();
     loop {
         tokio::select! {
             _ = tokio::time::sleep_until(next.min(deadline)) => {}
             _ = state.closed() => return,
+            // A stop was asked of some job: renew now, the answer says if it is ours.
+            changed = async {
+                match stops.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            } => {
+                if !changed {
+                    stops = None;
+                    continue;
+                }
+            }
         }
         let now = Instant::now();
         if now >= deadline {
@@ -92,17 +130,7 @@ async fn renew_loop(
                 backoff = RETRY_FIRST;
                 next = Instant::now() + interval;
                 if let Some(stop) = renewed.stop {
-                    state.send_if_modified(|s| match s {
-                        LeaseState::Held => {
-                            *s = LeaseState::Stop(stop);
-                            true
-                        }
-                        LeaseState::Stop(StopKind::Cancel) if stop == StopKind::Kill => {
-                            *s = LeaseState::Stop(stop);
-                            true
-                        }
-                        _ => false,
-                    });
+                    state.send_if_modified(|s| stop_upgrade(s, stop));
                 }
             }
             Ok(Err(e @ (CoordError::StaleLease { .. } | CoordError::Refused { .. }))) => {
@@ -122,39 +150,92 @@ async fn renew_loop(
     }
 }
 
+/// Applies a stop from a renewal: a first stop, or a kill after a cancel.
+fn stop_upgrade(s: &mut LeaseState, stop: StopKind) -> bool {
+    match s {
+        LeaseState::Held => {
+            *s = LeaseState::Stop(stop);
+            true
+        }
+        LeaseState::Stop(StopKind::Cancel) if stop == StopKind::Kill => {
+            *s = LeaseState::Stop(stop);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Starts the renewer of a run whose lease was last known good at `since`.
+fn start_renewer(
+    ctx: &RunContext,
+    claim: &Claim,
+    since: Instant,
+    initial: LeaseState,
+) -> (AbortOnDrop<()>, watch::Receiver<LeaseState>) {
+    let ttl = Duration::from_millis(claim.run.lease_ttl_ms.max(1));
+    let (lease_tx, lease_rx) = watch::channel(initial);
+    let renewer = tokio::spawn(renew_loop(
+        ctx.coord.clone(),
+        claim.run.id,
+        claim.run.epoch,
+        ttl,
+        ctx.cfg.renew_interval,
+        since,
+        lease_tx,
+    ));
+    (AbortOnDrop(renewer), lease_rx)
+}
+
 /// How the process part of a run ended.
+#[derive(Debug, Default)]
 struct ProcessEnd {
-    status: Option<ExitStatus>,
+    exit: Option<Exit>,
     /// Outcome forced by a stop, a timeout or a lost lease (else the exit decides).
     forced: Option<Outcome>,
     /// The lease was lost or the factory is shutting down: no report.
     abandoned: Option<String>,
+    /// The factory shut down and left the process running for a later factory to adopt.
+    left_running: bool,
+    /// What went wrong outside the process.
+    error: Option<String>,
+    /// What the agent reported (agent engines and parsed command output).
+    insights: Option<gantry_core::engine::Insights>,
+    /// The outcome the agent's own report decides (else the exit code does).
+    verdict: Option<Outcome>,
 }
 
 /// Runs one claimed job to the end.
 pub(crate) async fn run_claim(ctx: RunContext, claim: Claim) {
-    let job = claim.job.id;
-    let run = claim.run.id;
-    let span = tracing::info_span!("run", %job, %run, attempt = claim.run.attempt);
-    let claimed_at = Instant::now();
-    let ttl = Duration::from_millis(claim.run.lease_ttl_ms.max(1));
-    let (lease_tx, lease_rx) = watch::channel(LeaseState::Held);
-    let renewer = tokio::spawn(renew_loop(
-        ctx.coord.clone(),
-        run,
-        claim.run.epoch,
-        ttl,
-        ctx.cfg.renew_interval,
-        claimed_at,
-        lease_tx,
-    ));
-    let sup = Supervisor {
-        ctx,
-        claim,
-        lease: lease_rx,
+    let span = tracing::info_span!("run", job = %claim.job.id, run = %claim.run.id, attempt = claim.run.attempt);
+    let (_renewer, lease) = start_renewer(&ctx, &claim, Instant::now(), LeaseState::Held);
+    let sup = Supervisor { ctx, claim, lease };
+    sup.start().instrument(span).await;
+}
+
+/// A run found in a run record whose lease was just renewed: ready to be watched again.
+pub(crate) struct Adoption {
+    /// The record.
+    pub record: RunRecord,
+    /// When the renewal that proved the lease was sent.
+    pub renewed_at: Instant,
+    /// The stop that renewal asked for, if any.
+    pub stop: Option<StopKind>,
+    /// Keeps the worktree out of pruning while the run lives.
+    pub guard: LiveGuard,
+}
+
+/// Watches an adopted run to its end, exactly as if this factory had started it.
+pub(crate) async fn adopt_run(ctx: RunContext, adoption: Adoption) {
+    let claim = adoption.record.claim.clone();
+    let span = tracing::info_span!("run", job = %claim.job.id, run = %claim.run.id, attempt = claim.run.attempt, adopted = true);
+    let initial = match adoption.stop {
+        Some(k) => LeaseState::Stop(k),
+        None => LeaseState::Held,
     };
-    sup.run().instrument(span).await;
-    renewer.abort();
+    let (_renewer, lease) = start_renewer(&ctx, &claim, adoption.renewed_at, initial);
+    let sup = Supervisor { ctx, claim, lease };
+    let _guard = adoption.guard;
+    sup.resume(adoption.record).instrument(span).await;
 }
 
 struct Supervisor {
@@ -184,14 +265,15 @@ impl Supervisor {
         }
     }
 
-    async fn run(mut self) {
+    /// A fresh run: workspace, record, process, then [`Supervisor::watch`].
+    async fn start(mut self) {
         let job = self.job();
         let attempt = self.claim.run.attempt;
         let spec = self.claim.job.spec.clone();
         let branch = attempt_branch(job, attempt);
-        let wt = worktree_dir(self.data(), job, attempt);
+        let wt = absolute(&worktree_dir(self.data(), job, attempt));
         let _live = LiveGuard::new(&wt);
-        let artifacts = artifacts_dir(self.data(), job, self.run_id());
+        let artifacts = absolute(&artifacts_dir(self.data(), job, self.run_id()));
         let mut report = FinishReport {
             epoch: self.epoch(),
             ..FinishReport::default()
@@ -208,16 +290,33 @@ impl Supervisor {
         }
 
         let mut shutdown = self.ctx.shutdown.clone();
+        let data = self.ctx.cfg.data_dir.clone();
+        let setup = async {
+            // An attempt after a checkpoint starts from it, when this factory can get it.
+            let from = match &self.claim.job.checkpoint {
+                Some(cp) => start_point(&data, &spec.repo, job, cp).await,
+                None => None,
+            };
+            let base = from
+                .as_ref()
+                .map(|cp| cp.commit.clone())
+                .or(spec.base.clone());
+            workspace::prepare(&data, &spec.repo, base.as_deref(), &wt, &branch)
+                .await
+                .map(|p| (p, from))
+        };
         let prepared = tokio::select! {
-            p = workspace::prepare(self.data(), &spec.repo, spec.base.as_deref(), &wt, &branch) => Some(p),
-            _ = shutdown.wait_for(|s| *s) => None,
+            p = setup => Some(p),
+            // A closed channel means the factory itself is gone (its task was dropped,
+            // as when its process dies): the run is left alone, for the next factory.
+            Ok(_) = shutdown.wait_for(|s| *s) => None,
         };
         let Some(prepared) = prepared else {
             tracing::info!("shutdown during workspace setup; run abandoned");
             self.cleanup_abandoned(&wt).await;
             return;
         };
-        let prepared = match prepared {
+        let (prepared, from) = match prepared {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(error = %e, "workspace setup failed");
@@ -228,53 +327,506 @@ impl Supervisor {
                 return;
             }
         };
-        report.branch = Some(branch.clone());
-        report.base_commit = Some(prepared.base_commit.clone());
         if let Some(why) = self.lost() {
             tracing::warn!(reason = %why, "lease lost during workspace setup; run abandoned");
             self.remove_worktree(&prepared.cache, &wt).await;
             return;
         }
-
-        let end = self
-            .run_process(&wt, &artifacts, &branch, &prepared.base_commit)
-            .await;
-        let end = match end {
-            Ok(end) => end,
-            Err(spawn_error) => ProcessEnd {
-                status: None,
-                forced: Some(Outcome::Failed),
-                abandoned: None,
-            }
-            .with_error(&mut report, spawn_error),
+        let format = agent::format_of(&spec);
+        let checkpoint = CheckpointState {
+            base: from
+                .map(|cp| cp.base)
+                .unwrap_or_else(|| prepared.base_commit.clone()),
+            commit: prepared.base_commit.clone(),
+            tree: String::new(),
         };
-        if let Some(why) = end.abandoned.or_else(|| self.lost()) {
-            tracing::warn!(reason = %why, "run abandoned: no commit, no report");
-            self.remove_worktree(&prepared.cache, &wt).await;
+        let record = RunRecord {
+            version: RECORD_VERSION,
+            claim: self.claim.clone(),
+            process: None,
+            started_at_ms: 0,
+            // The raw transcript of an agent is its stdout.
+            stdout: artifacts.join(if format.is_some() {
+                "transcript.jsonl"
+            } else {
+                "stdout.log"
+            }),
+            stderr: artifacts.join("stderr.log"),
+            exit_status: artifacts.join("exit_status"),
+            artifacts,
+            worktree: wt,
+            cache: absolute(&prepared.cache),
+            branch,
+            base_commit: prepared.base_commit,
+            format: format.map(|f| f.as_str().to_string()),
+            uploaded: Offsets::default(),
+            forced: None,
+            checkpoint: Some(checkpoint),
+        };
+        let record = SharedRecord::new(self.data(), record);
+
+        // A stop asked for while the workspace was being prepared: don't even start.
+        let state = self.lease.borrow().clone();
+        if let LeaseState::Stop(kind) = state {
+            tracing::info!(
+                stop = kind.as_str(),
+                "stop requested before the command started"
+            );
+            let end = ProcessEnd {
+                forced: Some(kind.outcome()),
+                ..ProcessEnd::default()
+            };
+            return self.wrap_up(&record, end).await;
+        }
+        let end = match self.spawn(&record).await {
+            Ok(detached) => self.watch(&record, Some(detached.child), true).await,
+            Err(error) => {
+                tracing::warn!(%error, "the command could not be started");
+                ProcessEnd {
+                    forced: Some(Outcome::Failed),
+                    error: Some(error),
+                    ..ProcessEnd::default()
+                }
+            }
+        };
+        self.wrap_up(&record, end).await;
+    }
+
+    /// An adopted run: straight to [`Supervisor::watch`] from the record.
+    async fn resume(mut self, record: RunRecord) {
+        tracing::info!("adopted a run of a previous factory");
+        let record = SharedRecord::new(self.data(), record);
+        let end = self.watch(&record, None, false).await;
+        self.wrap_up(&record, end).await;
+    }
+
+    /// Writes the prompt and the record, starts the process detached and records it.
+    async fn spawn(&self, record: &SharedRecord) -> Result<process::Detached, String> {
+        let rec = record.get();
+        let spec = &self.claim.job.spec;
+        let prompt = rec.artifacts.join("prompt.md");
+        tokio::fs::write(&prompt, spec.body.as_bytes())
+            .await
+            .map_err(|e| format!("cannot write the prompt file {}: {e}", prompt.display()))?;
+        let launch = agent::launch(
+            spec,
+            (self.job(), self.run_id()),
+            self.claim.job.resume_session.as_deref(),
+            &self.ctx.cfg.engines,
+            &prompt,
+            &rec.artifacts,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut env: Vec<(OsString, OsString)> = Vec::new();
+        for var in ENV_ALLOWLIST {
+            if let Some(v) = std::env::var_os(var) {
+                env.push((var.into(), v));
+            }
+        }
+        for (k, v) in launch.env {
+            env.retain(|(name, _)| *name != k);
+            env.push((k, v));
+        }
+        for (k, v) in &spec.env {
+            env.retain(|(name, _)| name != k.as_str());
+            env.push((k.into(), v.into()));
+        }
+        let gantry_vars = [
+            ("GANTRY_JOB_ID", OsString::from(self.job().to_string())),
+            ("GANTRY_RUN_ID", OsString::from(self.run_id().to_string())),
+            (
+                "GANTRY_ATTEMPT",
+                OsString::from(self.claim.run.attempt.to_string()),
+            ),
+            ("GANTRY_PROMPT_FILE", prompt.clone().into_os_string()),
+            ("GANTRY_WORKSPACE", rec.worktree.clone().into_os_string()),
+        ];
+        for (k, v) in gantry_vars {
+            env.retain(|(name, _)| name != k);
+            env.push((k.into(), v));
+        }
+        let cmd = DetachedCommand {
+            argv: launch.argv,
+            cwd: rec.worktree.clone(),
+            env,
+            stdin: launch.stdin,
+            stdout: rec.stdout.clone(),
+            stderr: rec.stderr.clone(),
+            exit_status: rec.exit_status.clone(),
+        };
+        // The record goes down before the process starts, so that a factory dying in
+        // between leaves a record from which the process can still be found.
+        record.update(|_| {});
+        let detached = process::spawn_detached(&cmd)
+            .await
+            .map_err(|e| e.to_string())?;
+        let started_at_ms = now_ms();
+        record.update(|r| {
+            r.process = Some(PidRecord {
+                pid: detached.pid,
+                pgid: detached.pid,
+                start_time: detached.start_time,
+                job: self.job(),
+                run: self.run_id(),
+            });
+            r.started_at_ms = started_at_ms;
+        });
+        tracing::info!(pid = detached.pid, "command started");
+        let started = NewEvent {
+            kind: RUN_STARTED.to_string(),
+            data: serde_json::json!({
+                "pid": detached.pid,
+                "pgid": detached.pid,
+                "branch": rec.branch,
+                "workspace": rec.worktree,
+                "base_commit": rec.base_commit,
+            }),
+        };
+        if let Err(e) = self
+            .ctx
+            .coord
+            .events(self.run_id(), self.epoch(), vec![started])
+            .await
+        {
+            tracing::warn!(error = %e, "cannot report run.started");
+        }
+        Ok(detached)
+    }
+
+    /// Watches the recorded process to its end: tails and uploads its output, applies
+    /// stops, the timeout, lease loss and shutdown, then makes sure nothing of its
+    /// group is left. `child` is the shim when this factory started it (a prompt
+    /// notice of its end); `own` says the group was started by this factory, so it
+    /// may be signalled without checking whose it is.
+    async fn watch(
+        &mut self,
+        record: &SharedRecord,
+        mut child: Option<tokio::process::Child>,
+        own: bool,
+    ) -> ProcessEnd {
+        let rec = record.get();
+        let Some(proc_) = rec.process.clone() else {
+            return ProcessEnd {
+                forced: Some(Outcome::Failed),
+                error: Some("the run record names no process".to_string()),
+                ..ProcessEnd::default()
+            };
+        };
+        let pgid = proc_.pgid;
+        let (finish_tx, finish_rx) = watch::channel(false);
+        let (breach_tx, mut breach_rx) = watch::channel(None::<String>);
+        let wake = Arc::new(Notify::new());
+        let tailer = Tailer {
+            coord: self.ctx.coord.clone(),
+            run: self.run_id(),
+            epoch: self.epoch(),
+            record: record.clone(),
+            stdout: FileTail::new(&rec.stdout, rec.uploaded.stdout),
+            stderr: FileTail::new(&rec.stderr, rec.uploaded.stderr),
+            reader: match agent::format_of(&self.claim.job.spec) {
+                Some(format) => Box::new(agent::AgentReader::new(
+                    agent::Watcher::new(format, &self.claim.job.spec, &self.ctx.cfg.engines.prices),
+                    breach_tx,
+                    Some((rec.stdout.as_path(), rec.uploaded.stdout)),
+                )),
+                None => Box::new(TextReader),
+            },
+            finishing: finish_rx,
+            wake: wake.clone(),
+        };
+        let mut tailer = AbortOnDrop(tokio::spawn(tailer.run()));
+
+        let timeout = self.claim.job.spec.timeout_ms.map(Duration::from_millis);
+        let timeout_at = timeout.map(|t| {
+            let elapsed = Duration::from_millis(now_ms().saturating_sub(rec.started_at_ms));
+            Instant::now() + t.saturating_sub(elapsed)
+        });
+        let grace = self.ctx.cfg.kill_grace;
+        let mut end = ProcessEnd {
+            forced: rec.forced,
+            ..ProcessEnd::default()
+        };
+        let mut kill_at: Option<Instant> = None;
+        // A stop applied before a restart is carried on: the grace starts again.
+        match rec.forced {
+            Some(Outcome::Killed | Outcome::BudgetExceeded) => {
+                process::signal_group(pgid, Signal::SIGKILL);
+            }
+            Some(_) => kill_at = Some(Instant::now() + grace),
+            None => {}
+        }
+        let mut shutdown = self.ctx.shutdown.clone();
+        let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
+        let interval = self.ctx.cfg.engines.checkpoint_interval;
+        let mut next_checkpoint = Instant::now() + interval;
+        let mut checkpointing: Option<AbortOnDrop<()>> = None;
+        let mut shutting_down = false;
+        let mut lease_changed = true;
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if lease_changed {
+                lease_changed = false;
+                let state = self.lease.borrow_and_update().clone();
+                self.apply_lease(state, pgid, &mut end, &mut kill_at, record);
+            }
+            if end.abandoned.is_none() {
+                // Liveness first, then the status: a shim that wrote its status and
+                // ended between the two looks would otherwise pass for one that ended
+                // without a status.
+                let alive = process::is_alive(&proc_);
+                match process::read_exit_status(&rec.exit_status) {
+                    Some(Ok(exit)) => {
+                        end.exit = Some(exit);
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        end.error = Some(e);
+                        break;
+                    }
+                    None if !alive => {
+                        // The shim was killed before it could write a status: by us
+                        // (a stop), or while no factory watched.
+                        if end.forced.is_none() {
+                            end.error = Some(
+                                "the run's process ended without an exit status (it was killed, or the machine restarted)"
+                                    .to_string(),
+                            );
+                            // Nothing the job did ended it: the attempt was lost, and
+                            // `retry_on: [lost]` (the default) runs it again.
+                            end.forced = Some(Outcome::Lost);
+                        }
+                        break;
+                    }
+                    None => {}
+                }
+            } else if !process::is_alive(&proc_) {
+                break;
+            }
+            let timeout_sleep = match (timeout_at, end.forced, &end.abandoned) {
+                (Some(t), None, None) => t,
+                _ => far,
+            };
+            tokio::select! {
+                // The shim is reaped; its status is in the file (checked above).
+                _ = reaped(&mut child) => {}
+                _ = tick.tick() => {}
+                _ = tokio::time::sleep_until(timeout_sleep) => {
+                    tracing::info!(timeout = ?timeout, "timeout passed: SIGTERM to the process group");
+                    self.force(record, &mut end, Outcome::TimedOut);
+                    process::signal_group(pgid, Signal::SIGTERM);
+                    kill_at = Some(Instant::now() + grace);
+                }
+                _ = tokio::time::sleep_until(kill_at.unwrap_or(far)) => {
+                    tracing::info!(grace = ?grace, "grace period over: SIGKILL to the process group");
+                    process::signal_group(pgid, Signal::SIGKILL);
+                    kill_at = None;
+                }
+                // Checkpoints run beside the watch, so a stop is never held up by one.
+                _ = tokio::time::sleep_until(next_checkpoint), if checkpointing.is_none() && end.forced.is_none() && end.abandoned.is_none() => {
+                    let ck = self.checkpointer(record);
+                    checkpointing = Some(AbortOnDrop(tokio::spawn(async move {
+                        if let Err(e) = ck.take().await {
+                            tracing::warn!(error = %e, "checkpoint failed");
+                        }
+                    })));
+                }
+                _ = finished(&mut checkpointing) => {
+                    next_checkpoint = Instant::now() + interval;
+                }
+                // A budget limit passed: stop at once, it must not spend more.
+                Ok(why) = breach_rx.wait_for(Option::is_some), if end.forced.is_none() && end.abandoned.is_none() => {
+                    tracing::info!(reason = ?*why, "budget exceeded: SIGKILL to the process group");
+                    drop(why);
+                    self.force(record, &mut end, Outcome::BudgetExceeded);
+                    process::signal_group(pgid, Signal::SIGKILL);
+                    kill_at = None;
+                }
+                changed = self.lease.changed() => {
+                    if changed.is_err() {
+                        // The renewer ended without a verdict (it cannot, short of a bug);
+                        // we can no longer know that the lease holds.
+                        if end.abandoned.is_none() && self.lost().is_none() {
+                            process::signal_group(pgid, Signal::SIGKILL);
+                            end.abandoned = Some("the lease renewer stopped".to_string());
+                        }
+                    } else {
+                        lease_changed = true;
+                    }
+                }
+                // A closed channel means the factory itself is gone (its task was
+                // dropped): the process runs on for the next factory to adopt.
+                Ok(_) = shutdown.wait_for(|s| *s), if end.abandoned.is_none() => {
+                    if self.ctx.cfg.leave_runs_on_shutdown {
+                        tracing::info!("factory shutting down: the run is left running for the next factory");
+                        end.left_running = true;
+                        return end;
+                    }
+                    tracing::info!("factory shutting down: SIGKILL to the process group");
+                    process::signal_group(pgid, Signal::SIGKILL);
+                    end.abandoned = Some("the factory is shutting down".to_string());
+                    shutting_down = true;
+                    kill_at = None;
+                }
+            }
+        }
+        // The leader ended: now make sure nothing of its group survives.
+        if own || process::group_is_run(&proc_) {
+            process::kill_group_and_wait(pgid).await;
+        }
+        drop(child);
+        // A graceful stop keeps the work in progress for the next attempt (an
+        // interrupted periodic checkpoint is finished first; the worktree no longer
+        // changes).
+        if let Some(mut task) = checkpointing.take() {
+            let _ = (&mut task.0).await;
+        }
+        let graceful = matches!(
+            end.forced,
+            Some(Outcome::Canceled | Outcome::TimedOut | Outcome::BudgetExceeded)
+        ) || shutting_down;
+        if graceful
+            && self.lost().is_none()
+            && let Err(e) = self.checkpointer(record).take().await
+        {
+            tracing::warn!(error = %e, "checkpoint on stop failed");
+        }
+        if end.abandoned.is_some() || self.lost().is_some() {
+            return end;
+        }
+        let _ = finish_tx.send(true);
+        wake.notify_one();
+        match tokio::time::timeout(DRAIN_MAX, &mut tailer.0).await {
+            Ok(Ok(reader)) => {
+                end.insights = reader.insights();
+                end.verdict = reader.outcome(end.exit.and_then(Exit::code));
+                if end.verdict == Some(Outcome::BudgetExceeded) && end.forced.is_none() {
+                    // The last lines passed the budget as the process ended by itself.
+                    end.forced = Some(Outcome::BudgetExceeded);
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "the output tailer failed"),
+            Err(_) => {
+                tracing::warn!("the last output upload took too long; the files have everything")
+            }
+        }
+        end
+    }
+
+    /// What a checkpoint of this run needs, detached from the supervisor so it can run
+    /// beside it.
+    fn checkpointer(&self, record: &SharedRecord) -> Checkpointer {
+        Checkpointer {
+            coord: self.ctx.coord.clone(),
+            run: self.run_id(),
+            epoch: self.epoch(),
+            job: self.job(),
+            attempt: self.claim.run.attempt,
+            repo: self.claim.job.spec.repo.clone(),
+            record: record.clone(),
+        }
+    }
+
+    /// Applies what the renewer learnt to the process group.
+    fn apply_lease(
+        &self,
+        state: LeaseState,
+        pgid: i32,
+        end: &mut ProcessEnd,
+        kill_at: &mut Option<Instant>,
+        record: &SharedRecord,
+    ) {
+        match state {
+            LeaseState::Held => {}
+            LeaseState::Stop(StopKind::Kill) => {
+                if end.forced != Some(Outcome::Killed) && end.abandoned.is_none() {
+                    tracing::info!("kill requested: SIGKILL to the process group");
+                    self.force(record, end, Outcome::Killed);
+                    process::signal_group(pgid, Signal::SIGKILL);
+                    *kill_at = None;
+                }
+            }
+            LeaseState::Stop(StopKind::Cancel) => {
+                if end.forced.is_none() && end.abandoned.is_none() {
+                    tracing::info!("cancel requested: SIGTERM to the process group");
+                    self.force(record, end, Outcome::Canceled);
+                    process::signal_group(pgid, Signal::SIGTERM);
+                    *kill_at = Some(Instant::now() + self.ctx.cfg.kill_grace);
+                }
+            }
+            LeaseState::Lost(why) => {
+                if end.abandoned.is_none() {
+                    tracing::warn!(reason = %why, "lease lost: SIGKILL to the process group");
+                    process::signal_group(pgid, Signal::SIGKILL);
+                    end.abandoned = Some(why);
+                    *kill_at = None;
+                }
+            }
+        }
+    }
+
+    /// Records a forced outcome, in memory and in the run record.
+    fn force(&self, record: &SharedRecord, end: &mut ProcessEnd, outcome: Outcome) {
+        end.forced = Some(outcome);
+        record.update(|r| r.forced = Some(outcome));
+    }
+
+    /// Commits, measures, cleans up and reports, as the end of the process says.
+    async fn wrap_up(&self, record: &SharedRecord, end: ProcessEnd) {
+        if end.left_running {
             return;
         }
-        report.exit_code = end.status.and_then(|s| s.code());
-        report.outcome = Some(match end.forced {
-            Some(o) => o,
-            None if end.status.is_some_and(|s| s.success()) => Outcome::Succeeded,
-            None => Outcome::Failed,
+        let rec = record.get();
+        if let Some(why) = end.abandoned.clone().or_else(|| self.lost()) {
+            tracing::warn!(reason = %why, "run abandoned: no commit, no report");
+            self.remove_worktree(&rec.cache, &rec.worktree).await;
+            record.remove();
+            return;
+        }
+        let mut report = FinishReport {
+            epoch: self.epoch(),
+            branch: Some(rec.branch.clone()),
+            base_commit: Some(rec.base_commit.clone()),
+            error: end.error.clone(),
+            exit_code: end.exit.and_then(Exit::code),
+            ..FinishReport::default()
+        };
+        report.outcome = Some(match (end.forced, end.verdict) {
+            (Some(o), _) => o,
+            (None, Some(v)) if end.exit.is_some() => v,
+            (None, _) if end.exit.is_some_and(Exit::success) => Outcome::Succeeded,
+            (None, _) => Outcome::Failed,
         });
+        report.insights = end.insights.clone();
         if report.outcome == Some(Outcome::Failed)
             && report.error.is_none()
-            && let Some(status) = end.status
-            && status.code().is_none()
+            && end.exit.is_some_and(Exit::success)
+            && let Some(i) = &end.insights
         {
-            report.error = Some(format!("the command was ended by a signal ({status})"));
+            report.error = Some(format!(
+                "the agent reported failure ({})",
+                i.error_kind.as_deref().unwrap_or("no error kind")
+            ));
+        }
+        if report.outcome == Some(Outcome::Failed)
+            && report.error.is_none()
+            && let Some(exit @ Exit::Signal(_)) = end.exit
+        {
+            report.error = Some(format!("the command was ended by {exit}"));
         }
 
-        let message = commit_message(job, attempt, &spec.title);
+        let message = commit_message(
+            self.job(),
+            self.claim.run.attempt,
+            &self.claim.job.spec.title,
+        );
         let committed = workspace::commit_changes(
-            &prepared.cache,
-            &wt,
-            &branch,
-            &prepared.base_commit,
+            &rec.cache,
+            &rec.worktree,
+            &rec.branch,
+            &rec.base_commit,
             &message,
-            &artifacts.join("diff.patch"),
+            &rec.artifacts.join("diff.patch"),
         )
         .await;
         match committed {
@@ -297,250 +849,14 @@ impl Supervisor {
                 });
             }
         }
-        self.remove_worktree(&prepared.cache, &wt).await;
+        self.remove_worktree(&rec.cache, &rec.worktree).await;
         if let Some(why) = self.lost() {
             tracing::warn!(reason = %why, "lease lost while wrapping up; no report");
+            record.remove();
             return;
         }
         self.report(report).await;
-    }
-
-    /// Starts the command and supervises it to its end. `Err` is a spawn failure.
-    async fn run_process(
-        &mut self,
-        wt: &Path,
-        artifacts: &Path,
-        branch: &str,
-        base_commit: &str,
-    ) -> Result<ProcessEnd, String> {
-        // A stop asked for while the workspace was being prepared: don't even start.
-        if let LeaseState::Stop(kind) = *self.lease.borrow() {
-            tracing::info!(
-                stop = kind.as_str(),
-                "stop requested before the command started"
-            );
-            return Ok(ProcessEnd {
-                status: None,
-                forced: Some(kind.outcome()),
-                abandoned: None,
-            });
-        }
-        let spec = &self.claim.job.spec;
-        let job = self.job();
-        let run = self.run_id();
-        let attempt = self.claim.run.attempt;
-        let prompt = artifacts.join("prompt.md");
-        tokio::fs::write(&prompt, spec.body.as_bytes())
-            .await
-            .map_err(|e| format!("cannot write the prompt file {}: {e}", prompt.display()))?;
-        let Some((program, args)) = spec.command.split_first() else {
-            return Err("the job has an empty command".to_string());
-        };
-
-        let mut cmd = tokio::process::Command::new(program);
-        cmd.args(args)
-            .current_dir(wt)
-            .env_clear()
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        for var in ENV_ALLOWLIST {
-            if let Some(v) = std::env::var_os(var) {
-                cmd.env(var, v);
-            }
-        }
-        cmd.envs(&spec.env)
-            .env("GANTRY_JOB_ID", job.to_string())
-            .env("GANTRY_RUN_ID", run.to_string())
-            .env("GANTRY_ATTEMPT", attempt.to_string())
-            .env("GANTRY_PROMPT_FILE", absolute(&prompt))
-            .env("GANTRY_WORKSPACE", absolute(wt));
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| format!("cannot start the command {program:?}: {e}"))?;
-        let pid = child
-            .id()
-            .and_then(|p| i32::try_from(p).ok())
-            .ok_or_else(|| "the command exited before its pid was known".to_string())?;
-        // The command leads its own group (process_group(0)), so pgid == pid.
-        let pgid = pid;
-        let record_path = PidRecord::path(self.data(), job, attempt);
-        match process::start_time(pid) {
-            Some(start_time) => {
-                let record = PidRecord {
-                    pid,
-                    pgid,
-                    start_time,
-                    job,
-                    run,
-                };
-                if let Err(e) = record.write(&record_path) {
-                    tracing::warn!(path = %record_path.display(), error = %e, "cannot write pid record");
-                }
-            }
-            None => tracing::warn!(pid, "cannot read the start time of the command"),
-        }
-        tracing::info!(pid, "command started");
-
-        let hub = Arc::new(OutputHub::default());
-        let done = Arc::new(Notify::new());
-        let uploader = tokio::spawn(output::upload(
-            hub.clone(),
-            self.ctx.coord.clone(),
-            run,
-            self.epoch(),
-            done.clone(),
-        ));
-        let mut pumps = Vec::new();
-        if let Some(out) = child.stdout.take() {
-            let (h, log) = (hub.clone(), artifacts.join("stdout.log"));
-            pumps.push(tokio::spawn(async move {
-                output::pump(out, &log, Stream::Stdout, h).await
-            }));
-        }
-        if let Some(err) = child.stderr.take() {
-            let (h, log) = (hub.clone(), artifacts.join("stderr.log"));
-            pumps.push(tokio::spawn(async move {
-                output::pump(err, &log, Stream::Stderr, h).await
-            }));
-        }
-        let started = NewEvent {
-            kind: RUN_STARTED.to_string(),
-            data: serde_json::json!({
-                "pid": pid,
-                "branch": branch,
-                "workspace": absolute(wt),
-                "base_commit": base_commit,
-            }),
-        };
-        if let Err(e) = self
-            .ctx
-            .coord
-            .events(run, self.epoch(), vec![started])
-            .await
-        {
-            tracing::warn!(error = %e, "cannot report run.started");
-        }
-
-        let end = self.supervise(&mut child, pgid).await;
-        // The leader is reaped: now make sure nothing of its group survives.
-        process::kill_group_and_wait(pgid).await;
-        if let Err(e) = std::fs::remove_file(&record_path)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(path = %record_path.display(), error = %e, "cannot remove pid record");
-        }
-        // Descendants that left the group with setsid could hold the pipes open; don't
-        // wait for them forever (the logs then end here).
-        for mut p in pumps {
-            if tokio::time::timeout(Duration::from_secs(5), &mut p)
-                .await
-                .is_err()
-            {
-                tracing::warn!("output still open after the process group ended; closing it");
-                p.abort();
-            }
-        }
-        if end.abandoned.is_none() && self.lost().is_none() {
-            done.notify_one();
-            let _ = tokio::time::timeout(Duration::from_secs(30), uploader).await;
-        } else {
-            uploader.abort();
-        }
-        Ok(end)
-    }
-
-    /// Waits for the command to end, applying stops, the timeout, lease loss and shutdown.
-    async fn supervise(&mut self, child: &mut tokio::process::Child, pgid: i32) -> ProcessEnd {
-        let timeout = self.claim.job.spec.timeout_ms.map(Duration::from_millis);
-        let timeout_at = timeout.map(|t| Instant::now() + t);
-        let grace = self.ctx.cfg.kill_grace;
-        let mut forced: Option<Outcome> = None;
-        let mut abandoned: Option<String> = None;
-        let mut kill_at: Option<Instant> = None;
-        let mut shutdown = self.ctx.shutdown.clone();
-        let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
-        // A stop already seen before the process started applies at once.
-        let mut lease_changed = true;
-        loop {
-            if lease_changed {
-                lease_changed = false;
-                let state = self.lease.borrow_and_update().clone();
-                match state {
-                    LeaseState::Held => {}
-                    LeaseState::Stop(StopKind::Kill) => {
-                        if forced != Some(Outcome::Killed) && abandoned.is_none() {
-                            tracing::info!("kill requested: SIGKILL to the process group");
-                            forced = Some(Outcome::Killed);
-                            process::signal_group(pgid, Signal::SIGKILL);
-                            kill_at = None;
-                        }
-                    }
-                    LeaseState::Stop(StopKind::Cancel) => {
-                        if forced.is_none() && abandoned.is_none() {
-                            tracing::info!("cancel requested: SIGTERM to the process group");
-                            forced = Some(Outcome::Canceled);
-                            process::signal_group(pgid, Signal::SIGTERM);
-                            kill_at = Some(Instant::now() + grace);
-                        }
-                    }
-                    LeaseState::Lost(why) => {
-                        if abandoned.is_none() {
-                            tracing::warn!(reason = %why, "lease lost: SIGKILL to the process group");
-                            process::signal_group(pgid, Signal::SIGKILL);
-                            abandoned = Some(why);
-                            kill_at = None;
-                        }
-                    }
-                }
-            }
-            let timeout_sleep = match (timeout_at, forced, &abandoned) {
-                (Some(t), None, None) => t,
-                _ => far,
-            };
-            tokio::select! {
-                status = child.wait() => {
-                    let status = match status {
-                        Ok(s) => Some(s),
-                        Err(e) => {
-                            tracing::warn!(error = %e, "waiting for the command failed");
-                            None
-                        }
-                    };
-                    return ProcessEnd { status, forced, abandoned };
-                }
-                _ = tokio::time::sleep_until(timeout_sleep) => {
-                    tracing::info!(timeout = ?timeout, "timeout passed: SIGTERM to the process group");
-                    forced = Some(Outcome::TimedOut);
-                    process::signal_group(pgid, Signal::SIGTERM);
-                    kill_at = Some(Instant::now() + grace);
-                }
-                _ = tokio::time::sleep_until(kill_at.unwrap_or(far)) => {
-                    tracing::info!(grace = ?grace, "grace period over: SIGKILL to the process group");
-                    process::signal_group(pgid, Signal::SIGKILL);
-                    kill_at = None;
-                }
-                changed = self.lease.changed() => {
-                    if changed.is_err() {
-                        // The renewer ended without a verdict (it cannot, short of a bug);
-                        // we can no longer know that the lease holds.
-                        if abandoned.is_none() && self.lost().is_none() {
-                            process::signal_group(pgid, Signal::SIGKILL);
-                            abandoned = Some("the lease renewer stopped".to_string());
-                        }
-                    } else {
-                        lease_changed = true;
-                    }
-                }
-                _ = shutdown.wait_for(|s| *s), if abandoned.is_none() => {
-                    tracing::info!("factory shutting down: SIGKILL to the process group");
-                    process::signal_group(pgid, Signal::SIGKILL);
-                    abandoned = Some("the factory is shutting down".to_string());
-                    kill_at = None;
-                }
-            }
-        }
+        record.remove();
     }
 
     async fn remove_worktree(&self, cache: &Path, wt: &Path) {
@@ -596,14 +912,6 @@ impl Supervisor {
     }
 }
 
-impl ProcessEnd {
-    fn with_error(self, report: &mut FinishReport, error: String) -> ProcessEnd {
-        tracing::warn!(%error, "the command could not be started");
-        report.error = Some(error);
-        self
-    }
-}
-
 fn commit_message(job: JobId, attempt: u32, title: &str) -> String {
     let title: String = title
         .chars()
@@ -615,8 +923,134 @@ fn commit_message(job: JobId, attempt: u32, title: &str) -> String {
     )
 }
 
+/// The checkpoint to start an attempt from: `cp` when its commit is in the cache or
+/// can be fetched from the source; otherwise `None` (the attempt starts from its base).
+async fn start_point(data: &Path, repo: &str, job: JobId, cp: &Checkpoint) -> Option<Checkpoint> {
+    match workspace::fetch_checkpoint(data, repo, job, &cp.commit).await {
+        Ok(true) => {
+            tracing::info!(commit = %cp.commit, "starting from the job's checkpoint");
+            Some(cp.clone())
+        }
+        Ok(false) => {
+            tracing::warn!(commit = %cp.commit, "the job's checkpoint is not reachable from here; starting from the base");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(commit = %cp.commit, error = %e, "cannot get the job's checkpoint; starting from the base");
+            None
+        }
+    }
+}
+
+/// Takes work-in-progress checkpoints of one run.
+struct Checkpointer {
+    coord: Arc<dyn Coordinator>,
+    run: RunId,
+    epoch: i64,
+    job: JobId,
+    attempt: u32,
+    repo: String,
+    record: SharedRecord,
+}
+
+impl Checkpointer {
+    /// Commits the worktree's work in progress (unless nothing changed since the last
+    /// checkpoint), pushes it to a local source repo so any factory can start from it,
+    /// reports it as a `run.checkpoint` event and keeps it in the run record.
+    async fn take(self) -> Result<Option<Checkpoint>, String> {
+        let rec = self.record.get();
+        let state = rec.checkpoint.clone().unwrap_or_else(|| CheckpointState {
+            base: rec.base_commit.clone(),
+            commit: rec.base_commit.clone(),
+            tree: String::new(),
+        });
+        let unchanged = if state.tree.is_empty() {
+            workspace::tree_of(&rec.cache, &state.commit)
+                .await
+                .map_err(|e| e.to_string())?
+        } else {
+            state.tree.clone()
+        };
+        let (job, attempt) = (self.job, self.attempt);
+        let branch = agent::wip_branch(job);
+        let message = format!(
+            "gantry job {job} attempt {attempt}: work in progress\n\nGantry-Job: {job}\nGantry-Attempt: {attempt}\n"
+        );
+        let wip = workspace::checkpoint(
+            &rec.cache,
+            &rec.worktree,
+            &rec.artifacts.join("wip.index"),
+            &branch,
+            &state.commit,
+            &unchanged,
+            &message,
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let Some(wip) = wip else {
+            tracing::debug!("nothing changed since the last checkpoint");
+            return Ok(None);
+        };
+        let source_ref = workspace::wip_source_ref(job, attempt);
+        if let Err(e) =
+            workspace::push_checkpoint(&rec.cache, &self.repo, &wip.commit, &source_ref).await
+        {
+            tracing::warn!(error = %e, "cannot push the checkpoint to the source repo; it stays in this factory's cache");
+        }
+        let cp = Checkpoint {
+            branch,
+            base: state.base.clone(),
+            commit: wip.commit.clone(),
+        };
+        self.coord
+            .events(self.run, self.epoch, vec![agent::checkpoint_event(&cp)])
+            .await
+            .map_err(|e| format!("cannot report the checkpoint: {e}"))?;
+        self.record.update(|r| {
+            r.checkpoint = Some(CheckpointState {
+                base: state.base,
+                commit: wip.commit,
+                tree: wip.tree,
+            })
+        });
+        tracing::info!(commit = %cp.commit, "checkpoint taken");
+        Ok(Some(cp))
+    }
+}
+
+/// Waits for a spawned task to end (then forgets it); never returns when there is none.
+async fn finished(task: &mut Option<AbortOnDrop<()>>) {
+    match task {
+        Some(t) => {
+            let _ = (&mut t.0).await;
+            *task = None;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for the shim to end and reaps it (then forgets it); never returns when there
+/// is no shim to wait for.
+async fn reaped(child: &mut Option<tokio::process::Child>) {
+    match child {
+        Some(c) => {
+            let _ = c.wait().await;
+            *child = None;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Milliseconds since the Unix epoch, by this machine's clock.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// `p` made absolute against the current directory (a relative data dir stays usable
 /// from the worktree, which is the process's working directory).
-fn absolute(p: &Path) -> PathBuf {
+pub(crate) fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }

@@ -250,11 +250,12 @@ pub(crate) struct LiveGuard(PathBuf);
 
 impl LiveGuard {
     pub(crate) fn new(path: &Path) -> LiveGuard {
+        let path = absolute(path);
         live_worktrees()
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(path.to_path_buf());
-        LiveGuard(path.to_path_buf())
+            .insert(path.clone());
+        LiveGuard(path)
     }
 }
 
@@ -361,13 +362,21 @@ async fn ensure_cache(data_dir: &Path, repo: &str, fetch_head: bool) -> Result<(
             .await
             .map_err(io_err("cannot remove stale clone", &tmp))?;
     }
-    let mut args: Vec<&OsStr> = vec!["clone".as_ref(), "--bare".as_ref(), "--quiet".as_ref()];
-    if local {
-        args.push("--local".as_ref());
-    }
     let source = repo_arg(repo);
-    args.extend([OsStr::new("--"), source.as_os_str(), tmp.as_os_str()]);
-    if let Err(e) = git(&repos, &args).await {
+    let clone = |extra: &'static [&'static str]| {
+        let mut args: Vec<&OsStr> = vec!["clone".as_ref(), "--bare".as_ref(), "--quiet".as_ref()];
+        args.extend(extra.iter().map(OsStr::new));
+        args.extend([OsStr::new("--"), source.as_os_str(), tmp.as_os_str()]);
+        args
+    };
+    let mut cloned = git(&repos, clone(if local { &["--local"] } else { &[] })).await;
+    if local && cloned.is_err() {
+        // `--local` hard-links the objects, which fails when the source and the data
+        // dir are on different file systems (a container volume, another disk): copy.
+        let _ = tokio::fs::remove_dir_all(&tmp).await;
+        cloned = git(&repos, clone(&["--local", "--no-hardlinks"])).await;
+    }
+    if let Err(e) = cloned {
         let _ = tokio::fs::remove_dir_all(&tmp).await;
         let message = match e {
             WorkspaceError::Git { stderr, .. } => format!("git clone failed: {stderr}"),
@@ -699,6 +708,178 @@ async fn write_patch(cache: &Path, base: &str, commit: &str, path: &Path) -> Res
     wait_git(child, shown, cache).await
 }
 
+/// A work-in-progress checkpoint: the commit and the tree it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Wip {
+    /// The checkpoint commit.
+    pub commit: String,
+    /// Its tree.
+    pub tree: String,
+}
+
+/// The ref a checkpoint of one attempt is pushed to in a local source repository:
+/// `refs/gantry/wip/<job>/a<attempt>`. It is attempt-unique (a stale worker can never
+/// move another attempt's checkpoint) and outside `refs/heads`, so it neither shows as
+/// a branch nor collides with the delivered branch `gantry/<job>`.
+pub fn wip_source_ref(job: gantry_core::JobId, attempt: u32) -> String {
+    format!("refs/gantry/wip/{job}/a{attempt}")
+}
+
+/// Commits everything in `worktree` (tracked or not, minus ignored files) as a
+/// checkpoint, without touching the worktree's index or HEAD: a temporary index
+/// (`index_tmp`, seeded from the worktree's own index) receives `git add -A`, its tree
+/// is committed with `parent` as the parent, and `refs/heads/<branch>` of the cache
+/// is set to the commit. Returns `None`, committing nothing, when the tree is
+/// `unchanged_tree` (nothing changed since the last checkpoint, or since the base).
+pub(crate) async fn checkpoint(
+    cache: &Path,
+    worktree: &Path,
+    index_tmp: &Path,
+    branch: &str,
+    parent: &str,
+    unchanged_tree: &str,
+    message: &str,
+) -> Result<Option<Wip>> {
+    let index = git(worktree, ["rev-parse", "--git-path", "index"]).await?;
+    let index = worktree.join(index.trim());
+    let _ = tokio::fs::remove_file(index_tmp).await;
+    let tmp = index_tmp.to_string_lossy().into_owned();
+    let env = [("GIT_INDEX_FILE", tmp.as_str())];
+    match tokio::fs::copy(&index, index_tmp).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            git_env(worktree, ["read-tree", "HEAD"], &env).await?;
+        }
+        Err(e) => {
+            return Err(WorkspaceError::Io {
+                action: "cannot copy the worktree's index to",
+                path: index_tmp.to_path_buf(),
+                source: e,
+            });
+        }
+    }
+    let result = async {
+        git_env(worktree, ["add", "-A"], &env).await?;
+        let tree = git_env(worktree, ["write-tree"], &env)
+            .await?
+            .trim()
+            .to_string();
+        if tree == unchanged_tree {
+            return Ok(None);
+        }
+        let mut ident: Vec<(&str, &str)> = IDENTITY.to_vec();
+        ident.extend(env);
+        let commit = git_env(
+            worktree,
+            ["commit-tree", &tree, "-p", parent, "-m", message],
+            &ident,
+        )
+        .await?
+        .trim()
+        .to_string();
+        git(
+            cache,
+            ["update-ref", &format!("refs/heads/{branch}"), &commit],
+        )
+        .await?;
+        Ok(Some(Wip { commit, tree }))
+    }
+    .await;
+    let _ = tokio::fs::remove_file(index_tmp).await;
+    result
+}
+
+/// The tree of `commit` in `dir`.
+pub(crate) async fn tree_of(dir: &Path, commit: &str) -> Result<String> {
+    Ok(git(
+        dir,
+        ["rev-parse", "--verify", &format!("{commit}^{{tree}}")],
+    )
+    .await?
+    .trim()
+    .to_string())
+}
+
+/// Pushes checkpoint `commit` from the cache to the local source repository `repo` as
+/// `refs` [`wip_source_ref`], so a factory with another cache can start from it. Does
+/// nothing for URL repos (pushing there would need credentials): their checkpoints
+/// stay in this factory's cache.
+pub(crate) async fn push_checkpoint(
+    cache: &Path,
+    repo: &str,
+    commit: &str,
+    source_ref: &str,
+) -> Result<bool> {
+    if gantry_core::repo::is_url(repo) {
+        return Ok(false);
+    }
+    let target = repo_arg(repo);
+    let refspec = format!("{commit}:{source_ref}");
+    git(
+        cache,
+        [
+            OsStr::new("push"),
+            OsStr::new("--quiet"),
+            OsStr::new("--force"),
+            OsStr::new("--no-verify"),
+            OsStr::new("--"),
+            target.as_os_str(),
+            OsStr::new(&refspec),
+        ],
+    )
+    .await?;
+    Ok(true)
+}
+
+/// Makes sure checkpoint `commit` of `job` is in the cache of `repo` (creating the
+/// cache if needed), fetching the source's checkpoint refs of the job when it is not.
+/// Returns whether the commit is there.
+pub(crate) async fn fetch_checkpoint(
+    data_dir: &Path,
+    repo: &str,
+    job: gantry_core::JobId,
+    commit: &str,
+) -> Result<bool> {
+    let data_dir = &absolute(data_dir);
+    let hex = commit.chars().all(|c| c.is_ascii_hexdigit());
+    if !(hex && (commit.len() == 40 || commit.len() == 64)) {
+        return Err(WorkspaceError::Invalid {
+            field: "checkpoint commit",
+            value: commit.to_string(),
+            reason: "expected a full commit id (40 or 64 hex digits)".to_string(),
+        });
+    }
+    let cache = cache_dir(data_dir, repo);
+    let lock = cache_lock(&cache);
+    let _held = lock.lock().await;
+    let (cache, _) = if cache.join("HEAD").is_file() {
+        (cache, false)
+    } else {
+        ensure_cache(data_dir, repo, true).await?
+    };
+    if resolve_commit(&cache, commit).await?.is_some() {
+        return Ok(true);
+    }
+    let refspec = format!("+refs/gantry/wip/{job}/*:refs/gantry/wip/{job}/*");
+    let source = repo_arg(repo);
+    let fetched = git(
+        &cache,
+        [
+            OsStr::new("fetch"),
+            OsStr::new("--quiet"),
+            OsStr::new("--no-write-fetch-head"),
+            OsStr::new("--"),
+            source.as_os_str(),
+            OsStr::new(&refspec),
+        ],
+    )
+    .await;
+    if let Err(e) = fetched {
+        tracing::warn!(error = %e, "fetching the checkpoint refs failed");
+    }
+    Ok(resolve_commit(&cache, commit).await?.is_some())
+}
+
 /// Removes the worktree at `path` from `cache` (its branch stays in the cache), and the
 /// directory itself whatever git thinks of it.
 pub(crate) async fn remove_worktree(cache: &Path, path: &Path) -> Result<()> {
@@ -819,22 +1000,21 @@ pub struct CacheUsage {
     pub bytes: u64,
 }
 
-/// Whether the worktree `dir` (`<data>/work/<job>-a<attempt>`) belongs to a live run:
-/// one of this process, or one whose pid record names a process that still exists.
-fn worktree_is_live(dir: &Path) -> bool {
-    if live_worktrees()
+/// The worktrees in use: those of runs of this process, and those that a run record
+/// names (a record is removed only once its run is wrapped up or dropped, so its
+/// worktree may still be needed by the factory that adopts it).
+fn live_worktree_set(data_dir: &Path) -> HashSet<PathBuf> {
+    let mut live = live_worktrees()
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .contains(dir)
-    {
-        return true;
-    }
-    let record = dir.with_extension("pid");
-    // `with_extension` would cut a name with a dot; worktree names have none.
-    match crate::process::PidRecord::read(&record) {
-        Ok(r) => crate::process::start_time(r.pid) == Some(r.start_time),
-        Err(_) => false,
-    }
+        .clone();
+    live.extend(
+        crate::record::scan(data_dir)
+            .into_iter()
+            .filter_map(|(_, r)| r.ok())
+            .map(|r| absolute(&r.worktree)),
+    );
+    live
 }
 
 fn dir_size(path: &Path) -> u64 {
@@ -849,10 +1029,66 @@ fn dir_size(path: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-/// Removes the worktrees under `<data>/work` that no live run uses, prunes the worktree
-/// bookkeeping of every cache (`git worktree prune`) and reports each cache's disk use.
+/// Whether `name` is a temporary clone (`.tmp-<cache>-<pid>`) whose process is gone.
+fn is_stale_clone(name: &str) -> bool {
+    let Some(rest) = name.strip_prefix(".tmp-") else {
+        return false;
+    };
+    match rest
+        .rsplit_once('-')
+        .and_then(|(_, pid)| pid.parse::<i32>().ok())
+    {
+        Some(pid) => crate::process::start_time(pid).is_none(),
+        None => false,
+    }
+}
+
+/// The bare caches under `<data>/repos`.
+async fn caches(data_dir: &Path) -> Result<Vec<PathBuf>, WorkspaceError> {
+    let repos = data_dir.join("repos");
+    let mut out = Vec::new();
+    let Ok(mut entries) = tokio::fs::read_dir(&repos).await else {
+        return Ok(out);
+    };
+    while let Some(entry) = entries
+        .next_entry()
+        .await
+        .map_err(io_err("cannot list", &repos))?
+    {
+        let path = entry.path();
+        let hidden = entry.file_name().to_string_lossy().starts_with('.');
+        if !hidden && path.join("HEAD").is_file() {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Disk use of every bare cache under `<data>/repos`, sorted by path.
+pub async fn cache_usage(data_dir: &Path) -> Result<Vec<CacheUsage>, WorkspaceError> {
+    let mut out = Vec::new();
+    for path in caches(data_dir).await? {
+        let p = path.clone();
+        let bytes = tokio::task::spawn_blocking(move || dir_size(&p))
+            .await
+            .unwrap_or(0);
+        out.push(CacheUsage { path, bytes });
+    }
+    Ok(out)
+}
+
+/// Removes what no live run uses: worktrees and other leftovers under `<data>/work`
+/// (worktrees of runs neither of this process nor named by a run record, and pid files
+/// of older versions), temporary clones under `<data>/repos` whose process is gone;
+/// prunes the worktree bookkeeping of every cache (`git worktree prune`) and reports
+/// each cache's disk use.
+///
+/// The factory runs it at start, after adopting the runs of its previous incarnation
+/// (so their worktrees are kept).
 pub async fn prune(data_dir: &Path) -> Result<PruneReport, WorkspaceError> {
     let mut report = PruneReport::default();
+    let live = live_worktree_set(data_dir);
     let work = data_dir.join("work");
     if let Ok(mut entries) = tokio::fs::read_dir(&work).await {
         while let Some(entry) = entries
@@ -862,12 +1098,18 @@ pub async fn prune(data_dir: &Path) -> Result<PruneReport, WorkspaceError> {
         {
             let path = entry.path();
             let is_dir = entry.file_type().await.is_ok_and(|t| t.is_dir());
-            if !is_dir || worktree_is_live(&path) {
-                continue;
+            if is_dir {
+                if live.contains(&absolute(&path)) {
+                    continue;
+                }
+                tokio::fs::remove_dir_all(&path)
+                    .await
+                    .map_err(io_err("cannot remove worktree", &path))?;
+            } else {
+                tokio::fs::remove_file(&path)
+                    .await
+                    .map_err(io_err("cannot remove leftover file", &path))?;
             }
-            tokio::fs::remove_dir_all(&path)
-                .await
-                .map_err(io_err("cannot remove worktree", &path))?;
             report.removed.push(path);
         }
     }
@@ -878,23 +1120,21 @@ pub async fn prune(data_dir: &Path) -> Result<PruneReport, WorkspaceError> {
             .await
             .map_err(io_err("cannot list", &repos))?
         {
-            let path = entry.path();
-            let hidden = entry.file_name().to_string_lossy().starts_with('.');
-            if hidden || !path.join("HEAD").is_file() {
-                continue;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if is_stale_clone(&name) {
+                let path = entry.path();
+                tokio::fs::remove_dir_all(&path)
+                    .await
+                    .map_err(io_err("cannot remove stale clone", &path))?;
+                report.removed.push(path);
             }
-            {
-                let lock = cache_lock(&path);
-                let _held = lock.lock().await;
-                git(&path, ["worktree", "prune"]).await?;
-            }
-            let p = path.clone();
-            let bytes = tokio::task::spawn_blocking(move || dir_size(&p))
-                .await
-                .unwrap_or(0);
-            report.caches.push(CacheUsage { path, bytes });
         }
     }
-    report.caches.sort_by(|a, b| a.path.cmp(&b.path));
+    for cache in caches(data_dir).await? {
+        let lock = cache_lock(&cache);
+        let _held = lock.lock().await;
+        git(&cache, ["worktree", "prune"]).await?;
+    }
+    report.caches = cache_usage(data_dir).await?;
     Ok(report)
 }

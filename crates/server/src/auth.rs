@@ -7,8 +7,10 @@ use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use gantry_core::api::{Scope, TokenInfo};
+use gantry_core::{FactoryId, RunId};
 use gantry_store::{Store, StoreError};
 use rand::TryRng;
+use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::io::Write;
 use std::marker::PhantomData;
@@ -84,20 +86,29 @@ pub(crate) async fn ensure_admin_token(
     }
 
     let secret = new_token_secret();
-    let taken: Vec<String> = store.tokens().await?.into_iter().map(|t| t.name).collect();
-    let name = (1..)
-        .map(|n| {
-            if n == 1 {
-                "admin".to_string()
-            } else {
-                format!("admin-{n}")
-            }
-        })
-        .find(|name| !taken.contains(name))
-        .expect("an unbounded sequence of names always has one that is not taken");
-    let info = store
-        .create_token(&name, Scope::Admin, &hash_token(&secret))
-        .await?;
+    let mut taken: Vec<String> = store.tokens().await?.into_iter().map(|t| t.name).collect();
+    // Replicas starting together on a new database race for the same name: the loser
+    // of a race takes the next free one instead of failing to start.
+    let info = loop {
+        let name = (1..)
+            .map(|n| {
+                if n == 1 {
+                    "admin".to_string()
+                } else {
+                    format!("admin-{n}")
+                }
+            })
+            .find(|name| !taken.contains(name))
+            .expect("an unbounded sequence of names always has one that is not taken");
+        match store
+            .create_token(&name, Scope::Admin, &hash_token(&secret))
+            .await
+        {
+            Ok(info) => break info,
+            Err(StoreError::Exists { .. }) => taken.push(name),
+            Err(e) => return Err(e.into()),
+        }
+    };
     write_secret_file(&path, &secret)?;
     tracing::info!(name = %info.name, path = %path.display(), "created the admin token");
     Ok(secret)
@@ -153,6 +164,107 @@ impl Caller {
             ))
             .with_hint(format!("use a token with scope {needed} or admin")))
         }
+    }
+
+    /// Refuses (403) a factory token acting for a factory other than its own: the one
+    /// it registered first (see [`gantry_store::Store::register_factory_for_token`]).
+    /// Tokens of other scopes pass (admin may act for any factory; the route's scope
+    /// check keeps the others out).
+    pub async fn require_factory(
+        &self,
+        service: &Service,
+        factory: FactoryId,
+    ) -> Result<(), ApiError> {
+        if self.token.scope != Scope::Factory || self.token.factory == Some(factory) {
+            return Ok(());
+        }
+        let names = factory_names(service).await;
+        let asked = label(&names, factory);
+        let err = match self.token.factory {
+            Some(own) => ApiError::forbidden(format!(
+                "token {:?} acts for factory {}; it cannot act for factory {asked}",
+                self.token.name,
+                label(&names, own)
+            ))
+            .with_hint(ONE_TOKEN_PER_FACTORY),
+            None => ApiError::forbidden(format!(
+                "token {:?} has registered no factory yet, so it cannot act for factory {asked}",
+                self.token.name
+            ))
+            .with_hint(
+                "register first (POST /v1/factories): a factory token acts for the factory \
+                 it registers",
+            ),
+        };
+        tracing::warn!(
+            token = %self.token.name, own = ?self.token.factory, %factory,
+            "factory token refused for another factory"
+        );
+        Err(err.with_details(json!({
+            "token": self.token.name,
+            "factory": self.token.factory,
+            "asked": factory,
+        })))
+    }
+
+    /// Refuses (403) a factory token writing to a run (renew, events, finish) that
+    /// another factory claimed, before anything of the write is applied. 404 for an
+    /// unknown run. Tokens of other scopes pass, as in [`Caller::require_factory`].
+    pub async fn require_run(&self, service: &Service, run: RunId) -> Result<(), ApiError> {
+        if self.token.scope != Scope::Factory {
+            return Ok(());
+        }
+        let owner = service.store().run(run).await?.factory_id;
+        if owner.is_some() && owner == self.token.factory {
+            return Ok(());
+        }
+        let names = factory_names(service).await;
+        let owner_label = owner.map_or_else(|| "none".to_string(), |f| label(&names, f));
+        let own_label = self
+            .token
+            .factory
+            .map_or_else(|| "none yet".to_string(), |f| label(&names, f));
+        tracing::warn!(
+            token = %self.token.name, %run, ?owner, own = ?self.token.factory,
+            "factory token refused for another factory's run"
+        );
+        Err(ApiError::forbidden(format!(
+            "run {run} belongs to factory {owner_label}, but token {:?} acts for factory \
+             {own_label}; nothing was applied",
+            self.token.name
+        ))
+        .with_hint(ONE_TOKEN_PER_FACTORY)
+        .with_details(json!({
+            "run": run,
+            "run_factory": owner,
+            "token": self.token.name,
+            "factory": self.token.factory,
+        })))
+    }
+}
+
+/// The hint of every refusal of a factory token acting for another factory.
+const ONE_TOKEN_PER_FACTORY: &str = "a factory token acts only for the factory it registered \
+     first; give each factory a token of its own (gantry token create --name <factory> \
+     --scope factory)";
+
+/// Factory names by id, for messages; empty when the store cannot say (the message
+/// then shows ids only).
+async fn factory_names(service: &Service) -> Vec<(FactoryId, String)> {
+    match service.store().factories().await {
+        Ok(list) => list.into_iter().map(|f| (f.id, f.name)).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot list factories for an error message");
+            Vec::new()
+        }
+    }
+}
+
+/// `3 ("host-a")`, or `3` when the name is unknown.
+fn label(names: &[(FactoryId, String)], id: FactoryId) -> String {
+    match names.iter().find(|(f, _)| *f == id) {
+        Some((_, name)) => format!("{id} ({name:?})"),
+        None => id.to_string(),
     }
 }
 

@@ -2,7 +2,7 @@
 
 use crate::error::ApiError;
 use crate::service::Service;
-use gantry_core::api::{Claim, FinishReport, RegisterFactory, Renewed};
+use gantry_core::api::{Claim, FinishReport, Heartbeat, HeartbeatAck, RegisterFactory, Renewed};
 use gantry_core::event::NewEvent;
 use gantry_core::{FactoryId, RunId};
 use gantry_factory::{CoordError, Coordinator};
@@ -21,6 +21,20 @@ impl LocalCoordinator {
     /// A coordinator over `service`.
     pub fn new(service: Arc<Service>) -> Self {
         LocalCoordinator { service }
+    }
+
+    /// Records the factory's heartbeat, as `POST /v1/factories/{id}/heartbeat` does;
+    /// the answer says when to send the next one. (What the [`Coordinator`] trait's
+    /// heartbeat, once it has one, delegates to.)
+    pub async fn heartbeat(
+        &self,
+        factory: FactoryId,
+        hb: &Heartbeat,
+    ) -> Result<HeartbeatAck, CoordError> {
+        self.service
+            .heartbeat(factory, hb)
+            .await
+            .map_err(|e| coord_error(e, None, 0))
     }
 }
 
@@ -43,6 +57,10 @@ fn coord_error(e: ApiError, run: Option<RunId>, epoch: i64) -> CoordError {
 
 #[async_trait::async_trait]
 impl Coordinator for LocalCoordinator {
+    fn stop_signal(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.service.stop_signal())
+    }
+
     async fn register(&self, reg: &RegisterFactory) -> Result<FactoryId, CoordError> {
         self.service
             .register(reg)

@@ -34,6 +34,9 @@ pub enum ServerError {
     /// A configuration value cannot work; the message names the field and the value.
     #[error("invalid server configuration: {0}")]
     Config(String),
+    /// The config file (`gantry.toml`) cannot be read or is invalid.
+    #[error(transparent)]
+    ConfigFile(#[from] crate::config::ConfigError),
     /// The store failed.
     #[error("store error: {0}")]
     Store(#[from] StoreError),

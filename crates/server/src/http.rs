@@ -14,14 +14,13 @@ use axum::routing::{delete, get, post};
 use axum::{Router, http::Method, http::Uri};
 use futures_util::Stream;
 use gantry_core::api::{
-    ClaimRequest, CreateToken, CreatedToken, EventsUpload, FinishReport, RegisterFactory,
-    Registered, RenewRequest, Status, SubmitRequest, SubmitResponse, TokenInfo,
+    ClaimRequest, CreateToken, CreatedToken, EventsUpload, FactoryStatus, FinishReport, Heartbeat,
+    HeartbeatAck, RegisterFactory, Registered, RenewRequest, Scope, Status, SubmitRequest,
+    SubmitResponse, TokenInfo,
 };
 use gantry_core::event::Event;
-use gantry_core::time::rfc3339;
 use gantry_core::{FactoryId, Job, JobId, JobState, RunId};
 use gantry_store::JobFilter;
-use serde::Serialize;
 use serde_json::json;
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -58,6 +57,7 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v1/events", get(events))
         .route("/v1/factories", post(register_factory).get(list_factories))
         .route("/v1/factories/{id}/claim", post(claim))
+        .route("/v1/factories/{id}/heartbeat", post(heartbeat))
         .route("/v1/runs/{id}/renew", post(renew))
         .route("/v1/runs/{id}/events", post(upload_events))
         .route("/v1/runs/{id}/finish", post(finish))
@@ -135,6 +135,7 @@ async fn cancel(
     PathParam(id): PathParam<JobId>,
 ) -> Result<Json<Job>, ApiError> {
     let job = svc.store().cancel(id).await?;
+    svc.stop_asked();
     tracing::info!(token = %caller.token.name, job = %id, state = %job.state, "cancel asked");
     Ok(Json(job))
 }
@@ -145,6 +146,7 @@ async fn kill(
     PathParam(id): PathParam<JobId>,
 ) -> Result<Json<Job>, ApiError> {
     let job = svc.store().kill(id).await?;
+    svc.stop_asked();
     tracing::info!(token = %caller.token.name, job = %id, state = %job.state, "kill asked");
     Ok(Json(job))
 }
@@ -164,6 +166,7 @@ async fn kill_all(
     Authed(caller, _): Authed<Operate>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let jobs = svc.store().kill_all().await?;
+    svc.stop_asked();
     tracing::warn!(token = %caller.token.name, ?jobs, "kill-all: claiming paused");
     Ok(Json(json!({ "jobs": jobs })))
 }
@@ -327,50 +330,49 @@ fn sse_event(ev: &Event) -> SseEvent {
     }
 }
 
+/// `POST /v1/factories`: a factory token is bound to the first factory it registers
+/// (see [`Service::register_for_token`]); an admin token registers any factory.
 async fn register_factory(
     State(svc): Svc,
-    _: Authed<RunFactory>,
+    Authed(caller, _): Authed<RunFactory>,
     JsonBody(reg): JsonBody<RegisterFactory>,
 ) -> Result<Json<Registered>, ApiError> {
-    Ok(Json(Registered {
-        id: svc.register(&reg).await?,
-    }))
-}
-
-/// A factory as listed.
-#[derive(Serialize)]
-struct FactoryView {
-    id: FactoryId,
-    name: String,
-    seats: u32,
-    capabilities: Vec<String>,
-    last_seen: String,
+    let id = if caller.token.scope == Scope::Factory {
+        svc.register_for_token(&caller.token, &reg).await?
+    } else {
+        svc.register(&reg).await?
+    };
+    tracing::info!(
+        token = %caller.token.name, factory = %id, name = %reg.name,
+        "factory registered"
+    );
+    Ok(Json(Registered { id }))
 }
 
 async fn list_factories(
     State(svc): Svc,
     _: Authed<Read>,
-) -> Result<Json<Vec<FactoryView>>, ApiError> {
-    let list = svc.store().factories().await?;
-    Ok(Json(
-        list.into_iter()
-            .map(|f| FactoryView {
-                id: f.id,
-                name: f.name,
-                seats: f.seats,
-                capabilities: f.capabilities,
-                last_seen: rfc3339(f.last_seen),
-            })
-            .collect(),
-    ))
+) -> Result<Json<Vec<FactoryStatus>>, ApiError> {
+    Ok(Json(svc.factories().await?))
+}
+
+async fn heartbeat(
+    State(svc): Svc,
+    Authed(caller, _): Authed<RunFactory>,
+    PathParam(id): PathParam<FactoryId>,
+    JsonBody(hb): JsonBody<Heartbeat>,
+) -> Result<Json<HeartbeatAck>, ApiError> {
+    caller.require_factory(&svc, id).await?;
+    Ok(Json(svc.heartbeat(id, &hb).await?))
 }
 
 async fn claim(
     State(svc): Svc,
-    _: Authed<RunFactory>,
+    Authed(caller, _): Authed<RunFactory>,
     PathParam(id): PathParam<FactoryId>,
     JsonBody(req): JsonBody<ClaimRequest>,
 ) -> Result<Response, ApiError> {
+    caller.require_factory(&svc, id).await?;
     match svc.claim(id, Duration::from_secs(req.wait_s)).await? {
         Some(claim) => Ok(Json(claim).into_response()),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
@@ -379,29 +381,32 @@ async fn claim(
 
 async fn renew(
     State(svc): Svc,
-    _: Authed<RunFactory>,
+    Authed(caller, _): Authed<RunFactory>,
     PathParam(id): PathParam<RunId>,
     JsonBody(req): JsonBody<RenewRequest>,
 ) -> Result<Response, ApiError> {
+    caller.require_run(&svc, id).await?;
     Ok(Json(svc.renew(id, req.epoch).await?).into_response())
 }
 
 async fn upload_events(
     State(svc): Svc,
-    _: Authed<RunFactory>,
+    Authed(caller, _): Authed<RunFactory>,
     PathParam(id): PathParam<RunId>,
     JsonBody(req): JsonBody<EventsUpload>,
 ) -> Result<StatusCode, ApiError> {
+    caller.require_run(&svc, id).await?;
     svc.append_events(id, req.epoch, req.events).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn finish(
     State(svc): Svc,
-    _: Authed<RunFactory>,
+    Authed(caller, _): Authed<RunFactory>,
     PathParam(id): PathParam<RunId>,
     JsonBody(report): JsonBody<FinishReport>,
 ) -> Result<Json<Job>, ApiError> {
+    caller.require_run(&svc, id).await?;
     Ok(Json(svc.finish(id, report).await?))
 }
 

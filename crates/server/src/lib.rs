@@ -10,6 +10,7 @@
 //! source repository.
 
 mod auth;
+pub mod config;
 mod coordinator;
 mod error;
 mod extract;
@@ -23,7 +24,6 @@ pub use error::{ApiError, ServerError};
 pub use http::router;
 pub use service::{MAX_CLAIM_WAIT, Service, delivery_branch};
 
-use gantry_core::api::RegisterFactory;
 use gantry_factory::{Factory, FactoryConfig};
 use gantry_store::{PgOptions, PgStore, SqliteStore, Store};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -70,6 +70,9 @@ pub struct ServeConfig {
     /// A PostgreSQL URL (`postgres://user@host/db`) to keep the store in, shared by any
     /// number of servers; `None` keeps it in `<data_dir>/gantry.db` (SQLite).
     pub db: Option<String>,
+    /// The config file (`gantry.toml`: engines, prices, admission, checkpoints); `None`
+    /// reads `<data_dir>/gantry.toml` when it exists.
+    pub config_file: Option<PathBuf>,
 }
 
 impl Default for ServeConfig {
@@ -85,6 +88,7 @@ impl Default for ServeConfig {
             push: true,
             capabilities: Vec::new(),
             db: None,
+            config_file: None,
         }
     }
 }
@@ -147,11 +151,14 @@ fn validate(cfg: &ServeConfig) -> Result<(), ServerError> {
 /// exists (writing `<data>/admin.token`, mode 0600, on first start), binds the listener,
 /// and starts the API, the reaper and the embedded factory.
 ///
-/// Before the embedded factory registers, processes left by a previous run of this
-/// server (killed without cleanup) are killed, and once it has registered, the leases
-/// its previous incarnation held are expired so those jobs come back at once.
+/// Before the reaper and the API start, the embedded factory re-adopts the runs its
+/// previous incarnation left running (see [`gantry_factory::Factory::adopt`]).
 pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
     validate(&cfg)?;
+    let file = match &cfg.config_file {
+        Some(path) => config::ConfigFile::load(path, true)?,
+        None => config::ConfigFile::load(&cfg.data_dir.join(config::CONFIG_FILE), false)?,
+    };
     std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ServerError::Io {
         action: "create data dir",
         path: cfg.data_dir.clone(),
@@ -178,7 +185,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
     ));
 
     let factory = if cfg.embedded_factory {
-        Some(start_embedded_factory(&service, shutdown_rx.clone()).await?)
+        Some(start_embedded_factory(&service, &file, shutdown_rx.clone()).await?)
     } else {
         None
     };
@@ -221,44 +228,18 @@ async fn open_store(cfg: &ServeConfig) -> Result<Arc<dyn Store>, ServerError> {
     }
 }
 
-/// Kills orphans of a previous incarnation, registers the embedded factory, expires its
-/// old leases, and spawns its loop.
+/// Registers the embedded factory, lets it re-adopt the runs its previous incarnation
+/// left (agents keep running while the server restarts), and spawns its loop.
+///
+/// Adoption comes before the reaper's first tick: an adopted run renews its lease first,
+/// so a lease that ran out while the server was down is not reaped from under a live
+/// agent; runs whose lease is gone are killed by the adoption, never finished.
 async fn start_embedded_factory(
     service: &Arc<Service>,
+    file: &config::ConfigFile,
     shutdown: watch::Receiver<bool>,
 ) -> Result<JoinHandle<Result<(), String>>, ServerError> {
     let cfg = service.config().clone();
-    let data_dir = cfg.data_dir.clone();
-    let killed = tokio::task::spawn_blocking(move || gantry_factory::kill_orphans(&data_dir))
-        .await
-        .map_err(|e| ServerError::Task {
-            task: "kill orphans",
-            message: e.to_string(),
-        })?;
-    if killed > 0 {
-        tracing::warn!(killed, "killed process groups left by a previous server");
-    }
-    let reg = RegisterFactory {
-        name: EMBEDDED_FACTORY_NAME.to_string(),
-        seats: cfg.seats,
-        capabilities: cfg.capabilities.clone(),
-    };
-    let id = service
-        .register(&reg)
-        .await
-        .map_err(|e| ServerError::Factory(e.to_string()))?;
-    let expired = service.store().expire_leases_of(id).await?;
-    if !expired.is_empty() {
-        // Runs of the previous incarnation are dead (their processes were just killed):
-        // return their jobs to the lifecycle now rather than at the next reaper tick.
-        let reaped = service.store().reap().await?;
-        service.metrics().leases_expired(reaped.len());
-        tracing::info!(
-            ?expired,
-            ?reaped,
-            "returned the previous embedded factory's runs"
-        );
-    }
     let fcfg = FactoryConfig {
         name: EMBEDDED_FACTORY_NAME.to_string(),
         seats: cfg.seats,
@@ -270,9 +251,29 @@ async fn start_embedded_factory(
         // third of the lease, so one lost renewal never costs the lease).
         renew_interval: EMBEDDED_RENEW_INTERVAL.min(cfg.lease_ttl / 3),
         claim_wait: EMBEDDED_CLAIM_WAIT,
+        ..FactoryConfig::default()
     };
+    let mut fcfg = fcfg;
+    if let Some(mb) = file.factory.min_free_memory_mb {
+        fcfg.min_free_memory_mb = mb;
+    }
+    if let Some(mb) = file.factory.min_free_disk_mb {
+        fcfg.min_free_disk_mb = mb;
+    }
+    fcfg.engines = file.engine_settings();
     let coordinator = Arc::new(LocalCoordinator::new(service.clone()));
-    let factory = Factory::new(fcfg, coordinator);
+    let mut factory = Factory::new(fcfg, coordinator);
+    let report = factory
+        .adopt()
+        .await
+        .map_err(|e| ServerError::Factory(e.to_string()))?;
+    if !report.adopted.is_empty() || !report.dropped.is_empty() {
+        tracing::info!(
+            adopted = ?report.adopted,
+            dropped = ?report.dropped,
+            "took over the runs of the previous embedded factory"
+        );
+    }
     Ok(tokio::spawn(async move {
         factory.run(shutdown).await.map_err(|e| e.to_string())
     }))

@@ -6,13 +6,14 @@ use crate::ServeConfig;
 use crate::error::ApiError;
 use crate::metrics::{ClaimResult, FencedWrite, Metrics};
 use gantry_core::api::{
-    Claim, FinishReport, RegisterFactory, Renewed, SubmitFile, SubmitRequest, SubmitResponse,
+    Claim, FactoryStatus, FinishReport, Health, Heartbeat, HeartbeatAck, RegisterFactory, Renewed,
+    SubmitFile, SubmitRequest, SubmitResponse, TokenInfo,
 };
 use gantry_core::event::{self, NewEvent};
 use gantry_core::repo::{is_url, resolve_repo};
 use gantry_core::spec::parse_job_file;
 use gantry_core::{FactoryId, Job, JobId, JobState, Outcome, ParsedJob, RunId, SpecError};
-use gantry_store::Store;
+use gantry_store::{Binding, Store};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -40,6 +41,25 @@ pub const MAX_CLAIM_WAIT: Duration = Duration::from_secs(120);
 /// delivery or a lease record, so such uploads are refused.
 const SERVER_EVENT_PREFIXES: [&str; 4] = ["job.", "lease.", "delivery.", "queue."];
 
+/// How long a factory may go unheard (no heartbeat, renewal or registration) before it
+/// is listed as down: half the lease TTL (30 s with the default 60 s lease). Half, so a
+/// silent factory shows down well before its leases expire, which happens on its own
+/// (the reaper) whatever its health says.
+pub fn factory_down_after(lease_ttl: Duration) -> Duration {
+    lease_ttl / 2
+}
+
+/// How often a factory should send a heartbeat: a third of [`factory_down_after`]
+/// (10 s with the default lease), so two lost heartbeats in a row never mark it down.
+pub fn heartbeat_interval(lease_ttl: Duration) -> Duration {
+    factory_down_after(lease_ttl) / 3
+}
+
+/// Milliseconds of a duration, saturating.
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The branch a succeeded job is delivered to in its source repository.
 pub fn delivery_branch(job: JobId) -> String {
     format!("gantry/{job}")
@@ -56,6 +76,9 @@ pub struct Service {
     shutdown: watch::Receiver<bool>,
     /// This process's counters (see [`crate::metrics`]).
     metrics: Arc<Metrics>,
+    /// Bumped whenever a stop is asked of a running job, so the embedded factory renews
+    /// at once and stops the run within milliseconds instead of at its next renewal.
+    stops: watch::Sender<u64>,
 }
 
 impl Service {
@@ -68,7 +91,19 @@ impl Service {
             delivery_locks: Mutex::new(HashMap::new()),
             shutdown,
             metrics: Arc::new(Metrics::new()),
+            stops: watch::channel(0).0,
         }
+    }
+
+    /// Tells in-process factories that a stop was asked (see [`Service::stop_signal`]).
+    pub fn stop_asked(&self) {
+        self.stops.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A signal that changes whenever a stop (cancel, kill, kill-all) was asked: a hint
+    /// to renew now, since stops travel in the answer to a renewal.
+    pub fn stop_signal(&self) -> watch::Receiver<u64> {
+        self.stops.subscribe()
     }
 
     /// This process's counters, served at `GET /metrics`.
@@ -153,23 +188,106 @@ impl Service {
 
     /// Registers a factory after checking its name, seats and capabilities.
     pub async fn register(&self, reg: &RegisterFactory) -> Result<FactoryId, ApiError> {
-        if reg.name.trim().is_empty() {
-            return Err(ApiError::bad_request(
-                "field `name` is empty: a factory needs a name",
-            ));
-        }
-        if reg.seats == 0 {
-            return Err(ApiError::bad_request(
-                "field `seats` is 0: a factory needs at least one seat",
-            ));
-        }
-        for cap in &reg.capabilities {
-            gantry_core::caps::validate(cap).map_err(|e| {
-                ApiError::bad_request(format!("field `capabilities`: {e}"))
-                    .with_details(json!({ "field": "capabilities", "value": cap }))
-            })?;
-        }
+        check_registration(reg)?;
         Ok(self.store.register_factory(reg).await?)
+    }
+
+    /// Registers a factory for a factory token and binds the token to it: a factory
+    /// token acts for the first factory it registers and for no other, and a factory is
+    /// registered by one live factory token (403 `forbidden`, naming both, otherwise).
+    /// The embedded factory's name is the server's own.
+    pub async fn register_for_token(
+        &self,
+        token: &TokenInfo,
+        reg: &RegisterFactory,
+    ) -> Result<FactoryId, ApiError> {
+        check_registration(reg)?;
+        if reg.name == crate::EMBEDDED_FACTORY_NAME {
+            return Err(ApiError::forbidden(format!(
+                "factory name {:?} is the server's embedded factory: token {:?} cannot \
+                 register as it",
+                reg.name, token.name
+            ))
+            .with_hint("give the remote factory another name (--name)")
+            .with_details(json!({ "token": token.name, "asked": reg.name })));
+        }
+        match self.store.register_factory_for_token(reg, token.id).await? {
+            Binding::Bound(id) => Ok(id),
+            Binding::TokenTaken {
+                token: name,
+                factory,
+            } => Err(ApiError::forbidden(format!(
+                "token {name:?} acts for factory {factory:?}; it cannot register as factory \
+                 {:?}",
+                reg.name
+            ))
+            .with_hint(format!(
+                "a factory token acts only for the factory it registered first; give {:?} \
+                 a token of its own (gantry token create --name {} --scope factory)",
+                reg.name, reg.name
+            ))
+            .with_details(json!({ "token": name, "factory": factory, "asked": reg.name }))),
+            Binding::FactoryTaken {
+                factory,
+                token: holder,
+            } => Err(ApiError::forbidden(format!(
+                "factory {factory:?} is registered by token {holder:?}; token {:?} cannot \
+                 register as it",
+                token.name
+            ))
+            .with_hint(format!(
+                "if {factory:?} got a new token, revoke the old one first (gantry token \
+                 revoke {holder}); else give this factory another name"
+            ))
+            .with_details(json!({ "token": token.name, "factory": factory, "holder": holder }))),
+        }
+    }
+
+    /// Records a factory's heartbeat and says when to send the next one. 404 when the
+    /// factory is unknown (the store was replaced): the factory registers again.
+    pub async fn heartbeat(
+        &self,
+        factory: FactoryId,
+        hb: &Heartbeat,
+    ) -> Result<HeartbeatAck, ApiError> {
+        if let Some(load) = hb.load_1m
+            && !(load.is_finite() && load >= 0.0)
+        {
+            return Err(ApiError::bad_request(format!(
+                "field `load_1m` is {load}: a load average is a finite number, 0 or more"
+            ))
+            .with_details(json!({ "field": "load_1m" })));
+        }
+        self.store.heartbeat(factory, hb).await?;
+        Ok(HeartbeatAck {
+            interval_ms: millis(heartbeat_interval(self.cfg.lease_ttl)),
+            down_after_ms: millis(factory_down_after(self.cfg.lease_ttl)),
+        })
+    }
+
+    /// Every registered factory with its running jobs, last heartbeat and health: down
+    /// when unheard for longer than [`factory_down_after`], judged by the store's clock.
+    pub async fn factories(&self) -> Result<Vec<FactoryStatus>, ApiError> {
+        let down_after = millis(factory_down_after(self.cfg.lease_ttl));
+        let list = self.store.factories().await?;
+        Ok(list
+            .into_iter()
+            .map(|f| FactoryStatus {
+                id: f.id,
+                name: f.name,
+                seats: f.seats,
+                capabilities: f.capabilities,
+                running: f.running,
+                last_seen: f.last_seen,
+                last_seen_ago_ms: f.last_seen_ago_ms,
+                stats: f.stats,
+                health: if f.last_seen_ago_ms > down_after {
+                    Health::Down
+                } else {
+                    Health::Up
+                },
+            })
+            .collect())
     }
 
     /// Claims a job for `factory`, waiting up to `wait` (capped at [`MAX_CLAIM_WAIT`])
@@ -323,6 +441,27 @@ impl Service {
             tracing::error!(job = %job.id, error = %e, "cannot record the delivery event");
         }
     }
+}
+
+/// Checks a factory registration's name, seats and capabilities.
+fn check_registration(reg: &RegisterFactory) -> Result<(), ApiError> {
+    if reg.name.trim().is_empty() {
+        return Err(ApiError::bad_request(
+            "field `name` is empty: a factory needs a name",
+        ));
+    }
+    if reg.seats == 0 {
+        return Err(ApiError::bad_request(
+            "field `seats` is 0: a factory needs at least one seat",
+        ));
+    }
+    for cap in &reg.capabilities {
+        gantry_core::caps::validate(cap).map_err(|e| {
+            ApiError::bad_request(format!("field `capabilities`: {e}"))
+                .with_details(json!({ "field": "capabilities", "value": cap }))
+        })?;
+    }
+    Ok(())
 }
 
 /// Parses one submitted file, resolves its repo against the file's directory and checks

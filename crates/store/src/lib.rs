@@ -16,15 +16,17 @@ pub mod bench;
 mod error;
 mod postgres;
 mod sqlite;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod vfs;
 
 pub use error::StoreError;
 pub use postgres::{PgOptions, PgStore};
-pub use sqlite::SqliteStore;
+pub use sqlite::{APPLICATION_ID, MIGRATIONS, SqliteStore};
 
 pub use async_trait::async_trait;
 use gantry_core::api::{
-    Claim, FinishReport, RegisterFactory, Renewed, Scope, Status, Submitted, TokenInfo,
+    Claim, FinishReport, Heartbeat, RegisterFactory, Renewed, Scope, Status, Submitted, TokenInfo,
 };
 use gantry_core::event::{Event, NewEvent};
 use gantry_core::{FactoryId, Job, JobId, JobState, ParsedJob, Run, RunId};
@@ -53,8 +55,37 @@ pub struct FactoryInfo {
     pub seats: u32,
     /// Capabilities.
     pub capabilities: Vec<String>,
-    /// Last registration or heartbeat, store clock.
+    /// Last registration, heartbeat or lease renewal, store clock.
     pub last_seen: i64,
+    /// How long before the listing `last_seen` was, by the store's clock (never
+    /// negative), so whoever judges the factory's health needs no clock of its own.
+    pub last_seen_ago_ms: u64,
+    /// Jobs running now whose current run is this factory's.
+    pub running: u32,
+    /// The figures of the last heartbeat (all `None` before the first one).
+    pub stats: Heartbeat,
+}
+
+/// What registering a factory under a factory token came to (see
+/// [`Store::register_factory_for_token`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Binding {
+    /// Registered; the token is bound to this factory (it was already, or is now).
+    Bound(FactoryId),
+    /// The token is bound to another factory; nothing was changed.
+    TokenTaken {
+        /// The token's name.
+        token: String,
+        /// The name of the factory it is bound to.
+        factory: String,
+    },
+    /// The factory is bound to another live token; nothing was changed.
+    FactoryTaken {
+        /// The factory's name.
+        factory: String,
+        /// The name of the live token it is bound to.
+        token: String,
+    },
 }
 
 /// The durable store. Both backends implement it; the server, the embedded factory and
@@ -84,7 +115,23 @@ pub trait Store: Send + Sync + 'static {
     /// Registers a factory (or re-registers one with the same name) and returns its id.
     async fn register_factory(&self, reg: &RegisterFactory) -> Result<FactoryId>;
 
-    /// Registered factories.
+    /// Registers a factory as [`Store::register_factory`] does and binds the factory
+    /// token `token` (its id) to it, in one transaction. A token is bound to the first
+    /// factory it registers and a factory to the first live token that registers it:
+    /// registering under another name than the token's factory, or a factory bound to
+    /// another live token, changes nothing and says which binding is in the way. Tokens
+    /// of other scopes are not bound; the caller checks scopes.
+    async fn register_factory_for_token(
+        &self,
+        reg: &RegisterFactory,
+        token: i64,
+    ) -> Result<Binding>;
+
+    /// Records a factory's heartbeat: `last_seen` becomes now (store clock) and the
+    /// figures are kept for [`Store::factories`]. `NotFound` for an unknown factory.
+    async fn heartbeat(&self, factory: FactoryId, hb: &Heartbeat) -> Result<()>;
+
+    /// Registered factories, by id, with the count of jobs each is running now.
     async fn factories(&self) -> Result<Vec<FactoryInfo>>;
 
     /// Claims the best claimable job for the factory (priority desc, then id asc; deps

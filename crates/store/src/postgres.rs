@@ -13,8 +13,8 @@
 //!   sees the lock held and skips that job).
 //! - **Fenced writes** (renew, events, finish) lock the job row (`FOR NO KEY UPDATE`)
 //!   and check `(run, epoch)` under that lock before writing.
-//! - **Dependencies**: a submit locks the stored jobs it depends on (`FOR SHARE`), and a
-//!   job that ends reads its dependents only after it holds its own row lock, so a
+//! - **Dependencies**: a submit marks the stored jobs it depends on (`has_dependents`,
+//!   which locks their rows), and a finish reads that mark under its own row lock, so a
 //!   dependent submitted while its dependency finishes is settled by one of the two.
 //! - **The reaper** locks expired jobs with `SKIP LOCKED` and re-checks each lease in a
 //!   fresh statement, so replicas reaping at once requeue each job once.
@@ -34,12 +34,12 @@ mod rows;
 mod schema;
 mod signal;
 
-use crate::{FactoryInfo, JobFilter, Result, Store, StoreError};
+use crate::{Binding, FactoryInfo, JobFilter, Result, Store, StoreError};
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use gantry_core::api::{
-    Checkpoint, Claim, ClaimedJob, FinishReport, Lease, RegisterFactory, Renewed, Scope, Status,
-    Submitted, TokenInfo,
+    Checkpoint, Claim, ClaimedJob, FinishReport, Heartbeat, Lease, RegisterFactory, Renewed, Scope,
+    Status, Submitted, TokenInfo,
 };
 use gantry_core::event::{self as ev, Event, NewEvent};
 use gantry_core::state::{self, Effect, Input};
@@ -330,8 +330,8 @@ macro_rules! fenced {
         loop {
             tries += 1;
             let mut tx = $store.conn().await?;
-            let out = match $store.fenced_begin(&mut tx, $run, $epoch, $op, false).await {
-                Ok(Ok(($live, _))) => {
+            let out = match $store.fenced_begin(&mut tx, $run, $epoch, $op).await {
+                Ok(Ok($live)) => {
                     let out = async {
                         let $tx = &tx;
                         let $live = &$live;
@@ -385,7 +385,13 @@ impl PgStore {
             .map_err(|e| StoreError::Backend(format!("cannot build the pool for {shown}: {e}")))?;
         {
             let mut conn = pool.get().await.map_err(|e| {
-                StoreError::Backend(format!("cannot connect to the database {shown}: {e}"))
+                // The pool's own message is only "db error"; the server's reason (no such
+                // database, authentication failed) is in the driver's error.
+                let why = match &e {
+                    deadpool_postgres::PoolError::Backend(pg) => describe(pg),
+                    other => other.to_string(),
+                };
+                StoreError::Backend(format!("cannot connect to the database {shown}: {why}"))
             })?;
             let client: &mut tokio_postgres::Client = &mut conn;
             schema::migrate(client, &shown).await?;
@@ -463,43 +469,27 @@ impl PgStore {
         self.inner.dirty.notify_one();
     }
 
-    /// Runs a fenced write: begins, locks and checks the fence (and, for `finish`,
-    /// looks for dependents once the lock is held) in one round trip. A stale write
-    /// records its rejection, commits that, and yields [`StoreError::StaleLease`].
+    /// Runs a fenced write: begins, locks and checks the fence, in one round trip. A
+    /// stale write records its rejection (the caller commits it) and yields
+    /// [`StoreError::StaleLease`].
     async fn fenced_begin(
         &self,
         tx: &mut Tx,
         run: RunId,
         epoch: i64,
         op: &'static str,
-        with_dependents: bool,
-    ) -> R<std::result::Result<(Live, bool), StoreError>> {
+    ) -> R<std::result::Result<Live, StoreError>> {
         let fence = tx.prep(&FENCE_SQL).await?;
-        let deps = tx.prep(HAS_DEPENDENTS_SQL).await?;
         tx.open = true;
         let c = tx.client();
         let params: [&(dyn ToSql + Sync); 1] = [&run.0];
-        let (began, row, dependents) = if with_dependents {
-            let (b, r, d) = tokio::join!(
-                c.batch_execute("BEGIN"),
-                c.query_opt(&fence, &params),
-                c.query_one(&deps, &params)
-            );
-            (b, r, Some(d))
-        } else {
-            let (b, r) = tokio::join!(c.batch_execute("BEGIN"), c.query_opt(&fence, &params));
-            (b, r, None)
-        };
+        let (began, row) = tokio::join!(c.batch_execute("BEGIN"), c.query_opt(&fence, &params));
         began?;
         let row = row?.ok_or_else(|| not_found("run", run))?;
-        let dependents = match dependents {
-            Some(d) => d?.try_get::<_, bool>(0)?,
-            None => false,
-        };
         let live = read_fence(&row, run, epoch)?;
         tx.now = live.now;
         match live.check {
-            Ok(()) => Ok(Ok((live, dependents))),
+            Ok(()) => Ok(Ok(live)),
             Err(stale) => {
                 let data = json!({"run": run.0, "epoch": epoch, "current_epoch": live.job_epoch, "op": op});
                 add_event(
@@ -552,14 +542,8 @@ impl PgStore {
     }
 
     /// The finish of a live run: records the report, moves the job on, and commits,
-    /// pipelined in one round trip unless dependents need settling.
-    async fn finish_live(
-        &self,
-        tx: &mut Tx,
-        live: &Live,
-        report: &FinishReport,
-        dependents: bool,
-    ) -> R<RawJob> {
+    /// in one statement pipelined with the commit, unless dependents need settling.
+    async fn finish_live(&self, tx: &mut Tx, live: &Live, report: &FinishReport) -> R<RawJob> {
         let Some(outcome) = report.outcome else {
             return Err(StoreError::Invalid(gantry_core::SpecError {
                 file: format!("finish of run {}", live.run),
@@ -595,15 +579,16 @@ impl PgStore {
             data,
         };
         let plan = plan_end(live, outcome, tx.now, vec![finished])?;
-        let run_stmt = tx.prep(FINISH_RUN_SQL).await?;
-        let session_stmt = tx.prep(SAVE_SESSION_SQL).await?;
-        let step_stmt = tx.prep(STEP_SQL).await?;
+        let stmt = tx.prep(FINISH_SQL).await?;
         let files = report.files_changed.map(i64::from);
         let added = report.lines_added.map(i64::from);
         let deleted = report.lines_deleted.map(i64::from);
-        let run_params: [&(dyn ToSql + Sync); 12] = [
-            &live.run.0,
-            &outcome.as_str(),
+        let step = StepParams::new(live.job, JobState::Running, &plan, tx.now, live.seq);
+        let outcome = outcome.as_str();
+        let mut params: Vec<&(dyn ToSql + Sync)> = step.params().to_vec();
+        params.extend([
+            &live.run.0 as &(dyn ToSql + Sync),
+            &outcome,
             &report.exit_code,
             &report.error,
             &report.branch,
@@ -612,42 +597,19 @@ impl PgStore {
             &files,
             &added,
             &deleted,
-            &tx.now,
             &insights,
-        ];
-        let session_params: [&(dyn ToSql + Sync); 2] = [&live.job.0, &session];
-        let step = StepParams::new(live.job, JobState::Running, &plan, tx.now, live.seq);
-        let settle = dependents && plan.to.is_terminal();
-        let step_params = step.params();
+            &session,
+        ]);
+        let settle = live.has_dependents && plan.to.is_terminal();
         let c = tx.client();
-        // The session is saved before the step, whose returned job then carries it.
-        let save_session = async {
-            match session {
-                Some(_) => c.execute(&session_stmt, &session_params).await.map(|_| ()),
-                None => Ok(()),
-            }
-        };
         let row = if settle {
-            let (r, a, s) = tokio::join!(
-                c.execute(&run_stmt, &run_params),
-                save_session,
-                c.query_opt(&step_stmt, &step_params)
-            );
-            r?;
-            a?;
-            let row = s?;
+            let row = c.query_opt(&stmt, &params).await?;
             settle_dependents(tx, live.job).await?;
             row
         } else {
-            let (r, a, s, commit) = tokio::join!(
-                c.execute(&run_stmt, &run_params),
-                save_session,
-                c.query_opt(&step_stmt, &step_params),
-                c.batch_execute("COMMIT")
-            );
-            r?;
-            a?;
-            let row = s?;
+            let (row, commit) =
+                tokio::join!(c.query_opt(&stmt, &params), c.batch_execute("COMMIT"));
+            let row = row?;
             match commit {
                 Ok(()) => tx.open = false,
                 Err(e) => {
@@ -664,7 +626,12 @@ impl PgStore {
                 live.job
             ))
         })?;
-        RawJob::read(&row)
+        let mut raw = RawJob::read(&row)?;
+        if session.is_some() {
+            // Saved by the same statement, whose join cannot see it yet.
+            raw.agent.session_id = session;
+        }
+        Ok(raw)
     }
 }
 
@@ -708,14 +675,11 @@ fn show_config(config: &tokio_postgres::Config) -> String {
 /// Returns one row: whether the factory exists, then (all NULL when nothing was
 /// claimed) job, attempt, epoch, run, lease expiry, spec, and the job's agent state.
 ///
-/// The candidate is chosen in a MATERIALIZED CTE with `LIMIT 1 ... FOR UPDATE SKIP
-/// LOCKED`, evaluated once; the update joins it (not `WHERE id IN (subquery with
-/// LIMIT)`, which the planner may evaluate more than once and so update several rows).
-/// The candidate query reads only `jobs` (the factory's capabilities, the clock and the
-/// pause flag are scalar subqueries, not joins), so its plan is the walk of `jobs_claim`
-/// in claim order that stops at the first fit, whatever the statistics say: joined with
-/// the one-row factory, the planner put that row outside, lost the index order, and
-/// sorted every queued job at each claim (100 ms at 20,000 queued jobs).
+/// The candidate is chosen (and locked, skipping jobs other claims hold) by
+/// `gantry_claim_candidate` (see the schema: its plan is pinned to the index walk in
+/// claim order), in a MATERIALIZED CTE evaluated once; the update joins it (not `WHERE
+/// id IN (subquery with LIMIT)`, which the planner may evaluate more than once and so
+/// update several rows).
 fn claim_sql(to: JobState) -> String {
     format!(
         r#"WITH f AS (
@@ -723,17 +687,9 @@ fn claim_sql(to: JobState) -> String {
 ), now AS MATERIALIZED (
     SELECT gantry_now_ms() AS ms
 ), cand AS MATERIALIZED (
-    SELECT j.id
-    FROM jobs j
-    WHERE j.state = 'queued'
-      AND NOT (SELECT paused FROM queue WHERE id = 1)
-      AND (j.not_before IS NULL OR j.not_before <= (SELECT ms FROM now))
-      AND j.capabilities <@ (SELECT cap_set FROM f)
-      AND (j.lock_key IS NULL OR NOT EXISTS (
-            SELECT 1 FROM jobs r WHERE r.state = 'running' AND r.lock_key = j.lock_key))
-    ORDER BY j.priority DESC, j.id
-    LIMIT 1
-    FOR UPDATE OF j SKIP LOCKED
+    SELECT gantry_claim_candidate(f.cap_set, now.ms) AS id
+    FROM f, now
+    WHERE NOT (SELECT paused FROM queue WHERE id = 1)
 ), claimed AS (
     UPDATE jobs j
     SET state = '{to}', attempt = j.attempt + 1, epoch = j.epoch + 1,
@@ -775,7 +731,7 @@ fn fence_sql() -> String {
         .collect();
     format!(
         "SELECT r.job_id, r.epoch, j.current_run, j.retry_on, j.backoff_ms, j.event_seq,
-                gantry_now_ms(), {}
+                gantry_now_ms(), {}, j.has_dependents
          FROM runs r JOIN jobs j ON j.id = r.job_id
          WHERE r.id = $1
          FOR NO KEY UPDATE OF j",
@@ -783,17 +739,34 @@ fn fence_sql() -> String {
     )
 }
 
-/// Whether the job of run `$1` has dependents. Run after the fence in the same
-/// transaction, so it sees every dependent committed before the job's lock was taken.
-const HAS_DEPENDENTS_SQL: &str = "SELECT EXISTS (SELECT 1 FROM runs r
-     JOIN job_deps d ON d.dep_id = r.job_id WHERE r.id = $1)";
-
-/// Records a run's end; `$12`, its insights, is kept only when reported.
-const FINISH_RUN_SQL: &str = "UPDATE runs SET outcome = $2, exit_code = $3, error = $4,
-         branch = $5, base_commit = $6, commit_sha = $7, files_changed = $8,
-         lines_added = $9, lines_deleted = $10, finished_at = $11,
-         insights = coalesce($12, insights)
-     WHERE id = $1";
+/// A finish in one statement: [`STEP_SQL`]'s twelve parameters, then the run's report
+/// (`$13` run, `$14` outcome, `$15` exit code, `$16` error, `$17` branch, `$18` base,
+/// `$19` commit, `$20`..`$22` diff stats, `$23` insights, kept only when reported) and
+/// `$24` the agent session to keep on the job, when reported.
+const FINISH_SQL: &str = "WITH r AS (
+    UPDATE runs SET outcome = $14, exit_code = $15, error = $16, branch = $17,
+        base_commit = $18, commit_sha = $19, files_changed = $20, lines_added = $21,
+        lines_deleted = $22, finished_at = $6, insights = coalesce($23, insights)
+    WHERE id = $13
+), a AS (
+    INSERT INTO job_agent (job_id, session_id) SELECT $1, $24::text WHERE $24::text IS NOT NULL
+    ON CONFLICT (job_id) DO UPDATE SET session_id = excluded.session_id
+), e AS (
+    INSERT INTO events (job_id, run_id, seq, kind, at, data)
+    SELECT $1, x.run, x.seq, x.kind, $6, x.data
+    FROM unnest($7::bigint[], $8::bigint[], $9::text[], $10::text[])
+        WITH ORDINALITY AS x(run, seq, kind, data, ord)
+    ORDER BY x.ord
+)
+UPDATE jobs SET state = $11, reason = $2, not_before = $3, finished_at = $4,
+    stop_requested = CASE WHEN $11 = 'running' THEN stop_requested ELSE NULL END,
+    event_seq = $5
+FROM job_specs s LEFT JOIN job_agent ag ON ag.job_id = s.job_id
+WHERE jobs.id = $1 AND jobs.state = $12 AND s.job_id = jobs.id
+RETURNING jobs.id, state, priority, attempt, max_attempts, epoch, lock_key, deps_mode,
+    idempotency_key, stop_requested, reason, not_before, created_at, started_at,
+    finished_at, s.title, s.deps, s.spec, ag.session_id, ag.wip_branch, ag.wip_base,
+    ag.wip_commit";
 
 /// Keeps `$2` as the agent session of job `$1`, which a retry resumes.
 const SAVE_SESSION_SQL: &str = "INSERT INTO job_agent (job_id, session_id) VALUES ($1, $2)
@@ -1115,6 +1088,8 @@ struct Live {
     job_epoch: i64,
     /// The database's clock when the fence was read.
     now: Millis,
+    /// Whether some job depends on this one (read under its lock).
+    has_dependents: bool,
     /// Whether the write may go ahead; else the error for the writer.
     check: std::result::Result<(), StoreError>,
 }
@@ -1130,6 +1105,7 @@ fn read_fence(row: &Row, run: RunId, epoch: i64) -> R<Live> {
     let seq: i64 = row.try_get(5)?;
     let now: i64 = row.try_get(6)?;
     let jr = JobRow::read(row, 7)?;
+    let has_dependents: bool = row.try_get(22)?;
     let state = parse_state(&jr.state)?;
     let live = state == JobState::Running
         && jr.epoch == epoch
@@ -1157,6 +1133,7 @@ fn read_fence(row: &Row, run: RunId, epoch: i64) -> R<Live> {
         seq,
         job_epoch: jr.epoch,
         now,
+        has_dependents,
         check,
     })
 }
@@ -1385,14 +1362,16 @@ async fn submit_tx(tx: &Tx, jobs: &[ParsedJob]) -> R<Vec<Submitted>> {
         return Ok(finish_slots(slots, &[]));
     }
 
-    // 4. Lock the stored jobs depended on, so none of them ends unseen between reading
-    //    its state below and this commit: a job that ends settles only the dependents
-    //    it can see.
+    // 4. Mark the stored jobs depended on, which locks them, so none of them ends
+    //    unseen between reading its state below and this commit: a finish reads the
+    //    mark under the same lock and settles dependents when it is set.
     stored.sort_unstable();
     stored.dedup();
     if !stored.is_empty() {
         tx.execute(
-            "SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR SHARE",
+            "WITH t AS (SELECT id FROM jobs WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE)
+             UPDATE jobs SET has_dependents = true FROM t
+             WHERE jobs.id = t.id AND NOT jobs.has_dependents",
             &[&stored],
         )
         .await?;
@@ -1400,6 +1379,15 @@ async fn submit_tx(tx: &Tx, jobs: &[ParsedJob]) -> R<Vec<Submitted>> {
 
     // 5. Store the new jobs in batch order, so ids follow submission order.
     let n = news.len();
+    // New jobs that other new jobs depend on start marked (see step 4).
+    let mut depended = vec![false; n];
+    for targets in &edges {
+        for (t, _) in targets {
+            if let Target::New(m) = *t {
+                depended[m] = true;
+            }
+        }
+    }
     let mut states = Vec::with_capacity(n);
     let mut priorities = Vec::with_capacity(n);
     let mut max_attempts = Vec::with_capacity(n);
@@ -1442,14 +1430,15 @@ async fn submit_tx(tx: &Tx, jobs: &[ParsedJob]) -> R<Vec<Submitted>> {
     let rows = tx
         .query(
             "INSERT INTO jobs (state, priority, max_attempts, lock_key, deps_mode,
-                 idempotency_key, capabilities, retry_on, backoff_ms, created_at, event_seq)
+                 idempotency_key, capabilities, retry_on, backoff_ms, created_at, event_seq,
+                 has_dependents)
              SELECT x.state, x.priority, x.max_attempts, x.lock_key, x.deps_mode, x.key,
                  ARRAY(SELECT json_array_elements_text(x.caps::json)), x.retry_on,
-                 x.backoff_ms, $10, 1
+                 x.backoff_ms, $10, 1, x.depended
              FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[],
-                         $6::text[], $7::text[], $8::text[], $9::bigint[])
+                         $6::text[], $7::text[], $8::text[], $9::bigint[], $11::boolean[])
                  WITH ORDINALITY AS x(state, priority, max_attempts, lock_key, deps_mode,
-                                      key, caps, retry_on, backoff_ms, ord)
+                                      key, caps, retry_on, backoff_ms, depended, ord)
              ORDER BY x.ord
              RETURNING id",
             &[
@@ -1463,6 +1452,7 @@ async fn submit_tx(tx: &Tx, jobs: &[ParsedJob]) -> R<Vec<Submitted>> {
                 &retry_ons,
                 &backoffs,
                 &tx.now,
+                &depended,
             ],
         )
         .await?;
@@ -1595,6 +1585,7 @@ async fn reap_tx(tx: &Tx) -> R<Vec<RunId>> {
             seq: row.try_get(8)?,
             job_epoch: epoch,
             now: tx.now,
+            has_dependents: true,
             check: Ok(()),
         };
         // A fresh statement under the job's lock: a renewal that committed after the
@@ -1749,6 +1740,76 @@ async fn set_paused_tx(tx: &Tx, paused: bool) -> R<bool> {
     Ok(changed > 0)
 }
 
+/// Registers a factory by name (or updates the one of that name) and returns its id.
+async fn register_tx(tx: &Tx, reg: &RegisterFactory) -> R<i64> {
+    let set = cap_set(&reg.capabilities);
+    let seats = i64::from(reg.seats);
+    let row = tx
+        .query_one(
+            "INSERT INTO factories (name, seats, capabilities, cap_set, last_seen)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (name) DO UPDATE SET seats = excluded.seats,
+                 capabilities = excluded.capabilities, cap_set = excluded.cap_set,
+                 last_seen = excluded.last_seen
+             RETURNING id",
+            &[&reg.name, &seats, &reg.capabilities, &set, &tx.now],
+        )
+        .await?;
+    Ok(row.try_get(0)?)
+}
+
+/// Registers a factory under the factory token `token` and binds the two (see
+/// [`Store::register_factory_for_token`]); changes nothing when a binding is in the way.
+///
+/// The token's row is locked first, so registrations with one token take turns; two
+/// tokens racing to bind one factory are settled by the unique index
+/// `tokens_live_factory` (the loser runs again and sees the winner's binding).
+async fn register_for_token_tx(tx: &Tx, reg: &RegisterFactory, token: i64) -> R<Binding> {
+    let row = tx
+        .query_opt(
+            "SELECT name, factory_id FROM tokens WHERE id = $1 FOR UPDATE",
+            &[&token],
+        )
+        .await?
+        .ok_or_else(|| not_found("token", token))?;
+    let token_name: String = row.try_get(0)?;
+    let bound: Option<i64> = row.try_get(1)?;
+    if let Some(bound) = bound {
+        let factory: String = tx
+            .query_one("SELECT name FROM factories WHERE id = $1", &[&bound])
+            .await?
+            .try_get(0)?;
+        if factory != reg.name {
+            return Ok(Binding::TokenTaken {
+                token: token_name,
+                factory,
+            });
+        }
+    }
+    let holder = tx
+        .query_opt(
+            "SELECT t.name FROM tokens t JOIN factories f ON f.id = t.factory_id
+             WHERE f.name = $1 AND t.revoked_at IS NULL AND t.id <> $2",
+            &[&reg.name, &token],
+        )
+        .await?;
+    if let Some(holder) = holder {
+        return Ok(Binding::FactoryTaken {
+            factory: reg.name.clone(),
+            token: holder.try_get(0)?,
+        });
+    }
+    let id = register_tx(tx, reg).await?;
+    if bound.is_none() {
+        tx.execute(
+            "UPDATE tokens SET factory_id = $2 WHERE id = $1",
+            &[&token, &id],
+        )
+        .await?;
+    }
+    Ok(Binding::Bound(FactoryId(id)))
+}
+
 fn is_unique_violation(e: &TxError) -> bool {
     matches!(e, TxError::Db(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION))
 }
@@ -1820,40 +1881,70 @@ impl Store for PgStore {
     }
 
     async fn register_factory(&self, reg: &RegisterFactory) -> Result<FactoryId> {
-        let set = cap_set(&reg.capabilities);
-        let seats = i64::from(reg.seats);
-        in_tx!(self, |tx| {
-            let row = tx
-                .query_one(
-                    "INSERT INTO factories (name, seats, capabilities, cap_set, last_seen)
-                     VALUES ($1, $2, $3, $4, $5)
-                     ON CONFLICT (name) DO UPDATE SET seats = excluded.seats,
-                         capabilities = excluded.capabilities, cap_set = excluded.cap_set,
-                         last_seen = excluded.last_seen
-                     RETURNING id",
-                    &[&reg.name, &seats, &reg.capabilities, &set, &tx.now],
-                )
-                .await?;
-            Ok(FactoryId(row.try_get(0)?))
-        })
+        in_tx!(self, |tx| Ok(FactoryId(register_tx(&tx, reg).await?)))
+    }
+
+    async fn register_factory_for_token(
+        &self,
+        reg: &RegisterFactory,
+        token: i64,
+    ) -> Result<Binding> {
+        in_tx!(self, |tx| register_for_token_tx(&tx, reg, token).await)
+    }
+
+    async fn heartbeat(&self, factory: FactoryId, hb: &Heartbeat) -> Result<()> {
+        let tx = self.conn().await?;
+        let n = tx
+            .execute(
+                "UPDATE factories SET last_seen = gantry_now_ms(), load_1m = $2,
+                     free_memory_mb = $3, free_disk_mb = $4
+                 WHERE id = $1",
+                &[
+                    &factory.0,
+                    &hb.load_1m,
+                    &mb_to_sql(hb.free_memory_mb),
+                    &mb_to_sql(hb.free_disk_mb),
+                ],
+            )
+            .await?;
+        if n == 0 {
+            return Err(not_found("factory", factory));
+        }
+        Ok(())
     }
 
     async fn factories(&self) -> Result<Vec<FactoryInfo>> {
         let tx = self.conn().await?;
         let rows = tx
             .query(
-                "SELECT id, name, seats, capabilities, last_seen FROM factories ORDER BY id",
+                "SELECT f.id, f.name, f.seats, f.capabilities, f.last_seen, f.load_1m,
+                        f.free_memory_mb, f.free_disk_mb, coalesce(c.n, 0),
+                        gantry_now_ms() - f.last_seen
+                 FROM factories f
+                 LEFT JOIN (SELECT r.factory_id AS fid, count(*) AS n
+                            FROM jobs j JOIN runs r ON r.id = j.current_run
+                            WHERE j.state = 'running'
+                            GROUP BY r.factory_id) c ON c.fid = f.id
+                 ORDER BY f.id",
                 &[],
             )
             .await?;
         rows.iter()
             .map(|r| {
+                let ago: i64 = r.try_get(9)?;
                 Ok(FactoryInfo {
                     id: FactoryId(r.try_get(0)?),
                     name: r.try_get(1)?,
                     seats: to_u32("seats", r.try_get(2)?)?,
                     capabilities: r.try_get(3)?,
                     last_seen: r.try_get(4)?,
+                    last_seen_ago_ms: u64::try_from(ago).unwrap_or(0),
+                    running: to_u32("running", r.try_get(8)?)?,
+                    stats: Heartbeat {
+                        load_1m: r.try_get(5)?,
+                        free_memory_mb: mb_from_sql("free_memory_mb", r.try_get(6)?)?,
+                        free_disk_mb: mb_from_sql("free_disk_mb", r.try_get(7)?)?,
+                    },
                 })
             })
             .collect::<R<Vec<_>>>()
@@ -1939,11 +2030,11 @@ impl Store for PgStore {
             tries += 1;
             let mut tx = self.conn().await?;
             let out = match self
-                .fenced_begin(&mut tx, run, report.epoch, "finish", true)
+                .fenced_begin(&mut tx, run, report.epoch, "finish")
                 .await
             {
-                Ok(Ok((live, dependents))) => {
-                    match self.finish_live(&mut tx, &live, &report, dependents).await {
+                Ok(Ok(live)) => {
+                    match self.finish_live(&mut tx, &live, &report).await {
                         // Committed already, unless it settled dependents.
                         Ok(raw) if !tx.open => Ok(Ok(raw)),
                         out => tx.end(out.map(Ok)).await,

@@ -27,11 +27,11 @@
 //!   index on `state` alone, and events carry no foreign keys, because each index or
 //!   check costs every claim and finish a page write or a lookup.
 
-use crate::{FactoryInfo, JobFilter, Result, Store, StoreError};
+use crate::{Binding, FactoryInfo, JobFilter, Result, Store, StoreError};
 use async_trait::async_trait;
 use gantry_core::api::{
-    Checkpoint, Claim, ClaimedJob, FinishReport, Lease, RegisterFactory, Renewed, Scope, Status,
-    Submitted, TokenInfo,
+    Checkpoint, Claim, ClaimedJob, FinishReport, Heartbeat, Lease, RegisterFactory, Renewed, Scope,
+    Status, Submitted, TokenInfo,
 };
 use gantry_core::event::{self as ev, Event, NewEvent};
 use gantry_core::state::{self, Effect, Input};
@@ -48,16 +48,30 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// `PRAGMA application_id` of a Gantry database ("GANT"), so a foreign SQLite file is
-/// recognized before anything is written to it.
-const APPLICATION_ID: i32 = 0x4741_4E54;
-
 /// How long a connection waits for another process's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Schema migrations: entry `i` takes the database from `user_version` `i` to `i + 1`.
-/// Never edit a released entry; append a new one instead.
-const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+/// Never edit a released entry; append a new one instead. Public so tests can build a
+/// database at an older version and check that opening it migrates it intact.
+pub const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
+
+/// `PRAGMA application_id` of a Gantry database ("GANT"), so a foreign SQLite file is
+/// recognized before anything is written to it.
+pub const APPLICATION_ID: i32 = 0x4741_4E54;
+
+/// Many machines (issue 4): the figures of each factory's last heartbeat, and the
+/// factory each factory token is bound to (the first it registered; it may act for no
+/// other). At most one live token is bound to a factory, enforced by a unique index
+/// rather than by checking, so two tokens racing for one name cannot both win.
+const SCHEMA_V3: &str = r#"
+ALTER TABLE factories ADD COLUMN load_1m REAL;
+ALTER TABLE factories ADD COLUMN free_memory_mb INTEGER;
+ALTER TABLE factories ADD COLUMN free_disk_mb INTEGER;
+ALTER TABLE tokens ADD COLUMN factory_id INTEGER REFERENCES factories (id);
+CREATE UNIQUE INDEX tokens_live_factory ON tokens (factory_id)
+    WHERE factory_id IS NOT NULL AND revoked_at IS NULL;
+"#;
 
 /// Agents (issue 3): the insights of each run, and per job the agent session to resume
 /// and the latest checkpoint. The job side lives in its own table, written only for jobs
@@ -985,18 +999,107 @@ impl RawRun {
     }
 }
 
-fn read_token(r: &rusqlite::Row<'_>) -> rusqlite::Result<(i64, String, String, i64, Option<i64>)> {
-    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+/// The columns [`read_token`] expects, in order.
+const TOKEN_COLS: &str = "id, name, scope, created_at, revoked_at, factory_id";
+
+/// A `tokens` row as stored, before its scope is parsed.
+type TokenRow = (i64, String, String, i64, Option<i64>, Option<i64>);
+
+fn read_token(r: &rusqlite::Row<'_>) -> rusqlite::Result<TokenRow> {
+    Ok((
+        r.get(0)?,
+        r.get(1)?,
+        r.get(2)?,
+        r.get(3)?,
+        r.get(4)?,
+        r.get(5)?,
+    ))
 }
 
-fn into_token(t: (i64, String, String, i64, Option<i64>)) -> Result<TokenInfo> {
+fn into_token(t: TokenRow) -> Result<TokenInfo> {
     Ok(TokenInfo {
         id: t.0,
         name: t.1,
         scope: parse_scope(&t.2)?,
         created_at: t.3,
         revoked_at: t.4,
+        factory: t.5.map(FactoryId),
     })
+}
+
+/// A figure of a heartbeat as SQLite stores it (an INTEGER is signed).
+fn mb_to_sql(v: Option<u64>) -> Option<i64> {
+    v.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+/// A stored figure of a heartbeat, refusing what no heartbeat could have sent.
+fn mb_from_sql(what: &str, v: Option<i64>) -> Result<Option<u64>> {
+    v.map(|v| u64::try_from(v).map_err(|_| corrupt(format!("{what} {v} is negative"))))
+        .transpose()
+}
+
+/// Registers a factory by name (or updates the one of that name) and returns its id.
+fn register_tx(
+    tx: &Connection,
+    reg: &RegisterFactory,
+    caps_json: &str,
+    now: Millis,
+) -> Result<i64> {
+    Ok(tx
+        .prepare_cached(
+            "INSERT INTO factories (name, seats, capabilities, last_seen)
+             VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT (name) DO UPDATE SET seats = excluded.seats,
+                 capabilities = excluded.capabilities, last_seen = excluded.last_seen
+             RETURNING id",
+        )?
+        .query_row(params![reg.name, reg.seats, caps_json, now], |r| r.get(0))?)
+}
+
+/// Registers a factory under the factory token `token` and binds the two (see
+/// [`Store::register_factory_for_token`]); changes nothing when a binding is in the way.
+fn register_for_token_tx(
+    tx: &Connection,
+    reg: &RegisterFactory,
+    caps_json: &str,
+    token: i64,
+    now: Millis,
+) -> Result<Binding> {
+    let (token_name, bound): (String, Option<i64>) = tx
+        .prepare_cached("SELECT name, factory_id FROM tokens WHERE id = ?1")?
+        .query_row([token], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .ok_or_else(|| not_found("token", token))?;
+    if let Some(bound) = bound {
+        let factory: String = tx
+            .prepare_cached("SELECT name FROM factories WHERE id = ?1")?
+            .query_row([bound], |r| r.get(0))?;
+        if factory != reg.name {
+            return Ok(Binding::TokenTaken {
+                token: token_name,
+                factory,
+            });
+        }
+    }
+    let holder: Option<String> = tx
+        .prepare_cached(
+            "SELECT t.name FROM tokens t JOIN factories f ON f.id = t.factory_id
+             WHERE f.name = ?1 AND t.revoked_at IS NULL AND t.id <> ?2",
+        )?
+        .query_row(params![reg.name, token], |r| r.get(0))
+        .optional()?;
+    if let Some(holder) = holder {
+        return Ok(Binding::FactoryTaken {
+            factory: reg.name.clone(),
+            token: holder,
+        });
+    }
+    let id = register_tx(tx, reg, caps_json, now)?;
+    if bound.is_none() {
+        tx.prepare_cached("UPDATE tokens SET factory_id = ?2 WHERE id = ?1")?
+            .execute(params![token, id])?;
+    }
+    Ok(Binding::Bound(FactoryId(id)))
 }
 
 fn read_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<(Event, String)> {
@@ -2282,41 +2385,106 @@ impl Store for SqliteStore {
         let reg = reg.clone();
         let caps_json = serde_json::to_string(&reg.capabilities)
             .map_err(|e| corrupt(format!("cannot encode capabilities: {e}")))?;
+        self.write(move |tx, now| Ok(FactoryId(register_tx(tx, &reg, &caps_json, now)?)))
+            .await
+    }
+
+    async fn register_factory_for_token(
+        &self,
+        reg: &RegisterFactory,
+        token: i64,
+    ) -> Result<Binding> {
+        let reg = reg.clone();
+        let caps_json = serde_json::to_string(&reg.capabilities)
+            .map_err(|e| corrupt(format!("cannot encode capabilities: {e}")))?;
+        self.write(move |tx, now| register_for_token_tx(tx, &reg, &caps_json, token, now))
+            .await
+    }
+
+    async fn heartbeat(&self, factory: FactoryId, hb: &Heartbeat) -> Result<()> {
+        let hb = *hb;
         self.write(move |tx, now| {
-            let id: i64 = tx
+            let n = tx
                 .prepare_cached(
-                    "INSERT INTO factories (name, seats, capabilities, last_seen)
-                     VALUES (?1, ?2, ?3, ?4)
-                     ON CONFLICT (name) DO UPDATE SET seats = excluded.seats,
-                         capabilities = excluded.capabilities, last_seen = excluded.last_seen
-                     RETURNING id",
+                    "UPDATE factories SET last_seen = ?2, load_1m = ?3, free_memory_mb = ?4,
+                         free_disk_mb = ?5
+                     WHERE id = ?1",
                 )?
-                .query_row(params![reg.name, reg.seats, caps_json, now], |r| r.get(0))?;
-            Ok(FactoryId(id))
+                .execute(params![
+                    factory.0,
+                    now,
+                    hb.load_1m,
+                    mb_to_sql(hb.free_memory_mb),
+                    mb_to_sql(hb.free_disk_mb)
+                ])?;
+            if n == 0 {
+                return Err(not_found("factory", factory));
+            }
+            Ok(())
         })
         .await
     }
 
     async fn factories(&self) -> Result<Vec<FactoryInfo>> {
+        type Row = (
+            i64,
+            String,
+            i64,
+            String,
+            i64,
+            Option<f64>,
+            Option<i64>,
+            Option<i64>,
+            i64,
+        );
         self.read(|tx| {
-            let rows: Vec<(i64, String, i64, String, i64)> = tx
+            let now = now_millis();
+            // Running jobs are found through `jobs_running_lock`, whose condition is
+            // `state = 'running'`: it holds every running job, locked or not.
+            let rows: Vec<Row> = tx
                 .prepare_cached(
-                    "SELECT id, name, seats, capabilities, last_seen FROM factories ORDER BY id",
+                    "SELECT f.id, f.name, f.seats, f.capabilities, f.last_seen, f.load_1m,
+                            f.free_memory_mb, f.free_disk_mb, coalesce(c.n, 0)
+                     FROM factories f
+                     LEFT JOIN (SELECT r.factory_id AS fid, count(*) AS n
+                                FROM jobs j JOIN runs r ON r.id = j.current_run
+                                WHERE j.state = 'running'
+                                GROUP BY r.factory_id) c ON c.fid = f.id
+                     ORDER BY f.id",
                 )?
                 .query_map([], |r| {
-                    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+                    Ok((
+                        r.get(0)?,
+                        r.get(1)?,
+                        r.get(2)?,
+                        r.get(3)?,
+                        r.get(4)?,
+                        r.get(5)?,
+                        r.get(6)?,
+                        r.get(7)?,
+                        r.get(8)?,
+                    ))
                 })?
                 .collect::<rusqlite::Result<_>>()?;
             rows.into_iter()
-                .map(|(id, name, seats, caps, last_seen)| {
-                    Ok(FactoryInfo {
-                        id: FactoryId(id),
-                        name,
-                        seats: to_u32("seats", seats)?,
-                        capabilities: parse_json("factory capabilities", &caps)?,
-                        last_seen,
-                    })
-                })
+                .map(
+                    |(id, name, seats, caps, last_seen, load, mem, disk, running)| {
+                        Ok(FactoryInfo {
+                            id: FactoryId(id),
+                            name,
+                            seats: to_u32("seats", seats)?,
+                            capabilities: parse_json("factory capabilities", &caps)?,
+                            last_seen,
+                            last_seen_ago_ms: u64::try_from(now - last_seen).unwrap_or(0),
+                            running: to_u32("running", running)?,
+                            stats: Heartbeat {
+                                load_1m: load,
+                                free_memory_mb: mb_from_sql("free_memory_mb", mem)?,
+                                free_disk_mb: mb_from_sql("free_disk_mb", disk)?,
+                            },
+                        })
+                    },
+                )
                 .collect()
         })
     }
@@ -2568,10 +2736,10 @@ impl Store for SqliteStore {
                 });
             }
             let row = tx
-                .prepare_cached(
+                .prepare_cached(&format!(
                     "INSERT INTO tokens (name, scope, hash, created_at) VALUES (?1, ?2, ?3, ?4)
-                     RETURNING id, name, scope, created_at, revoked_at",
-                )?
+                         RETURNING {TOKEN_COLS}"
+                ))?
                 .query_row(params![name, scope.as_str(), hash, now], read_token)
                 .map_err(|e| {
                     if is_unique_violation(&e) {
@@ -2590,10 +2758,9 @@ impl Store for SqliteStore {
 
     async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenInfo>> {
         self.read(|tx| {
-            tx.prepare_cached(
-                "SELECT id, name, scope, created_at, revoked_at FROM tokens
-                 WHERE hash = ?1 AND revoked_at IS NULL",
-            )?
+            tx.prepare_cached(&format!(
+                "SELECT {TOKEN_COLS} FROM tokens WHERE hash = ?1 AND revoked_at IS NULL"
+            ))?
             .query_row([hash], read_token)
             .optional()?
             .map(into_token)
@@ -2603,14 +2770,12 @@ impl Store for SqliteStore {
 
     async fn tokens(&self) -> Result<Vec<TokenInfo>> {
         self.read(|tx| {
-            tx.prepare_cached(
-                "SELECT id, name, scope, created_at, revoked_at FROM tokens ORDER BY id",
-            )?
-            .query_map([], read_token)?
-            .collect::<rusqlite::Result<Vec<_>>>()?
-            .into_iter()
-            .map(into_token)
-            .collect()
+            tx.prepare_cached(&format!("SELECT {TOKEN_COLS} FROM tokens ORDER BY id"))?
+                .query_map([], read_token)?
+                .collect::<rusqlite::Result<Vec<_>>>()?
+                .into_iter()
+                .map(into_token)
+                .collect()
         })
     }
 
@@ -2621,13 +2786,11 @@ impl Store for SqliteStore {
                 "UPDATE tokens SET revoked_at = coalesce(revoked_at, ?2) WHERE name = ?1",
             )?
             .execute(params![name, now])?;
-            tx.prepare_cached(
-                "SELECT id, name, scope, created_at, revoked_at FROM tokens WHERE name = ?1",
-            )?
-            .query_row([&name], read_token)
-            .optional()?
-            .ok_or_else(|| not_found("token", &name))
-            .and_then(into_token)
+            tx.prepare_cached(&format!("SELECT {TOKEN_COLS} FROM tokens WHERE name = ?1"))?
+                .query_row([&name], read_token)
+                .optional()?
+                .ok_or_else(|| not_found("token", &name))
+                .and_then(into_token)
         })
         .await
     }

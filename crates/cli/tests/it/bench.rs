@@ -1,4 +1,5 @@
-//! `gantry bench queue` and `gantry bench dispatch` print their machine-readable last line.
+//! `gantry bench queue`, `dispatch`, `kill` and `concurrent` print their machine-readable
+//! last line.
 
 use crate::harness::{gantry, run_with_timeout};
 use std::time::Duration;
@@ -81,4 +82,29 @@ fn bench_dispatch_prints_the_last_line() {
         out.stdout.contains("baseline  p50") && out.stdout.contains("dispatch  p50"),
         "says what it measures\n{out}"
     );
+}
+
+#[test]
+fn issue3_bench_kill_prints_the_last_line() {
+    let mut c = gantry();
+    c.args(["bench", "kill", "--runs", "3"]);
+    let out = run_with_timeout(c, Duration::from_secs(300));
+    out.ok();
+    let last = out.stdout.lines().last().unwrap_or_default();
+    let v = parse_kv(last, &["kills", "p50_ms", "p99_ms", "max_ms"]);
+    assert_eq!(v[0], 3.0, "{last}");
+    assert!(v[1] <= v[2] && v[2] <= v[3], "{last}");
+}
+
+#[test]
+fn issue3_bench_concurrent_prints_the_last_line() {
+    let mut c = gantry();
+    c.args(["bench", "concurrent", "--runs", "8", "--sleep", "6s"]);
+    let out = run_with_timeout(c, Duration::from_secs(300));
+    out.ok();
+    let last = out.stdout.lines().last().unwrap_or_default();
+    let v = parse_kv(last, &["runs", "total_rss_mb", "api_p50_ms", "api_p99_ms"]);
+    assert_eq!(v[0], 8.0, "{last}");
+    assert!(v[1] > 0.0, "the bench's own process counts: {last}");
+    assert!(v[2] <= v[3], "{last}");
 }

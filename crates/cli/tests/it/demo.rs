@@ -1,4 +1,5 @@
-//! `gantry demo` runs to completion and prints its summary.
+//! `gantry demo` runs to completion and prints its summary, including the script-engine
+//! agents' live insights and the budget stop (issue 3).
 
 use crate::harness::{gantry, run_with_timeout};
 use std::time::Duration;
@@ -28,19 +29,30 @@ fn demo_runs_and_prints_a_summary() {
         "never at the same time: lock `docs`",
         "after it, as deps: [schema] asks",
         "attempt 1 failed (exit 1), then attempt 2 succeeded",
-        "claimed 1st of 6",
+        "claimed 1st of 8",
         "branch --list 'gantry/*'",
+        "agent",
+        "runaway",
+        // Live agent events and the final insights of the script agent.
+        "message   Reading app.sh",
+        "usage     +18200 in (12800 cached), +640 out, $0.0291",
+        "result    success, 8 turns, $0.0633",
+        "insights: agent: 39600 tokens in (30900 cached), 1550 out, cost $0.0633, 8 turns, 3 tool calls",
+        // The runaway agent is stopped the moment it passes its budget.
+        "STOPPED   budget exceeded: tokens 78000 > limit 50000",
+        "budget:   runaway: budget_exceeded after 78000 tokens of its 50000, job failed with no retry",
     ] {
         assert!(s.contains(needle), "demo output has {needle:?}\n{out}");
     }
-    // Every job succeeded and was delivered as gantry/<job>.
+    // Every job but the runaway succeeded and was delivered as gantry/<job>.
     let branch_lines: Vec<&str> = s
         .lines()
         .filter(|l| l.trim_start().starts_with("gantry/"))
         .collect();
-    assert!(
-        branch_lines.len() >= 6,
-        "six delivered branches listed\n{out}"
+    assert_eq!(
+        branch_lines.len(),
+        7,
+        "seven delivered branches listed (the runaway is not delivered)\n{out}"
     );
     assert!(
         !s.contains("OVERLAPPED") && !s.contains("BEFORE it"),

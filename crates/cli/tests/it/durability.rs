@@ -1,5 +1,8 @@
 //! SIGKILL the server mid-run, restart it on the same data dir: every job is still
-//! there, the running ones come back as lost and are retried, all succeed once.
+//! there and succeeds exactly once. Runs whose lease ran out while the server was down
+//! come back as lost and are retried (the first test); agents whose lease is still
+//! valid keep running across the restart and are re-adopted, one attempt each (the
+//! second, issue 3).
 
 use crate::harness::{Env, Server, submit, wait_for};
 use std::time::Duration;
@@ -35,9 +38,26 @@ fn sigkill_mid_run_then_restart_loses_and_duplicates_nothing() {
     for id in &ids[..3] {
         server.wait_state(id, "running", Duration::from_secs(60));
     }
-    // Give the processes a moment to really start.
-    std::thread::sleep(Duration::from_millis(300));
+    // The machine "dies": the server and every run's process group with it.
+    let pgids: Vec<i64> = ids[..3]
+        .iter()
+        .map(|id| {
+            wait_for("the run's process", Duration::from_secs(60), || {
+                let events = server.cli(&["events", id, "--json"]).json();
+                events
+                    .as_array()?
+                    .iter()
+                    .find(|e| e["kind"] == "run.started")
+                    .and_then(|e| e["data"]["pgid"].as_i64())
+            })
+        })
+        .collect();
     server.sigkill();
+    for pgid in pgids {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pgid}")])
+            .status();
+    }
 
     let server = Server::start(
         &env.data(),
@@ -111,4 +131,83 @@ fn sigkill_mid_run_then_restart_loses_and_duplicates_nothing() {
         )
     });
     assert_eq!(count, 4, "no duplicate job rows");
+}
+
+/// A script-engine agent file: it writes a file, sleeps, reports usage, says done.
+fn agent_job(env: &Env, name: &str) -> std::path::PathBuf {
+    let path = env.tmp.path().join(format!("{name}.md"));
+    let text = format!(
+        "---\ntitle: {name}\nrepo: {}\nengine: script\nmodel: claude-sonnet-4\nidempotency_key: {name}\n\
+         steps:\n  - say: starting\n  - write: {name}.txt\n    content: before the restart\n\
+         \x20 - sleep: 4\n  - append: {name}.txt\n    content: \", and after it\"\n\
+         \x20 - usage: {{tokens_in: 1000, tokens_out: 100, cost_usd: 0.01}}\n  - say: done\n---\nAn agent.\n",
+        env.repo().display()
+    );
+    std::fs::write(&path, text).expect("write agent job");
+    path
+}
+
+#[test]
+fn issue3_three_agents_keep_running_across_a_server_sigkill() {
+    let env = Env::new();
+    let flags = [
+        "--seats",
+        "3",
+        "--lease-ttl",
+        "60s",
+        "--reaper-interval",
+        "200ms",
+    ];
+    let server = env.serve(&flags);
+    let files: Vec<std::path::PathBuf> = (0..3)
+        .map(|i| agent_job(&env, &format!("agent-{i}")))
+        .collect();
+    let paths: Vec<&std::path::Path> = files.iter().map(|p| p.as_path()).collect();
+    let ids = submit(&server, &paths);
+    assert_eq!(ids.len(), 3);
+    // Wait until every agent has written its first file: they are mid-run.
+    let pids: Vec<i64> = ids
+        .iter()
+        .map(|id| {
+            wait_for("the agent's first step", Duration::from_secs(60), || {
+                let events = server.cli(&["events", id, "--json"]).json();
+                let events = events.as_array()?;
+                let wrote = events.iter().any(|e| e["kind"] == "agent.tool_result");
+                let pid = events
+                    .iter()
+                    .find(|e| e["kind"] == "run.started")
+                    .and_then(|e| e["data"]["pid"].as_i64());
+                if wrote { pid } else { None }
+            })
+        })
+        .collect();
+    server.sigkill();
+    // The agents outlive the server.
+    for pid in &pids {
+        assert!(
+            std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "agent process {pid} died with the server"
+        );
+    }
+
+    let server = Server::start(&env.data(), &flags);
+    for id in &ids {
+        let j = server.wait_state(id, "succeeded", Duration::from_secs(90));
+        let runs = j["runs"].as_array().unwrap();
+        assert_eq!(runs.len(), 1, "job {id} ran once: {j:#}");
+        assert_eq!(j["attempt"], 1, "{j:#}");
+        assert_eq!(runs[0]["outcome"], "succeeded");
+        let insights = &runs[0]["insights"];
+        assert_eq!(insights["tokens_in"], 1000, "insights of job {id}: {j:#}");
+        assert_eq!(insights["success"], true, "{j:#}");
+        assert_eq!(runs[0]["files_changed"], 1, "{j:#}");
+    }
+    // The work done before and after the restart is in one commit per job.
+    for (i, id) in ids.iter().enumerate() {
+        let shown = crate::harness::git(
+            &env.repo(),
+            &["show", &format!("gantry/{id}:agent-{i}.txt")],
+        );
+        assert_eq!(shown, "before the restart, and after it");
+    }
 }

@@ -1,7 +1,11 @@
 //! Integration tests of the factory: real git repos in temp dirs, real processes and
 //! signals, driven through an in-memory `Coordinator`.
 
+mod adopt;
+mod agent;
+mod engines;
 mod http;
+mod hygiene;
 mod orphans;
 mod runs;
 mod stops;

@@ -62,7 +62,7 @@ async fn a_run_that_edits_files_is_committed_measured_and_cleaned_up() {
             .all(|l| !l.contains("7-a1")),
         "git no longer lists the worktree"
     );
-    assert!(!h.data.join("work/7-a1.pid").exists(), "pid record removed");
+    assert!(!h.data.join("runs/70.json").exists(), "run record removed");
 
     let started = h.coord.started(RunId(70)).await;
     assert!(started_pid(&started) > 1);
@@ -220,7 +220,8 @@ async fn a_command_that_cannot_start_fails_with_an_error_naming_it() {
 
     let report = h.run(claim(6, 60, 1, spec(&h.repo, &[]))).await;
     assert_eq!(report.outcome, Some(Outcome::Failed));
-    assert!(report.error.expect("error").contains("empty command"));
+    let err = report.error.expect("error");
+    assert!(err.contains("command is empty"), "{err}");
     h.stop().await;
 }
 

@@ -120,7 +120,7 @@ wait"#;
     assert_eq!(report.outcome, Some(Outcome::Killed), "{report:?}");
     assert_group_gone(pgid);
     assert!(!h.data.join("work/4-a1").exists());
-    assert!(!h.data.join("work/4-a1.pid").exists());
+    assert!(!h.data.join("runs/4.json").exists());
     h.stop().await;
 }
 
@@ -138,10 +138,8 @@ async fn a_stale_renewal_kills_at_once_commits_nothing_and_reports_nothing() {
             .then_some(())
     })
     .await;
-    assert!(
-        h.coord.renew_count(RunId(5)) > 0,
-        "the lease was being renewed"
-    );
+    // The lease is being renewed (so it is the renewal that turns stale below).
+    wait_for(|| (h.coord.renew_count(RunId(5)) > 0).then_some(())).await;
     h.coord.set_renew(RunId(5), RenewMode::Stale);
     let work = h.data.join("work/5-a1");
     wait_for(|| (!work.exists()).then_some(())).await;
@@ -235,7 +233,7 @@ async fn shutdown_kills_running_groups_without_reporting() {
     assert_group_gone(b);
     assert!(coord.finishes(RunId(8)).is_empty());
     assert!(coord.finishes(RunId(9)).is_empty());
-    assert!(!data.join("work/8-a1.pid").exists());
+    assert!(!data.join("runs/8.json").exists());
     assert!(
         artifacts_dir(&data, JobId(8), RunId(8))
             .join("prompt.md")
@@ -259,4 +257,35 @@ async fn a_kill_requested_before_the_command_starts_ends_the_run_killed() {
     assert_eq!(report.outcome, Some(Outcome::Killed), "{report:?}");
     assert!(!h.data.join("work/10-a1").exists());
     h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue3_kill_group_and_wait_returns_once_the_whole_detached_tree_is_gone() {
+    use gantry_factory::process::{DetachedCommand, kill_group_and_wait, spawn_detached};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // What `gantry bench kill` measures: a tree whose members all ignore SIGTERM.
+    let script = "trap '' TERM
+(sh -c 'trap \"\" TERM; sleep 1000 & sleep 1000; wait' &)
+sleep 1000 &
+sleep 1000 &
+wait";
+    for round in 0..5 {
+        let cmd = DetachedCommand {
+            argv: vec!["sh".into(), "-c".into(), script.into()],
+            cwd: tmp.path().to_path_buf(),
+            env: vec![("PATH".into(), std::env::var_os("PATH").unwrap_or_default())],
+            stdin: None,
+            stdout: tmp.path().join(format!("out{round}")),
+            stderr: tmp.path().join(format!("err{round}")),
+            exit_status: tmp.path().join(format!("status{round}")),
+        };
+        let d = spawn_detached(&cmd).await.expect("spawn");
+        wait_for(|| (live_members(d.pid).len() >= 6).then_some(())).await;
+        kill_group_and_wait(d.pid).await;
+        assert!(
+            live_members(d.pid).is_empty(),
+            "round {round}: live members left: {:?}",
+            group_members(d.pid)
+        );
+    }
 }

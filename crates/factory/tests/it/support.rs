@@ -28,13 +28,11 @@ pub enum RenewMode {
     Unavailable,
 }
 
-/// Something the coordinator saw, in order. (A finish report is much larger than an
-/// event; boxing it would only complicate the tests' pattern matching.)
+/// Something the coordinator saw, in order.
 #[derive(Debug, Clone, PartialEq)]
-#[allow(clippy::large_enum_variant)]
 pub enum Seen {
     Event(RunId, NewEvent),
-    Finish(RunId, FinishReport),
+    Finish(RunId, Box<FinishReport>),
 }
 
 #[derive(Default)]
@@ -83,6 +81,11 @@ impl TestCoord {
         self.change(|s| s.claim_errors.push_back(err));
     }
 
+    /// Claims queued and not taken yet.
+    pub fn queued(&self) -> usize {
+        self.with(|s| s.queue.len())
+    }
+
     /// Everything seen so far.
     pub fn log(&self) -> Vec<Seen> {
         self.with(|s| s.log.clone())
@@ -114,7 +117,7 @@ impl TestCoord {
         self.log()
             .into_iter()
             .filter_map(|s| match s {
-                Seen::Finish(r, f) if r == run => Some(f),
+                Seen::Finish(r, f) if r == run => Some(*f),
                 _ => None,
             })
             .collect()
@@ -235,7 +238,7 @@ impl Coordinator for TestCoord {
                 message: "test says stale".to_string(),
             });
         }
-        self.with(|s| s.log.push(Seen::Finish(run, report)));
+        self.with(|s| s.log.push(Seen::Finish(run, Box::new(report))));
         Ok(())
     }
 }
@@ -357,6 +360,10 @@ pub fn test_config(data: &Path, seats: u32) -> FactoryConfig {
         kill_grace: Duration::from_millis(300),
         renew_interval: Duration::from_millis(50),
         claim_wait: Duration::from_millis(200),
+        // Admission is tested on its own; here it must not depend on the machine.
+        min_free_memory_mb: 0,
+        min_free_disk_mb: 0,
+        ..FactoryConfig::default()
     }
 }
 
@@ -461,4 +468,34 @@ pub fn live_members(pgid: i32) -> Vec<i32> {
 /// The pid the `run.started` event names.
 pub fn started_pid(ev: &NewEvent) -> i32 {
     ev.data["pid"].as_i64().expect("pid in run.started") as i32
+}
+
+/// A run record of `claim` under `data`, with paths where the factory would put them.
+pub fn run_record(
+    data: &Path,
+    claim: Claim,
+    process: Option<gantry_factory::process::PidRecord>,
+) -> gantry_factory::record::RunRecord {
+    let arts = gantry_factory::artifacts_dir(data, claim.job.id, claim.run.id);
+    let wt = gantry_factory::worktree_dir(data, claim.job.id, claim.run.attempt);
+    let branch = gantry_factory::attempt_branch(claim.job.id, claim.run.attempt);
+    let cache = gantry_factory::workspace::cache_dir(data, &claim.job.spec.repo);
+    gantry_factory::record::RunRecord {
+        version: gantry_factory::record::RECORD_VERSION,
+        claim,
+        process,
+        started_at_ms: 0,
+        stdout: arts.join("stdout.log"),
+        stderr: arts.join("stderr.log"),
+        exit_status: arts.join("exit_status"),
+        artifacts: arts,
+        worktree: std::path::absolute(wt).expect("absolute"),
+        cache,
+        branch,
+        base_commit: String::new(),
+        format: None,
+        uploaded: Default::default(),
+        forced: None,
+        checkpoint: None,
+    }
 }

@@ -106,22 +106,10 @@ async fn prune_removes_dead_worktrees_keeps_live_ones_and_reports_caches() {
             "main",
         ],
     );
-    // A worktree whose pid record names a live process.
+    // A worktree that a run record names (a run a restarted factory may adopt).
     std::fs::create_dir_all(work.join("51-a1")).expect("mkdir");
-    let mut child = std::process::Command::new("sleep")
-        .arg("1000")
-        .spawn()
-        .expect("sleep");
-    let pid = child.id() as i32;
-    gantry_factory::process::PidRecord {
-        pid,
-        pgid: pid,
-        start_time: gantry_factory::process::start_time(pid).expect("start time"),
-        job: gantry_core::JobId(51),
-        run: RunId(51),
-    }
-    .write(&work.join("51-a1.pid"))
-    .expect("record");
+    let record = run_record(&h.data, claim(51, 51, 1, spec(&h.repo, &["true"])), None);
+    record.write(&h.data).expect("record");
 
     let report = workspace::prune(&h.data).await.expect("prune");
     assert_eq!(report.removed, vec![work.join("50-a1")]);
@@ -135,8 +123,7 @@ async fn prune_removes_dead_worktrees_keeps_live_ones_and_reports_caches() {
     assert_eq!(report.caches[0].path, h.cache());
     assert!(report.caches[0].bytes > 0);
 
-    child.kill().expect("kill sleep");
-    child.wait().expect("reap sleep");
+    gantry_factory::record::RunRecord::remove(&h.data, RunId(51));
     let report = workspace::prune(&h.data).await.expect("prune");
     assert_eq!(report.removed, vec![work.join("51-a1")]);
     h.stop().await;

@@ -47,9 +47,11 @@ async fn writes_under_an_expired_and_reclaimed_lease_get_409_stale_lease() {
         ..config(data.path())
     };
     let mut ts = TestServer::start(cfg).await;
-    let token = ts.token("factories", Scope::Factory).await;
+    // A factory token acts only for the factory it registered (issue 4): one each.
+    let token = ts.token("factory-a", Scope::Factory).await;
+    let token_b = ts.token("factory-b", Scope::Factory).await;
     let a = register(&ts, &token, "a").await;
-    let b = register(&ts, &token, "b").await;
+    let b = register(&ts, &token_b, "b").await;
     assert_ne!(a, b);
     let id = ts
         .submit(&[("j.md", job_file("j", &repo, &["true"], "backoff: 1s\n"))])
@@ -62,7 +64,7 @@ async fn writes_under_an_expired_and_reclaimed_lease_get_409_stale_lease() {
 
     // A stops renewing: the lease expires, the reaper returns the job as lost, and B's
     // long-poll claim gets it once its backoff has passed.
-    let cb = claim(&ts, &token, b).await;
+    let cb = claim(&ts, &token_b, b).await;
     assert_eq!(cb.job.id, id);
     assert_eq!(cb.run.attempt, 2);
     assert!(cb.run.epoch > ca.run.epoch);
@@ -128,7 +130,7 @@ async fn writes_under_an_expired_and_reclaimed_lease_get_409_stale_lease() {
     let run_b = cb.run.id;
     let resp = ts
         .post(
-            &token,
+            &token_b,
             &format!("/v1/runs/{run_b}/renew"),
             &json!({ "epoch": cb.run.epoch }),
         )
@@ -140,12 +142,12 @@ async fn writes_under_an_expired_and_reclaimed_lease_get_409_stale_lease() {
         { "kind": "run.output", "data": { "stream": "stdout", "text": "on time\n" } }
     ]});
     let resp = ts
-        .post(&token, &format!("/v1/runs/{run_b}/events"), &upload)
+        .post(&token_b, &format!("/v1/runs/{run_b}/events"), &upload)
         .await;
     assert_eq!(resp.status(), 204);
     let finish = json!({ "epoch": cb.run.epoch, "outcome": "succeeded", "exit_code": 0 });
     let resp = ts
-        .post(&token, &format!("/v1/runs/{run_b}/finish"), &finish)
+        .post(&token_b, &format!("/v1/runs/{run_b}/finish"), &finish)
         .await;
     assert_eq!(resp.status(), 200);
     let job: Job = resp.json().await.expect("job");

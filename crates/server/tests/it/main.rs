@@ -2,9 +2,12 @@
 //! files, real git repos and real processes, driven over HTTP.
 
 mod auth;
+mod config;
 mod events;
+mod factories;
 mod fencing;
 mod jobs;
 mod metrics;
+mod replicas;
 mod stop;
 mod support;

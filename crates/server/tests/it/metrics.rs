@@ -246,16 +246,18 @@ async fn issue4_metrics_count_lease_expiries_stale_writes_and_agent_spend() {
         ..config(data.path())
     };
     let mut ts = TestServer::start(cfg).await;
-    let token = ts.token("factories", Scope::Factory).await;
+    // A factory token acts only for the factory it registered (issue 4): one each.
+    let token = ts.token("factory-a", Scope::Factory).await;
+    let token_b = ts.token("factory-b", Scope::Factory).await;
     let a = register(&ts, &token, "a").await;
-    let b = register(&ts, &token, "b").await;
+    let b = register(&ts, &token_b, "b").await;
     let id = ts
         .submit(&[("j.md", job_file("j", &repo, &["true"], "backoff: 1s\n"))])
         .await[0];
 
     // A claims and goes silent; its lease expires and B gets the job.
     let ca = claim(&ts, &token, a).await;
-    let cb = claim(&ts, &token, b).await;
+    let cb = claim(&ts, &token_b, b).await;
     assert_eq!((ca.job.id, cb.job.id), (id, id));
     assert!(cb.run.epoch > ca.run.epoch);
 
@@ -302,7 +304,7 @@ async fn issue4_metrics_count_lease_expiries_stale_writes_and_agent_spend() {
         "insights": insights,
     });
     let resp = ts
-        .post(&token, &format!("/v1/runs/{}/finish", cb.run.id), &finish)
+        .post(&token_b, &format!("/v1/runs/{}/finish", cb.run.id), &finish)
         .await;
     assert_eq!(
         resp.status(),

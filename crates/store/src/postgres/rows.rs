@@ -110,7 +110,7 @@ pub(super) const RUN_COLS: &str = "id, job_id, attempt, epoch, factory_id, outco
      started_at, finished_at, lease_expires_at, insights";
 
 /// The columns [`read_token`] expects, in order.
-pub(super) const TOKEN_COLS: &str = "id, name, scope, created_at, revoked_at";
+pub(super) const TOKEN_COLS: &str = "id, name, scope, created_at, revoked_at, factory_id";
 
 /// The columns [`read_event`] expects, in order.
 pub(super) const EVENT_COLS: &str = "id, job_id, run_id, seq, kind, at, data";
@@ -285,7 +285,19 @@ pub(super) fn read_token(r: &Row) -> R<TokenInfo> {
         scope: scope.parse::<Scope>().map_err(corrupt)?,
         created_at: r.try_get(3)?,
         revoked_at: r.try_get(4)?,
+        factory: r.try_get::<_, Option<i64>>(5)?.map(FactoryId),
     })
+}
+
+/// A figure of a heartbeat as PostgreSQL stores it (a bigint is signed).
+pub(super) fn mb_to_sql(v: Option<u64>) -> Option<i64> {
+    v.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+/// A stored figure of a heartbeat, refusing what no heartbeat could have sent.
+pub(super) fn mb_from_sql(what: &str, v: Option<i64>) -> Result<Option<u64>, StoreError> {
+    v.map(|v| u64::try_from(v).map_err(|_| corrupt(format!("{what} {v} is negative"))))
+        .transpose()
 }
 
 /// Reads [`EVENT_COLS`].

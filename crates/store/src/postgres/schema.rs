@@ -14,7 +14,7 @@ const MIGRATION_LOCK: i64 = 0x4741_4E54;
 
 /// Schema migrations: entry `i` takes the database from version `i` to `i + 1`. Never
 /// edit a released entry; append a new one instead.
-pub(super) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2];
+pub(super) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
 
 /// Agents (issue 3): the insights of each run, and per job the agent session to resume
 /// and the latest checkpoint. The job side lives in its own table, written only for jobs
@@ -28,6 +28,70 @@ CREATE TABLE job_agent (
     wip_base   text,
     wip_commit text
 );
+"#;
+
+/// Throughput (issue 4), after version 1 was first committed:
+/// - `has_dependents`: set (under the row's lock) by a submit that makes a job depend on
+///   this one, so that a finish, which reads it under the same lock, knows whether to
+///   settle dependents without another query.
+/// - The idempotency key's unique index becomes partial, so that the rewrites of keyless
+///   jobs add nothing to it (a claim or finish changes the state, so it is not a HOT
+///   update and adds an entry to every index whose condition the new row meets).
+/// - `runs` loses its foreign key to `jobs`: runs are inserted only by the claim
+///   statement, for the job it has just locked and updated (jobs are never deleted), and
+///   the key cost every claim a check query.
+/// - `gantry_claim_candidate`, the claim's pinned choice (see its comment).
+const SCHEMA_V3: &str = r#"
+ALTER TABLE jobs ADD COLUMN has_dependents boolean NOT NULL DEFAULT false;
+UPDATE jobs SET has_dependents = true WHERE id IN (SELECT dep_id FROM job_deps);
+ALTER TABLE jobs DROP CONSTRAINT jobs_idempotency_key_key;
+CREATE UNIQUE INDEX jobs_idempotency_key ON jobs (idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+ALTER TABLE runs DROP CONSTRAINT runs_job_id_fkey;
+
+-- The claim's choice: the best queued job that is due, whose capabilities `caps` (a
+-- factory's cap_set) contain, and whose lock no running job holds; locked, skipping
+-- jobs that concurrent claims hold. A function so that its plan can be pinned: the walk
+-- of jobs_claim in claim order that stops at the first fit. Left to the statistics, a
+-- plan made while the table was small (a new database, a burst of submits before
+-- autovacuum analyzes) reads every queued job through a bitmap and sorts them, at each
+-- claim.
+CREATE FUNCTION gantry_claim_candidate(caps text[], now_ms bigint) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SET enable_seqscan = off
+    SET enable_bitmapscan = off
+    SET enable_sort = off
+    AS $$
+DECLARE
+    picked bigint;
+BEGIN
+    SELECT j.id INTO picked
+    FROM jobs j
+    WHERE j.state = 'queued'
+      AND (j.not_before IS NULL OR j.not_before <= now_ms)
+      AND j.capabilities <@ caps
+      AND (j.lock_key IS NULL OR NOT EXISTS (
+            SELECT 1 FROM jobs r WHERE r.state = 'running' AND r.lock_key = j.lock_key))
+    ORDER BY j.priority DESC, j.id
+    LIMIT 1
+    FOR UPDATE OF j SKIP LOCKED;
+    RETURN picked;
+END
+$$;
+"#;
+
+/// Many machines (issue 4): the figures of each factory's last heartbeat, and the
+/// factory each factory token is bound to (the first it registered; it may act for no
+/// other). At most one live token is bound to a factory, enforced by a unique index
+/// rather than by checking: of two registrations racing to bind one factory to two
+/// tokens, the second violates it and runs again, then sees the first's binding.
+const SCHEMA_V4: &str = r#"
+ALTER TABLE factories ADD COLUMN load_1m double precision;
+ALTER TABLE factories ADD COLUMN free_memory_mb bigint;
+ALTER TABLE factories ADD COLUMN free_disk_mb bigint;
+ALTER TABLE tokens ADD COLUMN factory_id bigint REFERENCES factories (id);
+CREATE UNIQUE INDEX tokens_live_factory ON tokens (factory_id)
+    WHERE factory_id IS NOT NULL AND revoked_at IS NULL;
 "#;
 
 /// Version 1.

@@ -40,10 +40,17 @@ pub(super) fn bump(changes: &watch::Sender<u64>) {
     changes.send_modify(|n| *n = n.wrapping_add(1));
 }
 
-/// Sends one `NOTIFY` per wake-up of `dirty`, until the store is gone.
+/// Least time between two notifications of one instance: changes within it share one.
+/// Under load this keeps notifications to a few hundred a second, whatever the rate of
+/// writes, for at most this much more latency.
+const NOTIFY_EVERY: Duration = Duration::from_millis(5);
+
+/// Sends one `NOTIFY` per wake-up of `dirty` (at most one per [`NOTIFY_EVERY`]), until
+/// the store is gone.
 pub(super) async fn notifier(pool: Pool, dirty: Arc<Notify>, instance: String) {
     loop {
         dirty.notified().await;
+        tokio::time::sleep(NOTIFY_EVERY).await;
         let sent = match pool.get().await {
             Ok(client) => client
                 .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &instance])

@@ -5,10 +5,10 @@
 
 use crate::TestStore;
 use crate::helpers::*;
-use gantry_core::api::{FinishReport, Scope};
+use gantry_core::api::{FinishReport, Heartbeat, RegisterFactory, Scope};
 use gantry_core::event::NewEvent;
 use gantry_core::{JobId, JobState, Outcome, StopKind};
-use gantry_store::{JobFilter, StoreError};
+use gantry_store::{Binding, JobFilter, StoreError};
 use serde_json::json;
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex};
@@ -1521,6 +1521,239 @@ async fn issue3_budget_exceeded_fails_the_job_without_retry(t: TestStore) {
     );
 }
 
+async fn issue4_heartbeats_are_kept_and_running_jobs_counted_per_factory(t: TestStore) {
+    let s = &*t.store;
+    let f1 = factory(s, "f1", &[]).await;
+    let f2 = factory(s, "f2", &[]).await;
+    let fresh = s.factories().await.expect("factories");
+    assert_eq!(fresh.len(), 2);
+    for f in &fresh {
+        assert_eq!(f.stats, Heartbeat::default(), "no heartbeat yet");
+        assert_eq!(f.running, 0);
+        assert!(f.last_seen_ago_ms < 60_000, "{f:?}");
+    }
+
+    let hb = Heartbeat {
+        load_1m: Some(1.25),
+        free_memory_mb: Some(2048),
+        free_disk_mb: Some(u64::from(u32::MAX) * 4),
+    };
+    s.heartbeat(f1, &hb).await.expect("heartbeat");
+    let list = s.factories().await.expect("factories");
+    assert_eq!((list[0].id, list[0].stats), (f1, hb));
+    assert!(list[0].last_seen >= fresh[0].last_seen);
+    assert_eq!(list[1].stats, Heartbeat::default(), "f2 sent nothing");
+    // Registering again under the same name keeps the last figures.
+    factory(s, "f1", &[]).await;
+    assert_eq!(s.factories().await.expect("factories")[0].stats, hb);
+
+    let err = s
+        .heartbeat(gantry_core::FactoryId(99), &hb)
+        .await
+        .expect_err("no such factory");
+    assert!(
+        matches!(&err, StoreError::NotFound { what: "factory", id } if id == "99"),
+        "{err:?}"
+    );
+
+    submit(s, vec![job("a"), job("b"), job("c"), job("d")]).await;
+    let a = claim(s, f1).await;
+    let b = claim(s, f1).await;
+    let c = claim(s, f2).await;
+    let running = |list: Vec<gantry_store::FactoryInfo>| -> Vec<u32> {
+        list.iter().map(|f| f.running).collect()
+    };
+    assert_eq!(running(s.factories().await.expect("factories")), vec![2, 1]);
+    finish(s, &a, Outcome::Succeeded).await;
+    assert_eq!(running(s.factories().await.expect("factories")), vec![1, 1]);
+    // A job whose lease f1 lost and f2 claimed again counts for f2 only: the count
+    // follows the job's current run.
+    assert_eq!(
+        s.expire_leases_of(f1).await.expect("expire"),
+        vec![b.run.id]
+    );
+    assert_eq!(s.reap().await.expect("reap"), vec![b.run.id]);
+    assert_eq!(running(s.factories().await.expect("factories")), vec![0, 1]);
+    let again = s
+        .claim(f2, LONG)
+        .await
+        .expect("claim")
+        .expect("the lost job or the last one");
+    assert_ne!(again.job.id, c.job.id);
+    assert_eq!(running(s.factories().await.expect("factories")), vec![0, 2]);
+}
+
+async fn issue4_a_factory_token_is_bound_to_the_first_factory_it_registers(t: TestStore) {
+    let s = &*t.store;
+    let reg = |name: &str, seats: u32| RegisterFactory {
+        name: name.to_string(),
+        seats,
+        capabilities: Vec::new(),
+    };
+    let t1 = s
+        .create_token("t1", Scope::Factory, "h1")
+        .await
+        .expect("create");
+    let t2 = s
+        .create_token("t2", Scope::Factory, "h2")
+        .await
+        .expect("create");
+    assert_eq!(t1.factory, None, "a new token is bound to nothing");
+
+    let Binding::Bound(a) = s
+        .register_factory_for_token(&reg("A", 2), t1.id)
+        .await
+        .expect("register")
+    else {
+        panic!("t1 binds to A");
+    };
+    assert_eq!(
+        s.token_by_hash("h1")
+            .await
+            .expect("lookup")
+            .expect("live")
+            .factory,
+        Some(a)
+    );
+    // Again under its own name: the same factory, updated.
+    assert_eq!(
+        s.register_factory_for_token(&reg("A", 3), t1.id)
+            .await
+            .expect("register"),
+        Binding::Bound(a)
+    );
+    assert_eq!(s.factories().await.expect("factories")[0].seats, 3);
+
+    // Under another name: refused, naming both, and no factory B appears.
+    assert_eq!(
+        s.register_factory_for_token(&reg("B", 1), t1.id)
+            .await
+            .expect("register"),
+        Binding::TokenTaken {
+            token: "t1".into(),
+            factory: "A".into()
+        }
+    );
+    // Another token for A: refused while t1 is live, and A is left as it was.
+    assert_eq!(
+        s.register_factory_for_token(&reg("A", 9), t2.id)
+            .await
+            .expect("register"),
+        Binding::FactoryTaken {
+            factory: "A".into(),
+            token: "t1".into()
+        }
+    );
+    let list = s.factories().await.expect("factories");
+    assert_eq!(
+        list.iter()
+            .map(|f| (f.name.as_str(), f.seats))
+            .collect::<Vec<_>>(),
+        vec![("A", 3)]
+    );
+    assert_eq!(
+        s.token_by_hash("h2")
+            .await
+            .expect("lookup")
+            .expect("live")
+            .factory,
+        None
+    );
+
+    // t2 takes a name of its own.
+    let Binding::Bound(b) = s
+        .register_factory_for_token(&reg("B", 1), t2.id)
+        .await
+        .expect("register")
+    else {
+        panic!("t2 binds to B");
+    };
+    assert_ne!(a, b);
+
+    // Once t1 is revoked, a new token may take A over (a rotated token).
+    s.revoke_token("t1").await.expect("revoke");
+    let t3 = s
+        .create_token("t3", Scope::Factory, "h3")
+        .await
+        .expect("create");
+    assert_eq!(
+        s.register_factory_for_token(&reg("A", 3), t3.id)
+            .await
+            .expect("register"),
+        Binding::Bound(a)
+    );
+    let bindings: Vec<(String, Option<gantry_core::FactoryId>)> = s
+        .tokens()
+        .await
+        .expect("tokens")
+        .into_iter()
+        .map(|t| (t.name, t.factory))
+        .collect();
+    assert_eq!(
+        bindings,
+        vec![
+            ("t1".to_string(), Some(a)),
+            ("t2".to_string(), Some(b)),
+            ("t3".to_string(), Some(a)),
+        ]
+    );
+
+    let err = s
+        .register_factory_for_token(&reg("C", 1), 999)
+        .await
+        .expect_err("no such token");
+    assert!(
+        matches!(&err, StoreError::NotFound { what: "token", .. }),
+        "{err:?}"
+    );
+}
+
+async fn issue4_tokens_racing_for_one_factory_bind_it_once(t: TestStore) {
+    let store = t.store.clone();
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let tok = store
+            .create_token(&format!("t{i}"), Scope::Factory, &format!("h{i}"))
+            .await
+            .expect("create");
+        ids.push(tok.id);
+    }
+    let tasks: Vec<_> = ids
+        .iter()
+        .map(|&id| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let reg = RegisterFactory {
+                    name: "X".into(),
+                    seats: 1,
+                    capabilities: Vec::new(),
+                };
+                store
+                    .register_factory_for_token(&reg, id)
+                    .await
+                    .expect("register")
+            })
+        })
+        .collect();
+    let mut bound = 0;
+    for task in tasks {
+        match task.await.expect("task") {
+            Binding::Bound(_) => bound += 1,
+            Binding::FactoryTaken { factory, .. } => assert_eq!(factory, "X"),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(bound, 1, "exactly one token holds X");
+    let holders = store
+        .tokens()
+        .await
+        .expect("tokens")
+        .into_iter()
+        .filter(|t| t.factory.is_some())
+        .count();
+    assert_eq!(holders, 1);
+}
+
 /// Generates, for each case, one test per backend: `sqlite::<case>` and
 /// `postgres::<case>` (which fails, saying how to get a server, when
 /// `GANTRY_TEST_PG_URL` is unset).
@@ -1583,4 +1816,7 @@ cases! {
     finish_returns_the_job_as_stored,
     a_jobs_events_page_like_the_global_log_filtered_to_it,
     issue2_operations_that_change_nothing_do_not_signal_changes,
+    issue4_heartbeats_are_kept_and_running_jobs_counted_per_factory,
+    issue4_a_factory_token_is_bound_to_the_first_factory_it_registers,
+    issue4_tokens_racing_for_one_factory_bind_it_once,
 }

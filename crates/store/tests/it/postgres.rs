@@ -256,6 +256,42 @@ async fn reapers_on_two_instances_requeue_each_expired_job_once() {
     }
 }
 
+/// A dependent submitted on one instance while its dependency finishes on another is
+/// settled by one of the two, never left blocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dependent_submitted_while_its_dependency_finishes_is_never_stranded() {
+    let db = PgDb::create().await;
+    let a = instance(&db, PgOptions::default()).await;
+    let b = instance(&db, PgOptions::default()).await;
+    let f = factory(&*a, "f", &[]).await;
+    for round in 0..25 {
+        let dep = submit1(&*a, job(&format!("dep{round}"))).await;
+        let c = claim(&*a, f).await;
+        assert_eq!(c.job.id, dep);
+        let finisher = {
+            let a = a.clone();
+            tokio::spawn(async move { finish(&*a, &c, Outcome::Succeeded).await })
+        };
+        let submitter = {
+            let b = b.clone();
+            tokio::spawn(
+                async move { submit1(&*b, job(&format!("child{round}")).dep_id(dep)).await },
+            )
+        };
+        finisher.await.expect("finisher");
+        let child = submitter.await.expect("submitter");
+        let state = a.job(child).await.expect("child").state;
+        assert_eq!(
+            state,
+            JobState::Queued,
+            "round {round}: the child was stranded"
+        );
+        let c = claim(&*a, f).await;
+        assert_eq!(c.job.id, child);
+        finish(&*a, &c, Outcome::Succeeded).await;
+    }
+}
+
 /// Events commit out of id order under concurrency; a follower paging by id (as an SSE
 /// stream does, on any replica) must still see every one exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

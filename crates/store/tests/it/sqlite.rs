@@ -118,7 +118,7 @@ async fn the_database_is_in_wal_mode_with_a_schema_version() {
     let version: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .expect("version");
-    assert_eq!(version, 2);
+    assert_eq!(version, gantry_store::MIGRATIONS.len() as i64);
 }
 
 #[test]
@@ -226,4 +226,48 @@ async fn two_stores_on_one_file_reap_and_claim_safely() {
     for id in ids {
         assert_eq!(a.job(id).await.expect("job").state, JobState::Queued);
     }
+}
+
+/// A database made by the spine (schema version 1) opens under the agent schema
+/// (version 2) with its jobs and runs intact and the new fields empty.
+#[tokio::test]
+async fn issue3_a_version_1_database_migrates_with_its_jobs() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("gantry.db");
+    {
+        let conn = rusqlite::Connection::open(&path).expect("create v1");
+        conn.execute_batch(gantry_store::MIGRATIONS[0])
+            .expect("v1 schema");
+        conn.pragma_update(None, "user_version", 1)
+            .expect("version");
+        conn.pragma_update(None, "application_id", gantry_store::APPLICATION_ID)
+            .expect("application id");
+        let spec = serde_json::to_string(&crate::helpers::job("old.md").0.spec).expect("spec");
+        conn.execute_batch(&format!(
+            "INSERT INTO jobs (id, state, priority, attempt, max_attempts, epoch, created_at,
+                               retry_on, backoff_ms, deps_mode)
+             VALUES (7, 'succeeded', 5, 1, 3, 1, 1000, '[\"lost\"]', 5000, 'succeeded');
+             INSERT INTO job_specs (job_id, title, spec) VALUES (7, 'old job', '{}');
+             INSERT INTO runs (id, job_id, attempt, epoch, outcome, exit_code, started_at,
+                               finished_at, lease_expires_at)
+             VALUES (3, 7, 1, 1, 'succeeded', 0, 1000, 2000, 61000);",
+            spec.replace('\'', "''")
+        ))
+        .expect("v1 rows");
+    }
+    let store = gantry_store::SqliteStore::open(&path).expect("open migrates");
+    let job = store.job(gantry_core::JobId(7)).await.expect("old job");
+    assert_eq!(job.title, "old job");
+    assert_eq!(job.state, gantry_core::JobState::Succeeded);
+    assert_eq!((job.session_id, job.checkpoint), (None, None));
+    let runs = store.runs(gantry_core::JobId(7)).await.expect("runs");
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].insights, None);
+    assert_eq!(runs[0].exit_code, Some(0));
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).expect("reopen raw");
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("version");
+    assert_eq!(version, gantry_store::MIGRATIONS.len() as i64);
 }

@@ -1,5 +1,7 @@
 //! Project-wide rules.
 
+mod deploy;
+
 use gantry_tidy::{rust_files, workspace_root};
 use std::fs;
 

@@ -1,0 +1,90 @@
+//! `gantry factory`: a remote factory in the foreground until SIGINT or SIGTERM.
+//!
+//! It is the same factory loop the server embeds, talking to the control plane over
+//! HTTP instead of in process, so both are one code path.
+
+use crate::command::{FactoryOptions, Global, TokenSource};
+use crate::error::{CliError, Kind};
+use crate::output;
+use gantry_factory::{Factory, FactoryConfig, HttpCoordinator};
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// `gantry factory`.
+pub async fn run(global: &Global, opts: FactoryOptions) -> Result<(), CliError> {
+    let token = match &global.token {
+        TokenSource::Given(t) => t.clone(),
+        TokenSource::File(path) => std::fs::read_to_string(path)
+            .map(|t| t.trim().to_string())
+            .map_err(|e| {
+                CliError::new(
+                    Kind::Usage,
+                    format!("no token: cannot read {}", path.display()),
+                )
+                .cause(e.to_string())
+                .hint("give the factory a token of scope factory: --token or GANTRY_TOKEN (`gantry token create --name NAME --scope factory` on the server makes one)")
+            })?,
+    };
+    let coord = HttpCoordinator::new(&global.url, &token).map_err(|e| {
+        CliError::new(Kind::Usage, format!("cannot use server URL {}", global.url))
+            .cause(e.to_string())
+    })?;
+    let cfg = FactoryConfig {
+        name: opts.name.clone(),
+        seats: opts.seats,
+        capabilities: opts.capabilities.clone(),
+        data_dir: global.data_dir.clone(),
+        kill_grace: opts.kill_grace,
+        leave_runs_on_shutdown: opts.leave_runs,
+        min_free_memory_mb: opts.min_free_memory_mb,
+        min_free_disk_mb: opts.min_free_disk_mb,
+        ..FactoryConfig::default()
+    };
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+        CliError::local(format!("cannot create data dir {}", cfg.data_dir.display()))
+            .cause(e.to_string())
+    })?;
+    output::line(format!(
+        "gantry factory {:?}: {} seat(s){} for {}, data in {}",
+        opts.name,
+        opts.seats,
+        if opts.capabilities.is_empty() {
+            String::new()
+        } else {
+            format!(", capabilities {}", opts.capabilities.join(", "))
+        },
+        global.url,
+        cfg.data_dir.display()
+    ));
+    output::note("press Ctrl-C (or send SIGTERM) to stop");
+    let (stop, stopped) = watch::channel(false);
+    let factory = Factory::new(cfg, Arc::new(coord));
+    let mut task = tokio::spawn(factory.run(stopped));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| CliError::local("cannot listen for SIGTERM").cause(e.to_string()))?;
+    let finished = tokio::select! {
+        res = &mut task => Some(res),
+        _ = tokio::signal::ctrl_c() => None,
+        _ = term.recv() => None,
+    };
+    let res = match finished {
+        Some(res) => res,
+        None => {
+            output::note("gantry factory: stopping");
+            // An error means every receiver is gone: the loop has stopped already.
+            let _ = stop.send(true);
+            task.await
+        }
+    };
+    match res {
+        Ok(Ok(())) => {
+            output::note("gantry factory: stopped");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(
+            CliError::new(Kind::Server, format!("the factory stopped: {e}"))
+                .hint("check the server URL and that the token has scope factory (or admin)"),
+        ),
+        Err(e) => Err(CliError::new(Kind::Local, "the factory loop panicked").cause(e.to_string())),
+    }
+}

@@ -1,0 +1,457 @@
+//! Engines in the factory: how a job becomes a process ([`launch`]) and how that
+//! process's standard output becomes agent events, live insights and budget stops
+//! ([`Watcher`]).
+//!
+//! Everything engine-specific is here, so the run supervisor only starts what
+//! [`launch`] returns and feeds every stdout line to its [`Watcher`].
+
+use gantry_core::api::Checkpoint;
+use gantry_core::engine::{
+    AgentEvent, AgentRequest, Breach, Budget, Format, Insights, PriceTable, Stdin, StreamParser,
+    claude_invocation, codex_invocation, parser, script,
+};
+use gantry_core::event::{AGENT_INSIGHTS, NewEvent, RUN_BUDGET_EXCEEDED};
+use gantry_core::{EngineKind, JobId, JobSpec, Outcome, RunId};
+use serde::Deserialize;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Default time between two checkpoints of a running agent's work.
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Least time between two `agent.insights` snapshots of one run.
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(1);
+
+/// How to start one agent CLI.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentCli {
+    /// The binary: a path, or a name looked up on PATH.
+    pub binary: String,
+    /// Extra flags given on every run.
+    pub args: Vec<String>,
+    /// Names of environment variables passed through from the factory's environment
+    /// (API keys, base URLs); nothing else of it reaches the agent.
+    pub env: Vec<String>,
+}
+
+impl AgentCli {
+    fn named(binary: &str, env: &[&str]) -> AgentCli {
+        AgentCli {
+            binary: binary.to_string(),
+            args: Vec::new(),
+            env: env.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+}
+
+impl Default for AgentCli {
+    fn default() -> Self {
+        AgentCli::named("", &[])
+    }
+}
+
+/// The factory's engine settings (the `[engines]` and `[prices]` of `gantry.toml`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EngineSettings {
+    /// Claude Code.
+    pub claude: AgentCli,
+    /// Codex.
+    pub codex: AgentCli,
+    /// Prices for estimated costs: the built-in table with the config's entries over it.
+    pub prices: PriceTable,
+    /// Time between two checkpoints of a running agent's work.
+    pub checkpoint_interval: Duration,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            claude: AgentCli::named("claude", &["ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"]),
+            codex: AgentCli::named(
+                "codex",
+                &["OPENAI_API_KEY", "OPENAI_BASE_URL", "CODEX_HOME"],
+            ),
+            prices: PriceTable::builtin(),
+            checkpoint_interval: DEFAULT_CHECKPOINT_INTERVAL,
+        }
+    }
+}
+
+/// What to start for one run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Launch {
+    /// Program and arguments.
+    pub argv: Vec<OsString>,
+    /// The file the process reads as stdin (`None`: /dev/null).
+    pub stdin: Option<PathBuf>,
+    /// Environment variables passed through for this engine, added to the allowlist.
+    pub env: Vec<(OsString, OsString)>,
+    /// How its stdout is parsed; `None` means plain output lines only.
+    pub format: Option<Format>,
+}
+
+/// Why a job cannot be launched.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    /// The spec lacks what its engine needs.
+    #[error("the job cannot run on engine `{engine}`: {reason}")]
+    Spec {
+        /// The engine.
+        engine: &'static str,
+        /// What is missing.
+        reason: String,
+    },
+    /// The script engine's program could not be written.
+    #[error("cannot write the script {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// How the output of a job's process is parsed; `None` means plain text.
+pub fn format_of(spec: &JobSpec) -> Option<Format> {
+    match spec.engine {
+        EngineKind::Command => spec.output.filter(|f| *f != Format::Text),
+        EngineKind::Script => Some(Format::GantryJsonl),
+        EngineKind::ClaudeCode => Some(Format::ClaudeStreamJson),
+        EngineKind::Codex => Some(Format::CodexJson),
+    }
+}
+
+/// Builds the process of a run: the argv, stdin, extra environment and output format
+/// for the job's engine. `prompt` holds the body; `artifacts` is the run's artifact dir
+/// (the script engine's program is written there); `resume` is the previous attempt's
+/// agent session.
+pub fn launch(
+    spec: &JobSpec,
+    ids: (JobId, RunId),
+    resume: Option<&str>,
+    settings: &EngineSettings,
+    prompt: &Path,
+    artifacts: &Path,
+) -> Result<Launch, LaunchError> {
+    let engine = spec.engine.name();
+    match spec.engine {
+        EngineKind::Command => {
+            if spec.command.is_empty() {
+                return Err(LaunchError::Spec {
+                    engine,
+                    reason: "the command is empty".to_string(),
+                });
+            }
+            Ok(Launch {
+                argv: spec.command.iter().map(OsString::from).collect(),
+                stdin: None,
+                env: Vec::new(),
+                format: spec.output.filter(|f| *f != Format::Text),
+            })
+        }
+        EngineKind::Script => {
+            if spec.steps.is_empty() {
+                return Err(LaunchError::Spec {
+                    engine,
+                    reason: "it has no steps".to_string(),
+                });
+            }
+            let (job, run) = ids;
+            let session = format!("script-{job}-{run}");
+            let model = spec.model.as_deref().unwrap_or("script");
+            let path = artifacts.join("script.sh");
+            std::fs::write(&path, script(&spec.steps, &session, model)).map_err(|source| {
+                LaunchError::Write {
+                    path: path.clone(),
+                    source,
+                }
+            })?;
+            Ok(Launch {
+                argv: vec!["sh".into(), path.into_os_string()],
+                stdin: None,
+                env: Vec::new(),
+                format: Some(Format::GantryJsonl),
+            })
+        }
+        EngineKind::ClaudeCode | EngineKind::Codex => {
+            let (cli, build, format): (&AgentCli, fn(&AgentRequest) -> _, Format) =
+                if spec.engine == EngineKind::ClaudeCode {
+                    (
+                        &settings.claude,
+                        claude_invocation,
+                        Format::ClaudeStreamJson,
+                    )
+                } else {
+                    (&settings.codex, codex_invocation, Format::CodexJson)
+                };
+            let budget = spec.budget.clone().unwrap_or_default();
+            // The CLI's own turn cap is the tighter of the job's max_turns and its
+            // budget's turns, so the CLI stops itself first where it can.
+            let max_turns = match (spec.max_turns, budget.turns) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let req = AgentRequest {
+                binary: cli.binary.clone(),
+                prompt_file: prompt.to_path_buf(),
+                model: spec.model.clone(),
+                max_turns,
+                permission_mode: spec.permission_mode.clone(),
+                allowed_tools: spec.allowed_tools.clone(),
+                yolo: spec.yolo,
+                resume: resume.map(str::to_string),
+                budget_usd: budget.usd,
+                extra_args: cli.args.clone(),
+            };
+            let inv = build(&req);
+            let env = cli
+                .env
+                .iter()
+                .filter_map(|name| std::env::var_os(name).map(|v| (OsString::from(name), v)))
+                .collect();
+            Ok(Launch {
+                argv: inv.argv.into_iter().map(OsString::from).collect(),
+                stdin: match inv.stdin {
+                    Stdin::PromptFile => Some(prompt.to_path_buf()),
+                    Stdin::Null => None,
+                },
+                env,
+                format: Some(format),
+            })
+        }
+    }
+}
+
+/// What feeding one line gave.
+#[derive(Debug, Default)]
+pub struct Fed {
+    /// Events to upload, in order.
+    pub events: Vec<NewEvent>,
+    /// The budget limit this line passed, if any: the run must be stopped at once.
+    pub breach: Option<Breach>,
+}
+
+/// Parses one run's stdout as it streams: agent events, running insights, budget checks.
+pub struct Watcher {
+    parser: Box<dyn StreamParser>,
+    insights: Insights,
+    budget: Budget,
+    prices: PriceTable,
+    breached: bool,
+    last_snapshot: Option<Instant>,
+    changed: bool,
+}
+
+impl std::fmt::Debug for Watcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Watcher")
+            .field("insights", &self.insights)
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Watcher {
+    /// A watcher of `format` output for `spec` (its model names the price when the
+    /// agent does not; its budget is enforced).
+    pub fn new(format: Format, spec: &JobSpec, prices: &PriceTable) -> Watcher {
+        Watcher {
+            parser: parser(format),
+            insights: spec
+                .model
+                .as_deref()
+                .map(Insights::with_model)
+                .unwrap_or_default(),
+            budget: spec.budget.clone().unwrap_or_default(),
+            prices: prices.clone(),
+            breached: false,
+            last_snapshot: None,
+            changed: false,
+        }
+    }
+
+    /// Feeds one complete stdout line.
+    pub fn line(&mut self, line: &str) -> Fed {
+        let events = self.parser.line(line);
+        self.take(events)
+    }
+
+    /// Ends the stream (the process exited): whatever the parser still holds.
+    pub fn finish(&mut self) -> Fed {
+        let events = self.parser.finish();
+        let mut fed = self.take(events);
+        if self.changed {
+            fed.events.push(self.snapshot_event());
+        }
+        fed
+    }
+
+    fn take(&mut self, events: Vec<AgentEvent>) -> Fed {
+        let mut fed = Fed::default();
+        for ev in events {
+            self.insights.apply(&ev, &self.prices);
+            self.changed = true;
+            fed.events.push(NewEvent {
+                kind: ev.kind().to_string(),
+                data: serde_json::to_value(&ev).unwrap_or(serde_json::Value::Null),
+            });
+            if !self.breached
+                && let Some(b) = self.budget.check(&self.insights)
+            {
+                self.breached = true;
+                fed.events.push(NewEvent {
+                    kind: RUN_BUDGET_EXCEEDED.to_string(),
+                    data: serde_json::json!({
+                        "limit": b.limit,
+                        "limit_value": b.limit_value,
+                        "actual": b.actual,
+                        "message": b.to_string(),
+                    }),
+                });
+                fed.breach = Some(b);
+            }
+        }
+        fed
+    }
+
+    /// An `agent.insights` snapshot when the figures changed and the last one is at
+    /// least a second old: live figures without an event per line.
+    pub fn snapshot_due(&mut self) -> Option<NewEvent> {
+        let due = self
+            .last_snapshot
+            .is_none_or(|t| t.elapsed() >= SNAPSHOT_EVERY);
+        (self.changed && due).then(|| self.snapshot_event())
+    }
+
+    fn snapshot_event(&mut self) -> NewEvent {
+        self.last_snapshot = Some(Instant::now());
+        self.changed = false;
+        NewEvent {
+            kind: AGENT_INSIGHTS.to_string(),
+            data: serde_json::to_value(&self.insights).unwrap_or(serde_json::Value::Null),
+        }
+    }
+
+    /// The running figures.
+    pub fn insights(&self) -> &Insights {
+        &self.insights
+    }
+
+    /// Whether a budget limit was passed.
+    pub fn breached(&self) -> bool {
+        self.breached
+    }
+
+    /// How the attempt ended, from the exit code and what the agent reported: a
+    /// budget stop wins; an agent that reported failure failed even if it exited 0
+    /// (Claude Code's API error is `success` with `is_error`); otherwise the exit code
+    /// decides.
+    pub fn outcome(&self, exit_code: Option<i32>) -> Outcome {
+        if self.breached {
+            return Outcome::BudgetExceeded;
+        }
+        match (exit_code, self.insights.success) {
+            (Some(0), Some(false)) => Outcome::Failed,
+            (Some(0), _) => Outcome::Succeeded,
+            _ => Outcome::Failed,
+        }
+    }
+}
+
+/// The branch that holds a job's checkpoints.
+pub fn wip_branch(job: JobId) -> String {
+    format!("gantry/{job}/wip")
+}
+
+/// The checkpoint a run records, as the event the store applies to the job.
+pub fn checkpoint_event(cp: &Checkpoint) -> NewEvent {
+    NewEvent {
+        kind: gantry_core::event::RUN_CHECKPOINT.to_string(),
+        data: serde_json::to_value(cp).unwrap_or(serde_json::Value::Null),
+    }
+}
+
+/// The stdout reader of an agent run: parses complete lines with a [`Watcher`], uploads
+/// agent events and insights snapshots instead of raw output (the raw stream stays in
+/// `stdout.log`), and raises `breach` the moment a budget limit is passed.
+pub(crate) struct AgentReader {
+    watcher: Watcher,
+    breach: tokio::sync::watch::Sender<Option<String>>,
+    finished: bool,
+}
+
+impl AgentReader {
+    /// A reader for `format`; `replay` is the part of stdout already handled by an
+    /// earlier watcher of this run (before a restart): it is parsed again, silently, so
+    /// the insights count the whole run and not only what follows the adoption.
+    pub(crate) fn new(
+        watcher: Watcher,
+        breach: tokio::sync::watch::Sender<Option<String>>,
+        replay: Option<(&Path, u64)>,
+    ) -> AgentReader {
+        let mut reader = AgentReader {
+            watcher,
+            breach,
+            finished: false,
+        };
+        if let Some((path, upto)) = replay
+            && upto > 0
+            && let Ok(bytes) = std::fs::read(path)
+        {
+            let upto = usize::try_from(upto).unwrap_or(usize::MAX).min(bytes.len());
+            for line in String::from_utf8_lossy(&bytes[..upto]).lines() {
+                let fed = reader.watcher.line(line);
+                if let Some(b) = fed.breach {
+                    let _ = reader.breach.send(Some(b.to_string()));
+                }
+            }
+        }
+        reader
+    }
+}
+
+impl crate::tail::StdoutReader for AgentReader {
+    fn read(&mut self, tail: &mut crate::tail::FileTail, last: bool) -> Vec<NewEvent> {
+        let buffered = tail.buffered();
+        let n = if last {
+            buffered.len()
+        } else {
+            // Only whole lines: a line is parsed once it is complete.
+            buffered
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |i| i + 1)
+        };
+        let bytes = tail.take(n);
+        let mut events = Vec::new();
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            let fed = self.watcher.line(line);
+            events.extend(fed.events);
+            if let Some(b) = fed.breach {
+                let _ = self.breach.send(Some(b.to_string()));
+            }
+        }
+        if last {
+            // The tailer may read "to the end" more than once (after an upload retry):
+            // the stream ends once.
+            if !self.finished {
+                self.finished = true;
+                events.extend(self.watcher.finish().events);
+            }
+        } else if let Some(snapshot) = self.watcher.snapshot_due() {
+            events.push(snapshot);
+        }
+        events
+    }
+
+    fn insights(&self) -> Option<Insights> {
+        Some(self.watcher.insights().clone())
+    }
+
+    fn outcome(&self, exit_code: Option<i32>) -> Option<Outcome> {
+        Some(self.watcher.outcome(exit_code))
+    }
+}

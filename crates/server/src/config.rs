@@ -1,0 +1,193 @@
+//! `gantry.toml`: the server's configuration file (engines, prices, the embedded
+//! factory's admission thresholds and checkpoint interval).
+//!
+//! Every key is optional and an unknown key is an error naming it and its line, so a
+//! typo never silently leaves a default in place.
+
+use gantry_core::engine::PriceTable;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Name of the config file looked for in the data dir when `--config` is not given.
+pub const CONFIG_FILE: &str = "gantry.toml";
+
+/// Why the config file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a key or value is wrong.
+    #[error("config file {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the line and key.
+        message: String,
+    },
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// `[factory]`: the embedded factory.
+    #[serde(default)]
+    pub factory: FactorySection,
+    /// `[engines.claude-code]`, `[engines.codex]`.
+    #[serde(default)]
+    pub engines: EnginesSection,
+    /// `[prices."model"]`: USD per million tokens, merged over the built-in table.
+    #[serde(default)]
+    pub prices: PriceTable,
+}
+
+/// `[factory]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FactorySection {
+    /// How often a running agent's work in progress is checkpointed, e.g. `"5m"`.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub checkpoint_interval: Option<Duration>,
+    /// Do not claim while available memory is under this many MiB (0: off).
+    pub min_free_memory_mb: Option<u64>,
+    /// Do not claim while the data dir's disk has less than this many MiB free (0: off).
+    pub min_free_disk_mb: Option<u64>,
+}
+
+/// `[engines]`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnginesSection {
+    /// `[engines.claude-code]`.
+    #[serde(default, rename = "claude-code")]
+    pub claude_code: Option<AgentCli>,
+    /// `[engines.codex]`.
+    #[serde(default)]
+    pub codex: Option<AgentCli>,
+}
+
+/// How to start one agent CLI.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentCli {
+    /// The binary: a path, or a name looked up on PATH.
+    pub binary: Option<String>,
+    /// Extra flags given on every run (replacing the default: none).
+    pub args: Option<Vec<String>>,
+    /// Environment variables passed through to the agent (API keys, base URLs),
+    /// replacing the default list.
+    pub env: Option<Vec<String>>,
+}
+
+impl AgentCli {
+    /// Applies this section over the factory's settings of the same CLI.
+    pub fn apply_to(&self, cli: &mut gantry_factory::agent::AgentCli) {
+        if let Some(b) = &self.binary {
+            cli.binary = b.clone();
+        }
+        if let Some(a) = &self.args {
+            cli.args = a.clone();
+        }
+        if let Some(e) = &self.env {
+            cli.env = e.clone();
+        }
+    }
+}
+
+impl ConfigFile {
+    /// The embedded factory's engine settings: the defaults with this file over them.
+    pub fn engine_settings(&self) -> gantry_factory::agent::EngineSettings {
+        let mut s = gantry_factory::agent::EngineSettings::default();
+        if let Some(c) = &self.engines.claude_code {
+            c.apply_to(&mut s.claude);
+        }
+        if let Some(c) = &self.engines.codex {
+            c.apply_to(&mut s.codex);
+        }
+        s.prices.merge(&self.prices);
+        if let Some(i) = self.factory.checkpoint_interval {
+            s.checkpoint_interval = i;
+        }
+        s
+    }
+}
+
+fn opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    humantime::parse_duration(text.trim())
+        .map(Some)
+        .map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {text:?}: {e}; write e.g. \"90s\", \"5m\""
+            ))
+        })
+}
+
+impl ConfigFile {
+    /// Parses the text of a config file; `path` only names it in errors.
+    pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
+        let cfg: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: e.to_string().trim().to_string(),
+        })?;
+        for (name, cli) in [
+            ("claude-code", &cfg.engines.claude_code),
+            ("codex", &cfg.engines.codex),
+        ] {
+            let Some(cli) = cli else { continue };
+            if cli.binary.as_deref().is_some_and(|b| b.trim().is_empty()) {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "engines.{name}.binary is empty; give a path or a name on PATH"
+                    ),
+                });
+            }
+            if let Some(bad) = cli.env.iter().flatten().find(|v| !valid_env_name(v)) {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "engines.{name}.env: {bad:?} is not an environment variable name ([A-Za-z_][A-Za-z0-9_]*)"
+                    ),
+                });
+            }
+        }
+        if cfg.factory.checkpoint_interval.is_some_and(|d| d.is_zero()) {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message: "factory.checkpoint_interval must be longer than zero".to_string(),
+            });
+        }
+        Ok(cfg)
+    }
+
+    /// Reads `path`; with `required` false a missing file is the default config.
+    pub fn load(path: &Path, required: bool) -> Result<ConfigFile, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => ConfigFile::parse(path, &text),
+            Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+                Ok(ConfigFile::default())
+            }
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+}
+
+fn valid_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}

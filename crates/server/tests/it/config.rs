@@ -1,0 +1,114 @@
+//! `gantry.toml` (issue 3): the documented example parses to what it says, and every
+//! bad key or value is an error naming it.
+
+use gantry_server::config::{ConfigError, ConfigFile};
+use std::path::Path;
+use std::time::Duration;
+
+/// The ```toml block of docs/engines.md: the example people copy must stay valid.
+fn documented_example() -> String {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/engines.md"
+    ))
+    .expect("docs/engines.md");
+    let start = doc
+        .find("```toml\n")
+        .expect("a toml block in docs/engines.md")
+        + "```toml\n".len();
+    let end = doc[start..].find("```").expect("the end of the toml block") + start;
+    doc[start..end].to_string()
+}
+
+fn invalid(text: &str) -> String {
+    match ConfigFile::parse(Path::new("/etc/gantry.toml"), text) {
+        Err(ConfigError::Invalid { path, message }) => {
+            assert_eq!(path, Path::new("/etc/gantry.toml"));
+            message
+        }
+        other => panic!("expected an invalid-config error for {text:?}, got {other:?}"),
+    }
+}
+
+#[test]
+fn issue3_the_documented_example_parses() {
+    let cfg = ConfigFile::parse(Path::new("docs/engines.md"), &documented_example())
+        .expect("the documented example is valid");
+    assert_eq!(
+        cfg.factory.checkpoint_interval,
+        Some(Duration::from_secs(300))
+    );
+    assert_eq!(cfg.factory.min_free_memory_mb, Some(2048));
+    assert_eq!(cfg.factory.min_free_disk_mb, Some(1024));
+    let claude = cfg
+        .engines
+        .claude_code
+        .clone()
+        .expect("claude-code section");
+    assert_eq!(claude.binary.as_deref(), Some("claude"));
+    assert_eq!(
+        claude.env,
+        Some(vec![
+            "ANTHROPIC_API_KEY".to_string(),
+            "ANTHROPIC_BASE_URL".to_string()
+        ])
+    );
+    let codex = cfg.engines.codex.clone().expect("codex section");
+    assert_eq!(codex.env, Some(vec!["OPENAI_API_KEY".to_string()]));
+    let price = cfg.prices.price("gpt-5-codex").expect("price");
+    assert_eq!(price.output_per_mtok, 10.0);
+    let settings = cfg.engine_settings();
+    assert_eq!(settings.claude.binary, "claude");
+    assert_eq!(settings.codex.env, vec!["OPENAI_API_KEY"]);
+    assert_eq!(settings.checkpoint_interval, Duration::from_secs(300));
+    assert!(
+        settings.prices.price("claude-sonnet-4").is_some(),
+        "the built-in prices stay under the file's"
+    );
+}
+
+#[test]
+fn issue3_an_empty_or_missing_file_is_the_default() {
+    assert_eq!(
+        ConfigFile::parse(Path::new("x.toml"), "").expect("empty"),
+        ConfigFile::default()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("gantry.toml");
+    assert_eq!(
+        ConfigFile::load(&missing, false).expect("optional"),
+        ConfigFile::default()
+    );
+    match ConfigFile::load(&missing, true) {
+        Err(ConfigError::Read { path, .. }) => assert_eq!(path, missing),
+        other => panic!("a required missing file is an error, got {other:?}"),
+    }
+}
+
+#[test]
+fn issue3_bad_keys_and_values_are_named() {
+    let m = invalid("[factory]\ncheckpoint_intervall = \"5m\"\n");
+    assert!(
+        m.contains("checkpoint_intervall") && m.contains("line 2"),
+        "{m}"
+    );
+    let m = invalid("[factory]\ncheckpoint_interval = \"soon\"\n");
+    assert!(m.contains("invalid duration \"soon\""), "{m}");
+    let m = invalid("[factory]\ncheckpoint_interval = \"0s\"\n");
+    assert!(m.contains("longer than zero"), "{m}");
+    let m = invalid("[factory]\nmin_free_memory_mb = -5\n");
+    assert!(m.contains("min_free_memory_mb"), "{m}");
+    let m = invalid("[engines.aider]\nbinary = \"aider\"\n");
+    assert!(m.contains("aider"), "{m}");
+    let m = invalid("[engines.codex]\nenv = [\"OPENAI-KEY\"]\n");
+    assert!(
+        m.contains("engines.codex.env") && m.contains("OPENAI-KEY"),
+        "{m}"
+    );
+    let m = invalid("[engines.claude-code]\nbinary = \" \"\n");
+    assert!(m.contains("engines.claude-code.binary is empty"), "{m}");
+    let m = invalid("[prices.\"gpt-5\"]\ninput_per_mtok = \"cheap\"\n");
+    assert!(m.contains("input_per_mtok") || m.contains("cheap"), "{m}");
+    let m = invalid("factory = 3\n");
+    assert!(m.contains("factory"), "{m}");
+}
