@@ -8,6 +8,7 @@ mod http;
 mod hygiene;
 mod orphans;
 mod runs;
+mod stand_ins;
 mod stops;
 mod support;
 mod workspace;
