@@ -455,7 +455,9 @@ fn own_rss_kb() -> (u64, usize) {
         };
         let same_exe = pid == me
             || (std::fs::read_link(format!("/proc/{pid}/exe")).ok() == exe && exe.is_some());
-        if !same_exe {
+        // A child of this process that still runs this executable is a fork about to
+        // exec an agent's shell: its pages are this process's, counted once already.
+        if !same_exe || (pid != me && parent_of(pid) == Some(me)) {
             continue;
         }
         if let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -469,6 +471,13 @@ fn own_rss_kb() -> (u64, usize) {
         }
     }
     (total, count)
+}
+
+/// The parent pid of `pid`, from /proc.
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Nanoseconds since the Unix epoch, by the wall clock (the one `date +%s%N` reads).

@@ -46,6 +46,8 @@ const ENV_ALLOWLIST: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TERM
 const RETRY_FIRST: Duration = Duration::from_millis(100);
 /// Longest delay between retries of a failed finish.
 const RETRY_MAX: Duration = Duration::from_secs(5);
+/// Time between two looks at a run's exit status when its shim is our child.
+const OWN_TICK: Duration = Duration::from_secs(1);
 /// How long the last output upload of a run may take before the run is wrapped up.
 const DRAIN_MAX: Duration = Duration::from_secs(30);
 
@@ -562,7 +564,10 @@ impl Supervisor {
         let mut checkpointing: Option<AbortOnDrop<()>> = None;
         let mut shutting_down = false;
         let mut lease_changed = true;
-        let mut tick = tokio::time::interval(TICK);
+        // The shim of a run this factory started says when it ends (its reaping wakes
+        // the loop), so looking at the files is only a safety net then; an adopted
+        // run's end is only seen by looking.
+        let mut tick = tokio::time::interval(if child.is_some() { OWN_TICK } else { TICK });
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if lease_changed {

@@ -114,8 +114,21 @@ impl FileTail {
             return 0;
         };
         let pos = self.consumed + self.buf.len() as u64;
+        // Only as much room as the file has new bytes: a run's buffers stay as small as
+        // its output, which matters with hundreds of runs that print little.
+        let available = file
+            .metadata()
+            .map(|m| m.len().saturating_sub(pos))
+            .unwrap_or(max as u64);
+        let want = usize::try_from(available).unwrap_or(max).min(max);
+        if want == 0 {
+            if self.buf.is_empty() && self.buf.capacity() > 64 * 1024 {
+                self.buf = Vec::new();
+            }
+            return 0;
+        }
         let old = self.buf.len();
-        self.buf.resize(old + max, 0);
+        self.buf.resize(old + want, 0);
         let n = loop {
             match file.read_at(&mut self.buf[old..], pos) {
                 Ok(n) => break n,

@@ -128,11 +128,13 @@ async fn a_record_without_a_process_kills_the_processes_that_carry_the_runs_ids(
     // Ids no other test uses: the processes are found by their environment.
     let ids = [("GANTRY_JOB_ID", "905"), ("GANTRY_RUN_ID", "9055")];
     let mut ours = spawn_group("exec sleep 1000", &ids);
-    // Until it execs, a child's /proc environ is still its parent's.
+    // Until its last exec is done (sh, then sleep), a process's /proc environ may be
+    // its parent's, or briefly unreadable: wait for the sleep itself.
     let pid = ours.id();
     wait_for(|| {
-        std::fs::read(format!("/proc/{pid}/environ"))
-            .is_ok_and(|env| env.windows(18).any(|w| w == b"GANTRY_RUN_ID=9055"))
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        (comm.trim() == "sleep" && env.windows(18).any(|w| w == b"GANTRY_RUN_ID=9055"))
             .then_some(())
     })
     .await;
