@@ -36,8 +36,30 @@ use tokio::task::JoinHandle;
 /// Name of the store file in the data dir.
 pub const DB_FILE: &str = "gantry.db";
 
-/// Name under which the embedded factory registers.
+/// Name under which the embedded factory registers (on a shared PostgreSQL store, each
+/// replica's embedded factory adds `@<host>:<data dir>`, so they are told apart).
 pub const EMBEDDED_FACTORY_NAME: &str = "embedded";
+
+/// Whether `name` is an embedded factory's: remote factories may not register as one.
+pub fn is_embedded_name(name: &str) -> bool {
+    name == EMBEDDED_FACTORY_NAME
+        || name
+            .strip_prefix(EMBEDDED_FACTORY_NAME)
+            .is_some_and(|rest| rest.starts_with('@'))
+}
+
+/// The embedded factory's name for this server: plain on its own SQLite store, with the
+/// host and data dir when replicas share a database (one factory row each).
+fn embedded_name(cfg: &ServeConfig) -> String {
+    if cfg.db.is_none() {
+        return EMBEDDED_FACTORY_NAME.to_string();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_default();
+    let dir = std::path::absolute(&cfg.data_dir).unwrap_or_else(|_| cfg.data_dir.clone());
+    format!("{EMBEDDED_FACTORY_NAME}@{host}:{}", dir.display())
+}
 
 /// How long one claim of the embedded factory waits on the store before it loops.
 const EMBEDDED_CLAIM_WAIT: Duration = Duration::from_secs(10);
@@ -241,7 +263,7 @@ async fn start_embedded_factory(
 ) -> Result<JoinHandle<Result<(), String>>, ServerError> {
     let cfg = service.config().clone();
     let fcfg = FactoryConfig {
-        name: EMBEDDED_FACTORY_NAME.to_string(),
+        name: embedded_name(&cfg),
         seats: cfg.seats,
         capabilities: cfg.capabilities.clone(),
         data_dir: cfg.data_dir.clone(),

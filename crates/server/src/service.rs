@@ -202,7 +202,7 @@ impl Service {
         reg: &RegisterFactory,
     ) -> Result<FactoryId, ApiError> {
         check_registration(reg)?;
-        if reg.name == crate::EMBEDDED_FACTORY_NAME {
+        if crate::is_embedded_name(&reg.name) {
             return Err(ApiError::forbidden(format!(
                 "factory name {:?} is the server's embedded factory: token {:?} cannot \
                  register as it",

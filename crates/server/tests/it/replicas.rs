@@ -470,3 +470,37 @@ async fn issue4_replicas_started_at_once_on_a_new_database_all_start() {
         assert!(r.is_ok(), "{:?}", r.as_ref().err());
     }
 }
+
+/// Each replica's embedded factory is a factory of its own on a shared database (one
+/// row each, named after its host and data dir), not one row for all.
+#[tokio::test]
+async fn issue4_replicas_embedded_factories_are_told_apart() {
+    let db = PgDb::create().await;
+    let (a_dir, b_dir) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let a = TestServer::start(replica(a_dir.path(), &db, true)).await;
+    let b = TestServer::start(replica(b_dir.path(), &db, true)).await;
+    // Each embedded factory registers once its loop starts, after the server is up.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let mut names: Vec<String> = loop {
+        let list: Vec<serde_json::Value> = a.get_json("/v1/factories").await;
+        let names: Vec<String> = list
+            .iter()
+            .filter_map(|f| f["name"].as_str().map(str::to_string))
+            .collect();
+        if names.len() >= 2 || std::time::Instant::now() > deadline {
+            break names;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(
+        names.iter().all(|n| gantry_server::is_embedded_name(n)),
+        "{names:?}"
+    );
+    assert_ne!(names[0], names[1]);
+    drop((a, b));
+}
