@@ -15,6 +15,7 @@
 pub mod bench;
 mod error;
 mod postgres;
+mod rules;
 mod sqlite;
 #[cfg(feature = "testing")]
 pub mod testing;

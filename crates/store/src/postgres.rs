@@ -34,6 +34,7 @@ mod rows;
 mod schema;
 mod signal;
 
+use crate::rules::{AttemptEnd, Target, attempt_end, topo_order};
 use crate::{Binding, FactoryInfo, JobFilter, Result, Store, StoreError};
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
@@ -44,9 +45,7 @@ use gantry_core::api::{
 use gantry_core::event::{self as ev, Event, NewEvent};
 use gantry_core::state::{self, Effect, Input};
 use gantry_core::time::Millis;
-use gantry_core::{
-    DepRef, FactoryId, Job, JobId, JobState, Outcome, ParsedJob, RunId, StopKind, retry,
-};
+use gantry_core::{DepRef, FactoryId, Job, JobId, JobState, Outcome, ParsedJob, RunId, StopKind};
 use rows::*;
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -1146,34 +1145,20 @@ fn plan_end<'a>(
     now: Millis,
     pending: Vec<Pending<'a>>,
 ) -> R<Plan<'a>> {
-    // A stop that a person requested decides how the job ends when the run vanished
-    // without saying (lost); a reported outcome is what really happened and stands.
-    let outcome = match (outcome, live.stop) {
-        (Outcome::Lost, Some(stop)) => stop.outcome(),
-        (o, _) => o,
-    };
     let retry_on = parse_retry_on(&live.retry_on)?;
-    let retry = retry::should_retry(
+    let AttemptEnd {
         outcome,
-        live.attempt,
-        live.max_attempts,
+        retry,
+        not_before,
+        reason,
+    } = attempt_end(
+        outcome,
+        live.stop,
+        (live.attempt, live.max_attempts),
         &retry_on,
-        live.stop.is_some(),
+        live.backoff_ms,
+        now,
     );
-    let (not_before, reason) = if retry {
-        let delay = retry::backoff_ms_random(live.backoff_ms, live.attempt);
-        (
-            Some(now.saturating_add(i64::try_from(delay).unwrap_or(i64::MAX))),
-            Some(format!(
-                "attempt {} {outcome}; retrying in {delay} ms",
-                live.attempt
-            )),
-        )
-    } else if outcome == Outcome::Succeeded {
-        (None, None)
-    } else {
-        (None, Some(format!("attempt {} {outcome}", live.attempt)))
-    };
     let input = Input::AttemptEnded { outcome, retry };
     let (to, _) = state::next(JobState::Running, input).map_err(|_| StoreError::WrongState {
         job: live.job,

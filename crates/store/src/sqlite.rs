@@ -27,6 +27,7 @@
 //!   index on `state` alone, and events carry no foreign keys, because each index or
 //!   check costs every claim and finish a page write or a lookup.
 
+use crate::rules::{AttemptEnd, Target, attempt_end, topo_order};
 use crate::{Binding, FactoryInfo, JobFilter, Result, Store, StoreError};
 use async_trait::async_trait;
 use gantry_core::api::{
@@ -38,7 +39,7 @@ use gantry_core::state::{self, Effect, Input};
 use gantry_core::time::{Millis, now_millis};
 use gantry_core::{
     DepRef, DepsMode, FactoryId, Job, JobId, JobSpec, JobState, Outcome, ParsedJob, Run, RunId,
-    StopKind, caps, retry,
+    StopKind, caps,
 };
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde_json::json;
@@ -1713,34 +1714,20 @@ fn end_attempt(
     now: Millis,
     pending: &[Pending<'_>],
 ) -> Result<(JobState, Option<JobRow>)> {
-    // A stop that a person requested decides how the job ends when the run vanished
-    // without saying (lost); a reported outcome is what really happened and stands.
-    let outcome = match (outcome, live.stop) {
-        (Outcome::Lost, Some(stop)) => stop.outcome(),
-        (o, _) => o,
-    };
     let retry_on = parse_retry_on(&live.retry_on)?;
-    let retry = retry::should_retry(
+    let AttemptEnd {
         outcome,
-        live.attempt,
-        live.max_attempts,
+        retry,
+        not_before,
+        reason,
+    } = attempt_end(
+        outcome,
+        live.stop,
+        (live.attempt, live.max_attempts),
         &retry_on,
-        live.stop.is_some(),
+        live.backoff_ms,
+        now,
     );
-    let (not_before, reason) = if retry {
-        let delay = retry::backoff_ms_random(live.backoff_ms, live.attempt);
-        (
-            Some(now.saturating_add(i64::try_from(delay).unwrap_or(i64::MAX))),
-            Some(format!(
-                "attempt {} {outcome}; retrying in {delay} ms",
-                live.attempt
-            )),
-        )
-    } else if outcome == Outcome::Succeeded {
-        (None, None)
-    } else {
-        (None, Some(format!("attempt {} {outcome}", live.attempt)))
-    };
     let stepped = transition(
         tx,
         live.job,
@@ -1762,15 +1749,6 @@ fn end_attempt(
 // ---------------------------------------------------------------------------------------
 // Operations
 // ---------------------------------------------------------------------------------------
-
-/// Where a dependency of a new job points.
-#[derive(Clone, Copy)]
-enum Target {
-    /// A job stored before this batch.
-    Stored(JobId),
-    /// The new job at this index of the batch's new jobs.
-    New(usize),
-}
 
 fn lookup_key(tx: &Connection, key: &str) -> Result<Option<JobId>> {
     Ok(tx
@@ -1939,64 +1917,6 @@ fn submit_tx(tx: &Connection, jobs: &[ParsedJob], now: Millis) -> Result<Vec<Sub
             },
         })
         .collect())
-}
-
-/// Depth-first order of the new jobs, deps first; a cycle is an error on the job that
-/// closes it, naming the dep and the files around the cycle.
-fn topo_order(
-    jobs: &[ParsedJob],
-    news: &[usize],
-    edges: &[Vec<(Target, &DepRef)>],
-) -> Result<Vec<usize>> {
-    const WHITE: u8 = 0;
-    const GRAY: u8 = 1;
-    const BLACK: u8 = 2;
-    let mut color = vec![WHITE; news.len()];
-    let mut order = Vec::with_capacity(news.len());
-    for start in 0..news.len() {
-        if color[start] != WHITE {
-            continue;
-        }
-        color[start] = GRAY;
-        let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
-        while let Some(&(node, next)) = stack.last() {
-            let Some(&(target, dep)) = edges[node].get(next) else {
-                color[node] = BLACK;
-                order.push(node);
-                stack.pop();
-                continue;
-            };
-            if let Some(top) = stack.last_mut() {
-                top.1 += 1;
-            }
-            let Target::New(m) = target else {
-                continue;
-            };
-            match color[m] {
-                WHITE => {
-                    color[m] = GRAY;
-                    stack.push((m, 0));
-                }
-                GRAY => {
-                    let from = stack.iter().position(|&(n, _)| n == m).unwrap_or(0);
-                    let path: Vec<&str> = stack[from..]
-                        .iter()
-                        .map(|&(n, _)| jobs[news[n]].file.as_str())
-                        .chain(std::iter::once(jobs[news[m]].file.as_str()))
-                        .collect();
-                    let pj = &jobs[news[node]];
-                    return Err(pj
-                        .error(
-                            "deps",
-                            format!("dependency cycle through {dep}: {}", path.join(" -> ")),
-                        )
-                        .into());
-                }
-                _ => {}
-            }
-        }
-    }
-    Ok(order)
 }
 
 /// A claim as the writer makes it: the caller reads the job's spec after the commit

@@ -7,9 +7,7 @@ use gantry_core::api::{Checkpoint, Scope, TokenInfo};
 use gantry_core::event::Event;
 use gantry_core::state::Input;
 use gantry_core::time::Millis;
-use gantry_core::{
-    DepRef, DepsMode, FactoryId, Job, JobId, JobState, Outcome, ParsedJob, Run, RunId, StopKind,
-};
+use gantry_core::{DepsMode, FactoryId, Job, JobId, JobState, Outcome, Run, RunId, StopKind};
 use tokio_postgres::Row;
 
 pub(super) fn corrupt(what: impl std::fmt::Display) -> StoreError {
@@ -366,73 +364,6 @@ pub(super) fn judge_deps(mode: DepsMode, deps: &[(i64, JobState)]) -> DepsVerdic
             }
         }
     }
-}
-
-/// Where a dependency of a new job points.
-#[derive(Clone, Copy)]
-pub(super) enum Target {
-    /// A job stored before this batch.
-    Stored(JobId),
-    /// The new job at this index of the batch's new jobs.
-    New(usize),
-}
-
-/// Depth-first order of the new jobs, deps first; a cycle is an error on the job that
-/// closes it, naming the dep and the files around the cycle.
-pub(super) fn topo_order(
-    jobs: &[ParsedJob],
-    news: &[usize],
-    edges: &[Vec<(Target, &DepRef)>],
-) -> Result<Vec<usize>, StoreError> {
-    const WHITE: u8 = 0;
-    const GRAY: u8 = 1;
-    const BLACK: u8 = 2;
-    let mut color = vec![WHITE; news.len()];
-    let mut order = Vec::with_capacity(news.len());
-    for start in 0..news.len() {
-        if color[start] != WHITE {
-            continue;
-        }
-        color[start] = GRAY;
-        let mut stack: Vec<(usize, usize)> = vec![(start, 0)];
-        while let Some(&(node, next)) = stack.last() {
-            let Some(&(target, dep)) = edges[node].get(next) else {
-                color[node] = BLACK;
-                order.push(node);
-                stack.pop();
-                continue;
-            };
-            if let Some(top) = stack.last_mut() {
-                top.1 += 1;
-            }
-            let Target::New(m) = target else {
-                continue;
-            };
-            match color[m] {
-                WHITE => {
-                    color[m] = GRAY;
-                    stack.push((m, 0));
-                }
-                GRAY => {
-                    let from = stack.iter().position(|&(n, _)| n == m).unwrap_or(0);
-                    let path: Vec<&str> = stack[from..]
-                        .iter()
-                        .map(|&(n, _)| jobs[news[n]].file.as_str())
-                        .chain(std::iter::once(jobs[news[m]].file.as_str()))
-                        .collect();
-                    let pj = &jobs[news[node]];
-                    return Err(pj
-                        .error(
-                            "deps",
-                            format!("dependency cycle through {dep}: {}", path.join(" -> ")),
-                        )
-                        .into());
-                }
-                _ => {}
-            }
-        }
-    }
-    Ok(order)
 }
 
 #[cfg(test)]
