@@ -105,23 +105,8 @@ pub async fn kill(runs: usize) -> Result<(), CliError> {
     let root = tmp.path();
     let repo = root.join("repo");
     init_repo(&repo, &[("README.md", "# kill bench\n")]).await?;
-    let server = serve::start(ServeConfig {
-        data_dir: root.join("data"),
-        listen: ([127, 0, 0, 1], 0).into(),
-        lease_ttl: Duration::from_secs(30),
-        reaper_interval: Duration::from_secs(1),
-        seats: 1,
-        embedded_factory: true,
-        kill_grace: Duration::from_secs(1),
-        push: false,
-        capabilities: Vec::new(),
-        db: None,
-        config_file: None,
-    })
-    .await?;
-    let url = format!("http://{}", server.addr());
-    let client = Client::new(&url, Some(server.admin_token().to_string()))
-        .map_err(|e| from_client(e, &url))?;
+    let (server, client) =
+        bench_server(root, 1, Duration::from_secs(30), Duration::from_secs(1)).await?;
     output::line(format!(
         "bench kill: {runs} jobs, each a shell with two children that ignore SIGTERM; kill request -> no process of the run's group left"
     ));
@@ -263,23 +248,8 @@ pub async fn concurrent(runs: usize, sleep: Duration) -> Result<(), CliError> {
     init_repo(&repo, &[("README.md", "# concurrent bench\n")]).await?;
     let seats = u32::try_from(runs)
         .map_err(|_| CliError::new(Kind::Usage, format!("--runs {runs} is too many")))?;
-    let server = serve::start(ServeConfig {
-        data_dir: root.join("data"),
-        listen: ([127, 0, 0, 1], 0).into(),
-        lease_ttl: Duration::from_secs(60),
-        reaper_interval: Duration::from_secs(2),
-        seats,
-        embedded_factory: true,
-        kill_grace: Duration::from_secs(1),
-        push: false,
-        capabilities: Vec::new(),
-        db: None,
-        config_file: None,
-    })
-    .await?;
-    let url = format!("http://{}", server.addr());
-    let client = Client::new(&url, Some(server.admin_token().to_string()))
-        .map_err(|e| from_client(e, &url))?;
+    let (server, client) =
+        bench_server(root, seats, Duration::from_secs(60), Duration::from_secs(2)).await?;
     output::line(format!(
         "bench concurrent: {runs} script-engine runs that each sleep {}s, one seat each",
         sleep.as_secs_f64()
@@ -480,6 +450,34 @@ fn parent_of(pid: u32) -> Option<u32> {
     rest.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// An embedded server for a benchmark, with its data in `root/data`, listening on a
+/// free loopback port, never pushing, and a client for it with the admin token.
+async fn bench_server(
+    root: &Path,
+    seats: u32,
+    lease_ttl: Duration,
+    reaper_interval: Duration,
+) -> Result<(gantry_server::RunningServer, Client), CliError> {
+    let server = serve::start(ServeConfig {
+        data_dir: root.join("data"),
+        listen: ([127, 0, 0, 1], 0).into(),
+        lease_ttl,
+        reaper_interval,
+        seats,
+        embedded_factory: true,
+        kill_grace: Duration::from_secs(1),
+        push: false,
+        capabilities: Vec::new(),
+        db: None,
+        config_file: None,
+    })
+    .await?;
+    let url = format!("http://{}", server.addr());
+    let client = Client::new(&url, Some(server.admin_token().to_string()))
+        .map_err(|e| from_client(e, &url))?;
+    Ok((server, client))
+}
+
 /// Nanoseconds since the Unix epoch, by the wall clock (the one `date +%s%N` reads).
 fn now_ns() -> i128 {
     SystemTime::now()
@@ -586,23 +584,8 @@ pub async fn dispatch(runs: usize) -> Result<(), CliError> {
     }
 
     // Dispatch: the same process as a real command job through an embedded server.
-    let server = serve::start(ServeConfig {
-        data_dir: root.join("data"),
-        listen: ([127, 0, 0, 1], 0).into(),
-        lease_ttl: Duration::from_secs(30),
-        reaper_interval: Duration::from_secs(1),
-        seats: 1,
-        embedded_factory: true,
-        kill_grace: Duration::from_secs(1),
-        push: false,
-        capabilities: Vec::new(),
-        db: None,
-        config_file: None,
-    })
-    .await?;
-    let url = format!("http://{}", server.addr());
-    let client = Client::new(&url, Some(server.admin_token().to_string()))
-        .map_err(|e| from_client(e, &url))?;
+    let (server, client) =
+        bench_server(root, 1, Duration::from_secs(30), Duration::from_secs(1)).await?;
     let measured = measure_dispatch(&client, &repo, &stamps, runs).await;
     if let Err(e) = server.shutdown().await {
         output::note(format!(
