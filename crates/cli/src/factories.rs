@@ -107,6 +107,7 @@ mod tests {
                 load_1m: Some(0.5),
                 free_memory_mb: Some(2048),
                 free_disk_mb: Some(100),
+                admission: None,
             },
             health: Health::Up,
         };

@@ -159,7 +159,7 @@ pub struct Registered {
 
 /// `POST /v1/factories/{id}/heartbeat`: the factory is alive, and how its machine is
 /// doing. A figure the factory cannot measure is left out (`null`), never sent as 0.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Heartbeat {
     /// Load average over the last minute.
     #[serde(default)]
@@ -170,6 +170,10 @@ pub struct Heartbeat {
     /// Free space on the disk of the factory's data dir, in MiB.
     #[serde(default)]
     pub free_disk_mb: Option<u64>,
+    /// Why the factory does not claim jobs now (low memory, low disk); `None` while it
+    /// claims.
+    #[serde(default)]
+    pub admission: Option<String>,
 }
 
 /// Response of a heartbeat: how often to send the next ones.
@@ -296,7 +300,23 @@ pub struct Claim {
     pub job: ClaimedJob,
     /// Under which lease.
     pub run: Lease,
+    /// The server delivers a succeeded run's commit to the source repository, so a
+    /// factory that does not share the server's data dir must publish the commit at
+    /// [`result_ref`] in the source first (and name it in its [`FinishReport`]).
+    #[serde(default)]
+    pub deliver: bool,
 }
+
+/// The ref in the source repository where a factory publishes the commit of `run`
+/// for the server to deliver. It is outside `refs/heads`, so it never shows up as a
+/// branch, and the server removes it once the delivery is done.
+pub fn result_ref(run: RunId) -> String {
+    format!("refs/gantry/results/{run}")
+}
+
+/// The largest diff a [`FinishReport`] carries; a longer one is cut at a line end
+/// below this size and marked as cut.
+pub const MAX_REPORTED_DIFF_BYTES: usize = 4 << 20;
 
 /// `POST /v1/runs/{id}/renew`.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -359,6 +379,15 @@ pub struct FinishReport {
     /// What the agent reported: model, session, tokens, cost, turns, tool calls.
     #[serde(default)]
     pub insights: Option<Insights>,
+    /// The attempt's diff against its base (at most [`MAX_REPORTED_DIFF_BYTES`]), kept
+    /// by the store so any server replica can show it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diff: Option<String>,
+    /// Where in the source repository the factory published [`FinishReport::commit`]
+    /// for delivery ([`result_ref`]); `None` when the commit is in the server's own
+    /// cache (the embedded factory) or was not published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_ref: Option<String>,
 }
 
 /// `POST /v1/tokens`.

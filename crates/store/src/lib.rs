@@ -113,6 +113,10 @@ pub trait Store: Send + Sync + 'static {
     /// One run.
     async fn run(&self, id: RunId) -> Result<Run>;
 
+    /// The diff the run's factory reported when it finished; `None` when it reported
+    /// none. `NotFound` for an unknown run.
+    async fn run_diff(&self, run: RunId) -> Result<Option<String>>;
+
     /// Registers a factory (or re-registers one with the same name) and returns its id.
     async fn register_factory(&self, reg: &RegisterFactory) -> Result<FactoryId>;
 

@@ -537,6 +537,8 @@ impl PgStore {
                 lease_expires_at: row.try_get(5)?,
                 lease_ttl_ms: u64::try_from(ttl_ms).unwrap_or(0),
             },
+            // The server decides delivery, not the store.
+            deliver: false,
         }))
     }
 
@@ -599,6 +601,16 @@ impl PgStore {
             &insights,
             &session,
         ]);
+        if let Some(diff) = &report.diff {
+            // Before the pipelined finish and commit, inside the fenced transaction: a
+            // stale finish rolls the diff back with everything else.
+            tx.client()
+                .execute(
+                    "INSERT INTO run_diffs (run_id, patch) VALUES ($1, $2)",
+                    &[&live.run.0, diff],
+                )
+                .await?;
+        }
         let settle = live.has_dependents && plan.to.is_terminal();
         let c = tx.client();
         let row = if settle {
@@ -1839,6 +1851,21 @@ impl Store for PgStore {
         rows.iter().map(|r| RawJob::read(r)?.into_job()).collect()
     }
 
+    async fn run_diff(&self, run: RunId) -> Result<Option<String>> {
+        let tx = self.conn().await?;
+        let row = tx
+            .query_opt(
+                "SELECT d.patch, r.id FROM runs r LEFT JOIN run_diffs d ON d.run_id = r.id
+                 WHERE r.id = $1",
+                &[&run.0],
+            )
+            .await?;
+        match row {
+            Some(r) => Ok(r.try_get(0)?),
+            None => Err(not_found("run", run)),
+        }
+    }
+
     async fn runs(&self, job: JobId) -> Result<Vec<gantry_core::Run>> {
         let tx = self.conn().await?;
         let rows = tx
@@ -1882,13 +1909,14 @@ impl Store for PgStore {
         let n = tx
             .execute(
                 "UPDATE factories SET last_seen = gantry_now_ms(), load_1m = $2,
-                     free_memory_mb = $3, free_disk_mb = $4
+                     free_memory_mb = $3, free_disk_mb = $4, admission = $5
                  WHERE id = $1",
                 &[
                     &factory.0,
                     &hb.load_1m,
                     &mb_to_sql(hb.free_memory_mb),
                     &mb_to_sql(hb.free_disk_mb),
+                    &hb.admission,
                 ],
             )
             .await?;
@@ -1904,7 +1932,7 @@ impl Store for PgStore {
             .query(
                 "SELECT f.id, f.name, f.seats, f.capabilities, f.last_seen, f.load_1m,
                         f.free_memory_mb, f.free_disk_mb, coalesce(c.n, 0),
-                        gantry_now_ms() - f.last_seen
+                        gantry_now_ms() - f.last_seen, f.admission
                  FROM factories f
                  LEFT JOIN (SELECT r.factory_id AS fid, count(*) AS n
                             FROM jobs j JOIN runs r ON r.id = j.current_run
@@ -1929,6 +1957,7 @@ impl Store for PgStore {
                         load_1m: r.try_get(5)?,
                         free_memory_mb: mb_from_sql("free_memory_mb", r.try_get(6)?)?,
                         free_disk_mb: mb_from_sql("free_disk_mb", r.try_get(7)?)?,
+                        admission: r.try_get(10)?,
                     },
                 })
             })

@@ -55,11 +55,23 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Schema migrations: entry `i` takes the database from `user_version` `i` to `i + 1`.
 /// Never edit a released entry; append a new one instead. Public so tests can build a
 /// database at an older version and check that opening it migrates it intact.
-pub const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3];
+pub const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
 
 /// `PRAGMA application_id` of a Gantry database ("GANT"), so a foreign SQLite file is
 /// recognized before anything is written to it.
 pub const APPLICATION_ID: i32 = 0x4741_4E54;
+
+/// Remote factories (issue 4): why a factory does not claim (its admission, from its
+/// heartbeats), and each run's diff, reported by the factory that ran it so that any
+/// server can show it. Diffs live in a table of their own, written once per run, so the
+/// `runs` rows that renewals rewrite stay narrow.
+const SCHEMA_V4: &str = r#"
+ALTER TABLE factories ADD COLUMN admission TEXT;
+CREATE TABLE run_diffs (
+    run_id INTEGER PRIMARY KEY REFERENCES runs (id),
+    patch  TEXT NOT NULL
+);
+"#;
 
 /// Many machines (issue 4): the figures of each factory's last heartbeat, and the
 /// factory each factory token is bound to (the first it registered; it may act for no
@@ -1764,6 +1776,12 @@ fn job_exists(tx: &Connection, id: JobId) -> Result<bool> {
         .exists([id.0])?)
 }
 
+fn run_exists(tx: &Connection, id: RunId) -> Result<bool> {
+    Ok(tx
+        .prepare_cached("SELECT 1 FROM runs WHERE id = ?1")?
+        .exists([id.0])?)
+}
+
 fn submit_tx(tx: &Connection, jobs: &[ParsedJob], now: Millis) -> Result<Vec<Submitted>> {
     // 1. Idempotency: which entries are new, and which name a job stored earlier (or an
     //    earlier entry of this batch with the same key).
@@ -2071,6 +2089,10 @@ fn finish_tx(tx: &Connection, live: &Live, report: &FinishReport, now: Millis) -
         report.lines_deleted,
         now,
     ])?;
+    if let Some(diff) = &report.diff {
+        tx.prepare_cached("INSERT INTO run_diffs (run_id, patch) VALUES (?1, ?2)")?
+            .execute(params![live.run.0, diff])?;
+    }
     let data = serde_json::to_string(&FinishedData {
         outcome: outcome.as_str(),
         exit_code: report.exit_code,
@@ -2275,6 +2297,19 @@ impl Store for SqliteStore {
         })
     }
 
+    async fn run_diff(&self, run: RunId) -> Result<Option<String>> {
+        self.read(|tx| {
+            let patch = tx
+                .prepare_cached("SELECT patch FROM run_diffs WHERE run_id = ?1")?
+                .query_row([run.0], |r| r.get(0))
+                .optional()?;
+            if patch.is_none() && !run_exists(tx, run)? {
+                return Err(not_found("run", run));
+            }
+            Ok(patch)
+        })
+    }
+
     async fn runs(&self, job: JobId) -> Result<Vec<Run>> {
         self.read(|tx| {
             if !job_exists(tx, job)? {
@@ -2322,12 +2357,12 @@ impl Store for SqliteStore {
     }
 
     async fn heartbeat(&self, factory: FactoryId, hb: &Heartbeat) -> Result<()> {
-        let hb = *hb;
+        let hb = hb.clone();
         self.write(move |tx, now| {
             let n = tx
                 .prepare_cached(
                     "UPDATE factories SET last_seen = ?2, load_1m = ?3, free_memory_mb = ?4,
-                         free_disk_mb = ?5
+                         free_disk_mb = ?5, admission = ?6
                      WHERE id = ?1",
                 )?
                 .execute(params![
@@ -2335,7 +2370,8 @@ impl Store for SqliteStore {
                     now,
                     hb.load_1m,
                     mb_to_sql(hb.free_memory_mb),
-                    mb_to_sql(hb.free_disk_mb)
+                    mb_to_sql(hb.free_disk_mb),
+                    hb.admission,
                 ])?;
             if n == 0 {
                 return Err(not_found("factory", factory));
@@ -2356,6 +2392,7 @@ impl Store for SqliteStore {
             Option<i64>,
             Option<i64>,
             i64,
+            Option<String>,
         );
         self.read(|tx| {
             let now = now_millis();
@@ -2364,7 +2401,7 @@ impl Store for SqliteStore {
             let rows: Vec<Row> = tx
                 .prepare_cached(
                     "SELECT f.id, f.name, f.seats, f.capabilities, f.last_seen, f.load_1m,
-                            f.free_memory_mb, f.free_disk_mb, coalesce(c.n, 0)
+                            f.free_memory_mb, f.free_disk_mb, coalesce(c.n, 0), f.admission
                      FROM factories f
                      LEFT JOIN (SELECT r.factory_id AS fid, count(*) AS n
                                 FROM jobs j JOIN runs r ON r.id = j.current_run
@@ -2383,12 +2420,13 @@ impl Store for SqliteStore {
                         r.get(6)?,
                         r.get(7)?,
                         r.get(8)?,
+                        r.get(9)?,
                     ))
                 })?
                 .collect::<rusqlite::Result<_>>()?;
             rows.into_iter()
                 .map(
-                    |(id, name, seats, caps, last_seen, load, mem, disk, running)| {
+                    |(id, name, seats, caps, last_seen, load, mem, disk, running, admission)| {
                         Ok(FactoryInfo {
                             id: FactoryId(id),
                             name,
@@ -2401,6 +2439,7 @@ impl Store for SqliteStore {
                                 load_1m: load,
                                 free_memory_mb: mb_from_sql("free_memory_mb", mem)?,
                                 free_disk_mb: mb_from_sql("free_disk_mb", disk)?,
+                                admission,
                             },
                         })
                     },
@@ -2426,6 +2465,8 @@ impl Store for SqliteStore {
                 resume_session: agent.session_id,
             },
             run: raw.run,
+            // The server decides delivery, not the store.
+            deliver: false,
         }))
     }
 

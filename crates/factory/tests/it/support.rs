@@ -347,6 +347,7 @@ pub fn claim(job: i64, run: i64, attempt: u32, spec: JobSpec) -> Claim {
             lease_expires_at: 0,
             lease_ttl_ms: 10_000,
         },
+        deliver: false,
     }
 }
 

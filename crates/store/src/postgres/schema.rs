@@ -14,7 +14,7 @@ const MIGRATION_LOCK: i64 = 0x4741_4E54;
 
 /// Schema migrations: entry `i` takes the database from version `i` to `i + 1`. Never
 /// edit a released entry; append a new one instead.
-pub(super) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
+pub(super) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
 
 /// Agents (issue 3): the insights of each run, and per job the agent session to resume
 /// and the latest checkpoint. The job side lives in its own table, written only for jobs
@@ -78,6 +78,18 @@ BEGIN
     RETURN picked;
 END
 $$;
+"#;
+
+/// Remote factories (issue 4): why a factory does not claim (its admission, from its
+/// heartbeats), and each run's diff, reported by the factory that ran it so that any
+/// replica can show it. Diffs live in a table of their own, written once per run, so
+/// the `runs` rows that renewals rewrite stay narrow (and their updates HOT).
+const SCHEMA_V5: &str = r#"
+ALTER TABLE factories ADD COLUMN admission text;
+CREATE TABLE run_diffs (
+    run_id bigint PRIMARY KEY REFERENCES runs (id),
+    patch  text NOT NULL
+);
 "#;
 
 /// Many machines (issue 4): the figures of each factory's last heartbeat, and the

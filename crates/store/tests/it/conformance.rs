@@ -644,6 +644,8 @@ async fn finish_records_the_report(t: TestStore) {
         lines_added: Some(10),
         lines_deleted: Some(3),
         insights: None,
+        diff: None,
+        result_ref: None,
     };
     let j = s.finish(c.run.id, rep).await.expect("finish");
     assert_eq!(j.state, JobState::Succeeded);
@@ -1207,6 +1209,60 @@ async fn the_queue_benchmark_burns_everything_down(t: TestStore) {
     }
 }
 
+async fn issue4_a_reported_diff_is_kept_with_its_run_and_a_stale_one_is_not(t: TestStore) {
+    let s = &*t.store;
+    let f = factory(s, "f", &[]).await;
+    let ids = submit(s, vec![job("a").attempts(2).backoff_ms(0), job("b")]).await;
+    let first = claim(s, f).await;
+    assert_eq!(first.job.id, ids[0]);
+    assert_eq!(s.run_diff(first.run.id).await.expect("diff"), None);
+    // The lease expires and the job runs again; the first attempt's late finish, diff
+    // and all, is refused and stores nothing.
+    s.expire_leases_of(f).await.expect("expire");
+    s.reap().await.expect("reap");
+    let second = claim(s, f).await;
+    assert_eq!(second.job.id, ids[0]);
+    let patch = "diff --git a/x b/x\n+caf\u{e9} \u{1f600}\n".to_string();
+    let stale = s
+        .finish(
+            first.run.id,
+            FinishReport {
+                epoch: first.run.epoch,
+                outcome: Some(Outcome::Succeeded),
+                diff: Some("stale diff".into()),
+                ..FinishReport::default()
+            },
+        )
+        .await
+        .expect_err("stale");
+    assert!(matches!(stale, StoreError::StaleLease { .. }), "{stale:?}");
+    assert_eq!(s.run_diff(first.run.id).await.expect("diff"), None);
+    s.finish(
+        second.run.id,
+        FinishReport {
+            epoch: second.run.epoch,
+            outcome: Some(Outcome::Succeeded),
+            diff: Some(patch.clone()),
+            ..FinishReport::default()
+        },
+    )
+    .await
+    .expect("finish");
+    assert_eq!(s.run_diff(second.run.id).await.expect("diff"), Some(patch));
+    // A run without a diff, and a run that does not exist.
+    let other = claim(s, f).await;
+    finish(s, &other, Outcome::Failed).await;
+    assert_eq!(s.run_diff(other.run.id).await.expect("diff"), None);
+    let err = s
+        .run_diff(gantry_core::RunId(9999))
+        .await
+        .expect_err("no such run");
+    assert!(
+        matches!(&err, StoreError::NotFound { what: "run", .. }),
+        "{err:?}"
+    );
+}
+
 async fn finish_returns_the_job_as_stored(t: TestStore) {
     let s = &*t.store;
     let ids = submit(
@@ -1537,15 +1593,23 @@ async fn issue4_heartbeats_are_kept_and_running_jobs_counted_per_factory(t: Test
         load_1m: Some(1.25),
         free_memory_mb: Some(2048),
         free_disk_mb: Some(u64::from(u32::MAX) * 4),
+        admission: Some("free memory 12 MiB is below the 512 MiB minimum".into()),
     };
     s.heartbeat(f1, &hb).await.expect("heartbeat");
     let list = s.factories().await.expect("factories");
-    assert_eq!((list[0].id, list[0].stats), (f1, hb));
+    assert_eq!((list[0].id, &list[0].stats), (f1, &hb));
     assert!(list[0].last_seen >= fresh[0].last_seen);
     assert_eq!(list[1].stats, Heartbeat::default(), "f2 sent nothing");
     // Registering again under the same name keeps the last figures.
     factory(s, "f1", &[]).await;
     assert_eq!(s.factories().await.expect("factories")[0].stats, hb);
+    // Admission open again: the reason is cleared.
+    let open = Heartbeat {
+        admission: None,
+        ..hb.clone()
+    };
+    s.heartbeat(f1, &open).await.expect("heartbeat");
+    assert_eq!(s.factories().await.expect("factories")[0].stats, open);
 
     let err = s
         .heartbeat(gantry_core::FactoryId(99), &hb)
@@ -1779,6 +1843,7 @@ macro_rules! cases {
 }
 
 cases! {
+    issue4_a_reported_diff_is_kept_with_its_run_and_a_stale_one_is_not,
     issue3_insights_snapshots_and_finish_are_kept_on_the_run,
     issue3_a_retry_gets_the_session_and_the_checkpoint,
     issue3_a_bad_checkpoint_is_refused_and_nothing_is_stored,
