@@ -182,13 +182,16 @@ every running job and pauses claiming, so nothing new starts until `gantry resum
     #[command(after_help = "Examples:\n  gantry status\n  gantry status --json")]
     Status(JsonArgs),
 
-    /// List the factories: seats, running jobs, capabilities, last heartbeat, health.
+    /// List the factories: seats, running jobs, capabilities, last heartbeat, whether they
+    /// claim, health.
     #[command(
         long_about = "Lists every registered factory (the embedded one and remote `gantry factory` \
 workers): its seats, the jobs it is running now, its capabilities, when it was last heard from \
 (heartbeat, lease renewal or registration), the load, free memory and free disk its last \
-heartbeat reported, and its health: down when it has been silent for half the lease TTL (its \
-leases then expire as usual).",
+heartbeat reported, whether it claims jobs (CLAIMING: no while its available memory or free \
+disk is under its thresholds; the reason is printed under the table, and is `admission` in \
+--json, null while it claims), and its health: down when it has been silent for half the lease \
+TTL (its leases then expire as usual).",
         after_help = "Examples:\n  gantry factories\n  gantry factories --json"
     )]
     Factories(JsonArgs),

@@ -1,4 +1,5 @@
-//! `gantry factories`: the registered factories, their load and their health.
+//! `gantry factories`: the registered factories, their load, whether they claim (and if
+//! not, why) and their health.
 
 use crate::client::Client;
 use crate::command::Format;
@@ -23,8 +24,28 @@ pub async fn list(client: &Client, format: Format) -> Result<(), CliError> {
         );
         return Ok(());
     }
-    table(&factories).print();
+    output::line(render(&factories));
     Ok(())
+}
+
+/// The table, then one line for each factory that does not claim, saying why (the
+/// reason is too long for a column).
+fn render(factories: &[FactoryStatus]) -> String {
+    let mut out = table(factories).render();
+    let reasons: Vec<String> = factories
+        .iter()
+        .filter_map(|f| {
+            f.stats
+                .admission
+                .as_ref()
+                .map(|why| format!("{} ({}): {why}", f.name, f.id))
+        })
+        .collect();
+    if !reasons.is_empty() {
+        out.push_str("\n\n");
+        out.push_str(&reasons.join("\n"));
+    }
+    out
 }
 
 /// The factories as a table, one row each.
@@ -39,6 +60,7 @@ fn table(factories: &[FactoryStatus]) -> Table {
         "LOAD>",
         "FREE MEM>",
         "FREE DISK>",
+        "CLAIMING",
         "HEALTH",
     ]);
     for f in factories {
@@ -61,6 +83,13 @@ fn table(factories: &[FactoryStatus]) -> Table {
                 .map_or_else(|| "-".to_string(), |l| format!("{l:.2}")),
             size_mib(f.stats.free_memory_mb),
             size_mib(f.stats.free_disk_mb),
+            // As of its last heartbeat; why not is under the table.
+            if f.stats.admission.is_some() {
+                "no"
+            } else {
+                "yes"
+            }
+            .to_string(),
             f.health.to_string(),
         ]);
     }
@@ -94,7 +123,7 @@ mod tests {
     }
 
     #[test]
-    fn the_table_shows_every_column() {
+    fn the_table_shows_every_column_and_why_a_factory_does_not_claim() {
         let up = FactoryStatus {
             id: FactoryId(1),
             name: "embedded".into(),
@@ -111,6 +140,20 @@ mod tests {
             },
             health: Health::Up,
         };
+        let full = FactoryStatus {
+            id: FactoryId(7),
+            name: "full-disk".into(),
+            running: 0,
+            stats: Heartbeat {
+                admission: Some(
+                    "not claiming: 100 MiB free on the disk of /data, under the minimum of \
+                     1024 MiB"
+                        .into(),
+                ),
+                ..up.stats.clone()
+            },
+            ..up.clone()
+        };
         let down = FactoryStatus {
             id: FactoryId(12),
             name: "gpu-box".into(),
@@ -122,10 +165,17 @@ mod tests {
             ..up.clone()
         };
         assert_eq!(
-            table(&[up, down]).render(),
-            "NAME      ID  SEATS  RUNNING  CAPABILITIES     LAST SEEN  LOAD  FREE MEM  FREE DISK  HEALTH\n\
-             embedded   1      4        2  -                2.3s ago   0.50      2.0G       100M  up\n\
-             gpu-box   12      4        0  docker,gpu=a100  4m05s ago     -         -          -  down"
+            render(&[up.clone(), full, down.clone()]),
+            "NAME       ID  SEATS  RUNNING  CAPABILITIES     LAST SEEN  LOAD  FREE MEM  FREE DISK  CLAIMING  HEALTH\n\
+             embedded    1      4        2  -                2.3s ago   0.50      2.0G       100M  yes       up\n\
+             full-disk   7      4        0  -                2.3s ago   0.50      2.0G       100M  no        up\n\
+             gpu-box    12      4        0  docker,gpu=a100  4m05s ago     -         -          -  yes       down\n\
+             \n\
+             full-disk (7): not claiming: 100 MiB free on the disk of /data, under the minimum of 1024 MiB"
+        );
+        assert!(
+            !render(&[up, down]).contains("not claiming"),
+            "no reasons when every factory claims"
         );
     }
 }

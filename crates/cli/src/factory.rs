@@ -38,6 +38,9 @@ pub async fn run(global: &Global, opts: FactoryOptions) -> Result<(), CliError> 
         leave_runs_on_shutdown: opts.leave_runs,
         min_free_memory_mb: opts.min_free_memory_mb,
         min_free_disk_mb: opts.min_free_disk_mb,
+        // The server cannot read this factory's cache: it delivers what the factory
+        // publishes in the source repository.
+        publish_results: true,
         ..FactoryConfig::default()
     };
     std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {

@@ -1,6 +1,9 @@
 //! Admission: whether the machine has room for one more run. A factory does not claim
 //! while available memory or the data dir's free disk space is under its thresholds
 //! (agent CLIs take 1.5 to 2 GB each; machines that run too many of them die).
+//!
+//! The same measures feed the factory's heartbeats, so the figures the server lists
+//! are the ones admission judges by.
 
 use crate::FactoryConfig;
 use serde::Serialize;
@@ -76,6 +79,20 @@ fn mem_available_kib(meminfo: &str) -> Option<u64> {
     })
 }
 
+/// The load average over the last minute (first field of `/proc/loadavg`), or `None`
+/// when the kernel does not say.
+pub fn load_1m() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    load_1m_of(&text)
+}
+
+/// The one-minute load from the text of `/proc/loadavg`; `None` unless it is a finite
+/// number, 0 or more (what the server accepts).
+fn load_1m_of(loadavg: &str) -> Option<f64> {
+    let load: f64 = loadavg.split_whitespace().next()?.parse().ok()?;
+    (load.is_finite() && load >= 0.0).then_some(load)
+}
+
 /// Free space in MiB for unprivileged users on the file system holding `path`.
 pub fn free_disk_mb(path: &Path) -> Option<u64> {
     let st = nix::sys::statvfs::statvfs(path).ok()?;
@@ -118,6 +135,15 @@ mod tests {
         assert_eq!(mem_available_kib(text), Some(23674880));
         assert_eq!(mem_available_kib("MemTotal: 1 kB\n"), None);
         assert!(available_memory_mb().is_some_and(|m| m > 0));
+    }
+
+    #[test]
+    fn load_is_read_from_loadavg() {
+        assert_eq!(load_1m_of("0.52 0.58 0.59 1/467 12345\n"), Some(0.52));
+        assert_eq!(load_1m_of(""), None);
+        assert_eq!(load_1m_of("NaN 0 0"), None);
+        assert_eq!(load_1m_of("-1 0 0"), None);
+        assert!(load_1m().is_some_and(|l| l >= 0.0));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! server crate) and HTTP ([`crate::HttpCoordinator`]).
 
 use async_trait::async_trait;
-use gantry_core::api::{Claim, FinishReport, RegisterFactory, Renewed};
+use gantry_core::api::{Claim, FinishReport, Heartbeat, HeartbeatAck, RegisterFactory, Renewed};
 use gantry_core::event::NewEvent;
 use gantry_core::{FactoryId, RunId};
 use std::time::Duration;
@@ -41,6 +41,14 @@ pub enum CoordError {
 pub trait Coordinator: Send + Sync + 'static {
     /// Registers the factory; returns its id.
     async fn register(&self, reg: &RegisterFactory) -> Result<FactoryId, CoordError>;
+    /// Reports the factory's figures and admission; the answer says when to send the
+    /// next heartbeat. An unknown factory (the server forgot it) is
+    /// [`CoordError::Refused`] of kind `not_found`: the factory registers again.
+    async fn heartbeat(
+        &self,
+        factory: FactoryId,
+        hb: &Heartbeat,
+    ) -> Result<HeartbeatAck, CoordError>;
     /// Claims a job, waiting up to `wait` for one; `None` when none came.
     async fn claim(&self, factory: FactoryId, wait: Duration) -> Result<Option<Claim>, CoordError>;
     /// Renews the run's lease; the answer may carry a stop request.

@@ -3,6 +3,7 @@
 
 use crate::admission::{self, Admission};
 use crate::coordinator::{CoordError, Coordinator};
+use crate::heartbeat;
 use crate::process;
 use crate::record::{self, RunRecord};
 use crate::run::{Adoption, RunContext, adopt_run, run_claim};
@@ -18,7 +19,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 /// First delay after a failed call to the coordinator.
-const BACKOFF_FIRST: Duration = Duration::from_millis(200);
+pub(crate) const BACKOFF_FIRST: Duration = Duration::from_millis(200);
 /// Longest delay between retries of the loop's calls.
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Time between two admission checks while admission is closed.
@@ -68,12 +69,14 @@ enum Verdict {
 }
 
 /// Outcome of waiting for something while watching for shutdown.
-enum Waited<T> {
+pub(crate) enum Waited<T> {
     Done(T),
     Shutdown,
 }
 
-async fn or_shutdown<T>(
+/// Waits for `fut`, or for `shutdown` to turn true (or its sender to go), whichever
+/// comes first.
+pub(crate) async fn or_shutdown<T>(
     shutdown: &mut watch::Receiver<bool>,
     fut: impl std::future::Future<Output = T>,
 ) -> Waited<T> {
@@ -263,11 +266,23 @@ impl Factory {
             seats: cfg.seats,
             capabilities: cfg.capabilities.clone(),
         };
-        let Some(mut id) = self.register(&reg, &mut shutdown).await? else {
+        let Some(registration) =
+            Registration::register(self.coord.clone(), reg, &mut shutdown).await?
+        else {
             self.wind_down().await;
             return Ok(());
         };
-        tracing::info!(factory = %id, name = %cfg.name, seats = cfg.seats, "factory registered");
+        let registration = Arc::new(registration);
+        // The first heartbeat goes out at once: let it say whether the factory claims.
+        self.check_admission();
+        // Aborted when the factory stops, whichever way it returns.
+        let _heartbeat = heartbeat::spawn(heartbeat::Pulse {
+            coord: self.coord.clone(),
+            registration: registration.clone(),
+            data_dir: cfg.data_dir.clone(),
+            admission: self.admission.subscribe(),
+            stop: self.stop.subscribe(),
+        });
 
         let mut backoff = BACKOFF_FIRST;
         loop {
@@ -287,6 +302,8 @@ impl Factory {
                     Waited::Shutdown => break,
                 }
             }
+            let enrolled = registration.current();
+            let id = enrolled.id;
             let claimed =
                 match or_shutdown(&mut shutdown, self.coord.claim(id, cfg.claim_wait)).await {
                     Waited::Done(c) => c,
@@ -298,11 +315,14 @@ impl Factory {
                     self.spawn_run(claim, permit);
                 }
                 Ok(None) => backoff = BACKOFF_FIRST,
-                Err(CoordError::Refused { kind, message }) if kind == "not_found" => {
+                Err(CoordError::Refused { kind, message }) if kind == NOT_FOUND => {
                     tracing::warn!(factory = %id, %message, "the server does not know this factory; registering again");
-                    match self.register(&reg, &mut shutdown).await? {
-                        Some(new_id) => id = new_id,
-                        None => break,
+                    if registration
+                        .replace(enrolled, &mut shutdown)
+                        .await?
+                        .is_none()
+                    {
+                        break;
                     }
                 }
                 Err(e) => {
@@ -337,33 +357,114 @@ impl Factory {
             log_join(res);
         }
     }
+}
 
-    /// Registers, retrying while the server is unavailable. `None` on shutdown.
-    async fn register(
+/// The id one registration gave the factory, and which registration that was (0 for
+/// the first, counting up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Enrolled {
+    /// The factory's id.
+    pub(crate) id: FactoryId,
+    /// Which registration gave it.
+    generation: u64,
+}
+
+/// The error kind of an answer about a factory the server does not know.
+pub(crate) const NOT_FOUND: &str = "not_found";
+
+/// The factory's registration: its current id, shared by the claim loop and the
+/// heartbeat so they never use different ids. When the server forgets the factory (a
+/// fresh database behind a restarted server), whichever loop learns it first registers
+/// again, once, and the other picks the new id up.
+pub(crate) struct Registration {
+    coord: Arc<dyn Coordinator>,
+    reg: RegisterFactory,
+    current: watch::Sender<Enrolled>,
+    /// Held while registering, so two loops that both learn the server forgot the
+    /// factory register it once.
+    registering: tokio::sync::Mutex<()>,
+}
+
+impl Registration {
+    /// Registers the factory, retrying while the server is unavailable. `None` on
+    /// shutdown; an error when the server refuses for good.
+    pub(crate) async fn register(
+        coord: Arc<dyn Coordinator>,
+        reg: RegisterFactory,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Option<Registration>, FactoryError> {
+        let Some(id) = register_retrying(coord.as_ref(), &reg, shutdown).await? else {
+            return Ok(None);
+        };
+        tracing::info!(factory = %id, name = %reg.name, seats = reg.seats, "factory registered");
+        Ok(Some(Registration {
+            coord,
+            reg,
+            current: watch::channel(Enrolled { id, generation: 0 }).0,
+            registering: tokio::sync::Mutex::new(()),
+        }))
+    }
+
+    /// The factory's id now, and which registration gave it.
+    pub(crate) fn current(&self) -> Enrolled {
+        *self.current.borrow()
+    }
+
+    /// Registers again because the server answered that it does not know the id of
+    /// `stale`, and returns the id to use from now on. When another registration
+    /// happened since `stale` (the other loop's), its id, without registering again;
+    /// this holds even when the server gave the same number back (id 1 of a fresh
+    /// database). `None` on shutdown; an error when the server refuses for good.
+    pub(crate) async fn replace(
         &self,
-        reg: &RegisterFactory,
+        stale: Enrolled,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Option<FactoryId>, FactoryError> {
-        let mut backoff = BACKOFF_FIRST;
-        loop {
-            match or_shutdown(shutdown, self.coord.register(reg)).await {
-                Waited::Shutdown => return Ok(None),
-                Waited::Done(Ok(id)) => return Ok(Some(id)),
-                Waited::Done(Err(CoordError::Unavailable(e))) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "registering failed");
-                }
-                Waited::Done(Err(source)) => {
-                    return Err(FactoryError::Register {
-                        name: reg.name.clone(),
-                        source,
-                    });
-                }
-            }
-            if let Waited::Shutdown = or_shutdown(shutdown, tokio::time::sleep(backoff)).await {
-                return Ok(None);
-            }
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+        let _held = match or_shutdown(shutdown, self.registering.lock()).await {
+            Waited::Done(guard) => guard,
+            Waited::Shutdown => return Ok(None),
+        };
+        let current = self.current();
+        if current.generation != stale.generation {
+            return Ok(Some(current.id));
         }
+        let Some(id) = register_retrying(self.coord.as_ref(), &self.reg, shutdown).await? else {
+            return Ok(None);
+        };
+        tracing::info!(factory = %id, before = %stale.id, name = %self.reg.name, "factory registered again");
+        self.current.send_replace(Enrolled {
+            id,
+            generation: stale.generation + 1,
+        });
+        Ok(Some(id))
+    }
+}
+
+/// Registers, retrying while the server is unavailable. `None` on shutdown.
+async fn register_retrying(
+    coord: &dyn Coordinator,
+    reg: &RegisterFactory,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<Option<FactoryId>, FactoryError> {
+    let mut backoff = BACKOFF_FIRST;
+    loop {
+        match or_shutdown(shutdown, coord.register(reg)).await {
+            Waited::Shutdown => return Ok(None),
+            Waited::Done(Ok(id)) => return Ok(Some(id)),
+            Waited::Done(Err(CoordError::Unavailable(e))) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "registering failed");
+            }
+            Waited::Done(Err(source)) => {
+                return Err(FactoryError::Register {
+                    name: reg.name.clone(),
+                    source,
+                });
+            }
+        }
+        if let Waited::Shutdown = or_shutdown(shutdown, tokio::time::sleep(backoff)).await {
+            return Ok(None);
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 

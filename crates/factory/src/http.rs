@@ -8,8 +8,8 @@
 use crate::coordinator::{CoordError, Coordinator};
 use async_trait::async_trait;
 use gantry_core::api::{
-    Claim, ClaimRequest, ErrorBody, EventsUpload, FinishReport, RegisterFactory, Registered,
-    RenewRequest, Renewed,
+    Claim, ClaimRequest, ErrorBody, EventsUpload, FinishReport, Heartbeat, HeartbeatAck,
+    RegisterFactory, Registered, RenewRequest, Renewed,
 };
 use gantry_core::event::NewEvent;
 use gantry_core::{FactoryId, RunId};
@@ -21,6 +21,9 @@ use std::time::Duration;
 
 /// Time allowed for a request that does not long-poll.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time allowed for a finish: its answer waits for the delivery, which may fetch the
+/// published result into a server that has no cache of the repository yet.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(300);
 /// Extra time allowed for a claim beyond its long-poll wait.
 const CLAIM_SLACK: Duration = Duration::from_secs(30);
 
@@ -187,6 +190,19 @@ impl Coordinator for HttpCoordinator {
         })
     }
 
+    async fn heartbeat(
+        &self,
+        factory: FactoryId,
+        hb: &Heartbeat,
+    ) -> Result<HeartbeatAck, CoordError> {
+        let path = format!("/v1/factories/{factory}/heartbeat");
+        let ack: Option<HeartbeatAck> = self.post(&path, hb, REQUEST_TIMEOUT, None).await?;
+        ack.ok_or_else(|| CoordError::Refused {
+            kind: "invalid_response".to_string(),
+            message: format!("POST {path} answered 204 instead of the heartbeat interval"),
+        })
+    }
+
     async fn claim(&self, factory: FactoryId, wait: Duration) -> Result<Option<Claim>, CoordError> {
         // Whole seconds on the wire; round up so a short wait still waits.
         let wait_s = wait.as_millis().div_ceil(1000) as u64;
@@ -237,7 +253,7 @@ impl Coordinator for HttpCoordinator {
             .post(
                 &format!("/v1/runs/{run}/finish"),
                 &report,
-                REQUEST_TIMEOUT,
+                FINISH_TIMEOUT,
                 Some((run, epoch)),
             )
             .await?;

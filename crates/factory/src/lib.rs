@@ -7,8 +7,10 @@
 //!
 //! Invariants:
 //! - a factory only ever writes attempt-unique refs (`gantry/<job>/a<attempt>`) in its
-//!   own bare cache; shared refs are written by [`workspace::deliver`], which the server
-//!   calls after a fenced finish;
+//!   own bare cache, and attempt- or run-unique refs outside `refs/heads` in the source
+//!   (checkpoints, and the result it publishes for the server to deliver); shared refs
+//!   are written by [`workspace::deliver_published`], which the server calls after a
+//!   fenced finish;
 //! - a run whose lease renewal is refused is killed at once, and nothing of it is
 //!   committed, pushed or reported;
 //! - no process of a finished, canceled, killed or timed-out run is left behind;
@@ -20,6 +22,7 @@ pub mod admission;
 pub mod agent;
 mod coordinator;
 mod factory;
+mod heartbeat;
 mod http;
 pub mod process;
 pub mod record;
@@ -65,6 +68,12 @@ pub struct FactoryConfig {
     pub min_free_disk_mb: u64,
     /// Agent CLIs, prices and the checkpoint interval.
     pub engines: agent::EngineSettings,
+    /// Publish the commit of a succeeded run in the source repository (at
+    /// [`gantry_core::api::result_ref`]) when the claim says the server delivers it,
+    /// because the server cannot read this factory's cache: true for a remote factory,
+    /// false for one that shares the server's data dir (the embedded factory). A
+    /// publication that fails fails the run.
+    pub publish_results: bool,
 }
 
 impl Default for FactoryConfig {
@@ -82,6 +91,8 @@ impl Default for FactoryConfig {
             min_free_memory_mb: 2048,
             min_free_disk_mb: 1024,
             engines: agent::EngineSettings::default(),
+            // The server delivers from its own cache unless told otherwise.
+            publish_results: false,
         }
     }
 }

@@ -4,7 +4,10 @@
 //! own session and process group, output to files, exit status captured by a shim),
 //! tail and upload its output, renew the lease, stop it on request, on timeout, on a
 //! lost lease or on shutdown, make sure no process of its group is left, commit and
-//! measure the changes, remove the worktree, report, and remove the record.
+//! measure the changes, publish a succeeded run's commit in the source repository when
+//! the server delivers it and cannot read this factory's cache
+//! ([`gantry_core::api::result_ref`]), remove the worktree, report (with the diff), and
+//! remove the record.
 //!
 //! A run whose factory died is picked up by the next factory on the same data dir
 //! ([`adopt_run`]): it continues from the run record as if it had started the run.
@@ -26,7 +29,7 @@ use crate::record::{CheckpointState, Offsets, RECORD_VERSION, RunRecord};
 use crate::tail::{FileTail, SharedRecord, TICK, Tailer, TextReader};
 use crate::workspace::{self, LiveGuard};
 use crate::{FactoryConfig, artifacts_dir, attempt_branch, worktree_dir};
-use gantry_core::api::{Checkpoint, Claim, FinishReport};
+use gantry_core::api::{Checkpoint, Claim, FinishReport, MAX_REPORTED_DIFF_BYTES};
 use gantry_core::event::{NewEvent, RUN_STARTED};
 use gantry_core::{JobId, Outcome, RunId, StopKind};
 use nix::sys::signal::Signal;
@@ -80,8 +83,16 @@ impl<T> Drop for AbortOnDrop<T> {
     }
 }
 
-/// Renews the lease every `interval` until the receiver side is dropped; on transport
-/// errors retries with backoff until the lease must have expired by our own clock.
+/// Keeps renewals and the finish report apart: a renewal holds it while in flight, and
+/// so does each try of the finish, which sets it to true once the server accepted the
+/// finish. A renewal crossing an accepted finish would be refused as a stale write and
+/// counted as one, a false alarm for whoever watches that counter.
+type FinishGate = Arc<tokio::sync::Mutex<bool>>;
+
+/// Renews the lease every `interval` until the receiver side is dropped or the finish
+/// was accepted; on transport errors retries with backoff until the lease must have
+/// expired by our own clock.
+#[allow(clippy::too_many_arguments)] // One call site; a struct would only rename them.
 async fn renew_loop(
     coord: Arc<dyn Coordinator>,
     run: RunId,
@@ -90,6 +101,7 @@ async fn renew_loop(
     interval: Duration,
     claimed_at: Instant,
     state: watch::Sender<LeaseState>,
+    gate: FinishGate,
 ) {
     // The lease is known good until `deadline`: the time we *sent* the last successful
     // renewal plus the TTL, which is never later than the server's own expiry. The
@@ -118,6 +130,10 @@ async fn renew_loop(
                 }
             }
         }
+        let finished = gate.lock().await;
+        if *finished {
+            return;
+        }
         let now = Instant::now();
         if now >= deadline {
             let _ = state.send(LeaseState::Lost(
@@ -126,6 +142,7 @@ async fn renew_loop(
             return;
         }
         let answer = tokio::time::timeout(deadline - now, coord.renew(run, epoch)).await;
+        drop(finished);
         match answer {
             Ok(Ok(renewed)) => {
                 deadline = now + ttl;
@@ -173,9 +190,10 @@ fn start_renewer(
     claim: &Claim,
     since: Instant,
     initial: LeaseState,
-) -> (AbortOnDrop<()>, watch::Receiver<LeaseState>) {
+) -> (AbortOnDrop<()>, watch::Receiver<LeaseState>, FinishGate) {
     let ttl = Duration::from_millis(claim.run.lease_ttl_ms.max(1));
     let (lease_tx, lease_rx) = watch::channel(initial);
+    let gate = FinishGate::default();
     let renewer = tokio::spawn(renew_loop(
         ctx.coord.clone(),
         claim.run.id,
@@ -184,8 +202,9 @@ fn start_renewer(
         ctx.cfg.renew_interval,
         since,
         lease_tx,
+        gate.clone(),
     ));
-    (AbortOnDrop(renewer), lease_rx)
+    (AbortOnDrop(renewer), lease_rx, gate)
 }
 
 /// How the process part of a run ended.
@@ -206,11 +225,28 @@ struct ProcessEnd {
     verdict: Option<Outcome>,
 }
 
+/// What became of a finish report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reported {
+    /// The server applied it.
+    Accepted,
+    /// The server refused it, or it was never sent.
+    NotAccepted,
+    /// It was refused or given up on after a try whose answer never came, which the
+    /// server may have applied.
+    Uncertain,
+}
+
 /// Runs one claimed job to the end.
 pub(crate) async fn run_claim(ctx: RunContext, claim: Claim) {
     let span = tracing::info_span!("run", job = %claim.job.id, run = %claim.run.id, attempt = claim.run.attempt);
-    let (_renewer, lease) = start_renewer(&ctx, &claim, Instant::now(), LeaseState::Held);
-    let sup = Supervisor { ctx, claim, lease };
+    let (_renewer, lease, gate) = start_renewer(&ctx, &claim, Instant::now(), LeaseState::Held);
+    let sup = Supervisor {
+        ctx,
+        claim,
+        lease,
+        gate,
+    };
     sup.start().instrument(span).await;
 }
 
@@ -234,8 +270,13 @@ pub(crate) async fn adopt_run(ctx: RunContext, adoption: Adoption) {
         Some(k) => LeaseState::Stop(k),
         None => LeaseState::Held,
     };
-    let (_renewer, lease) = start_renewer(&ctx, &claim, adoption.renewed_at, initial);
-    let sup = Supervisor { ctx, claim, lease };
+    let (_renewer, lease, gate) = start_renewer(&ctx, &claim, adoption.renewed_at, initial);
+    let sup = Supervisor {
+        ctx,
+        claim,
+        lease,
+        gate,
+    };
     let _guard = adoption.guard;
     sup.resume(adoption.record).instrument(span).await;
 }
@@ -244,6 +285,8 @@ struct Supervisor {
     ctx: RunContext,
     claim: Claim,
     lease: watch::Receiver<LeaseState>,
+    /// Held by each try of the finish report (see [`FinishGate`]).
+    gate: FinishGate,
 }
 
 impl Supervisor {
@@ -840,6 +883,13 @@ impl Supervisor {
                 report.files_changed = Some(changes.files_changed);
                 report.lines_added = Some(changes.lines_added);
                 report.lines_deleted = Some(changes.lines_deleted);
+                // The report carries the diff so that any server replica can show it;
+                // without it the run still happened, so a read failure only loses that.
+                let patch = rec.artifacts.join("diff.patch");
+                match workspace::reported_diff(&patch, MAX_REPORTED_DIFF_BYTES).await {
+                    Ok(diff) => report.diff = Some(diff),
+                    Err(e) => tracing::warn!(error = %e, "cannot read the diff to report"),
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "committing the attempt failed");
@@ -854,14 +904,64 @@ impl Supervisor {
                 });
             }
         }
+        self.publish(&rec.cache, &mut report).await;
         self.remove_worktree(&rec.cache, &rec.worktree).await;
-        if let Some(why) = self.lost() {
-            tracing::warn!(reason = %why, "lease lost while wrapping up; no report");
-            record.remove();
+        let published = report.result_ref.clone();
+        let reported = match self.lost() {
+            Some(why) => {
+                tracing::warn!(reason = %why, "lease lost while wrapping up; no report");
+                Reported::NotAccepted
+            }
+            None => self.report(report).await,
+        };
+        if let Some(published) = published
+            && reported == Reported::NotAccepted
+        {
+            // Nobody will deliver it: the run's own result ref goes. (After an answer
+            // that never came, the server may be delivering it right now: it stays.)
+            let repo = &self.claim.job.spec.repo;
+            match workspace::remove_source_ref(&rec.cache, repo, &published).await {
+                Ok(()) => tracing::info!(%published, "unreported result ref removed"),
+                Err(e) => tracing::warn!(error = %e, "cannot remove the unreported result ref"),
+            }
+        }
+        record.remove();
+    }
+
+    /// Publishes the commit of a succeeded run in the source repository when the server
+    /// delivers it and cannot read this factory's cache, and names the ref in the
+    /// report. A publication that fails fails the run: a delivery that cannot happen
+    /// must not pass for a success.
+    async fn publish(&self, cache: &Path, report: &mut FinishReport) {
+        let wanted = self.claim.deliver
+            && self.ctx.cfg.publish_results
+            && report.outcome == Some(Outcome::Succeeded);
+        let Some(commit) = report.commit.clone().filter(|_| wanted) else {
+            return;
+        };
+        // A run whose lease is gone pushes nothing.
+        if self.lost().is_some() {
             return;
         }
-        self.report(report).await;
-        record.remove();
+        let repo = &self.claim.job.spec.repo;
+        match workspace::publish_result(cache, repo, &commit, self.run_id()).await {
+            Ok(published) => {
+                tracing::info!(%published, %commit, "result published for delivery");
+                report.result_ref = Some(published);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "publishing the result for delivery failed");
+                report.outcome = Some(Outcome::Failed);
+                let msg = format!(
+                    "the run succeeded, but its commit cannot be delivered: publishing it \
+                     in the source repository failed: {e}"
+                );
+                report.error = Some(match report.error.take() {
+                    Some(prev) => format!("{prev}; {msg}"),
+                    None => msg,
+                });
+            }
+        }
     }
 
     async fn remove_worktree(&self, cache: &Path, wt: &Path) {
@@ -881,36 +981,50 @@ impl Supervisor {
     }
 
     /// Sends the finish report, retrying transient failures while the lease holds.
-    async fn report(&self, report: FinishReport) {
+    async fn report(&self, report: FinishReport) -> Reported {
         let run = self.run_id();
         let mut backoff = RETRY_FIRST;
         let shutdown = self.ctx.shutdown.clone();
         if let Some(why) = self.lost() {
             tracing::warn!(reason = %why, "lease lost; no report");
-            return;
+            return Reported::NotAccepted;
         }
+        // Set once a try failed in transit: the server may have applied it anyway.
+        let mut uncertain = false;
+        let not_accepted = |uncertain: bool| {
+            if uncertain {
+                Reported::Uncertain
+            } else {
+                Reported::NotAccepted
+            }
+        };
         loop {
+            let mut finished = self.gate.lock().await;
             match self.ctx.coord.finish(run, report.clone()).await {
                 Ok(()) => {
+                    *finished = true;
                     tracing::info!(outcome = ?report.outcome, "run finished");
-                    return;
+                    return Reported::Accepted;
                 }
                 Err(CoordError::Unavailable(e)) => {
+                    uncertain = true;
                     if let Some(why) = self.lost() {
                         tracing::warn!(error = %e, reason = %why, "finish not delivered before the lease was lost");
-                        return;
+                        return not_accepted(uncertain);
                     }
                     if *shutdown.borrow() {
                         tracing::warn!(error = %e, "finish not delivered before shutdown");
-                        return;
+                        return not_accepted(uncertain);
                     }
                     tracing::warn!(error = %e, "finish failed; retrying");
+                    // Renewals go on between tries: the lease must hold for the next.
+                    drop(finished);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(RETRY_MAX);
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "finish refused");
-                    return;
+                    return not_accepted(uncertain);
                 }
             }
         }

@@ -708,6 +708,61 @@ async fn write_patch(cache: &Path, base: &str, commit: &str, path: &Path) -> Res
     wait_git(child, shown, cache).await
 }
 
+/// Room kept under the limit for the line that marks a cut diff.
+const CUT_MARKER_ROOM: usize = 256;
+
+/// The diff a finish report carries: the patch at `path` as text (bytes that are not
+/// UTF-8 are replaced), at most `max` bytes. A longer patch is cut at the end of a line
+/// and followed by a marker line that says so and gives the patch's full size.
+pub(crate) async fn reported_diff(path: &Path, max: usize) -> Result<String> {
+    use tokio::io::AsyncReadExt;
+    let file = tokio::fs::File::open(path)
+        .await
+        .map_err(io_err("cannot open", path))?;
+    let total = file
+        .metadata()
+        .await
+        .map_err(io_err("cannot read the size of", path))?
+        .len();
+    let mut bytes = Vec::new();
+    file.take(u64::try_from(max).unwrap_or(u64::MAX))
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(io_err("cannot read", path))?;
+    Ok(cut_diff(&bytes, total.max(bytes.len() as u64), max))
+}
+
+/// `bytes`, the first bytes of a patch of `total` bytes, as text of at most `max`
+/// bytes: whole when it fits, else cut at a line end with a marker line appended.
+fn cut_diff(bytes: &[u8], total: u64, max: usize) -> String {
+    let whole = total <= bytes.len() as u64;
+    let mut text = String::from_utf8_lossy(bytes).into_owned();
+    // Replacement characters take three bytes where the bad byte took one, so the text
+    // can outgrow the bytes it came from: measured after the conversion.
+    if whole && text.len() <= max {
+        return text;
+    }
+    let room = max.saturating_sub(CUT_MARKER_ROOM);
+    let mut end = room.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    // Cut after the last complete line; a single line longer than the room is cut
+    // where the room ends.
+    if let Some(nl) = text.as_bytes()[..end].iter().rposition(|b| *b == b'\n') {
+        end = nl + 1;
+    }
+    text.truncate(end);
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    text.push_str(&format!(
+        "[gantry: diff cut here: the first {end} bytes of {total} are shown; the whole \
+         patch is diff.patch in the run's artifacts on the factory that ran it]\n"
+    ));
+    text
+}
+
 /// A work-in-progress checkpoint: the commit and the tree it holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Wip {
@@ -813,6 +868,19 @@ pub(crate) async fn push_checkpoint(
     if gantry_core::repo::is_url(repo) {
         return Ok(false);
     }
+    push_to_source(cache, repo, commit, source_ref).await?;
+    Ok(true)
+}
+
+/// Pushes `commit` from `cache` to the ref `source_ref` (a full ref name) of the source
+/// repository `repo` (a path or a URL), replacing whatever the ref held. The one push
+/// of the crate: checkpoints, published results and deliveries all go through it.
+pub(crate) async fn push_to_source(
+    cache: &Path,
+    repo: &str,
+    commit: &str,
+    source_ref: &str,
+) -> Result<()> {
     let target = repo_arg(repo);
     let refspec = format!("{commit}:{source_ref}");
     git(
@@ -828,7 +896,28 @@ pub(crate) async fn push_checkpoint(
         ],
     )
     .await?;
-    Ok(true)
+    Ok(())
+}
+
+/// Publishes the commit of a succeeded run for the server to deliver: pushes `commit`
+/// from `cache` to [`gantry_core::api::result_ref`] of `run` in the source repository
+/// `repo` and returns that ref. The ref is run-unique, so a stale factory can never
+/// move another run's result, and the server only ever fetches the ref of the run
+/// whose fenced finish it accepted.
+pub(crate) async fn publish_result(
+    cache: &Path,
+    repo: &str,
+    commit: &str,
+    run: gantry_core::RunId,
+) -> Result<String> {
+    let source_ref = gantry_core::api::result_ref(run);
+    push_to_source(cache, repo, commit, &source_ref)
+        .await
+        .map_err(|e| WorkspaceError::Repo {
+            repo: repo.to_string(),
+            message: format!("publishing {commit} at {source_ref} failed: {e}"),
+        })?;
+    Ok(source_ref)
 }
 
 /// Makes sure checkpoint `commit` of `job` is in the cache of `repo` (creating the
@@ -841,14 +930,7 @@ pub(crate) async fn fetch_checkpoint(
     commit: &str,
 ) -> Result<bool> {
     let data_dir = &absolute(data_dir);
-    let hex = commit.chars().all(|c| c.is_ascii_hexdigit());
-    if !(hex && (commit.len() == 40 || commit.len() == 64)) {
-        return Err(WorkspaceError::Invalid {
-            field: "checkpoint commit",
-            value: commit.to_string(),
-            reason: "expected a full commit id (40 or 64 hex digits)".to_string(),
-        });
-    }
+    check_full_commit("checkpoint commit", commit)?;
     let cache = cache_dir(data_dir, repo);
     let lock = cache_lock(&cache);
     let _held = lock.lock().await;
@@ -910,7 +992,9 @@ pub(crate) async fn remove_worktree(cache: &Path, path: &Path) -> Result<()> {
 }
 
 /// Pushes `commit` from the cache of `source_repo` to the source repo as
-/// `refs/heads/<branch>`, replacing whatever the branch held.
+/// `refs/heads/<branch>`, replacing whatever the branch held. The commit must be in the
+/// cache (a run of a factory sharing this data dir); see [`deliver_published`] for a
+/// commit a factory elsewhere published in the source.
 ///
 /// Called by the server after a successful, fenced finish, under its own per-repository
 /// lock: this is the one place a shared ref is written.
@@ -920,14 +1004,24 @@ pub async fn deliver(
     commit: &str,
     branch: &str,
 ) -> Result<(), WorkspaceError> {
-    let hex = commit.chars().all(|c| c.is_ascii_hexdigit());
-    if !(hex && (commit.len() == 40 || commit.len() == 64)) {
-        return Err(WorkspaceError::Invalid {
-            field: "commit",
-            value: commit.to_string(),
-            reason: "expected a full commit id (40 or 64 hex digits)".to_string(),
-        });
-    }
+    deliver_published(data_dir, source_repo, commit, branch, None).await
+}
+
+/// Like [`deliver`], for a commit that may have been made by a factory with another
+/// data dir: when `commit` is not in the cache and `published` names where the factory
+/// published it in the source ([`gantry_core::api::result_ref`]), the ref is fetched
+/// into the cache first (the cache is cloned when there is none), and the fetched
+/// commit must be `commit`. The published ref is left in place: [`remove_published`]
+/// removes it once the caller is done with it.
+pub async fn deliver_published(
+    data_dir: &Path,
+    source_repo: &str,
+    commit: &str,
+    branch: &str,
+    published: Option<&str>,
+) -> Result<(), WorkspaceError> {
+    let data_dir = &absolute(data_dir);
+    check_full_commit("commit", commit)?;
     if branch.starts_with('-') || branch.starts_with("refs/") {
         return Err(WorkspaceError::Invalid {
             field: "branch",
@@ -935,39 +1029,134 @@ pub async fn deliver(
             reason: "expected a branch name such as `gantry/12`".to_string(),
         });
     }
-    let cache = cache_dir(data_dir, source_repo);
-    if !cache.join("HEAD").is_file() {
-        return Err(WorkspaceError::Repo {
-            repo: source_repo.to_string(),
-            message: format!("no cache at {}: nothing was run from it", cache.display()),
-        });
-    }
     let refname = format!("refs/heads/{branch}");
-    let check = git_status(&cache, ["check-ref-format", &refname], &[]).await?;
-    if check.code != Some(0) {
+    if !valid_ref_name(&refname).await? {
         return Err(WorkspaceError::Invalid {
             field: "branch",
             value: branch.to_string(),
             reason: "not a valid git branch name".to_string(),
         });
     }
+    if let Some(published) = published {
+        check_result_ref(published).await?;
+    }
+    let cache = cache_dir(data_dir, source_repo);
     let lock = cache_lock(&cache);
     let _held = lock.lock().await;
+    if !cache.join("HEAD").is_file() {
+        if published.is_none() {
+            return Err(WorkspaceError::Repo {
+                repo: source_repo.to_string(),
+                message: format!("no cache at {}: nothing was run from it", cache.display()),
+            });
+        }
+        ensure_cache(data_dir, source_repo, false).await?;
+    }
     if resolve_commit(&cache, commit).await?.is_none() {
-        return Err(WorkspaceError::Invalid {
+        let Some(published) = published else {
+            return Err(WorkspaceError::Invalid {
+                field: "commit",
+                value: commit.to_string(),
+                reason: format!("no such commit in the cache {}", cache.display()),
+            });
+        };
+        fetch_published(&cache, source_repo, commit, published).await?;
+    }
+    push_to_source(&cache, source_repo, commit, &refname)
+        .await
+        .map_err(|e| WorkspaceError::Repo {
+            repo: source_repo.to_string(),
+            message: format!("pushing {commit} as {branch} failed: {e}"),
+        })
+}
+
+/// Fetches the published ref `published` of `source_repo` into `cache` and checks that
+/// it holds `commit`. The cache's copy of the ref is removed again either way: the
+/// delivered branch is what keeps the commit, in the source.
+async fn fetch_published(
+    cache: &Path,
+    source_repo: &str,
+    commit: &str,
+    published: &str,
+) -> Result<()> {
+    let source = repo_arg(source_repo);
+    let refspec = format!("+{published}:{published}");
+    let fetched = git(
+        cache,
+        [
+            OsStr::new("fetch"),
+            OsStr::new("--quiet"),
+            OsStr::new("--no-write-fetch-head"),
+            OsStr::new("--"),
+            source.as_os_str(),
+            OsStr::new(&refspec),
+        ],
+    )
+    .await
+    .map_err(|e| WorkspaceError::Repo {
+        repo: source_repo.to_string(),
+        message: format!(
+            "commit {commit} is not in the cache {} and fetching {published} from the \
+             source failed: {e}",
+            cache.display()
+        ),
+    });
+    let found = match fetched {
+        Ok(_) => resolve_commit(cache, published).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = git(cache, ["update-ref", "-d", published]).await {
+        tracing::debug!(error = %e, "cannot remove the fetched result ref from the cache");
+    }
+    match found? {
+        Some(found) if found.eq_ignore_ascii_case(commit) => Ok(()),
+        Some(found) => Err(WorkspaceError::Invalid {
             field: "commit",
             value: commit.to_string(),
-            reason: format!("no such commit in the cache {}", cache.display()),
+            reason: format!(
+                "the source's {published} holds {found}, not the reported commit: nothing \
+                 delivered"
+            ),
+        }),
+        None => Err(WorkspaceError::Invalid {
+            field: "commit",
+            value: commit.to_string(),
+            reason: format!("the source's {published} names no commit: nothing delivered"),
+        }),
+    }
+}
+
+/// Removes the published ref `published` ([`gantry_core::api::result_ref`]) from the
+/// source repository once the server delivered (or dropped) the result, by pushing its
+/// deletion from the cache of `source_repo`.
+pub async fn remove_published(
+    data_dir: &Path,
+    source_repo: &str,
+    published: &str,
+) -> Result<(), WorkspaceError> {
+    check_result_ref(published).await?;
+    let cache = cache_dir(&absolute(data_dir), source_repo);
+    if !cache.join("HEAD").is_file() {
+        return Err(WorkspaceError::Repo {
+            repo: source_repo.to_string(),
+            message: format!(
+                "no cache at {} to remove {published} from the source with",
+                cache.display()
+            ),
         });
     }
-    let refspec = format!("{commit}:{refname}");
-    let target = repo_arg(source_repo);
+    remove_source_ref(&cache, source_repo, published).await
+}
+
+/// Deletes `source_ref` in the source repository `repo` with a push from `cache`.
+pub(crate) async fn remove_source_ref(cache: &Path, repo: &str, source_ref: &str) -> Result<()> {
+    let target = repo_arg(repo);
+    let refspec = format!(":{source_ref}");
     git(
-        &cache,
+        cache,
         [
             OsStr::new("push"),
             OsStr::new("--quiet"),
-            OsStr::new("--force"),
             OsStr::new("--no-verify"),
             OsStr::new("--"),
             target.as_os_str(),
@@ -976,10 +1165,50 @@ pub async fn deliver(
     )
     .await
     .map_err(|e| WorkspaceError::Repo {
-        repo: source_repo.to_string(),
-        message: format!("pushing {commit} as {branch} failed: {e}"),
+        repo: repo.to_string(),
+        message: format!("removing {source_ref} failed: {e}"),
     })?;
     Ok(())
+}
+
+/// Refuses anything but a full commit id (40 or 64 hex digits) for `field`.
+fn check_full_commit(field: &'static str, commit: &str) -> Result<()> {
+    let hex = commit.chars().all(|c| c.is_ascii_hexdigit());
+    if hex && (commit.len() == 40 || commit.len() == 64) {
+        Ok(())
+    } else {
+        Err(WorkspaceError::Invalid {
+            field,
+            value: commit.to_string(),
+            reason: "expected a full commit id (40 or 64 hex digits)".to_string(),
+        })
+    }
+}
+
+/// Whether git accepts `refname` (a full ref name, so never option-like) as a ref name.
+async fn valid_ref_name(refname: &str) -> Result<bool> {
+    let check = git_status(Path::new("/"), ["check-ref-format", refname], &[]).await?;
+    Ok(check.code == Some(0))
+}
+
+/// Where result refs live in a source repository ([`gantry_core::api::result_ref`]).
+const RESULT_REF_PREFIX: &str = "refs/gantry/results/";
+
+/// Refuses a published ref that is not a result ref (`refs/gantry/results/<run>`): the
+/// server fetches and deletes it in the source, so it must never name anything else.
+async fn check_result_ref(published: &str) -> Result<()> {
+    let run = published
+        .strip_prefix(RESULT_REF_PREFIX)
+        .and_then(|r| r.parse::<gantry_core::RunId>().ok());
+    // Round-tripping through `result_ref` refuses leading zeros, spaces and the like.
+    match run {
+        Some(run) if gantry_core::api::result_ref(run) == published => Ok(()),
+        _ => Err(WorkspaceError::Invalid {
+            field: "result_ref",
+            value: published.to_string(),
+            reason: format!("expected {RESULT_REF_PREFIX}<run id>"),
+        }),
+    }
 }
 
 /// What [`prune`] did.
@@ -1137,4 +1366,56 @@ pub async fn prune(data_dir: &Path) -> Result<PruneReport, WorkspaceError> {
     }
     report.caches = cache_usage(data_dir).await?;
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issue4_a_diff_that_fits_is_reported_whole_and_lossy() {
+        assert_eq!(cut_diff(b"+a\n-b\n", 6, 1000), "+a\n-b\n");
+        assert_eq!(cut_diff(b"", 0, 1000), "");
+        let text = cut_diff(b"+caf\xe9\n", 6, 1000);
+        assert_eq!(text, "+caf\u{fffd}\n");
+    }
+
+    #[test]
+    fn issue4_a_long_diff_is_cut_at_a_line_end_and_marked() {
+        let line = "+0123456789abcdef\n";
+        let patch = line.repeat(100);
+        let max = CUT_MARKER_ROOM + 50;
+        let text = cut_diff(patch.as_bytes(), patch.len() as u64, max);
+        assert!(text.len() <= max, "{} > {max}", text.len());
+        let (kept, marker) = text.split_at(text.find("[gantry:").expect("a marker"));
+        assert_eq!(kept, line.repeat(50 / line.len()));
+        assert!(
+            marker.contains("diff cut") && marker.contains(&patch.len().to_string()),
+            "{marker}"
+        );
+        assert!(marker.ends_with('\n'));
+        // Only the first bytes were read: the size still comes from the file.
+        let text = cut_diff(&patch.as_bytes()[..max], 1 << 30, max);
+        assert!(text.contains(&(1u64 << 30).to_string()), "{text}");
+    }
+
+    #[test]
+    fn issue4_a_cut_never_outgrows_the_limit_with_replaced_bytes_or_no_line_end() {
+        let max = CUT_MARKER_ROOM + 64;
+        // Every invalid byte becomes three bytes of text.
+        let bad = vec![0xffu8; max];
+        let text = cut_diff(&bad, bad.len() as u64, max);
+        assert!(text.len() <= max, "{} > {max}", text.len());
+        assert!(
+            text.starts_with('\u{fffd}') && text.contains("diff cut"),
+            "{text}"
+        );
+        let one_line = "x".repeat(max * 2);
+        let text = cut_diff(one_line.as_bytes(), one_line.len() as u64, max);
+        assert!(text.len() <= max, "{} > {max}", text.len());
+        assert!(
+            text.starts_with("xxx") && text.contains("diff cut"),
+            "{text}"
+        );
+    }
 }

@@ -178,7 +178,21 @@ impl Caller {
         if self.token.scope != Scope::Factory || self.token.factory == Some(factory) {
             return Ok(());
         }
-        let names = factory_names(service).await;
+        let names: Vec<(FactoryId, String)> = service
+            .store()
+            .factories()
+            .await?
+            .into_iter()
+            .map(|f| (f.id, f.name))
+            .collect();
+        if !names.iter().any(|(id, _)| *id == factory) {
+            // A factory the store does not know (a server on a fresh or restored
+            // database) must hear 404, so it registers again; registering still checks
+            // the token's binding.
+            return Err(ApiError::not_found(format!("factory {factory} not found"))
+                .with_hint("register again (POST /v1/factories)")
+                .with_details(json!({ "factory": factory })));
+        }
         let asked = label(&names, factory);
         let err = match self.token.factory {
             Some(own) => ApiError::forbidden(format!(

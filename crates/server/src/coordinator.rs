@@ -22,20 +22,6 @@ impl LocalCoordinator {
     pub fn new(service: Arc<Service>) -> Self {
         LocalCoordinator { service }
     }
-
-    /// Records the factory's heartbeat, as `POST /v1/factories/{id}/heartbeat` does;
-    /// the answer says when to send the next one. (What the [`Coordinator`] trait's
-    /// heartbeat, once it has one, delegates to.)
-    pub async fn heartbeat(
-        &self,
-        factory: FactoryId,
-        hb: &Heartbeat,
-    ) -> Result<HeartbeatAck, CoordError> {
-        self.service
-            .heartbeat(factory, hb)
-            .await
-            .map_err(|e| coord_error(e, None, 0))
-    }
 }
 
 /// Maps a refusal to what the factory loop acts on: a stale lease kills the run, a
@@ -64,6 +50,18 @@ impl Coordinator for LocalCoordinator {
     async fn register(&self, reg: &RegisterFactory) -> Result<FactoryId, CoordError> {
         self.service
             .register(reg)
+            .await
+            .map_err(|e| coord_error(e, None, 0))
+    }
+
+    /// Records the factory's heartbeat, as `POST /v1/factories/{id}/heartbeat` does.
+    async fn heartbeat(
+        &self,
+        factory: FactoryId,
+        hb: &Heartbeat,
+    ) -> Result<HeartbeatAck, CoordError> {
+        self.service
+            .heartbeat(factory, hb)
             .await
             .map_err(|e| coord_error(e, None, 0))
     }

@@ -15,8 +15,8 @@ use axum::{Router, http::Method, http::Uri};
 use futures_util::Stream;
 use gantry_core::api::{
     ClaimRequest, CreateToken, CreatedToken, EventsUpload, FactoryStatus, FinishReport, Heartbeat,
-    HeartbeatAck, RegisterFactory, Registered, RenewRequest, Scope, Status, SubmitRequest,
-    SubmitResponse, TokenInfo,
+    HeartbeatAck, MAX_REPORTED_DIFF_BYTES, RegisterFactory, Registered, RenewRequest, Scope,
+    Status, SubmitRequest, SubmitResponse, TokenInfo,
 };
 use gantry_core::event::Event;
 use gantry_core::{FactoryId, Job, JobId, JobState, RunId};
@@ -29,6 +29,12 @@ use std::time::Duration;
 
 /// Largest accepted request body: job batches and event uploads with output fit well.
 const BODY_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Largest accepted finish report: a diff of [`MAX_REPORTED_DIFF_BYTES`] grows up to
+/// six times as JSON (a control character is written `\u001b`), plus room for the
+/// rest of the report. A diff over the limit in a body under this one is refused with
+/// a 400 naming the field, by the service.
+const FINISH_BODY_LIMIT: usize = 6 * MAX_REPORTED_DIFF_BYTES + (1 << 20);
 
 /// Events per page when none is asked for.
 const DEFAULT_EVENTS_LIMIT: usize = 1000;
@@ -60,7 +66,10 @@ pub fn router(service: Arc<Service>) -> Router {
         .route("/v1/factories/{id}/heartbeat", post(heartbeat))
         .route("/v1/runs/{id}/renew", post(renew))
         .route("/v1/runs/{id}/events", post(upload_events))
-        .route("/v1/runs/{id}/finish", post(finish))
+        .route(
+            "/v1/runs/{id}/finish",
+            post(finish).layer(DefaultBodyLimit::max(FINISH_BODY_LIMIT)),
+        )
         .route("/v1/tokens", post(create_token).get(list_tokens))
         .route("/v1/tokens/{name}", delete(revoke_token))
         .fallback(no_route)

@@ -273,6 +273,9 @@ async fn start_embedded_factory(
         // third of the lease, so one lost renewal never costs the lease).
         renew_interval: EMBEDDED_RENEW_INTERVAL.min(cfg.lease_ttl / 3),
         claim_wait: EMBEDDED_CLAIM_WAIT,
+        // It shares the server's data dir, so its commits are in the server's cache
+        // already: nothing needs publishing to the source for delivery.
+        publish_results: false,
         ..FactoryConfig::default()
     };
     let mut fcfg = fcfg;

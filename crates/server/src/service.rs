@@ -6,14 +6,14 @@ use crate::ServeConfig;
 use crate::error::ApiError;
 use crate::metrics::{ClaimResult, FencedWrite, Metrics};
 use gantry_core::api::{
-    Claim, FactoryStatus, FinishReport, Health, Heartbeat, HeartbeatAck, RegisterFactory, Renewed,
-    SubmitFile, SubmitRequest, SubmitResponse, TokenInfo,
+    Claim, FactoryStatus, FinishReport, Health, Heartbeat, HeartbeatAck, MAX_REPORTED_DIFF_BYTES,
+    RegisterFactory, Renewed, SubmitFile, SubmitRequest, SubmitResponse, TokenInfo, result_ref,
 };
 use gantry_core::event::{self, NewEvent};
 use gantry_core::repo::{is_url, resolve_repo};
 use gantry_core::spec::parse_job_file;
 use gantry_core::{FactoryId, Job, JobId, JobState, Outcome, ParsedJob, RunId, SpecError};
-use gantry_store::{Binding, Store};
+use gantry_store::{Binding, Store, StoreError};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -65,6 +65,25 @@ pub fn delivery_branch(job: JobId) -> String {
     format!("gantry/{job}")
 }
 
+/// One async lock per source repository, so two deliveries never push into the same
+/// repository at once.
+type DeliveryLocks = Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
+
+/// Runs `write`, a fenced store write, to its end in a task of its own and counts a
+/// refusal. A handler is dropped when its client hangs up; the store may commit the
+/// write (or record its refusal) all the same, and the count, like a delivery after
+/// an accepted finish, must not depend on the client staying.
+async fn fenced<T: Send + 'static>(
+    metrics: &Arc<Metrics>,
+    op: FencedWrite,
+    write: impl std::future::Future<Output = Result<T, StoreError>> + Send + 'static,
+) -> Result<T, StoreError> {
+    let metrics = metrics.clone();
+    tokio::spawn(async move { write.await.map_err(|e| metrics.stale_checked(op, e)) })
+        .await
+        .map_err(|e| StoreError::Backend(format!("the {op:?} write task failed: {e}")))?
+}
+
 /// Store, configuration and delivery locks: what every request handler and the
 /// in-process coordinator work with.
 pub struct Service {
@@ -72,7 +91,7 @@ pub struct Service {
     cfg: ServeConfig,
     /// One async lock per source repository, so two deliveries never push into the same
     /// repository at once.
-    delivery_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    delivery_locks: Arc<DeliveryLocks>,
     shutdown: watch::Receiver<bool>,
     /// This process's counters (see [`crate::metrics`]).
     metrics: Arc<Metrics>,
@@ -88,7 +107,7 @@ impl Service {
         Service {
             store,
             cfg,
-            delivery_locks: Mutex::new(HashMap::new()),
+            delivery_locks: Arc::default(),
             shutdown,
             metrics: Arc::new(Metrics::new()),
             stops: watch::channel(0).0,
@@ -154,10 +173,16 @@ impl Service {
         Ok(job)
     }
 
-    /// The diff of the job's latest run that left one.
+    /// The diff of the job's latest run that left one: the diff its factory reported
+    /// (kept by the store, so every replica serves it), else, for runs from before
+    /// factories reported diffs, the `diff.patch` an embedded factory wrote in this
+    /// server's artifacts.
     pub async fn diff(&self, id: JobId) -> Result<String, ApiError> {
         let job = self.job_with_runs(id).await?;
         for run in job.runs.iter().rev() {
+            if let Some(text) = self.store.run_diff(run.id).await? {
+                return Ok(text);
+            }
             let path =
                 gantry_factory::artifacts_dir(&self.cfg.data_dir, id, run.id).join("diff.patch");
             match tokio::fs::read_to_string(&path).await {
@@ -310,7 +335,11 @@ impl Service {
             let claimed = self.store.claim(factory, self.cfg.lease_ttl).await;
             let took = started.elapsed();
             self.metrics.claim_observed(ClaimResult::of(&claimed), took);
-            if let Some(claim) = claimed? {
+            if let Some(mut claim) = claimed? {
+                // The store does not know the server's push setting: a factory that
+                // cannot share the server's cache publishes the result only when it
+                // is delivered.
+                claim.deliver = self.cfg.push;
                 return Ok(Some(claim));
             }
             let now = Instant::now();
@@ -333,8 +362,9 @@ impl Service {
 
     /// Renews a run's lease (fenced).
     pub async fn renew(&self, run: RunId, epoch: i64) -> Result<Renewed, ApiError> {
-        let renewed = self.store.renew(run, epoch, self.cfg.lease_ttl).await;
-        Ok(renewed.map_err(|e| self.metrics.stale_checked(FencedWrite::Renew, e))?)
+        let (store, ttl) = (self.store.clone(), self.cfg.lease_ttl);
+        let renew = async move { store.renew(run, epoch, ttl).await };
+        Ok(fenced(&self.metrics, FencedWrite::Renew, renew).await?)
     }
 
     /// Appends events of a run (fenced). Kinds only the server writes are refused.
@@ -371,74 +401,206 @@ impl Service {
                 .with_details(json!({ "field": format!("events[{i}].kind"), "value": ev.kind })));
             }
         }
-        let appended = self.store.append_events(run, epoch, events).await;
-        Ok(appended.map_err(|e| self.metrics.stale_checked(FencedWrite::Events, e))?)
+        let store = self.store.clone();
+        let append = async move { store.append_events(run, epoch, events).await };
+        Ok(fenced(&self.metrics, FencedWrite::Events, append).await?)
     }
 
     /// Records the end of a run (fenced) and, when it succeeded with a commit and push
-    /// is on, delivers the commit to the source repository as `gantry/<job>`.
+    /// is on, delivers the commit to the source repository as `gantry/<job>`: from this
+    /// server's cache, or fetched from the result ref the factory published in the
+    /// source ([`FinishReport::result_ref`]), which is then removed.
     ///
     /// Delivery happens only after the store accepted the finish under the run's epoch,
-    /// so a stale worker can never cause a push.
+    /// so a stale worker can never cause a push. It runs in a task of its own, awaited
+    /// here: a factory that hangs up mid-delivery cannot cut it short.
     pub async fn finish(&self, run: RunId, report: FinishReport) -> Result<Job, ApiError> {
         let Some(outcome) = report.outcome else {
             return Err(ApiError::bad_request("field `outcome` is missing")
                 .with_details(json!({ "field": "outcome" })));
         };
+        check_report(run, &report)?;
+        let end = FinishAndDeliver {
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            locks: self.delivery_locks.clone(),
+            data_dir: self.cfg.data_dir.clone(),
+            push: self.cfg.push,
+        };
+        match tokio::spawn(end.run(run, outcome, report)).await {
+            Ok(job) => Ok(job?),
+            Err(e) => Err(ApiError::internal(format!(
+                "the finish of run {run} failed: {e}"
+            ))),
+        }
+    }
+}
+
+/// A finish and the delivery it leads to, with everything owned, so that both run to
+/// their end in a task of their own whether or not the factory waits for the answer.
+struct FinishAndDeliver {
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    locks: Arc<DeliveryLocks>,
+    data_dir: PathBuf,
+    push: bool,
+}
+
+impl FinishAndDeliver {
+    async fn run(
+        self,
+        run: RunId,
+        outcome: Outcome,
+        report: FinishReport,
+    ) -> Result<Job, ApiError> {
         let commit = report.commit.clone();
+        let published = report.result_ref.clone();
         let insights = report.insights.clone();
         let finished = self.store.finish(run, report).await;
         let job = finished.map_err(|e| self.metrics.stale_checked(FencedWrite::Finish, e))?;
         let (engine, model) = (job.spec.engine.name(), job.spec.model.as_deref());
         self.metrics
             .run_finished(outcome, engine, model, insights.as_ref());
-        if outcome == Outcome::Succeeded && job.state == JobState::Succeeded && self.cfg.push {
-            match commit {
-                Some(commit) => self.deliver(&job, run, &commit).await,
-                None => tracing::info!(job = %job.id, %run, "nothing to deliver: no commit"),
-            }
+        let delivers =
+            outcome == Outcome::Succeeded && job.state == JobState::Succeeded && self.push;
+        if delivers && commit.is_none() {
+            tracing::info!(job = %job.id, %run, "nothing to deliver: no commit");
         }
+        let commit = commit.filter(|_| delivers);
+        if commit.is_none() && published.is_none() {
+            return Ok(job);
+        }
+        let delivery = Delivery {
+            store: self.store.clone(),
+            data_dir: self.data_dir.clone(),
+            lock: delivery_lock(&self.locks, &job.spec.repo),
+            job: job.id,
+            repo: job.spec.repo.clone(),
+            run,
+            commit,
+            published,
+        };
+        delivery.run().await;
         Ok(job)
     }
+}
 
-    /// Pushes `commit` to the job's source repository as `gantry/<job>` under the
-    /// repository's lock, and records `delivery.pushed` or `delivery.failed`.
-    async fn deliver(&self, job: &Job, run: RunId, commit: &str) {
-        let repo = job.spec.repo.clone();
-        let branch = delivery_branch(job.id);
-        let lock = {
-            let mut locks = self
-                .delivery_locks
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            locks.entry(repo.clone()).or_default().clone()
+/// The lock of deliveries into `repo`.
+fn delivery_lock(locks: &DeliveryLocks, repo: &str) -> Arc<tokio::sync::Mutex<()>> {
+    let mut locks = locks.lock().unwrap_or_else(|p| p.into_inner());
+    locks.entry(repo.to_string()).or_default().clone()
+}
+
+/// Refuses a finish report the store must not keep: a diff over
+/// [`MAX_REPORTED_DIFF_BYTES`], or a result ref other than the run's own (the server
+/// fetches and deletes that ref in the source, so a report must not name another).
+fn check_report(run: RunId, report: &FinishReport) -> Result<(), ApiError> {
+    if let Some(diff) = &report.diff
+        && diff.len() > MAX_REPORTED_DIFF_BYTES
+    {
+        return Err(ApiError::bad_request(format!(
+            "field `diff` is {} bytes: a reported diff is at most {MAX_REPORTED_DIFF_BYTES} \
+             bytes ({} MiB)",
+            diff.len(),
+            MAX_REPORTED_DIFF_BYTES >> 20
+        ))
+        .with_hint("cut the diff at a line end below the limit and mark the cut")
+        .with_details(json!({ "field": "diff", "bytes": diff.len(),
+                              "max_bytes": MAX_REPORTED_DIFF_BYTES })));
+    }
+    if let Some(published) = &report.result_ref {
+        let expected = result_ref(run);
+        if *published != expected {
+            return Err(ApiError::bad_request(format!(
+                "field `result_ref` is {published:?}: run {run} publishes its result at \
+                 {expected:?} only"
+            ))
+            .with_details(json!({ "field": "result_ref", "value": published,
+                                  "expected": expected })));
+        }
+    }
+    Ok(())
+}
+
+/// One delivery, after an accepted finish: everything it needs, owned, so it runs in a
+/// task of its own.
+struct Delivery {
+    store: Arc<dyn Store>,
+    data_dir: PathBuf,
+    /// The lock of deliveries into `repo`.
+    lock: Arc<tokio::sync::Mutex<()>>,
+    job: JobId,
+    repo: String,
+    run: RunId,
+    /// The commit to deliver; `None` when nothing is delivered and only the published
+    /// result ref is to be removed.
+    commit: Option<String>,
+    /// Where the factory published the commit in the source.
+    published: Option<String>,
+}
+
+impl Delivery {
+    /// Under the repository's lock: pushes the commit as `gantry/<job>`, removes the
+    /// published result ref (best effort: it is only a leftover by then), and records
+    /// `delivery.pushed` or `delivery.failed`. A failed delivery keeps the ref, which
+    /// holds the only copy of the commit outside the factory; the event names it.
+    async fn run(self) {
+        let _held = self.lock.lock().await;
+        let Some(commit) = &self.commit else {
+            self.remove_published().await;
+            return;
         };
-        let _held = lock.lock().await;
-        let result =
-            gantry_factory::workspace::deliver(&self.cfg.data_dir, &repo, commit, &branch).await;
-        let event = match result {
+        let (job, repo) = (self.job, self.repo.as_str());
+        let branch = delivery_branch(job);
+        let result = gantry_factory::workspace::deliver_published(
+            &self.data_dir,
+            repo,
+            commit,
+            &branch,
+            self.published.as_deref(),
+        )
+        .await;
+        let mut data = json!({ "repo": repo, "branch": branch, "commit": commit });
+        if let Some(published) = &self.published {
+            data["result_ref"] = json!(published);
+        }
+        let kind = match &result {
             Ok(()) => {
-                tracing::info!(job = %job.id, %repo, %branch, %commit, "delivered");
-                NewEvent {
-                    kind: event::DELIVERY_PUSHED.to_string(),
-                    data: json!({ "repo": repo, "branch": branch, "commit": commit }),
-                }
+                tracing::info!(%job, %repo, %branch, %commit, "delivered");
+                self.remove_published().await;
+                event::DELIVERY_PUSHED
             }
             Err(e) => {
-                tracing::warn!(job = %job.id, %repo, %branch, error = %e, "delivery failed");
-                NewEvent {
-                    kind: event::DELIVERY_FAILED.to_string(),
-                    data: json!({ "repo": repo, "branch": branch, "commit": commit,
-                                  "error": e.to_string() }),
-                }
+                tracing::warn!(%job, %repo, %branch, error = %e, "delivery failed");
+                data["error"] = json!(e.to_string());
+                event::DELIVERY_FAILED
             }
+        };
+        let event = NewEvent {
+            kind: kind.to_string(),
+            data,
         };
         if let Err(e) = self
             .store
-            .record_event(Some(job.id), Some(run), event)
+            .record_event(Some(job), Some(self.run), event)
             .await
         {
-            tracing::error!(job = %job.id, error = %e, "cannot record the delivery event");
+            tracing::error!(%job, error = %e, "cannot record the delivery event");
+        }
+    }
+
+    /// Removes the published result ref from the source, if there is one; a failure
+    /// is only logged.
+    async fn remove_published(&self) {
+        let Some(published) = &self.published else {
+            return;
+        };
+        let (job, repo) = (self.job, self.repo.as_str());
+        match gantry_factory::workspace::remove_published(&self.data_dir, repo, published).await {
+            Ok(()) => tracing::debug!(%job, %repo, %published, "result ref removed"),
+            Err(e) => {
+                tracing::warn!(%job, %repo, %published, error = %e, "cannot remove the result ref")
+            }
         }
     }
 }

@@ -202,8 +202,28 @@ fn issue3_three_agents_keep_running_across_a_server_sigkill() {
         assert_eq!(insights["success"], true, "{j:#}");
         assert_eq!(runs[0]["files_changed"], 1, "{j:#}");
     }
-    // The work done before and after the restart is in one commit per job.
+    // The work done before and after the restart is in one commit per job. Delivery
+    // follows the accepted finish, so a job may read succeeded a moment before its
+    // branch exists: wait for the branch.
     for (i, id) in ids.iter().enumerate() {
+        crate::harness::wait_for(
+            &format!("branch gantry/{id} delivered"),
+            Duration::from_secs(30),
+            || {
+                std::process::Command::new("git")
+                    .arg("-C")
+                    .arg(env.repo())
+                    .args([
+                        "rev-parse",
+                        "--verify",
+                        "--quiet",
+                        &format!("refs/heads/gantry/{id}"),
+                    ])
+                    .output()
+                    .ok()
+                    .filter(|o| o.status.success())
+            },
+        );
         let shown = crate::harness::git(
             &env.repo(),
             &["show", &format!("gantry/{id}:agent-{i}.txt")],

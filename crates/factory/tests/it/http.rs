@@ -1,6 +1,6 @@
 //! `HttpCoordinator` against a tiny local HTTP server that answers canned responses.
 
-use gantry_core::api::{Claim, FinishReport};
+use gantry_core::api::{Claim, FinishReport, Heartbeat, HeartbeatAck};
 use gantry_core::{FactoryId, Outcome, RunId, StopKind};
 use gantry_factory::{CoordError, Coordinator, HttpCoordinator};
 use std::time::Duration;
@@ -306,4 +306,60 @@ fn bad_urls_and_tokens_are_refused_naming_the_value() {
     assert!(err.to_string().contains("token"), "{err}");
     // A path prefix is kept (a server behind a reverse proxy).
     HttpCoordinator::new("http://127.0.0.1:7700/gantry/", "t").expect("prefix ok");
+}
+
+#[tokio::test]
+async fn issue4_a_heartbeat_posts_the_figures_and_returns_the_interval() {
+    let (base, req) = serve_once("200 OK", r#"{"interval_ms":10000,"down_after_ms":30000}"#).await;
+    let hb = Heartbeat {
+        load_1m: Some(0.25),
+        free_memory_mb: Some(2048),
+        free_disk_mb: None,
+        admission: Some("not claiming: low disk".to_string()),
+    };
+    let ack = coord(&base)
+        .heartbeat(FactoryId(7), &hb)
+        .await
+        .expect("heartbeat");
+    assert_eq!(
+        ack,
+        HeartbeatAck {
+            interval_ms: 10_000,
+            down_after_ms: 30_000
+        }
+    );
+    let req = req.await.expect("request");
+    assert!(
+        req.head.starts_with("POST /v1/factories/7/heartbeat "),
+        "{}",
+        req.head
+    );
+    let sent: serde_json::Value = serde_json::from_str(&req.body).expect("json");
+    assert_eq!(
+        sent,
+        serde_json::json!({
+            "load_1m": 0.25,
+            "free_memory_mb": 2048,
+            "free_disk_mb": null,
+            "admission": "not claiming: low disk"
+        }),
+        "a figure not measured is null, never 0"
+    );
+}
+
+#[tokio::test]
+async fn issue4_a_heartbeat_of_a_forgotten_factory_is_refused_as_not_found() {
+    let (base, _req) = serve_once(
+        "404 Not Found",
+        r#"{"error":"not_found","message":"factory 7 not found"}"#,
+    )
+    .await;
+    let err = coord(&base)
+        .heartbeat(FactoryId(7), &Heartbeat::default())
+        .await
+        .expect_err("unknown factory");
+    assert!(
+        matches!(err, CoordError::Refused { ref kind, ref message } if kind == "not_found" && message.contains("factory 7")),
+        "{err:?}"
+    );
 }

@@ -4,6 +4,7 @@
 mod adopt;
 mod agent;
 mod engines;
+mod heartbeat;
 mod http;
 mod hygiene;
 mod orphans;

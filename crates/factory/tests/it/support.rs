@@ -1,7 +1,9 @@
 //! Test support: an in-memory `Coordinator`, a factory harness, git and /proc helpers.
 
 use async_trait::async_trait;
-use gantry_core::api::{Claim, ClaimedJob, FinishReport, Lease, RegisterFactory, Renewed};
+use gantry_core::api::{
+    Claim, ClaimedJob, FinishReport, Heartbeat, HeartbeatAck, Lease, RegisterFactory, Renewed,
+};
 use gantry_core::event::NewEvent;
 use gantry_core::{DepsMode, EngineKind, FactoryId, JobId, JobSpec, Outcome, RunId, StopKind};
 use gantry_factory::{CoordError, Coordinator, Factory, FactoryConfig, FactoryError};
@@ -161,6 +163,18 @@ impl Coordinator for TestCoord {
             s.registered.len()
         });
         Ok(FactoryId(n as i64))
+    }
+
+    async fn heartbeat(
+        &self,
+        _factory: FactoryId,
+        _hb: &Heartbeat,
+    ) -> Result<HeartbeatAck, CoordError> {
+        // Heartbeats are tested in `heartbeat.rs` with a coordinator that records them.
+        Ok(HeartbeatAck {
+            interval_ms: 1000,
+            down_after_ms: 3000,
+        })
     }
 
     async fn claim(

@@ -1,15 +1,29 @@
 //! Remote factories (issue 4): a factory token acts only for the factory it registered
 //! first, heartbeats carry the machine's figures, and `GET /v1/factories` shows each
-//! factory's running jobs and health.
+//! factory's running jobs and health. Real factories (the `Factory` loop over
+//! `HttpCoordinator`) send their heartbeats, say why they do not claim, carry on across
+//! a server restart and register again with a server that forgot them.
 
-use crate::support::{TestServer, config, job_file, repo};
-use gantry_core::api::{
-    Claim, ErrorBody, FactoryStatus, Health, HeartbeatAck, Registered, Renewed, Scope,
+use crate::support::{
+    HANG_GUARD, TestServer, alive, config, job_file, repo, started_pid, wait_group_gone,
 };
-use gantry_core::{FactoryId, JobState};
+use async_trait::async_trait;
+use gantry_core::api::{
+    Claim, ErrorBody, FactoryStatus, FinishReport, Health, Heartbeat, HeartbeatAck,
+    RegisterFactory, Registered, Renewed, Scope,
+};
+use gantry_core::event::NewEvent;
+use gantry_core::{FactoryId, JobState, RunId};
+use gantry_factory::{
+    CoordError, Coordinator, Factory, FactoryConfig, FactoryError, HttpCoordinator,
+};
 use gantry_server::ServeConfig;
+use gantry_store::Store;
 use serde_json::{Value, json};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// A server without the embedded factory, so only the test's factories claim.
@@ -348,5 +362,428 @@ async fn issue4_factories_list_figures_running_jobs_and_health() {
         )
         .await;
     assert_eq!(resp.status(), 400);
+    ts.shutdown().await;
+}
+
+/// How a call of the factory protocol ended, as [`Recording`] saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Answer {
+    Ok,
+    Unavailable,
+    Refused(String),
+    Stale,
+}
+
+impl Answer {
+    fn of<T>(r: &Result<T, CoordError>) -> Answer {
+        match r {
+            Ok(_) => Answer::Ok,
+            Err(CoordError::Unavailable(_)) => Answer::Unavailable,
+            Err(CoordError::Refused { kind, .. }) => Answer::Refused(kind.clone()),
+            Err(CoordError::StaleLease { .. }) => Answer::Stale,
+        }
+    }
+}
+
+/// The calls a factory made, with their answers, in order per kind.
+#[derive(Debug, Default, Clone)]
+struct Calls {
+    registered: Vec<Answer>,
+    heartbeats: Vec<(FactoryId, Answer)>,
+    claims: Vec<(FactoryId, Answer)>,
+    renewals: Vec<Answer>,
+}
+
+/// The real [`HttpCoordinator`], with a record of what each call answered, so a test
+/// knows the factory really met a server that was down or had forgotten it.
+struct Recording {
+    http: HttpCoordinator,
+    calls: Mutex<Calls>,
+}
+
+impl Recording {
+    fn calls(&self) -> Calls {
+        self.calls.lock().expect("calls lock").clone()
+    }
+
+    fn note(&self, f: impl FnOnce(&mut Calls)) {
+        f(&mut self.calls.lock().expect("calls lock"));
+    }
+}
+
+#[async_trait]
+impl Coordinator for Recording {
+    async fn register(&self, reg: &RegisterFactory) -> Result<FactoryId, CoordError> {
+        let r = self.http.register(reg).await;
+        self.note(|c| c.registered.push(Answer::of(&r)));
+        r
+    }
+
+    async fn heartbeat(
+        &self,
+        factory: FactoryId,
+        hb: &Heartbeat,
+    ) -> Result<HeartbeatAck, CoordError> {
+        let r = self.http.heartbeat(factory, hb).await;
+        self.note(|c| c.heartbeats.push((factory, Answer::of(&r))));
+        r
+    }
+
+    async fn claim(&self, factory: FactoryId, wait: Duration) -> Result<Option<Claim>, CoordError> {
+        let r = self.http.claim(factory, wait).await;
+        self.note(|c| c.claims.push((factory, Answer::of(&r))));
+        r
+    }
+
+    async fn renew(&self, run: RunId, epoch: i64) -> Result<Renewed, CoordError> {
+        let r = self.http.renew(run, epoch).await;
+        self.note(|c| c.renewals.push(Answer::of(&r)));
+        r
+    }
+
+    async fn events(
+        &self,
+        run: RunId,
+        epoch: i64,
+        events: Vec<NewEvent>,
+    ) -> Result<(), CoordError> {
+        self.http.events(run, epoch, events).await
+    }
+
+    async fn finish(&self, run: RunId, report: FinishReport) -> Result<(), CoordError> {
+        self.http.finish(run, report).await
+    }
+}
+
+/// A remote factory running in this process: the real factory loop over HTTP.
+struct RemoteFactory {
+    coord: Arc<Recording>,
+    shutdown: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), FactoryError>>,
+}
+
+impl RemoteFactory {
+    /// Starts factory `name` (one seat, no admission thresholds unless `tune` sets
+    /// them) for the server at `base` with `token`, its data under `data`.
+    fn start(
+        base: &str,
+        token: &str,
+        name: &str,
+        data: &Path,
+        tune: impl FnOnce(&mut FactoryConfig),
+    ) -> RemoteFactory {
+        let mut cfg = FactoryConfig {
+            name: name.to_string(),
+            seats: 1,
+            data_dir: data.to_path_buf(),
+            kill_grace: Duration::from_millis(300),
+            renew_interval: Duration::from_millis(200),
+            claim_wait: Duration::from_secs(1),
+            min_free_memory_mb: 0,
+            min_free_disk_mb: 0,
+            ..FactoryConfig::default()
+        };
+        tune(&mut cfg);
+        let coord = Arc::new(Recording {
+            http: HttpCoordinator::new(base, token).expect("coordinator"),
+            calls: Mutex::default(),
+        });
+        let (shutdown, rx) = watch::channel(false);
+        let task = tokio::spawn(Factory::new(cfg, coord.clone()).run(rx));
+        RemoteFactory {
+            coord,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Waits until the recorded calls satisfy `f` (hang guard [`HANG_GUARD`]).
+    async fn wait_calls(&self, what: &str, mut f: impl FnMut(&Calls) -> bool) -> Calls {
+        let deadline = Instant::now() + HANG_GUARD;
+        loop {
+            let calls = self.coord.calls();
+            if f(&calls) {
+                return calls;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the factory never {what}: {calls:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the factory; it must end without error.
+    async fn stop(self) -> Calls {
+        self.shutdown.send(true).expect("factory listens");
+        tokio::time::timeout(HANG_GUARD, self.task)
+            .await
+            .expect("factory stops")
+            .expect("factory task did not panic")
+            .expect("factory loop ended without error");
+        self.coord.calls()
+    }
+}
+
+/// Polls `GET /v1/factories` until a factory named `name` satisfies `f`.
+async fn wait_listed(
+    ts: &TestServer,
+    name: &str,
+    mut f: impl FnMut(&FactoryStatus) -> bool,
+) -> FactoryStatus {
+    let deadline = Instant::now() + HANG_GUARD;
+    loop {
+        let list = factories(ts).await;
+        if let Some(found) = list.iter().find(|s| s.name == name && f(s)) {
+            return found.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "factory {name} never listed as expected: {list:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// `MemTotal` of this machine, MiB.
+fn mem_total_mb() -> u64 {
+    let text = std::fs::read_to_string("/proc/meminfo").expect("/proc/meminfo");
+    text.lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|kib| kib.parse::<u64>().ok())
+        .expect("MemTotal in /proc/meminfo")
+        / 1024
+}
+
+#[tokio::test]
+async fn issue4_a_remote_factorys_heartbeats_reach_the_server_with_real_figures() {
+    let (_tmp, repo) = repo();
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut ts = TestServer::start(ServeConfig {
+        lease_ttl: Duration::from_secs(3),
+        ..remote_only(&data.path().join("server"))
+    })
+    .await;
+    let token = ts.token("worker", Scope::Factory).await;
+    let factory = RemoteFactory::start(&ts.base, &token, "worker", &data.path().join("f"), |_| {});
+
+    let listed = wait_listed(&ts, "worker", |f| f.stats.load_1m.is_some()).await;
+    let load = listed.stats.load_1m.expect("load");
+    assert!(
+        load.is_finite() && (0.0..10_000.0).contains(&load),
+        "{listed:?}"
+    );
+    let mem = listed.stats.free_memory_mb.expect("free memory measured");
+    assert!(mem > 0 && mem <= mem_total_mb(), "{listed:?}");
+    let disk = listed.stats.free_disk_mb.expect("free disk measured");
+    assert!(disk > 0, "{listed:?}");
+    assert_eq!(listed.stats.admission, None, "it claims: {listed:?}");
+    assert_eq!(listed.health, Health::Up);
+    let raw: Vec<Value> = ts.get_json("/v1/factories").await;
+    assert!(
+        raw[0]
+            .as_object()
+            .is_some_and(|o| o.get("admission") == Some(&Value::Null)),
+        "the JSON carries `admission`, null while the factory claims: {raw:#?}"
+    );
+
+    // Heartbeats never hold claims up: the factory runs a job meanwhile.
+    let id = ts
+        .submit(&[("j.md", job_file("j", &repo, &["true"], ""))])
+        .await[0];
+    let job = ts.wait_state(id, JobState::Succeeded).await;
+    assert_eq!(job.runs[0].factory_id, Some(listed.id));
+    let calls = factory.stop().await;
+    assert!(
+        calls
+            .heartbeats
+            .iter()
+            .all(|(f, a)| *f == listed.id && *a == Answer::Ok),
+        "{calls:#?}"
+    );
+    ts.shutdown().await;
+}
+
+/// A command job that waits until `flag` exists, then adds a line to README.md.
+fn gated_job(repo: &Path, flag: &Path) -> String {
+    let script = format!(
+        "echo waiting; while [ ! -e '{}' ]; do sleep 0.05; done; echo go >> README.md",
+        flag.display()
+    );
+    job_file("gated", repo, &["sh", "-c", &script], "")
+}
+
+/// The server goes away while a remote factory runs a job, and comes back on the same
+/// port over the same store: the run keeps running through it, its renewals and the
+/// heartbeats fail meanwhile and resume, the run finishes once, and claims resume.
+async fn a_factory_carries_on_across_a_server_restart(db: Option<String>) {
+    let (_tmp, repo) = repo();
+    let data = tempfile::tempdir().expect("tempdir");
+    let flag = data.path().join("go");
+    let serve = ServeConfig {
+        // Long enough that the lease outlives the restart; heartbeats every 1.67 s.
+        lease_ttl: Duration::from_secs(10),
+        db,
+        ..remote_only(&data.path().join("server"))
+    };
+    let mut ts = TestServer::start(serve.clone()).await;
+    let addr = ts.server.as_ref().expect("running").addr();
+    let token = ts.token("worker", Scope::Factory).await;
+    let factory = RemoteFactory::start(&ts.base, &token, "worker", &data.path().join("f"), |_| {});
+    let id = ts.submit(&[("gated.md", gated_job(&repo, &flag))]).await[0];
+    let pid = started_pid(&ts, id).await;
+    let before = ts.job(id).await;
+    assert_eq!(before.state, JobState::Running);
+    let fid = before.runs[0].factory_id.expect("claimed by the factory");
+
+    ts.shutdown().await;
+    let down = factory.coord.calls();
+    factory
+        .wait_calls("met the server down", |c| {
+            c.heartbeats[down.heartbeats.len()..]
+                .iter()
+                .any(|(_, a)| *a == Answer::Unavailable)
+                && c.renewals[down.renewals.len()..].contains(&Answer::Unavailable)
+        })
+        .await;
+    assert!(alive(pid), "the run keeps running while the server is away");
+
+    let mut ts = TestServer::start(ServeConfig {
+        listen: addr,
+        ..serve
+    })
+    .await;
+    let back = factory.coord.calls();
+    std::fs::write(&flag, "").expect("write flag");
+    let done = ts.wait_state(id, JobState::Succeeded).await;
+    assert_eq!(
+        done.runs.len(),
+        1,
+        "one attempt, never run again: {done:#?}"
+    );
+    assert_eq!(done.runs[0].factory_id, Some(fid));
+    assert_eq!(done.attempt, 1, "{done:#?}");
+    wait_group_gone(pid).await;
+
+    // Heartbeats resume: after the run ended (no more renewals) the factory is still
+    // heard from, and only a heartbeat can say so.
+    let ended = done.runs[0].finished_at.expect("finished");
+    let listed = wait_listed(&ts, "worker", |f| f.last_seen > ended).await;
+    assert_eq!((listed.id, listed.health), (fid, Health::Up));
+    factory
+        .wait_calls("heartbeat the restarted server", |c| {
+            c.heartbeats[back.heartbeats.len()..]
+                .iter()
+                .any(|(f, a)| *f == fid && *a == Answer::Ok)
+        })
+        .await;
+
+    // Claims resume.
+    let next = ts
+        .submit(&[("after.md", job_file("after", &repo, &["true"], ""))])
+        .await[0];
+    let after = ts.wait_state(next, JobState::Succeeded).await;
+    assert_eq!(after.runs[0].factory_id, Some(fid));
+
+    let calls = factory.stop().await;
+    assert_eq!(
+        calls.registered,
+        vec![Answer::Ok],
+        "the server kept its store: no registering again"
+    );
+    ts.shutdown().await;
+}
+
+#[tokio::test]
+async fn issue4_a_factory_carries_on_across_a_server_restart_sqlite() {
+    a_factory_carries_on_across_a_server_restart(None).await;
+}
+
+#[tokio::test]
+async fn issue4_a_factory_carries_on_across_a_server_restart_postgres() {
+    let db = gantry_store::testing::PgDb::create().await;
+    a_factory_carries_on_across_a_server_restart(Some(db.url.clone())).await;
+}
+
+/// A factory that does not claim (its disk threshold cannot be met) says why in its
+/// heartbeats. Its server restarts on a fresh store that knows its token but not the
+/// factory: the heartbeat (the only call such a factory makes) meets the 404, the
+/// factory registers again, and the new server lists it with the reason. The factory
+/// runs with a factory token: an unknown factory is a 404 for it too, not a 403.
+#[tokio::test]
+async fn issue4_a_factory_forgotten_by_its_server_registers_again_from_its_heartbeat() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let first = remote_only(&data.path().join("server-1"));
+    let mut ts = TestServer::start(ServeConfig {
+        lease_ttl: Duration::from_secs(3),
+        ..first
+    })
+    .await;
+    let addr = ts.server.as_ref().expect("running").addr();
+    let token = ts.token("worker", Scope::Factory).await;
+    let factory = RemoteFactory::start(&ts.base, &token, "worker", &data.path().join("f"), |cfg| {
+        cfg.min_free_disk_mb = u64::MAX;
+    });
+    let closed = |f: &FactoryStatus| {
+        f.stats
+            .admission
+            .as_deref()
+            .is_some_and(|r| r.starts_with("not claiming:") && r.contains("free on the disk"))
+    };
+    let listed = wait_listed(&ts, "worker", closed).await;
+    assert!(listed.stats.free_disk_mb.is_some(), "{listed:?}");
+    let raw: Vec<Value> = ts.get_json("/v1/factories").await;
+    assert!(
+        raw[0]["admission"]
+            .as_str()
+            .is_some_and(|r| r.contains("free on the disk")),
+        "{raw:#?}"
+    );
+    ts.shutdown().await;
+
+    // A fresh store that knows the factory's token (as a rebuilt database would), and
+    // nothing else.
+    let second = data.path().join("server-2");
+    std::fs::create_dir_all(&second).expect("mkdir");
+    {
+        let store =
+            gantry_store::SqliteStore::open(&second.join(gantry_server::DB_FILE)).expect("store");
+        store
+            .create_token("worker", Scope::Factory, &gantry_server::hash_token(&token))
+            .await
+            .expect("token");
+    }
+    let mut ts = TestServer::start(ServeConfig {
+        lease_ttl: Duration::from_secs(3),
+        listen: addr,
+        ..remote_only(&second)
+    })
+    .await;
+    let calls = factory
+        .wait_calls("registered again", |c| c.registered.len() == 2)
+        .await;
+    assert!(
+        calls
+            .heartbeats
+            .iter()
+            .any(|(f, a)| *f == listed.id && *a == Answer::Refused("not_found".to_string())),
+        "a heartbeat met the forgetful server: {calls:#?}"
+    );
+    assert!(
+        calls.claims.is_empty(),
+        "a factory that does not claim never claimed: {calls:#?}"
+    );
+    let again = wait_listed(&ts, "worker", closed).await;
+    assert_eq!(again.health, Health::Up);
+    let calls = factory.stop().await;
+    assert_eq!(calls.registered, vec![Answer::Ok, Answer::Ok], "{calls:#?}");
+    assert!(
+        calls
+            .heartbeats
+            .iter()
+            .any(|(f, a)| *f == again.id && *a == Answer::Ok),
+        "heartbeats carry on under the new id: {calls:#?}"
+    );
     ts.shutdown().await;
 }

@@ -3,6 +3,7 @@
 
 mod auth;
 mod config;
+mod delivery;
 mod events;
 mod factories;
 mod fencing;
