@@ -7,6 +7,7 @@
 
 mod args;
 mod bench;
+mod chaos;
 mod control;
 mod demo;
 mod durability;
