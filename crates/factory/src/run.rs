@@ -424,7 +424,10 @@ impl Supervisor {
             return self.wrap_up(&record, end).await;
         }
         let end = match self.spawn(&record).await {
-            Ok(detached) => self.watch(&record, Some(detached.child), true).await,
+            Ok((detached, started)) => {
+                self.watch(&record, Some(detached.child), true, vec![started])
+                    .await
+            }
             Err(error) => {
                 tracing::warn!(%error, "the command could not be started");
                 ProcessEnd {
@@ -441,12 +444,14 @@ impl Supervisor {
     async fn resume(mut self, record: RunRecord) {
         tracing::info!("adopted a run of a previous factory");
         let record = SharedRecord::new(self.data(), record);
-        let end = self.watch(&record, None, false).await;
+        let end = self.watch(&record, None, false, Vec::new()).await;
         self.wrap_up(&record, end).await;
     }
 
     /// Writes the prompt and the record, starts the process detached and records it.
-    async fn spawn(&self, record: &SharedRecord) -> Result<process::Detached, String> {
+    /// Returns the `run.started` event, which goes out as the first upload of the run's
+    /// output, so it is retried like the output while the server is unreachable.
+    async fn spawn(&self, record: &SharedRecord) -> Result<(process::Detached, NewEvent), String> {
         let rec = record.get();
         let spec = &self.claim.job.spec;
         let prompt = rec.artifacts.join("prompt.md");
@@ -527,27 +532,21 @@ impl Supervisor {
                 "base_commit": rec.base_commit,
             }),
         };
-        if let Err(e) = self
-            .ctx
-            .coord
-            .events(self.run_id(), self.epoch(), vec![started])
-            .await
-        {
-            tracing::warn!(error = %e, "cannot report run.started");
-        }
-        Ok(detached)
+        Ok((detached, started))
     }
 
     /// Watches the recorded process to its end: tails and uploads its output, applies
     /// stops, the timeout, lease loss and shutdown, then makes sure nothing of its
     /// group is left. `child` is the shim when this factory started it (a prompt
     /// notice of its end); `own` says the group was started by this factory, so it
-    /// may be signalled without checking whose it is.
+    /// may be signalled without checking whose it is. `first` goes out before any
+    /// output.
     async fn watch(
         &mut self,
         record: &SharedRecord,
         mut child: Option<tokio::process::Child>,
         own: bool,
+        first: Vec<NewEvent>,
     ) -> ProcessEnd {
         let rec = record.get();
         let Some(proc_) = rec.process.clone() else {
@@ -578,6 +577,7 @@ impl Supervisor {
             },
             finishing: finish_rx,
             wake: wake.clone(),
+            first,
         };
         let mut tailer = AbortOnDrop(tokio::spawn(tailer.run()));
 

@@ -259,19 +259,25 @@ pub(crate) struct Tailer {
     pub finishing: watch::Receiver<bool>,
     /// Wakes the tailer early (the process ended).
     pub wake: Arc<Notify>,
+    /// Events to upload before any output (`run.started`), retried like output.
+    pub first: Vec<NewEvent>,
 }
 
 impl Tailer {
     /// Runs until the output is uploaded after `finishing`, or uploading is refused
     /// for good. Returns the stdout reader (which may carry what it learnt).
     pub(crate) async fn run(mut self) -> Box<dyn StdoutReader> {
-        let mut pending: Option<Batch> = None;
         let mut final_tries = 0u32;
         let mut backoff = TICK;
         let mut saved = Offsets {
             stdout: self.stdout.consumed(),
             stderr: self.stderr.consumed(),
         };
+        let first = std::mem::take(&mut self.first);
+        let mut pending = (!first.is_empty()).then_some(Batch {
+            events: first,
+            offsets: saved,
+        });
         loop {
             let last = *self.finishing.borrow();
             let mut more = false;

@@ -262,6 +262,32 @@ async fn output_arrives_as_events_and_in_the_log_files_even_when_not_utf8() {
     h.stop().await;
 }
 
+/// Issue 4: `run.started` is retried like output while the server is unreachable,
+/// and still comes first; before, one failed upload lost it for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue4_run_started_survives_an_unreachable_server_and_comes_first() {
+    let h = Harness::start(1).await;
+    h.coord.fail_next_events(3);
+    let report = h
+        .run(claim(9, 90, 1, spec(&h.repo, &["sh", "-c", "echo out"])))
+        .await;
+    assert_eq!(report.outcome, Some(Outcome::Succeeded), "{report:?}");
+    let events = h.coord.events(RunId(90));
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "run.started").count(),
+        1,
+        "{kinds:?}"
+    );
+    assert_eq!(kinds.first(), Some(&"run.started"), "{kinds:?}");
+    assert!(
+        events[0].data["pid"].as_i64().is_some_and(|p| p > 0),
+        "{events:?}"
+    );
+    assert_eq!(h.coord.output(RunId(90), "stdout"), "out\n");
+    h.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_output_is_complete_in_the_log_and_streamed_as_events() {
     let h = Harness::start(1).await;

@@ -45,6 +45,8 @@ struct State {
     renews: HashMap<RunId, usize>,
     registered: Vec<RegisterFactory>,
     claim_errors: VecDeque<CoordError>,
+    /// Event uploads still to fail as if the server were unreachable.
+    events_down: usize,
 }
 
 /// An in-memory coordinator: hands out queued claims, records events and finishes, and
@@ -76,6 +78,11 @@ impl TestCoord {
     /// Sets how renewals of `run` are answered from now on.
     pub fn set_renew(&self, run: RunId, mode: RenewMode) {
         self.with(|s| s.renew.insert(run, mode));
+    }
+
+    /// Makes the next `n` event uploads fail as if the server were unreachable.
+    pub fn fail_next_events(&self, n: usize) {
+        self.with(|s| s.events_down = n);
     }
 
     /// Makes the next claim fail with `err`.
@@ -228,6 +235,14 @@ impl Coordinator for TestCoord {
         epoch: i64,
         events: Vec<NewEvent>,
     ) -> Result<(), CoordError> {
+        let down = self.with(|s| {
+            let down = s.events_down > 0;
+            s.events_down = s.events_down.saturating_sub(1);
+            down
+        });
+        if down {
+            return Err(CoordError::Unavailable("test says down".to_string()));
+        }
         let stale = self.with(|s| s.renew.get(&run) == Some(&RenewMode::Stale));
         if stale {
             return Err(CoordError::StaleLease {
@@ -244,6 +259,14 @@ impl Coordinator for TestCoord {
     }
 
     async fn finish(&self, run: RunId, report: FinishReport) -> Result<(), CoordError> {
+        let down = self.with(|s| {
+            let down = s.events_down > 0;
+            s.events_down = s.events_down.saturating_sub(1);
+            down
+        });
+        if down {
+            return Err(CoordError::Unavailable("test says down".to_string()));
+        }
         let stale = self.with(|s| s.renew.get(&run) == Some(&RenewMode::Stale));
         if stale {
             return Err(CoordError::StaleLease {
