@@ -19,7 +19,7 @@
 //! Checkpoints: every `checkpoint_interval` while the process runs, and once more when
 //! it is stopped gracefully (cancel, timeout, budget, shutdown), the worktree's work in
 //! progress is committed on `gantry/<job>/wip` without touching the agent's index or
-//! HEAD, pushed to a local source repo, and reported as a `run.checkpoint` event. An
+//! HEAD, pushed to the source repo, and reported as a `run.checkpoint` event. An
 //! attempt whose claim carries a checkpoint starts from it instead of the base.
 
 use crate::agent;
@@ -1074,7 +1074,7 @@ struct Checkpointer {
 
 impl Checkpointer {
     /// Commits the worktree's work in progress (unless nothing changed since the last
-    /// checkpoint), pushes it to a local source repo so any factory can start from it,
+    /// checkpoint), pushes it to the source repo so any factory can start from it,
     /// reports it as a `run.checkpoint` event and keeps it in the run record.
     async fn take(self) -> Result<Option<Checkpoint>, String> {
         let rec = self.record.get();

@@ -772,7 +772,7 @@ pub(crate) struct Wip {
     pub tree: String,
 }
 
-/// The ref a checkpoint of one attempt is pushed to in a local source repository:
+/// The ref a checkpoint of one attempt is pushed to in the source repository:
 /// `refs/gantry/wip/<job>/a<attempt>`. It is attempt-unique (a stale worker can never
 /// move another attempt's checkpoint) and outside `refs/heads`, so it neither shows as
 /// a branch nor collides with the delivered branch `gantry/<job>`.
@@ -855,21 +855,16 @@ pub(crate) async fn tree_of(dir: &Path, commit: &str) -> Result<String> {
     .to_string())
 }
 
-/// Pushes checkpoint `commit` from the cache to the local source repository `repo` as
-/// `refs` [`wip_source_ref`], so a factory with another cache can start from it. Does
-/// nothing for URL repos (pushing there would need credentials): their checkpoints
-/// stay in this factory's cache.
+/// Pushes checkpoint `commit` from the cache to the source repository `repo` (a path or
+/// a URL) as `refs` [`wip_source_ref`], so a factory with another cache can start from
+/// it. A factory needs push access to its sources anyway, to publish results.
 pub(crate) async fn push_checkpoint(
     cache: &Path,
     repo: &str,
     commit: &str,
     source_ref: &str,
-) -> Result<bool> {
-    if gantry_core::repo::is_url(repo) {
-        return Ok(false);
-    }
-    push_to_source(cache, repo, commit, source_ref).await?;
-    Ok(true)
+) -> Result<()> {
+    push_to_source(cache, repo, commit, source_ref).await
 }
 
 /// Pushes `commit` from `cache` to the ref `source_ref` (a full ref name) of the source

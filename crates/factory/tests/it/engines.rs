@@ -370,6 +370,20 @@ async fn issue3_a_claude_api_error_fails_the_run_though_its_result_says_success(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issue3_a_retry_resumes_the_session_and_starts_from_the_checkpoint() {
+    a_retry_resumes_the_session_and_starts_from_the_checkpoint(false).await;
+}
+
+/// Issue 4: a source given by URL gets the checkpoint too, so a factory on another
+/// machine starts the retry from it (before, URL sources kept checkpoints in the
+/// checkpointing factory's cache only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue4_a_url_source_gets_the_checkpoint_and_a_retry_elsewhere_starts_from_it() {
+    a_retry_resumes_the_session_and_starts_from_the_checkpoint(true).await;
+}
+
+/// A run canceled mid-work is checkpointed to the source (given by path, or by
+/// `file://` URL when `url`), and its retry on another factory resumes from there.
+async fn a_retry_resumes_the_session_and_starts_from_the_checkpoint(url: bool) {
     let b = Bench::new();
     let wrote = b.path("wrote");
     let seen = b.path("seen.txt");
@@ -390,7 +404,10 @@ sleep 1000",
         0,
     );
     let f = b.start(b.config());
-    let s = agent_spec(&b, EngineKind::ClaudeCode);
+    let mut s = agent_spec(&b, EngineKind::ClaudeCode);
+    if url {
+        s.repo = format!("file://{}", b.repo.display());
+    }
     b.coord.push(claim(6, 61, 1, s.clone()));
     wait_for(|| wrote.exists().then_some(())).await;
     b.coord
@@ -406,8 +423,8 @@ sleep 1000",
         .expect("a canceled run is checkpointed");
     let cp: Checkpoint = serde_json::from_value(cp.data).expect("checkpoint payload");
     assert_eq!(cp.base, b.base);
-    // The checkpoint is pushed to the local source repo under an attempt-unique ref,
-    // outside its branches.
+    // The checkpoint is pushed to the source repo under an attempt-unique ref, outside
+    // its branches.
     assert_eq!(
         git(&b.repo, &["rev-parse", "refs/gantry/wip/6/a1"]),
         cp.commit
