@@ -4,7 +4,7 @@
 use crate::{Result, Store, StoreError};
 use gantry_core::api::{FinishReport, RegisterFactory};
 use gantry_core::spec::{DEFAULT_BACKOFF_MS, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY};
-use gantry_core::{DepsMode, EngineKind, JobSpec, Outcome, ParsedJob};
+use gantry_core::{DepsMode, EngineKind, JobSpec, JobState, Outcome, ParsedJob};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -27,7 +27,8 @@ pub struct QueueReport {
     pub elapsed: Duration,
     /// Jobs claimed and finished per second.
     pub jobs_per_s: f64,
-    /// Median claim latency in milliseconds.
+    /// Median claim latency in milliseconds (a worker's first claim, then each
+    /// finish-and-claim call).
     pub p50_claim_ms: f64,
     /// 99th percentile claim latency in milliseconds.
     pub p99_claim_ms: f64,
@@ -89,8 +90,10 @@ pub fn noop_job(n: usize) -> ParsedJob {
 }
 
 /// Submits `jobs` no-op command jobs (not timed), registers `workers` factories, then
-/// runs `workers` concurrent tasks that each claim (timed) and finish with outcome
-/// `succeeded` under the claim's epoch until nothing is left to claim.
+/// runs `workers` concurrent tasks that each claim a job, then, until nothing is left to
+/// claim, finish it with outcome `succeeded` under the claim's epoch and claim the next
+/// in one [`Store::finish_and_claim`] call (timed as the claim latency: the first claim
+/// alone, then each finish-and-claim). Every finished job is checked to have succeeded.
 ///
 /// Run it on a store whose queue holds nothing else: every claimed job counts.
 pub async fn queue(store: Arc<dyn Store>, jobs: usize, workers: usize) -> Result<QueueReport> {
@@ -117,21 +120,30 @@ pub async fn queue(store: Arc<dyn Store>, jobs: usize, workers: usize) -> Result
         let store = Arc::clone(&store);
         tasks.push(tokio::spawn(async move {
             let mut claims = Vec::new();
-            loop {
-                let t0 = Instant::now();
-                let claim = store.claim(factory, LEASE_TTL).await?;
-                claims.push(t0.elapsed());
-                let Some(claim) = claim else {
-                    return Ok::<_, StoreError>(claims);
-                };
+            let t0 = Instant::now();
+            let mut next = store.claim(factory, LEASE_TTL).await?;
+            claims.push(t0.elapsed());
+            while let Some(claim) = next {
                 let report = FinishReport {
                     epoch: claim.run.epoch,
                     outcome: Some(Outcome::Succeeded),
                     exit_code: Some(0),
                     ..FinishReport::default()
                 };
-                store.finish(claim.run.id, report).await?;
+                let t0 = Instant::now();
+                let (job, claimed) = store
+                    .finish_and_claim(claim.run.id, report, factory, LEASE_TTL)
+                    .await?;
+                claims.push(t0.elapsed());
+                if job.id != claim.job.id || job.state != JobState::Succeeded {
+                    return Err(StoreError::Backend(format!(
+                        "benchmark job {} ended {} after a successful finish of job {}",
+                        job.id, job.state, claim.job.id
+                    )));
+                }
+                next = claimed;
             }
+            Ok::<_, StoreError>(claims)
         }));
     }
     let mut latencies = Vec::with_capacity(jobs + workers);

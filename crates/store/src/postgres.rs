@@ -5,14 +5,20 @@
 //! concurrency, since transactions here really run at once:
 //! - **Time** is the database's clock (`gantry_now_ms()`, from `clock_timestamp()`),
 //!   read once per operation; no client clock is ever used.
-//! - **Claim** is one statement: a CTE picks the best candidate with `FOR UPDATE SKIP
-//!   LOCKED` (so concurrent claimers never wait for each other and never get the same
-//!   job), then updates it, inserts the run and the events. The one-running-job-per-lock
-//!   rule is the partial unique index `jobs_running_lock`: when two claims race for one
-//!   lock, the second violates it and the claim is simply tried again (its new snapshot
-//!   sees the lock held and skips that job).
+//! - **Claims and simple finishes go in batches** (see [`batch`]): the claims and
+//!   finishes asked while earlier ones ran become one statement and one commit, which
+//!   is what lets one database serve thousands of them a second. A claim is one step
+//!   of that statement: `gantry_claim_batch` picks the best candidates with `FOR UPDATE
+//!   SKIP LOCKED` (so concurrent claimers never wait for each other and never get the
+//!   same job), then the statement updates them, inserts the runs and the events. The
+//!   one-running-job-per-lock rule is the partial unique index `jobs_running_lock`: when
+//!   two statements race for one lock, the second violates it and runs again (its new
+//!   snapshot sees the lock held and skips that job).
 //! - **Fenced writes** (renew, events, finish) lock the job row (`FOR NO KEY UPDATE`)
-//!   and check `(run, epoch)` under that lock before writing.
+//!   and check `(run, epoch)` under that lock before writing. A successful finish of a
+//!   job nothing depends on needs nothing else from the row, so it goes in a batch,
+//!   fenced by the update's own condition; every other finish (and a batched one that
+//!   did not apply: stale, or the job gained a dependent) takes the full path.
 //! - **Dependencies**: a submit marks the stored jobs it depends on (`has_dependents`,
 //!   which locks their rows), and a finish reads that mark under its own row lock, so a
 //!   dependent submitted while its dependency finishes is settled by one of the two.
@@ -28,8 +34,9 @@
 //!
 //! The driver is tokio-postgres without TLS (`NoTls`); TLS would be added with
 //! tokio-postgres-rustls on rustls's aws-lc-rs provider. Connections come from a
-//! bounded deadpool pool; one more connection LISTENs.
+//! bounded deadpool pool; one more connection LISTENs, and each batch lane has one.
 
+mod batch;
 mod rows;
 mod schema;
 mod signal;
@@ -39,8 +46,8 @@ use crate::{Binding, FactoryInfo, JobFilter, Result, Store, StoreError};
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use gantry_core::api::{
-    Checkpoint, Claim, ClaimedJob, FinishReport, Heartbeat, Lease, RegisterFactory, Renewed, Scope,
-    Status, Submitted, TokenInfo,
+    Checkpoint, Claim, FinishReport, Heartbeat, RegisterFactory, Renewed, Scope, Status, Submitted,
+    TokenInfo,
 };
 use gantry_core::event::{self as ev, Event, NewEvent};
 use gantry_core::state::{self, Effect, Input};
@@ -51,7 +58,7 @@ use serde_json::json;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row, Statement};
 
@@ -64,7 +71,8 @@ const MAX_TRIES: u32 = 10;
 /// Options of [`PgStore::connect`].
 #[derive(Debug, Clone)]
 pub struct PgOptions {
-    /// Most pooled connections (the listening connection comes on top). Default 16.
+    /// Most pooled connections. The listening connection and one connection per batch
+    /// lane (two; claims and simple finishes go through them) come on top. Default 16.
     pub max_connections: usize,
     /// How often the change poller looks for changes that no notification announced.
     /// Default 1 s.
@@ -99,10 +107,8 @@ struct Inner {
     dirty: Arc<Notify>,
     /// Whether the listening connection is up.
     listening: Arc<watch::Sender<bool>>,
-    /// The claim statement (its target state comes from [`state::next`]).
-    claim_sql: String,
-    /// The data of a claim's `job.state` event.
-    claim_state_data: String,
+    /// Where claims and simple finishes wait for a batch lane (see [`batch`]).
+    asks: mpsc::UnboundedSender<batch::Ask>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -368,20 +374,13 @@ impl PgStore {
         if pool_config.get_application_name().is_none() {
             pool_config.application_name("gantry");
         }
-        let manager = Manager::from_config(
-            pool_config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(opts.max_connections.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(Duration::from_secs(30)))
-            .create_timeout(Some(Duration::from_secs(10)))
-            .build()
-            .map_err(|e| StoreError::Backend(format!("cannot build the pool for {shown}: {e}")))?;
+        let mut lane_config = pool_config.clone();
+        lane_config.options(&match lane_config.get_options() {
+            Some(options) => format!("{options} {}", batch::LANE_SETTINGS),
+            None => batch::LANE_SETTINGS.to_string(),
+        });
+        let pool = build_pool(pool_config, opts.max_connections.max(1), &shown)?;
+        let lane_pool = build_pool(lane_config, batch::LANES, &shown)?;
         {
             let mut conn = pool.get().await.map_err(|e| {
                 // The pool's own message is only "db error"; the server's reason (no such
@@ -397,14 +396,15 @@ impl PgStore {
         }
         let (claim_to, _) =
             state::next(JobState::Queued, Input::Claim).map_err(|e| corrupt(e.to_string()))?;
+        let (asks, queue) = mpsc::unbounded_channel();
+        let lanes = Arc::new(batch::Lanes::new(lane_pool, claim_to, queue));
         let inner = Arc::new(Inner {
             pool,
             shown,
             changes: Arc::new(watch::channel(0).0),
             dirty: Arc::new(Notify::new()),
             listening: Arc::new(watch::channel(false).0),
-            claim_sql: claim_sql(claim_to),
-            claim_state_data: state_data(JobState::Queued, claim_to, None),
+            asks,
             tasks: Mutex::new(Vec::new()),
         });
         let last = inner.last_event_id().await.ok();
@@ -425,6 +425,9 @@ impl PgStore {
                 last,
             )),
         ];
+        for _ in 0..batch::LANES {
+            tasks.push(tokio::spawn(batch::lane(Arc::clone(&lanes))));
+        }
         if opts.listen {
             tasks.push(tokio::spawn(signal::listener(
                 config,
@@ -505,102 +508,84 @@ impl PgStore {
         }
     }
 
-    async fn claim_once(&self, factory: FactoryId, ttl_ms: i64) -> R<Option<Claim>> {
-        let tx = self.conn().await?;
-        let row = tx
-            .query_one(
-                &self.inner.claim_sql,
-                &[&factory.0, &ttl_ms, &self.inner.claim_state_data],
-            )
-            .await?;
-        let found: i64 = row.try_get(0)?;
-        if found == 0 {
-            return Err(not_found("factory", factory).into());
+    /// Sends an ask to the batch lanes and waits for its answer; signals the change
+    /// when it finished or claimed something.
+    async fn ask(
+        &self,
+        finish: Option<batch::FinishAsk>,
+        factory: Option<FactoryId>,
+        ttl_ms: i64,
+    ) -> Result<batch::Answer> {
+        let stopped = || StoreError::Backend("the store's batch lanes have stopped".into());
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .asks
+            .send(batch::Ask {
+                finish,
+                factory: factory.map(|f| f.0),
+                ttl_ms,
+                reply,
+            })
+            .map_err(|_| stopped())?;
+        let answer = answer.await.map_err(|_| stopped())??;
+        if answer.finished.is_some() || answer.claim.is_some() {
+            self.changed();
         }
-        let Some(job) = row.try_get::<_, Option<i64>>(1)? else {
-            return Ok(None);
-        };
-        let attempt: i64 = row.try_get(2)?;
-        let spec: String = row.try_get(6)?;
-        let agent = AgentRow::read(&row, 7)?;
-        Ok(Some(Claim {
-            job: ClaimedJob {
-                id: JobId(job),
-                spec: parse_json("job spec", &spec)?,
-                checkpoint: agent.checkpoint(),
-                resume_session: agent.session_id,
-            },
-            run: Lease {
-                id: RunId(row.try_get(4)?),
-                attempt: to_u32("attempt", attempt)?,
-                epoch: row.try_get(3)?,
-                lease_expires_at: row.try_get(5)?,
-                lease_ttl_ms: u64::try_from(ttl_ms).unwrap_or(0),
-            },
-            // The server decides delivery, not the store.
-            deliver: false,
-        }))
+        Ok(answer)
+    }
+
+    /// The finish of `run` in full: begins, locks and checks the fence, records the
+    /// report and moves the job on (settling dependents), and commits; a stale finish
+    /// commits only its rejection. Lost races run it again.
+    async fn finish_full(&self, run: RunId, report: FinishReport) -> Result<Job> {
+        let mut tries = 0u32;
+        loop {
+            tries += 1;
+            let mut tx = self.conn().await?;
+            let out = match self
+                .fenced_begin(&mut tx, run, report.epoch, "finish")
+                .await
+            {
+                Ok(Ok(live)) => {
+                    match self.finish_live(&mut tx, &live, &report).await {
+                        // Committed already, unless it settled dependents.
+                        Ok(raw) if !tx.open => Ok(Ok(raw)),
+                        out => tx.end(out.map(Ok)).await,
+                    }
+                }
+                Ok(Err(stale)) => tx.end(Ok(Err(stale))).await,
+                Err(e) => tx.end(Err(e)).await,
+            };
+            match out {
+                Err(e) if tries < MAX_TRIES && retryable(&e) => retry_pause(tries).await,
+                Err(e) => return Err(e.into()),
+                Ok(Ok(raw)) => {
+                    self.changed();
+                    return raw.into_job();
+                }
+                Ok(Err(stale)) => {
+                    self.changed();
+                    return Err(stale);
+                }
+            }
+        }
     }
 
     /// The finish of a live run: records the report, moves the job on, and commits,
     /// in one statement pipelined with the commit, unless dependents need settling.
     async fn finish_live(&self, tx: &mut Tx, live: &Live, report: &FinishReport) -> R<RawJob> {
-        let Some(outcome) = report.outcome else {
-            return Err(StoreError::Invalid(gantry_core::SpecError {
-                file: format!("finish of run {}", live.run),
-                line: None,
-                field: Some("outcome".into()),
-                message: "the finish report has no outcome".into(),
-            })
-            .into());
-        };
-        let data = serde_json::to_string(&FinishedData {
-            outcome: outcome.as_str(),
-            exit_code: report.exit_code,
-            error: report.error.as_deref(),
-            branch: report.branch.as_deref(),
-            base_commit: report.base_commit.as_deref(),
-            commit: report.commit.as_deref(),
-            files_changed: report.files_changed,
-            lines_added: report.lines_added,
-            lines_deleted: report.lines_deleted,
-            insights: report.insights.as_ref(),
-        })
-        .map_err(|e| corrupt(format!("cannot encode the finish report: {e}")))?;
-        let insights = report
-            .insights
-            .as_ref()
-            .map(serde_json::to_string)
-            .transpose()
-            .map_err(|e| corrupt(format!("cannot encode insights: {e}")))?;
-        let session = report.insights.as_ref().and_then(|i| i.session_id.clone());
+        let rep = EncodedReport::new(live.run, report)?;
         let finished = Pending {
             run: Some(live.run),
             kind: ev::RUN_FINISHED,
-            data,
+            data: rep.finished.clone(),
         };
-        let plan = plan_end(live, outcome, tx.now, vec![finished])?;
+        let plan = plan_end(live, rep.outcome, tx.now, vec![finished])?;
         let stmt = tx.prep(FINISH_SQL).await?;
-        let files = report.files_changed.map(i64::from);
-        let added = report.lines_added.map(i64::from);
-        let deleted = report.lines_deleted.map(i64::from);
         let step = StepParams::new(live.job, JobState::Running, &plan, tx.now, live.seq);
-        let outcome = outcome.as_str();
         let mut params: Vec<&(dyn ToSql + Sync)> = step.params().to_vec();
-        params.extend([
-            &live.run.0 as &(dyn ToSql + Sync),
-            &outcome,
-            &report.exit_code,
-            &report.error,
-            &report.branch,
-            &report.base_commit,
-            &report.commit,
-            &files,
-            &added,
-            &deleted,
-            &insights,
-            &session,
-        ]);
+        params.push(&live.run.0);
+        params.extend(rep.params());
         if let Some(diff) = &report.diff {
             // Before the pipelined finish and commit, inside the fenced transaction: a
             // stale finish rolls the diff back with everything else.
@@ -638,12 +623,148 @@ impl PgStore {
             ))
         })?;
         let mut raw = RawJob::read(&row)?;
-        if session.is_some() {
+        if rep.session.is_some() {
             // Saved by the same statement, whose join cannot see it yet.
-            raw.agent.session_id = session;
+            raw.agent.session_id = rep.session.clone();
         }
         Ok(raw)
     }
+}
+
+/// A finish report as the finish statements take it.
+struct EncodedReport<'a> {
+    report: &'a FinishReport,
+    outcome: Outcome,
+    outcome_str: &'static str,
+    files: Option<i64>,
+    added: Option<i64>,
+    deleted: Option<i64>,
+    /// The run's insights as JSON text, when reported.
+    insights: Option<String>,
+    /// The agent session to keep on the job, when reported.
+    session: Option<String>,
+    /// The data of the `run.finished` event (JSON text).
+    finished: String,
+}
+
+impl<'a> EncodedReport<'a> {
+    /// Encodes the report of a finish of `run`; a report without an outcome is invalid.
+    fn new(run: RunId, report: &'a FinishReport) -> R<EncodedReport<'a>> {
+        let Some(outcome) = report.outcome else {
+            return Err(StoreError::Invalid(gantry_core::SpecError {
+                file: format!("finish of run {run}"),
+                line: None,
+                field: Some("outcome".into()),
+                message: "the finish report has no outcome".into(),
+            })
+            .into());
+        };
+        let finished = serde_json::to_string(&FinishedData {
+            outcome: outcome.as_str(),
+            exit_code: report.exit_code,
+            error: report.error.as_deref(),
+            branch: report.branch.as_deref(),
+            base_commit: report.base_commit.as_deref(),
+            commit: report.commit.as_deref(),
+            files_changed: report.files_changed,
+            lines_added: report.lines_added,
+            lines_deleted: report.lines_deleted,
+            insights: report.insights.as_ref(),
+        })
+        .map_err(|e| corrupt(format!("cannot encode the finish report: {e}")))?;
+        let insights = report
+            .insights
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(|e| corrupt(format!("cannot encode insights: {e}")))?;
+        Ok(EncodedReport {
+            report,
+            outcome,
+            outcome_str: outcome.as_str(),
+            files: report.files_changed.map(i64::from),
+            added: report.lines_added.map(i64::from),
+            deleted: report.lines_deleted.map(i64::from),
+            insights,
+            session: report.insights.as_ref().and_then(|i| i.session_id.clone()),
+            finished,
+        })
+    }
+
+    /// Outcome, exit code, error, branch, base, commit, the three diff stats, insights
+    /// and session, in the order both finish statements take them.
+    fn params(&self) -> [&(dyn ToSql + Sync); 11] {
+        [
+            &self.outcome_str,
+            &self.report.exit_code,
+            &self.report.error,
+            &self.report.branch,
+            &self.report.base_commit,
+            &self.report.commit,
+            &self.files,
+            &self.added,
+            &self.deleted,
+            &self.insights,
+            &self.session,
+        ]
+    }
+}
+
+/// A lease length in ms, as the database takes it.
+fn ttl_millis(ttl: Duration) -> i64 {
+    i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+/// The finish of `run` with `report` as a batch ask, when its end needs nothing from
+/// the job's row (see [`fixed_plan`]); `None` when the full finish must run (which also
+/// refuses a report without an outcome, once it has checked the fence).
+fn simple_finish(run: RunId, report: &FinishReport) -> Result<Option<batch::FinishAsk>> {
+    let Some(to) = report.outcome.and_then(fixed_plan) else {
+        return Ok(None);
+    };
+    let rep = EncodedReport::new(run, report)?;
+    Ok(Some(batch::FinishAsk {
+        run: run.0,
+        epoch: report.epoch,
+        to: to.as_str(),
+        reason: None,
+        outcome: rep.outcome_str,
+        exit_code: report.exit_code,
+        error: report.error.clone(),
+        branch: report.branch.clone(),
+        base_commit: report.base_commit.clone(),
+        commit: report.commit.clone(),
+        files: rep.files,
+        added: rep.added,
+        deleted: rep.deleted,
+        insights: rep.insights,
+        session: rep.session,
+        diff: report.diff.clone(),
+        finished: rep.finished,
+        state: state_data(JobState::Running, to, None),
+    }))
+}
+
+/// The target state of ending a running attempt with `outcome`, when neither it nor
+/// anything else the end writes depends on the job's row (its attempt, retry policy or
+/// stop request): only then may a finish be written without reading the row first.
+/// That holds for an outcome that is never retried (so no stop request or attempt count
+/// changes it) and whose end carries no reason (which would name the attempt): a
+/// success. `None` for every other outcome.
+fn fixed_plan(outcome: Outcome) -> Option<JobState> {
+    if outcome.is_retryable_kind() {
+        return None;
+    }
+    let end = attempt_end(outcome, None, (1, 1), &[], 0, 0);
+    if end.retry || end.reason.is_some() || end.not_before.is_some() || end.outcome != outcome {
+        return None;
+    }
+    let input = Input::AttemptEnded {
+        outcome,
+        retry: false,
+    };
+    let (to, _) = state::next(JobState::Running, input).ok()?;
+    to.is_terminal().then_some(to)
 }
 
 impl Inner {
@@ -661,6 +782,24 @@ impl Inner {
         let (last, called): (i64, bool) = (row.try_get(0)?, row.try_get(1)?);
         Ok(if called { last } else { 0 })
     }
+}
+
+/// A bounded pool of connections made with `config`.
+fn build_pool(config: tokio_postgres::Config, size: usize, shown: &str) -> Result<Pool> {
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(Duration::from_secs(30)))
+        .create_timeout(Some(Duration::from_secs(10)))
+        .build()
+        .map_err(|e| StoreError::Backend(format!("cannot build the pool for {shown}: {e}")))
 }
 
 /// `host:port/dbname` of a config, for messages.
@@ -681,56 +820,6 @@ fn show_config(config: &tokio_postgres::Config) -> String {
 // ---------------------------------------------------------------------------------------
 // Statements
 // ---------------------------------------------------------------------------------------
-
-/// The claim, in one statement: `$1` factory, `$2` lease ms, `$3` the `job.state` data.
-/// Returns one row: whether the factory exists, then (all NULL when nothing was
-/// claimed) job, attempt, epoch, run, lease expiry, spec, and the job's agent state.
-///
-/// The candidate is chosen (and locked, skipping jobs other claims hold) by
-/// `gantry_claim_candidate` (see the schema: its plan is pinned to the index walk in
-/// claim order), in a MATERIALIZED CTE evaluated once; the update joins it (not `WHERE
-/// id IN (subquery with LIMIT)`, which the planner may evaluate more than once and so
-/// update several rows).
-fn claim_sql(to: JobState) -> String {
-    format!(
-        r#"WITH f AS (
-    SELECT id, cap_set FROM factories WHERE id = $1
-), now AS MATERIALIZED (
-    SELECT gantry_now_ms() AS ms
-), cand AS MATERIALIZED (
-    SELECT gantry_claim_candidate(f.cap_set, now.ms) AS id
-    FROM f, now
-    WHERE NOT (SELECT paused FROM queue WHERE id = 1)
-), claimed AS (
-    UPDATE jobs j
-    SET state = '{to}', attempt = j.attempt + 1, epoch = j.epoch + 1,
-        current_run = nextval('runs_id_seq'), started_at = COALESCE(j.started_at, now.ms),
-        not_before = NULL, reason = NULL, stop_requested = NULL, event_seq = j.event_seq + 2
-    FROM cand, now
-    WHERE j.id = cand.id AND j.state = 'queued'
-    RETURNING j.id, j.attempt, j.epoch, j.current_run, j.event_seq, now.ms
-), run AS (
-    INSERT INTO runs (id, job_id, attempt, epoch, factory_id, started_at, lease_expires_at)
-    SELECT current_run, id, attempt, epoch, $1, ms, ms + $2 FROM claimed
-), ev AS (
-    INSERT INTO events (job_id, run_id, seq, kind, at, data)
-    SELECT id, NULL, event_seq - 1, '{state_kind}', ms, $3 FROM claimed
-    UNION ALL
-    SELECT id, current_run, event_seq, '{claimed_kind}', ms,
-        '{{"run":' || current_run || ',"attempt":' || attempt || ',"epoch":' || epoch
-        || ',"factory":' || $1::bigint || ',"lease_expires_at":' || (ms + $2) || '}}'
-    FROM claimed
-)
-SELECT (SELECT count(*) FROM f), c.id, c.attempt, c.epoch, c.current_run, c.ms + $2, s.spec,
-    a.session_id, a.wip_branch, a.wip_base, a.wip_commit
-FROM (SELECT 1) AS one
-LEFT JOIN claimed c ON true
-LEFT JOIN job_specs s ON s.job_id = c.id
-LEFT JOIN job_agent a ON a.job_id = c.id"#,
-        state_kind = ev::JOB_STATE,
-        claimed_kind = ev::RUN_CLAIMED,
-    )
-}
 
 /// The fence: a run's job, locked, with what a fenced write needs. `$1` run.
 static FENCE_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(fence_sql);
@@ -1966,30 +2055,11 @@ impl Store for PgStore {
     }
 
     async fn claim(&self, factory: FactoryId, ttl: Duration) -> Result<Option<Claim>> {
-        let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX / 2);
-        let mut tries = 0u32;
-        loop {
-            tries += 1;
-            match self.claim_once(factory, ttl_ms).await {
-                Ok(claim) => {
-                    if claim.is_some() {
-                        self.changed();
-                    }
-                    return Ok(claim);
-                }
-                // Two claims raced for one lock key; the loser's next snapshot sees the
-                // lock held. Anything else is only retried when nothing was committed.
-                Err(e) if is_unique_violation(&e) && tries < 100 => {}
-                Err(e)
-                    if tries < MAX_TRIES
-                        && retryable(&e)
-                        && !matches!(&e, TxError::Db(d) if d.is_closed()) =>
-                {
-                    retry_pause(tries).await;
-                }
-                Err(e) => return Err(e.into()),
-            }
+        let answer = self.ask(None, Some(factory), ttl_millis(ttl)).await?;
+        if !answer.factory_found {
+            return Err(not_found("factory", factory));
         }
+        Ok(answer.claim)
     }
 
     async fn renew(&self, run: RunId, epoch: i64, ttl: Duration) -> Result<Renewed> {
@@ -2039,37 +2109,37 @@ impl Store for PgStore {
     }
 
     async fn finish(&self, run: RunId, report: FinishReport) -> Result<Job> {
-        let mut tries = 0u32;
-        loop {
-            tries += 1;
-            let mut tx = self.conn().await?;
-            let out = match self
-                .fenced_begin(&mut tx, run, report.epoch, "finish")
-                .await
-            {
-                Ok(Ok(live)) => {
-                    match self.finish_live(&mut tx, &live, &report).await {
-                        // Committed already, unless it settled dependents.
-                        Ok(raw) if !tx.open => Ok(Ok(raw)),
-                        out => tx.end(out.map(Ok)).await,
-                    }
-                }
-                Ok(Err(stale)) => tx.end(Ok(Err(stale))).await,
-                Err(e) => tx.end(Err(e)).await,
-            };
-            match out {
-                Err(e) if tries < MAX_TRIES && retryable(&e) => retry_pause(tries).await,
-                Err(e) => return Err(e.into()),
-                Ok(Ok(raw)) => {
-                    self.changed();
-                    return raw.into_job();
-                }
-                Ok(Err(stale)) => {
-                    self.changed();
-                    return Err(stale);
-                }
+        if let Some(finish) = simple_finish(run, &report)? {
+            let answer = self.ask(Some(finish), None, 0).await?;
+            if let Some(raw) = answer.finished {
+                return raw.into_job();
             }
         }
+        self.finish_full(run, report).await
+    }
+
+    async fn finish_and_claim(
+        &self,
+        run: RunId,
+        report: FinishReport,
+        factory: FactoryId,
+        ttl: Duration,
+    ) -> Result<(Job, Option<Claim>)> {
+        if let Some(finish) = simple_finish(run, &report)? {
+            let answer = self
+                .ask(Some(finish), Some(factory), ttl_millis(ttl))
+                .await?;
+            if let Some(raw) = answer.finished {
+                if !answer.factory_found {
+                    // The finish is committed; the claim, as on its own, names the factory.
+                    return Err(not_found("factory", factory));
+                }
+                return Ok((raw.into_job()?, answer.claim));
+            }
+        }
+        let job = self.finish_full(run, report).await?;
+        let claim = self.claim(factory, ttl).await?;
+        Ok((job, claim))
     }
 
     async fn reap(&self) -> Result<Vec<RunId>> {
@@ -2322,5 +2392,41 @@ impl Store for PgStore {
 
     fn changes(&self) -> watch::Receiver<u64> {
         self.inner.changes.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fixed plan is what the full finish would plan for any row: every stop request,
+    /// attempt count, retry policy and clock give the same end.
+    #[test]
+    fn fixed_plans_hold_for_every_row() {
+        let mut fixed = Vec::new();
+        for outcome in Outcome::ALL {
+            let Some(to) = fixed_plan(outcome) else {
+                continue;
+            };
+            fixed.push(outcome);
+            for stop in [None, Some(StopKind::Cancel), Some(StopKind::Kill)] {
+                for attempts in [(1, 1), (1, 3), (2, 3), (5, 5)] {
+                    for retry_on in [&[][..], &Outcome::ALL[..]] {
+                        for now in [0, 1_795_000_000_000] {
+                            let end = attempt_end(outcome, stop, attempts, retry_on, 5_000, now);
+                            assert!(!end.retry && end.reason.is_none() && end.not_before.is_none());
+                            let input = Input::AttemptEnded {
+                                outcome: end.outcome,
+                                retry: end.retry,
+                            };
+                            let (planned, _) =
+                                state::next(JobState::Running, input).expect("a transition");
+                            assert_eq!(planned, to, "{outcome} with {stop:?} at {attempts:?}");
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(fixed, [Outcome::Succeeded]);
     }
 }

@@ -98,6 +98,9 @@ pub(super) const JOB_COLS: &str = "jobs.id, state, priority, attempt, max_attemp
      lock_key, deps_mode, idempotency_key, stop_requested, reason, not_before, created_at, \
      started_at, finished_at, title, deps, spec, session_id, wip_branch, wip_base, wip_commit";
 
+/// How many columns [`JOB_COLS`] has.
+pub(super) const JOB_COLS_LEN: usize = 22;
+
 /// A job's row joined with its spec and its agent state.
 pub(super) const JOB_FROM: &str = "jobs JOIN job_specs ON job_specs.job_id = jobs.id \
      LEFT JOIN job_agent ON job_agent.job_id = jobs.id";
@@ -200,12 +203,17 @@ pub(super) struct RawJob {
 impl RawJob {
     /// Reads [`JOB_COLS`].
     pub(super) fn read(r: &Row) -> R<RawJob> {
+        RawJob::read_at(r, 0)
+    }
+
+    /// Reads [`JOB_COLS`] starting at column `at`.
+    pub(super) fn read_at(r: &Row, at: usize) -> R<RawJob> {
         Ok(RawJob {
-            row: JobRow::read(r, 0)?,
-            title: r.try_get(15)?,
-            deps: r.try_get(16)?,
-            spec: r.try_get(17)?,
-            agent: AgentRow::read(r, 18)?,
+            row: JobRow::read(r, at)?,
+            title: r.try_get(at + 15)?,
+            deps: r.try_get(at + 16)?,
+            spec: r.try_get(at + 17)?,
+            agent: AgentRow::read(r, at + 18)?,
         })
     }
 
@@ -369,6 +377,12 @@ pub(super) fn judge_deps(mode: DepsMode, deps: &[(i64, JobState)]) -> DepsVerdic
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn job_cols_len_counts_the_job_columns() {
+        assert_eq!(JOB_COLS.split(',').count(), JOB_COLS_LEN);
+        assert_eq!(JOB_ROW_COLS.split(',').count() + 7, JOB_COLS_LEN);
+    }
 
     #[test]
     fn cap_set_containment_is_caps_satisfies() {

@@ -14,7 +14,9 @@ const MIGRATION_LOCK: i64 = 0x4741_4E54;
 
 /// Schema migrations: entry `i` takes the database from version `i` to `i + 1`. Never
 /// edit a released entry; append a new one instead.
-pub(super) const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
+pub(super) const MIGRATIONS: &[&str] = &[
+    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6,
+];
 
 /// Agents (issue 3): the insights of each run, and per job the agent session to resume
 /// and the latest checkpoint. The job side lives in its own table, written only for jobs
@@ -90,6 +92,89 @@ CREATE TABLE run_diffs (
     run_id bigint PRIMARY KEY REFERENCES runs (id),
     patch  text NOT NULL
 );
+"#;
+
+/// Queue throughput (issue 4): claims in batches. `gantry_claim_batch` picks the jobs
+/// for several claims of one statement (see the store's batch statement) in one walk of
+/// `jobs_claim` per set of capabilities, rather than one walk per claim: every walk
+/// starts at the head of the queue, where the entries of jobs claimed since the last
+/// vacuum lie, so walking once per batch is much of what batching saves.
+///
+/// It takes the claims in order (`ns` their numbers, `caps` the text form of each one's
+/// factory's `cap_set`) and returns one row per claim that got a job. Each job goes to
+/// the first claim whose factory can run it, in claim order (priority desc, then id); a
+/// job whose lock key a running job or an earlier claim of the batch holds is passed
+/// over; jobs other transactions hold are skipped (`SKIP LOCKED`). The caller leaves out
+/// claims of unknown factories, and all of them while the queue is paused. The plan is
+/// pinned as `gantry_claim_candidate`'s is, and JIT is off: the walk has no LIMIT (it
+/// stops when the claims are served), so its estimated cost is that of the whole queue
+/// and would otherwise pass `jit_above_cost`, compiling the query at every call for far
+/// longer than the walk takes.
+const SCHEMA_V6: &str = r#"
+CREATE FUNCTION gantry_claim_batch(ns bigint[], caps text[], now_ms bigint)
+    RETURNS TABLE (n bigint, job bigint)
+    LANGUAGE plpgsql VOLATILE
+    SET enable_seqscan = off
+    SET enable_bitmapscan = off
+    SET enable_sort = off
+    SET jit = off
+    AS $$
+DECLARE
+    picked bigint[] := '{}';
+    keys text[] := '{}';
+    walking text;
+    walk refcursor;
+    open_walk boolean := false;
+    done boolean := false;
+    jid bigint;
+    jkey text;
+BEGIN
+    FOR i IN 1 .. coalesce(cardinality(ns), 0) LOOP
+        -- One walk serves consecutive claims of factories with the same capabilities;
+        -- a new walk passes over the jobs this batch has picked (it holds their locks,
+        -- so SKIP LOCKED would not skip them).
+        IF NOT open_walk OR caps[i] IS DISTINCT FROM walking THEN
+            IF open_walk THEN
+                CLOSE walk;
+            END IF;
+            walking := caps[i];
+            done := false;
+            OPEN walk FOR
+                SELECT j.id, j.lock_key
+                FROM jobs j
+                WHERE j.state = 'queued'
+                  AND (j.not_before IS NULL OR j.not_before <= now_ms)
+                  AND j.capabilities <@ walking::text[]
+                  AND j.id <> ALL (picked)
+                  AND (j.lock_key IS NULL OR NOT EXISTS (
+                        SELECT 1 FROM jobs r WHERE r.state = 'running' AND r.lock_key = j.lock_key))
+                ORDER BY j.priority DESC, j.id
+                FOR UPDATE OF j SKIP LOCKED;
+            open_walk := true;
+        END IF;
+        CONTINUE WHEN done;
+        LOOP
+            FETCH walk INTO jid, jkey;
+            IF NOT FOUND THEN
+                done := true;
+                EXIT;
+            END IF;
+            EXIT WHEN jkey IS NULL OR NOT (jkey = ANY (keys));
+        END LOOP;
+        CONTINUE WHEN done;
+        picked := picked || jid;
+        IF jkey IS NOT NULL THEN
+            keys := keys || jkey;
+        END IF;
+        n := ns[i];
+        job := jid;
+        RETURN NEXT;
+    END LOOP;
+    IF open_walk THEN
+        CLOSE walk;
+    END IF;
+END
+$$;
 "#;
 
 /// Many machines (issue 4): the figures of each factory's last heartbeat, and the

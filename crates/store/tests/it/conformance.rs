@@ -1821,6 +1821,187 @@ async fn issue4_tokens_racing_for_one_factory_bind_it_once(t: TestStore) {
 /// Generates, for each case, one test per backend: `sqlite::<case>` and
 /// `postgres::<case>` (which fails, saying how to get a server, when
 /// `GANTRY_TEST_PG_URL` is unset).
+/// The position of the first event of `kind` of `job` in the global log.
+fn position(events: &[gantry_core::event::Event], job: JobId, kind: &str) -> usize {
+    events
+        .iter()
+        .position(|e| e.job_id == Some(job) && e.kind == kind)
+        .unwrap_or_else(|| panic!("job {job} has no {kind} event"))
+}
+
+async fn issue4_finish_and_claim_finishes_then_claims_the_next(t: TestStore) {
+    let s = &*t.store;
+    let ids = submit(s, vec![job("a"), job("b").priority(3)]).await;
+    let f = factory(s, "f", &[]).await;
+    let first = claim(s, f).await;
+    assert_eq!(first.job.id, ids[0]);
+    let (done, next) = s
+        .finish_and_claim(first.run.id, report(&first, Outcome::Succeeded), f, LONG)
+        .await
+        .expect("finish and claim");
+    assert_eq!((done.id, done.state), (ids[0], JobState::Succeeded));
+    assert_eq!(done, s.job(ids[0]).await.expect("job"), "the job as stored");
+    let run = s.run(first.run.id).await.expect("run");
+    assert_eq!(
+        (run.outcome, run.exit_code),
+        (Some(Outcome::Succeeded), Some(0))
+    );
+    assert!(run.finished_at.is_some());
+    let next = next.expect("the next job");
+    assert_eq!(next.job.id, ids[1]);
+    assert_eq!(next.job.spec.title, "job b");
+    assert_eq!((next.run.attempt, next.run.epoch), (1, 1));
+    assert_eq!(next.run.lease_ttl_ms, 600_000);
+    let b = s.job(ids[1]).await.expect("job");
+    assert_eq!((b.state, b.epoch), (JobState::Running, 1));
+    assert_eq!(s.runs(ids[1]).await.expect("runs")[0].factory_id, Some(f));
+    assert_eq!(
+        kinds_of(s, ids[0]).await,
+        [
+            "job.submitted",
+            "job.state",
+            "run.claimed",
+            "run.finished",
+            "job.state"
+        ]
+    );
+    let seqs: Vec<i64> = events_of(s, ids[0]).await.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    assert_eq!(
+        kinds_of(s, ids[1]).await,
+        ["job.submitted", "job.state", "run.claimed"]
+    );
+    let events = s.events(0, None, 100).await.expect("events");
+    assert!(
+        position(&events, ids[0], "run.finished") < position(&events, ids[1], "run.claimed"),
+        "the finish is logged before the claim"
+    );
+    // With nothing left, the finish is recorded and nothing is claimed.
+    let (last, none) = s
+        .finish_and_claim(next.run.id, report(&next, Outcome::Succeeded), f, LONG)
+        .await
+        .expect("finish and claim");
+    assert_eq!((last.id, last.state), (ids[1], JobState::Succeeded));
+    assert!(none.is_none());
+}
+
+async fn issue4_finish_and_claim_hands_a_lock_to_the_next_job(t: TestStore) {
+    let s = &*t.store;
+    let ids = submit(s, vec![job("a").lock("l"), job("b").lock("l"), job("c")]).await;
+    let f = factory(s, "f", &[]).await;
+    let g = factory(s, "g", &[]).await;
+    let first = claim(s, f).await;
+    assert_eq!(first.job.id, ids[0]);
+    // The lock is held: another factory gets the job without it.
+    assert_eq!(claim(s, g).await.job.id, ids[2]);
+    assert!(s.claim(g, LONG).await.expect("claim").is_none());
+    let (done, next) = s
+        .finish_and_claim(first.run.id, report(&first, Outcome::Succeeded), f, LONG)
+        .await
+        .expect("finish and claim");
+    assert_eq!(done.state, JobState::Succeeded);
+    assert_eq!(next.expect("the lock's next job").job.id, ids[1]);
+    let events = s.events(0, None, 100).await.expect("events");
+    assert!(
+        position(&events, ids[0], "run.finished") < position(&events, ids[1], "run.claimed"),
+        "the log shows the lock released before it is taken again"
+    );
+}
+
+async fn issue4_a_stale_finish_and_claim_is_refused_and_claims_nothing(t: TestStore) {
+    let s = &*t.store;
+    let ids = submit(s, vec![job("a"), job("b")]).await;
+    let f = factory(s, "f", &[]).await;
+    let c = claim(s, f).await;
+    let stale = FinishReport {
+        epoch: c.run.epoch + 7,
+        ..report(&c, Outcome::Succeeded)
+    };
+    let err = s
+        .finish_and_claim(c.run.id, stale, f, LONG)
+        .await
+        .expect_err("stale");
+    assert_stale(err, ids[0], c.run.epoch + 7, c.run.epoch);
+    let a = s.job(ids[0]).await.expect("job");
+    assert_eq!((a.state, a.epoch), (JobState::Running, c.run.epoch));
+    assert_eq!(s.run(c.run.id).await.expect("run").outcome, None);
+    assert_eq!(s.job(ids[1]).await.expect("job").state, JobState::Queued);
+    assert_eq!(
+        kinds_of(s, ids[0]).await.last().map(String::as_str),
+        Some("lease.stale_write_rejected")
+    );
+}
+
+async fn issue4_finish_and_claim_plans_retries_and_settles_dependents(t: TestStore) {
+    let s = &*t.store;
+    let ids = submit(
+        s,
+        vec![
+            job("flaky")
+                .retry_on(&[Outcome::Failed])
+                .backoff_ms(1_000)
+                .key("flaky"),
+            job("child").dep_key("flaky"),
+            job("other"),
+        ],
+    )
+    .await;
+    let f = factory(s, "f", &[]).await;
+    let c = claim(s, f).await;
+    assert_eq!(c.job.id, ids[0]);
+    // A failed attempt with attempts left goes back to the queue after its backoff; the
+    // claim takes the next job that is claimable now.
+    let (done, next) = s
+        .finish_and_claim(c.run.id, report(&c, Outcome::Failed), f, LONG)
+        .await
+        .expect("finish and claim");
+    assert_eq!(done.state, JobState::Queued);
+    assert!(done.not_before.is_some() && done.reason.is_some());
+    let next = next.expect("the other job");
+    assert_eq!(next.job.id, ids[2]);
+    s.finish(next.run.id, report(&next, Outcome::Succeeded))
+        .await
+        .expect("finish");
+    // The retry, once due, succeeds, and the dependent it unblocks is claimed at once.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let again = loop {
+        if let Some(c) = s.claim(f, LONG).await.expect("claim") {
+            break c;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the retry came due");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((again.job.id, again.run.attempt), (ids[0], 2));
+    let (done, next) = s
+        .finish_and_claim(again.run.id, report(&again, Outcome::Succeeded), f, LONG)
+        .await
+        .expect("finish and claim");
+    assert_eq!(done.state, JobState::Succeeded);
+    assert_eq!(next.expect("the dependent").job.id, ids[1]);
+}
+
+async fn issue4_finish_and_claim_for_an_unknown_factory_keeps_the_finish(t: TestStore) {
+    let s = &*t.store;
+    let id = submit1(s, job("a")).await;
+    let f = factory(s, "f", &[]).await;
+    let c = claim(s, f).await;
+    let err = s
+        .finish_and_claim(
+            c.run.id,
+            report(&c, Outcome::Succeeded),
+            gantry_core::FactoryId(99),
+            LONG,
+        )
+        .await
+        .expect_err("no such factory");
+    assert!(
+        matches!(&err, StoreError::NotFound { what: "factory", id } if id == "99"),
+        "{err:?}"
+    );
+    // As a finish followed by a claim: the finish stands.
+    assert_eq!(s.job(id).await.expect("job").state, JobState::Succeeded);
+}
+
 macro_rules! cases {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -1843,6 +2024,11 @@ macro_rules! cases {
 }
 
 cases! {
+    issue4_finish_and_claim_finishes_then_claims_the_next,
+    issue4_finish_and_claim_hands_a_lock_to_the_next_job,
+    issue4_a_stale_finish_and_claim_is_refused_and_claims_nothing,
+    issue4_finish_and_claim_plans_retries_and_settles_dependents,
+    issue4_finish_and_claim_for_an_unknown_factory_keeps_the_finish,
     issue4_a_reported_diff_is_kept_with_its_run_and_a_stale_one_is_not,
     issue3_insights_snapshots_and_finish_are_kept_on_the_run,
     issue3_a_retry_gets_the_session_and_the_checkpoint,
