@@ -876,8 +876,14 @@ pub(crate) async fn push_to_source(
     commit: &str,
     source_ref: &str,
 ) -> Result<()> {
+    push_refspec(cache, repo, &format!("{commit}:{source_ref}")).await?;
+    Ok(())
+}
+
+/// `git push --force` of one `refspec` from `cache` to the source repository `repo` (a
+/// path or a URL), without hooks: `<commit>:<ref>` sets a ref, `:<ref>` deletes it.
+async fn push_refspec(cache: &Path, repo: &str, refspec: &str) -> Result<String> {
     let target = repo_arg(repo);
-    let refspec = format!("{commit}:{source_ref}");
     git(
         cache,
         [
@@ -887,11 +893,28 @@ pub(crate) async fn push_to_source(
             OsStr::new("--no-verify"),
             OsStr::new("--"),
             target.as_os_str(),
-            OsStr::new(&refspec),
+            OsStr::new(refspec),
         ],
     )
-    .await?;
-    Ok(())
+    .await
+}
+
+/// `git fetch` of one `refspec` from the source repository `repo` into `cache`, without
+/// touching FETCH_HEAD.
+async fn fetch_refspec(cache: &Path, repo: &str, refspec: &str) -> Result<String> {
+    let source = repo_arg(repo);
+    git(
+        cache,
+        [
+            OsStr::new("fetch"),
+            OsStr::new("--quiet"),
+            OsStr::new("--no-write-fetch-head"),
+            OsStr::new("--"),
+            source.as_os_str(),
+            OsStr::new(refspec),
+        ],
+    )
+    .await
 }
 
 /// Publishes the commit of a succeeded run for the server to deliver: pushes `commit`
@@ -938,19 +961,7 @@ pub(crate) async fn fetch_checkpoint(
         return Ok(true);
     }
     let refspec = format!("+refs/gantry/wip/{job}/*:refs/gantry/wip/{job}/*");
-    let source = repo_arg(repo);
-    let fetched = git(
-        &cache,
-        [
-            OsStr::new("fetch"),
-            OsStr::new("--quiet"),
-            OsStr::new("--no-write-fetch-head"),
-            OsStr::new("--"),
-            source.as_os_str(),
-            OsStr::new(&refspec),
-        ],
-    )
-    .await;
+    let fetched = fetch_refspec(&cache, repo, &refspec).await;
     if let Err(e) = fetched {
         tracing::warn!(error = %e, "fetching the checkpoint refs failed");
     }
@@ -1074,28 +1085,17 @@ async fn fetch_published(
     commit: &str,
     published: &str,
 ) -> Result<()> {
-    let source = repo_arg(source_repo);
     let refspec = format!("+{published}:{published}");
-    let fetched = git(
-        cache,
-        [
-            OsStr::new("fetch"),
-            OsStr::new("--quiet"),
-            OsStr::new("--no-write-fetch-head"),
-            OsStr::new("--"),
-            source.as_os_str(),
-            OsStr::new(&refspec),
-        ],
-    )
-    .await
-    .map_err(|e| WorkspaceError::Repo {
-        repo: source_repo.to_string(),
-        message: format!(
-            "commit {commit} is not in the cache {} and fetching {published} from the \
+    let fetched = fetch_refspec(cache, source_repo, &refspec)
+        .await
+        .map_err(|e| WorkspaceError::Repo {
+            repo: source_repo.to_string(),
+            message: format!(
+                "commit {commit} is not in the cache {} and fetching {published} from the \
              source failed: {e}",
-            cache.display()
-        ),
-    });
+                cache.display()
+            ),
+        });
     let found = match fetched {
         Ok(_) => resolve_commit(cache, published).await,
         Err(e) => Err(e),
@@ -1145,24 +1145,12 @@ pub async fn remove_published(
 
 /// Deletes `source_ref` in the source repository `repo` with a push from `cache`.
 pub(crate) async fn remove_source_ref(cache: &Path, repo: &str, source_ref: &str) -> Result<()> {
-    let target = repo_arg(repo);
-    let refspec = format!(":{source_ref}");
-    git(
-        cache,
-        [
-            OsStr::new("push"),
-            OsStr::new("--quiet"),
-            OsStr::new("--no-verify"),
-            OsStr::new("--"),
-            target.as_os_str(),
-            OsStr::new(&refspec),
-        ],
-    )
-    .await
-    .map_err(|e| WorkspaceError::Repo {
-        repo: repo.to_string(),
-        message: format!("removing {source_ref} failed: {e}"),
-    })?;
+    push_refspec(cache, repo, &format!(":{source_ref}"))
+        .await
+        .map_err(|e| WorkspaceError::Repo {
+            repo: repo.to_string(),
+            message: format!("removing {source_ref} failed: {e}"),
+        })?;
     Ok(())
 }
 

@@ -5,8 +5,8 @@
 //! finish report and are served from the store. Factories are driven by hand over HTTP
 //! here, with real git repos, so every refusal can be checked exactly.
 
-use crate::support::{TestServer, config, git, has_ref, job_file, repo};
-use gantry_core::api::{Claim, ErrorBody, MAX_REPORTED_DIFF_BYTES, Registered, Scope, result_ref};
+use crate::support::{TestServer, claim, config, git, has_ref, job_file, register, repo};
+use gantry_core::api::{Claim, ErrorBody, MAX_REPORTED_DIFF_BYTES, Scope, result_ref};
 use gantry_core::event::{DELIVERY_FAILED, DELIVERY_PUSHED};
 use gantry_core::{FactoryId, JobId, JobState};
 use gantry_server::ServeConfig;
@@ -15,31 +15,11 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-async fn register(ts: &TestServer, token: &str, name: &str) -> FactoryId {
-    let resp = ts
-        .post(token, "/v1/factories", &json!({ "name": name, "seats": 1 }))
-        .await;
-    assert_eq!(resp.status(), 200);
-    resp.json::<Registered>().await.expect("registered").id
-}
-
-async fn claim(ts: &TestServer, token: &str, factory: FactoryId) -> Claim {
-    let resp = ts
-        .post(
-            token,
-            &format!("/v1/factories/{factory}/claim"),
-            &json!({ "wait_s": 60 }),
-        )
-        .await;
-    assert_eq!(resp.status(), 200, "a job is claimable within the wait");
-    resp.json().await.expect("claim")
-}
-
 /// A factory token, its factory, and one submitted job for `repo`, on a server without
 /// an embedded factory.
 async fn one_job(ts: &TestServer, repo: &Path, name: &str) -> (String, FactoryId, JobId) {
     let token = ts.token(name, Scope::Factory).await;
-    let factory = register(ts, &token, name).await;
+    let factory = register(ts, &token, name, 1).await;
     let id = ts
         .submit(&[("j.md", job_file("j", repo, &["true"], "backoff: 1s\n"))])
         .await[0];
@@ -181,7 +161,7 @@ async fn issue4_a_stale_finish_never_promotes_its_result_ref() {
     .await;
     let (token_a, a, id) = one_job(&ts, &repo, "factory-a").await;
     let token_b = ts.token("factory-b", Scope::Factory).await;
-    let b = register(&ts, &token_b, "factory-b").await;
+    let b = register(&ts, &token_b, "factory-b", 1).await;
 
     // A claims, stops renewing, and publishes late: B holds the job by then.
     let ca = claim(&ts, &token_a, a).await;

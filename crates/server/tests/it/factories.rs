@@ -5,12 +5,13 @@
 //! a server restart and register again with a server that forgot them.
 
 use crate::support::{
-    HANG_GUARD, TestServer, alive, config, job_file, repo, started_pid, wait_group_gone,
+    HANG_GUARD, TestServer, alive, claim, config, job_file, register, repo, started_pid,
+    wait_group_gone,
 };
 use async_trait::async_trait;
 use gantry_core::api::{
     Claim, ErrorBody, FactoryStatus, FinishReport, Health, Heartbeat, HeartbeatAck,
-    RegisterFactory, Registered, Renewed, Scope,
+    RegisterFactory, Renewed, Scope,
 };
 use gantry_core::event::NewEvent;
 use gantry_core::{FactoryId, JobState, RunId};
@@ -34,31 +35,6 @@ fn remote_only(data: &std::path::Path) -> ServeConfig {
     }
 }
 
-async fn register(ts: &TestServer, token: &str, name: &str) -> FactoryId {
-    let resp = ts
-        .post(token, "/v1/factories", &json!({ "name": name, "seats": 2 }))
-        .await;
-    assert_eq!(
-        resp.status(),
-        200,
-        "{}",
-        resp.text().await.unwrap_or_default()
-    );
-    resp.json::<Registered>().await.expect("registered").id
-}
-
-async fn claim(ts: &TestServer, token: &str, factory: FactoryId) -> Claim {
-    let resp = ts
-        .post(
-            token,
-            &format!("/v1/factories/{factory}/claim"),
-            &json!({ "wait_s": 30 }),
-        )
-        .await;
-    assert_eq!(resp.status(), 200, "a job is claimable within the wait");
-    resp.json().await.expect("claim")
-}
-
 async fn forbidden(resp: reqwest::Response) -> ErrorBody {
     let status = resp.status();
     let text = resp.text().await.expect("body");
@@ -80,9 +56,9 @@ async fn issue4_a_factory_token_registering_a_second_name_is_forbidden() {
     let ta = ts.token("token-a", Scope::Factory).await;
     let tb = ts.token("token-b", Scope::Factory).await;
 
-    let a = register(&ts, &ta, "host-a").await;
+    let a = register(&ts, &ta, "host-a", 2).await;
     assert_eq!(
-        register(&ts, &ta, "host-a").await,
+        register(&ts, &ta, "host-a", 2).await,
         a,
         "registering again (a restart) keeps the id"
     );
@@ -119,10 +95,10 @@ async fn issue4_a_factory_token_registering_a_second_name_is_forbidden() {
     );
 
     // token-b registers a name of its own; admin tokens register any factory.
-    let b = register(&ts, &tb, "host-b").await;
+    let b = register(&ts, &tb, "host-b", 2).await;
     assert_ne!(a, b);
-    assert_eq!(register(&ts, &ts.admin, "host-a").await, a);
-    register(&ts, &ts.admin, "host-c").await;
+    assert_eq!(register(&ts, &ts.admin, "host-a", 2).await, a);
+    register(&ts, &ts.admin, "host-c", 2).await;
     ts.shutdown().await;
 }
 
@@ -134,8 +110,8 @@ async fn issue4_a_factory_token_cannot_claim_or_heartbeat_for_another_factory() 
     let ta = ts.token("token-a", Scope::Factory).await;
     let tb = ts.token("token-b", Scope::Factory).await;
     let unbound = ts.token("token-new", Scope::Factory).await;
-    let a = register(&ts, &ta, "host-a").await;
-    let b = register(&ts, &tb, "host-b").await;
+    let a = register(&ts, &ta, "host-a", 2).await;
+    let b = register(&ts, &tb, "host-b", 2).await;
     let id = ts
         .submit(&[("j.md", job_file("j", &repo, &["true"], ""))])
         .await[0];
@@ -190,8 +166,8 @@ async fn issue4_a_run_refuses_writes_from_another_factorys_token() {
     let mut ts = TestServer::start(remote_only(data.path())).await;
     let ta = ts.token("token-a", Scope::Factory).await;
     let tb = ts.token("token-b", Scope::Factory).await;
-    let a = register(&ts, &ta, "host-a").await;
-    register(&ts, &tb, "host-b").await;
+    let a = register(&ts, &ta, "host-a", 2).await;
+    register(&ts, &tb, "host-b", 2).await;
     let id = ts
         .submit(&[("j.md", job_file("j", &repo, &["true"], ""))])
         .await[0];
@@ -281,7 +257,7 @@ async fn issue4_factories_list_figures_running_jobs_and_health() {
     })
     .await;
     let ta = ts.token("token-a", Scope::Factory).await;
-    let a = register(&ts, &ta, "host-a").await;
+    let a = register(&ts, &ta, "host-a", 2).await;
     let hb = json!({ "load_1m": 1.5, "free_memory_mb": 2048, "free_disk_mb": 10240 });
     let resp = ts
         .post(&ta, &format!("/v1/factories/{a}/heartbeat"), &hb)

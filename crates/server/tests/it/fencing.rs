@@ -1,33 +1,13 @@
 //! The fencing protocol over HTTP: after a lease expired and the job was claimed again,
 //! every write of the old holder gets 409 `stale_lease` and is recorded.
 
-use crate::support::{TestServer, config, job_file, repo};
-use gantry_core::api::{Claim, ErrorBody, Registered, Renewed, Scope};
+use crate::support::{TestServer, claim, config, job_file, register, repo};
+use gantry_core::api::{ErrorBody, Renewed, Scope};
 use gantry_core::event::{LEASE_EXPIRED, STALE_WRITE_REJECTED};
-use gantry_core::{FactoryId, Job, JobState, Outcome};
+use gantry_core::{Job, JobState, Outcome};
 use gantry_server::ServeConfig;
 use serde_json::json;
 use std::time::Duration;
-
-async fn register(ts: &TestServer, token: &str, name: &str) -> FactoryId {
-    let resp = ts
-        .post(token, "/v1/factories", &json!({ "name": name, "seats": 1 }))
-        .await;
-    assert_eq!(resp.status(), 200);
-    resp.json::<Registered>().await.expect("registered").id
-}
-
-async fn claim(ts: &TestServer, token: &str, factory: FactoryId) -> Claim {
-    let resp = ts
-        .post(
-            token,
-            &format!("/v1/factories/{factory}/claim"),
-            &json!({ "wait_s": 60 }),
-        )
-        .await;
-    assert_eq!(resp.status(), 200, "a job is claimable within the wait");
-    resp.json().await.expect("claim")
-}
 
 async fn stale(resp: reqwest::Response) -> ErrorBody {
     let status = resp.status();
@@ -50,8 +30,8 @@ async fn writes_under_an_expired_and_reclaimed_lease_get_409_stale_lease() {
     // A factory token acts only for the factory it registered (issue 4): one each.
     let token = ts.token("factory-a", Scope::Factory).await;
     let token_b = ts.token("factory-b", Scope::Factory).await;
-    let a = register(&ts, &token, "a").await;
-    let b = register(&ts, &token_b, "b").await;
+    let a = register(&ts, &token, "a", 1).await;
+    let b = register(&ts, &token_b, "b", 1).await;
     assert_ne!(a, b);
     let id = ts
         .submit(&[("j.md", job_file("j", &repo, &["true"], "backoff: 1s\n"))])
@@ -181,7 +161,7 @@ async fn workers_cannot_upload_server_event_kinds() {
     })
     .await;
     let token = ts.token("f", Scope::Factory).await;
-    let f = register(&ts, &token, "f").await;
+    let f = register(&ts, &token, "f", 1).await;
     ts.submit(&[("j.md", job_file("j", &repo, &["true"], ""))])
         .await;
     let c = claim(&ts, &token, f).await;

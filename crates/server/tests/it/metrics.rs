@@ -1,10 +1,10 @@
 //! `GET /metrics`: the Prometheus exposition after real runs, lease expiries and stale
 //! writes, checked value by value and as a whole with `promtool check metrics`.
 
-use crate::support::{TestServer, config, job_file, repo};
-use gantry_core::api::{Claim, Registered, Scope};
+use crate::support::{TestServer, claim, config, job_file, register, repo};
+use gantry_core::api::Scope;
 use gantry_core::engine::Insights;
-use gantry_core::{FactoryId, JobState, Outcome};
+use gantry_core::{JobState, Outcome};
 use gantry_server::ServeConfig;
 use gantry_server::metrics::CONTENT_TYPE_TEXT;
 use serde_json::json;
@@ -215,26 +215,6 @@ async fn issue4_metrics_after_real_runs_count_states_outcomes_claims_and_queue_d
     ts.shutdown().await;
 }
 
-async fn register(ts: &TestServer, token: &str, name: &str) -> FactoryId {
-    let resp = ts
-        .post(token, "/v1/factories", &json!({ "name": name, "seats": 1 }))
-        .await;
-    assert_eq!(resp.status(), 200);
-    resp.json::<Registered>().await.expect("registered").id
-}
-
-async fn claim(ts: &TestServer, token: &str, factory: FactoryId) -> Claim {
-    let resp = ts
-        .post(
-            token,
-            &format!("/v1/factories/{factory}/claim"),
-            &json!({ "wait_s": 60 }),
-        )
-        .await;
-    assert_eq!(resp.status(), 200, "a job is claimable within the wait");
-    resp.json().await.expect("claim")
-}
-
 #[tokio::test]
 async fn issue4_metrics_count_lease_expiries_stale_writes_and_agent_spend() {
     let (_tmp, repo) = repo();
@@ -249,8 +229,8 @@ async fn issue4_metrics_count_lease_expiries_stale_writes_and_agent_spend() {
     // A factory token acts only for the factory it registered (issue 4): one each.
     let token = ts.token("factory-a", Scope::Factory).await;
     let token_b = ts.token("factory-b", Scope::Factory).await;
-    let a = register(&ts, &token, "a").await;
-    let b = register(&ts, &token_b, "b").await;
+    let a = register(&ts, &token, "a", 1).await;
+    let b = register(&ts, &token_b, "b", 1).await;
     let id = ts
         .submit(&[("j.md", job_file("j", &repo, &["true"], "backoff: 1s\n"))])
         .await[0];

@@ -6,10 +6,12 @@
 //! Each test has a fresh database of its own ([`PgDb`]) on the server named by
 //! `GANTRY_TEST_PG_URL`, and each replica a data dir of its own, as on separate machines.
 
-use crate::support::{SseReader, TestServer, config, git, has_ref, job_file, repo};
-use gantry_core::api::{Claim, Registered, Scope, SubmitResponse};
+use crate::support::{
+    SseReader, TestServer, claim, config, git, has_ref, job_file, register, repo,
+};
+use gantry_core::api::{Scope, SubmitResponse};
 use gantry_core::event::{DELIVERY_PUSHED, Event, JOB_STATE, LEASE_EXPIRED, RUN_OUTPUT};
-use gantry_core::{FactoryId, Job, JobId, JobState, Outcome};
+use gantry_core::{Job, JobId, JobState, Outcome};
 use gantry_server::ServeConfig;
 use gantry_store::testing::PgDb;
 use serde_json::json;
@@ -57,32 +59,6 @@ async fn read_until_delivered(stream: &mut SseReader, job: JobId) -> Vec<Event> 
             return out;
         }
     }
-}
-
-/// Registers a factory through `ts` with `token`.
-async fn register(ts: &TestServer, token: &str, name: &str, seats: u32) -> FactoryId {
-    let resp = ts
-        .post(
-            token,
-            "/v1/factories",
-            &json!({ "name": name, "seats": seats }),
-        )
-        .await;
-    assert_eq!(resp.status(), 200);
-    resp.json::<Registered>().await.expect("registered").id
-}
-
-/// Claims one job for `factory` through `ts`, long-polling until one is claimable.
-async fn claim(ts: &TestServer, token: &str, factory: FactoryId) -> Claim {
-    let resp = ts
-        .post(
-            token,
-            &format!("/v1/factories/{factory}/claim"),
-            &json!({ "wait_s": 60 }),
-        )
-        .await;
-    assert_eq!(resp.status(), 200, "a job is claimable within the wait");
-    resp.json().await.expect("claim")
 }
 
 /// The value of the unlabeled metric `name` in `ts`'s `/metrics`.

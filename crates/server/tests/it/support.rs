@@ -1,9 +1,9 @@
 //! Test harness: a real server on a free port over a temp data dir, real git repos, an
 //! HTTP client, and helpers to wait for states and read event streams.
 
-use gantry_core::api::{CreatedToken, Scope, SubmitResponse};
+use gantry_core::api::{Claim, CreatedToken, Registered, Scope, SubmitResponse};
 use gantry_core::event::Event;
-use gantry_core::{Job, JobId, JobState};
+use gantry_core::{FactoryId, Job, JobId, JobState};
 use gantry_server::{RunningServer, ServeConfig};
 use serde_json::{Value, json};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -415,4 +415,35 @@ impl SseReader {
             self.buf.extend_from_slice(&chunk);
         }
     }
+}
+
+/// Registers factory `name` with `seats` seats through `ts` with `token`; its id.
+pub async fn register(ts: &TestServer, token: &str, name: &str, seats: u32) -> FactoryId {
+    let resp = ts
+        .post(
+            token,
+            "/v1/factories",
+            &json!({ "name": name, "seats": seats }),
+        )
+        .await;
+    assert_eq!(
+        resp.status(),
+        200,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+    resp.json::<Registered>().await.expect("registered").id
+}
+
+/// Claims one job for `factory` through `ts`, long-polling until one is claimable.
+pub async fn claim(ts: &TestServer, token: &str, factory: FactoryId) -> Claim {
+    let resp = ts
+        .post(
+            token,
+            &format!("/v1/factories/{factory}/claim"),
+            &json!({ "wait_s": 60 }),
+        )
+        .await;
+    assert_eq!(resp.status(), 200, "a job is claimable within the wait");
+    resp.json().await.expect("claim")
 }
