@@ -156,21 +156,23 @@ pub trait Store: Send + Sync + 'static {
 
     /// Records the end of a run as [`Store::finish`] does, then claims the next job for
     /// `factory` as [`Store::claim`] does: the loop of a worker that is done with one
-    /// job and wants the next. A backend may do both in one transaction (PostgreSQL
-    /// does, in one statement shared with other workers' calls, when the finish needs
-    /// nothing from the job's row: a success of a job no other job depends on). An
-    /// error may come after the finish was recorded (an unknown factory, a connection
-    /// lost while committing); finishing again is then refused as stale.
+    /// job and wants the next. Returns the state the finished job reached (the rest of
+    /// it is not read back: the loop needs nothing else) and the claim. A backend may do
+    /// both in one transaction (PostgreSQL does, in one statement shared with other
+    /// workers' calls, when the finish needs nothing from the job's row: a success of a
+    /// job no other job depends on). An error may come after the finish was recorded (an
+    /// unknown factory, a connection lost while committing); finishing again is then
+    /// refused as stale.
     async fn finish_and_claim(
         &self,
         run: RunId,
         report: FinishReport,
         factory: FactoryId,
         ttl: Duration,
-    ) -> Result<(Job, Option<Claim>)> {
+    ) -> Result<(JobState, Option<Claim>)> {
         let job = self.finish(run, report).await?;
         let claim = self.claim(factory, ttl).await?;
-        Ok((job, claim))
+        Ok((job.state, claim))
     }
 
     /// Returns every job whose lease expired to the lifecycle as outcome `lost`

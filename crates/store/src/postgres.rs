@@ -718,7 +718,11 @@ fn ttl_millis(ttl: Duration) -> i64 {
 /// The finish of `run` with `report` as a batch ask, when its end needs nothing from
 /// the job's row (see [`fixed_plan`]); `None` when the full finish must run (which also
 /// refuses a report without an outcome, once it has checked the fence).
-fn simple_finish(run: RunId, report: &FinishReport) -> Result<Option<batch::FinishAsk>> {
+fn simple_finish(
+    run: RunId,
+    report: &FinishReport,
+    want_job: bool,
+) -> Result<Option<batch::FinishAsk>> {
     let Some(to) = report.outcome.and_then(fixed_plan) else {
         return Ok(None);
     };
@@ -742,6 +746,7 @@ fn simple_finish(run: RunId, report: &FinishReport) -> Result<Option<batch::Fini
         diff: report.diff.clone(),
         finished: rep.finished,
         state: state_data(JobState::Running, to, None),
+        want_job,
     }))
 }
 
@@ -2109,10 +2114,16 @@ impl Store for PgStore {
     }
 
     async fn finish(&self, run: RunId, report: FinishReport) -> Result<Job> {
-        if let Some(finish) = simple_finish(run, &report)? {
+        if let Some(finish) = simple_finish(run, &report, true)? {
             let answer = self.ask(Some(finish), None, 0).await?;
-            if let Some(raw) = answer.finished {
-                return raw.into_job();
+            match answer.finished {
+                Some(batch::Finished::Job(raw)) => return raw.into_job(),
+                Some(batch::Finished::Row(_)) => {
+                    return Err(StoreError::Corrupt(format!(
+                        "the batch answered the finish of run {run} without its job"
+                    )));
+                }
+                None => {}
             }
         }
         self.finish_full(run, report).await
@@ -2124,22 +2135,22 @@ impl Store for PgStore {
         report: FinishReport,
         factory: FactoryId,
         ttl: Duration,
-    ) -> Result<(Job, Option<Claim>)> {
-        if let Some(finish) = simple_finish(run, &report)? {
+    ) -> Result<(JobState, Option<Claim>)> {
+        if let Some(finish) = simple_finish(run, &report, false)? {
             let answer = self
                 .ask(Some(finish), Some(factory), ttl_millis(ttl))
                 .await?;
-            if let Some(raw) = answer.finished {
+            if let Some(finished) = answer.finished {
                 if !answer.factory_found {
                     // The finish is committed; the claim, as on its own, names the factory.
                     return Err(not_found("factory", factory));
                 }
-                return Ok((raw.into_job()?, answer.claim));
+                return Ok((parse_state(&finished.row().state)?, answer.claim));
             }
         }
         let job = self.finish_full(run, report).await?;
         let claim = self.claim(factory, ttl).await?;
-        Ok((job, claim))
+        Ok((job.state, claim))
     }
 
     async fn reap(&self) -> Result<Vec<RunId>> {

@@ -80,6 +80,9 @@ pub(super) struct FinishAsk {
     pub(super) finished: String,
     /// The data of the finish's `job.state` (JSON text).
     pub(super) state: String,
+    /// Whether the asker wants the finished job whole (with its spec and agent state),
+    /// or its row is enough.
+    pub(super) want_job: bool,
 }
 
 /// One ask: a finish, a claim, or a finish and then a claim.
@@ -95,11 +98,29 @@ pub(super) struct Ask {
 /// What an ask got.
 pub(super) struct Answer {
     /// The finished job; `None` when the ask had no finish or it did not apply.
-    pub(super) finished: Option<RawJob>,
+    pub(super) finished: Option<Finished>,
     /// The job claimed; `None` when nothing was claimable (or nothing was asked).
     pub(super) claim: Option<Claim>,
     /// Whether the factory of the claim exists (false when no claim was asked).
     pub(super) factory_found: bool,
+}
+
+/// A finished job, as much of it as its ask wanted (see [`FinishAsk::want_job`]).
+pub(super) enum Finished {
+    /// The whole job.
+    Job(RawJob),
+    /// The job's row only.
+    Row(JobRow),
+}
+
+impl Finished {
+    /// The row of the finished job.
+    pub(super) fn row(&self) -> &JobRow {
+        match self {
+            Finished::Job(raw) => &raw.row,
+            Finished::Row(row) => row,
+        }
+    }
 }
 
 /// The batch statement, with the `parts` a batch needs. `$1`..`$20` are arrays with
@@ -113,7 +134,8 @@ pub(super) struct Answer {
 /// an entry for every job that passed through the state since the last vacuum, and a
 /// plan made when it looked small would read it all for each job. Returns one row per
 /// ask: its number (from 1), whether its factory exists, [`JOB_COLS`] of the finished
-/// job (NULL when none), then the claim's job, attempt, epoch, run, lease expiry, spec
+/// job (NULL when none; its spec and agent state NULL too unless `parts.whole_jobs`),
+/// then the claim's job, attempt, epoch, run, lease expiry, spec
 /// and the job's agent state (NULL when none).
 ///
 /// Every table the statement updates is reached through `id = ANY (...)` of the batch's
@@ -177,16 +199,26 @@ fn batch_sql(claim_to: JobState, parts: Parts) -> String {
         insights = coalesce(fin.insights, runs.insights)
     FROM fin
     WHERE runs.id = ANY ($1) AND runs.id = fin.run
-), agent AS (
-    INSERT INTO job_agent (job_id, session_id)
-    SELECT fin.id, fin.session_id FROM fin WHERE fin.session_id IS NOT NULL
-    ON CONFLICT (job_id) DO UPDATE SET session_id = excluded.session_id
-), diff AS (
-    INSERT INTO run_diffs (run_id, patch)
-    SELECT fin.run, fin.diff FROM fin WHERE fin.diff IS NOT NULL
 )"#,
             j_cols = prefixed("j"),
         ));
+        if parts.sessions {
+            sql.push_str(
+                r#", agent AS (
+    INSERT INTO job_agent (job_id, session_id)
+    SELECT fin.id, fin.session_id FROM fin WHERE fin.session_id IS NOT NULL
+    ON CONFLICT (job_id) DO UPDATE SET session_id = excluded.session_id
+)"#,
+            );
+        }
+        if parts.diffs {
+            sql.push_str(
+                r#", diff AS (
+    INSERT INTO run_diffs (run_id, patch)
+    SELECT fin.run, fin.diff FROM fin WHERE fin.diff IS NOT NULL
+)"#,
+            );
+        }
         events.push(format!(
             "SELECT fin.id AS job_id, e.run_id, fin.event_seq - 2 + e.k AS seq, e.kind,
             fin.now_ms AS at, e.data, fin.n AS n, e.k AS k
@@ -254,12 +286,22 @@ fn batch_sql(claim_to: JobState, parts: Parts) -> String {
     }
     // The row layout is the same in every variant (see `read_answer`); a part left out
     // reads as NULL, its first column typed as the reader checks it.
-    let fin_cols = if parts.finishes {
+    // The joins read the tables as they were before the statement (no part of a
+    // statement sees another's writes), so the session the finish itself recorded
+    // comes from the report.
+    let fin_cols = if parts.finishes && parts.whole_jobs {
         format!(
-            "{}, s.title, s.deps, s.spec, ag.session_id, ag.wip_branch, ag.wip_base, \
-             ag.wip_commit",
+            "{}, s.title, s.deps, s.spec, coalesce(fin.session_id, ag.session_id), \
+             ag.wip_branch, ag.wip_base, ag.wip_commit",
             prefixed("fin")
         )
+    } else if parts.finishes {
+        let mut cols = vec![prefixed("fin")];
+        cols.extend(std::iter::repeat_n(
+            "NULL".to_string(),
+            JOB_COLS_LEN - JOB_ROW_COLS_LEN,
+        ));
+        cols.join(", ")
     } else {
         let mut nulls = vec!["NULL::bigint"];
         nulls.extend(std::iter::repeat_n("NULL", JOB_COLS_LEN - 1));
@@ -279,9 +321,11 @@ fn batch_sql(claim_to: JobState, parts: Parts) -> String {
          LEFT JOIN factories f ON f.id = req.factory"
     ));
     if parts.finishes {
+        sql.push_str("\nLEFT JOIN fin ON fin.n = req.n");
+    }
+    if parts.finishes && parts.whole_jobs {
         sql.push_str(
-            "\nLEFT JOIN fin ON fin.n = req.n\n\
-             LEFT JOIN job_specs s ON s.job_id = fin.id\n\
+            "\nLEFT JOIN job_specs s ON s.job_id = fin.id\n\
              LEFT JOIN job_agent ag ON ag.job_id = fin.id",
         );
     }
@@ -295,39 +339,52 @@ fn batch_sql(claim_to: JobState, parts: Parts) -> String {
     sql
 }
 
-/// Which asks a batch holds, and so which parts its statement needs (the statement of
-/// a lone claim or a lone finish is much cheaper to set up than the whole).
+/// Which asks a batch holds, and so which parts its statement needs: each part left out
+/// is work the database does not do at every batch (setting up the statement's plan
+/// costs about as much as a few asks do).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Parts {
     /// Some ask has a finish.
     finishes: bool,
     /// Some ask has a claim.
     claims: bool,
+    /// Some finish wants its job whole (see [`FinishAsk::want_job`]).
+    whole_jobs: bool,
+    /// Some finish names an agent session.
+    sessions: bool,
+    /// Some finish carries a diff.
+    diffs: bool,
 }
 
 impl Parts {
-    /// Every combination with something to do, in the order of [`Lanes`]'s statements.
-    const ALL: [Parts; 3] = [
-        Parts {
-            finishes: true,
-            claims: false,
-        },
-        Parts {
-            finishes: false,
-            claims: true,
-        },
-        Parts {
-            finishes: true,
-            claims: true,
-        },
-    ];
+    /// How many different [`Parts`] there are (see [`Parts::index`]).
+    const COUNT: usize = 32;
 
     /// The parts `batch` needs.
     fn of(batch: &[Ask]) -> Parts {
+        let finishes = || batch.iter().filter_map(|a| a.finish.as_ref());
         Parts {
-            finishes: batch.iter().any(|a| a.finish.is_some()),
+            finishes: finishes().next().is_some(),
             claims: batch.iter().any(|a| a.factory.is_some()),
+            whole_jobs: finishes().any(|f| f.want_job),
+            sessions: finishes().any(|f| f.session.is_some()),
+            diffs: finishes().any(|f| f.diff.is_some()),
         }
+    }
+
+    /// A number below [`Parts::COUNT`], different for each [`Parts`].
+    fn index(self) -> usize {
+        [
+            self.finishes,
+            self.claims,
+            self.whole_jobs,
+            self.sessions,
+            self.diffs,
+        ]
+        .iter()
+        .enumerate()
+        .map(|(bit, on)| usize::from(*on) << bit)
+        .sum()
     }
 }
 
@@ -347,8 +404,10 @@ pub(super) const LANE_SETTINGS: &str = "-c enable_seqscan=off -c enable_bitmapsc
 pub(super) struct Lanes {
     /// The lanes' own connections (one per lane, with [`LANE_SETTINGS`]).
     pool: Pool,
-    /// [`batch_sql`] for each of [`Parts::ALL`].
-    sql: [String; 3],
+    /// The state claims move jobs to.
+    claim_to: JobState,
+    /// [`batch_sql`] for each [`Parts`] (by [`Parts::index`]), made when first needed.
+    sql: [std::sync::OnceLock<String>; Parts::COUNT],
     /// The data of a claim's `job.state` event.
     claim_state: String,
     /// Where the asks wait; the lane holding it gathers the next batch.
@@ -369,7 +428,8 @@ impl Lanes {
     ) -> Lanes {
         Lanes {
             pool,
-            sql: Parts::ALL.map(|parts| batch_sql(claim_to, parts)),
+            claim_to,
+            sql: std::array::from_fn(|_| std::sync::OnceLock::new()),
             claim_state: state_data(JobState::Queued, claim_to, None),
             queue: Mutex::new(queue),
             flying: std::sync::Mutex::new((0, 0)),
@@ -506,7 +566,7 @@ async fn run(lanes: &Lanes, batch: Vec<Ask>) {
             tracing::error!(n, "a batch row names no ask of the batch");
             continue;
         };
-        answers[i] = Some(read_answer(row, batch[i].ttl_ms).map_err(StoreError::from));
+        answers[i] = Some(read_answer(row, &batch[i]).map_err(StoreError::from));
     }
     for (ask, answer) in batch.into_iter().zip(answers) {
         let answer = answer.unwrap_or_else(|| {
@@ -595,26 +655,25 @@ async fn execute(lanes: &Lanes, batch: &[Ask]) -> R<Vec<Row>> {
         &queued,
     ];
     let parts = Parts::of(batch);
-    let Some(sql) = Parts::ALL
-        .iter()
-        .position(|p| *p == parts)
-        .map(|i| &lanes.sql[i])
-    else {
-        // Every ask has a finish or a claim, so a batch needs one of the statements.
+    if !parts.finishes && !parts.claims {
+        // Every ask has a finish or a claim, so no batch is without both.
         return Err(StoreError::Corrupt("a batch with neither finish nor claim".into()).into());
-    };
+    }
+    let sql = lanes.sql[parts.index()].get_or_init(|| batch_sql(lanes.claim_to, parts));
     let stmt = client.prepare_cached(sql).await?;
     Ok(client.query(&stmt, &params).await?)
 }
 
-/// Reads one ask's row of [`batch_sql`].
-fn read_answer(row: &Row, ttl_ms: i64) -> R<Answer> {
+/// Reads the row of [`batch_sql`] that answers `ask`.
+fn read_answer(row: &Row, ask: &Ask) -> R<Answer> {
     let factory_found: bool = row.try_get(1)?;
+    let whole = ask.finish.as_ref().is_some_and(|f| f.want_job);
     let finished = match row.try_get::<_, Option<i64>>(2)? {
-        Some(_) => Some(RawJob::read_at(row, 2)?),
+        Some(_) if whole => Some(Finished::Job(RawJob::read_at(row, 2)?)),
+        Some(_) => Some(Finished::Row(JobRow::read(row, 2)?)),
         None => None,
     };
-    let claim = read_claim(row, 2 + JOB_COLS_LEN, ttl_ms)?;
+    let claim = read_claim(row, 2 + JOB_COLS_LEN, ask.ttl_ms)?;
     Ok(Answer {
         finished,
         claim,

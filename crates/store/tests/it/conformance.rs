@@ -1839,8 +1839,14 @@ async fn issue4_finish_and_claim_finishes_then_claims_the_next(t: TestStore) {
         .finish_and_claim(first.run.id, report(&first, Outcome::Succeeded), f, LONG)
         .await
         .expect("finish and claim");
-    assert_eq!((done.id, done.state), (ids[0], JobState::Succeeded));
-    assert_eq!(done, s.job(ids[0]).await.expect("job"), "the job as stored");
+    assert_eq!(done, JobState::Succeeded);
+    let a = s.job(ids[0]).await.expect("job");
+    assert_eq!(
+        (a.state, a.epoch),
+        (JobState::Succeeded, 1),
+        "the job as stored"
+    );
+    assert!(a.finished_at.is_some());
     let run = s.run(first.run.id).await.expect("run");
     assert_eq!(
         (run.outcome, run.exit_code),
@@ -1881,7 +1887,8 @@ async fn issue4_finish_and_claim_finishes_then_claims_the_next(t: TestStore) {
         .finish_and_claim(next.run.id, report(&next, Outcome::Succeeded), f, LONG)
         .await
         .expect("finish and claim");
-    assert_eq!((last.id, last.state), (ids[1], JobState::Succeeded));
+    assert_eq!(last, JobState::Succeeded);
+    assert_eq!(s.job(ids[1]).await.expect("job").state, JobState::Succeeded);
     assert!(none.is_none());
 }
 
@@ -1899,7 +1906,7 @@ async fn issue4_finish_and_claim_hands_a_lock_to_the_next_job(t: TestStore) {
         .finish_and_claim(first.run.id, report(&first, Outcome::Succeeded), f, LONG)
         .await
         .expect("finish and claim");
-    assert_eq!(done.state, JobState::Succeeded);
+    assert_eq!(done, JobState::Succeeded);
     assert_eq!(next.expect("the lock's next job").job.id, ids[1]);
     let events = s.events(0, None, 100).await.expect("events");
     assert!(
@@ -1955,8 +1962,9 @@ async fn issue4_finish_and_claim_plans_retries_and_settles_dependents(t: TestSto
         .finish_and_claim(c.run.id, report(&c, Outcome::Failed), f, LONG)
         .await
         .expect("finish and claim");
-    assert_eq!(done.state, JobState::Queued);
-    assert!(done.not_before.is_some() && done.reason.is_some());
+    assert_eq!(done, JobState::Queued);
+    let a = s.job(ids[0]).await.expect("job");
+    assert!(a.not_before.is_some() && a.reason.is_some());
     let next = next.expect("the other job");
     assert_eq!(next.job.id, ids[2]);
     s.finish(next.run.id, report(&next, Outcome::Succeeded))
@@ -1976,8 +1984,53 @@ async fn issue4_finish_and_claim_plans_retries_and_settles_dependents(t: TestSto
         .finish_and_claim(again.run.id, report(&again, Outcome::Succeeded), f, LONG)
         .await
         .expect("finish and claim");
-    assert_eq!(done.state, JobState::Succeeded);
+    assert_eq!(done, JobState::Succeeded);
     assert_eq!(next.expect("the dependent").job.id, ids[1]);
+}
+
+async fn issue4_finish_and_claim_keeps_the_session_and_the_diff(t: TestStore) {
+    let s = &*t.store;
+    let ids = submit(s, vec![job("a"), job("b"), job("c"), job("d")]).await;
+    let f = factory(s, "f", &[]).await;
+    let g = factory(s, "g", &[]).await;
+    let a = claim(s, f).await;
+    let b = claim(s, g).await;
+    let patch = "diff --git a/x b/x\n+x\n".to_string();
+    let with_all = |c: &gantry_core::api::Claim, session: &str| FinishReport {
+        epoch: c.run.epoch,
+        outcome: Some(Outcome::Succeeded),
+        exit_code: Some(0),
+        diff: Some(patch.clone()),
+        insights: Some(insights(session, 1, 0.1)),
+        ..FinishReport::default()
+    };
+    // A worker's finish-and-claim and a finish on its own, at once: on PostgreSQL they
+    // may share one batch, one wanting the job whole and the other its state only.
+    let (done, job) = tokio::join!(
+        s.finish_and_claim(a.run.id, with_all(&a, "sess-a"), f, LONG),
+        s.finish(b.run.id, with_all(&b, "sess-b")),
+    );
+    let (done, next) = done.expect("finish and claim");
+    let job = job.expect("finish");
+    assert_eq!(done, JobState::Succeeded);
+    assert!(next.is_some(), "a job was left to claim");
+    assert_eq!((job.id, job.state), (ids[1], JobState::Succeeded));
+    assert_eq!(job.spec.title, "job b");
+    assert_eq!(job.session_id.as_deref(), Some("sess-b"));
+    assert_eq!(job, s.job(ids[1]).await.expect("job"), "the job as stored");
+    for (run, id, session) in [(&a, ids[0], "sess-a"), (&b, ids[1], "sess-b")] {
+        assert_eq!(
+            s.run_diff(run.run.id).await.expect("diff").as_deref(),
+            Some(patch.as_str())
+        );
+        let stored = s.job(id).await.expect("job");
+        assert_eq!(stored.session_id.as_deref(), Some(session));
+        let r = s.run(run.run.id).await.expect("run");
+        assert_eq!(
+            r.insights.and_then(|i| i.session_id).as_deref(),
+            Some(session)
+        );
+    }
 }
 
 async fn issue4_finish_and_claim_for_an_unknown_factory_keeps_the_finish(t: TestStore) {
@@ -2029,6 +2082,7 @@ cases! {
     issue4_a_stale_finish_and_claim_is_refused_and_claims_nothing,
     issue4_finish_and_claim_plans_retries_and_settles_dependents,
     issue4_finish_and_claim_for_an_unknown_factory_keeps_the_finish,
+    issue4_finish_and_claim_keeps_the_session_and_the_diff,
     issue4_a_reported_diff_is_kept_with_its_run_and_a_stale_one_is_not,
     issue3_insights_snapshots_and_finish_are_kept_on_the_run,
     issue3_a_retry_gets_the_session_and_the_checkpoint,
