@@ -1154,6 +1154,96 @@ pub(crate) async fn remove_source_ref(cache: &Path, repo: &str, source_ref: &str
     Ok(())
 }
 
+/// Removes the result ref `published` (`refs/gantry/results/<run>`; any other name is
+/// refused) from the source repository `source_repo` if it is there, and says whether
+/// it removed it. Needs no cache of the source: git runs in an empty bare repository
+/// of the data dir. A ref that is absent, or that went away meanwhile (another server
+/// removed it), is `Ok(false)`, not an error.
+pub async fn remove_result_ref(
+    data_dir: &Path,
+    source_repo: &str,
+    published: &str,
+) -> Result<bool, WorkspaceError> {
+    check_result_ref(published).await?;
+    let dir = empty_repo(&absolute(data_dir)).await?;
+    if !source_has_ref(&dir, source_repo, published).await? {
+        return Ok(false);
+    }
+    match remove_source_ref(&dir, source_repo, published).await {
+        Ok(()) => Ok(true),
+        // The deletion of a ref that is already gone fails: only then is it no error.
+        Err(e) if !source_has_ref(&dir, source_repo, published).await? => {
+            tracing::debug!(error = %e, %published, "the result ref went away meanwhile");
+            Ok(false)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether the source repository `repo` has the ref `refname` (a full ref name), asked
+/// with one `git ls-remote` from `dir`.
+async fn source_has_ref(dir: &Path, repo: &str, refname: &str) -> Result<bool> {
+    let target = repo_arg(repo);
+    let listed = git(
+        dir,
+        [
+            OsStr::new("ls-remote"),
+            OsStr::new("--"),
+            target.as_os_str(),
+            OsStr::new(refname),
+        ],
+    )
+    .await
+    .map_err(|e| WorkspaceError::Repo {
+        repo: repo.to_string(),
+        message: format!("listing {refname} failed: {e}"),
+    })?;
+    // A pattern also matches refs that end with it (`refs/x/<refname>`): compare whole.
+    Ok(listed.lines().any(|line| {
+        line.split_once('\t')
+            .is_some_and(|(_, name)| name == refname)
+    }))
+}
+
+/// The empty bare repository `<data>/repos/.empty.git` (hidden, so never taken for a
+/// cache), created on first use: git needs a repository to push from, and a deletion
+/// carries no objects.
+async fn empty_repo(data_dir: &Path) -> Result<PathBuf> {
+    let repos = data_dir.join("repos");
+    let dir = repos.join(".empty.git");
+    let lock = cache_lock(&dir);
+    let _held = lock.lock().await;
+    if dir.join("HEAD").is_file() {
+        return Ok(dir);
+    }
+    tokio::fs::create_dir_all(&repos)
+        .await
+        .map_err(io_err("cannot create directory", &repos))?;
+    // Made beside its place and renamed, so a crash never leaves a half repository
+    // there; `prune` removes the leftover of one.
+    let tmp = repos.join(format!(".tmp-.empty.git-{}", std::process::id()));
+    if tmp.exists() {
+        tokio::fs::remove_dir_all(&tmp)
+            .await
+            .map_err(io_err("cannot remove stale repository", &tmp))?;
+    }
+    git(
+        &repos,
+        [
+            OsStr::new("init"),
+            OsStr::new("--bare"),
+            OsStr::new("--quiet"),
+            OsStr::new("--"),
+            tmp.as_os_str(),
+        ],
+    )
+    .await?;
+    tokio::fs::rename(&tmp, &dir)
+        .await
+        .map_err(io_err("cannot move the new repository into place at", &dir))?;
+    Ok(dir)
+}
+
 /// Refuses anything but a full commit id (40 or 64 hex digits) for `field`.
 fn check_full_commit(field: &'static str, commit: &str) -> Result<()> {
     let hex = commit.chars().all(|c| c.is_ascii_hexdigit());

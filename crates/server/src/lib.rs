@@ -212,8 +212,7 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
         None
     };
     let reaper = tokio::spawn(reaper_loop(
-        store.clone(),
-        service.metrics().clone(),
+        service.clone(),
         cfg.reaper_interval,
         shutdown_rx.clone(),
     ));
@@ -304,10 +303,10 @@ async fn start_embedded_factory(
     }))
 }
 
-/// Returns expired leases to the lifecycle every `interval` until shutdown.
+/// Returns expired leases to the lifecycle every `interval` until shutdown, and has the
+/// result refs the reaped runs may have published removed (off the tick's path).
 async fn reaper_loop(
-    store: Arc<dyn Store>,
-    metrics: Arc<metrics::Metrics>,
+    service: Arc<Service>,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -315,10 +314,11 @@ async fn reaper_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = tick.tick() => match store.reap().await {
+            _ = tick.tick() => match service.store().reap().await {
                 Ok(runs) if !runs.is_empty() => {
-                    metrics.leases_expired(runs.len());
+                    service.metrics().leases_expired(runs.len());
                     tracing::info!(?runs, "reaped expired leases");
+                    service::remove_reaped_result_refs(&service, &runs);
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "reaper failed; trying again next tick"),

@@ -457,6 +457,16 @@ impl FinishAndDeliver {
         let published = report.result_ref.clone();
         let insights = report.insights.clone();
         let finished = self.store.finish(run, report).await;
+        if let (Err(StoreError::StaleLease { job, .. }), Some(_)) = (&finished, &published) {
+            // The report's ref was checked to be this run's own (`check_report`).
+            leftover_result_ref(
+                self.store.clone(),
+                self.locks.clone(),
+                self.data_dir.clone(),
+                *job,
+                run,
+            );
+        }
         let job = finished.map_err(|e| self.metrics.stale_checked(FencedWrite::Finish, e))?;
         let (engine, model) = (job.spec.engine.name(), job.spec.model.as_deref());
         self.metrics
@@ -482,6 +492,87 @@ impl FinishAndDeliver {
         };
         delivery.run().await;
         Ok(job)
+    }
+}
+
+/// Removes the result ref a refused (stale) finish named, in a task of its own so the
+/// 409 answer waits for no git: the ref is a leftover once the run was reaped (its
+/// recorded outcome is `lost`), since a reaped run's finish can never be accepted. Any
+/// other recorded outcome means a finish of the run was accepted and this one is a
+/// repeat: the delivery of the accepted one owns the ref (and keeps it when it fails),
+/// so it is left alone; so is the ref of a run still running (a wrong epoch).
+fn leftover_result_ref(
+    store: Arc<dyn Store>,
+    locks: Arc<DeliveryLocks>,
+    data_dir: PathBuf,
+    job: JobId,
+    run: RunId,
+) {
+    tokio::spawn(async move {
+        match store.run(run).await {
+            Ok(r) if r.outcome == Some(Outcome::Lost) => {}
+            Ok(r) => {
+                tracing::debug!(%job, %run, outcome = ?r.outcome,
+                    "result ref of a refused finish kept: the run was not reaped");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(%job, %run, error = %e,
+                    "cannot read the run of a refused finish; its result ref stays");
+                return;
+            }
+        }
+        remove_result_ref(&*store, &locks, &data_dir, job, run).await;
+    });
+}
+
+/// Removes the result refs the reaped `runs` may have published before their factory
+/// died or stopped, each in a task of its own so a slow git server never delays the
+/// reaper. A run that published nothing costs one `git ls-remote`.
+pub(crate) fn remove_reaped_result_refs(service: &Service, runs: &[RunId]) {
+    // A server that does not push asks no factory to publish (`Claim::deliver`).
+    if !service.cfg.push {
+        return;
+    }
+    for &run in runs {
+        let (store, locks) = (service.store.clone(), service.delivery_locks.clone());
+        let data_dir = service.cfg.data_dir.clone();
+        tokio::spawn(async move {
+            match store.run(run).await {
+                Ok(r) => remove_result_ref(&*store, &locks, &data_dir, r.job_id, run).await,
+                Err(e) => tracing::warn!(%run, error = %e,
+                    "cannot read a reaped run; its result ref, if any, stays"),
+            }
+        });
+    }
+}
+
+/// Removes [`result_ref`] of `run` from the source of `job`, if it is there, under the
+/// repository's delivery lock; best effort, a failure is only logged. Several replicas
+/// may do it at once: the ref being gone already is no error.
+async fn remove_result_ref(
+    store: &dyn Store,
+    locks: &DeliveryLocks,
+    data_dir: &Path,
+    job: JobId,
+    run: RunId,
+) {
+    let repo = match store.job(job).await {
+        Ok(j) => j.spec.repo,
+        Err(e) => {
+            tracing::warn!(%job, %run, error = %e,
+                "cannot read the job of a leftover result ref; the ref, if any, stays");
+            return;
+        }
+    };
+    let published = result_ref(run);
+    let lock = delivery_lock(locks, &repo);
+    let _held = lock.lock().await;
+    match gantry_factory::workspace::remove_result_ref(data_dir, &repo, &published).await {
+        Ok(true) => tracing::info!(%job, %run, %repo, %published, "leftover result ref removed"),
+        Ok(false) => tracing::debug!(%job, %run, %repo, %published, "no leftover result ref"),
+        Err(e) => tracing::warn!(%job, %run, %repo, %published, error = %e,
+            "cannot remove the leftover result ref"),
     }
 }
 

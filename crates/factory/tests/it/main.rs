@@ -8,6 +8,7 @@ mod heartbeat;
 mod http;
 mod hygiene;
 mod orphans;
+mod result_refs;
 mod runs;
 mod stand_ins;
 mod stops;

@@ -198,7 +198,8 @@ async fn issue4_a_stale_finish_never_promotes_its_result_ref() {
     assert!(err.message.contains(&stale_ref), "{err:?}");
     assert_eq!(ts.job(id).await.state, JobState::Running, "nothing applied");
 
-    // B's own result is delivered; A's is never promoted (nor touched).
+    // B's own result is delivered; A's is never promoted (its ref, a reaped run's
+    // leftover, is removed in the background: see result_refs.rs).
     let commit = publish(
         &repo,
         &tmp.path().join("b"),
@@ -220,8 +221,10 @@ async fn issue4_a_stale_finish_never_promotes_its_result_ref() {
         resp.text().await.unwrap_or_default()
     );
     assert_eq!(git(&repo, &["rev-parse", &format!("gantry/{id}")]), commit);
-    assert_eq!(git(&repo, &["rev-parse", &stale_ref]), stale_commit);
-    assert_eq!(refs_under(&repo, "refs/gantry"), stale_ref);
+    assert_ne!(
+        git(&repo, &["rev-parse", &format!("gantry/{id}")]),
+        stale_commit
+    );
     let pushed: Vec<_> = ts
         .events(Some(id))
         .await

@@ -10,5 +10,6 @@ mod fencing;
 mod jobs;
 mod metrics;
 mod replicas;
+mod result_refs;
 mod stop;
 mod support;
