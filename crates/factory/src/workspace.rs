@@ -1207,7 +1207,8 @@ async fn source_has_ref(dir: &Path, repo: &str, refname: &str) -> Result<bool> {
 
 /// The empty bare repository `<data>/repos/.empty.git` (hidden, so never taken for a
 /// cache), created on first use: git needs a repository to push from, and a deletion
-/// carries no objects.
+/// carries no objects. `git init` on an existing repository changes nothing and
+/// completes one a crash left half made, so it needs no temporary place.
 async fn empty_repo(data_dir: &Path) -> Result<PathBuf> {
     let repos = data_dir.join("repos");
     let dir = repos.join(".empty.git");
@@ -1219,14 +1220,6 @@ async fn empty_repo(data_dir: &Path) -> Result<PathBuf> {
     tokio::fs::create_dir_all(&repos)
         .await
         .map_err(io_err("cannot create directory", &repos))?;
-    // Made beside its place and renamed, so a crash never leaves a half repository
-    // there; `prune` removes the leftover of one.
-    let tmp = repos.join(format!(".tmp-.empty.git-{}", std::process::id()));
-    if tmp.exists() {
-        tokio::fs::remove_dir_all(&tmp)
-            .await
-            .map_err(io_err("cannot remove stale repository", &tmp))?;
-    }
     git(
         &repos,
         [
@@ -1234,13 +1227,10 @@ async fn empty_repo(data_dir: &Path) -> Result<PathBuf> {
             OsStr::new("--bare"),
             OsStr::new("--quiet"),
             OsStr::new("--"),
-            tmp.as_os_str(),
+            dir.as_os_str(),
         ],
     )
     .await?;
-    tokio::fs::rename(&tmp, &dir)
-        .await
-        .map_err(io_err("cannot move the new repository into place at", &dir))?;
     Ok(dir)
 }
 

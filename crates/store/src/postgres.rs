@@ -650,28 +650,8 @@ struct EncodedReport<'a> {
 impl<'a> EncodedReport<'a> {
     /// Encodes the report of a finish of `run`; a report without an outcome is invalid.
     fn new(run: RunId, report: &'a FinishReport) -> R<EncodedReport<'a>> {
-        let Some(outcome) = report.outcome else {
-            return Err(StoreError::Invalid(gantry_core::SpecError {
-                file: format!("finish of run {run}"),
-                line: None,
-                field: Some("outcome".into()),
-                message: "the finish report has no outcome".into(),
-            })
-            .into());
-        };
-        let finished = serde_json::to_string(&FinishedData {
-            outcome: outcome.as_str(),
-            exit_code: report.exit_code,
-            error: report.error.as_deref(),
-            branch: report.branch.as_deref(),
-            base_commit: report.base_commit.as_deref(),
-            commit: report.commit.as_deref(),
-            files_changed: report.files_changed,
-            lines_added: report.lines_added,
-            lines_deleted: report.lines_deleted,
-            insights: report.insights.as_ref(),
-        })
-        .map_err(|e| corrupt(format!("cannot encode the finish report: {e}")))?;
+        let outcome = crate::rules::report_outcome(run, report)?;
+        let finished = crate::rules::finished_data(outcome, report)?;
         let insights = report
             .insights
             .as_ref()
@@ -1301,22 +1281,6 @@ async fn end_attempt(
         settle_dependents(tx, live.job).await?;
     }
     Ok(plan.to)
-}
-
-/// The data of a `run.finished` event.
-#[derive(serde::Serialize)]
-struct FinishedData<'a> {
-    outcome: &'a str,
-    exit_code: Option<i32>,
-    error: Option<&'a str>,
-    branch: Option<&'a str>,
-    base_commit: Option<&'a str>,
-    commit: Option<&'a str>,
-    files_changed: Option<u32>,
-    lines_added: Option<u32>,
-    lines_deleted: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    insights: Option<&'a gantry_core::engine::Insights>,
 }
 
 /// Applies what an event uploaded by a run means for the store: a checkpoint moves the

@@ -1,10 +1,12 @@
 //! Rules both backends apply in the same way, kept once: the order in which a batch's
-//! new jobs are stored, and how an attempt's end decides retry and backoff.
+//! new jobs are stored, how an attempt's end decides retry and backoff, and what a
+//! finish report records.
 
 use crate::StoreError;
+use gantry_core::api::FinishReport;
 use gantry_core::retry;
 use gantry_core::time::Millis;
-use gantry_core::{DepRef, JobId, Outcome, ParsedJob, StopKind};
+use gantry_core::{DepRef, JobId, Outcome, ParsedJob, RunId, StopKind};
 
 /// How an attempt ended, as the lifecycle will record it.
 pub(crate) struct AttemptEnd {
@@ -122,4 +124,49 @@ pub(crate) fn topo_order(
         }
     }
     Ok(order)
+}
+
+/// The outcome of a finish report of `run`; a report without one is invalid.
+pub(crate) fn report_outcome(run: RunId, report: &FinishReport) -> Result<Outcome, StoreError> {
+    report.outcome.ok_or_else(|| {
+        StoreError::Invalid(gantry_core::SpecError {
+            file: format!("finish of run {run}"),
+            line: None,
+            field: Some("outcome".into()),
+            message: "the finish report has no outcome".into(),
+        })
+    })
+}
+
+/// The data of the `run.finished` event of a finish with `outcome` (JSON text).
+pub(crate) fn finished_data(outcome: Outcome, report: &FinishReport) -> Result<String, StoreError> {
+    serde_json::to_string(&FinishedData {
+        outcome: outcome.as_str(),
+        exit_code: report.exit_code,
+        error: report.error.as_deref(),
+        branch: report.branch.as_deref(),
+        base_commit: report.base_commit.as_deref(),
+        commit: report.commit.as_deref(),
+        files_changed: report.files_changed,
+        lines_added: report.lines_added,
+        lines_deleted: report.lines_deleted,
+        insights: report.insights.as_ref(),
+    })
+    .map_err(|e| StoreError::Corrupt(format!("cannot encode the finish report: {e}")))
+}
+
+/// The data of a `run.finished` event.
+#[derive(serde::Serialize)]
+struct FinishedData<'a> {
+    outcome: &'a str,
+    exit_code: Option<i32>,
+    error: Option<&'a str>,
+    branch: Option<&'a str>,
+    base_commit: Option<&'a str>,
+    commit: Option<&'a str>,
+    files_changed: Option<u32>,
+    lines_added: Option<u32>,
+    lines_deleted: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    insights: Option<&'a gantry_core::engine::Insights>,
 }

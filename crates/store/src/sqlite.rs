@@ -2051,31 +2051,8 @@ fn claim_tx(
     }))
 }
 
-/// The data of a `run.finished` event.
-#[derive(serde::Serialize)]
-struct FinishedData<'a> {
-    outcome: &'a str,
-    exit_code: Option<i32>,
-    error: Option<&'a str>,
-    branch: Option<&'a str>,
-    base_commit: Option<&'a str>,
-    commit: Option<&'a str>,
-    files_changed: Option<u32>,
-    lines_added: Option<u32>,
-    lines_deleted: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    insights: Option<&'a gantry_core::engine::Insights>,
-}
-
 fn finish_tx(tx: &Connection, live: &Live, report: &FinishReport, now: Millis) -> Result<JobRow> {
-    let Some(outcome) = report.outcome else {
-        return Err(StoreError::Invalid(gantry_core::SpecError {
-            file: format!("finish of run {}", live.run),
-            line: None,
-            field: Some("outcome".into()),
-            message: "the finish report has no outcome".into(),
-        }));
-    };
+    let outcome = crate::rules::report_outcome(live.run, report)?;
     tx.prepare_cached(FINISH_RUN_SQL)?.execute(params![
         live.run.0,
         outcome.as_str(),
@@ -2093,19 +2070,7 @@ fn finish_tx(tx: &Connection, live: &Live, report: &FinishReport, now: Millis) -
         tx.prepare_cached("INSERT INTO run_diffs (run_id, patch) VALUES (?1, ?2)")?
             .execute(params![live.run.0, diff])?;
     }
-    let data = serde_json::to_string(&FinishedData {
-        outcome: outcome.as_str(),
-        exit_code: report.exit_code,
-        error: report.error.as_deref(),
-        branch: report.branch.as_deref(),
-        base_commit: report.base_commit.as_deref(),
-        commit: report.commit.as_deref(),
-        files_changed: report.files_changed,
-        lines_added: report.lines_added,
-        lines_deleted: report.lines_deleted,
-        insights: report.insights.as_ref(),
-    })
-    .map_err(|e| corrupt(format!("cannot encode the finish report: {e}")))?;
+    let data = crate::rules::finished_data(outcome, report)?;
     if let Some(insights) = &report.insights {
         save_insights(tx, live, insights)?;
     }

@@ -827,37 +827,9 @@ pub fn pg_bin_dir() -> PathBuf {
     )
 }
 
-/// The server named by `GANTRY_TEST_PG_URL`; panics when it is unset: PostgreSQL tests
-/// are never skipped.
-#[track_caller]
-pub fn pg_server_url() -> String {
-    match std::env::var("GANTRY_TEST_PG_URL") {
-        Ok(url) if !url.trim().is_empty() => url,
-        _ => panic!(
-            "GANTRY_TEST_PG_URL is not set, so the PostgreSQL tests have no server: run \
-             ./scripts/test (it starts a throwaway PostgreSQL and sets the variable), or set \
-             it to postgres://USER@HOST:PORT/DB for a server where USER may create databases"
-        ),
-    }
-}
-
-/// The URL of database `name` on the server of `server_url` (path replaced, the rest
-/// kept).
-pub fn url_of_database(server_url: &str, name: &str) -> String {
-    let (base, query) = match server_url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (server_url, None),
-    };
-    let scheme_end = base.find("://").map(|i| i + 3).unwrap_or(0);
-    let base = match base[scheme_end..].find('/') {
-        Some(i) => &base[..scheme_end + i],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{base}/{name}?{q}"),
-        None => format!("{base}/{name}"),
-    }
-}
+/// The server named by `GANTRY_TEST_PG_URL` (panics when it is unset: PostgreSQL tests
+/// are never skipped), as the store's tests read it.
+pub use gantry_store::testing::pg_server_url;
 
 /// Runs `psql` against `url` with one SQL command; returns its unaligned output.
 #[track_caller]
@@ -905,7 +877,7 @@ impl PgDatabase {
         );
         psql(&server, &format!("CREATE DATABASE {name}"));
         PgDatabase {
-            url: url_of_database(&server, &name),
+            url: gantry_store::testing::url_of_database(&server, &name),
             name,
             server,
         }

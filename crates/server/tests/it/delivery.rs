@@ -5,7 +5,7 @@
 //! finish report and are served from the store. Factories are driven by hand over HTTP
 //! here, with real git repos, so every refusal can be checked exactly.
 
-use crate::support::{TestServer, claim, config, git, has_ref, job_file, register, repo};
+use crate::support::{TestServer, claim, config, git, has_ref, job_file, publish, register, repo};
 use gantry_core::api::{Claim, ErrorBody, MAX_REPORTED_DIFF_BYTES, Scope, result_ref};
 use gantry_core::event::{DELIVERY_FAILED, DELIVERY_PUSHED};
 use gantry_core::{FactoryId, JobId, JobState};
@@ -24,32 +24,6 @@ async fn one_job(ts: &TestServer, repo: &Path, name: &str) -> (String, FactoryId
         .submit(&[("j.md", job_file("j", repo, &["true"], "backoff: 1s\n"))])
         .await[0];
     (token, factory, id)
-}
-
-/// What a remote factory does on its own machine: a clone of `source` in `dir` with one
-/// commit that writes `text` to `file`, pushed to the result ref of `run` in the source.
-/// Returns the commit.
-fn publish(source: &Path, dir: &Path, run: gantry_core::RunId, file: &str, text: &str) -> String {
-    if !dir.exists() {
-        git(
-            source,
-            &["clone", "--quiet", ".", dir.to_str().expect("UTF-8 path")],
-        );
-    }
-    std::fs::write(dir.join(file), text).expect("write");
-    git(dir, &["add", "-A"]);
-    git(dir, &["commit", "--quiet", "-m", "attempt"]);
-    let commit = git(dir, &["rev-parse", "HEAD"]);
-    git(
-        dir,
-        &[
-            "push",
-            "--quiet",
-            "origin",
-            &format!("HEAD:{}", result_ref(run)),
-        ],
-    );
-    commit
 }
 
 /// The refs of `repo` under `prefix`, one per line.

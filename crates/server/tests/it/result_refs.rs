@@ -5,40 +5,14 @@
 //! Factories are driven by hand over HTTP, with real git repos.
 
 use crate::support::{
-    HANG_GUARD, TestServer, claim, config, git, has_ref, job_file, register, repo,
+    HANG_GUARD, TestServer, claim, config, git, has_ref, job_file, publish, register, repo,
 };
 use gantry_core::api::{Claim, ErrorBody, Scope, result_ref};
-use gantry_core::{FactoryId, JobState, Outcome, RunId};
+use gantry_core::{FactoryId, JobState, Outcome};
 use gantry_server::ServeConfig;
 use serde_json::json;
 use std::path::Path;
 use std::time::Duration;
-
-/// What a remote factory does on its own machine: a clone of `source` in `dir` with one
-/// commit that writes `text` to `file`, pushed to the result ref of `run` in the source.
-/// Returns the commit.
-fn publish(source: &Path, dir: &Path, run: RunId, file: &str, text: &str) -> String {
-    if !dir.exists() {
-        git(
-            source,
-            &["clone", "--quiet", ".", dir.to_str().expect("UTF-8 path")],
-        );
-    }
-    std::fs::write(dir.join(file), text).expect("write");
-    git(dir, &["add", "-A"]);
-    git(dir, &["commit", "--quiet", "-m", "attempt"]);
-    let commit = git(dir, &["rev-parse", "HEAD"]);
-    git(
-        dir,
-        &[
-            "push",
-            "--quiet",
-            "origin",
-            &format!("HEAD:{}", result_ref(run)),
-        ],
-    );
-    commit
-}
 
 /// Waits until the source has no ref `refname` (bounded by the hang guard).
 async fn wait_ref_gone(repo: &Path, refname: &str) {

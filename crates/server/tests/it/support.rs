@@ -1,7 +1,7 @@
 //! Test harness: a real server on a free port over a temp data dir, real git repos, an
 //! HTTP client, and helpers to wait for states and read event streams.
 
-use gantry_core::api::{Claim, CreatedToken, Registered, Scope, SubmitResponse};
+use gantry_core::api::{Claim, CreatedToken, Registered, Scope, SubmitResponse, result_ref};
 use gantry_core::event::Event;
 use gantry_core::{FactoryId, Job, JobId, JobState};
 use gantry_server::{RunningServer, ServeConfig};
@@ -247,6 +247,38 @@ pub fn has_ref(dir: &Path, rev: &str) -> bool {
         .expect("git runs")
         .status
         .success()
+}
+
+/// What a remote factory does on its own machine: a clone of `source` in `dir` with one
+/// commit that writes `text` to `file`, pushed to the result ref of `run` in the source.
+/// Returns the commit.
+pub fn publish(
+    source: &Path,
+    dir: &Path,
+    run: gantry_core::RunId,
+    file: &str,
+    text: &str,
+) -> String {
+    if !dir.exists() {
+        git(
+            source,
+            &["clone", "--quiet", ".", dir.to_str().expect("UTF-8 path")],
+        );
+    }
+    std::fs::write(dir.join(file), text).expect("write");
+    git(dir, &["add", "-A"]);
+    git(dir, &["commit", "--quiet", "-m", "attempt"]);
+    let commit = git(dir, &["rev-parse", "HEAD"]);
+    git(
+        dir,
+        &[
+            "push",
+            "--quiet",
+            "origin",
+            &format!("HEAD:{}", result_ref(run)),
+        ],
+    );
+    commit
 }
 
 /// A temp dir holding a git repo `repo/` on branch `main` with one commit (README.md,
