@@ -236,6 +236,8 @@ impl Factory {
                 reason: "a factory needs at least one seat".to_string(),
             });
         }
+        cfg.sandbox.probe().await.map_err(FactoryError::Sandbox)?;
+        tracing::info!(sandbox = cfg.sandbox.kind(), "runs are sandboxed");
         if !self.adopted {
             match or_shutdown(&mut shutdown, self.adopt()).await {
                 Waited::Done(report) => {

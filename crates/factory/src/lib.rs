@@ -27,6 +27,7 @@ mod http;
 pub mod process;
 pub mod record;
 mod run;
+pub mod sandbox;
 mod tail;
 pub mod workspace;
 
@@ -35,6 +36,7 @@ pub use coordinator::{CoordError, Coordinator};
 pub use factory::{AdoptReport, Factory};
 pub use http::HttpCoordinator;
 pub use process::kill_orphans;
+pub use sandbox::{Confinement, Sandbox, SandboxError};
 
 use gantry_core::{JobId, RunId};
 use std::path::{Path, PathBuf};
@@ -74,6 +76,19 @@ pub struct FactoryConfig {
     /// false for one that shares the server's data dir (the embedded factory). A
     /// publication that fails fails the run.
     pub publish_results: bool,
+    /// The sandbox every run goes in: bubblewrap by default. [`Sandbox::None`] is the
+    /// explicit opt-out; the factory checks at start that the sandbox works and
+    /// refuses to start otherwise.
+    pub sandbox: Sandbox,
+    /// Files and directories of the factory's own, besides the data dir, that no run
+    /// may see (a token file, a configuration file).
+    pub hidden_paths: Vec<PathBuf>,
+    /// Paths every sandboxed run may read besides the system directories and its
+    /// `PATH` (a toolchain outside `/usr`, say).
+    pub sandbox_read_only: Vec<PathBuf>,
+    /// Paths every sandboxed run may write besides its worktree (a shared build cache,
+    /// say). Anything here is shared by all jobs: name only what may be.
+    pub sandbox_read_write: Vec<PathBuf>,
 }
 
 impl Default for FactoryConfig {
@@ -93,6 +108,10 @@ impl Default for FactoryConfig {
             engines: agent::EngineSettings::default(),
             // The server delivers from its own cache unless told otherwise.
             publish_results: false,
+            sandbox: Sandbox::default(),
+            hidden_paths: Vec::new(),
+            sandbox_read_only: Vec::new(),
+            sandbox_read_write: Vec::new(),
         }
     }
 }
@@ -119,6 +138,12 @@ pub enum FactoryError {
         /// Why it cannot work.
         reason: String,
     },
+    /// The configured sandbox does not work on this machine. A factory never falls
+    /// back to running jobs unsandboxed on its own.
+    #[error(
+        "{0}; a factory runs no job outside its sandbox (to run jobs unsandboxed anyway, start it with --allow-unsandboxed-jobs)"
+    )]
+    Sandbox(#[source] SandboxError),
     /// A directory under the data dir could not be created.
     #[error("cannot create directory {path}: {source}")]
     DataDir {

@@ -116,6 +116,9 @@ pub struct DetachedCommand {
     pub stderr: PathBuf,
     /// File the exit status is written to when the command ends.
     pub exit_status: PathBuf,
+    /// The sandbox the command runs in, with `cwd` as its worktree; `None` runs it
+    /// with the factory's own view of the machine.
+    pub confinement: Option<crate::sandbox::Confinement>,
 }
 
 /// A process started by [`spawn_detached`].
@@ -265,6 +268,16 @@ pub async fn spawn_detached(cmd: &DetachedCommand) -> Result<Detached, ProcessEr
     };
     let shown = program.to_string_lossy().into_owned();
     let resolved = resolve_program(program, &cmd.cwd, &cmd.env)?;
+    let path_var = cmd
+        .env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_os_str());
+    let wall = cmd
+        .confinement
+        .as_ref()
+        .map(|c| c.prefix(&resolved, &cmd.cwd, path_var))
+        .unwrap_or_default();
     let open = |what, path: &Path, write: bool| {
         let f = if write {
             std::fs::File::create(path)
@@ -306,6 +319,7 @@ pub async fn spawn_detached(cmd: &DetachedCommand) -> Result<Detached, ProcessEr
         .arg(SHIM)
         .arg(SHIM_NAME)
         .arg(&cmd.exit_status)
+        .args(&wall)
         .arg(&resolved)
         .args(args)
         .current_dir(&cmd.cwd)

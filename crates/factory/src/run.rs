@@ -503,6 +503,7 @@ impl Supervisor {
             stdout: rec.stdout.clone(),
             stderr: rec.stderr.clone(),
             exit_status: rec.exit_status.clone(),
+            confinement: self.confinement(&rec.artifacts),
         };
         // The record goes down before the process starts, so that a factory dying in
         // between leaves a record from which the process can still be found.
@@ -533,6 +534,23 @@ impl Supervisor {
             }),
         };
         Ok((detached, started))
+    }
+
+    /// The wall around this run: the factory's sandbox, the data dir and the
+    /// factory's own paths hidden, the run's artifacts (prompt, script) readable.
+    fn confinement(&self, artifacts: &Path) -> Option<crate::sandbox::Confinement> {
+        let cfg = &self.ctx.cfg;
+        if cfg.sandbox == crate::Sandbox::None {
+            return None;
+        }
+        Some(crate::sandbox::Confinement {
+            sandbox: cfg.sandbox.clone(),
+            data_dir: workspace::absolute(&cfg.data_dir),
+            hidden: cfg.hidden_paths.clone(),
+            readable: vec![workspace::absolute(artifacts)],
+            read_only: cfg.sandbox_read_only.clone(),
+            read_write: cfg.sandbox_read_write.clone(),
+        })
     }
 
     /// Watches the recorded process to its end: tails and uploads its output, applies

@@ -94,10 +94,13 @@ type Result<T, E = WorkspaceError> = std::result::Result<T, E>;
 const SOURCE_HEAD_REF: &str = "refs/gantry/source-head";
 
 /// Options given to every git call: no hooks (ours or the user's), no automatic gc (it
-/// could pack refs while another run updates its branch), no pager.
+/// could pack refs while another run updates its branch), no pager, no file system
+/// monitor (a command named by configuration, which a run must never get to choose).
 const GIT_BASE_ARGS: &[&str] = &[
     "-c",
     "core.hooksPath=/dev/null",
+    "-c",
+    "core.fsmonitor=false",
     "-c",
     "gc.auto=0",
     "-c",
@@ -220,6 +223,46 @@ where
     }
 }
 
+/// The environment that points git at the worktree `worktree` of `cache` through the
+/// worktree's administrative directory in the cache, found from the cache's side.
+///
+/// A run may write anything in its worktree, including the `.git` file that tells git
+/// where the repository is: followed, it could name a repository the run made, whose
+/// configuration (`core.fsmonitor`, filters) git would execute as the factory, outside
+/// the sandbox. So the factory never lets git discover the repository from the
+/// worktree: it names the directory itself, from the cache's records, which no run can
+/// see.
+async fn worktree_env(cache: &Path, worktree: &Path) -> Result<[(&'static str, String); 2]> {
+    let wanted = absolute(worktree).join(".git");
+    let admin = cache.join("worktrees");
+    let mut entries = tokio::fs::read_dir(&admin)
+        .await
+        .map_err(io_err("cannot list the worktrees of", &admin))?;
+    while let Some(entry) = entries
+        .next_entry()
+        .await
+        .map_err(io_err("cannot list the worktrees of", &admin))?
+    {
+        let Ok(gitdir) = tokio::fs::read_to_string(entry.path().join("gitdir")).await else {
+            continue;
+        };
+        if Path::new(gitdir.trim_end_matches('\n')) == wanted {
+            return Ok([
+                ("GIT_DIR", entry.path().to_string_lossy().into_owned()),
+                (
+                    "GIT_WORK_TREE",
+                    absolute(worktree).to_string_lossy().into_owned(),
+                ),
+            ]);
+        }
+    }
+    Err(WorkspaceError::Invalid {
+        field: "worktree",
+        value: worktree.display().to_string(),
+        reason: format!("no worktree of {} is registered there", cache.display()),
+    })
+}
+
 /// The bare cache of `repo`: `<data>/repos/<cache_name(repo)>`.
 pub fn cache_dir(data_dir: &Path, repo: &str) -> PathBuf {
     data_dir
@@ -270,7 +313,7 @@ impl Drop for LiveGuard {
 
 /// `p` made absolute against the current directory: git runs with the cache as its
 /// working directory, so relative paths given to it would point elsewhere.
-fn absolute(p: &Path) -> PathBuf {
+pub(crate) fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
@@ -580,7 +623,55 @@ pub(crate) async fn prepare(
             });
         }
     };
+    agent_repo(&cache, path, branch).await?;
     Ok(Prepared { cache, base_commit })
+}
+
+/// Gives the worktree `path` a repository of its own for the agent, in place of the
+/// `.git` file that links it to the cache: a shallow clone of `branch` (the attempt's
+/// start), with the index matching the checkout so that `git status` is clean.
+///
+/// The cache holds every job's branches and objects, so it must stay out of the
+/// sandbox; yet agents expect `git status`, `git diff` and `git commit` to work in
+/// their checkout. The agent's repository is never read by the factory, which
+/// commits the worktree's files through the cache's own record of the worktree
+/// ([`worktree_env`]): what an agent does to its repository (commits, a moved HEAD,
+/// hostile configuration) changes nothing of what the attempt delivers.
+async fn agent_repo(cache: &Path, path: &Path, branch: &str) -> Result<()> {
+    let dot_git = path.join(".git");
+    tokio::fs::remove_file(&dot_git)
+        .await
+        .map_err(io_err("cannot replace the worktree's link", &dot_git))?;
+    git(
+        path,
+        [
+            OsStr::new("init"),
+            OsStr::new("--quiet"),
+            OsStr::new("--template="),
+            OsStr::new("--initial-branch"),
+            OsStr::new(branch),
+        ],
+    )
+    .await?;
+    let refspec = format!("+refs/heads/{branch}:refs/heads/{branch}");
+    git(
+        path,
+        [
+            OsStr::new("fetch"),
+            OsStr::new("--quiet"),
+            OsStr::new("--depth=1"),
+            OsStr::new("--no-tags"),
+            OsStr::new("--update-head-ok"),
+            cache.as_os_str(),
+            OsStr::new(&refspec),
+        ],
+    )
+    .await?;
+    git(path, ["read-tree", "HEAD"]).await?;
+    // Stat data in the fresh index is empty: one refresh makes `git status` fast and
+    // quiet. A refresh that finds differences exits 1, which is not an error here.
+    git_status(path, ["update-index", "-q", "--refresh"], &[]).await?;
+    Ok(())
 }
 
 /// What an attempt changed, relative to its base.
@@ -606,8 +697,10 @@ pub(crate) async fn commit_changes(
     message: &str,
     patch_path: &Path,
 ) -> Result<Changes> {
-    git(worktree, ["add", "-A"]).await?;
-    let staged = git_status(worktree, ["diff", "--cached", "--quiet"], &[]).await?;
+    let wt = worktree_env(cache, worktree).await?;
+    let wt: Vec<(&str, &str)> = wt.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    git_env(worktree, ["add", "-A"], &wt).await?;
+    let staged = git_status(worktree, ["diff", "--cached", "--quiet"], &wt).await?;
     match staged.code {
         Some(0) => {}
         Some(1) => {
@@ -627,7 +720,7 @@ pub(crate) async fn commit_changes(
                     "-m",
                     message,
                 ],
-                IDENTITY,
+                &[IDENTITY, &wt].concat(),
             )
             .await?;
         }
@@ -640,7 +733,7 @@ pub(crate) async fn commit_changes(
             });
         }
     }
-    let commit = git(worktree, ["rev-parse", "--verify", "HEAD^{commit}"])
+    let commit = git_env(worktree, ["rev-parse", "--verify", "HEAD^{commit}"], &wt)
         .await?
         .trim()
         .to_string();
@@ -795,11 +888,15 @@ pub(crate) async fn checkpoint(
     unchanged_tree: &str,
     message: &str,
 ) -> Result<Option<Wip>> {
-    let index = git(worktree, ["rev-parse", "--git-path", "index"]).await?;
-    let index = worktree.join(index.trim());
+    let wt = worktree_env(cache, worktree).await?;
+    let index = Path::new(&wt[0].1).join("index");
     let _ = tokio::fs::remove_file(index_tmp).await;
     let tmp = index_tmp.to_string_lossy().into_owned();
-    let env = [("GIT_INDEX_FILE", tmp.as_str())];
+    let env = [
+        ("GIT_INDEX_FILE", tmp.as_str()),
+        (wt[0].0, wt[0].1.as_str()),
+        (wt[1].0, wt[1].1.as_str()),
+    ];
     match tokio::fs::copy(&index, index_tmp).await {
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

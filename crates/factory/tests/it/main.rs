@@ -10,6 +10,7 @@ mod hygiene;
 mod orphans;
 mod result_refs;
 mod runs;
+mod sandbox;
 mod stand_ins;
 mod stops;
 mod support;

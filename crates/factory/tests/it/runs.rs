@@ -127,6 +127,8 @@ async fn the_environment_is_the_allowlist_plus_job_env_and_gantry_vars() {
         "GANTRY_ATTEMPT",
         "GANTRY_PROMPT_FILE",
         "GANTRY_WORKSPACE",
+        // bubblewrap names the working directory it starts the command in.
+        "PWD",
     ]
     .into();
     assert!(

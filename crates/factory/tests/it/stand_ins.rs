@@ -46,7 +46,16 @@ struct Rig {
 
 /// A factory whose claude and codex binaries are the stand-ins in `bin/`.
 fn rig(claude: Option<(&str, f64, i32)>, codex: Option<(&str, f64, i32)>) -> Rig {
-    let tmp = tempfile::tempdir().expect("tempdir");
+    rig_in(tempfile::tempdir().expect("tempdir"), claude, codex)
+}
+
+/// [`rig`] in `tmp`, where a test may have put a transcript of its own: the runs'
+/// sandbox shows them the test's directory, not other temporary directories.
+fn rig_in(
+    tmp: tempfile::TempDir,
+    claude: Option<(&str, f64, i32)>,
+    codex: Option<(&str, f64, i32)>,
+) -> Rig {
     let bin = tmp.path().join("bin");
     std::fs::create_dir_all(&bin).expect("bin");
     let repo = tmp.path().join("src-repo");
@@ -152,7 +161,8 @@ async fn issue3_claude_code_api_error_with_exit_1_fails() {
         ),
     )
     .expect("write transcript");
-    let r = rig(Some((t.to_str().expect("utf8"), 0.0, 1)), None);
+    let transcript = t.to_str().expect("utf8").to_string();
+    let r = rig_in(tmp, Some((&transcript, 0.0, 1)), None);
     let mut s = spec(&r.repo, &[]);
     s.engine = EngineKind::ClaudeCode;
     r.coord.push(claim(2, 20, 1, s));

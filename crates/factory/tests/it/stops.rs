@@ -278,6 +278,7 @@ wait";
             stdout: tmp.path().join(format!("out{round}")),
             stderr: tmp.path().join(format!("err{round}")),
             exit_status: tmp.path().join(format!("status{round}")),
+            confinement: None,
         };
         let d = spawn_detached(&cmd).await.expect("spawn");
         wait_for(|| (live_members(d.pid).len() >= 6).then_some(())).await;

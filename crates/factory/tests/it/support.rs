@@ -401,6 +401,17 @@ pub fn test_config(data: &Path, seats: u32) -> FactoryConfig {
         // Admission is tested on its own; here it must not depend on the machine.
         min_free_memory_mb: 0,
         min_free_disk_mb: 0,
+        // Runs stay sandboxed (the data dir is hidden from them), but may read and
+        // write the rest of the test's directory, where tests keep their go-files,
+        // stand-in CLIs and what those record.
+        sandbox_read_write: data.parent().map(Path::to_path_buf).into_iter().collect(),
+        // Stand-in agent CLIs replay the recorded transcripts of the engine crate.
+        sandbox_read_only: vec![
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .canonicalize()
+                .expect("the crates directory"),
+        ],
         ..FactoryConfig::default()
     }
 }
