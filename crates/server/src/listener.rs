@@ -26,6 +26,10 @@ use tokio::time::Instant;
 /// How long a refused connection is given to take its 503 answer.
 const REFUSAL_GRACE: Duration = Duration::from_secs(1);
 
+/// Most refused connections being answered at once; past it a refused connection is
+/// closed without an answer, so a flood of connections cannot pile up refusal tasks.
+const MAX_REFUSALS: usize = 64;
+
 /// Pause after an accept error that is not about one connection (e.g. out of file
 /// descriptors), so the loop does not spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -40,11 +44,18 @@ pub(crate) async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
     let mut tasks = JoinSet::new();
+    let mut refusing = false;
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(e) = done {
+                    tracing::error!(error = %e, "a connection task failed");
+                }
+                continue;
+            }
             _ = stopped(&mut shutdown) => break,
         };
         let (stream, peer) = match accepted {
@@ -58,6 +69,7 @@ pub(crate) async fn serve(
         };
         match permits.clone().try_acquire_owned() {
             Ok(permit) => {
+                refusing = false;
                 tasks.spawn(connection(
                     stream,
                     router.clone(),
@@ -67,11 +79,17 @@ pub(crate) async fn serve(
                 ));
             }
             Err(_) => {
-                tracing::warn!(
-                    %peer, max_connections = limits.max_connections,
-                    "connection refused: too many open"
-                );
-                tasks.spawn(refuse(stream, limits.max_connections));
+                // Logged once per spell of refusals, so a flood does not flood the log.
+                if !refusing {
+                    tracing::warn!(
+                        %peer, max_connections = limits.max_connections,
+                        "refusing connections: too many open"
+                    );
+                }
+                refusing = true;
+                if let Ok(permit) = refusals.clone().try_acquire_owned() {
+                    tasks.spawn(refuse(stream, limits.max_connections, permit));
+                }
             }
         }
     }
@@ -137,7 +155,7 @@ async fn connection(
 }
 
 /// Answers a connection over the cap with a 503 naming the cap, then closes it.
-async fn refuse(mut stream: TcpStream, max: usize) {
+async fn refuse(mut stream: TcpStream, max: usize, _permit: OwnedSemaphorePermit) {
     let body = ErrorBody {
         error: TOO_MANY_CONNECTIONS.to_string(),
         message: format!("the server has {max} connections open, the most it accepts"),

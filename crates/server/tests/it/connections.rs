@@ -63,7 +63,7 @@ async fn issue15_slow_and_silent_clients_are_closed_by_the_header_timeout() {
     let addr = addr(&ts);
 
     let mut clients = Vec::new();
-    for n in 0..3 {
+    for n in 0..5 {
         // Sends a request line, then one more header line every 2 s, never the end of
         // the header: each line arrives within the timeout, the whole header never does.
         clients.push(tokio::spawn(async move {
@@ -113,7 +113,7 @@ async fn issue15_slow_and_silent_clients_are_closed_by_the_header_timeout() {
             opened.elapsed()
         }));
     }
-    for n in 0..3 {
+    for n in 0..5 {
         // Connects and sends nothing at all.
         clients.push(tokio::spawn(async move {
             let mut stream = TcpStream::connect(addr).await.expect("connect");
