@@ -159,7 +159,7 @@ impl Limits {
                 self.max_labels,
                 "max_labels",
             )
-            .counted()
+            .in_entries()
             .into());
         }
         for (key, value) in &spec.labels {
@@ -181,7 +181,7 @@ impl Limits {
                 self.max_env_vars,
                 "max_env_vars",
             )
-            .counted()
+            .in_entries()
             .into());
         }
         let env_bytes: usize = spec.env.iter().map(|(k, v)| k.len() + v.len()).sum();
@@ -215,7 +215,7 @@ fn short(key: &str) -> String {
     format!("{}…", &key[..end])
 }
 
-/// An over-limit error in bytes; [`Counted::counted`] rewords it for a count.
+/// An over-limit error in bytes; [`Oversize::in_entries`] rewords it for a count.
 fn too_large(
     index: usize,
     job: &ParsedJob,
@@ -223,8 +223,8 @@ fn too_large(
     size: usize,
     limit: usize,
     key: &str,
-) -> Counted {
-    Counted {
+) -> Oversize {
+    Oversize {
         index,
         file: job.file.clone(),
         line: job
@@ -240,7 +240,7 @@ fn too_large(
 }
 
 /// The parts of a `too_large` error, before it is worded.
-struct Counted {
+struct Oversize {
     index: usize,
     file: String,
     line: Option<usize>,
@@ -251,16 +251,16 @@ struct Counted {
     unit: &'static str,
 }
 
-impl Counted {
+impl Oversize {
     /// The size is a number of entries, not of bytes.
-    fn counted(mut self) -> Counted {
+    fn in_entries(mut self) -> Oversize {
         self.unit = "entries";
         self
     }
 }
 
-impl From<Counted> for ApiError {
-    fn from(c: Counted) -> ApiError {
+impl From<Oversize> for ApiError {
+    fn from(c: Oversize) -> ApiError {
         let at = match c.line {
             Some(line) => format!("{}:{line}", c.file),
             None => c.file.clone(),

@@ -80,6 +80,7 @@ async fn issue15_body_labels_and_env_over_their_caps_are_named() {
         max_labels: 2,
         max_env_vars: 2,
         max_env_bytes: 100,
+        max_job_file_bytes: 5000,
         ..Limits::default()
     };
     let mut ts = TestServer::start(ServeConfig {
@@ -88,7 +89,8 @@ async fn issue15_body_labels_and_env_over_their_caps_are_named() {
     })
     .await;
 
-    let cases: [(&str, String, &str, &str); 5] = [
+    let long_arg = "a".repeat(6000);
+    let cases: [(&str, String, &str, &str); 6] = [
         (
             "body.md",
             job_file("b", &repo, &["true"], "").replace("Do the thing.", &"x".repeat(1001)),
@@ -132,6 +134,12 @@ async fn issue15_body_labels_and_env_over_their_caps_are_named() {
                 &format!("env: {{ A: '{}' }}\n", "z".repeat(200)),
             ),
             "env",
+            "bytes",
+        ),
+        (
+            "file.md",
+            job_file("f", &repo, &["echo", &long_arg], ""),
+            "text",
             "bytes",
         ),
     ];
