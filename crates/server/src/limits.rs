@@ -46,12 +46,12 @@ pub struct Limits {
     /// Largest job file (front matter and body), in bytes.
     pub max_job_file_bytes: usize,
     /// How long a client has to send a request's whole header, counted from when the
-    /// connection opens or its previous response was sent (so it is also how long a
-    /// kept-alive connection may wait for its next request).
+    /// connection opens or from the first byte of each later request.
     pub header_read_timeout: Duration,
-    /// A connection on which no byte moves either way for this long is closed (a
-    /// stalled upload, or a client that stopped reading its response). Long-poll claims
-    /// and event-stream keep-alives are kept well inside it.
+    /// A connection on which no byte moves either way for this long is closed: a
+    /// kept-alive connection no request comes on, a stalled upload, a client that
+    /// stopped reading its response. Long-poll claims and event-stream keep-alives are
+    /// kept well inside it.
     pub idle_timeout: Duration,
     /// Most connections open at once; one more is answered 503 and closed.
     pub max_connections: usize,
@@ -70,7 +70,7 @@ impl Default for Limits {
             max_env_vars: 128,
             max_env_bytes: 64 * 1024,
             max_job_file_bytes: 2 * 1024 * 1024,
-            header_read_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(300),
             max_connections: 1024,
             max_streams_per_token: 16,

@@ -1,5 +1,6 @@
 //! The HTTP server loop: accepts connections up to a cap, serves each with hyper's
-//! HTTP/1 under a header-read timeout, and closes connections on which nothing moves.
+//! HTTP/1, and closes connections whose request header is late or on which nothing
+//! moves.
 //!
 //! `axum::serve` sets none of these (hyper's header timeout needs a timer it does not
 //! give), so a client sending a header line every few seconds, or nothing at all, held
@@ -8,13 +9,19 @@
 use crate::limits::{Limits, TOO_MANY_CONNECTIONS};
 use crate::service::stopped;
 use axum::Router;
+use axum::body::Body;
 use gantry_core::api::ErrorBody;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use http_body_util::BodyExt;
+use hyper::Request;
+use hyper::body::Incoming;
+use hyper::service::{Service, service_fn};
+use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
+use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -109,8 +116,9 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
-/// Serves one connection until it closes, stays silent past the idle timeout, or the
-/// server shuts down (then it finishes the request in flight first).
+/// Serves one connection until it closes, misses its header deadline, stays silent
+/// past the idle timeout, or the server shuts down (then it finishes the request in
+/// flight first).
 async fn connection(
     stream: TcpStream,
     router: Router,
@@ -118,16 +126,34 @@ async fn connection(
     permit: OwnedSemaphorePermit,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let activity = Arc::new(Activity::new());
+    let activity = Arc::new(Activity::new(limits.header_read_timeout));
     let io = TokioIo::new(Watched {
         inner: stream,
         activity: activity.clone(),
     });
+    let inner = TowerToHyperService::new(router);
+    let requests = activity.clone();
+    let service = service_fn(move |req: Request<Incoming>| {
+        let guard = InFlight::start(&requests);
+        let answer = inner.call(req);
+        async move {
+            let resp = answer.await?;
+            // The request counts as in flight until its whole response is written
+            // (hyper drops the body then), so a long response is no header wait.
+            Ok::<_, Infallible>(resp.map(|body| {
+                Body::new(body.map_frame(move |frame| {
+                    let _held = &guard;
+                    frame
+                }))
+            }))
+        }
+    });
+    // The header timeout is kept here rather than by hyper: hyper's also runs while a
+    // kept-alive connection waits for its next request, which would close idle
+    // connections that clients expect to reuse after the header timeout already.
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout);
-    let conn = builder.serve_connection(io, TowerToHyperService::new(router));
+    builder.header_read_timeout(None);
+    let conn = builder.serve_connection(io, service);
     tokio::pin!(conn);
     let mut draining = false;
     loop {
@@ -142,10 +168,11 @@ async fn connection(
                 draining = true;
                 conn.as_mut().graceful_shutdown();
             }
-            _ = activity.silent_for(limits.idle_timeout) => {
+            why = activity.overdue(limits.idle_timeout) => {
                 tracing::debug!(
+                    header_read_timeout = ?limits.header_read_timeout,
                     idle_timeout = ?limits.idle_timeout,
-                    "closing a connection on which nothing moved"
+                    "closing a connection: {why}"
                 );
                 break;
             }
@@ -184,35 +211,111 @@ async fn refuse(mut stream: TcpStream, max: usize, _permit: OwnedSemaphorePermit
     .await;
 }
 
-/// When a byte last moved on a connection, in milliseconds since it opened.
+/// No header deadline is running (stored in [`Activity::header_deadline_ms`]).
+const NO_DEADLINE: u64 = u64::MAX;
+
+/// What a connection's watchdog needs: when a byte last moved, when the request header
+/// being received is due, and how many requests are in flight. Times are milliseconds
+/// since the connection opened.
 struct Activity {
     opened: Instant,
+    header_timeout: Duration,
     last_ms: AtomicU64,
+    /// When the header being received must be complete; [`NO_DEADLINE`] while none is
+    /// being waited for (a request is in flight, or the connection is kept alive idle).
+    header_deadline_ms: AtomicU64,
+    in_flight: AtomicUsize,
 }
 
 impl Activity {
-    fn new() -> Activity {
+    /// A connection just opened: its first request's header is due within
+    /// `header_timeout`, so a client that sends nothing is closed too.
+    fn new(header_timeout: Duration) -> Activity {
         Activity {
             opened: Instant::now(),
+            header_timeout,
             last_ms: AtomicU64::new(0),
+            header_deadline_ms: AtomicU64::new(millis(header_timeout)),
+            in_flight: AtomicUsize::new(0),
         }
     }
 
-    fn touch(&self) {
-        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
+    fn now_ms(&self) -> u64 {
+        millis(self.opened.elapsed())
     }
 
-    /// Resolves once no byte has moved for `timeout`.
-    async fn silent_for(&self, timeout: Duration) {
+    fn at(&self, ms: u64) -> Instant {
+        self.opened + Duration::from_millis(ms)
+    }
+
+    /// Bytes moved. Bytes read while no request is in flight start a request's header,
+    /// which is then due within the header timeout (unless one is already running).
+    fn touch(&self, read: bool) {
+        let now = self.now_ms();
+        self.last_ms.store(now, Ordering::Relaxed);
+        if read && self.in_flight.load(Ordering::Acquire) == 0 {
+            let due = now.saturating_add(millis(self.header_timeout));
+            let _ = self.header_deadline_ms.compare_exchange(
+                NO_DEADLINE,
+                due,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Resolves, with the reason, once the header being received is overdue or no
+    /// byte has moved for `idle`.
+    async fn overdue(&self, idle: Duration) -> &'static str {
         loop {
-            let last = self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-            let deadline = last + timeout;
-            if Instant::now() >= deadline {
-                return;
+            let now = Instant::now();
+            let idle_at = self.at(self.last_ms.load(Ordering::Relaxed)) + idle;
+            if now >= idle_at {
+                return "nothing moved for the idle timeout";
             }
-            tokio::time::sleep_until(deadline).await;
+            let header_ms = self.header_deadline_ms.load(Ordering::Acquire);
+            let header_at = (header_ms != NO_DEADLINE).then(|| self.at(header_ms));
+            if header_at.is_some_and(|at| now >= at) {
+                return "the request header did not arrive within the header timeout";
+            }
+            // A header deadline set while this sleeps is at least a header timeout
+            // away, so waking up that often never misses one.
+            let next = header_at
+                .map_or(idle_at, |at| at.min(idle_at))
+                .min(now + self.header_timeout);
+            tokio::time::sleep_until(next).await;
         }
+    }
+}
+
+/// Milliseconds of `d`, saturating below [`NO_DEADLINE`].
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis())
+        .unwrap_or(NO_DEADLINE - 1)
+        .min(NO_DEADLINE - 1)
+}
+
+/// One request in flight on a connection, from its complete header to the end of its
+/// response: no header is being waited for meanwhile.
+struct InFlight {
+    activity: Arc<Activity>,
+}
+
+impl InFlight {
+    fn start(activity: &Arc<Activity>) -> InFlight {
+        activity.in_flight.fetch_add(1, Ordering::AcqRel);
+        activity
+            .header_deadline_ms
+            .store(NO_DEADLINE, Ordering::Release);
+        InFlight {
+            activity: activity.clone(),
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.activity.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -231,7 +334,7 @@ impl AsyncRead for Watched {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.activity.touch();
+            self.activity.touch(true);
         }
         polled
     }
@@ -245,7 +348,7 @@ impl AsyncWrite for Watched {
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            self.activity.touch(false);
         }
         polled
     }
@@ -257,7 +360,7 @@ impl AsyncWrite for Watched {
     ) -> Poll<io::Result<usize>> {
         let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
         if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.touch();
+            self.activity.touch(false);
         }
         polled
     }

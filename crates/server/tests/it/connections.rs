@@ -173,6 +173,53 @@ async fn issue15_a_stalled_upload_is_closed_by_the_idle_timeout() {
 }
 
 #[tokio::test]
+async fn issue15_a_kept_alive_connection_outlives_the_header_timeout_until_idle() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let idle = Duration::from_secs(4);
+    let mut ts = TestServer::start(server_config(
+        data.path(),
+        Limits {
+            header_read_timeout: Duration::from_secs(1),
+            idle_timeout: idle,
+            ..Limits::default()
+        },
+    ))
+    .await;
+
+    // One whole request and its answer; then the connection waits, kept alive, for a
+    // next request that never comes. Clients reuse such connections, so only the idle
+    // timeout may close it, not the much shorter header timeout.
+    let mut stream = TcpStream::connect(addr(&ts)).await.expect("connect");
+    stream
+        .write_all(b"GET /v1/health HTTP/1.1\r\nHost: gantry\r\n\r\n")
+        .await
+        .expect("send");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !String::from_utf8_lossy(&got).contains("{\"ok\":true}") {
+        let n = tokio::time::timeout(CLOSE_BOUND, stream.read(&mut buf))
+            .await
+            .expect("an answer within the bound")
+            .expect("read");
+        assert!(
+            n > 0,
+            "closed before answering: {}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    let answered = Instant::now();
+    let rest = read_until_closed(&mut stream, "kept-alive connection").await;
+    assert!(rest.is_empty(), "{rest:?}");
+    let lasted = answered.elapsed();
+    assert!(
+        lasted + Duration::from_millis(200) >= idle,
+        "closed {lasted:?} after the answer: before the {idle:?} idle timeout"
+    );
+    ts.shutdown().await;
+}
+
+#[tokio::test]
 async fn issue15_connections_past_the_cap_are_answered_503_until_one_closes() {
     let data = tempfile::tempdir().expect("tempdir");
     let mut ts = TestServer::start(server_config(
