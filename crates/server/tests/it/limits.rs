@@ -205,6 +205,23 @@ async fn issue15_a_list_of_jobs_carries_no_bodies() {
     // `show` still gives the whole spec.
     let job = ts.job(ids[0]).await;
     assert_eq!(job.spec.body.trim_end(), body);
+
+    // The submit events stay small: a capped title, never the body.
+    let events: Vec<Event> = ts.get_json("/v1/events").await;
+    let submitted: Vec<&Event> = events
+        .iter()
+        .filter(|e| e.kind == gantry_core::event::JOB_SUBMITTED)
+        .collect();
+    assert_eq!(submitted.len(), 3);
+    for ev in submitted {
+        let size = ev.data.to_string().len();
+        assert!(size < 2048, "job.submitted is {size} bytes: {}", ev.data);
+        assert!(
+            ev.data["title"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("big "))
+        );
+    }
     ts.shutdown().await;
 }
 
