@@ -486,6 +486,7 @@ async fn bench_server(
         capabilities: Vec::new(),
         db: None,
         config_file: None,
+        limits: gantry_server::Limits::default(),
     })
     .await?;
     let url = format!("http://{}", server.addr());

@@ -513,6 +513,7 @@ fn serve_config(a: cli::ServeArgs, global: &Global) -> Result<ServeConfig, Usage
         capabilities: a.caps,
         db: a.db,
         config_file: a.config,
+        limits: gantry_server::Limits::default(),
     })
 }
 
@@ -671,6 +672,7 @@ mod tests {
                 capabilities: vec!["docker".into(), "gpu=a100".into()],
                 db: None,
                 config_file: None,
+                limits: gantry_server::Limits::default(),
             })
         );
     }

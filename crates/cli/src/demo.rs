@@ -205,6 +205,7 @@ async fn run(root: &Path, keep: bool) -> Result<(), CliError> {
         capabilities: Vec::new(),
         db: None,
         config_file: None,
+        limits: gantry_server::Limits::default(),
     })
     .await?;
     let url = format!("http://{}", server.addr());

@@ -162,7 +162,7 @@ impl Caller {
                 "token {:?} has scope {}, which does not allow this (needs {})",
                 self.token.name, self.token.scope, needed
             ))
-            .with_hint(format!("use a token with scope {needed} or admin")))
+            .with_hint(scope_hint(needed)))
         }
     }
 
@@ -257,6 +257,24 @@ impl Caller {
     }
 }
 
+/// What to use instead when a token's scope does not allow `needed`: a token of that
+/// scope, or one that allows more (only admin allows more than operator or factory).
+fn scope_hint(needed: Scope) -> String {
+    let wider: Vec<&str> = Scope::ALL
+        .into_iter()
+        .filter(|s| *s != needed && s.allows(needed))
+        .map(Scope::as_str)
+        .collect();
+    if wider.is_empty() {
+        format!("use a token with scope {needed}")
+    } else {
+        format!(
+            "use a token with scope {needed} (or {})",
+            wider.join(" or ")
+        )
+    }
+}
+
 /// The hint of every refusal of a factory token acting for another factory.
 const ONE_TOKEN_PER_FACTORY: &str = "a factory token acts only for the factory it registered \
      first; give each factory a token of its own (gantry token create --name <factory> \
@@ -289,9 +307,11 @@ impl FromRequestParts<Arc<Service>> for Caller {
         parts: &mut Parts,
         service: &Arc<Service>,
     ) -> Result<Self, Self::Rejection> {
+        // The hint names the file, never its path: an unauthenticated caller learns
+        // nothing of the server's file system.
         let hint = format!(
-            "send `Authorization: Bearer <token>`; the admin token is in {}",
-            service.config().data_dir.join(ADMIN_TOKEN_FILE).display()
+            "send `Authorization: Bearer <token>`; the first admin token is in the file \
+             {ADMIN_TOKEN_FILE} in the server's data dir"
         );
         let Some(value) = parts.headers.get(AUTHORIZATION) else {
             return Err(ApiError::unauthorized("missing Authorization header").with_hint(hint));
@@ -398,6 +418,19 @@ mod tests {
         assert_eq!(
             hash_token("abc"),
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn scope_hints_never_repeat_a_scope() {
+        assert_eq!(scope_hint(Scope::Admin), "use a token with scope admin");
+        assert_eq!(
+            scope_hint(Scope::Operator),
+            "use a token with scope operator (or admin)"
+        );
+        assert_eq!(
+            scope_hint(Scope::Reader),
+            "use a token with scope reader (or admin or operator or submitter or factory)"
         );
     }
 

@@ -1,5 +1,5 @@
 //! `gantry.toml`: the server's configuration file (engines, prices, the embedded
-//! factory's admission thresholds and checkpoint interval).
+//! factory's admission thresholds and checkpoint interval, size caps and HTTP limits).
 //!
 //! Every key is optional and an unknown key is an error naming it and its line, so a
 //! typo never silently leaves a default in place.
@@ -47,6 +47,64 @@ pub struct ConfigFile {
     /// `[prices."model"]`: USD per million tokens, merged over the built-in table.
     #[serde(default)]
     pub prices: PriceTable,
+    /// `[limits]`: size caps of submitted jobs and limits of the HTTP server.
+    #[serde(default)]
+    pub limits: LimitsSection,
+}
+
+/// `[limits]`: each key given replaces the server's value (see [`crate::Limits`]).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsSection {
+    /// Longest job title, in bytes.
+    pub max_title_bytes: Option<usize>,
+    /// Longest job body (the markdown instructions), in bytes.
+    pub max_body_bytes: Option<usize>,
+    /// Longest label (key and value), in bytes.
+    pub max_label_bytes: Option<usize>,
+    /// Most labels on one job.
+    pub max_labels: Option<usize>,
+    /// Most environment variables on one job.
+    pub max_env_vars: Option<usize>,
+    /// Largest environment of one job (names and values), in bytes.
+    pub max_env_bytes: Option<usize>,
+    /// Largest job file, in bytes.
+    pub max_job_file_bytes: Option<usize>,
+    /// Time a client has to send a request's header, e.g. `"30s"`.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub header_read_timeout: Option<Duration>,
+    /// Time after which a connection on which nothing moves is closed, e.g. `"5m"`.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub idle_timeout: Option<Duration>,
+    /// Most connections open at once.
+    pub max_connections: Option<usize>,
+    /// Most event streams one token may have open at once.
+    pub max_streams_per_token: Option<usize>,
+}
+
+impl LimitsSection {
+    /// Replaces each value of `limits` this section gives.
+    pub fn apply_to(&self, limits: &mut crate::Limits) {
+        fn set<T: Clone>(to: &mut T, from: &Option<T>) {
+            if let Some(v) = from {
+                *to = v.clone();
+            }
+        }
+        set(&mut limits.max_title_bytes, &self.max_title_bytes);
+        set(&mut limits.max_body_bytes, &self.max_body_bytes);
+        set(&mut limits.max_label_bytes, &self.max_label_bytes);
+        set(&mut limits.max_labels, &self.max_labels);
+        set(&mut limits.max_env_vars, &self.max_env_vars);
+        set(&mut limits.max_env_bytes, &self.max_env_bytes);
+        set(&mut limits.max_job_file_bytes, &self.max_job_file_bytes);
+        set(&mut limits.header_read_timeout, &self.header_read_timeout);
+        set(&mut limits.idle_timeout, &self.idle_timeout);
+        set(&mut limits.max_connections, &self.max_connections);
+        set(
+            &mut limits.max_streams_per_token,
+            &self.max_streams_per_token,
+        );
+    }
 }
 
 /// `[factory]`.

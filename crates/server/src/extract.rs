@@ -2,10 +2,11 @@
 //! fault, instead of axum's plain-text defaults.
 
 use crate::error::ApiError;
+use crate::limits::TOO_LARGE;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::Uri;
 use axum::http::request::Parts;
+use axum::http::{StatusCode, Uri};
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use std::fmt::Display;
@@ -26,13 +27,29 @@ where
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         let bytes = Bytes::from_request(req, state)
             .await
-            .map_err(|rej| ApiError::new(rej.status(), "bad_request", rej.body_text()))?;
+            .map_err(|rej| body_rejection(rej.status(), rej.body_text()))?;
         let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
             b"{}"
         } else {
             &bytes
         };
         parse_json(bytes).map(JsonBody)
+    }
+}
+
+/// The error for a request body that could not be read: 413 `too_large` (the kind of
+/// every size refusal) when it is over the route's limit, else 400 `bad_request`.
+fn body_rejection(status: StatusCode, text: String) -> ApiError {
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(
+            status,
+            TOO_LARGE,
+            format!("the request body is larger than this route accepts: {text}"),
+        )
+        .with_hint("send a smaller body (split a batch of jobs into several submissions)")
+        .with_details(json!({ "field": "request body" }))
+    } else {
+        ApiError::new(status, "bad_request", text)
     }
 }
 

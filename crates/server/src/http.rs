@@ -3,6 +3,7 @@
 use crate::auth::{Administer, Authed, Operate, Read, RunFactory, Submit, new_token_secret};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, PathParam, QueryParams};
+use crate::limits::StreamSlot;
 use crate::service::{POLL_FALLBACK, Service, stopped};
 use axum::Json;
 use axum::extract::{DefaultBodyLimit, State};
@@ -118,7 +119,13 @@ async fn list_jobs(
         state: q.get::<JobState>("state")?,
         limit: q.get("limit")?,
     };
-    Ok(Json(svc.store().jobs(&filter).await?))
+    let mut jobs = svc.store().jobs(&filter).await?;
+    // A list carries no bodies: ten jobs with large instructions made one list answer
+    // hundreds of megabytes. The whole spec comes with `GET /v1/jobs/{id}`.
+    for job in &mut jobs {
+        job.spec.body = String::new();
+    }
+    Ok(Json(jobs))
 }
 
 async fn show_job(
@@ -206,7 +213,7 @@ async fn status(State(svc): Svc, _: Authed<Read>) -> Result<Json<Status>, ApiErr
 /// JSON page.
 async fn events(
     State(svc): Svc,
-    _: Authed<Read>,
+    Authed(caller, _): Authed<Read>,
     headers: HeaderMap,
     q: QueryParams,
 ) -> Result<Response, ApiError> {
@@ -243,9 +250,15 @@ async fn events(
                     .with_details(json!({ "field": "Last-Event-ID" }))
                 })?,
         };
-        let stream = event_stream(svc, job, after);
+        let limits = &svc.config().limits;
+        let slot = svc
+            .streams()
+            .take(&caller.token.name, limits.max_streams_per_token)?;
+        // Keep-alives also keep the stream from being closed as idle.
+        let keep_alive = KEEP_ALIVE.min(limits.longest_silence());
+        let stream = event_stream(svc, job, after, slot);
         return Ok(Sse::new(stream)
-            .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("keep-alive"))
+            .keep_alive(KeepAlive::new().interval(keep_alive).text("keep-alive"))
             .into_response());
     }
     let limit = q.get::<usize>("limit")?.unwrap_or(DEFAULT_EVENTS_LIMIT);
@@ -267,6 +280,8 @@ struct Follow {
     buf: VecDeque<Event>,
     changes: tokio::sync::watch::Receiver<u64>,
     shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The token's stream slot, freed when the stream is dropped.
+    _slot: StreamSlot,
 }
 
 /// Stored events after `after`, then live ones as they are recorded. Ends when the
@@ -276,6 +291,7 @@ fn event_stream(
     svc: Arc<Service>,
     job: Option<JobId>,
     after: i64,
+    slot: StreamSlot,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let follow = Follow {
         changes: svc.store().changes(),
@@ -284,6 +300,7 @@ fn event_stream(
         job,
         after,
         buf: VecDeque::new(),
+        _slot: slot,
     };
     futures_util::stream::unfold(follow, |mut st| async move {
         loop {
@@ -382,7 +399,10 @@ async fn claim(
     JsonBody(req): JsonBody<ClaimRequest>,
 ) -> Result<Response, ApiError> {
     caller.require_factory(&svc, id).await?;
-    match svc.claim(id, Duration::from_secs(req.wait_s)).await? {
+    // A waiting claim sends nothing, so it must end well before the connection would
+    // be closed as idle; the factory simply asks again.
+    let wait = Duration::from_secs(req.wait_s).min(svc.config().limits.longest_silence());
+    match svc.claim(id, wait).await? {
         Some(claim) => Ok(Json(claim).into_response()),
         None => Ok(StatusCode::NO_CONTENT.into_response()),
     }

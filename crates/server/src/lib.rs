@@ -15,6 +15,8 @@ mod coordinator;
 mod error;
 mod extract;
 mod http;
+pub mod limits;
+mod listener;
 pub mod metrics;
 mod service;
 
@@ -22,6 +24,7 @@ pub use auth::{ADMIN_TOKEN_FILE, Caller, TOKEN_PREFIX, hash_token, new_token_sec
 pub use coordinator::LocalCoordinator;
 pub use error::{ApiError, ServerError};
 pub use http::router;
+pub use limits::Limits;
 pub use service::{MAX_CLAIM_WAIT, Service, delivery_branch};
 
 use gantry_factory::{Factory, FactoryConfig};
@@ -95,6 +98,9 @@ pub struct ServeConfig {
     /// The config file (`gantry.toml`: engines, prices, admission, checkpoints); `None`
     /// reads `<data_dir>/gantry.toml` when it exists.
     pub config_file: Option<PathBuf>,
+    /// Size caps of submitted jobs and limits of the HTTP server; the config file's
+    /// `[limits]` keys replace these one by one.
+    pub limits: Limits,
 }
 
 impl Default for ServeConfig {
@@ -111,6 +117,7 @@ impl Default for ServeConfig {
             capabilities: Vec::new(),
             db: None,
             config_file: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -166,6 +173,9 @@ fn validate(cfg: &ServeConfig) -> Result<(), ServerError> {
             return bad("capabilities", format!("{cap:?}"), &e);
         }
     }
+    if let Some((field, value, reason)) = cfg.limits.invalid() {
+        return bad(&format!("limits.{field}"), value, &reason);
+    }
     Ok(())
 }
 
@@ -175,12 +185,13 @@ fn validate(cfg: &ServeConfig) -> Result<(), ServerError> {
 ///
 /// Before the reaper and the API start, the embedded factory re-adopts the runs its
 /// previous incarnation left running (see [`gantry_factory::Factory::adopt`]).
-pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
-    validate(&cfg)?;
+pub async fn start(mut cfg: ServeConfig) -> Result<RunningServer, ServerError> {
     let file = match &cfg.config_file {
         Some(path) => config::ConfigFile::load(path, true)?,
         None => config::ConfigFile::load(&cfg.data_dir.join(config::CONFIG_FILE), false)?,
     };
+    file.limits.apply_to(&mut cfg.limits);
+    validate(&cfg)?;
     std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ServerError::Io {
         action: "create data dir",
         path: cfg.data_dir.clone(),
@@ -216,15 +227,12 @@ pub async fn start(cfg: ServeConfig) -> Result<RunningServer, ServerError> {
         cfg.reaper_interval,
         shutdown_rx.clone(),
     ));
-    let mut stop = shutdown_rx.clone();
-    let http = tokio::spawn(
-        axum::serve(listener, router(service.clone()))
-            .with_graceful_shutdown(async move {
-                // An error means the sender is gone, which also means: stop.
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .into_future(),
-    );
+    let http = tokio::spawn(listener::serve(
+        listener,
+        router(service.clone()),
+        cfg.limits.clone(),
+        shutdown_rx.clone(),
+    ));
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "gantry server listening");
     Ok(RunningServer {
         addr,

@@ -98,6 +98,8 @@ pub struct Service {
     /// Bumped whenever a stop is asked of a running job, so the embedded factory renews
     /// at once and stops the run within milliseconds instead of at its next renewal.
     stops: watch::Sender<u64>,
+    /// Event streams open per token, capped by `limits.max_streams_per_token`.
+    streams: Arc<crate::limits::StreamSlots>,
 }
 
 impl Service {
@@ -111,7 +113,13 @@ impl Service {
             shutdown,
             metrics: Arc::new(Metrics::new()),
             stops: watch::channel(0).0,
+            streams: Arc::default(),
         }
+    }
+
+    /// The event streams open per token.
+    pub fn streams(&self) -> &Arc<crate::limits::StreamSlots> {
+        &self.streams
     }
 
     /// Tells in-process factories that a stop was asked (see [`Service::stop_signal`]).
@@ -158,8 +166,10 @@ impl Service {
             ));
         }
         let mut parsed = Vec::with_capacity(req.jobs.len());
-        for file in &req.jobs {
-            parsed.push(prepare(file).await.map_err(|e| ApiError::invalid_job(&e))?);
+        for (index, file) in req.jobs.iter().enumerate() {
+            let job = prepare(file).await.map_err(|e| ApiError::invalid_job(&e))?;
+            self.cfg.limits.check_job(index, &file.text, &job)?;
+            parsed.push(job);
         }
         let jobs = self.store.submit(parsed).await?;
         Ok(SubmitResponse { jobs })

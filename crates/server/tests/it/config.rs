@@ -55,6 +55,13 @@ fn issue3_the_documented_example_parses() {
     );
     let codex = cfg.engines.codex.clone().expect("codex section");
     assert_eq!(codex.env, Some(vec!["OPENAI_API_KEY".to_string()]));
+    // The documented limits are the defaults.
+    let mut limits = gantry_server::Limits {
+        max_connections: 1,
+        ..gantry_server::Limits::default()
+    };
+    cfg.limits.apply_to(&mut limits);
+    assert_eq!(limits, gantry_server::Limits::default());
     let price = cfg.prices.price("gpt-5-codex").expect("price");
     assert_eq!(price.output_per_mtok, 10.0);
     let settings = cfg.engine_settings();

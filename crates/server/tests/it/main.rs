@@ -3,11 +3,14 @@
 
 mod auth;
 mod config;
+mod connections;
 mod delivery;
 mod events;
 mod factories;
 mod fencing;
+mod hints;
 mod jobs;
+mod limits;
 mod metrics;
 mod replicas;
 mod result_refs;
