@@ -3,11 +3,13 @@
 //! a remote one.
 
 use crate::ServeConfig;
-use crate::error::ApiError;
+use crate::error::{ApiError, FACTORY_NAME_TAKEN};
 use crate::metrics::{ClaimResult, FencedWrite, Metrics};
+use axum::http::StatusCode;
 use gantry_core::api::{
     Claim, FactoryStatus, FinishReport, Health, Heartbeat, HeartbeatAck, MAX_REPORTED_DIFF_BYTES,
-    RegisterFactory, Renewed, SubmitFile, SubmitRequest, SubmitResponse, TokenInfo, result_ref,
+    RegisterFactory, Renewed, Scope, SubmitFile, SubmitRequest, SubmitResponse, TokenInfo,
+    result_ref,
 };
 use gantry_core::event::{self, NewEvent};
 use gantry_core::repo::{is_url, resolve_repo};
@@ -150,8 +152,14 @@ impl Service {
         *self.shutdown.borrow()
     }
 
-    /// Parses, checks and stores a batch of job files, all or nothing.
-    pub async fn submit(&self, req: SubmitRequest) -> Result<SubmitResponse, ApiError> {
+    /// Parses, checks and stores a batch of job files for the token `submitter`, all or
+    /// nothing. Idempotency keys are the submitter's own (see
+    /// [`gantry_store::Store::submit_as`]).
+    pub async fn submit(
+        &self,
+        req: SubmitRequest,
+        submitter: &TokenInfo,
+    ) -> Result<SubmitResponse, ApiError> {
         if req.jobs.is_empty() {
             return Err(ApiError::bad_request(
                 "field `jobs` is empty: nothing to submit",
@@ -161,7 +169,7 @@ impl Service {
         for file in &req.jobs {
             parsed.push(prepare(file).await.map_err(|e| ApiError::invalid_job(&e))?);
         }
-        let jobs = self.store.submit(parsed).await?;
+        let jobs = self.store.submit_as(parsed, Some(submitter.id)).await?;
         Ok(SubmitResponse { jobs })
     }
 
@@ -217,17 +225,20 @@ impl Service {
         Ok(self.store.register_factory(reg).await?)
     }
 
-    /// Registers a factory for a factory token and binds the token to it: a factory
-    /// token acts for the first factory it registers and for no other, and a factory is
-    /// registered by one live factory token (403 `forbidden`, naming both, otherwise).
-    /// The embedded factory's name is the server's own.
+    /// Registers a factory for the token that asks (an admin or a factory token; the
+    /// route checks the scope). A factory name belongs to the token that registered it
+    /// first: another token registering it is refused (409 `factory_name_taken`,
+    /// naming the name and its token) until that token is revoked, so a factory token
+    /// cannot take over a factory, and finish its runs, by registering its name. A
+    /// factory token acts for the first factory it registers and for no other (403
+    /// `forbidden`). The embedded factory's name is the server's own.
     pub async fn register_for_token(
         &self,
         token: &TokenInfo,
         reg: &RegisterFactory,
     ) -> Result<FactoryId, ApiError> {
         check_registration(reg)?;
-        if crate::is_embedded_name(&reg.name) {
+        if token.scope == Scope::Factory && crate::is_embedded_name(&reg.name) {
             return Err(ApiError::forbidden(format!(
                 "factory name {:?} is the server's embedded factory: token {:?} cannot \
                  register as it",
@@ -255,16 +266,44 @@ impl Service {
             Binding::FactoryTaken {
                 factory,
                 token: holder,
-            } => Err(ApiError::forbidden(format!(
-                "factory {factory:?} is registered by token {holder:?}; token {:?} cannot \
-                 register as it",
-                token.name
-            ))
-            .with_hint(format!(
-                "if {factory:?} got a new token, revoke the old one first (gantry token \
-                 revoke {holder}); else give this factory another name"
-            ))
-            .with_details(json!({ "token": token.name, "factory": factory, "holder": holder }))),
+            } => {
+                tracing::warn!(
+                    token = %token.name, %factory, %holder,
+                    "registration refused: the factory name belongs to another token"
+                );
+                Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    FACTORY_NAME_TAKEN,
+                    format!(
+                        "factory name {factory:?} belongs to token {holder:?}, which \
+                         registered it; token {:?} cannot register as it",
+                        token.name
+                    ),
+                )
+                .with_hint(format!(
+                    "give this factory another name (--name); if {factory:?} got a new \
+                     token, revoke the old one first (gantry token revoke {holder})"
+                ))
+                .with_details(json!({ "token": token.name, "factory": factory, "holder": holder })))
+            }
+            Binding::NameReserved { factory } => {
+                tracing::warn!(
+                    token = %token.name, %factory,
+                    "registration refused: the factory name belongs to no token"
+                );
+                Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    FACTORY_NAME_TAKEN,
+                    format!(
+                        "factory name {factory:?} was registered by the server itself or \
+                         before factory names were bound to tokens; token {:?} cannot \
+                         register as it",
+                        token.name
+                    ),
+                )
+                .with_hint("give this factory another name (--name)")
+                .with_details(json!({ "token": token.name, "factory": factory, "holder": null })))
+            }
         }
     }
 

@@ -344,3 +344,82 @@ async fn a_remote_factory_runs_jobs_over_http() {
         .expect("factory stops cleanly");
     ts.shutdown().await;
 }
+
+/// Issue 15: idempotency keys were global, so another token's resubmission with other
+/// content got the first token's job back and its content was dropped with a note.
+/// Keys are per token now, and a token reusing its own key with other content gets a
+/// 409 `idempotency_conflict` naming the key and the job; the same content again still
+/// returns the job.
+#[tokio::test]
+async fn issue15_idempotency_keys_are_per_token_and_new_content_is_a_conflict() {
+    let (_tmp, repo) = repo();
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut ts = TestServer::start(ServeConfig {
+        embedded_factory: false,
+        ..config(data.path())
+    })
+    .await;
+    let alice = ts.token("alice", gantry_core::api::Scope::Submitter).await;
+    let bob = ts.token("bob", gantry_core::api::Scope::Submitter).await;
+    let body = |argv: &[&str]| {
+        json!({ "jobs": [{
+            "file": "k.md",
+            "text": job_file("keyed", &repo, argv, "idempotency_key: shared-key\n"),
+        }]})
+    };
+    let submit = |token: &str, argv: &'static [&'static str]| {
+        let (ts, token, body) = (&ts, token.to_string(), body(argv));
+        async move {
+            let resp = ts.post(&token, "/v1/jobs", &body).await;
+            let status = resp.status().as_u16();
+            let text = resp.text().await.expect("body");
+            (status, text)
+        }
+    };
+
+    let (status, text) = submit(&alice, &["true"]).await;
+    assert_eq!(status, 200, "{text}");
+    let first: SubmitResponse = serde_json::from_str(&text).expect("response");
+    let a = first.jobs[0].id;
+
+    // Bob's job with the same key and other content is a job of his own.
+    let (status, text) = submit(&bob, &["false"]).await;
+    assert_eq!(status, 200, "{text}");
+    let bobs: SubmitResponse = serde_json::from_str(&text).expect("response");
+    assert_ne!(bobs.jobs[0].id, a);
+    assert!(!bobs.jobs[0].existing, "{bobs:?}");
+    let job_b = ts.job(bobs.jobs[0].id).await;
+    assert_eq!(
+        ts.job(a).await.spec.command,
+        ["true"],
+        "alice's job is untouched"
+    );
+    assert_eq!(job_b.spec.command, ["false"]);
+
+    // Alice reusing her key with other content: a conflict naming the key and job.
+    let (status, text) = submit(&alice, &["false"]).await;
+    assert_eq!(status, 409, "{text}");
+    let err: ErrorBody = serde_json::from_str(&text).expect("error body");
+    assert_eq!(err.error, gantry_server::IDEMPOTENCY_CONFLICT);
+    assert!(
+        err.message.contains("shared-key") && err.message.contains(&format!("job {a}")),
+        "{err:?}"
+    );
+    assert_eq!(
+        (
+            &err.details["key"],
+            &err.details["job"],
+            &err.details["file"]
+        ),
+        (&json!("shared-key"), &json!(a), &json!("k.md"))
+    );
+    assert!(err.hint.is_some(), "{err:?}");
+
+    // The same content again returns her job.
+    let (status, text) = submit(&alice, &["true"]).await;
+    assert_eq!(status, 200, "{text}");
+    let again: SubmitResponse = serde_json::from_str(&text).expect("response");
+    assert_eq!((again.jobs[0].id, again.jobs[0].existing), (a, true));
+    assert_eq!(ts.get_json::<Vec<Job>>("/v1/jobs").await.len(), 2);
+    ts.shutdown().await;
+}
