@@ -317,3 +317,99 @@ struct FinishedData<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     insights: Option<&'a gantry_core::engine::Insights>,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn who(id: i64, scope: Scope, bound_to: Option<&str>) -> Registrant {
+        Registrant {
+            id,
+            name: format!("t{id}"),
+            scope,
+            bound_to: bound_to.map(str::to_string),
+        }
+    }
+
+    fn held_by(registrar: Option<(i64, bool)>, bound_live: Option<&str>) -> NameHolder {
+        NameHolder {
+            registrar: registrar.map(|(id, live)| (id, format!("t{id}"), live)),
+            bound_live: bound_live.map(str::to_string),
+        }
+    }
+
+    fn taken(token: &str) -> Registration {
+        Registration::Refused(Binding::FactoryTaken {
+            factory: "x".into(),
+            token: token.into(),
+        })
+    }
+
+    const GO: Registration = Registration::Go {
+        own: true,
+        bind: true,
+    };
+
+    /// Every case of who registers a name, against who holds it.
+    #[test]
+    fn a_name_belongs_to_the_token_that_registered_it() {
+        let factory = who(1, Scope::Factory, None);
+        let admin = who(2, Scope::Admin, None);
+        let admin_go = |own| Registration::Go { own, bind: false };
+        let cases: Vec<(&Registrant, Option<NameHolder>, Registration)> = vec![
+            // A new name is the registrant's; a factory token is bound to it.
+            (&factory, None, GO),
+            (&admin, None, admin_go(true)),
+            // Its own name again.
+            (
+                &factory,
+                Some(held_by(Some((1, true)), None)),
+                Registration::Go {
+                    own: false,
+                    bind: true,
+                },
+            ),
+            (
+                &admin,
+                Some(held_by(Some((2, true)), None)),
+                admin_go(false),
+            ),
+            // Another live token's name: refused to a factory token (the takeover of
+            // issue 15); an admin re-registers it without taking it.
+            (&factory, Some(held_by(Some((2, true)), None)), taken("t2")),
+            (&factory, Some(held_by(None, Some("t9"))), taken("t9")),
+            (
+                &admin,
+                Some(held_by(Some((1, true)), None)),
+                admin_go(false),
+            ),
+            // A revoked token's name is free.
+            (&factory, Some(held_by(Some((2, false)), None)), GO),
+            (
+                &admin,
+                Some(held_by(Some((1, false)), None)),
+                admin_go(true),
+            ),
+            // A name of no token (the server's own, or from before names were bound).
+            (
+                &factory,
+                Some(held_by(None, None)),
+                Registration::Refused(Binding::NameReserved {
+                    factory: "x".into(),
+                }),
+            ),
+            (&admin, Some(held_by(None, None)), admin_go(true)),
+        ];
+        for (i, (w, holder, expected)) in cases.into_iter().enumerate() {
+            assert_eq!(registration("x", w, holder.as_ref()), expected, "case {i}");
+        }
+        // A factory token bound to another factory registers no other name.
+        assert_eq!(
+            registration("x", &who(3, Scope::Factory, Some("y")), None),
+            Registration::Refused(Binding::TokenTaken {
+                token: "t3".into(),
+                factory: "y".into(),
+            })
+        );
+    }
+}
