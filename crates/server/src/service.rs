@@ -758,8 +758,6 @@ fn check_registration(reg: &RegisterFactory) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Parses one submitted file, resolves its repo against the file's directory and checks
-/// that a local repo exists and is a git repository.
 /// How long one git call of a submit-time source check may take before the source is
 /// left unchecked (the factory that claims the job finds out then).
 const SOURCE_CHECK_TIMEOUT: Duration = Duration::from_secs(10);

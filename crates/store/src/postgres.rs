@@ -1336,14 +1336,14 @@ async fn apply_run_event(tx: &Tx, live: &Live, kind: &str, data: &str) -> R<()> 
 // ---------------------------------------------------------------------------------------
 
 /// The job stored under the idempotency key `key` of `owner` (see
-/// [`rules::key_owner`]); keys stored before keys were scoped (owner 0) are every
-/// owner's, the owner's own first.
+/// [`rules::key_owner`]); keys stored before keys were scoped
+/// ([`rules::UNSCOPED_KEYS`]) are every owner's, the owner's own first.
 async fn lookup_key(tx: &Tx, owner: i64, key: &str) -> R<Option<JobId>> {
     Ok(tx
         .query_opt(
-            "SELECT id FROM jobs WHERE idempotency_key = $2 AND submitter IN ($1, 0)
-             ORDER BY submitter DESC LIMIT 1",
-            &[&owner, &key],
+            "SELECT id FROM jobs WHERE idempotency_key = $2 AND submitter IN ($1, $3)
+             ORDER BY submitter = $1 DESC LIMIT 1",
+            &[&owner, &key, &rules::UNSCOPED_KEYS],
         )
         .await?
         .map(|r| r.try_get(0))

@@ -9,11 +9,18 @@ use gantry_core::retry;
 use gantry_core::time::Millis;
 use gantry_core::{DepRef, JobId, JobSpec, Outcome, ParsedJob, RunId, StopKind};
 
-/// The submitter under which a batch's idempotency keys are stored: the token's id, or
-/// 0 for no token (the server itself, and every job stored before keys were scoped).
-/// Token ids start at 1 on both backends, so 0 is no token's.
+/// The owner of the idempotency keys of jobs stored before keys were scoped: every
+/// submitter sees them (token ids start at 1 on both backends, so 0 is no token's).
+pub(crate) const UNSCOPED_KEYS: i64 = 0;
+
+/// The owner of the idempotency keys of jobs submitted without a token (the server
+/// itself, benches, tests): kept apart from every token's and from the unscoped ones.
+const NO_TOKEN: i64 = -1;
+
+/// The submitter under which a batch's idempotency keys are stored and looked up: the
+/// token's id, or [`NO_TOKEN`]. Lookups also see [`UNSCOPED_KEYS`].
 pub(crate) fn key_owner(submitter: Option<i64>) -> i64 {
-    submitter.unwrap_or(0)
+    submitter.unwrap_or(NO_TOKEN)
 }
 
 /// Whether a job file reusing an idempotency key asks for the same job: its spec

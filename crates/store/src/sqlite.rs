@@ -68,8 +68,8 @@ pub const APPLICATION_ID: i32 = 0x4741_4E54;
 ///   registered before this version belongs to the factory token bound to it (the live
 ///   one, else the latest), or to no token when none is (only an admin token may then
 ///   take it).
-/// - Idempotency keys are per submitting token (`jobs.submitter`, the token's id; 0 for
-///   no token and for every key stored before this version, which every token still
+/// - Idempotency keys are per submitting token (`jobs.submitter`, the token's id; -1
+///   for no token; 0 for every key stored before this version, which every token still
 ///   sees). SQLite cannot drop the old column's UNIQUE constraint without rebuilding
 ///   the table, so that column is renamed, emptied and left unused, and the keys move
 ///   to a new column under a unique index per submitter. Both new `jobs` columns stay
@@ -1803,15 +1803,15 @@ fn end_attempt(
 // ---------------------------------------------------------------------------------------
 
 /// The job stored under the idempotency key `key` of `owner` (see
-/// [`rules::key_owner`]); keys stored before keys were scoped (owner 0) are every
-/// owner's, the owner's own first.
+/// [`rules::key_owner`]); keys stored before keys were scoped
+/// ([`rules::UNSCOPED_KEYS`]) are every owner's, the owner's own first.
 fn lookup_key(tx: &Connection, owner: i64, key: &str) -> Result<Option<JobId>> {
     Ok(tx
         .prepare_cached(
-            "SELECT id FROM jobs WHERE idempotency_key = ?2 AND submitter IN (?1, 0)
-             ORDER BY submitter DESC LIMIT 1",
+            "SELECT id FROM jobs WHERE idempotency_key = ?2 AND submitter IN (?1, ?3)
+             ORDER BY submitter = ?1 DESC LIMIT 1",
         )?
-        .query_row(params![owner, key], |r| r.get(0))
+        .query_row(params![owner, key, rules::UNSCOPED_KEYS], |r| r.get(0))
         .optional()?
         .map(JobId))
 }

@@ -25,8 +25,8 @@ pub(super) const MIGRATIONS: &[&str] = &[
 ///   registered before this version belongs to the factory token bound to it (the live
 ///   one, else the latest), or to no token when none is (only an admin token may then
 ///   take it).
-/// - Idempotency keys are per submitting token (`jobs.submitter`, the token's id; 0 for
-///   no token and for every key stored before this version, which every token still
+/// - Idempotency keys are per submitting token (`jobs.submitter`, the token's id; -1
+///   for no token; 0 for every key stored before this version, which every token still
 ///   sees), unique per submitter. `submitter` stays NULL for keyless jobs, like their
 ///   key, so the partial index gains nothing from them.
 const SCHEMA_V7: &str = r#"
