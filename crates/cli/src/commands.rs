@@ -251,10 +251,11 @@ pub async fn show(client: &Client, id: JobId, format: Format) -> Result<(), CliE
     {
         kv.push(("not before", output::short_time(Some(nb), now)));
     }
-    output::line(format!("Job {}: {}", j.id, j.title));
+    // Each value is one line: a line break in a title or a reason would forge a field.
+    output::line(format!("Job {}: {}", j.id, output::field(&j.title)));
     let w = kv.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (k, v) in &kv {
-        output::line(format!("  {k:<w$}  {v}"));
+        output::line(format!("  {k:<w$}  {}", output::field(v)));
     }
     output::line("");
     if j.runs.is_empty() {
@@ -388,14 +389,15 @@ fn shell_words(argv: &[String]) -> String {
         .join(" ")
 }
 
-/// One event as a line: id, time, kind, and a summary of its data.
+/// One event as a line: id, time, kind, and a summary of its data (kind and summary
+/// come from workers and submitters, so they are kept to one escaped line).
 pub fn event_line(e: &Event) -> String {
     format!(
         "{:>6}  {}  {:<20}  {}",
         e.id,
         output::clock_ms(e.at),
-        e.kind,
-        event_summary(e)
+        output::field(&e.kind),
+        output::field(&event_summary(e))
     )
 }
 

@@ -1,17 +1,104 @@
 //! The output layer: the only place in Gantry that prints. Answers go to stdout (plain
 //! lines, aligned tables, pretty JSON, raw bytes); notes, progress and errors go to
 //! stderr. A closed pipe (`gantry ls | head -1`) is not an error: output just stops.
+//!
+//! Text that reaches a terminal through [`line`], [`note`], [`Table`] and [`error`]
+//! has its control characters shown escaped (`\x1b`, `\r`, `\u{9b}`): titles,
+//! labels, repos, factory names and error messages come from whoever submitted a job
+//! or runs a factory, and an escape sequence printed raw could clear the screen,
+//! retitle the window or overwrite what was printed before it. JSON stays valid JSON
+//! ([`json`] escapes what serde leaves raw as `\u` escapes); [`raw`] is for bytes
+//! that are the answer themselves (logs, diffs), printed as they are.
 
 use crate::error::CliError;
 use gantry_core::time::Millis;
 use serde::Serialize;
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::io::{IsTerminal, Write};
 
-/// Writes `text` and a newline to stdout.
+/// Whether `c` is shown escaped; line breaks and tabs only when `keep_layout` is off
+/// (a table cell or a one-line field, where they would break the layout or forge a
+/// line).
+fn is_unsafe(c: char, keep_layout: bool) -> bool {
+    match c {
+        '\n' | '\t' => !keep_layout,
+        // C0 controls, DEL and the C1 controls (U+009B is CSI on some terminals).
+        c if c.is_control() => true,
+        // Bidirectional overrides and isolates, which reorder what is shown.
+        '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => true,
+        _ => false,
+    }
+}
+
+fn escape(text: &str, keep_layout: bool) -> Cow<'_, str> {
+    if !text.chars().any(|c| is_unsafe(c, keep_layout)) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if !is_unsafe(c, keep_layout) {
+            out.push(c);
+            continue;
+        }
+        // Writing to a String cannot fail.
+        let _ = match c {
+            '\n' => write!(out, "\\n"),
+            '\r' => write!(out, "\\r"),
+            '\t' => write!(out, "\\t"),
+            c if c.is_ascii() => write!(out, "\\x{:02x}", u32::from(c)),
+            c => write!(out, "\\u{{{:x}}}", u32::from(c)),
+        };
+    }
+    Cow::Owned(out)
+}
+
+/// `text` safe to print on a terminal: control characters shown escaped, line breaks
+/// and tabs kept.
+pub fn terminal_safe(text: &str) -> Cow<'_, str> {
+    escape(text, true)
+}
+
+/// A one-line value (a title, a name, a table cell) safe to print on a terminal:
+/// control characters, line breaks and tabs shown escaped.
+pub fn field(text: &str) -> Cow<'_, str> {
+    escape(text, false)
+}
+
+/// JSON text with the characters serde writes raw but a terminal acts on (DEL, the
+/// C1 controls, bidirectional controls) written as `\u` escapes. Such characters only
+/// occur inside JSON strings, where the escape means the same character, so the JSON
+/// is unchanged as data.
+pub fn json_safe(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(|c| is_unsafe(c, true)) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if is_unsafe(c, true) {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                // Writing to a String cannot fail.
+                let _ = write!(out, "\\u{unit:04x}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// Writes `text` and a newline to stdout, control characters escaped.
 pub fn line(text: impl AsRef<str>) {
     let mut out = std::io::stdout().lock();
     // A closed stdout (the reader went away) is not worth an error.
-    let _ = writeln!(out, "{}", text.as_ref());
+    let _ = writeln!(out, "{}", terminal_safe(text.as_ref()));
+}
+
+/// Writes JSON text and a newline to stdout (see [`json_safe`]).
+fn json_text(text: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", json_safe(text));
 }
 
 /// Writes raw bytes to stdout, as they are.
@@ -24,7 +111,7 @@ pub fn raw(bytes: &[u8]) {
 /// Writes `value` to stdout as pretty JSON.
 pub fn json<T: Serialize + ?Sized>(value: &T) {
     match serde_json::to_string_pretty(value) {
-        Ok(s) => line(s),
+        Ok(s) => json_text(&s),
         // Serializing our own API types cannot fail (no maps with non-string keys);
         // if it ever does, say so rather than print nothing.
         Err(e) => note(format!("error: cannot print JSON: {e}")),
@@ -34,32 +121,38 @@ pub fn json<T: Serialize + ?Sized>(value: &T) {
 /// Writes `value` to stdout as one line of compact JSON (for streams).
 pub fn json_line<T: Serialize + ?Sized>(value: &T) {
     match serde_json::to_string(value) {
-        Ok(s) => line(s),
+        Ok(s) => json_text(&s),
         Err(e) => note(format!("error: cannot print JSON: {e}")),
     }
 }
 
-/// Writes a note (progress, remarks next to the answer) to stderr.
+/// Writes a note (progress, remarks next to the answer) to stderr, control characters
+/// escaped.
 pub fn note(text: impl AsRef<str>) {
     let mut err = std::io::stderr().lock();
-    let _ = writeln!(err, "{}", text.as_ref());
+    let _ = writeln!(err, "{}", terminal_safe(text.as_ref()));
 }
 
 /// Writes an error to stderr, jj style: the message, its causes, then hints.
 pub fn error(e: &CliError) {
     if let Some(r) = &e.rendered {
+        // Text clap rendered from our own arguments and help, colored by clap.
         let mut err = std::io::stderr().lock();
         let _ = write!(err, "{r}");
         return;
     }
-    note(render_error(e, color_stderr()));
+    // Written as it is: render_error escaped the parts and added the colors itself.
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{}", render_error(e, color_stderr()));
 }
 
 fn color_stderr() -> bool {
     std::env::var_os("NO_COLOR").is_none() && std::io::stderr().is_terminal()
 }
 
-/// The text of an error as [`error`] prints it.
+/// The text of an error as [`error`] prints it: message, causes and hints (which may
+/// quote a server's answer, and so a job's title) with control characters escaped,
+/// then colored when `color`.
 pub fn render_error(e: &CliError, color: bool) -> String {
     let paint = |code: &str, s: &str| {
         if color {
@@ -68,19 +161,27 @@ pub fn render_error(e: &CliError, color: bool) -> String {
             s.to_string()
         }
     };
-    let mut out = format!("{} {}", paint("1;31", "Error:"), e.message);
+    let mut out = format!("{} {}", paint("1;31", "Error:"), terminal_safe(&e.message));
     match e.causes.len() {
         0 => {}
-        1 => out.push_str(&format!("\n{} {}", paint("1", "Caused by:"), e.causes[0])),
+        1 => out.push_str(&format!(
+            "\n{} {}",
+            paint("1", "Caused by:"),
+            terminal_safe(&e.causes[0])
+        )),
         _ => {
             out.push_str(&format!("\n{}", paint("1", "Caused by:")));
             for (i, c) in e.causes.iter().enumerate() {
-                out.push_str(&format!("\n{}: {c}", i + 1));
+                out.push_str(&format!("\n{}: {}", i + 1, terminal_safe(c)));
             }
         }
     }
     for h in &e.hints {
-        out.push_str(&format!("\n{} {h}", paint("1;36", "Hint:")));
+        out.push_str(&format!(
+            "\n{} {}",
+            paint("1;36", "Hint:"),
+            terminal_safe(h)
+        ));
     }
     out
 }
@@ -125,9 +226,17 @@ impl Table {
         }
     }
 
-    /// Adds a row (missing cells are blank, extra cells are dropped).
+    /// Adds a row (missing cells are blank, extra cells are dropped). Each cell is one
+    /// line: control characters, line breaks and tabs are shown escaped (see
+    /// [`field`]), so the widths are those of what is printed.
     pub fn row(&mut self, cells: Vec<String>) {
-        let mut cells = cells;
+        let mut cells: Vec<String> = cells
+            .into_iter()
+            .map(|c| match field(&c) {
+                Cow::Borrowed(_) => c,
+                Cow::Owned(escaped) => escaped,
+            })
+            .collect();
         cells.resize(self.headers.len(), String::new());
         self.rows.push(cells);
     }
@@ -249,6 +358,47 @@ mod tests {
         assert_eq!(short_duration(2345), "2.3s");
         assert_eq!(short_duration(245_000), "4m05s");
         assert_eq!(short_duration(7_800_000), "2h10m");
+    }
+
+    /// Issue 15: a title with a screen clear, an OSC window title, a bell and a carriage
+    /// return was printed raw by `gantry ls` and `gantry show`.
+    #[test]
+    fn issue15_control_characters_are_shown_escaped() {
+        let title = "a\x1b[2J\x1b]0;pwned\x07b\rc\u{9b}31m\u{202e}d\x7f";
+        assert_eq!(
+            field(title),
+            "a\\x1b[2J\\x1b]0;pwned\\x07b\\rc\\u{9b}31m\\u{202e}d\\x7f"
+        );
+        assert_eq!(field("two\nlines\tand a tab"), "two\\nlines\\tand a tab");
+        assert_eq!(terminal_safe("two\nlines\tkept"), "two\nlines\tkept");
+        assert_eq!(terminal_safe("\x1b[2J"), "\\x1b[2J");
+        assert!(matches!(field("plain, ünïcode ✓"), Cow::Borrowed(_)));
+
+        let mut t = Table::new(&["ID>", "TITLE"]);
+        t.row(vec!["1".into(), "x\x1b[2Jy\nz".into()]);
+        let out = t.render();
+        assert_eq!(out, "ID  TITLE\n 1  x\\x1b[2Jy\\nz");
+        assert!(!out.chars().any(|c| c.is_control() && c != '\n'), "{out:?}");
+
+        // JSON stays JSON with the same data, and nothing a terminal acts on.
+        let value = serde_json::json!({ "title": title });
+        let text = serde_json::to_string(&value).expect("json");
+        let safe = json_safe(&text);
+        assert!(!safe.chars().any(|c| is_unsafe(c, true)), "{safe}");
+        let back: serde_json::Value = serde_json::from_str(&safe).expect("still JSON");
+        assert_eq!(back, value);
+    }
+
+    #[test]
+    fn errors_escape_what_they_quote_but_keep_their_colors() {
+        let e = CliError::new(Kind::Unreachable, "job \x1b]0;x\x07 refused")
+            .cause("c\rd")
+            .hint("h\x1b[2J");
+        assert_eq!(
+            render_error(&e, false),
+            "Error: job \\x1b]0;x\\x07 refused\nCaused by: c\\rd\nHint: h\\x1b[2J"
+        );
+        assert!(render_error(&e, true).starts_with("\x1b[1;31mError:\x1b[0m job \\x1b]0;x"));
     }
 
     #[test]

@@ -21,7 +21,10 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
 
+mod check;
 mod source_state;
+
+pub use check::{SourceCheck, SourceError, SourceField, check_source};
 
 /// Why a workspace operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -542,7 +545,7 @@ pub(crate) async fn prepare(
     let data_dir = &absolute(data_dir);
     let path = &absolute(path);
     if let Some(b) = base
-        && (b.is_empty() || b.starts_with('-') || b.chars().any(char::is_whitespace))
+        && !check::base_is_valid(b)
     {
         return Err(WorkspaceError::Invalid {
             field: "base",

@@ -10,6 +10,13 @@ use serde_json::json;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
+/// The error kind of a registration under a factory name that belongs to another
+/// token (409).
+pub const FACTORY_NAME_TAKEN: &str = "factory_name_taken";
+
+/// The error kind of an idempotency key reused with different content (409).
+pub const IDEMPOTENCY_CONFLICT: &str = "idempotency_conflict";
+
 /// Why the server could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -175,6 +182,14 @@ impl From<StoreError> for ApiError {
             StoreError::Exists { what, name } => {
                 ApiError::new(StatusCode::CONFLICT, "exists", e.to_string())
                     .with_details(json!({ "what": what, "name": name }))
+            }
+            StoreError::IdempotencyConflict { file, key, job, .. } => {
+                ApiError::new(StatusCode::CONFLICT, IDEMPOTENCY_CONFLICT, e.to_string())
+                    .with_hint(
+                        "an idempotency key names one job: submit the same content again, \
+                         or give the changed job another key",
+                    )
+                    .with_details(json!({ "file": file, "key": key, "job": job }))
             }
             StoreError::Corrupt(_) | StoreError::Backend(_) => ApiError::internal(e.to_string()),
         }

@@ -16,8 +16,8 @@ use axum::{Router, http::Method, http::Uri};
 use futures_util::Stream;
 use gantry_core::api::{
     ClaimRequest, CreateToken, CreatedToken, EventsUpload, FactoryStatus, FinishReport, Heartbeat,
-    HeartbeatAck, MAX_REPORTED_DIFF_BYTES, RegisterFactory, Registered, RenewRequest, Scope,
-    Status, SubmitRequest, SubmitResponse, TokenInfo,
+    HeartbeatAck, MAX_REPORTED_DIFF_BYTES, RegisterFactory, Registered, RenewRequest, Status,
+    SubmitRequest, SubmitResponse, TokenInfo,
 };
 use gantry_core::event::Event;
 use gantry_core::{FactoryId, Job, JobId, JobState, RunId};
@@ -103,7 +103,7 @@ async fn submit(
     Authed(caller, _): Authed<Submit>,
     JsonBody(req): JsonBody<SubmitRequest>,
 ) -> Result<Json<SubmitResponse>, ApiError> {
-    let resp = svc.submit(req).await?;
+    let resp = svc.submit(req, &caller.token).await?;
     let ids: Vec<JobId> = resp.jobs.iter().map(|s| s.id).collect();
     tracing::info!(token = %caller.token.name, jobs = ?ids, "jobs submitted");
     Ok(Json(resp))
@@ -356,18 +356,15 @@ fn sse_event(ev: &Event) -> SseEvent {
     }
 }
 
-/// `POST /v1/factories`: a factory token is bound to the first factory it registers
-/// (see [`Service::register_for_token`]); an admin token registers any factory.
+/// `POST /v1/factories`: a factory name belongs to the token that registered it first,
+/// and a factory token is bound to the first factory it registers (see
+/// [`Service::register_for_token`]).
 async fn register_factory(
     State(svc): Svc,
     Authed(caller, _): Authed<RunFactory>,
     JsonBody(reg): JsonBody<RegisterFactory>,
 ) -> Result<Json<Registered>, ApiError> {
-    let id = if caller.token.scope == Scope::Factory {
-        svc.register_for_token(&caller.token, &reg).await?
-    } else {
-        svc.register(&reg).await?
-    };
+    let id = svc.register_for_token(&caller.token, &reg).await?;
     tracing::info!(
         token = %caller.token.name, factory = %id, name = %reg.name,
         "factory registered"

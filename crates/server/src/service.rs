@@ -3,16 +3,19 @@
 //! a remote one.
 
 use crate::ServeConfig;
-use crate::error::ApiError;
+use crate::error::{ApiError, FACTORY_NAME_TAKEN};
 use crate::metrics::{ClaimResult, FencedWrite, Metrics};
+use axum::http::StatusCode;
 use gantry_core::api::{
     Claim, FactoryStatus, FinishReport, Health, Heartbeat, HeartbeatAck, MAX_REPORTED_DIFF_BYTES,
-    RegisterFactory, Renewed, SubmitFile, SubmitRequest, SubmitResponse, TokenInfo, result_ref,
+    RegisterFactory, Renewed, Scope, SubmitFile, SubmitRequest, SubmitResponse, TokenInfo,
+    result_ref,
 };
 use gantry_core::event::{self, NewEvent};
-use gantry_core::repo::{is_url, resolve_repo};
+use gantry_core::repo::resolve_repo;
 use gantry_core::spec::parse_job_file;
-use gantry_core::{FactoryId, Job, JobId, JobState, Outcome, ParsedJob, RunId, SpecError};
+use gantry_core::{FactoryId, Job, JobId, JobState, Outcome, ParsedJob, RunId};
+use gantry_factory::workspace::{self, SourceCheck, SourceField};
 use gantry_store::{Binding, Store, StoreError};
 use serde_json::json;
 use std::collections::HashMap;
@@ -158,20 +161,27 @@ impl Service {
         *self.shutdown.borrow()
     }
 
-    /// Parses, checks and stores a batch of job files, all or nothing.
-    pub async fn submit(&self, req: SubmitRequest) -> Result<SubmitResponse, ApiError> {
+    /// Parses, checks and stores a batch of job files for the token `submitter`, all or
+    /// nothing. Idempotency keys are the submitter's own (see
+    /// [`gantry_store::Store::submit_as`]).
+    pub async fn submit(
+        &self,
+        req: SubmitRequest,
+        submitter: &TokenInfo,
+    ) -> Result<SubmitResponse, ApiError> {
         if req.jobs.is_empty() {
             return Err(ApiError::bad_request(
                 "field `jobs` is empty: nothing to submit",
             ));
         }
         let mut parsed = Vec::with_capacity(req.jobs.len());
+        let mut checked = SourceChecks::new();
         for (index, file) in req.jobs.iter().enumerate() {
-            let job = prepare(file).await.map_err(|e| ApiError::invalid_job(&e))?;
+            let job = prepare(file, &mut checked).await?;
             self.cfg.limits.check_job(index, &file.text, &job)?;
             parsed.push(job);
         }
-        let jobs = self.store.submit(parsed).await?;
+        let jobs = self.store.submit_as(parsed, Some(submitter.id)).await?;
         Ok(SubmitResponse { jobs })
     }
 
@@ -227,17 +237,20 @@ impl Service {
         Ok(self.store.register_factory(reg).await?)
     }
 
-    /// Registers a factory for a factory token and binds the token to it: a factory
-    /// token acts for the first factory it registers and for no other, and a factory is
-    /// registered by one live factory token (403 `forbidden`, naming both, otherwise).
-    /// The embedded factory's name is the server's own.
+    /// Registers a factory for the token that asks (an admin or a factory token; the
+    /// route checks the scope). A factory name belongs to the token that registered it
+    /// first: another token registering it is refused (409 `factory_name_taken`,
+    /// naming the name and its token) until that token is revoked, so a factory token
+    /// cannot take over a factory, and finish its runs, by registering its name. A
+    /// factory token acts for the first factory it registers and for no other (403
+    /// `forbidden`). The embedded factory's name is the server's own.
     pub async fn register_for_token(
         &self,
         token: &TokenInfo,
         reg: &RegisterFactory,
     ) -> Result<FactoryId, ApiError> {
         check_registration(reg)?;
-        if crate::is_embedded_name(&reg.name) {
+        if token.scope == Scope::Factory && crate::is_embedded_name(&reg.name) {
             return Err(ApiError::forbidden(format!(
                 "factory name {:?} is the server's embedded factory: token {:?} cannot \
                  register as it",
@@ -265,16 +278,44 @@ impl Service {
             Binding::FactoryTaken {
                 factory,
                 token: holder,
-            } => Err(ApiError::forbidden(format!(
-                "factory {factory:?} is registered by token {holder:?}; token {:?} cannot \
-                 register as it",
-                token.name
-            ))
-            .with_hint(format!(
-                "if {factory:?} got a new token, revoke the old one first (gantry token \
-                 revoke {holder}); else give this factory another name"
-            ))
-            .with_details(json!({ "token": token.name, "factory": factory, "holder": holder }))),
+            } => {
+                tracing::warn!(
+                    token = %token.name, %factory, %holder,
+                    "registration refused: the factory name belongs to another token"
+                );
+                Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    FACTORY_NAME_TAKEN,
+                    format!(
+                        "factory name {factory:?} belongs to token {holder:?}, which \
+                         registered it; token {:?} cannot register as it",
+                        token.name
+                    ),
+                )
+                .with_hint(format!(
+                    "give this factory another name (--name); if {factory:?} got a new \
+                     token, revoke the old one first (gantry token revoke {holder})"
+                ))
+                .with_details(json!({ "token": token.name, "factory": factory, "holder": holder })))
+            }
+            Binding::NameReserved { factory } => {
+                tracing::warn!(
+                    token = %token.name, %factory,
+                    "registration refused: the factory name belongs to no token"
+                );
+                Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    FACTORY_NAME_TAKEN,
+                    format!(
+                        "factory name {factory:?} was registered by the server itself or \
+                         before factory names were bound to tokens; token {:?} cannot \
+                         register as it",
+                        token.name
+                    ),
+                )
+                .with_hint("give this factory another name (--name)")
+                .with_details(json!({ "token": token.name, "factory": factory, "holder": null })))
+            }
         }
     }
 
@@ -727,62 +768,76 @@ fn check_registration(reg: &RegisterFactory) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Parses one submitted file, resolves its repo against the file's directory and checks
-/// that a local repo exists and is a git repository.
-async fn prepare(file: &SubmitFile) -> Result<ParsedJob, SpecError> {
-    let mut parsed = parse_job_file(&file.file, &file.text)?;
-    let dir = file.dir.as_deref().map(Path::new);
-    let repo = resolve_repo(&parsed.spec.repo, dir);
-    if !is_url(&repo) {
-        check_local_repo(&parsed, &repo).await?;
-    }
-    parsed.spec.repo = repo;
-    Ok(parsed)
+/// How long one git call of a submit-time source check may take before the source is
+/// left unchecked (the factory that claims the job finds out then).
+const SOURCE_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a source was refused at submit, kept per batch (see [`prepare`]).
+#[derive(Debug, Clone)]
+enum Refusal {
+    /// The job file's field is at fault: the message names it and its value.
+    Field(SourceField, String),
+    /// The server could not check (git did not run).
+    Server(String),
 }
 
-/// Refuses a local repo that is relative (nothing to resolve it against), missing, or
-/// not a git repository (a work tree's top level or a bare repository).
-async fn check_local_repo(parsed: &ParsedJob, repo: &str) -> Result<(), SpecError> {
-    // The file may have used the `cwd` alias: name the key as written.
-    let field =
-        if parsed.field_lines.contains_key("repo") || !parsed.field_lines.contains_key("cwd") {
-            "repo"
-        } else {
-            "cwd"
-        };
-    let path = PathBuf::from(repo);
-    if path.is_relative() {
-        return Err(parsed.error(
-            field,
-            format!(
-                "repo path {repo:?} is relative and the submission gave no absolute `dir` \
-                 to resolve it against"
-            ),
-        ));
+/// The outcome of each (repo, base) checked in a batch.
+type SourceChecks = HashMap<(String, Option<String>), Result<(), Refusal>>;
+
+/// Parses a job file and checks its source where the server can (see
+/// [`gantry_factory::workspace::check_source`]): a refused `repo` or `base` is a 400
+/// `invalid_job` naming the file, the field (as written: `cwd` is an alias of `repo`),
+/// its line and its value. Each (repo, base) is checked once per batch.
+async fn prepare(file: &SubmitFile, checked: &mut SourceChecks) -> Result<ParsedJob, ApiError> {
+    let mut parsed =
+        parse_job_file(&file.file, &file.text).map_err(|e| ApiError::invalid_job(&e))?;
+    let dir = file.dir.as_deref().map(Path::new);
+    parsed.spec.repo = resolve_repo(&parsed.spec.repo, dir);
+    let key = (parsed.spec.repo.clone(), parsed.spec.base.clone());
+    let outcome = match checked.get(&key) {
+        Some(outcome) => outcome.clone(),
+        None => {
+            let outcome = check_source(&parsed.spec).await;
+            checked.insert(key, outcome.clone());
+            outcome
+        }
+    };
+    match outcome {
+        Ok(()) => Ok(parsed),
+        Err(Refusal::Server(message)) => Err(ApiError::internal(message)),
+        Err(Refusal::Field(field, message)) => {
+            let (name, value) = match field {
+                SourceField::Repo
+                    if !parsed.field_lines.contains_key("repo")
+                        && parsed.field_lines.contains_key("cwd") =>
+                {
+                    ("cwd", Some(parsed.spec.repo.as_str()))
+                }
+                SourceField::Repo => ("repo", Some(parsed.spec.repo.as_str())),
+                SourceField::Base => ("base", parsed.spec.base.as_deref()),
+            };
+            let spec = parsed.error(name, message);
+            Err(ApiError::invalid_job(&spec).with_details(json!({
+                "file": spec.file,
+                "line": spec.line,
+                "field": name,
+                "value": value,
+            })))
+        }
     }
-    if !path.exists() {
-        return Err(parsed.error(field, format!("repo path {repo:?} does not exist")));
-    }
-    if !path.is_dir() {
-        return Err(parsed.error(field, format!("repo path {repo:?} is not a directory")));
-    }
-    if path.join(".git").exists() {
-        return Ok(());
-    }
-    let out = tokio::process::Command::new("git")
-        .arg("-C")
-        .arg(&path)
-        .args(["rev-parse", "--is-bare-repository"])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .map_err(|e| parsed.error(field, format!("cannot run git to check repo {repo:?}: {e}")))?;
-    if out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "true" {
-        Ok(())
-    } else {
-        Err(parsed.error(
-            field,
-            format!("repo path {repo:?} is not a git repository (no .git and not bare)"),
-        ))
+}
+
+/// The submit-time check of a job's source.
+async fn check_source(spec: &gantry_core::JobSpec) -> Result<(), Refusal> {
+    match workspace::check_source(&spec.repo, spec.base.as_deref(), SOURCE_CHECK_TIMEOUT).await {
+        Ok(SourceCheck::Checked) => Ok(()),
+        Ok(SourceCheck::NotChecked(why)) => {
+            tracing::debug!(repo = %spec.repo, base = ?spec.base, %why, "source not checked at submit");
+            Ok(())
+        }
+        Err(e) => Err(match e.field() {
+            Some(field) => Refusal::Field(field, e.to_string()),
+            None => Refusal::Server(e.to_string()),
+        }),
     }
 }

@@ -50,6 +50,24 @@ pub enum StoreError {
         /// The name.
         name: String,
     },
+    /// An idempotency key the submitting token used before comes with different
+    /// content: the key names one job, so the new content is refused rather than
+    /// silently dropped.
+    #[error(
+        "{file}: idempotency key {key:?} was already used by {by} with different content; \
+         nothing was stored"
+    )]
+    IdempotencyConflict {
+        /// The job file that reused the key.
+        file: String,
+        /// The key.
+        key: String,
+        /// The job stored earlier under the key (`None` when the key's first use is an
+        /// earlier file of the same batch).
+        job: Option<JobId>,
+        /// What used the key first, for the message: `job 12`, or `a.md of this batch`.
+        by: String,
+    },
     /// The stored data does not make sense (a bug or tampering).
     #[error("corrupt store data: {0}")]
     Corrupt(String),

@@ -80,12 +80,20 @@ pub enum Binding {
         /// The name of the factory it is bound to.
         factory: String,
     },
-    /// The factory is bound to another live token; nothing was changed.
+    /// The factory's name belongs to another live token (the one that registered it,
+    /// or a factory token bound to it); nothing was changed.
     FactoryTaken {
         /// The factory's name.
         factory: String,
-        /// The name of the live token it is bound to.
+        /// The name of the live token it belongs to.
         token: String,
+    },
+    /// The factory's name was registered by the server itself (its embedded factory) or
+    /// before names were bound to tokens, and only an admin token may take it; nothing
+    /// was changed.
+    NameReserved {
+        /// The factory's name.
+        factory: String,
     },
 }
 
@@ -99,7 +107,24 @@ pub trait Store: Send + Sync + 'static {
     /// for an idempotency key seen before. New jobs start `blocked` when they have
     /// unsatisfied deps, else `queued`; a job whose dep already ended badly (deps_mode
     /// succeeded) starts `canceled` with the reason.
-    async fn submit(&self, jobs: Vec<ParsedJob>) -> Result<Vec<Submitted>>;
+    ///
+    /// Submits as no token (the server itself, benches, tests): [`Store::submit_as`]
+    /// with submitter `None`.
+    async fn submit(&self, jobs: Vec<ParsedJob>) -> Result<Vec<Submitted>> {
+        self.submit_as(jobs, None).await
+    }
+
+    /// Stores a batch as [`Store::submit`] says, for the token `submitter` (its id;
+    /// `None` for no token). Idempotency keys, and deps written as keys, are the
+    /// submitter's own: another token's key is not seen (keys of jobs stored before
+    /// keys were scoped are seen by every submitter). A key used again with the same
+    /// spec returns the existing job; with a different spec the whole batch is refused
+    /// with [`StoreError::IdempotencyConflict`].
+    async fn submit_as(
+        &self,
+        jobs: Vec<ParsedJob>,
+        submitter: Option<i64>,
+    ) -> Result<Vec<Submitted>>;
 
     /// One job, without its runs.
     async fn job(&self, id: JobId) -> Result<Job>;
@@ -120,12 +145,16 @@ pub trait Store: Send + Sync + 'static {
     /// Registers a factory (or re-registers one with the same name) and returns its id.
     async fn register_factory(&self, reg: &RegisterFactory) -> Result<FactoryId>;
 
-    /// Registers a factory as [`Store::register_factory`] does and binds the factory
-    /// token `token` (its id) to it, in one transaction. A token is bound to the first
-    /// factory it registers and a factory to the first live token that registers it:
-    /// registering under another name than the token's factory, or a factory bound to
-    /// another live token, changes nothing and says which binding is in the way. Tokens
-    /// of other scopes are not bound; the caller checks scopes.
+    /// Registers a factory as [`Store::register_factory`] does for the token `token`
+    /// (its id), in one transaction, and binds a factory token to it. A factory name
+    /// belongs to the token that registered it first, and a factory token is bound to
+    /// the first factory it registers. Registering under another name than the
+    /// token's factory, or a name that belongs to another live token, changes nothing
+    /// and says which binding is in the way; so does a factory token registering a name
+    /// the server registered itself (or one from before names were bound). A name whose
+    /// token was revoked is free for the next token. Admin tokens, which may act for any
+    /// factory, may register any name but take over only a free one, and are never
+    /// bound. The caller checks scopes (only admin and factory tokens register).
     async fn register_factory_for_token(
         &self,
         reg: &RegisterFactory,

@@ -41,7 +41,7 @@ mod rows;
 mod schema;
 mod signal;
 
-use crate::rules::{AttemptEnd, Target, attempt_end, topo_order};
+use crate::rules::{self, AttemptEnd, Target, attempt_end, topo_order};
 use crate::{Binding, FactoryInfo, JobFilter, Result, Store, StoreError};
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
@@ -1335,13 +1335,29 @@ async fn apply_run_event(tx: &Tx, live: &Live, kind: &str, data: &str) -> R<()> 
 // Operations
 // ---------------------------------------------------------------------------------------
 
-async fn lookup_key(tx: &Tx, key: &str) -> R<Option<JobId>> {
+/// The job stored under the idempotency key `key` of `owner` (see
+/// [`rules::key_owner`]); keys stored before keys were scoped
+/// ([`rules::UNSCOPED_KEYS`]) are every owner's, the owner's own first.
+async fn lookup_key(tx: &Tx, owner: i64, key: &str) -> R<Option<JobId>> {
     Ok(tx
-        .query_opt("SELECT id FROM jobs WHERE idempotency_key = $1", &[&key])
+        .query_opt(
+            "SELECT id FROM jobs WHERE idempotency_key = $2 AND submitter IN ($1, $3)
+             ORDER BY submitter = $1 DESC LIMIT 1",
+            &[&owner, &key, &rules::UNSCOPED_KEYS],
+        )
         .await?
         .map(|r| r.try_get(0))
         .transpose()?
         .map(JobId))
+}
+
+/// The spec (JSON text) of a stored job.
+async fn stored_spec(tx: &Tx, id: JobId) -> R<String> {
+    Ok(tx
+        .query_opt("SELECT spec FROM job_specs WHERE job_id = $1", &[&id.0])
+        .await?
+        .ok_or_else(|| corrupt(format!("job {id} has no spec")))?
+        .try_get(0)?)
 }
 
 async fn job_exists(tx: &Tx, id: JobId) -> R<bool> {
@@ -1351,20 +1367,24 @@ async fn job_exists(tx: &Tx, id: JobId) -> R<bool> {
         .is_some())
 }
 
-async fn submit_tx(tx: &Tx, jobs: &[ParsedJob]) -> R<Vec<Submitted>> {
+async fn submit_tx(tx: &Tx, jobs: &[ParsedJob], submitter: Option<i64>) -> R<Vec<Submitted>> {
+    let owner = rules::key_owner(submitter);
     // 1. Idempotency: which entries are new, and which name a job stored earlier (or an
-    //    earlier entry of this batch with the same key). Two batches racing for one new
-    //    key: the second violates the unique index and runs again, finding the first.
+    //    earlier entry of this batch with the same key); a key reused with a different
+    //    spec refuses the batch. Two batches racing for one new key: the second
+    //    violates the unique index and runs again, finding the first.
     let mut slots = Vec::with_capacity(jobs.len());
     let mut news: Vec<usize> = Vec::new();
     let mut batch_keys: HashMap<&str, usize> = HashMap::new();
     for (i, pj) in jobs.iter().enumerate() {
         if let Some(key) = pj.spec.idempotency_key.as_deref() {
             if let Some(&n) = batch_keys.get(key) {
+                rules::check_batch_key_reuse(pj, key, &jobs[news[n]])?;
                 slots.push(SlotOf::SameAs(n));
                 continue;
             }
-            if let Some(id) = lookup_key(tx, key).await? {
+            if let Some(id) = lookup_key(tx, owner, key).await? {
+                rules::check_key_reuse(pj, key, id, &stored_spec(tx, id).await?)?;
                 slots.push(SlotOf::Existing(id));
                 continue;
             }
@@ -1385,7 +1405,7 @@ async fn submit_tx(tx: &Tx, jobs: &[ParsedJob]) -> R<Vec<Submitted>> {
                 DepRef::Id(id) => job_exists(tx, *id).await?.then_some(Target::Stored(*id)),
                 DepRef::Key(key) => match batch_keys.get(key.as_str()) {
                     Some(&n) => Some(Target::New(n)),
-                    None => match lookup_key(tx, key).await? {
+                    None => match lookup_key(tx, owner, key).await? {
                         Some(id) => Some(Target::Stored(id)),
                         // A number written as a string ("12") matching no key is an id.
                         None => match key.trim().parse::<JobId>() {
@@ -1449,6 +1469,7 @@ async fn submit_tx(tx: &Tx, jobs: &[ParsedJob]) -> R<Vec<Submitted>> {
     let mut locks = Vec::with_capacity(n);
     let mut modes = Vec::with_capacity(n);
     let mut keys = Vec::with_capacity(n);
+    let mut owners: Vec<Option<i64>> = Vec::with_capacity(n);
     let mut caps = Vec::with_capacity(n);
     let mut retry_ons = Vec::with_capacity(n);
     let mut backoffs = Vec::with_capacity(n);
@@ -1468,6 +1489,7 @@ async fn submit_tx(tx: &Tx, jobs: &[ParsedJob]) -> R<Vec<Submitted>> {
         locks.push(spec.lock.as_deref());
         modes.push(deps_mode_str(spec.deps_mode));
         keys.push(spec.idempotency_key.as_deref());
+        owners.push(spec.idempotency_key.as_ref().map(|_| owner));
         caps.push(
             serde_json::to_string(&spec.capabilities)
                 .map_err(|e| corrupt(format!("cannot encode capabilities: {e}")))?,
@@ -1485,15 +1507,17 @@ async fn submit_tx(tx: &Tx, jobs: &[ParsedJob]) -> R<Vec<Submitted>> {
     let rows = tx
         .query(
             "INSERT INTO jobs (state, priority, max_attempts, lock_key, deps_mode,
-                 idempotency_key, capabilities, retry_on, backoff_ms, created_at, event_seq,
-                 has_dependents)
+                 idempotency_key, submitter, capabilities, retry_on, backoff_ms, created_at,
+                 event_seq, has_dependents)
              SELECT x.state, x.priority, x.max_attempts, x.lock_key, x.deps_mode, x.key,
-                 ARRAY(SELECT json_array_elements_text(x.caps::json)), x.retry_on,
-                 x.backoff_ms, $10, 1, x.depended
+                 x.submitter, ARRAY(SELECT json_array_elements_text(x.caps::json)),
+                 x.retry_on, x.backoff_ms, $10, 1, x.depended
              FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::text[], $5::text[],
-                         $6::text[], $7::text[], $8::text[], $9::bigint[], $11::boolean[])
+                         $6::text[], $7::text[], $8::text[], $9::bigint[], $11::boolean[],
+                         $12::bigint[])
                  WITH ORDINALITY AS x(state, priority, max_attempts, lock_key, deps_mode,
-                                      key, caps, retry_on, backoff_ms, depended, ord)
+                                      key, caps, retry_on, backoff_ms, depended, submitter,
+                                      ord)
              ORDER BY x.ord
              RETURNING id",
             &[
@@ -1508,6 +1532,7 @@ async fn submit_tx(tx: &Tx, jobs: &[ParsedJob]) -> R<Vec<Submitted>> {
                 &backoffs,
                 &tx.now,
                 &depended,
+                &owners,
             ],
         )
         .await?;
@@ -1813,49 +1838,86 @@ async fn register_tx(tx: &Tx, reg: &RegisterFactory) -> R<i64> {
     Ok(row.try_get(0)?)
 }
 
-/// Registers a factory under the factory token `token` and binds the two (see
-/// [`Store::register_factory_for_token`]); changes nothing when a binding is in the way.
+/// Registers a factory for the token `token` (see [`Store::register_factory_for_token`]
+/// and [`rules::registration`], which decides); changes nothing when a binding is in
+/// the way.
 ///
-/// The token's row is locked first, so registrations with one token take turns; two
-/// tokens racing to bind one factory are settled by the unique index
-/// `tokens_live_factory` (the loser runs again and sees the winner's binding).
+/// The token's row is locked first, so registrations with one token take turns, and
+/// an existing factory's row is locked before its holder is read. Two tokens racing for
+/// a new name both insert it: the loser violates the name's unique index and runs again,
+/// seeing the winner's row; two racing to bind one factory are settled by the unique
+/// index `tokens_live_factory` the same way.
 async fn register_for_token_tx(tx: &Tx, reg: &RegisterFactory, token: i64) -> R<Binding> {
     let row = tx
         .query_opt(
-            "SELECT name, factory_id FROM tokens WHERE id = $1 FOR UPDATE",
+            "SELECT t.name, t.scope, f.name FROM tokens t
+             LEFT JOIN factories f ON f.id = t.factory_id WHERE t.id = $1 FOR UPDATE OF t",
             &[&token],
         )
         .await?
         .ok_or_else(|| not_found("token", token))?;
-    let token_name: String = row.try_get(0)?;
-    let bound: Option<i64> = row.try_get(1)?;
-    if let Some(bound) = bound {
-        let factory: String = tx
-            .query_one("SELECT name FROM factories WHERE id = $1", &[&bound])
-            .await?
-            .try_get(0)?;
-        if factory != reg.name {
-            return Ok(Binding::TokenTaken {
-                token: token_name,
-                factory,
-            });
-        }
-    }
-    let holder = tx
+    let scope: String = row.try_get(1)?;
+    let who = rules::Registrant {
+        id: token,
+        name: row.try_get(0)?,
+        scope: scope.parse::<Scope>().map_err(corrupt)?,
+        bound_to: row.try_get(2)?,
+    };
+    let existing = tx
         .query_opt(
-            "SELECT t.name FROM tokens t JOIN factories f ON f.id = t.factory_id
-             WHERE f.name = $1 AND t.revoked_at IS NULL AND t.id <> $2",
+            "SELECT f.id, f.token_id, r.name, r.revoked_at IS NULL,
+                 (SELECT t.name FROM tokens t WHERE t.factory_id = f.id
+                      AND t.revoked_at IS NULL AND t.id <> $2 LIMIT 1)
+             FROM factories f LEFT JOIN tokens r ON r.id = f.token_id
+             WHERE f.name = $1 FOR UPDATE OF f",
             &[&reg.name, &token],
         )
         .await?;
-    if let Some(holder) = holder {
-        return Ok(Binding::FactoryTaken {
-            factory: reg.name.clone(),
-            token: holder.try_get(0)?,
-        });
-    }
-    let id = register_tx(tx, reg).await?;
-    if bound.is_none() {
+    let holder = match &existing {
+        None => None,
+        Some(row) => {
+            let registrar: Option<i64> = row.try_get(1)?;
+            let registrar_name: Option<String> = row.try_get(2)?;
+            let live: bool = row.try_get(3)?;
+            Some(rules::NameHolder {
+                registrar: registrar.map(|id| (id, registrar_name.unwrap_or_default(), live)),
+                bound_live: row.try_get(4)?,
+            })
+        }
+    };
+    let (own, bind) = match rules::registration(&reg.name, &who, holder.as_ref()) {
+        rules::Registration::Go { own, bind } => (own, bind),
+        rules::Registration::Refused(binding) => return Ok(binding),
+    };
+    let id = match &existing {
+        Some(row) => {
+            let id: i64 = row.try_get(0)?;
+            let set = cap_set(&reg.capabilities);
+            let seats = i64::from(reg.seats);
+            tx.execute(
+                "UPDATE factories SET seats = $2, capabilities = $3, cap_set = $4,
+                     last_seen = $5, token_id = CASE WHEN $6 THEN $7 ELSE token_id END
+                 WHERE id = $1",
+                &[&id, &seats, &reg.capabilities, &set, &tx.now, &own, &token],
+            )
+            .await?;
+            id
+        }
+        None => {
+            let set = cap_set(&reg.capabilities);
+            let seats = i64::from(reg.seats);
+            // A plain insert: a racing registration of the same new name makes one of
+            // the two violate the unique index and run again (see above).
+            tx.query_one(
+                "INSERT INTO factories (name, seats, capabilities, cap_set, last_seen, token_id)
+                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                &[&reg.name, &seats, &reg.capabilities, &set, &tx.now, &token],
+            )
+            .await?
+            .try_get(0)?
+        }
+    };
+    if bind {
         tx.execute(
             "UPDATE tokens SET factory_id = $2 WHERE id = $1",
             &[&token, &id],
@@ -1871,8 +1933,12 @@ fn is_unique_violation(e: &TxError) -> bool {
 
 #[async_trait]
 impl Store for PgStore {
-    async fn submit(&self, jobs: Vec<ParsedJob>) -> Result<Vec<Submitted>> {
-        let out = in_tx!(self, |tx| submit_tx(&tx, &jobs).await)?;
+    async fn submit_as(
+        &self,
+        jobs: Vec<ParsedJob>,
+        submitter: Option<i64>,
+    ) -> Result<Vec<Submitted>> {
+        let out = in_tx!(self, |tx| submit_tx(&tx, &jobs, submitter).await)?;
         if out.iter().any(|s| !s.existing) {
             self.changed();
         }

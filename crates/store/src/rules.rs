@@ -1,12 +1,166 @@
 //! Rules both backends apply in the same way, kept once: the order in which a batch's
-//! new jobs are stored, how an attempt's end decides retry and backoff, and what a
-//! finish report records.
+//! new jobs are stored, what a reused idempotency key means, who may register a
+//! factory name, how an attempt's end decides retry and backoff, and what a finish
+//! report records.
 
-use crate::StoreError;
-use gantry_core::api::FinishReport;
+use crate::{Binding, StoreError};
+use gantry_core::api::{FinishReport, Scope};
 use gantry_core::retry;
 use gantry_core::time::Millis;
-use gantry_core::{DepRef, JobId, Outcome, ParsedJob, RunId, StopKind};
+use gantry_core::{DepRef, JobId, JobSpec, Outcome, ParsedJob, RunId, StopKind};
+
+/// The owner of the idempotency keys of jobs stored before keys were scoped: every
+/// submitter sees them (token ids start at 1 on both backends, so 0 is no token's).
+pub(crate) const UNSCOPED_KEYS: i64 = 0;
+
+/// The owner of the idempotency keys of jobs submitted without a token (the server
+/// itself, benches, tests): kept apart from every token's and from the unscoped ones.
+const NO_TOKEN: i64 = -1;
+
+/// The submitter under which a batch's idempotency keys are stored and looked up: the
+/// token's id, or [`NO_TOKEN`]. Lookups also see [`UNSCOPED_KEYS`].
+pub(crate) fn key_owner(submitter: Option<i64>) -> i64 {
+    submitter.unwrap_or(NO_TOKEN)
+}
+
+/// Whether a job file reusing an idempotency key asks for the same job: its spec
+/// equals the stored one (`stored`, the spec's JSON text). Otherwise the reuse is a
+/// conflict naming the key and the job stored under it.
+pub(crate) fn check_key_reuse(
+    pj: &ParsedJob,
+    key: &str,
+    job: JobId,
+    stored: &str,
+) -> Result<(), StoreError> {
+    // Compared as specs, not as text, so a spec stored by an older release (without
+    // fields added since, which deserialize to their defaults) still matches.
+    let stored: JobSpec = serde_json::from_str(stored)
+        .map_err(|e| StoreError::Corrupt(format!("job {job} has an unreadable spec: {e}")))?;
+    if stored == pj.spec {
+        Ok(())
+    } else {
+        Err(StoreError::IdempotencyConflict {
+            file: pj.file.clone(),
+            key: key.to_string(),
+            job: Some(job),
+            by: format!("job {job}"),
+        })
+    }
+}
+
+/// Whether a job file reusing an idempotency key of an earlier file of the same batch
+/// (`first`) asks for the same job.
+pub(crate) fn check_batch_key_reuse(
+    pj: &ParsedJob,
+    key: &str,
+    first: &ParsedJob,
+) -> Result<(), StoreError> {
+    if first.spec == pj.spec {
+        Ok(())
+    } else {
+        Err(StoreError::IdempotencyConflict {
+            file: pj.file.clone(),
+            key: key.to_string(),
+            job: None,
+            by: format!("{} of this batch", first.file),
+        })
+    }
+}
+
+/// The token registering a factory name, as the store read it.
+pub(crate) struct Registrant {
+    /// The token's id.
+    pub id: i64,
+    /// The token's name.
+    pub name: String,
+    /// The token's scope.
+    pub scope: Scope,
+    /// The name of the factory the token is bound to, if any (factory tokens only).
+    pub bound_to: Option<String>,
+}
+
+/// The factory already registered under the name asked for, as the store read it.
+pub(crate) struct NameHolder {
+    /// The token the name belongs to (`factories.token_id`): its id, name and whether
+    /// it is live. `None` when the server registered the name itself (its embedded
+    /// factory) or the name was registered before names were bound to tokens.
+    pub registrar: Option<(i64, String, bool)>,
+    /// The name of a live factory token other than the registrant that is bound to
+    /// the factory.
+    pub bound_live: Option<String>,
+}
+
+/// What a registration comes to.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Registration {
+    /// Register (insert the factory, or update the existing one).
+    Go {
+        /// The name becomes the registrant's (`factories.token_id`).
+        own: bool,
+        /// The factory token becomes bound to the factory (`tokens.factory_id`).
+        bind: bool,
+    },
+    /// Refused, nothing changes: this binding is in the way.
+    Refused(Binding),
+}
+
+/// Decides a registration of the factory name `name` by `who`, given the factory
+/// already registered under it (`None` for a new name).
+///
+/// A name belongs to the token that registered it first, until that token is revoked.
+/// Admin tokens may act for any factory anyway, so they may register any name, but
+/// they take over only a name no live token holds; a factory token taking a name that
+/// is not free would act for (and finish the runs of) a factory that is not its own.
+pub(crate) fn registration(
+    name: &str,
+    who: &Registrant,
+    existing: Option<&NameHolder>,
+) -> Registration {
+    let factory_token = who.scope == Scope::Factory;
+    if factory_token
+        && let Some(bound) = &who.bound_to
+        && bound != name
+    {
+        return Registration::Refused(Binding::TokenTaken {
+            token: who.name.clone(),
+            factory: bound.clone(),
+        });
+    }
+    let bind = factory_token && who.bound_to.is_none();
+    let Some(holder) = existing else {
+        return Registration::Go { own: true, bind };
+    };
+    let taken = |token: &str| {
+        if factory_token {
+            Registration::Refused(Binding::FactoryTaken {
+                factory: name.to_string(),
+                token: token.to_string(),
+            })
+        } else {
+            Registration::Go {
+                own: false,
+                bind: false,
+            }
+        }
+    };
+    if let Some(token) = &holder.bound_live {
+        return taken(token);
+    }
+    match &holder.registrar {
+        Some((id, _, _)) if *id == who.id => Registration::Go { own: false, bind },
+        Some((_, token, true)) => taken(token),
+        // The token that held the name was revoked: the name is free again, so a
+        // replaced factory token takes its factory over once the old one is revoked.
+        Some((_, _, false)) => Registration::Go { own: true, bind },
+        None if factory_token => Registration::Refused(Binding::NameReserved {
+            factory: name.to_string(),
+        }),
+        None => Registration::Go {
+            own: true,
+            bind: false,
+        },
+    }
+}
 
 /// How an attempt ended, as the lifecycle will record it.
 pub(crate) struct AttemptEnd {
@@ -169,4 +323,100 @@ struct FinishedData<'a> {
     lines_deleted: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     insights: Option<&'a gantry_core::engine::Insights>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn who(id: i64, scope: Scope, bound_to: Option<&str>) -> Registrant {
+        Registrant {
+            id,
+            name: format!("t{id}"),
+            scope,
+            bound_to: bound_to.map(str::to_string),
+        }
+    }
+
+    fn held_by(registrar: Option<(i64, bool)>, bound_live: Option<&str>) -> NameHolder {
+        NameHolder {
+            registrar: registrar.map(|(id, live)| (id, format!("t{id}"), live)),
+            bound_live: bound_live.map(str::to_string),
+        }
+    }
+
+    fn taken(token: &str) -> Registration {
+        Registration::Refused(Binding::FactoryTaken {
+            factory: "x".into(),
+            token: token.into(),
+        })
+    }
+
+    const GO: Registration = Registration::Go {
+        own: true,
+        bind: true,
+    };
+
+    /// Every case of who registers a name, against who holds it.
+    #[test]
+    fn a_name_belongs_to_the_token_that_registered_it() {
+        let factory = who(1, Scope::Factory, None);
+        let admin = who(2, Scope::Admin, None);
+        let admin_go = |own| Registration::Go { own, bind: false };
+        let cases: Vec<(&Registrant, Option<NameHolder>, Registration)> = vec![
+            // A new name is the registrant's; a factory token is bound to it.
+            (&factory, None, GO),
+            (&admin, None, admin_go(true)),
+            // Its own name again.
+            (
+                &factory,
+                Some(held_by(Some((1, true)), None)),
+                Registration::Go {
+                    own: false,
+                    bind: true,
+                },
+            ),
+            (
+                &admin,
+                Some(held_by(Some((2, true)), None)),
+                admin_go(false),
+            ),
+            // Another live token's name: refused to a factory token (the takeover of
+            // issue 15); an admin re-registers it without taking it.
+            (&factory, Some(held_by(Some((2, true)), None)), taken("t2")),
+            (&factory, Some(held_by(None, Some("t9"))), taken("t9")),
+            (
+                &admin,
+                Some(held_by(Some((1, true)), None)),
+                admin_go(false),
+            ),
+            // A revoked token's name is free.
+            (&factory, Some(held_by(Some((2, false)), None)), GO),
+            (
+                &admin,
+                Some(held_by(Some((1, false)), None)),
+                admin_go(true),
+            ),
+            // A name of no token (the server's own, or from before names were bound).
+            (
+                &factory,
+                Some(held_by(None, None)),
+                Registration::Refused(Binding::NameReserved {
+                    factory: "x".into(),
+                }),
+            ),
+            (&admin, Some(held_by(None, None)), admin_go(true)),
+        ];
+        for (i, (w, holder, expected)) in cases.into_iter().enumerate() {
+            assert_eq!(registration("x", w, holder.as_ref()), expected, "case {i}");
+        }
+        // A factory token bound to another factory registers no other name.
+        assert_eq!(
+            registration("x", &who(3, Scope::Factory, Some("y")), None),
+            Registration::Refused(Binding::TokenTaken {
+                token: "t3".into(),
+                factory: "y".into(),
+            })
+        );
+    }
 }

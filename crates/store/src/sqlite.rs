@@ -27,7 +27,7 @@
 //!   index on `state` alone, and events carry no foreign keys, because each index or
 //!   check costs every claim and finish a page write or a lookup.
 
-use crate::rules::{AttemptEnd, Target, attempt_end, topo_order};
+use crate::rules::{self, AttemptEnd, Target, attempt_end, topo_order};
 use crate::{Binding, FactoryInfo, JobFilter, Result, Store, StoreError};
 use async_trait::async_trait;
 use gantry_core::api::{
@@ -55,11 +55,38 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Schema migrations: entry `i` takes the database from `user_version` `i` to `i + 1`.
 /// Never edit a released entry; append a new one instead. Public so tests can build a
 /// database at an older version and check that opening it migrates it intact.
-pub const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4];
+pub const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
 
 /// `PRAGMA application_id` of a Gantry database ("GANT"), so a foreign SQLite file is
 /// recognized before anything is written to it.
 pub const APPLICATION_ID: i32 = 0x4741_4E54;
+
+/// Identities (issue 15):
+/// - `factories.token_id`: the token a factory name belongs to (the first to register
+///   it), so another token cannot take the name, and with it the factory's runs, over.
+///   NULL for names the server registered itself (its embedded factory). A factory
+///   registered before this version belongs to the factory token bound to it (the live
+///   one, else the latest), or to no token when none is (only an admin token may then
+///   take it).
+/// - Idempotency keys are per submitting token (`jobs.submitter`, the token's id; -1
+///   for no token; 0 for every key stored before this version, which every token still
+///   sees). SQLite cannot drop the old column's UNIQUE constraint without rebuilding
+///   the table, so that column is renamed, emptied and left unused, and the keys move
+///   to a new column under a unique index per submitter. Both new `jobs` columns stay
+///   NULL for keyless jobs, which keeps the index partial and the rows narrow.
+const SCHEMA_V5: &str = r#"
+ALTER TABLE factories ADD COLUMN token_id INTEGER REFERENCES tokens (id);
+UPDATE factories SET token_id = (
+    SELECT t.id FROM tokens t WHERE t.factory_id = factories.id
+    ORDER BY t.revoked_at IS NULL DESC, t.id DESC LIMIT 1);
+ALTER TABLE jobs RENAME COLUMN idempotency_key TO unscoped_key;
+ALTER TABLE jobs ADD COLUMN idempotency_key TEXT;
+ALTER TABLE jobs ADD COLUMN submitter INTEGER;
+UPDATE jobs SET idempotency_key = unscoped_key, unscoped_key = NULL, submitter = 0
+    WHERE unscoped_key IS NOT NULL;
+CREATE UNIQUE INDEX jobs_idempotency ON jobs (submitter, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+"#;
 
 /// Remote factories (issue 4): why a factory does not claim (its admission, from its
 /// heartbeats), and each run's diff, reported by the factory that ran it so that any
@@ -1069,8 +1096,9 @@ fn register_tx(
         .query_row(params![reg.name, reg.seats, caps_json, now], |r| r.get(0))?)
 }
 
-/// Registers a factory under the factory token `token` and binds the two (see
-/// [`Store::register_factory_for_token`]); changes nothing when a binding is in the way.
+/// Registers a factory for the token `token` (see
+/// [`Store::register_factory_for_token`] and [`rules::registration`], which decides);
+/// changes nothing when a binding is in the way.
 fn register_for_token_tx(
     tx: &Connection,
     reg: &RegisterFactory,
@@ -1078,37 +1106,49 @@ fn register_for_token_tx(
     token: i64,
     now: Millis,
 ) -> Result<Binding> {
-    let (token_name, bound): (String, Option<i64>) = tx
-        .prepare_cached("SELECT name, factory_id FROM tokens WHERE id = ?1")?
-        .query_row([token], |r| Ok((r.get(0)?, r.get(1)?)))
+    let (name, scope, bound_to): (String, String, Option<String>) = tx
+        .prepare_cached(
+            "SELECT t.name, t.scope, f.name FROM tokens t
+             LEFT JOIN factories f ON f.id = t.factory_id WHERE t.id = ?1",
+        )?
+        .query_row([token], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
         .optional()?
         .ok_or_else(|| not_found("token", token))?;
-    if let Some(bound) = bound {
-        let factory: String = tx
-            .prepare_cached("SELECT name FROM factories WHERE id = ?1")?
-            .query_row([bound], |r| r.get(0))?;
-        if factory != reg.name {
-            return Ok(Binding::TokenTaken {
-                token: token_name,
-                factory,
-            });
-        }
-    }
-    let holder: Option<String> = tx
+    let who = rules::Registrant {
+        id: token,
+        name,
+        scope: parse_scope(&scope)?,
+        bound_to,
+    };
+    type HolderRow = (Option<i64>, Option<String>, bool, Option<String>);
+    let existing: Option<HolderRow> = tx
         .prepare_cached(
-            "SELECT t.name FROM tokens t JOIN factories f ON f.id = t.factory_id
-             WHERE f.name = ?1 AND t.revoked_at IS NULL AND t.id <> ?2",
+            "SELECT f.token_id, r.name, r.revoked_at IS NULL,
+                 (SELECT t.name FROM tokens t WHERE t.factory_id = f.id
+                      AND t.revoked_at IS NULL AND t.id <> ?2 LIMIT 1)
+             FROM factories f LEFT JOIN tokens r ON r.id = f.token_id
+             WHERE f.name = ?1",
         )?
-        .query_row(params![reg.name, token], |r| r.get(0))
+        .query_row(params![reg.name, token], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })
         .optional()?;
-    if let Some(holder) = holder {
-        return Ok(Binding::FactoryTaken {
-            factory: reg.name.clone(),
-            token: holder,
-        });
-    }
+    let holder = existing.map(
+        |(registrar, registrar_name, live, bound_live)| rules::NameHolder {
+            registrar: registrar.map(|id| (id, registrar_name.unwrap_or_default(), live)),
+            bound_live,
+        },
+    );
+    let (own, bind) = match rules::registration(&reg.name, &who, holder.as_ref()) {
+        rules::Registration::Go { own, bind } => (own, bind),
+        rules::Registration::Refused(binding) => return Ok(binding),
+    };
     let id = register_tx(tx, reg, caps_json, now)?;
-    if bound.is_none() {
+    if own {
+        tx.prepare_cached("UPDATE factories SET token_id = ?2 WHERE id = ?1")?
+            .execute(params![id, token])?;
+    }
+    if bind {
         tx.prepare_cached("UPDATE tokens SET factory_id = ?2 WHERE id = ?1")?
             .execute(params![token, id])?;
     }
@@ -1762,12 +1802,26 @@ fn end_attempt(
 // Operations
 // ---------------------------------------------------------------------------------------
 
-fn lookup_key(tx: &Connection, key: &str) -> Result<Option<JobId>> {
+/// The job stored under the idempotency key `key` of `owner` (see
+/// [`rules::key_owner`]); keys stored before keys were scoped
+/// ([`rules::UNSCOPED_KEYS`]) are every owner's, the owner's own first.
+fn lookup_key(tx: &Connection, owner: i64, key: &str) -> Result<Option<JobId>> {
     Ok(tx
-        .prepare_cached("SELECT id FROM jobs WHERE idempotency_key = ?1")?
-        .query_row([key], |r| r.get(0))
+        .prepare_cached(
+            "SELECT id FROM jobs WHERE idempotency_key = ?2 AND submitter IN (?1, ?3)
+             ORDER BY submitter = ?1 DESC LIMIT 1",
+        )?
+        .query_row(params![owner, key, rules::UNSCOPED_KEYS], |r| r.get(0))
         .optional()?
         .map(JobId))
+}
+
+/// The spec (JSON text) of a stored job.
+fn stored_spec(tx: &Connection, id: JobId) -> Result<String> {
+    tx.prepare_cached("SELECT spec FROM job_specs WHERE job_id = ?1")?
+        .query_row([id.0], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| corrupt(format!("job {id} has no spec")))
 }
 
 fn job_exists(tx: &Connection, id: JobId) -> Result<bool> {
@@ -1782,9 +1836,16 @@ fn run_exists(tx: &Connection, id: RunId) -> Result<bool> {
         .exists([id.0])?)
 }
 
-fn submit_tx(tx: &Connection, jobs: &[ParsedJob], now: Millis) -> Result<Vec<Submitted>> {
+fn submit_tx(
+    tx: &Connection,
+    jobs: &[ParsedJob],
+    submitter: Option<i64>,
+    now: Millis,
+) -> Result<Vec<Submitted>> {
+    let owner = rules::key_owner(submitter);
     // 1. Idempotency: which entries are new, and which name a job stored earlier (or an
-    //    earlier entry of this batch with the same key).
+    //    earlier entry of this batch with the same key); a key reused with a different
+    //    spec refuses the batch.
     enum Slot {
         Existing(JobId),
         SameAs(usize),
@@ -1796,10 +1857,12 @@ fn submit_tx(tx: &Connection, jobs: &[ParsedJob], now: Millis) -> Result<Vec<Sub
     for (i, pj) in jobs.iter().enumerate() {
         if let Some(key) = pj.spec.idempotency_key.as_deref() {
             if let Some(&n) = batch_keys.get(key) {
+                rules::check_batch_key_reuse(pj, key, &jobs[news[n]])?;
                 slots.push(Slot::SameAs(n));
                 continue;
             }
-            if let Some(id) = lookup_key(tx, key)? {
+            if let Some(id) = lookup_key(tx, owner, key)? {
+                rules::check_key_reuse(pj, key, id, &stored_spec(tx, id)?)?;
                 slots.push(Slot::Existing(id));
                 continue;
             }
@@ -1819,7 +1882,7 @@ fn submit_tx(tx: &Connection, jobs: &[ParsedJob], now: Millis) -> Result<Vec<Sub
                 DepRef::Id(id) => job_exists(tx, *id)?.then_some(Target::Stored(*id)),
                 DepRef::Key(key) => match batch_keys.get(key.as_str()) {
                     Some(&n) => Some(Target::New(n)),
-                    None => match lookup_key(tx, key)? {
+                    None => match lookup_key(tx, owner, key)? {
                         Some(id) => Some(Target::Stored(id)),
                         // A number written as a string ("12") matching no key is an id.
                         None => match key.trim().parse::<JobId>() {
@@ -1862,8 +1925,9 @@ fn submit_tx(tx: &Connection, jobs: &[ParsedJob], now: Millis) -> Result<Vec<Sub
             .map_err(|e| corrupt(format!("cannot encode capabilities: {e}")))?;
         tx.prepare_cached(
             "INSERT INTO jobs (state, priority, max_attempts, lock_key, deps_mode,
-                 idempotency_key, capabilities, retry_on, backoff_ms, created_at, event_seq)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 1)",
+                 idempotency_key, submitter, capabilities, retry_on, backoff_ms, created_at,
+                 event_seq)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, 1)",
         )?
         .execute(params![
             state.as_str(),
@@ -1872,6 +1936,7 @@ fn submit_tx(tx: &Connection, jobs: &[ParsedJob], now: Millis) -> Result<Vec<Sub
             spec.lock,
             deps_mode_str(spec.deps_mode),
             spec.idempotency_key,
+            spec.idempotency_key.as_ref().map(|_| owner),
             caps_json,
             retry_on.join(","),
             i64::try_from(spec.backoff_ms).unwrap_or(i64::MAX),
@@ -2230,8 +2295,13 @@ fn is_unique_violation(e: &rusqlite::Error) -> bool {
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn submit(&self, jobs: Vec<ParsedJob>) -> Result<Vec<Submitted>> {
-        self.write(move |tx, now| submit_tx(tx, &jobs, now)).await
+    async fn submit_as(
+        &self,
+        jobs: Vec<ParsedJob>,
+        submitter: Option<i64>,
+    ) -> Result<Vec<Submitted>> {
+        self.write(move |tx, now| submit_tx(tx, &jobs, submitter, now))
+            .await
     }
 
     async fn job(&self, id: JobId) -> Result<Job> {

@@ -261,3 +261,41 @@ fn invalid_job_file_names_file_line_and_field_and_stores_nothing() {
         "{out}"
     );
 }
+
+/// Issue 15: a title with a screen clear, an OSC window title, a bell and a carriage
+/// return was printed raw by `gantry ls` and `gantry show`. They show it escaped now,
+/// and `--json` still gives the title as it is.
+#[test]
+fn issue15_ls_and_show_print_control_characters_escaped() {
+    let env = Env::new();
+    let server = env.serve(&["--no-factory"]);
+    let file = env.tmp.path().join("evil.md");
+    std::fs::write(
+        &file,
+        format!(
+            "---\ntitle: \"evil\\e[2J\\e]0;pwned\\a\\rX\"\nrepo: {}\nengine: command\ncommand: [\"true\"]\n---\nbody\n",
+            env.repo().display()
+        ),
+    )
+    .unwrap();
+    let ids = submit(&server, &[&file]);
+    let raw_title = "evil\u{1b}[2J\u{1b}]0;pwned\u{7}\rX";
+    let shown = r"evil\x1b[2J\x1b]0;pwned\x07\rX";
+    let clean = |text: &str| !text.chars().any(|c| c.is_control() && c != '\n');
+    for args in [vec!["ls"], vec!["show", ids[0].as_str()]] {
+        let out = server.cli(&args);
+        out.ok();
+        assert!(
+            clean(&out.stdout) && clean(&out.stderr),
+            "{args:?} printed a control character: {:?}",
+            out.stdout
+        );
+        assert!(out.stdout.contains(shown), "{args:?}: {out}");
+    }
+    let ls = server.cli(&["ls", "--json"]);
+    ls.ok();
+    assert_eq!(ls.json()[0]["title"], raw_title);
+    let show = server.cli(&["show", ids[0].as_str(), "--json"]);
+    show.ok();
+    assert_eq!(show.json()["title"], raw_title);
+}

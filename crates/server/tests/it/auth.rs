@@ -261,3 +261,265 @@ async fn token_requests_are_checked() {
     assert_eq!(err.error, "exists");
     ts.shutdown().await;
 }
+
+/// Who may call a route: the scopes whose tokens pass its scope check. `None` for a
+/// public route (no token needed).
+type Allowed = Option<&'static [Scope]>;
+
+const PUBLIC: Allowed = None;
+const READ: Allowed = Some(&[
+    Scope::Admin,
+    Scope::Operator,
+    Scope::Submitter,
+    Scope::Reader,
+    Scope::Factory,
+]);
+const SUBMIT: Allowed = Some(&[Scope::Admin, Scope::Operator, Scope::Submitter]);
+const OPERATE: Allowed = Some(&[Scope::Admin, Scope::Operator]);
+const FACTORY: Allowed = Some(&[Scope::Admin, Scope::Factory]);
+const ADMIN: Allowed = Some(&[Scope::Admin]);
+
+/// Every (method, path) the router serves, read from the router's source: a route
+/// added without a row in the scope matrix fails the matrix test. (axum's `Router`
+/// cannot list its routes, so its source is the list.)
+fn routes_in_router_source() -> std::collections::BTreeSet<(String, String)> {
+    let src = include_str!("../../src/http.rs");
+    let start = src.find("pub fn router(").expect("http.rs defines router");
+    let body = &src[start..];
+    let body = &body[..body.find("\n}\n").expect("router ends")];
+    let mut routes = std::collections::BTreeSet::new();
+    for chunk in body.split(".route(").skip(1) {
+        // The call's arguments: up to the parenthesis that closes `.route(`.
+        let mut depth = 1;
+        let end = chunk
+            .char_indices()
+            .find_map(|(i, c)| {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    _ => {}
+                }
+                (depth == 0).then_some(i)
+            })
+            .expect("a .route( call is closed");
+        let call = &chunk[..end];
+        let path = call
+            .split('"')
+            .nth(1)
+            .expect("a route's first argument is its path");
+        for method in ["get", "post", "put", "patch", "delete"] {
+            let called = call.match_indices(&format!("{method}(")).any(|(i, _)| {
+                matches!(call[..i].chars().next_back(), Some('.' | ' ' | '\n' | ','))
+            });
+            if called {
+                routes.insert((method.to_uppercase(), path.to_string()));
+            }
+        }
+    }
+    routes
+}
+
+/// The scope matrix (issue 15): every route of the router × every scope, a token that
+/// does not exist and no token, as one table. Each cell is 401 (no or unknown token),
+/// 403 (the token's scope does not allow the route) or allowed (any other answer: the
+/// requests name a job, run, factory and token that do not exist, or carry a body the
+/// route refuses, so an allowed call changes nothing but the queue's pause).
+#[tokio::test]
+async fn scope_matrix_every_route_every_scope_and_no_token() {
+    use reqwest::Method;
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut ts = TestServer::start(no_factory(data.path())).await;
+    let mut tokens: Vec<(String, Option<String>)> = vec![
+        ("no token".to_string(), None),
+        (
+            "unknown token".to_string(),
+            Some("gtk_not_a_real_token".to_string()),
+        ),
+    ];
+    for scope in Scope::ALL {
+        let secret = if scope == Scope::Admin {
+            ts.admin.clone()
+        } else {
+            ts.token(&format!("matrix-{scope}"), scope).await
+        };
+        tokens.push((scope.to_string(), Some(secret)));
+    }
+    let none = || None::<serde_json::Value>;
+    let rows: Vec<(Method, &str, &str, Allowed, Option<serde_json::Value>)> = vec![
+        (Method::GET, "/v1/health", "/v1/health", PUBLIC, none()),
+        (Method::GET, "/metrics", "/metrics", READ, none()),
+        (
+            Method::POST,
+            "/v1/jobs",
+            "/v1/jobs",
+            SUBMIT,
+            Some(json!({ "jobs": [] })),
+        ),
+        (Method::GET, "/v1/jobs", "/v1/jobs", READ, none()),
+        (
+            Method::GET,
+            "/v1/jobs/{id}",
+            "/v1/jobs/999999",
+            READ,
+            none(),
+        ),
+        (
+            Method::GET,
+            "/v1/jobs/{id}/diff",
+            "/v1/jobs/999999/diff",
+            READ,
+            none(),
+        ),
+        (
+            Method::POST,
+            "/v1/jobs/{id}/cancel",
+            "/v1/jobs/999999/cancel",
+            OPERATE,
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            "/v1/jobs/{id}/kill",
+            "/v1/jobs/999999/kill",
+            OPERATE,
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            "/v1/jobs/{id}/retry",
+            "/v1/jobs/999999/retry",
+            OPERATE,
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            "/v1/kill-all",
+            "/v1/kill-all",
+            OPERATE,
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            "/v1/pause",
+            "/v1/pause",
+            OPERATE,
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            "/v1/resume",
+            "/v1/resume",
+            OPERATE,
+            Some(json!({})),
+        ),
+        (Method::GET, "/v1/status", "/v1/status", READ, none()),
+        (Method::GET, "/v1/events", "/v1/events", READ, none()),
+        (
+            Method::POST,
+            "/v1/factories",
+            "/v1/factories",
+            FACTORY,
+            Some(json!({ "name": "" })),
+        ),
+        (Method::GET, "/v1/factories", "/v1/factories", READ, none()),
+        (
+            Method::POST,
+            "/v1/factories/{id}/claim",
+            "/v1/factories/999999/claim",
+            FACTORY,
+            Some(json!({ "wait_s": 0 })),
+        ),
+        (
+            Method::POST,
+            "/v1/factories/{id}/heartbeat",
+            "/v1/factories/999999/heartbeat",
+            FACTORY,
+            Some(json!({})),
+        ),
+        (
+            Method::POST,
+            "/v1/runs/{id}/renew",
+            "/v1/runs/999999/renew",
+            FACTORY,
+            Some(json!({ "epoch": 1 })),
+        ),
+        (
+            Method::POST,
+            "/v1/runs/{id}/events",
+            "/v1/runs/999999/events",
+            FACTORY,
+            Some(json!({ "epoch": 1, "events": [] })),
+        ),
+        (
+            Method::POST,
+            "/v1/runs/{id}/finish",
+            "/v1/runs/999999/finish",
+            FACTORY,
+            Some(json!({ "epoch": 1, "outcome": "failed" })),
+        ),
+        (
+            Method::POST,
+            "/v1/tokens",
+            "/v1/tokens",
+            ADMIN,
+            Some(json!({ "name": "", "scope": "reader" })),
+        ),
+        (Method::GET, "/v1/tokens", "/v1/tokens", ADMIN, none()),
+        (
+            Method::DELETE,
+            "/v1/tokens/{name}",
+            "/v1/tokens/no-such-token",
+            ADMIN,
+            none(),
+        ),
+    ];
+
+    // The matrix has a row for every route the router serves, and no other.
+    let in_matrix: std::collections::BTreeSet<(String, String)> = rows
+        .iter()
+        .map(|(method, route, ..)| (method.to_string(), route.to_string()))
+        .collect();
+    let served = routes_in_router_source();
+    assert!(!served.is_empty(), "no routes read from http.rs");
+    assert_eq!(
+        in_matrix, served,
+        "every route needs a row in the scope matrix (left: matrix, right: router)"
+    );
+
+    let mut wrong = Vec::new();
+    for (method, route, path, allowed, body) in &rows {
+        for (who, secret) in &tokens {
+            let mut req = ts.http.request(method.clone(), ts.url(path));
+            if let Some(secret) = secret {
+                req = req.bearer_auth(secret);
+            }
+            if let Some(body) = body {
+                req = req.json(body);
+            }
+            let status = req.send().await.expect("request sent").status().as_u16();
+            let scope = Scope::ALL.iter().find(|s| s.to_string() == *who);
+            let expected = match (allowed, secret.is_some() && scope.is_some()) {
+                (None, _) => "allowed",
+                (Some(_), false) => "401",
+                (Some(scopes), true) if scope.is_some_and(|s| scopes.contains(s)) => "allowed",
+                (Some(_), true) => "403",
+            };
+            let got = match status {
+                401 => "401",
+                403 => "403",
+                _ => "allowed",
+            };
+            if got != expected {
+                wrong.push(format!(
+                    "{method} {route} as {who}: expected {expected}, got {status}"
+                ));
+            }
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "scope matrix cells wrong:\n{}",
+        wrong.join("\n")
+    );
+    ts.shutdown().await;
+}

@@ -45,6 +45,17 @@ async fn forbidden(resp: reqwest::Response) -> ErrorBody {
     body
 }
 
+/// Expects a 409 `factory_name_taken` with a hint; the body.
+async fn name_taken(resp: reqwest::Response) -> ErrorBody {
+    let status = resp.status();
+    let text = resp.text().await.expect("body");
+    assert_eq!(status, 409, "{text}");
+    let body: ErrorBody = serde_json::from_str(&text).expect("error body");
+    assert_eq!(body.error, gantry_server::FACTORY_NAME_TAKEN, "{body:?}");
+    assert!(body.hint.is_some(), "a refusal says what to do: {body:?}");
+    body
+}
+
 async fn factories(ts: &TestServer) -> Vec<FactoryStatus> {
     ts.get_json("/v1/factories").await
 }
@@ -76,7 +87,7 @@ async fn issue4_a_factory_token_registering_a_second_name_is_forbidden() {
 
     // Another token cannot take host-a over while token-a is live.
     let reg_a = json!({ "name": "host-a", "seats": 1 });
-    let err = forbidden(ts.post(&tb, "/v1/factories", &reg_a).await).await;
+    let err = name_taken(ts.post(&tb, "/v1/factories", &reg_a).await).await;
     assert!(
         err.message.contains("token-a") && err.message.contains("token-b"),
         "{err:?}"
@@ -99,6 +110,70 @@ async fn issue4_a_factory_token_registering_a_second_name_is_forbidden() {
     assert_ne!(a, b);
     assert_eq!(register(&ts, &ts.admin, "host-a", 2).await, a);
     register(&ts, &ts.admin, "host-c", 2).await;
+    ts.shutdown().await;
+}
+
+/// Issue 15: a factory token registering the name of a factory an admin registered
+/// took over its id, then finished the run that factory had claimed. The name belongs
+/// to the admin's token now: the registration is refused (409, naming the name and
+/// its token), the factory token stays unbound and cannot touch the run.
+#[tokio::test]
+async fn issue15_a_factory_token_cannot_take_over_a_factory_an_admin_registered() {
+    let (_tmp, repo) = repo();
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut ts = TestServer::start(remote_only(data.path())).await;
+    let thief = ts.token("thief", Scope::Factory).await;
+    let x = register(&ts, &ts.admin, "host-x", 1).await;
+    let id = ts
+        .submit(&[("j.md", job_file("j", &repo, &["true"], ""))])
+        .await[0];
+    let c = claim(&ts, &ts.admin, x).await;
+    assert_eq!(c.job.id, id);
+
+    let err = name_taken(
+        ts.post(
+            &thief,
+            "/v1/factories",
+            &json!({ "name": "host-x", "seats": 1 }),
+        )
+        .await,
+    )
+    .await;
+    assert!(
+        err.message.contains("\"host-x\"")
+            && err.message.contains("\"admin\"")
+            && err.message.contains("\"thief\""),
+        "names the factory and both tokens: {err:?}"
+    );
+    assert_eq!(
+        (&err.details["factory"], &err.details["holder"]),
+        (&json!("host-x"), &json!("admin"))
+    );
+    let finish = json!({ "epoch": c.run.epoch, "outcome": "failed", "exit_code": 1 });
+    forbidden(
+        ts.post(&thief, &format!("/v1/runs/{}/finish", c.run.id), &finish)
+            .await,
+    )
+    .await;
+    let job = ts.job(id).await;
+    assert_eq!((job.state, job.runs[0].outcome), (JobState::Running, None));
+    assert_eq!(
+        factories(&ts)
+            .await
+            .iter()
+            .map(|f| (f.id, f.name.as_str(), f.seats))
+            .collect::<Vec<_>>(),
+        vec![(x, "host-x", 1)],
+        "the refused registration changed nothing"
+    );
+
+    // The admin's own factory goes on; the factory token registers a name of its own.
+    let done = json!({ "epoch": c.run.epoch, "outcome": "succeeded", "exit_code": 0 });
+    let resp = ts
+        .post(&ts.admin, &format!("/v1/runs/{}/finish", c.run.id), &done)
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_ne!(register(&ts, &thief, "host-t", 1).await, x);
     ts.shutdown().await;
 }
 

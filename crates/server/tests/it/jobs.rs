@@ -344,3 +344,185 @@ async fn a_remote_factory_runs_jobs_over_http() {
         .expect("factory stops cleanly");
     ts.shutdown().await;
 }
+
+/// Issue 15: idempotency keys were global, so another token's resubmission with other
+/// content got the first token's job back and its content was dropped with a note.
+/// Keys are per token now, and a token reusing its own key with other content gets a
+/// 409 `idempotency_conflict` naming the key and the job; the same content again still
+/// returns the job.
+#[tokio::test]
+async fn issue15_idempotency_keys_are_per_token_and_new_content_is_a_conflict() {
+    let (_tmp, repo) = repo();
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut ts = TestServer::start(ServeConfig {
+        embedded_factory: false,
+        ..config(data.path())
+    })
+    .await;
+    let alice = ts.token("alice", gantry_core::api::Scope::Submitter).await;
+    let bob = ts.token("bob", gantry_core::api::Scope::Submitter).await;
+    let body = |argv: &[&str]| {
+        json!({ "jobs": [{
+            "file": "k.md",
+            "text": job_file("keyed", &repo, argv, "idempotency_key: shared-key\n"),
+        }]})
+    };
+    let submit = |token: &str, argv: &'static [&'static str]| {
+        let (ts, token, body) = (&ts, token.to_string(), body(argv));
+        async move {
+            let resp = ts.post(&token, "/v1/jobs", &body).await;
+            let status = resp.status().as_u16();
+            let text = resp.text().await.expect("body");
+            (status, text)
+        }
+    };
+
+    let (status, text) = submit(&alice, &["true"]).await;
+    assert_eq!(status, 200, "{text}");
+    let first: SubmitResponse = serde_json::from_str(&text).expect("response");
+    let a = first.jobs[0].id;
+
+    // Bob's job with the same key and other content is a job of his own.
+    let (status, text) = submit(&bob, &["false"]).await;
+    assert_eq!(status, 200, "{text}");
+    let bobs: SubmitResponse = serde_json::from_str(&text).expect("response");
+    assert_ne!(bobs.jobs[0].id, a);
+    assert!(!bobs.jobs[0].existing, "{bobs:?}");
+    let job_b = ts.job(bobs.jobs[0].id).await;
+    assert_eq!(
+        ts.job(a).await.spec.command,
+        ["true"],
+        "alice's job is untouched"
+    );
+    assert_eq!(job_b.spec.command, ["false"]);
+
+    // Alice reusing her key with other content: a conflict naming the key and job.
+    let (status, text) = submit(&alice, &["false"]).await;
+    assert_eq!(status, 409, "{text}");
+    let err: ErrorBody = serde_json::from_str(&text).expect("error body");
+    assert_eq!(err.error, gantry_server::IDEMPOTENCY_CONFLICT);
+    assert!(
+        err.message.contains("shared-key") && err.message.contains(&format!("job {a}")),
+        "{err:?}"
+    );
+    assert_eq!(
+        (
+            &err.details["key"],
+            &err.details["job"],
+            &err.details["file"]
+        ),
+        (&json!("shared-key"), &json!(a), &json!("k.md"))
+    );
+    assert!(err.hint.is_some(), "{err:?}");
+
+    // The same content again returns her job.
+    let (status, text) = submit(&alice, &["true"]).await;
+    assert_eq!(status, 200, "{text}");
+    let again: SubmitResponse = serde_json::from_str(&text).expect("response");
+    assert_eq!((again.jobs[0].id, again.jobs[0].existing), (a, true));
+    assert_eq!(ts.get_json::<Vec<Job>>("/v1/jobs").await.len(), 2);
+    ts.shutdown().await;
+}
+
+/// Issue 15: a bad `base` or a refused transport was found only after a factory
+/// claimed the job. Where the server can read the repository (a local path, a
+/// `file:///` URL) the submit checks it and refuses with a 400 naming the field and
+/// the value; a remote URL it does not contact, but its transport must be one of git's
+/// own; a remote it cannot reach does not block the submit.
+#[tokio::test]
+async fn issue15_a_bad_repo_or_base_is_refused_at_submit() {
+    let (tmp, repo) = repo();
+    git(&repo, &["tag", "v1"]);
+    git(&repo, &["update-ref", "refs/remotes/origin/main", "HEAD"]);
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut ts = TestServer::start(ServeConfig {
+        embedded_factory: false,
+        ..config(data.path())
+    })
+    .await;
+    let post = |repo: &std::path::Path, extra: &str| json!({ "jobs": [{ "file": "j.md", "text": job_file("j", repo, &["true"], extra) }] });
+    let refused = |field: &'static str, value: &str, needle: &'static str| {
+        let value = value.to_string();
+        move |err: ErrorBody| {
+            assert_eq!(err.error, "invalid_job", "{err:?}");
+            assert_eq!(err.details["file"], "j.md", "{err:?}");
+            assert_eq!(err.details["field"], field, "{err:?}");
+            assert_eq!(err.details["value"], value.as_str(), "{err:?}");
+            assert!(
+                err.message.contains(&format!("{value:?}")) && err.message.contains(needle),
+                "names the value and what is wrong: {err:?}"
+            );
+        }
+    };
+
+    // A base the repository does not have.
+    let body = post(&repo, "base: no-such-branch\n");
+    refused("base", "no-such-branch", "not found")(
+        error_of(ts.post(&ts.admin, "/v1/jobs", &body).await, 400).await,
+    );
+    // The same through a file:/// URL.
+    let url = std::path::PathBuf::from(format!("file://{}", repo.display()));
+    let body = post(&url, "base: nope\n");
+    refused("base", "nope", "not found")(
+        error_of(ts.post(&ts.admin, "/v1/jobs", &body).await, 400).await,
+    );
+    // A remote-tracking branch resolves in the source but factories do not fetch it.
+    let body = post(&repo, "base: origin/main\n");
+    refused("base", "origin/main", "refs/remotes/origin/main")(
+        error_of(ts.post(&ts.admin, "/v1/jobs", &body).await, 400).await,
+    );
+    // A directory that is not a git repository, even inside one.
+    let inner = repo.join("sub");
+    std::fs::create_dir(&inner).expect("mkdir");
+    let body = post(&inner, "");
+    refused("repo", &inner.display().to_string(), "not a git repository")(
+        error_of(ts.post(&ts.admin, "/v1/jobs", &body).await, 400).await,
+    );
+    // A repository without commits, and no base.
+    let empty = tmp.path().join("empty");
+    std::fs::create_dir(&empty).expect("mkdir");
+    git(&empty, &["init", "--quiet"]);
+    let body = post(&empty, "");
+    refused("repo", &empty.display().to_string(), "no commits")(
+        error_of(ts.post(&ts.admin, "/v1/jobs", &body).await, 400).await,
+    );
+    // A transport git does not build in (ext:: runs any command it names).
+    let ext = std::path::PathBuf::from("ext::sh -c touch% /tmp/gantry-pwned");
+    let body = post(&ext, "");
+    refused(
+        "repo",
+        "ext::sh -c touch% /tmp/gantry-pwned",
+        "transport `ext`",
+    )(error_of(ts.post(&ts.admin, "/v1/jobs", &body).await, 400).await);
+    // One bad file refuses the batch: nothing was stored.
+    assert!(ts.get_json::<Vec<Job>>("/v1/jobs").await.is_empty());
+
+    // Branches, tags, commits and HEAD pass; a remote the server cannot reach is left
+    // to the factory that claims the job.
+    let head = git(&repo, &["rev-parse", "HEAD"]);
+    for extra in [
+        String::new(),
+        "base: main\n".to_string(),
+        "base: v1\n".to_string(),
+        format!("base: {}\n", head.trim()),
+    ] {
+        let resp = ts.post(&ts.admin, "/v1/jobs", &post(&repo, &extra)).await;
+        assert_eq!(
+            resp.status(),
+            200,
+            "{extra}: {}",
+            resp.text().await.unwrap_or_default()
+        );
+    }
+    let remote = std::path::PathBuf::from("https://gantry.invalid/no/such/repo.git");
+    let resp = ts
+        .post(&ts.admin, "/v1/jobs", &post(&remote, "base: anything\n"))
+        .await;
+    assert_eq!(
+        resp.status(),
+        200,
+        "{}",
+        resp.text().await.unwrap_or_default()
+    );
+    ts.shutdown().await;
+}

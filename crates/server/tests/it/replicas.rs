@@ -369,6 +369,9 @@ async fn issue4_idempotency_keys_and_deps_resolve_across_replicas() {
     );
     let mut a = TestServer::start(replica(dir_a.path(), &db, true)).await;
     let mut b = TestServer::start(replica(dir_b.path(), &db, false)).await;
+    // Idempotency keys, and deps written as keys, are per token (issue 15): one token
+    // submits through both replicas (each made an admin token of its own).
+    b.admin = a.admin.clone();
 
     // Through B: the base job, which runs on A's factory until the flag appears.
     let flag = tmp.path().join("go");

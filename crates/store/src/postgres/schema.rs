@@ -15,8 +15,31 @@ const MIGRATION_LOCK: i64 = 0x4741_4E54;
 /// Schema migrations: entry `i` takes the database from version `i` to `i + 1`. Never
 /// edit a released entry; append a new one instead.
 pub(super) const MIGRATIONS: &[&str] = &[
-    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6,
+    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7,
 ];
+
+/// Identities (issue 15):
+/// - `factories.token_id`: the token a factory name belongs to (the first to register
+///   it), so another token cannot take the name, and with it the factory's runs, over.
+///   NULL for names the server registered itself (its embedded factory). A factory
+///   registered before this version belongs to the factory token bound to it (the live
+///   one, else the latest), or to no token when none is (only an admin token may then
+///   take it).
+/// - Idempotency keys are per submitting token (`jobs.submitter`, the token's id; -1
+///   for no token; 0 for every key stored before this version, which every token still
+///   sees), unique per submitter. `submitter` stays NULL for keyless jobs, like their
+///   key, so the partial index gains nothing from them.
+const SCHEMA_V7: &str = r#"
+ALTER TABLE factories ADD COLUMN token_id bigint REFERENCES tokens (id);
+UPDATE factories f SET token_id = (
+    SELECT t.id FROM tokens t WHERE t.factory_id = f.id
+    ORDER BY (t.revoked_at IS NULL) DESC, t.id DESC LIMIT 1);
+ALTER TABLE jobs ADD COLUMN submitter bigint;
+UPDATE jobs SET submitter = 0 WHERE idempotency_key IS NOT NULL;
+DROP INDEX jobs_idempotency_key;
+CREATE UNIQUE INDEX jobs_idempotency_key ON jobs (submitter, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+"#;
 
 /// Agents (issue 3): the insights of each run, and per job the agent session to resume
 /// and the latest checkpoint. The job side lives in its own table, written only for jobs

@@ -303,9 +303,9 @@ async fn idempotency_key_returns_the_existing_job(t: TestStore) {
     assert!(!first[0].existing);
     let again = s
         .submit(vec![
-            job("a-again").key("k").priority(9).0,
+            job("a").key("k").0,
             job("new").key("n").0,
-            job("new-dup").key("n").0,
+            job("new").key("n").0,
         ])
         .await
         .expect("submit");
@@ -317,12 +317,100 @@ async fn idempotency_key_returns_the_existing_job(t: TestStore) {
     assert_eq!(s.jobs(&JobFilter::default()).await.expect("jobs").len(), 2);
     let j = s.job(first[0].id).await.expect("job");
     assert_eq!(j.title, "job a");
-    assert_eq!(j.priority, 5, "the existing job is not changed");
+    assert_eq!(j.idempotency_key.as_deref(), Some("k"));
     assert_eq!(
         kinds_of(s, first[0].id).await,
         vec!["job.submitted"],
         "nothing recorded for the repeat"
     );
+}
+
+/// Issue 15: a key reused with other content is a conflict naming the key and the job,
+/// and the batch stores nothing; keys are per submitting token.
+async fn issue15_idempotency_keys_are_per_token_and_conflict_on_new_content(t: TestStore) {
+    let s = &*t.store;
+    let alice = s
+        .create_token("alice", Scope::Submitter, "ha")
+        .await
+        .expect("create");
+    let bob = s
+        .create_token("bob", Scope::Submitter, "hb")
+        .await
+        .expect("create");
+    let first = s
+        .submit_as(vec![job("a").key("k").0], Some(alice.id))
+        .await
+        .expect("submit");
+    let a = first[0].id;
+
+    // The same token, the same key, other content: refused, naming the key and job.
+    let err = s
+        .submit_as(
+            vec![job("other").0, job("a").key("k").priority(9).0],
+            Some(alice.id),
+        )
+        .await
+        .expect_err("a key reused with other content is a conflict");
+    match &err {
+        StoreError::IdempotencyConflict { file, key, job, .. } => {
+            assert_eq!((file.as_str(), key.as_str(), *job), ("a", "k", Some(a)));
+        }
+        other => panic!("expected an idempotency conflict, got {other:?}"),
+    }
+    assert!(err.to_string().contains(&format!("job {a}")), "{err}");
+    assert_eq!(
+        s.jobs(&JobFilter::default()).await.expect("jobs").len(),
+        1,
+        "the refused batch stored nothing"
+    );
+    assert_eq!(
+        s.job(a).await.expect("job").priority,
+        5,
+        "the job is unchanged"
+    );
+
+    // Two files of one batch with one key and different content: refused too.
+    let err = s
+        .submit_as(
+            vec![job("b").key("m").0, job("c").key("m").0],
+            Some(alice.id),
+        )
+        .await
+        .expect_err("one key, two contents in a batch");
+    assert!(
+        matches!(&err, StoreError::IdempotencyConflict { job: None, .. }),
+        "{err:?}"
+    );
+
+    // The same content again: the existing job.
+    let again = s
+        .submit_as(vec![job("a").key("k").0], Some(alice.id))
+        .await
+        .expect("resubmit");
+    assert_eq!((again[0].id, again[0].existing), (a, true));
+
+    // Another token's key is not seen: bob's job of the same key is a job of his own,
+    // whatever its content, and his deps by key resolve to his jobs.
+    let bobs = s
+        .submit_as(vec![job("a").key("k").priority(9).0], Some(bob.id))
+        .await
+        .expect("bob submits");
+    assert!(!bobs[0].existing);
+    assert_ne!(bobs[0].id, a);
+    let dep = s
+        .submit_as(vec![job("d").dep_key("k").0], Some(bob.id))
+        .await
+        .expect("dep by key");
+    assert_eq!(s.job(dep[0].id).await.expect("job").deps, vec![bobs[0].id]);
+    let again = s
+        .submit_as(vec![job("a").key("k").priority(9).0], Some(bob.id))
+        .await
+        .expect("bob resubmits");
+    assert_eq!((again[0].id, again[0].existing), (bobs[0].id, true));
+    // And no token's keys are their own as well.
+    let none = s.submit(vec![job("a").key("k").0]).await.expect("no token");
+    assert!(!none[0].existing);
+    assert_eq!(s.jobs(&JobFilter::default()).await.expect("jobs").len(), 4);
 }
 
 async fn lock_exclusion_under_concurrent_claims(t: TestStore) {
@@ -1772,6 +1860,111 @@ async fn issue4_a_factory_token_is_bound_to_the_first_factory_it_registers(t: Te
     );
 }
 
+/// Issue 15: a factory name belongs to the token that registered it first, admin
+/// tokens included, so a factory token cannot take over a factory by its name.
+async fn issue15_a_factory_name_belongs_to_the_token_that_registered_it(t: TestStore) {
+    let s = &*t.store;
+    let reg = |name: &str| RegisterFactory {
+        name: name.into(),
+        seats: 1,
+        capabilities: Vec::new(),
+    };
+    let admin = s
+        .create_token("root", Scope::Admin, "ha")
+        .await
+        .expect("create");
+    let admin2 = s
+        .create_token("root2", Scope::Admin, "ha2")
+        .await
+        .expect("create");
+    let thief = s
+        .create_token("thief", Scope::Factory, "hf")
+        .await
+        .expect("create");
+
+    // An admin registers X; a factory token registering X is refused, naming the
+    // token X belongs to, and is left unbound.
+    let Binding::Bound(x) = s
+        .register_factory_for_token(&reg("X"), admin.id)
+        .await
+        .expect("register")
+    else {
+        panic!("the admin registers X");
+    };
+    assert_eq!(
+        s.register_factory_for_token(&reg("X"), thief.id)
+            .await
+            .expect("register"),
+        Binding::FactoryTaken {
+            factory: "X".into(),
+            token: "root".into()
+        }
+    );
+    let thief_now = s.token_by_hash("hf").await.expect("lookup").expect("live");
+    assert_eq!(
+        thief_now.factory, None,
+        "the refused token is bound to nothing"
+    );
+    // The admin that registered X re-registers it, and so may another admin (admins
+    // act for any factory), without taking it over; admins are never bound.
+    for id in [admin.id, admin2.id] {
+        assert_eq!(
+            s.register_factory_for_token(&reg("X"), id)
+                .await
+                .expect("register"),
+            Binding::Bound(x)
+        );
+    }
+    assert_eq!(
+        s.register_factory_for_token(&reg("X"), thief.id)
+            .await
+            .expect("register"),
+        Binding::FactoryTaken {
+            factory: "X".into(),
+            token: "root".into()
+        },
+        "X still belongs to the admin that registered it first"
+    );
+
+    // A name the server registered itself belongs to no token: a factory token may
+    // not take it, an admin may.
+    let e = s.register_factory(&reg("E")).await.expect("register");
+    assert_eq!(
+        s.register_factory_for_token(&reg("E"), thief.id)
+            .await
+            .expect("register"),
+        Binding::NameReserved {
+            factory: "E".into()
+        }
+    );
+    assert_eq!(
+        s.register_factory_for_token(&reg("E"), admin2.id)
+            .await
+            .expect("register"),
+        Binding::Bound(e)
+    );
+
+    // Once the admin token is revoked, X is free for the next token.
+    s.revoke_token("root").await.expect("revoke");
+    assert_eq!(
+        s.register_factory_for_token(&reg("X"), thief.id)
+            .await
+            .expect("register"),
+        Binding::Bound(x)
+    );
+    let bound = s.token_by_hash("hf").await.expect("lookup").expect("live");
+    assert_eq!(bound.factory, Some(x));
+    assert_eq!(
+        s.factories()
+            .await
+            .expect("factories")
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["X", "E"]
+    );
+}
+
 async fn issue4_tokens_racing_for_one_factory_bind_it_once(t: TestStore) {
     let store = t.store.clone();
     let mut ids = Vec::new();
@@ -2124,4 +2317,6 @@ cases! {
     issue4_heartbeats_are_kept_and_running_jobs_counted_per_factory,
     issue4_a_factory_token_is_bound_to_the_first_factory_it_registers,
     issue4_tokens_racing_for_one_factory_bind_it_once,
+    issue15_idempotency_keys_are_per_token_and_conflict_on_new_content,
+    issue15_a_factory_name_belongs_to_the_token_that_registered_it,
 }

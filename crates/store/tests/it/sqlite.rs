@@ -271,3 +271,88 @@ async fn issue3_a_version_1_database_migrates_with_its_jobs() {
         .expect("version");
     assert_eq!(version, gantry_store::MIGRATIONS.len() as i64);
 }
+
+/// Issue 15: a version 4 database keeps its idempotency keys (seen by every token, so
+/// resubmitting an old job finds it) and gives each factory to the factory token bound
+/// to it; a factory no token is bound to is left to admin tokens.
+#[tokio::test]
+async fn issue15_a_version_4_database_keeps_keys_and_gives_factories_to_their_tokens() {
+    use gantry_core::api::{RegisterFactory, Scope};
+    use gantry_store::{Binding, Store};
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("gantry.db");
+    let old = crate::helpers::job("old.md").key("old-key").0;
+    {
+        let mut conn = rusqlite::Connection::open(&path).expect("create v4");
+        let tx = conn.transaction().expect("begin");
+        for sql in &gantry_store::MIGRATIONS[..4] {
+            tx.execute_batch(sql).expect("schema");
+        }
+        tx.commit().expect("commit");
+        conn.pragma_update(None, "user_version", 4)
+            .expect("version");
+        conn.pragma_update(None, "application_id", gantry_store::APPLICATION_ID)
+            .expect("application id");
+        let spec = serde_json::to_string(&old.spec).expect("spec");
+        conn.execute_batch(&format!(
+            "INSERT INTO jobs (id, state, priority, max_attempts, created_at, retry_on,
+                               backoff_ms, deps_mode, idempotency_key)
+             VALUES (7, 'queued', 5, 3, 1000, 'lost', 5000, 'succeeded', 'old-key');
+             INSERT INTO job_specs (job_id, title, spec) VALUES (7, 'job old.md', '{}');
+             INSERT INTO factories (id, name, seats, last_seen) VALUES (1, 'A', 1, 1000);
+             INSERT INTO factories (id, name, seats, last_seen) VALUES (2, 'B', 1, 1000);
+             INSERT INTO tokens (id, name, scope, hash, created_at, factory_id)
+             VALUES (1, 'a', 'factory', 'ha', 1000, 1);
+             INSERT INTO tokens (id, name, scope, hash, created_at)
+             VALUES (2, 'other', 'factory', 'ho', 1000);",
+            spec.replace('\'', "''")
+        ))
+        .expect("v4 rows");
+    }
+    let store = gantry_store::SqliteStore::open(&path).expect("open migrates");
+    let again = store
+        .submit_as(vec![old.clone()], Some(2))
+        .await
+        .expect("resubmit");
+    assert_eq!(
+        (again[0].id, again[0].existing),
+        (gantry_core::JobId(7), true)
+    );
+    let job = store.job(gantry_core::JobId(7)).await.expect("old job");
+    assert_eq!(job.idempotency_key.as_deref(), Some("old-key"));
+    let reg = |name: &str| RegisterFactory {
+        name: name.into(),
+        seats: 1,
+        capabilities: Vec::new(),
+    };
+    assert_eq!(
+        store
+            .register_factory_for_token(&reg("A"), 2)
+            .await
+            .expect("register"),
+        Binding::FactoryTaken {
+            factory: "A".into(),
+            token: "a".into()
+        }
+    );
+    assert_eq!(
+        store
+            .register_factory_for_token(&reg("B"), 2)
+            .await
+            .expect("register"),
+        Binding::NameReserved {
+            factory: "B".into()
+        }
+    );
+    let admin = store
+        .create_token("root", Scope::Admin, "hr")
+        .await
+        .expect("admin");
+    assert_eq!(
+        store
+            .register_factory_for_token(&reg("B"), admin.id)
+            .await
+            .expect("register"),
+        Binding::Bound(gantry_core::FactoryId(2))
+    );
+}

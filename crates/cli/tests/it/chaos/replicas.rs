@@ -57,9 +57,12 @@ fn issue4_chaos_two_replicas_three_factories_2000_jobs_with_locks_and_deps() {
         Server::start(&scene.dir("replica-1"), &flags),
         Server::start(&scene.dir("replica-2"), &flags),
     ];
+    // One submitter through both replicas: idempotency keys, and deps written as keys,
+    // are per token (issue 15), and each replica made an admin token of its own.
+    let submitter = create_token(&replicas[0], "chaos-submitter", "submitter");
     let apis: Vec<Api> = replicas
         .iter()
-        .map(|r| Api::new(&r.url, &r.admin_token()))
+        .map(|r| Api::new(&r.url, &submitter))
         .collect();
     let factories: Vec<FactoryProc> = (0..3)
         .map(|i| {
