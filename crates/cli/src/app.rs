@@ -81,6 +81,14 @@ fn init_tracing(verbose: u8) {
 }
 
 async fn run(global: Global, command: Command) -> Result<(), CliError> {
+    if matches!(
+        command,
+        Command::Serve(_) | Command::Factory(_) | Command::Demo { .. }
+    ) {
+        // Everything a server or factory creates (the database, tokens, job files,
+        // logs, caches) is for its own user alone.
+        gantry_factory::private_files();
+    }
     match command {
         Command::Serve(opts) => serve::serve(&global, opts).await,
         Command::Demo { keep } => demo::demo(keep).await,

@@ -487,6 +487,7 @@ async fn bench_server(
         db: None,
         config_file: None,
         limits: gantry_server::Limits::default(),
+        sandbox: gantry_server::SandboxSettings::default(),
     })
     .await?;
     let url = format!("http://{}", server.addr());

@@ -237,6 +237,8 @@ pub struct FactoryOptions {
     pub min_free_disk_mb: u64,
     /// Leave runs going on shutdown.
     pub leave_runs: bool,
+    /// The sandbox options (see [`gantry_server::SandboxSettings`]).
+    pub sandbox: gantry_server::SandboxSettings,
 }
 
 /// The store a queue benchmark burns jobs through.
@@ -437,7 +439,30 @@ fn factory_options(a: cli::FactoryArgs) -> Result<FactoryOptions, UsageError> {
         min_free_memory_mb: mib("--min-free-memory <MIB>", &a.min_free_memory)?,
         min_free_disk_mb: mib("--min-free-disk <MIB>", &a.min_free_disk)?,
         leave_runs: a.leave_runs,
+        sandbox: sandbox_settings(
+            a.allow_unsandboxed_jobs,
+            a.bwrap,
+            a.sandbox_ro,
+            a.sandbox_rw,
+        ),
     })
+}
+
+/// The sandbox options of `serve` and `factory`, with paths made absolute (a sandbox
+/// binds them at the same place).
+fn sandbox_settings(
+    allow_unsandboxed: bool,
+    bwrap: PathBuf,
+    read_only: Vec<PathBuf>,
+    read_write: Vec<PathBuf>,
+) -> gantry_server::SandboxSettings {
+    let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+    gantry_server::SandboxSettings {
+        allow_unsandboxed,
+        bwrap,
+        read_only: read_only.into_iter().map(absolute).collect(),
+        read_write: read_write.into_iter().map(absolute).collect(),
+    }
 }
 
 /// This machine's host name, or `factory` when it cannot be read.
@@ -514,6 +539,12 @@ fn serve_config(a: cli::ServeArgs, global: &Global) -> Result<ServeConfig, Usage
         db: a.db,
         config_file: a.config,
         limits: gantry_server::Limits::default(),
+        sandbox: sandbox_settings(
+            a.allow_unsandboxed_jobs,
+            a.bwrap,
+            a.sandbox_ro,
+            a.sandbox_rw,
+        ),
     })
 }
 
@@ -634,6 +665,7 @@ mod tests {
         assert_eq!(opts.seats, 4);
         assert!(opts.embedded_factory && opts.push);
         assert!(opts.capabilities.is_empty());
+        assert_eq!(opts.sandbox, gantry_server::SandboxSettings::default());
     }
 
     #[test]
@@ -656,6 +688,11 @@ mod tests {
             "docker",
             "--cap",
             "gpu=a100",
+            "--allow-unsandboxed-jobs",
+            "--sandbox-ro",
+            "/opt/toolchain",
+            "--sandbox-rw",
+            "/var/cache/shared",
         ])
         .expect("valid");
         assert_eq!(
@@ -673,6 +710,12 @@ mod tests {
                 db: None,
                 config_file: None,
                 limits: gantry_server::Limits::default(),
+                sandbox: gantry_server::SandboxSettings {
+                    allow_unsandboxed: true,
+                    bwrap: "bwrap".into(),
+                    read_only: vec!["/opt/toolchain".into()],
+                    read_write: vec!["/var/cache/shared".into()],
+                },
             })
         );
     }

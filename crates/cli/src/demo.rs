@@ -206,6 +206,7 @@ async fn run(root: &Path, keep: bool) -> Result<(), CliError> {
         db: None,
         config_file: None,
         limits: gantry_server::Limits::default(),
+        sandbox: gantry_server::SandboxSettings::default(),
     })
     .await?;
     let url = format!("http://{}", server.addr());

@@ -6,9 +6,28 @@
 use crate::command::{FactoryOptions, Global, TokenSource};
 use crate::error::{CliError, Kind};
 use crate::output;
-use gantry_factory::{Factory, FactoryConfig, HttpCoordinator};
+use gantry_factory::{Factory, FactoryConfig, HttpCoordinator, Sandbox};
 use std::sync::Arc;
 use tokio::sync::watch;
+
+/// The sandbox of a remote factory: bubblewrap, or nothing when it does not work here
+/// and the operator opted out. A remote factory cannot tell an admin's job from a
+/// submitter's, so without the opt-out it does not start at all.
+async fn factory_sandbox(settings: &gantry_server::SandboxSettings) -> Result<Sandbox, CliError> {
+    let bwrap = settings.sandbox();
+    match bwrap.probe().await {
+        Ok(()) => Ok(bwrap),
+        Err(e) if settings.allow_unsandboxed => {
+            output::note(format!(
+                "RUNNING JOBS UNSANDBOXED (--allow-unsandboxed-jobs): {e}; any job can read this factory's data dir, its token and other jobs' work"
+            ));
+            Ok(Sandbox::None)
+        }
+        Err(e) => Err(CliError::local("this factory cannot sandbox jobs")
+            .cause(e.to_string())
+            .hint("install bubblewrap (Debian: apt-get install bubblewrap), or start with --allow-unsandboxed-jobs if every job may see this machine as the factory does")),
+    }
+}
 
 /// `gantry factory`.
 pub async fn run(global: &Global, opts: FactoryOptions) -> Result<(), CliError> {
@@ -41,9 +60,16 @@ pub async fn run(global: &Global, opts: FactoryOptions) -> Result<(), CliError> 
         // The server cannot read this factory's cache: it delivers what the factory
         // publishes in the source repository.
         publish_results: true,
+        sandbox: factory_sandbox(&opts.sandbox).await?,
+        hidden_paths: match &global.token {
+            TokenSource::File(path) => vec![path.clone()],
+            TokenSource::Given(_) => Vec::new(),
+        },
+        sandbox_read_only: opts.sandbox.read_only.clone(),
+        sandbox_read_write: opts.sandbox.read_write.clone(),
         ..FactoryConfig::default()
     };
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+    gantry_factory::private_dir(&cfg.data_dir).map_err(|e| {
         CliError::local(format!("cannot create data dir {}", cfg.data_dir.display()))
             .cause(e.to_string())
     })?;

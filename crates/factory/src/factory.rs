@@ -237,7 +237,15 @@ impl Factory {
             });
         }
         cfg.sandbox.probe().await.map_err(FactoryError::Sandbox)?;
-        tracing::info!(sandbox = cfg.sandbox.kind(), "runs are sandboxed");
+        if cfg.sandbox == crate::Sandbox::None {
+            tracing::warn!("runs are NOT sandboxed: every job sees what this factory sees");
+        } else {
+            tracing::info!(sandbox = cfg.sandbox.kind(), "runs are sandboxed");
+        }
+        crate::private_dir(&cfg.data_dir).map_err(|source| FactoryError::DataDir {
+            path: cfg.data_dir.clone(),
+            source,
+        })?;
         if !self.adopted {
             match or_shutdown(&mut shutdown, self.adopt()).await {
                 Waited::Done(report) => {

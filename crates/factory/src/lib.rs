@@ -116,6 +116,30 @@ impl Default for FactoryConfig {
     }
 }
 
+/// Makes every file and directory this process creates from now on private to its
+/// user (umask 077): a server's or factory's files hold tokens, job environments and
+/// logs that other local users must not read. Process-wide, so only binaries call it.
+pub fn private_files() {
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+}
+
+/// Creates the data dir `path` (and missing parents) readable by its user alone, or
+/// makes an existing one so: it holds the admin token, the database, every job's
+/// worktree, prompt and logs.
+pub fn private_dir(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)?;
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(path = %path.display(), mode = format!("{mode:o}"), "the data dir was readable by others: made it 0700");
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
 /// Why the factory loop stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum FactoryError {

@@ -17,6 +17,10 @@ pub const FACTORY_NAME_TAKEN: &str = "factory_name_taken";
 /// The error kind of an idempotency key reused with different content (409).
 pub const IDEMPOTENCY_CONFLICT: &str = "idempotency_conflict";
 
+/// The error kind of a job refused because this server would have to run it without
+/// a sandbox (503).
+pub const SANDBOX_UNAVAILABLE: &str = "sandbox_unavailable";
+
 /// Why the server could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {

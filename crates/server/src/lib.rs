@@ -22,12 +22,14 @@ mod service;
 
 pub use auth::{ADMIN_TOKEN_FILE, Caller, TOKEN_PREFIX, hash_token, new_token_secret};
 pub use coordinator::LocalCoordinator;
-pub use error::{ApiError, FACTORY_NAME_TAKEN, IDEMPOTENCY_CONFLICT, ServerError};
+pub use error::{
+    ApiError, FACTORY_NAME_TAKEN, IDEMPOTENCY_CONFLICT, SANDBOX_UNAVAILABLE, ServerError,
+};
 pub use http::router;
 pub use limits::Limits;
 pub use service::{MAX_CLAIM_WAIT, Service, delivery_branch};
 
-use gantry_factory::{Factory, FactoryConfig};
+use gantry_factory::{Factory, FactoryConfig, Sandbox};
 use gantry_store::{PgOptions, PgStore, SqliteStore, Store};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -101,6 +103,23 @@ pub struct ServeConfig {
     /// Size caps of submitted jobs and limits of the HTTP server; the config file's
     /// `[limits]` keys replace these one by one.
     pub limits: Limits,
+    /// How the embedded factory walls in its runs.
+    pub sandbox: SandboxSettings,
+}
+
+/// How the embedded factory walls in its runs (see `gantry_factory::sandbox`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxSettings {
+    /// When bubblewrap does not work on this machine, run every job without a sandbox
+    /// instead of refusing jobs from tokens that are not admin. The loud opt-out
+    /// (`--allow-unsandboxed-jobs`): any submitter can then read the admin token.
+    pub allow_unsandboxed: bool,
+    /// The bubblewrap program (default: `bwrap` on `PATH`).
+    pub bwrap: PathBuf,
+    /// Paths every run may read besides the system directories (a toolchain).
+    pub read_only: Vec<PathBuf>,
+    /// Paths every run may write besides its worktree (a shared build cache).
+    pub read_write: Vec<PathBuf>,
 }
 
 impl Default for ServeConfig {
@@ -118,6 +137,7 @@ impl Default for ServeConfig {
             db: None,
             config_file: None,
             limits: Limits::default(),
+            sandbox: SandboxSettings::default(),
         }
     }
 }
@@ -192,7 +212,7 @@ pub async fn start(mut cfg: ServeConfig) -> Result<RunningServer, ServerError> {
     };
     file.limits.apply_to(&mut cfg.limits);
     validate(&cfg)?;
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| ServerError::Io {
+    gantry_factory::private_dir(&cfg.data_dir).map_err(|source| ServerError::Io {
         action: "create data dir",
         path: cfg.data_dir.clone(),
         source,
@@ -211,14 +231,21 @@ pub async fn start(mut cfg: ServeConfig) -> Result<RunningServer, ServerError> {
     })?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let service = Arc::new(Service::new(
-        store.clone(),
-        cfg.clone(),
-        shutdown_rx.clone(),
-    ));
+    let sandbox = if cfg.embedded_factory {
+        choose_sandbox(&cfg.sandbox).await
+    } else {
+        SandboxChoice {
+            sandbox: Sandbox::None,
+            refusal: None,
+        }
+    };
+    let service = Arc::new(
+        Service::new(store.clone(), cfg.clone(), shutdown_rx.clone())
+            .refusing_unsandboxed(sandbox.refusal.clone()),
+    );
 
     let factory = if cfg.embedded_factory {
-        Some(start_embedded_factory(&service, &file, shutdown_rx.clone()).await?)
+        Some(start_embedded_factory(&service, &file, sandbox.sandbox, shutdown_rx.clone()).await?)
     } else {
         None
     };
@@ -245,6 +272,66 @@ pub async fn start(mut cfg: ServeConfig) -> Result<RunningServer, ServerError> {
     })
 }
 
+impl Default for SandboxSettings {
+    fn default() -> Self {
+        SandboxSettings {
+            allow_unsandboxed: false,
+            bwrap: PathBuf::from("bwrap"),
+            read_only: Vec::new(),
+            read_write: Vec::new(),
+        }
+    }
+}
+
+impl SandboxSettings {
+    /// The sandbox these settings ask for, before any check that it works.
+    pub fn sandbox(&self) -> Sandbox {
+        Sandbox::Bwrap {
+            program: self.bwrap.clone(),
+        }
+    }
+}
+
+/// The embedded factory's sandbox, and why jobs of non-admin tokens are refused, if
+/// they are.
+struct SandboxChoice {
+    sandbox: Sandbox,
+    refusal: Option<String>,
+}
+
+/// Bubblewrap when it works here. When it does not, jobs would run with the server's
+/// own view of the machine (its data dir, its admin token), which only an admin may be
+/// given: jobs of other tokens are refused unless the operator opted out loudly.
+async fn choose_sandbox(settings: &SandboxSettings) -> SandboxChoice {
+    let bwrap = settings.sandbox();
+    match bwrap.probe().await {
+        Ok(()) => SandboxChoice {
+            sandbox: bwrap,
+            refusal: None,
+        },
+        Err(e) if settings.allow_unsandboxed => {
+            tracing::warn!(
+                error = %e,
+                "RUNNING JOBS UNSANDBOXED (--allow-unsandboxed-jobs): any job can read this server's data dir, its admin token and other jobs' work"
+            );
+            SandboxChoice {
+                sandbox: Sandbox::None,
+                refusal: None,
+            }
+        }
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "jobs cannot be sandboxed: only jobs of admin tokens will be accepted"
+            );
+            SandboxChoice {
+                sandbox: Sandbox::None,
+                refusal: Some(e.to_string()),
+            }
+        }
+    }
+}
+
 /// Opens the store the config names: PostgreSQL when `db` is set, else the SQLite file
 /// in the data dir.
 async fn open_store(cfg: &ServeConfig) -> Result<Arc<dyn Store>, ServerError> {
@@ -266,6 +353,7 @@ async fn open_store(cfg: &ServeConfig) -> Result<Arc<dyn Store>, ServerError> {
 async fn start_embedded_factory(
     service: &Arc<Service>,
     file: &config::ConfigFile,
+    sandbox: Sandbox,
     shutdown: watch::Receiver<bool>,
 ) -> Result<JoinHandle<Result<(), String>>, ServerError> {
     let cfg = service.config().clone();
@@ -283,6 +371,11 @@ async fn start_embedded_factory(
         // It shares the server's data dir, so its commits are in the server's cache
         // already: nothing needs publishing to the source for delivery.
         publish_results: false,
+        sandbox,
+        // A configuration file outside the data dir is the server's too.
+        hidden_paths: cfg.config_file.iter().cloned().collect(),
+        sandbox_read_only: cfg.sandbox.read_only.clone(),
+        sandbox_read_write: cfg.sandbox.read_write.clone(),
         ..FactoryConfig::default()
     };
     let mut fcfg = fcfg;

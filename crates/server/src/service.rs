@@ -3,7 +3,7 @@
 //! a remote one.
 
 use crate::ServeConfig;
-use crate::error::{ApiError, FACTORY_NAME_TAKEN};
+use crate::error::{ApiError, FACTORY_NAME_TAKEN, SANDBOX_UNAVAILABLE};
 use crate::metrics::{ClaimResult, FencedWrite, Metrics};
 use axum::http::StatusCode;
 use gantry_core::api::{
@@ -101,6 +101,9 @@ pub struct Service {
     /// Bumped whenever a stop is asked of a running job, so the embedded factory renews
     /// at once and stops the run within milliseconds instead of at its next renewal.
     stops: watch::Sender<u64>,
+    /// Why jobs cannot be sandboxed here, when they cannot and the operator did not
+    /// opt out: jobs of tokens that are not admin are then refused.
+    unsandboxed: Option<String>,
     /// Event streams open per token, capped by `limits.max_streams_per_token`.
     streams: Arc<crate::limits::StreamSlots>,
 }
@@ -117,7 +120,15 @@ impl Service {
             metrics: Arc::new(Metrics::new()),
             stops: watch::channel(0).0,
             streams: Arc::default(),
+            unsandboxed: None,
         }
+    }
+
+    /// Makes the service refuse jobs of tokens that are not admin, saying `reason`:
+    /// the embedded factory could only run them without a sandbox.
+    pub fn refusing_unsandboxed(mut self, reason: Option<String>) -> Self {
+        self.unsandboxed = reason;
+        self
     }
 
     /// The event streams open per token.
@@ -172,6 +183,20 @@ impl Service {
         if req.jobs.is_empty() {
             return Err(ApiError::bad_request(
                 "field `jobs` is empty: nothing to submit",
+            ));
+        }
+        if let Some(reason) = &self.unsandboxed
+            && submitter.scope != Scope::Admin
+        {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                SANDBOX_UNAVAILABLE,
+                format!(
+                    "this server cannot sandbox jobs, so it runs only jobs of admin tokens: {reason}"
+                ),
+            )
+            .with_hint(
+                "install bubblewrap on the server's machine and restart it, or (if every submitter may read the server's data dir and admin token) start it with --allow-unsandboxed-jobs",
             ));
         }
         let mut parsed = Vec::with_capacity(req.jobs.len());

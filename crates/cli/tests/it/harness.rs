@@ -138,6 +138,17 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// `--sandbox-rw <the data dir's parent>`: runs stay sandboxed (their data dir hidden)
+/// but may use the test's directory, where tests keep go-files and markers.
+pub fn sandbox_rw(data_dir: &Path) -> Vec<std::ffi::OsString> {
+    match data_dir.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => {
+            vec!["--sandbox-rw".into(), dir.as_os_str().to_os_string()]
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// A `gantry serve` child process.
 pub struct Server {
     child: Option<Child>,
@@ -170,6 +181,7 @@ impl Server {
         if !extra.contains(&"--listen") {
             c.args(["--listen", "127.0.0.1:0"]);
         }
+        c.args(sandbox_rw(data_dir));
         c.args(extra).stdout(Stdio::piped()).stderr(log_file);
         let mut child = c.spawn().expect("spawn gantry serve");
         let stdout = child.stdout.take().expect("piped stdout");
@@ -517,6 +529,7 @@ impl FactoryProc {
         ])
         .arg("--data-dir")
         .arg(data_dir)
+        .args(sandbox_rw(data_dir))
         .args(extra)
         .stdout(Stdio::null())
         .stderr(log_file);

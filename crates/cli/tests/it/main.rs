@@ -16,4 +16,5 @@ mod follow;
 mod harness;
 mod jobs;
 mod remote;
+mod security;
 mod tokens;

@@ -532,6 +532,8 @@ impl RemoteFactory {
             claim_wait: Duration::from_secs(1),
             min_free_memory_mb: 0,
             min_free_disk_mb: 0,
+            // Runs stay sandboxed but may read the test's go-files beside the data dir.
+            sandbox_read_write: data.parent().map(Path::to_path_buf).into_iter().collect(),
             ..FactoryConfig::default()
         };
         tune(&mut cfg);

@@ -38,9 +38,19 @@ pub fn config(data_dir: &Path) -> ServeConfig {
     }
 }
 
+/// Lets runs read and write the test's directory (the data dir's parent), where tests
+/// keep their go-files: runs stay sandboxed, and the data dir stays hidden from them.
+pub fn with_test_dir_writable(mut cfg: ServeConfig) -> ServeConfig {
+    if let Some(dir) = cfg.data_dir.parent().filter(|d| !d.as_os_str().is_empty()) {
+        cfg.sandbox.read_write.push(dir.to_path_buf());
+    }
+    cfg
+}
+
 impl TestServer {
     /// Starts a server with `cfg`.
     pub async fn start(cfg: ServeConfig) -> TestServer {
+        let cfg = with_test_dir_writable(cfg);
         let server = gantry_server::start(cfg.clone())
             .await
             .expect("server starts");
