@@ -487,7 +487,12 @@ async fn bench_server(
         db: None,
         config_file: None,
         limits: gantry_server::Limits::default(),
-        sandbox: gantry_server::SandboxSettings::default(),
+        // Runs are sandboxed as always; they write their wall-clock stamps beside the
+        // data dir.
+        sandbox: gantry_server::SandboxSettings {
+            read_write: vec![root.to_path_buf()],
+            ..gantry_server::SandboxSettings::default()
+        },
     })
     .await?;
     let url = format!("http://{}", server.addr());

@@ -34,13 +34,13 @@ fn command_job(title: &str, repo: &Path, script: &str, extra: &str) -> String {
 }
 
 /// A script for a job that appends its run id to `<dir>/runs-<name>` (every execution,
-/// whatever the server knows of it), records its pid in `<dir>/pid-<name>-<attempt>`,
+/// whatever the server knows of it), records its pid (see [`host_pid`]) in `<dir>/pid-<name>-<attempt>`,
 /// prints `before-<name>`, writes `<name>.txt` (its change to deliver) and waits until
 /// `<gate>` exists, then prints `after-<name>` and ends with status 0.
 fn gated_script(dir: &Path, name: &str, gate: &Path) -> String {
     format!(
         "echo $GANTRY_RUN_ID >> {dir}/runs-{name}; \
-         echo $$ > {dir}/pid-{name}-$GANTRY_ATTEMPT.tmp && mv {dir}/pid-{name}-$GANTRY_ATTEMPT.tmp {dir}/pid-{name}-$GANTRY_ATTEMPT; \
+         echo $$ $GANTRY_WORKSPACE > {dir}/pid-{name}-$GANTRY_ATTEMPT.tmp && mv {dir}/pid-{name}-$GANTRY_ATTEMPT.tmp {dir}/pid-{name}-$GANTRY_ATTEMPT; \
          echo before-{name}; echo \"{name} attempt $GANTRY_ATTEMPT\" > {name}.txt; \
          while [ ! -e {gate} ]; do sleep 0.05; done; echo after-{name}",
         dir = dir.display(),
@@ -85,14 +85,32 @@ fn wait_pid(dir: &Path, name: &str, attempt: u32) -> i32 {
             path.display()
         ),
         LONG,
-        || {
-            std::fs::read_to_string(&path)
-                .ok()?
-                .trim()
-                .parse::<i32>()
-                .ok()
-        },
+        || host_pid(&path),
     )
+}
+
+/// The pid, as this test sees it, of the run process that wrote `$$ $GANTRY_WORKSPACE`
+/// to `path`. A run lives in a PID namespace of its own, where `$$` is a small number:
+/// the process is the one whose last `NSpid` is that number and whose environment
+/// names the run's worktree (unique across attempts and across tests' data dirs).
+fn host_pid(path: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let (inner, workspace) = text.trim().split_once(' ')?;
+    let want_env = format!("GANTRY_WORKSPACE={workspace}");
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let last = status
+                .lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .and_then(|l| l.split_whitespace().last());
+            last == Some(inner)
+                && std::fs::read(format!("/proc/{pid}/environ"))
+                    .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == want_env.as_bytes()))
+        })
 }
 
 /// Creates `path` (a gate that gated jobs wait for).

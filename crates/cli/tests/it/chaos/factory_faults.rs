@@ -2,7 +2,7 @@
 //! (SIGSTOP, then SIGCONT) in the middle of a run.
 
 use super::{
-    LONG, Scene, assert_executions_match_runs, attempts, command_job, gated_script, job,
+    LONG, Scene, assert_executions_match_runs, attempts, command_job, gated_script, host_pid, job,
     job_events, open_gate, run_process_alive, submit_texts, wait_claimed, wait_pid, wait_state,
 };
 use crate::harness::{Api, FactoryProc, RunSweeper, Server, create_token, git, wait_for};
@@ -163,7 +163,7 @@ fn issue4_chaos_sigstop_a_factory_past_its_lease() {
     // factory has output to upload when it wakes) until its own gate opens.
     let script = format!(
         "echo $GANTRY_RUN_ID >> {d}/runs-job; \
-         echo $$ > {d}/pid-$GANTRY_ATTEMPT.tmp && mv {d}/pid-$GANTRY_ATTEMPT.tmp {d}/pid-$GANTRY_ATTEMPT; \
+         echo $$ $GANTRY_WORKSPACE > {d}/pid-$GANTRY_ATTEMPT.tmp && mv {d}/pid-$GANTRY_ATTEMPT.tmp {d}/pid-$GANTRY_ATTEMPT; \
          echo \"content of attempt $GANTRY_ATTEMPT ({nonce})\" > result.txt; \
          while [ ! -e {d}/gate-$GANTRY_ATTEMPT ]; do echo tick; sleep 0.05; done",
         d = runs_dir.display()
@@ -183,11 +183,7 @@ fn issue4_chaos_sigstop_a_factory_past_its_lease() {
         first["data"]["epoch"].as_i64().expect("the claimed epoch"),
     );
     let pid1 = wait_for("attempt 1's pid file", LONG, || {
-        std::fs::read_to_string(runs_dir.join("pid-1"))
-            .ok()?
-            .trim()
-            .parse::<i32>()
-            .ok()
+        host_pid(&runs_dir.join("pid-1"))
     });
     // The attempt has written to the server under its lease before the freeze.
     wait_for("attempt 1's run.started event", LONG, || {
@@ -205,11 +201,7 @@ fn issue4_chaos_sigstop_a_factory_past_its_lease() {
     let second_claim = second["id"].as_i64().expect("event id");
     assert!(second["data"]["epoch"].as_i64() > Some(epoch1), "{second}");
     wait_for("attempt 2's pid file", LONG, || {
-        std::fs::read_to_string(runs_dir.join("pid-2"))
-            .ok()?
-            .trim()
-            .parse::<i32>()
-            .ok()
+        host_pid(&runs_dir.join("pid-2"))
     });
     assert!(
         run_process_alive(&sweeper, pid1),
