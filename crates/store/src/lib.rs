@@ -129,7 +129,8 @@ pub trait Store: Send + Sync + 'static {
     /// One job, without its runs.
     async fn job(&self, id: JobId) -> Result<Job>;
 
-    /// Jobs matching the filter, newest first.
+    /// Jobs matching the filter, newest first, each spec without its body (which
+    /// [`Store::job`] gives): a list is read often and instructions may be large.
     async fn jobs(&self, filter: &JobFilter) -> Result<Vec<Job>>;
 
     /// The runs of a job, oldest first.

@@ -1957,7 +1957,7 @@ impl Store for PgStore {
             Some(st) => {
                 tx.query(
                     &format!(
-                        "SELECT {JOB_COLS} FROM {JOB_FROM} WHERE state = $1
+                        "SELECT {JOB_LIST_COLS} FROM {JOB_FROM} WHERE state = $1
                          ORDER BY id DESC LIMIT $2"
                     ),
                     &[&st.as_str(), &limit],
@@ -1966,7 +1966,7 @@ impl Store for PgStore {
             }
             None => {
                 tx.query(
-                    &format!("SELECT {JOB_COLS} FROM {JOB_FROM} ORDER BY id DESC LIMIT $1"),
+                    &format!("SELECT {JOB_LIST_COLS} FROM {JOB_FROM} ORDER BY id DESC LIMIT $1"),
                     &[&limit],
                 )
                 .await?

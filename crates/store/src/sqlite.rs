@@ -258,6 +258,13 @@ const JOB_COLS: &str = "id, state, priority, attempt, max_attempts, epoch, lock_
      deps_mode, idempotency_key, stop_requested, reason, not_before, created_at, \
      started_at, finished_at, title, deps, spec, session_id, wip_branch, wip_base, wip_commit";
 
+/// [`JOB_COLS`] for lists: the spec without its body (instructions may be large, and
+/// a list is read often; the body comes with one job).
+const JOB_LIST_COLS: &str = "id, state, priority, attempt, max_attempts, epoch, lock_key, \
+     deps_mode, idempotency_key, stop_requested, reason, not_before, created_at, \
+     started_at, finished_at, title, deps, json_set(spec, '$.body', ''), session_id, \
+     wip_branch, wip_base, wip_commit";
+
 /// A job's row joined with its spec and its agent state.
 const JOB_FROM: &str = "jobs JOIN job_specs ON job_specs.job_id = jobs.id \
      LEFT JOIN job_agent ON job_agent.job_id = jobs.id";
@@ -2317,13 +2324,13 @@ impl Store for SqliteStore {
             let raws = match filter.state {
                 Some(st) => tx
                     .prepare_cached(&format!(
-                        "SELECT {JOB_COLS} FROM {JOB_FROM} WHERE state = ?1 ORDER BY id DESC LIMIT ?2"
+                        "SELECT {JOB_LIST_COLS} FROM {JOB_FROM} WHERE state = ?1 ORDER BY id DESC LIMIT ?2"
                     ))?
                     .query_map(params![st.as_str(), limit], RawJob::read)?
                     .collect::<rusqlite::Result<Vec<_>>>()?,
                 None => tx
                     .prepare_cached(&format!(
-                        "SELECT {JOB_COLS} FROM {JOB_FROM} ORDER BY id DESC LIMIT ?1"
+                        "SELECT {JOB_LIST_COLS} FROM {JOB_FROM} ORDER BY id DESC LIMIT ?1"
                     ))?
                     .query_map([limit], RawJob::read)?
                     .collect::<rusqlite::Result<Vec<_>>>()?,

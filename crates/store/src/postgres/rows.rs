@@ -98,6 +98,14 @@ pub(super) const JOB_COLS: &str = "jobs.id, state, priority, attempt, max_attemp
      lock_key, deps_mode, idempotency_key, stop_requested, reason, not_before, created_at, \
      started_at, finished_at, title, deps, spec, session_id, wip_branch, wip_base, wip_commit";
 
+/// [`JOB_COLS`] for lists: the spec without its body (instructions may be large, and
+/// a list is read often; the body comes with one job).
+pub(super) const JOB_LIST_COLS: &str = "jobs.id, state, priority, attempt, max_attempts, \
+     epoch, lock_key, deps_mode, idempotency_key, stop_requested, reason, not_before, \
+     created_at, started_at, finished_at, title, deps, \
+     jsonb_set(spec::jsonb, '{body}', '\"\"')::text, session_id, wip_branch, wip_base, \
+     wip_commit";
+
 /// How many columns [`JOB_COLS`] has.
 pub(super) const JOB_COLS_LEN: usize = 22;
 

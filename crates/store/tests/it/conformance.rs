@@ -297,6 +297,34 @@ async fn same_batch_key_deps_resolve_both_ways(t: TestStore) {
     assert_eq!(next, vec![ids[0], more[0], more[1]]);
 }
 
+/// Issue 15: a list of ten jobs with 14 MB bodies was 210 MB. Lists leave bodies out;
+/// one job keeps its body whole.
+async fn issue15_lists_leave_bodies_out_and_one_job_keeps_its_body(t: TestStore) {
+    let s = &*t.store;
+    let mut big = job("big").0;
+    big.spec.body = "instructions \"quoted\" and long\n".repeat(1000);
+    let body = big.spec.body.clone();
+    let ids = s.submit(vec![big, job("small").0]).await.expect("submit");
+    for filter in [
+        JobFilter::default(),
+        JobFilter {
+            state: Some(JobState::Queued),
+            limit: Some(10),
+        },
+    ] {
+        let listed = s.jobs(&filter).await.expect("jobs");
+        assert_eq!(listed.len(), 2, "{filter:?}");
+        for j in &listed {
+            assert_eq!(j.spec.body, "", "a listed job has no body: {filter:?}");
+            assert!(
+                j.title.starts_with("job "),
+                "the rest of the spec is there: {j:?}"
+            );
+        }
+    }
+    assert_eq!(s.job(ids[0].id).await.expect("job").spec.body, body);
+}
+
 async fn idempotency_key_returns_the_existing_job(t: TestStore) {
     let s = &*t.store;
     let first = s.submit(vec![job("a").key("k").0]).await.expect("submit");
@@ -2319,4 +2347,5 @@ cases! {
     issue4_tokens_racing_for_one_factory_bind_it_once,
     issue15_idempotency_keys_are_per_token_and_conflict_on_new_content,
     issue15_a_factory_name_belongs_to_the_token_that_registered_it,
+    issue15_lists_leave_bodies_out_and_one_job_keeps_its_body,
 }
