@@ -11,7 +11,9 @@
 //! - its own worktree, read-write, and its own artifacts directory (prompt, script),
 //!   read-only,
 //! - a private `/tmp`, a private `HOME` (`/home/gantry`), a fresh `/proc` and a minimal
-//!   `/dev`.
+//!   `/dev`,
+//!
+//! with no capabilities (even when the factory runs as root) and no new privileges.
 //!
 //! The data dir (and any path the factory names as hidden, such as a token file) is
 //! covered by an empty tmpfs before the run's own paths are bound back on top, so it is
@@ -99,7 +101,13 @@ impl Sandbox {
         };
         let shown = program.display().to_string();
         let mut cmd = tokio::process::Command::new(program);
-        cmd.args(["--unshare-all", "--share-net", "--die-with-parent"]);
+        cmd.args([
+            "--unshare-all",
+            "--share-net",
+            "--cap-drop",
+            "ALL",
+            "--die-with-parent",
+        ]);
         for dir in SYSTEM_DIRS {
             if Path::new(dir).exists() {
                 cmd.args(["--ro-bind", dir, dir]);
@@ -179,7 +187,9 @@ impl Confinement {
         let mut a = Args(vec![bwrap.clone().into_os_string()]);
         // No `--die-with-parent`: a factory restart must leave runs running for the
         // next factory to adopt. The shim, not the factory, is bwrap's parent anyway.
-        a.push(["--unshare-all", "--share-net"]);
+        // A factory running as root would otherwise hand its runs every capability
+        // (within their user namespace): none is needed to run an agent.
+        a.push(["--unshare-all", "--share-net", "--cap-drop", "ALL"]);
         for dir in SYSTEM_DIRS {
             a.system(Path::new(dir));
         }

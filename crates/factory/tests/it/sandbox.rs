@@ -120,7 +120,7 @@ echo thief-done; exit 0"#
 async fn issue15_a_job_sees_its_own_worktree_and_prompt_and_a_private_home_and_tmp() {
     let h = Harness::start(1).await;
     let script = r#"cat "$GANTRY_PROMPT_FILE"; echo "home=$HOME"; touch "$HOME/h" /tmp/t && echo writable;
-echo made > made.txt; test -w /usr && echo usr-writable; exit 0"#;
+echo made > made.txt; test -w /usr && echo usr-writable; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; exit 0"#;
     let mut s = spec(&h.repo, &["sh", "-c", script]);
     s.body = "my own prompt\n".to_string();
     let report = h.run(claim(1, 10, 1, s)).await;
@@ -130,6 +130,11 @@ echo made > made.txt; test -w /usr && echo usr-writable; exit 0"#;
     assert!(out.contains("home=/home/gantry"), "{out}");
     assert!(out.contains("writable"), "{out}");
     assert!(!out.contains("usr-writable"), "{out}");
+    assert!(
+        out.contains("CapEff:\t0000000000000000"),
+        "no capabilities: {out}"
+    );
+    assert!(out.contains("NoNewPrivs:\t1"), "no new privileges: {out}");
     let commit = report.commit.expect("commit");
     let files = git(&h.cache(), &["ls-tree", "-r", "--name-only", &commit]);
     assert!(files.contains("made.txt"), "{files}");
