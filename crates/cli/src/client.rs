@@ -17,6 +17,9 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::Duration;
 
+/// Jobs asked for per page of `GET /v1/jobs` (the server's most).
+pub const PAGE: usize = 1000;
+
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -208,21 +211,27 @@ impl Client {
             .await
     }
 
-    /// `GET /v1/jobs`: jobs, newest first.
+    /// `GET /v1/jobs`: jobs, newest first, `limit` of them (all when `None`), following
+    /// the server's pages (at most [`PAGE`] jobs each) with the `before` cursor.
     pub async fn jobs(&self, state: Option<JobState>, limit: Option<u32>) -> Result<Vec<Job>> {
-        let mut q = Vec::new();
-        if let Some(s) = state {
-            q.push(format!("state={}", s.as_str()));
+        let wanted = limit.map_or(usize::MAX, |l| l as usize);
+        let mut jobs: Vec<Job> = Vec::new();
+        loop {
+            let page = (wanted - jobs.len()).min(PAGE);
+            let mut q = vec![format!("limit={page}")];
+            if let Some(s) = state {
+                q.push(format!("state={}", s.as_str()));
+            }
+            if let Some(last) = jobs.last() {
+                q.push(format!("before={}", last.id));
+            }
+            let got: Vec<Job> = self.get(&format!("/v1/jobs?{}", q.join("&"))).await?;
+            let full = got.len() == page;
+            jobs.extend(got);
+            if !full || jobs.len() >= wanted {
+                return Ok(jobs);
+            }
         }
-        if let Some(l) = limit {
-            q.push(format!("limit={l}"));
-        }
-        let path = if q.is_empty() {
-            "/v1/jobs".to_string()
-        } else {
-            format!("/v1/jobs?{}", q.join("&"))
-        };
-        self.get(&path).await
     }
 
     /// `GET /v1/jobs/{id}`: one job with its runs, as typed values.

@@ -109,20 +109,50 @@ async fn submit(
     Ok(Json(resp))
 }
 
-async fn list_jobs(
-    State(svc): Svc,
-    _: Authed<Read>,
-    q: QueryParams,
-) -> Result<Json<Vec<Job>>, ApiError> {
-    q.only(&["state", "limit"])?;
+/// Jobs a list answers when the request names no `limit`.
+pub const DEFAULT_LIST_LIMIT: usize = 100;
+
+/// The most jobs one list answers: more takes more pages (`before`, and the `Link`
+/// header names the next one).
+pub const MAX_LIST_LIMIT: usize = 1000;
+
+async fn list_jobs(State(svc): Svc, _: Authed<Read>, q: QueryParams) -> Result<Response, ApiError> {
+    q.only(&["state", "limit", "before"])?;
+    let limit = q.get::<usize>("limit")?.unwrap_or(DEFAULT_LIST_LIMIT);
+    if limit == 0 || limit > MAX_LIST_LIMIT {
+        return Err(ApiError::bad_request(format!(
+            "invalid value {limit} for query parameter `limit`: a page holds 1 to {MAX_LIST_LIMIT} jobs; `before` pages through more"
+        ))
+        .with_details(json!({ "field": "limit", "value": limit })));
+    }
+    let state = q.get::<JobState>("state")?;
     let filter = JobFilter {
-        state: q.get::<JobState>("state")?,
-        limit: q.get("limit")?,
+        state,
+        limit: Some(limit),
+        before: q.get::<i64>("before")?.map(JobId),
     };
     // A list carries no bodies (the store leaves them out): ten jobs with large
     // instructions made one list answer hundreds of megabytes. The whole spec comes
     // with `GET /v1/jobs/{id}`.
-    Ok(Json(svc.store().jobs(&filter).await?))
+    let jobs = svc.store().jobs(&filter).await?;
+    let mut headers = HeaderMap::new();
+    // A full page may have more behind it: name the next one (RFC 8288), as a cursor
+    // rather than an offset, so jobs submitted meanwhile never shift the pages.
+    if jobs.len() == limit
+        && let Some(last) = jobs.last()
+    {
+        let state = state
+            .map(|s| format!("&state={}", s.as_str()))
+            .unwrap_or_default();
+        let next = format!(
+            "</v1/jobs?limit={limit}&before={}{state}>; rel=\"next\"",
+            last.id
+        );
+        if let Ok(v) = axum::http::HeaderValue::from_str(&next) {
+            headers.insert(axum::http::header::LINK, v);
+        }
+    }
+    Ok((headers, Json(jobs)).into_response())
 }
 
 async fn show_job(

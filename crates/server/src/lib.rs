@@ -25,7 +25,7 @@ pub use coordinator::LocalCoordinator;
 pub use error::{
     ApiError, FACTORY_NAME_TAKEN, IDEMPOTENCY_CONFLICT, SANDBOX_UNAVAILABLE, ServerError,
 };
-pub use http::router;
+pub use http::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, router};
 pub use limits::Limits;
 pub use service::{MAX_CLAIM_WAIT, Service, delivery_branch};
 

@@ -290,7 +290,7 @@ impl Metrics {
         let queued = store
             .jobs(&JobFilter {
                 state: Some(JobState::Queued),
-                limit: None,
+                ..JobFilter::default()
             })
             .await?;
         let mut by_caps = BTreeMap::new();

@@ -43,6 +43,8 @@ pub struct JobFilter {
     pub state: Option<JobState>,
     /// At most this many (newest first); `None` for all.
     pub limit: Option<usize>,
+    /// Only jobs older than this one (ids below it): the cursor of the next page.
+    pub before: Option<JobId>,
 }
 
 /// A registered factory.

@@ -1953,21 +1953,26 @@ impl Store for PgStore {
     async fn jobs(&self, filter: &JobFilter) -> Result<Vec<Job>> {
         let limit = filter.limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
         let tx = self.conn().await?;
+        // With no cursor, every id is below the largest one: one range scan either way.
+        let before = filter.before.map_or(i64::MAX, |id| id.0);
         let rows = match filter.state {
             Some(st) => {
                 tx.query(
                     &format!(
-                        "SELECT {JOB_LIST_COLS} FROM {JOB_FROM} WHERE state = $1
-                         ORDER BY id DESC LIMIT $2"
+                        "SELECT {JOB_LIST_COLS} FROM {JOB_FROM}
+                         WHERE state = $1 AND jobs.id < $2 ORDER BY jobs.id DESC LIMIT $3"
                     ),
-                    &[&st.as_str(), &limit],
+                    &[&st.as_str(), &before, &limit],
                 )
                 .await?
             }
             None => {
                 tx.query(
-                    &format!("SELECT {JOB_LIST_COLS} FROM {JOB_FROM} ORDER BY id DESC LIMIT $1"),
-                    &[&limit],
+                    &format!(
+                        "SELECT {JOB_LIST_COLS} FROM {JOB_FROM}
+                         WHERE jobs.id < $1 ORDER BY jobs.id DESC LIMIT $2"
+                    ),
+                    &[&before, &limit],
                 )
                 .await?
             }

@@ -2320,19 +2320,23 @@ impl Store for SqliteStore {
             .limit
             .map(|l| i64::try_from(l).unwrap_or(i64::MAX))
             .unwrap_or(-1);
+        // With no cursor, every id is below the largest one: one range scan either way.
+        let before = filter.before.map_or(i64::MAX, |id| id.0);
         self.read(|tx| {
             let raws = match filter.state {
                 Some(st) => tx
                     .prepare_cached(&format!(
-                        "SELECT {JOB_LIST_COLS} FROM {JOB_FROM} WHERE state = ?1 ORDER BY id DESC LIMIT ?2"
+                        "SELECT {JOB_LIST_COLS} FROM {JOB_FROM}
+                         WHERE state = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3"
                     ))?
-                    .query_map(params![st.as_str(), limit], RawJob::read)?
+                    .query_map(params![st.as_str(), before, limit], RawJob::read)?
                     .collect::<rusqlite::Result<Vec<_>>>()?,
                 None => tx
                     .prepare_cached(&format!(
-                        "SELECT {JOB_LIST_COLS} FROM {JOB_FROM} ORDER BY id DESC LIMIT ?1"
+                        "SELECT {JOB_LIST_COLS} FROM {JOB_FROM}
+                         WHERE id < ?1 ORDER BY id DESC LIMIT ?2"
                     ))?
-                    .query_map([limit], RawJob::read)?
+                    .query_map(params![before, limit], RawJob::read)?
                     .collect::<rusqlite::Result<Vec<_>>>()?,
             };
             raws.into_iter().map(RawJob::into_job).collect()

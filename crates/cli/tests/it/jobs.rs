@@ -299,3 +299,28 @@ fn issue15_ls_and_show_print_control_characters_escaped() {
     show.ok();
     assert_eq!(show.json()["title"], raw_title);
 }
+
+#[test]
+fn issue10_ls_follows_the_pages_of_a_long_list() {
+    let env = Env::new();
+    let server = env.serve(&["--no-factory"]);
+    // One page more than the server answers at once.
+    let files: Vec<std::path::PathBuf> = (0..1001)
+        .map(|i| env.job(&format!("many{i}"), "", "true"))
+        .collect();
+    let paths: Vec<&std::path::Path> = files.iter().map(|p| p.as_path()).collect();
+    let ids = submit(&server, &paths);
+    assert_eq!(ids.len(), 1001);
+    let out = server.cli(&["ls", "--json"]);
+    out.ok();
+    let listed = out.json();
+    let listed = listed.as_array().expect("an array");
+    assert_eq!(listed.len(), 1001, "every job, across pages");
+    let mut seen: Vec<String> = listed.iter().map(|j| j["id"].to_string()).collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 1001, "each job once");
+    let out = server.cli(&["ls", "--limit", "5", "--json"]);
+    out.ok();
+    assert_eq!(out.json().as_array().expect("array").len(), 5);
+}

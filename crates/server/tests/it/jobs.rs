@@ -526,3 +526,69 @@ async fn issue15_a_bad_repo_or_base_is_refused_at_submit() {
     );
     ts.shutdown().await;
 }
+
+/// The `next` link of a list answer, if any.
+fn next_link(resp: &reqwest::Response) -> Option<String> {
+    let link = resp.headers().get("link")?.to_str().expect("ascii link");
+    let target = link.strip_prefix('<')?.split_once(">; rel=\"next\"")?.0;
+    Some(target.to_string())
+}
+
+#[tokio::test]
+async fn issue10_lists_are_paged_by_a_cursor_with_a_default_and_a_cap() {
+    let (_tmp, repo) = repo();
+    let data = tempfile::tempdir().expect("tempdir");
+    let ts = TestServer::start(ServeConfig {
+        embedded_factory: false,
+        ..config(data.path())
+    })
+    .await;
+    let files: Vec<(String, String)> = (0..105)
+        .map(|i| {
+            (
+                format!("j{i}.md"),
+                job_file(&format!("j{i}"), &repo, &["true"], ""),
+            )
+        })
+        .collect();
+    let refs: Vec<(&str, String)> = files.iter().map(|(f, t)| (f.as_str(), t.clone())).collect();
+    let ids = ts.submit(&refs).await;
+    assert_eq!(ids.len(), 105);
+
+    // No limit: the default page, newest first, and a link to the next one.
+    let resp = ts.get(&ts.admin, "/v1/jobs").await;
+    assert_eq!(resp.status(), 200);
+    let next = next_link(&resp).expect("a full page links the next one");
+    let first: Vec<Job> = resp.json().await.expect("jobs");
+    assert_eq!(first.len(), gantry_server::DEFAULT_LIST_LIMIT);
+    assert_eq!(first[0].id, ids[104]);
+    let resp = ts.get(&ts.admin, &next).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(next_link(&resp), None, "the last page links nothing");
+    let rest: Vec<Job> = resp.json().await.expect("jobs");
+    let mut seen: Vec<_> = first.iter().chain(&rest).map(|j| j.id).collect();
+    seen.reverse();
+    assert_eq!(seen, ids, "every job once, in order, across the pages");
+
+    // Jobs submitted between two pages do not shift them.
+    let resp = ts.get(&ts.admin, "/v1/jobs?limit=50").await;
+    let next = next_link(&resp).expect("next");
+    ts.submit(&[("late.md", job_file("late", &repo, &["true"], ""))])
+        .await;
+    let page: Vec<Job> = ts.get_json(&next).await;
+    assert_eq!(
+        page[0].id, ids[54],
+        "the second page starts where the first ended"
+    );
+
+    // A state filter goes along in the link.
+    let resp = ts.get(&ts.admin, "/v1/jobs?state=queued&limit=100").await;
+    let next = next_link(&resp).expect("next");
+    assert!(next.contains("state=queued"), "{next}");
+
+    for bad in ["limit=0", "limit=1001", "before=x"] {
+        let err = error_of(ts.get(&ts.admin, &format!("/v1/jobs?{bad}")).await, 400).await;
+        let field = bad.split('=').next().expect("name");
+        assert_eq!(err.details["field"], field, "{bad}: {err:?}");
+    }
+}

@@ -310,6 +310,7 @@ async fn issue15_lists_leave_bodies_out_and_one_job_keeps_its_body(t: TestStore)
         JobFilter {
             state: Some(JobState::Queued),
             limit: Some(10),
+            before: None,
         },
     ] {
         let listed = s.jobs(&filter).await.expect("jobs");
@@ -323,6 +324,49 @@ async fn issue15_lists_leave_bodies_out_and_one_job_keeps_its_body(t: TestStore)
         }
     }
     assert_eq!(s.job(ids[0].id).await.expect("job").spec.body, body);
+}
+
+/// Issue 10: a cursor pages through a list, with or without a state filter.
+async fn issue10_a_cursor_pages_through_the_jobs(t: TestStore) {
+    let s = &*t.store;
+    let ids: Vec<JobId> = s
+        .submit((0..7).map(|i| job(&format!("p{i}")).0).collect())
+        .await
+        .expect("submit")
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    let mut seen = Vec::new();
+    let mut before = None;
+    loop {
+        let page = s
+            .jobs(&JobFilter {
+                limit: Some(3),
+                before,
+                ..JobFilter::default()
+            })
+            .await
+            .expect("page");
+        seen.extend(page.iter().map(|j| j.id));
+        match page.last() {
+            Some(last) if page.len() == 3 => before = Some(last.id),
+            _ => break,
+        }
+    }
+    seen.reverse();
+    assert_eq!(seen, ids, "every job once, newest first");
+    let queued = s
+        .jobs(&JobFilter {
+            state: Some(JobState::Queued),
+            limit: Some(10),
+            before: Some(ids[2]),
+        })
+        .await
+        .expect("filtered");
+    assert_eq!(
+        queued.iter().map(|j| j.id).collect::<Vec<_>>(),
+        vec![ids[1], ids[0]]
+    );
 }
 
 async fn idempotency_key_returns_the_existing_job(t: TestStore) {
@@ -482,6 +526,7 @@ async fn lock_exclusion_under_concurrent_claims(t: TestStore) {
                     .jobs(&JobFilter {
                         state: Some(JobState::Running),
                         limit: None,
+                        ..JobFilter::default()
                     })
                     .await
                     .expect("jobs");
@@ -933,6 +978,7 @@ async fn status_counts_jobs_by_state(t: TestStore) {
         .jobs(&JobFilter {
             state: Some(JobState::Canceled),
             limit: None,
+            ..JobFilter::default()
         })
         .await
         .expect("jobs");
@@ -944,6 +990,7 @@ async fn status_counts_jobs_by_state(t: TestStore) {
         .jobs(&JobFilter {
             state: None,
             limit: Some(2),
+            ..JobFilter::default()
         })
         .await
         .expect("jobs");
@@ -2348,4 +2395,5 @@ cases! {
     issue15_idempotency_keys_are_per_token_and_conflict_on_new_content,
     issue15_a_factory_name_belongs_to_the_token_that_registered_it,
     issue15_lists_leave_bodies_out_and_one_job_keeps_its_body,
+    issue10_a_cursor_pages_through_the_jobs,
 }
