@@ -101,12 +101,15 @@ impl Sandbox {
         };
         let shown = program.display().to_string();
         let mut cmd = tokio::process::Command::new(program);
+        // `--as-pid-1`: without bwrap's own init in the namespace, nothing is left to
+        // be re-parented to this process (a child subreaper) as a zombie.
         cmd.args([
             "--unshare-all",
             "--share-net",
             "--cap-drop",
             "ALL",
             "--die-with-parent",
+            "--as-pid-1",
         ]);
         for dir in SYSTEM_DIRS {
             if Path::new(dir).exists() {
