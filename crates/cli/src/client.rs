@@ -9,6 +9,7 @@ use gantry_core::api::{
     SubmitResponse, TokenInfo,
 };
 use gantry_core::event::Event;
+use gantry_core::retry::Backoff;
 use gantry_core::{Job, JobId, JobState};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -373,6 +374,7 @@ impl Client {
             parser: SseParser::default(),
             ready: VecDeque::new(),
             failures: 0,
+            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(3)),
         }
     }
 }
@@ -402,6 +404,9 @@ pub struct EventStream {
     parser: SseParser,
     ready: VecDeque<Event>,
     failures: u32,
+    /// Pauses between reconnections: from 200 ms, capped at 3 s, 6 to 12 s in all
+    /// before giving up.
+    backoff: Backoff,
 }
 
 /// Reconnect attempts in a row before a dropped stream is given up.
@@ -487,6 +492,7 @@ impl EventStream {
                         self.ready.push_back(ev);
                     }
                     self.failures = 0;
+                    self.backoff.reset();
                 }
                 Some(Err(e)) => {
                     self.body = None;
@@ -514,10 +520,7 @@ impl EventStream {
             });
         }
         tracing::debug!(error = %err, attempt = self.failures, last_id = self.last_id, "event stream dropped; reconnecting");
-        // 100 ms, 200 ms, ... capped at 2 s: about 10 s in all before giving up.
-        let delay =
-            Duration::from_millis(100u64 << self.failures.min(5)).min(Duration::from_secs(2));
-        tokio::time::sleep(delay).await;
+        tokio::time::sleep(self.backoff.next_delay()).await;
         Ok(())
     }
 }

@@ -10,6 +10,7 @@ use crate::run::{Adoption, RunContext, adopt_run, run_claim};
 use crate::workspace::{self, LiveGuard};
 use crate::{FactoryConfig, FactoryError};
 use gantry_core::api::{Claim, RegisterFactory};
+use gantry_core::retry::Backoff;
 use gantry_core::{FactoryId, JobId, RunId, StopKind};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -294,7 +295,7 @@ impl Factory {
             stop: self.stop.subscribe(),
         });
 
-        let mut backoff = BACKOFF_FIRST;
+        let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_MAX);
         loop {
             // Forget runs that ended, so the set does not grow with the factory's age.
             while let Some(res) = self.runs.try_join_next() {
@@ -321,10 +322,10 @@ impl Factory {
                 };
             match claimed {
                 Ok(Some(claim)) => {
-                    backoff = BACKOFF_FIRST;
+                    backoff.reset();
                     self.spawn_run(claim, permit);
                 }
-                Ok(None) => backoff = BACKOFF_FIRST,
+                Ok(None) => backoff.reset(),
                 Err(CoordError::Refused { kind, message }) if kind == NOT_FOUND => {
                     tracing::warn!(factory = %id, %message, "the server does not know this factory; registering again");
                     if registration
@@ -336,13 +337,13 @@ impl Factory {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?backoff, "claim failed");
+                    let wait = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?wait, "claim failed");
                     if let Waited::Shutdown =
-                        or_shutdown(&mut shutdown, tokio::time::sleep(backoff)).await
+                        or_shutdown(&mut shutdown, tokio::time::sleep(wait)).await
                     {
                         break;
                     }
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
         }
@@ -456,13 +457,15 @@ async fn register_retrying(
     reg: &RegisterFactory,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Option<FactoryId>, FactoryError> {
-    let mut backoff = BACKOFF_FIRST;
+    let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_MAX);
     loop {
-        match or_shutdown(shutdown, coord.register(reg)).await {
+        let wait = match or_shutdown(shutdown, coord.register(reg)).await {
             Waited::Shutdown => return Ok(None),
             Waited::Done(Ok(id)) => return Ok(Some(id)),
             Waited::Done(Err(CoordError::Unavailable(e))) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "registering failed");
+                let wait = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in = ?wait, "registering failed");
+                wait
             }
             Waited::Done(Err(source)) => {
                 return Err(FactoryError::Register {
@@ -470,11 +473,10 @@ async fn register_retrying(
                     source,
                 });
             }
-        }
-        if let Waited::Shutdown = or_shutdown(shutdown, tokio::time::sleep(backoff)).await {
+        };
+        if let Waited::Shutdown = or_shutdown(shutdown, tokio::time::sleep(wait)).await {
             return Ok(None);
         }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
 
@@ -484,7 +486,7 @@ async fn register_retrying(
 async fn decide(coord: &dyn Coordinator, claim: &Claim) -> Verdict {
     let ttl = Duration::from_millis(claim.run.lease_ttl_ms.max(1));
     let deadline = Instant::now() + ttl;
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
     loop {
         let sent = Instant::now();
         match tokio::time::timeout_at(deadline, coord.renew(claim.run.id, claim.run.epoch)).await {
@@ -499,11 +501,11 @@ async fn decide(coord: &dyn Coordinator, claim: &Claim) -> Verdict {
             }
             Ok(Err(CoordError::Unavailable(e))) => {
                 tracing::warn!(run = %claim.run.id, error = %e, "renewing a recorded run's lease failed; retrying");
-                if Instant::now() + backoff >= deadline {
+                let wait = backoff.next_delay();
+                if Instant::now() + wait >= deadline {
                     break;
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                tokio::time::sleep(wait).await;
             }
             Err(_) => break,
         }

@@ -14,6 +14,7 @@ use crate::admission::{self, Admission};
 use crate::coordinator::{CoordError, Coordinator};
 use crate::factory::{BACKOFF_FIRST, NOT_FOUND, Registration, Waited, or_shutdown};
 use gantry_core::api::Heartbeat;
+use gantry_core::retry::Backoff;
 use std::mem::discriminant;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -72,7 +73,7 @@ fn measure(data_dir: &std::path::Path, admission: &Admission) -> Heartbeat {
 /// Sends heartbeats until the factory stops.
 async fn run(mut p: Pulse) {
     let mut interval = DEFAULT_INTERVAL;
-    let mut backoff = BACKOFF_FIRST;
+    let mut backoff = Backoff::new(BACKOFF_FIRST, interval);
     let mut failing = false;
     // Whether the last heartbeat's 404 made the factory register again: a server that
     // answers 404 to the new id too is retried with backoff, not in a busy loop.
@@ -92,9 +93,10 @@ async fn run(mut p: Pulse) {
                     tracing::info!(factory = %id, "heartbeats reach the server again");
                     failing = false;
                 }
-                backoff = BACKOFF_FIRST;
                 registered_again = false;
                 interval = Duration::from_millis(ack.interval_ms).clamp(MIN_INTERVAL, MAX_INTERVAL);
+                backoff.set_max(interval);
+                backoff.reset();
                 interval
             }
             Err(CoordError::Refused { kind, message }) if kind == NOT_FOUND => {
@@ -105,11 +107,7 @@ async fn run(mut p: Pulse) {
                         registered_again = true;
                         continue;
                     }
-                    Ok(Some(_)) => {
-                        let wait = backoff;
-                        backoff = (backoff * 2).min(interval);
-                        wait
-                    }
+                    Ok(Some(_)) => backoff.next_delay(),
                     Ok(None) => return,
                     Err(e) => {
                         tracing::error!(error = %e, retry_in = ?interval, "registering again failed");
@@ -118,14 +116,13 @@ async fn run(mut p: Pulse) {
                 }
             }
             Err(CoordError::Unavailable(e)) => {
-                let wait = backoff;
+                let wait = backoff.next_delay();
                 if failing {
                     tracing::debug!(factory = %id, error = %e, retry_in = ?wait, "heartbeat failed again");
                 } else {
                     tracing::warn!(factory = %id, error = %e, retry_in = ?wait, "heartbeat failed; retrying");
                     failing = true;
                 }
-                backoff = (backoff * 2).min(interval);
                 wait
             }
             Err(e) => {

@@ -31,6 +31,7 @@ use crate::workspace::{self, LiveGuard};
 use crate::{FactoryConfig, artifacts_dir, attempt_branch, worktree_dir};
 use gantry_core::api::{Checkpoint, Claim, FinishReport, MAX_REPORTED_DIFF_BYTES};
 use gantry_core::event::{NewEvent, RUN_STARTED};
+use gantry_core::retry::Backoff;
 use gantry_core::{JobId, Outcome, RunId, StopKind};
 use nix::sys::signal::Signal;
 use std::ffi::OsString;
@@ -111,7 +112,7 @@ async fn renew_loop(
     let mut deadline = claimed_at + ttl;
     let interval = interval.min(ttl / 3).max(Duration::from_millis(10));
     let mut next = Instant::now() + interval;
-    let mut backoff = RETRY_FIRST;
+    let mut backoff = Backoff::new(RETRY_FIRST, interval);
     let mut stops = coord.stop_signal();
     loop {
         tokio::select! {
@@ -146,7 +147,7 @@ async fn renew_loop(
         match answer {
             Ok(Ok(renewed)) => {
                 deadline = now + ttl;
-                backoff = RETRY_FIRST;
+                backoff.reset();
                 next = Instant::now() + interval;
                 if let Some(stop) = renewed.stop {
                     state.send_if_modified(|s| stop_upgrade(s, stop));
@@ -158,8 +159,7 @@ async fn renew_loop(
             }
             Ok(Err(CoordError::Unavailable(e))) => {
                 tracing::warn!(%run, error = %e, "lease renewal failed; retrying");
-                next = Instant::now() + backoff;
-                backoff = (backoff * 2).min(interval);
+                next = Instant::now() + backoff.next_delay();
             }
             Err(_elapsed) => {
                 // Loops back and finds the deadline passed.
@@ -1001,7 +1001,7 @@ impl Supervisor {
     /// Sends the finish report, retrying transient failures while the lease holds.
     async fn report(&self, report: FinishReport) -> Reported {
         let run = self.run_id();
-        let mut backoff = RETRY_FIRST;
+        let mut backoff = Backoff::new(RETRY_FIRST, RETRY_MAX);
         let shutdown = self.ctx.shutdown.clone();
         if let Some(why) = self.lost() {
             tracing::warn!(reason = %why, "lease lost; no report");
@@ -1037,8 +1037,7 @@ impl Supervisor {
                     tracing::warn!(error = %e, "finish failed; retrying");
                     // Renewals go on between tries: the lease must hold for the next.
                     drop(finished);
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(RETRY_MAX);
+                    tokio::time::sleep(backoff.next_delay()).await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "finish refused");
