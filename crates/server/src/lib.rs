@@ -142,6 +142,9 @@ impl Default for ServeConfig {
     }
 }
 
+/// How long a stopping server waits for its background chores.
+const CHORE_GRACE: Duration = Duration::from_secs(10);
+
 /// A started server: the API listening, the reaper and the embedded factory running.
 pub struct RunningServer {
     addr: SocketAddr,
@@ -541,6 +544,9 @@ impl RunningServer {
             });
             first = first.and(r);
         }
+        // The reaper and the finishes that spawn chores have stopped: what is left of
+        // them ends now, or is abandoned.
+        self.service.chores().drain(CHORE_GRACE).await;
         tracing::info!(addr = %self.addr, "gantry server stopped");
         first
     }

@@ -72,6 +72,60 @@ pub fn delivery_branch(job: JobId) -> String {
 /// repository at once.
 type DeliveryLocks = Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
 
+/// Most background chores (removals of leftover result refs, one `git` each) that run
+/// at once; more wait for a slot.
+const MAX_CHORES: usize = 8;
+
+/// The server's background chores: bounded (at most [`MAX_CHORES`] at once), tracked
+/// (a finished one is forgotten at the next spawn) and waited for when the server
+/// stops, so no `git` of ours outlives it or piles up behind a slow remote.
+pub(crate) struct Chores {
+    set: Mutex<tokio::task::JoinSet<()>>,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Chores {
+    fn default() -> Self {
+        Chores {
+            set: Mutex::default(),
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_CHORES)),
+        }
+    }
+}
+
+impl Chores {
+    /// Runs `chore` in the background once a slot is free.
+    fn spawn(&self, chore: impl std::future::Future<Output = ()> + Send + 'static) {
+        let slots = self.slots.clone();
+        let mut set = self.set.lock().unwrap_or_else(|p| p.into_inner());
+        while set.try_join_next().is_some() {}
+        set.spawn(async move {
+            // The semaphore is never closed: a permit always comes.
+            let _slot = slots.acquire_owned().await;
+            chore.await;
+        });
+    }
+
+    /// How many chores are running or waiting.
+    pub(crate) fn pending(&self) -> usize {
+        let mut set = self.set.lock().unwrap_or_else(|p| p.into_inner());
+        while set.try_join_next().is_some() {}
+        set.len()
+    }
+
+    /// Waits for the chores to end, at most `within`, then abandons the rest (their
+    /// work is best effort: a leftover ref is removed again on the next occasion).
+    pub(crate) async fn drain(&self, within: Duration) {
+        let mut set = std::mem::take(&mut *self.set.lock().unwrap_or_else(|p| p.into_inner()));
+        let drained =
+            tokio::time::timeout(within, async { while set.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!(left = set.len(), "background chores abandoned at shutdown");
+            set.abort_all();
+        }
+    }
+}
+
 /// Runs `write`, a fenced store write, to its end in a task of its own and counts a
 /// refusal. A handler is dropped when its client hangs up; the store may commit the
 /// write (or record its refusal) all the same, and the count, like a delivery after
@@ -95,6 +149,8 @@ pub struct Service {
     /// One async lock per source repository, so two deliveries never push into the same
     /// repository at once.
     delivery_locks: Arc<DeliveryLocks>,
+    /// Background chores (see [`Chores`]).
+    chores: Arc<Chores>,
     shutdown: watch::Receiver<bool>,
     /// This process's counters (see [`crate::metrics`]).
     metrics: Arc<Metrics>,
@@ -116,6 +172,7 @@ impl Service {
             store,
             cfg,
             delivery_locks: Arc::default(),
+            chores: Arc::default(),
             shutdown,
             metrics: Arc::new(Metrics::new()),
             stops: watch::channel(0).0,
@@ -129,6 +186,25 @@ impl Service {
     pub fn refusing_unsandboxed(mut self, reason: Option<String>) -> Self {
         self.unsandboxed = reason;
         self
+    }
+
+    /// The server's background chores.
+    pub(crate) fn chores(&self) -> &Chores {
+        &self.chores
+    }
+
+    /// How many repositories have a delivery lock in the map (held, waited for, or
+    /// just released).
+    pub fn delivery_locks_held(&self) -> usize {
+        self.delivery_locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// How many background chores are running or waiting for a slot.
+    pub fn chores_pending(&self) -> usize {
+        self.chores.pending()
     }
 
     /// The event streams open per token.
@@ -500,6 +576,7 @@ impl Service {
             store: self.store.clone(),
             metrics: self.metrics.clone(),
             locks: self.delivery_locks.clone(),
+            chores: self.chores.clone(),
             data_dir: self.cfg.data_dir.clone(),
             push: self.cfg.push,
         };
@@ -518,6 +595,7 @@ struct FinishAndDeliver {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     locks: Arc<DeliveryLocks>,
+    chores: Arc<Chores>,
     data_dir: PathBuf,
     push: bool,
 }
@@ -536,6 +614,7 @@ impl FinishAndDeliver {
         if let (Err(StoreError::StaleLease { job, .. }), Some(_)) = (&finished, &published) {
             // The report's ref was checked to be this run's own (`check_report`).
             leftover_result_ref(
+                &self.chores,
                 self.store.clone(),
                 self.locks.clone(),
                 self.data_dir.clone(),
@@ -578,13 +657,14 @@ impl FinishAndDeliver {
 /// repeat: the delivery of the accepted one owns the ref (and keeps it when it fails),
 /// so it is left alone; so is the ref of a run still running (a wrong epoch).
 fn leftover_result_ref(
+    chores: &Chores,
     store: Arc<dyn Store>,
     locks: Arc<DeliveryLocks>,
     data_dir: PathBuf,
     job: JobId,
     run: RunId,
 ) {
-    tokio::spawn(async move {
+    chores.spawn(async move {
         match store.run(run).await {
             Ok(r) if r.outcome == Some(Outcome::Lost) => {}
             Ok(r) => {
@@ -613,7 +693,7 @@ pub(crate) fn remove_reaped_result_refs(service: &Service, runs: &[RunId]) {
     for &run in runs {
         let (store, locks) = (service.store.clone(), service.delivery_locks.clone());
         let data_dir = service.cfg.data_dir.clone();
-        tokio::spawn(async move {
+        service.chores.spawn(async move {
             match store.run(run).await {
                 Ok(r) => remove_result_ref(&*store, &locks, &data_dir, r.job_id, run).await,
                 Err(e) => tracing::warn!(%run, error = %e,
@@ -652,9 +732,12 @@ async fn remove_result_ref(
     }
 }
 
-/// The lock of deliveries into `repo`.
+/// The lock of deliveries into `repo`. Locks nobody holds or waits for (the map's
+/// own reference is their only one) are dropped on the way, so the map holds only the
+/// repositories being delivered to, not every repository ever seen.
 fn delivery_lock(locks: &DeliveryLocks, repo: &str) -> Arc<tokio::sync::Mutex<()>> {
     let mut locks = locks.lock().unwrap_or_else(|p| p.into_inner());
+    locks.retain(|_, lock| Arc::strong_count(lock) > 1);
     locks.entry(repo.to_string()).or_default().clone()
 }
 

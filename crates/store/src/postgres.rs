@@ -62,6 +62,9 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{NoTls, Row, Statement};
 
+/// Claims and finishes waiting for a batch lane, at most.
+const MAX_QUEUED_ASKS: usize = 4096;
+
 type PgError = tokio_postgres::Error;
 
 /// How often an operation that hit a deadlock, a serialization failure, a unique
@@ -108,7 +111,7 @@ struct Inner {
     /// Whether the listening connection is up.
     listening: Arc<watch::Sender<bool>>,
     /// Where claims and simple finishes wait for a batch lane (see [`batch`]).
-    asks: mpsc::UnboundedSender<batch::Ask>,
+    asks: mpsc::Sender<batch::Ask>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
@@ -396,7 +399,9 @@ impl PgStore {
         }
         let (claim_to, _) =
             state::next(JobState::Queued, Input::Claim).map_err(|e| corrupt(e.to_string()))?;
-        let (asks, queue) = mpsc::unbounded_channel();
+        // Every ask has a caller waiting for its answer, so the queue is bounded by the
+        // callers anyway; the bound makes that explicit and pushes back past it.
+        let (asks, queue) = mpsc::channel(MAX_QUEUED_ASKS);
         let lanes = Arc::new(batch::Lanes::new(lane_pool, claim_to, queue));
         let inner = Arc::new(Inner {
             pool,
@@ -526,6 +531,7 @@ impl PgStore {
                 ttl_ms,
                 reply,
             })
+            .await
             .map_err(|_| stopped())?;
         let answer = answer.await.map_err(|_| stopped())??;
         if answer.finished.is_some() || answer.claim.is_some() {

@@ -592,3 +592,26 @@ async fn issue10_lists_are_paged_by_a_cursor_with_a_default_and_a_cap() {
         assert_eq!(err.details["field"], field, "{bad}: {err:?}");
     }
 }
+
+#[tokio::test]
+async fn issue10_delivery_locks_of_finished_deliveries_do_not_pile_up() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let mut ts = TestServer::start(config(data.path())).await;
+    let mut repos = Vec::new();
+    for n in 0..3 {
+        let (tmp, repo) = repo();
+        let id = ts
+            .submit(&[(&format!("edit{n}.md"), job_file("edit", &repo, EDIT, ""))])
+            .await[0];
+        ts.wait_event(id, DELIVERY_PUSHED).await;
+        repos.push(tmp);
+    }
+    let service = ts.server.as_ref().expect("running").service().clone();
+    // Each delivery drops the locks nobody holds any more: at most the last one stays.
+    assert!(
+        service.delivery_locks_held() <= 1,
+        "{} delivery locks kept for 3 finished deliveries",
+        service.delivery_locks_held()
+    );
+    ts.shutdown().await;
+}

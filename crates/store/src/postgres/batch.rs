@@ -411,7 +411,7 @@ pub(super) struct Lanes {
     /// The data of a claim's `job.state` event.
     claim_state: String,
     /// Where the asks wait; the lane holding it gathers the next batch.
-    queue: Mutex<mpsc::UnboundedReceiver<Ask>>,
+    queue: Mutex<mpsc::Receiver<Ask>>,
     /// Batches in flight, and the asks in them.
     flying: std::sync::Mutex<(usize, usize)>,
     /// Signalled when a batch lands.
@@ -421,11 +421,7 @@ pub(super) struct Lanes {
 impl Lanes {
     /// Lanes over `pool` running [`batch_sql`] for claims to `claim_to`, whose asks come
     /// from `queue`.
-    pub(super) fn new(
-        pool: Pool,
-        claim_to: JobState,
-        queue: mpsc::UnboundedReceiver<Ask>,
-    ) -> Lanes {
+    pub(super) fn new(pool: Pool, claim_to: JobState, queue: mpsc::Receiver<Ask>) -> Lanes {
         Lanes {
             pool,
             claim_to,

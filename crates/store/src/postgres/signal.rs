@@ -26,6 +26,9 @@ use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio_postgres::{AsyncMessage, NoTls};
 
+/// Notifications buffered between the connection and their consumer.
+const NOTIFICATION_BUFFER: usize = 256;
+
 /// The notification channel.
 pub(super) const CHANNEL: &str = "gantry_changes";
 
@@ -102,15 +105,19 @@ async fn listen_once(
     first: bool,
 ) -> Result<(), String> {
     let (client, mut connection) = config.connect(NoTls).await.map_err(|e| describe(&e))?;
-    let (tx, mut rx) = mpsc::unbounded_channel();
+    // Notifications are hints (the poll is the fallback) and each one wakes every
+    // waiter: when the consumer lags, dropping some loses nothing, and the buffer stays
+    // bounded however fast other servers notify.
+    let (tx, mut rx) = mpsc::channel(NOTIFICATION_BUFFER);
     // The connection must be polled for the client's queries to run; it also yields the
     // notifications.
     let driver = tokio::spawn(async move {
         loop {
             match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                 Some(Ok(AsyncMessage::Notification(n))) => {
-                    if tx.send(n.payload().to_string()).is_err() {
-                        return Ok(());
+                    match tx.try_send(n.payload().to_string()) {
+                        Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => {}
+                        Err(mpsc::error::TrySendError::Closed(_)) => return Ok(()),
                     }
                 }
                 Some(Ok(_)) => {}
