@@ -1,4 +1,5 @@
-//! The few git commands the demo and the dispatch benchmark need, through the git CLI.
+//! The few git commands the demo and the dispatch benchmark need, through Gantry's git
+//! runner (`gantry_git::run`).
 
 use crate::error::CliError;
 use std::path::Path;
@@ -6,34 +7,22 @@ use std::path::Path;
 /// Runs `git -C dir args...` with a fixed identity (so commits work on a machine with
 /// no git config) and returns its stdout; a failure names the command and its stderr.
 pub async fn git(dir: &Path, args: &[&str]) -> Result<String, CliError> {
-    let out = tokio::process::Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args([
-            "-c",
-            "user.name=Gantry Demo",
-            "-c",
-            "user.email=demo@gantry.invalid",
-        ])
-        .args(args)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .output()
-        .await
-        .map_err(|e| {
-            CliError::local(format!("cannot run git {}", args.join(" ")))
-                .cause(e.to_string())
-                .hint("install git and make sure it is on PATH")
-        })?;
-    if !out.status.success() {
-        return Err(CliError::local(format!(
-            "git -C {} {} failed ({})",
+    let identity = [
+        "-c",
+        "user.name=Gantry Demo",
+        "-c",
+        "user.email=demo@gantry.invalid",
+    ];
+    let all: Vec<&str> = identity.iter().chain(args).copied().collect();
+    gantry_git::run(dir, &all).await.map_err(|e| {
+        CliError::local(format!(
+            "git -C {} {} failed",
             dir.display(),
-            args.join(" "),
-            out.status
+            args.join(" ")
         ))
-        .cause(String::from_utf8_lossy(&out.stderr).trim().to_string()));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        .cause(e.to_string())
+        .hint("install git and make sure it is on PATH")
+    })
 }
 
 /// Makes a git repo at `dir` with `files` (path, content) in one commit on `main`.

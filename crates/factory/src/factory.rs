@@ -261,7 +261,7 @@ impl Factory {
                 }
             }
         }
-        match workspace::prune(&cfg.data_dir).await {
+        match prune_workspaces(&cfg.data_dir).await {
             Ok(pruned) => {
                 for path in &pruned.removed {
                     tracing::info!(path = %path.display(), "removed a leftover worktree");
@@ -535,4 +535,17 @@ fn log_join(res: Result<(), tokio::task::JoinError>) {
     if let Err(e) = res {
         tracing::error!(error = %e, "a run task failed");
     }
+}
+
+/// [`workspace::prune`] of the data dir `data_dir`, keeping the worktrees that run
+/// records name: their runs may still be adopted.
+pub async fn prune_workspaces(
+    data_dir: &std::path::Path,
+) -> Result<workspace::PruneReport, workspace::WorkspaceError> {
+    let recorded: Vec<PathBuf> = crate::record::scan(data_dir)
+        .into_iter()
+        .filter_map(|(_, r)| r.ok())
+        .map(|r| r.worktree)
+        .collect();
+    workspace::prune(data_dir, &recorded).await
 }

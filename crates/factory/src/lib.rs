@@ -29,11 +29,12 @@ pub mod record;
 mod run;
 pub mod sandbox;
 mod tail;
-pub mod workspace;
+/// Git workspaces: the [`gantry_git`] crate, under the name the factory's modules use.
+pub use gantry_git as workspace;
 
 pub use admission::Admission;
 pub use coordinator::{CoordError, Coordinator};
-pub use factory::{AdoptReport, Factory};
+pub use factory::{AdoptReport, Factory, prune_workspaces};
 pub use http::HttpCoordinator;
 pub use process::kill_orphans;
 pub use sandbox::{Confinement, Sandbox, SandboxError};

@@ -15,7 +15,7 @@ use gantry_core::event::{self, NewEvent};
 use gantry_core::repo::resolve_repo;
 use gantry_core::spec::parse_job_file;
 use gantry_core::{FactoryId, Job, JobId, JobState, Outcome, ParsedJob, RunId};
-use gantry_factory::workspace::{self, SourceCheck, SourceField};
+use gantry_git::{self as workspace, SourceCheck, SourceField};
 use gantry_store::{Binding, Store, StoreError};
 use serde_json::json;
 use std::collections::HashMap;
@@ -724,7 +724,7 @@ async fn remove_result_ref(
     let published = result_ref(run);
     let lock = delivery_lock(locks, &repo);
     let _held = lock.lock().await;
-    match gantry_factory::workspace::remove_result_ref(data_dir, &repo, &published).await {
+    match gantry_git::remove_result_ref(data_dir, &repo, &published).await {
         Ok(true) => tracing::info!(%job, %run, %repo, %published, "leftover result ref removed"),
         Ok(false) => tracing::debug!(%job, %run, %repo, %published, "no leftover result ref"),
         Err(e) => tracing::warn!(%job, %run, %repo, %published, error = %e,
@@ -802,7 +802,7 @@ impl Delivery {
         };
         let (job, repo) = (self.job, self.repo.as_str());
         let branch = delivery_branch(job);
-        let result = gantry_factory::workspace::deliver_published(
+        let result = gantry_git::deliver_published(
             &self.data_dir,
             repo,
             commit,
@@ -846,7 +846,7 @@ impl Delivery {
             return;
         };
         let (job, repo) = (self.job, self.repo.as_str());
-        match gantry_factory::workspace::remove_published(&self.data_dir, repo, published).await {
+        match gantry_git::remove_published(&self.data_dir, repo, published).await {
             Ok(()) => tracing::debug!(%job, %repo, %published, "result ref removed"),
             Err(e) => {
                 tracing::warn!(%job, %repo, %published, error = %e, "cannot remove the result ref")
@@ -893,7 +893,7 @@ enum Refusal {
 type SourceChecks = HashMap<(String, Option<String>), Result<(), Refusal>>;
 
 /// Parses a job file and checks its source where the server can (see
-/// [`gantry_factory::workspace::check_source`]): a refused `repo` or `base` is a 400
+/// [`gantry_git::check_source`]): a refused `repo` or `base` is a 400
 /// `invalid_job` naming the file, the field (as written: `cwd` is an alias of `repo`),
 /// its line and its value. Each (repo, base) is checked once per batch.
 async fn prepare(file: &SubmitFile, checked: &mut SourceChecks) -> Result<ParsedJob, ApiError> {

@@ -113,7 +113,9 @@ async fn prune_removes_dead_worktrees_keeps_live_ones_and_reports_caches() {
     let record = run_record(&h.data, claim(51, 51, 1, spec(&h.repo, &["true"])), None);
     record.write(&h.data).expect("record");
 
-    let report = workspace::prune(&h.data).await.expect("prune");
+    let report = gantry_factory::prune_workspaces(&h.data)
+        .await
+        .expect("prune");
     assert_eq!(report.removed, vec![work.join("50-a1")]);
     assert!(!work.join("50-a1").exists());
     assert!(work.join("51-a1").exists());
@@ -126,7 +128,9 @@ async fn prune_removes_dead_worktrees_keeps_live_ones_and_reports_caches() {
     assert!(report.caches[0].bytes > 0);
 
     gantry_factory::record::RunRecord::remove(&h.data, RunId(51));
-    let report = workspace::prune(&h.data).await.expect("prune");
+    let report = gantry_factory::prune_workspaces(&h.data)
+        .await
+        .expect("prune");
     assert_eq!(report.removed, vec![work.join("51-a1")]);
     h.stop().await;
 }

@@ -1,5 +1,8 @@
-//! Git workspaces, with the git CLI: the bare cache of each source repo, one worktree per
-//! attempt, the attempt's commit and figures, delivery to the source repo, and pruning.
+//! Gantry's only way to git (the CLI, never libgit2): the hardened runner, the bare cache
+//! of each source repo, one worktree per attempt (with the agent's own repository in
+//! it), the attempt's commit and figures, checkpoints, publication, delivery to the
+//! source repo, and pruning. The factory and the server both use it; nothing else in
+//! Gantry spawns git.
 //!
 //! Layout under the data dir:
 //! ```text
@@ -194,6 +197,17 @@ where
     })
 }
 
+/// Runs `git args...` in `dir` through the hardened runner (no hooks, no prompts, none
+/// of the caller's `GIT_DIR`-style variables) and returns its standard output: for the
+/// few git commands outside a workspace, such as making the demo's repository.
+pub async fn run<I, S>(dir: &Path, args: I) -> Result<String>
+where
+    I: IntoIterator<Item = S> + Clone,
+    S: AsRef<OsStr>,
+{
+    git(dir, args).await
+}
+
 /// Runs git in `dir` and returns its standard output; a non-zero exit is an error
 /// carrying git's standard error.
 async fn git<I, S>(dir: &Path, args: I) -> Result<String>
@@ -292,10 +306,11 @@ fn live_worktrees() -> &'static Mutex<HashSet<PathBuf>> {
 
 /// Marks a worktree path as in use for as long as the guard lives.
 #[derive(Debug)]
-pub(crate) struct LiveGuard(PathBuf);
+pub struct LiveGuard(PathBuf);
 
 impl LiveGuard {
-    pub(crate) fn new(path: &Path) -> LiveGuard {
+    /// Marks `path` as in use until the guard is dropped.
+    pub fn new(path: &Path) -> LiveGuard {
         let path = absolute(path);
         live_worktrees()
             .lock()
@@ -316,7 +331,7 @@ impl Drop for LiveGuard {
 
 /// `p` made absolute against the current directory: git runs with the cache as its
 /// working directory, so relative paths given to it would point elsewhere.
-pub(crate) fn absolute(p: &Path) -> PathBuf {
+pub fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
@@ -526,7 +541,7 @@ async fn branch_commit(cache: &Path, branch: &str) -> Result<Option<String>> {
 
 /// A prepared attempt workspace.
 #[derive(Debug, Clone)]
-pub(crate) struct Prepared {
+pub struct Prepared {
     /// The bare cache.
     pub cache: PathBuf,
     /// The commit the attempt starts from.
@@ -535,7 +550,7 @@ pub(crate) struct Prepared {
 
 /// Prepares the worktree of one attempt: updates (or creates) the cache, resolves the
 /// base and adds the worktree `path` on `branch` at the base commit.
-pub(crate) async fn prepare(
+pub async fn prepare(
     data_dir: &Path,
     repo: &str,
     base: Option<&str>,
@@ -679,7 +694,7 @@ async fn agent_repo(cache: &Path, path: &Path, branch: &str) -> Result<()> {
 
 /// What an attempt changed, relative to its base.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Changes {
+pub struct Changes {
     /// The commit holding the attempt's changes (the base when nothing changed).
     pub commit: String,
     /// Files changed.
@@ -692,7 +707,7 @@ pub(crate) struct Changes {
 
 /// Commits everything in the worktree on `branch` (when anything changed), computes the
 /// figures against `base_commit` and writes the binary-safe patch to `patch_path`.
-pub(crate) async fn commit_changes(
+pub async fn commit_changes(
     cache: &Path,
     worktree: &Path,
     branch: &str,
@@ -810,7 +825,7 @@ const CUT_MARKER_ROOM: usize = 256;
 /// The diff a finish report carries: the patch at `path` as text (bytes that are not
 /// UTF-8 are replaced), at most `max` bytes. A longer patch is cut at the end of a line
 /// and followed by a marker line that says so and gives the patch's full size.
-pub(crate) async fn reported_diff(path: &Path, max: usize) -> Result<String> {
+pub async fn reported_diff(path: &Path, max: usize) -> Result<String> {
     use tokio::io::AsyncReadExt;
     let file = tokio::fs::File::open(path)
         .await
@@ -861,7 +876,7 @@ fn cut_diff(bytes: &[u8], total: u64, max: usize) -> String {
 
 /// A work-in-progress checkpoint: the commit and the tree it holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Wip {
+pub struct Wip {
     /// The checkpoint commit.
     pub commit: String,
     /// Its tree.
@@ -882,7 +897,7 @@ pub fn wip_source_ref(job: gantry_core::JobId, attempt: u32) -> String {
 /// is committed with `parent` as the parent, and `refs/heads/<branch>` of the cache
 /// is set to the commit. Returns `None`, committing nothing, when the tree is
 /// `unchanged_tree` (nothing changed since the last checkpoint, or since the base).
-pub(crate) async fn checkpoint(
+pub async fn checkpoint(
     cache: &Path,
     worktree: &Path,
     index_tmp: &Path,
@@ -945,7 +960,7 @@ pub(crate) async fn checkpoint(
 }
 
 /// The tree of `commit` in `dir`.
-pub(crate) async fn tree_of(dir: &Path, commit: &str) -> Result<String> {
+pub async fn tree_of(dir: &Path, commit: &str) -> Result<String> {
     Ok(git(
         dir,
         ["rev-parse", "--verify", &format!("{commit}^{{tree}}")],
@@ -958,7 +973,7 @@ pub(crate) async fn tree_of(dir: &Path, commit: &str) -> Result<String> {
 /// Pushes checkpoint `commit` from the cache to the source repository `repo` (a path or
 /// a URL) as `refs` [`wip_source_ref`], so a factory with another cache can start from
 /// it. A factory needs push access to its sources anyway, to publish results.
-pub(crate) async fn push_checkpoint(
+pub async fn push_checkpoint(
     cache: &Path,
     repo: &str,
     commit: &str,
@@ -970,7 +985,7 @@ pub(crate) async fn push_checkpoint(
 /// Pushes `commit` from `cache` to the ref `source_ref` (a full ref name) of the source
 /// repository `repo` (a path or a URL), replacing whatever the ref held. The one push
 /// of the crate: checkpoints, published results and deliveries all go through it.
-pub(crate) async fn push_to_source(
+pub async fn push_to_source(
     cache: &Path,
     repo: &str,
     commit: &str,
@@ -1022,7 +1037,7 @@ async fn fetch_refspec(cache: &Path, repo: &str, refspec: &str) -> Result<String
 /// `repo` and returns that ref. The ref is run-unique, so a stale factory can never
 /// move another run's result, and the server only ever fetches the ref of the run
 /// whose fenced finish it accepted.
-pub(crate) async fn publish_result(
+pub async fn publish_result(
     cache: &Path,
     repo: &str,
     commit: &str,
@@ -1041,7 +1056,7 @@ pub(crate) async fn publish_result(
 /// Makes sure checkpoint `commit` of `job` is in the cache of `repo` (creating the
 /// cache if needed), fetching the source's checkpoint refs of the job when it is not.
 /// Returns whether the commit is there.
-pub(crate) async fn fetch_checkpoint(
+pub async fn fetch_checkpoint(
     data_dir: &Path,
     repo: &str,
     job: gantry_core::JobId,
@@ -1070,7 +1085,7 @@ pub(crate) async fn fetch_checkpoint(
 
 /// Removes the worktree at `path` from `cache` (its branch stays in the cache), and the
 /// directory itself whatever git thinks of it.
-pub(crate) async fn remove_worktree(cache: &Path, path: &Path) -> Result<()> {
+pub async fn remove_worktree(cache: &Path, path: &Path) -> Result<()> {
     let path = &absolute(path);
     let lock = cache_lock(cache);
     let _held = lock.lock().await;
@@ -1244,7 +1259,7 @@ pub async fn remove_published(
 }
 
 /// Deletes `source_ref` in the source repository `repo` with a push from `cache`.
-pub(crate) async fn remove_source_ref(cache: &Path, repo: &str, source_ref: &str) -> Result<()> {
+pub async fn remove_source_ref(cache: &Path, repo: &str, source_ref: &str) -> Result<()> {
     push_refspec(cache, repo, &format!(":{source_ref}"))
         .await
         .map_err(|e| WorkspaceError::Repo {
@@ -1392,20 +1407,15 @@ pub struct CacheUsage {
     pub bytes: u64,
 }
 
-/// The worktrees in use: those of runs of this process, and those that a run record
-/// names (a record is removed only once its run is wrapped up or dropped, so its
-/// worktree may still be needed by the factory that adopts it).
-fn live_worktree_set(data_dir: &Path) -> HashSet<PathBuf> {
+/// The worktrees in use: those of runs of this process, and `recorded`, those the
+/// factory's run records name (a record is removed only once its run is wrapped up or
+/// dropped, so its worktree may still be needed by the factory that adopts it).
+fn live_worktree_set(recorded: &[PathBuf]) -> HashSet<PathBuf> {
     let mut live = live_worktrees()
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    live.extend(
-        crate::record::scan(data_dir)
-            .into_iter()
-            .filter_map(|(_, r)| r.ok())
-            .map(|r| absolute(&r.worktree)),
-    );
+    live.extend(recorded.iter().map(|w| absolute(w)));
     live
 }
 
@@ -1430,7 +1440,7 @@ fn is_stale_clone(name: &str) -> bool {
         .rsplit_once('-')
         .and_then(|(_, pid)| pid.parse::<i32>().ok())
     {
-        Some(pid) => crate::process::start_time(pid).is_none(),
+        Some(pid) => !Path::new("/proc").join(pid.to_string()).exists(),
         None => false,
     }
 }
@@ -1477,10 +1487,10 @@ pub async fn cache_usage(data_dir: &Path) -> Result<Vec<CacheUsage>, WorkspaceEr
 /// each cache's disk use.
 ///
 /// The factory runs it at start, after adopting the runs of its previous incarnation
-/// (so their worktrees are kept).
-pub async fn prune(data_dir: &Path) -> Result<PruneReport, WorkspaceError> {
+/// (so their worktrees are kept), with `recorded` the worktrees its run records name.
+pub async fn prune(data_dir: &Path, recorded: &[PathBuf]) -> Result<PruneReport, WorkspaceError> {
     let mut report = PruneReport::default();
-    let live = live_worktree_set(data_dir);
+    let live = live_worktree_set(recorded);
     let work = data_dir.join("work");
     if let Ok(mut entries) = tokio::fs::read_dir(&work).await {
         while let Some(entry) = entries
