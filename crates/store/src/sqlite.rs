@@ -2649,6 +2649,24 @@ impl Store for SqliteStore {
         })
     }
 
+    async fn queue_depth(&self) -> Result<BTreeMap<String, u64>> {
+        let groups = self.read_one(|conn| {
+            // Grouped by the stored JSON list, so only one row per distinct list leaves
+            // SQLite; the lists are parsed and merged into sets afterwards.
+            let mut stmt = conn.prepare_cached(
+                "SELECT capabilities, count(*) FROM jobs WHERE state = 'queued' \
+                 GROUP BY capabilities",
+            )?;
+            let rows: Vec<(String, i64)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            rows.into_iter()
+                .map(|(caps, n)| Ok((parse_json::<Vec<String>>("job capabilities", &caps)?, n)))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        Ok(rules::queue_depth_of(groups))
+    }
+
     async fn record_event(
         &self,
         job: Option<JobId>,
