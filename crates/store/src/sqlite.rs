@@ -55,11 +55,22 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Schema migrations: entry `i` takes the database from `user_version` `i` to `i + 1`.
 /// Never edit a released entry; append a new one instead. Public so tests can build a
 /// database at an older version and check that opening it migrates it intact.
-pub const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
+pub const MIGRATIONS: &[&str] = &[
+    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6,
+];
 
 /// `PRAGMA application_id` of a Gantry database ("GANT"), so a foreign SQLite file is
 /// recognized before anything is written to it.
 pub const APPLICATION_ID: i32 = 0x4741_4E54;
+
+/// Queue depth (issue 10): the queued jobs' capability lists in an index of their own,
+/// so that `/metrics` counts them by set with a scan of this index alone, in order and
+/// without reading a row. It is partial, like `jobs_claim`: a job enters it when it is
+/// queued and leaves it when it is claimed or ended, and the rest of the table never
+/// does.
+const SCHEMA_V6: &str = r#"
+CREATE INDEX jobs_queued_caps ON jobs (capabilities) WHERE state = 'queued';
+"#;
 
 /// Identities (issue 15):
 /// - `factories.token_id`: the token a factory name belongs to (the first to register
