@@ -1,4 +1,7 @@
-//! `gantry bench queue`, `gantry bench dispatch` and `gantry bench concurrent`.
+//! `gantry bench queue`, `gantry bench dispatch`, `gantry bench concurrent` and
+//! `gantry bench kill`; `gantry bench metrics` is in [`metrics`].
+
+pub mod metrics;
 
 use crate::client::Client;
 use crate::command::BenchDb;

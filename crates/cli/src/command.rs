@@ -218,6 +218,13 @@ pub enum Command {
         /// Measured runs of each kind.
         runs: usize,
     },
+    /// The `/metrics` scrape benchmark.
+    BenchMetrics {
+        /// Queued jobs.
+        jobs: usize,
+        /// Timed scrapes.
+        scrapes: usize,
+    },
 }
 
 /// How `gantry factory` runs (the URL, token and data dir come from [`Global`]).
@@ -391,6 +398,10 @@ fn convert(sub: Sub, global: &Global) -> Result<Command, UsageError> {
         },
         Sub::Bench(cli::BenchSub::Dispatch(a)) => Command::BenchDispatch {
             runs: parse_count("bench dispatch", "--runs <N>", &a.runs, 1)?,
+        },
+        Sub::Bench(cli::BenchSub::Metrics(a)) => Command::BenchMetrics {
+            jobs: parse_count("bench metrics", "--jobs <N>", &a.jobs, 1)?,
+            scrapes: parse_count("bench metrics", "--scrapes <S>", &a.scrapes, 1)?,
         },
     })
 }
@@ -653,6 +664,26 @@ mod tests {
     }
 
     #[test]
+    fn bench_metrics_defaults_and_flags() {
+        let inv = parse(&["bench", "metrics"]).expect("valid");
+        assert_eq!(
+            inv.command,
+            Command::BenchMetrics {
+                jobs: 100_000,
+                scrapes: 100
+            }
+        );
+        let inv = parse(&["bench", "metrics", "--jobs", "10", "--scrapes", "3"]).expect("valid");
+        assert_eq!(
+            inv.command,
+            Command::BenchMetrics {
+                jobs: 10,
+                scrapes: 3
+            }
+        );
+    }
+
+    #[test]
     fn serve_defaults() {
         let inv = parse(&["serve"]).expect("valid");
         let Command::Serve(opts) = inv.command else {
@@ -771,6 +802,12 @@ mod tests {
             ),
             (&["bench", "queue", "--jobs", "ten"], "--jobs <N>", "ten"),
             (&["bench", "dispatch", "--runs", "0"], "--runs <N>", "0"),
+            (&["bench", "metrics", "--jobs", "0"], "--jobs <N>", "0"),
+            (
+                &["bench", "metrics", "--scrapes", "x"],
+                "--scrapes <S>",
+                "x",
+            ),
             (&["--url", "ftp://x", "ls"], "--url <URL>", "ftp://x"),
             (&["--url", "http://", "ls"], "--url <URL>", "http://"),
         ];
