@@ -489,7 +489,8 @@ last line is `kills=<n> p50_ms=<x> p99_ms=<y> max_ms=<z>`.",
     Kill(BenchKillArgs),
     /// `/metrics` scrape time with a big queue.
     #[command(
-        long_about = "Opens a fresh SQLite store in a temp dir, queues --jobs no-op jobs (submitted \
+        long_about = "Opens a fresh SQLite store in a temp dir (or the empty PostgreSQL database \
+--db), queues --jobs no-op jobs (submitted \
 in batches, spread over a few capability sets), then renders the whole /metrics exposition \
 --scrapes times, each with an empty queue-depth cache so every scrape queries the store. Prints \
 p50/p99; the last line is `metrics_p50_ms=<x>`.",
@@ -507,6 +508,10 @@ pub struct BenchMetricsArgs {
     /// Timed scrapes.
     #[arg(long, default_value = "100", value_name = "S")]
     pub scrapes: String,
+    /// An empty PostgreSQL database (postgres://USER@HOST:PORT/DB) to fill instead of a
+    /// SQLite store in a temp dir.
+    #[arg(long, value_name = "URL")]
+    pub db: Option<String>,
 }
 
 /// Arguments of `bench kill`.

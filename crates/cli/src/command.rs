@@ -224,6 +224,9 @@ pub enum Command {
         jobs: usize,
         /// Timed scrapes.
         scrapes: usize,
+        /// A PostgreSQL URL naming an empty database, or SQLite in a temp dir when
+        /// `None`.
+        db: Option<String>,
     },
 }
 
@@ -402,6 +405,17 @@ fn convert(sub: Sub, global: &Global) -> Result<Command, UsageError> {
         Sub::Bench(cli::BenchSub::Metrics(a)) => Command::BenchMetrics {
             jobs: parse_count("bench metrics", "--jobs <N>", &a.jobs, 1)?,
             scrapes: parse_count("bench metrics", "--scrapes <S>", &a.scrapes, 1)?,
+            db: match a.db {
+                Some(d) if !(d.starts_with("postgres://") || d.starts_with("postgresql://")) => {
+                    return Err(bad(
+                        "bench metrics",
+                        "--db <URL>",
+                        &d,
+                        "expected a PostgreSQL URL (postgres://USER@HOST:PORT/DB)".to_string(),
+                    ));
+                }
+                db => db,
+            },
         },
     })
 }
@@ -670,15 +684,27 @@ mod tests {
             inv.command,
             Command::BenchMetrics {
                 jobs: 100_000,
-                scrapes: 100
+                scrapes: 100,
+                db: None
             }
         );
-        let inv = parse(&["bench", "metrics", "--jobs", "10", "--scrapes", "3"]).expect("valid");
+        let inv = parse(&[
+            "bench",
+            "metrics",
+            "--jobs",
+            "10",
+            "--scrapes",
+            "3",
+            "--db",
+            "postgres://u@h:5432/d",
+        ])
+        .expect("valid");
         assert_eq!(
             inv.command,
             Command::BenchMetrics {
                 jobs: 10,
-                scrapes: 3
+                scrapes: 3,
+                db: Some("postgres://u@h:5432/d".to_string())
             }
         );
     }

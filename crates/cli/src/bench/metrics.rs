@@ -5,7 +5,7 @@ use crate::error::CliError;
 use crate::output;
 use gantry_core::ParsedJob;
 use gantry_server::metrics::Metrics;
-use gantry_store::{SqliteStore, Store};
+use gantry_store::{PgOptions, SqliteStore, Store};
 use std::time::Instant;
 
 /// Jobs stored per submit call while filling the queue.
@@ -15,28 +15,41 @@ const SUBMIT_BATCH: usize = 1_000;
 /// lists differ only in order), so the scrape groups and merges as it does in use.
 const CAPABILITIES: [&[&str]; 4] = [&[], &["docker"], &["gpu", "docker"], &["docker", "gpu"]];
 
-/// `gantry bench metrics --jobs N --scrapes S`: fills a fresh SQLite store (in a temp
-/// dir) with `jobs` queued no-op jobs, then renders the `/metrics` exposition `scrapes`
-/// times and prints the median and 99th percentile. Each scrape starts from an empty
-/// cache, so every one pays for the store's queries (a server pays that at most once a
-/// second, then serves its cache).
-pub async fn run(jobs: usize, scrapes: usize) -> Result<(), CliError> {
-    // The temp dir lives until the end of the benchmark, then is removed.
-    let tmp = tempfile::Builder::new()
-        .prefix("gantry-bench-")
-        .tempdir()
-        .map_err(|e| CliError::local("cannot create a temp dir").cause(e.to_string()))?;
-    let path = tmp.path().join("bench.db");
-    let store = SqliteStore::open(&path).map_err(|e| {
-        CliError::local(format!("cannot open a SQLite store at {}", path.display()))
-            .cause(e.to_string())
-    })?;
+/// `gantry bench metrics --jobs N --scrapes S [--db URL]`: fills a fresh store (SQLite
+/// in a temp dir, or the empty PostgreSQL database at `url`) with `jobs` queued no-op
+/// jobs, then renders the `/metrics` exposition `scrapes` times and prints the median
+/// and 99th percentile. Each scrape starts from an empty cache, so every one pays for
+/// the store's queries (a server pays that at most once a second, then serves its
+/// cache).
+pub async fn run(jobs: usize, scrapes: usize, url: Option<String>) -> Result<(), CliError> {
+    // The temp dir of a SQLite store lives until the end of the benchmark, then is
+    // removed.
+    let mut _tmp = None;
+    let (store, name): (Box<dyn Store>, String) = match url {
+        Some(url) => (
+            Box::new(super::empty_postgres(&url, PgOptions::default()).await?),
+            "PostgreSQL store".to_string(),
+        ),
+        None => {
+            let tmp = tempfile::Builder::new()
+                .prefix("gantry-bench-")
+                .tempdir()
+                .map_err(|e| CliError::local("cannot create a temp dir").cause(e.to_string()))?;
+            let path = tmp.path().join("bench.db");
+            let store = SqliteStore::open(&path).map_err(|e| {
+                CliError::local(format!("cannot open a SQLite store at {}", path.display()))
+                    .cause(e.to_string())
+            })?;
+            _tmp = Some(tmp);
+            (Box::new(store), format!("SQLite store {}", path.display()))
+        }
+    };
+    let store = &*store;
     output::line(format!(
-        "bench metrics: {jobs} queued jobs, {scrapes} scrapes, SQLite store {}",
-        path.display()
+        "bench metrics: {jobs} queued jobs, {scrapes} scrapes, {name}"
     ));
     let started = Instant::now();
-    fill(&store, jobs).await?;
+    fill(store, jobs).await?;
     output::line(format!(
         "queued {jobs} jobs in batches of {SUBMIT_BATCH} in {:.2} s",
         started.elapsed().as_secs_f64()
@@ -52,7 +65,7 @@ pub async fn run(jobs: usize, scrapes: usize) -> Result<(), CliError> {
         let metrics = Metrics::new();
         let t0 = Instant::now();
         let text = metrics
-            .render(&store)
+            .render(store)
             .await
             .map_err(|e| CliError::local("cannot render the metrics").cause(e.to_string()))?;
         took.push(ms_since(t0));
