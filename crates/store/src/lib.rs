@@ -238,7 +238,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Queued jobs counted by required capability set, keyed by [`capability_set`]
     /// (sorted, deduplicated, comma-joined; `""` for none). Counted by the database in
-    /// one aggregate query, without reading any job; a set with no queued job is absent.
+    /// one aggregate query, so no job is loaded; a set with no queued job is absent.
     async fn queue_depth(&self) -> Result<BTreeMap<String, u64>>;
 
     /// Records a server-side event.

@@ -19,8 +19,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
 ];
 
 /// Queue depth (issue 10): the queued jobs' capability arrays in an index of their own,
-/// so that `/metrics` counts them by set with an index-only scan of this index, without
-/// reading the jobs' rows. It is partial, like `jobs_claim`: only a submit or a retry
+/// so that `/metrics` counts them by set with an index-only scan of this index rather
+/// than a scan of every job (the planner still scans the table when nearly every job
+/// is queued, which costs the same). It is partial, like `jobs_claim`: only a submit or a retry
 /// adds an entry (a claim's new row version is not queued, so it adds none).
 const SCHEMA_V8: &str = r#"
 CREATE INDEX jobs_queued_caps ON jobs (capabilities) WHERE state = 'queued';
