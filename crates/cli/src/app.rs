@@ -97,6 +97,7 @@ async fn run(global: Global, command: Command) -> Result<(), CliError> {
         Command::BenchDispatch { runs } => bench::dispatch(runs).await,
         Command::BenchConcurrent { runs, sleep } => bench::concurrent(runs, sleep).await,
         Command::BenchKill { runs } => bench::kill(runs).await,
+        Command::BenchMetrics { jobs, scrapes, db } => bench::metrics::run(jobs, scrapes, db).await,
         other => {
             let client = commands::client_for(&global)?;
             match other {
@@ -138,7 +139,8 @@ async fn run(global: Global, command: Command) -> Result<(), CliError> {
                 | Command::BenchQueue { .. }
                 | Command::BenchDispatch { .. }
                 | Command::BenchConcurrent { .. }
-                | Command::BenchKill { .. } => unreachable!("handled above without a client"),
+                | Command::BenchKill { .. }
+                | Command::BenchMetrics { .. } => unreachable!("handled above without a client"),
             }
         }
     }

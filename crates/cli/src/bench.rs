@@ -1,4 +1,7 @@
-//! `gantry bench queue`, `gantry bench dispatch` and `gantry bench concurrent`.
+//! `gantry bench queue`, `gantry bench dispatch`, `gantry bench concurrent` and
+//! `gantry bench kill`; `gantry bench metrics` is in [`metrics`].
+
+pub mod metrics;
 
 use crate::client::Client;
 use crate::command::BenchDb;
@@ -76,23 +79,7 @@ async fn queue_postgres(jobs: usize, workers: usize, url: &str) -> Result<(), Cl
         max_connections: workers.max(1) + 2,
         ..PgOptions::default()
     };
-    let store = PgStore::connect(url, opts).await.map_err(|e| {
-        CliError::local("cannot open the PostgreSQL store")
-            .cause(e.to_string())
-            .hint("check the URL, and that the server is up and the user may create tables")
-    })?;
-    let status = store
-        .status()
-        .await
-        .map_err(|e| CliError::local("cannot read the store's status").cause(e.to_string()))?;
-    let existing: u64 = status.jobs.values().sum();
-    if existing > 0 {
-        return Err(CliError::new(
-            Kind::Usage,
-            format!("invalid value for '--db <URL>': the database already holds {existing} jobs; the benchmark needs an empty one"),
-        )
-        .hint("create a fresh database (`createdb gantry_bench`) and pass its URL"));
-    }
+    let store = empty_postgres(url, opts).await?;
     let store: Arc<dyn Store> = Arc::new(store);
     output::line(format!(
         "bench queue: {jobs} no-op jobs, {workers} workers, PostgreSQL store"
@@ -110,6 +97,29 @@ async fn queue_postgres(jobs: usize, workers: usize, url: &str) -> Result<(), Cl
         })?;
     output::line(report.to_string());
     Ok(())
+}
+
+/// Opens the PostgreSQL store at `url` for a benchmark, which needs an empty database:
+/// its jobs would be claimed, or counted, with the benchmark's own.
+async fn empty_postgres(url: &str, opts: PgOptions) -> Result<PgStore, CliError> {
+    let store = PgStore::connect(url, opts).await.map_err(|e| {
+        CliError::local("cannot open the PostgreSQL store")
+            .cause(e.to_string())
+            .hint("check the URL, and that the server is up and the user may create tables")
+    })?;
+    let status = store
+        .status()
+        .await
+        .map_err(|e| CliError::local("cannot read the store's status").cause(e.to_string()))?;
+    let existing: u64 = status.jobs.values().sum();
+    if existing > 0 {
+        return Err(CliError::new(
+            Kind::Usage,
+            format!("invalid value for '--db <URL>': the database already holds {existing} jobs; the benchmark needs an empty one"),
+        )
+        .hint("create a fresh database (`createdb gantry_bench`) and pass its URL"));
+    }
+    Ok(store)
 }
 
 /// `gantry bench kill --runs N`.

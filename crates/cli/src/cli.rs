@@ -214,7 +214,8 @@ removed at the end unless --keep.",
     )]
     Demo(DemoArgs),
 
-    /// Benchmarks: the queue (store only) and dispatch latency (real runs).
+    /// Benchmarks: the queue and /metrics (store only), dispatch and kill latency and
+    /// concurrent runs (real runs).
     #[command(subcommand)]
     Bench(BenchSub),
 }
@@ -486,6 +487,31 @@ last line is `kills=<n> p50_ms=<x> p99_ms=<y> max_ms=<z>`.",
         after_help = "Examples:\n  gantry bench kill\n  gantry bench kill --runs 50"
     )]
     Kill(BenchKillArgs),
+    /// `/metrics` scrape time with a big queue.
+    #[command(
+        long_about = "Opens a fresh SQLite store in a temp dir (or the empty PostgreSQL database \
+--db), queues --jobs no-op jobs (submitted \
+in batches, spread over a few capability sets), then renders the whole /metrics exposition \
+--scrapes times, each with an empty queue-depth cache so every scrape queries the store. Prints \
+p50/p99; the last line is `metrics_p50_ms=<x>`.",
+        after_help = "Examples:\n  gantry bench metrics\n  gantry bench metrics --jobs 100000 --scrapes 200"
+    )]
+    Metrics(BenchMetricsArgs),
+}
+
+/// Arguments of `bench metrics`.
+#[derive(Debug, Args)]
+pub struct BenchMetricsArgs {
+    /// Queued jobs.
+    #[arg(long, default_value = "100000", value_name = "N")]
+    pub jobs: String,
+    /// Timed scrapes.
+    #[arg(long, default_value = "100", value_name = "S")]
+    pub scrapes: String,
+    /// An empty PostgreSQL database (postgres://USER@HOST:PORT/DB) to fill instead of a
+    /// SQLite store in a temp dir.
+    #[arg(long, value_name = "URL")]
+    pub db: Option<String>,
 }
 
 /// Arguments of `bench kill`.

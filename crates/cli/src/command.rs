@@ -218,6 +218,16 @@ pub enum Command {
         /// Measured runs of each kind.
         runs: usize,
     },
+    /// The `/metrics` scrape benchmark.
+    BenchMetrics {
+        /// Queued jobs.
+        jobs: usize,
+        /// Timed scrapes.
+        scrapes: usize,
+        /// A PostgreSQL URL naming an empty database, or SQLite in a temp dir when
+        /// `None`.
+        db: Option<String>,
+    },
 }
 
 /// How `gantry factory` runs (the URL, token and data dir come from [`Global`]).
@@ -391,6 +401,21 @@ fn convert(sub: Sub, global: &Global) -> Result<Command, UsageError> {
         },
         Sub::Bench(cli::BenchSub::Dispatch(a)) => Command::BenchDispatch {
             runs: parse_count("bench dispatch", "--runs <N>", &a.runs, 1)?,
+        },
+        Sub::Bench(cli::BenchSub::Metrics(a)) => Command::BenchMetrics {
+            jobs: parse_count("bench metrics", "--jobs <N>", &a.jobs, 1)?,
+            scrapes: parse_count("bench metrics", "--scrapes <S>", &a.scrapes, 1)?,
+            db: match a.db {
+                Some(d) if !(d.starts_with("postgres://") || d.starts_with("postgresql://")) => {
+                    return Err(bad(
+                        "bench metrics",
+                        "--db <URL>",
+                        &d,
+                        "expected a PostgreSQL URL (postgres://USER@HOST:PORT/DB)".to_string(),
+                    ));
+                }
+                db => db,
+            },
         },
     })
 }
@@ -653,6 +678,38 @@ mod tests {
     }
 
     #[test]
+    fn bench_metrics_defaults_and_flags() {
+        let inv = parse(&["bench", "metrics"]).expect("valid");
+        assert_eq!(
+            inv.command,
+            Command::BenchMetrics {
+                jobs: 100_000,
+                scrapes: 100,
+                db: None
+            }
+        );
+        let inv = parse(&[
+            "bench",
+            "metrics",
+            "--jobs",
+            "10",
+            "--scrapes",
+            "3",
+            "--db",
+            "postgres://u@h:5432/d",
+        ])
+        .expect("valid");
+        assert_eq!(
+            inv.command,
+            Command::BenchMetrics {
+                jobs: 10,
+                scrapes: 3,
+                db: Some("postgres://u@h:5432/d".to_string())
+            }
+        );
+    }
+
+    #[test]
     fn serve_defaults() {
         let inv = parse(&["serve"]).expect("valid");
         let Command::Serve(opts) = inv.command else {
@@ -771,6 +828,12 @@ mod tests {
             ),
             (&["bench", "queue", "--jobs", "ten"], "--jobs <N>", "ten"),
             (&["bench", "dispatch", "--runs", "0"], "--runs <N>", "0"),
+            (&["bench", "metrics", "--jobs", "0"], "--jobs <N>", "0"),
+            (
+                &["bench", "metrics", "--scrapes", "x"],
+                "--scrapes <S>",
+                "x",
+            ),
             (&["--url", "ftp://x", "ls"], "--url <URL>", "ftp://x"),
             (&["--url", "http://", "ls"], "--url <URL>", "http://"),
         ];

@@ -23,7 +23,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use gantry_core::engine::Insights;
 use gantry_core::{JobState, Outcome};
-use gantry_store::{JobFilter, Store, StoreError};
+use gantry_store::{Store, StoreError};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,7 +36,7 @@ pub const CONTENT_TYPE_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// How long a computed queue depth is served before the store is asked again, so a
 /// storm of scrapes (several Prometheus servers, an autoscaler polling) costs the store
-/// at most one scan of the queued jobs per interval.
+/// at most one aggregate query over the queued jobs per interval.
 const QUEUE_DEPTH_TTL: Duration = Duration::from_secs(1);
 
 /// Upper bounds of the claim latency buckets, in seconds: 1 ms to 10 s.
@@ -285,23 +285,11 @@ impl Metrics {
         {
             return Ok(q.by_caps.clone());
         }
-        // A full read of the queued jobs with their specs: a dedicated store query
-        // grouping by a normalized capability column would be cheaper on big queues.
-        let queued = store
-            .jobs(&JobFilter {
-                state: Some(JobState::Queued),
-                ..JobFilter::default()
-            })
-            .await?;
-        let mut by_caps = BTreeMap::new();
+        // The store counts in one aggregate query; no job is read.
+        let mut by_caps = store.queue_depth().await?;
         // The "no capabilities" set is always shown, so a drained queue reads 0 rather
         // than a missing series.
-        by_caps.insert(String::new(), 0);
-        for job in &queued {
-            *by_caps
-                .entry(capability_set(&job.spec.capabilities))
-                .or_insert(0) += 1;
-        }
+        by_caps.entry(String::new()).or_insert(0);
         *cached = Some(QueueDepth {
             at: Instant::now(),
             by_caps: by_caps.clone(),
@@ -471,13 +459,8 @@ pub(crate) async fn scrape(
 }
 
 /// The `capabilities` label of a job's requirements: sorted, deduplicated,
-/// comma-joined; empty for none.
-pub fn capability_set(caps: &[String]) -> String {
-    let mut caps: Vec<&str> = caps.iter().map(String::as_str).collect();
-    caps.sort_unstable();
-    caps.dedup();
-    caps.join(",")
-}
+/// comma-joined; empty for none. The rule is the store's, which counts by it.
+pub use gantry_store::capability_set;
 
 /// Writes the `# HELP` and `# TYPE` lines of a metric family.
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -520,16 +503,6 @@ mod tests {
     fn label_values_are_escaped() {
         assert_eq!(label_value("a\"b\\c\nd"), "a\\\"b\\\\c\\nd");
         assert_eq!(label_value("gpt-5"), "gpt-5");
-    }
-
-    #[test]
-    fn capability_sets_are_sorted_and_deduplicated() {
-        let caps = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(capability_set(&caps(&[])), "");
-        assert_eq!(
-            capability_set(&caps(&["gpu=a100", "docker", "docker"])),
-            "docker,gpu=a100"
-        );
     }
 
     #[test]

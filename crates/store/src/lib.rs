@@ -23,6 +23,7 @@ mod vfs;
 
 pub use error::StoreError;
 pub use postgres::{PgOptions, PgStore};
+pub use rules::capability_set;
 pub use sqlite::{APPLICATION_ID, MIGRATIONS, SqliteStore};
 
 pub use async_trait::async_trait;
@@ -31,6 +32,7 @@ use gantry_core::api::{
 };
 use gantry_core::event::{Event, NewEvent};
 use gantry_core::{FactoryId, Job, JobId, JobState, ParsedJob, Run, RunId};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// Result of store operations.
@@ -235,6 +237,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Queue-wide status.
     async fn status(&self) -> Result<Status>;
+
+    /// Queued jobs counted by required capability set, keyed by [`capability_set`]
+    /// (sorted, deduplicated, comma-joined; `""` for none). Counted by the database in
+    /// one aggregate query, so no job is loaded; a set with no queued job is absent.
+    async fn queue_depth(&self) -> Result<BTreeMap<String, u64>>;
 
     /// Records a server-side event.
     async fn record_event(

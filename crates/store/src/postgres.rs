@@ -2292,6 +2292,29 @@ impl Store for PgStore {
         Ok(Status { paused, jobs })
     }
 
+    async fn queue_depth(&self) -> Result<BTreeMap<String, u64>> {
+        let tx = self.conn().await?;
+        // Grouped by the stored array, so only one row per distinct list leaves the
+        // database; lists that are one set in another order are merged afterwards.
+        let rows = tx
+            .query(
+                "SELECT capabilities, count(*) FROM jobs WHERE state = 'queued' \
+                 GROUP BY capabilities",
+                &[],
+            )
+            .await?;
+        let groups = rows
+            .iter()
+            .map(|r| -> Result<(Vec<String>, i64)> {
+                Ok((
+                    r.try_get(0).map_err(StoreError::from)?,
+                    r.try_get(1).map_err(StoreError::from)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(rules::queue_depth_of(groups))
+    }
+
     async fn record_event(
         &self,
         job: Option<JobId>,

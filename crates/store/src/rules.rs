@@ -1,13 +1,14 @@
 //! Rules both backends apply in the same way, kept once: the order in which a batch's
 //! new jobs are stored, what a reused idempotency key means, who may register a
-//! factory name, how an attempt's end decides retry and backoff, and what a finish
-//! report records.
+//! factory name, how an attempt's end decides retry and backoff, what a finish
+//! report records, and how queued jobs are counted by capability set.
 
 use crate::{Binding, StoreError};
 use gantry_core::api::{FinishReport, Scope};
 use gantry_core::retry;
 use gantry_core::time::Millis;
 use gantry_core::{DepRef, JobId, JobSpec, Outcome, ParsedJob, RunId, StopKind};
+use std::collections::BTreeMap;
 
 /// The owner of the idempotency keys of jobs stored before keys were scoped: every
 /// submitter sees them (token ids start at 1 on both backends, so 0 is no token's).
@@ -65,6 +66,30 @@ pub(crate) fn check_batch_key_reuse(
             by: format!("{} of this batch", first.file),
         })
     }
+}
+
+/// The normalized form of a set of required capabilities: sorted (by bytes),
+/// deduplicated, comma-joined; empty for none. It is the `capabilities` label of the
+/// `gantry_queue_depth` gauge.
+pub fn capability_set<S: AsRef<str>>(caps: &[S]) -> String {
+    let mut caps: Vec<&str> = caps.iter().map(AsRef::as_ref).collect();
+    caps.sort_unstable();
+    caps.dedup();
+    caps.join(",")
+}
+
+/// Queued jobs by normalized capability set, from a backend's counts grouped by the
+/// stored (unnormalized) capability lists: lists that differ only in order or
+/// repetition are one set, so their counts are added.
+pub(crate) fn queue_depth_of<S: AsRef<str>>(
+    groups: impl IntoIterator<Item = (Vec<S>, i64)>,
+) -> BTreeMap<String, u64> {
+    let mut by_caps = BTreeMap::new();
+    for (caps, n) in groups {
+        // A count is never negative; the conversion only guards the type.
+        *by_caps.entry(capability_set(&caps)).or_insert(0) += u64::try_from(n).unwrap_or(0);
+    }
+    by_caps
 }
 
 /// The token registering a factory name, as the store read it.
@@ -328,6 +353,28 @@ struct FinishedData<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn capability_sets_are_sorted_and_deduplicated() {
+        assert_eq!(capability_set::<&str>(&[]), "");
+        assert_eq!(
+            capability_set(&["gpu=a100", "docker", "docker"]),
+            "docker,gpu=a100"
+        );
+    }
+
+    #[test]
+    fn queue_depth_adds_lists_of_the_same_set() {
+        let depth = queue_depth_of([
+            (vec!["gpu", "docker"], 2),
+            (vec!["docker", "gpu", "gpu"], 3),
+            (vec![], 4),
+        ]);
+        assert_eq!(
+            depth.into_iter().collect::<Vec<_>>(),
+            vec![("".to_string(), 4), ("docker,gpu".to_string(), 5)]
+        );
+    }
 
     fn who(id: i64, scope: Scope, bound_to: Option<&str>) -> Registrant {
         Registrant {

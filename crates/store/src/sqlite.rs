@@ -55,11 +55,22 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Schema migrations: entry `i` takes the database from `user_version` `i` to `i + 1`.
 /// Never edit a released entry; append a new one instead. Public so tests can build a
 /// database at an older version and check that opening it migrates it intact.
-pub const MIGRATIONS: &[&str] = &[SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5];
+pub const MIGRATIONS: &[&str] = &[
+    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6,
+];
 
 /// `PRAGMA application_id` of a Gantry database ("GANT"), so a foreign SQLite file is
 /// recognized before anything is written to it.
 pub const APPLICATION_ID: i32 = 0x4741_4E54;
+
+/// Queue depth (issue 10): the queued jobs' capability lists in an index of their own,
+/// so that `/metrics` counts them by set with a scan of this index alone, in order and
+/// without reading a row. It is partial, like `jobs_claim`: a job enters it when it is
+/// queued and leaves it when it is claimed or ended, and the rest of the table never
+/// does.
+const SCHEMA_V6: &str = r#"
+CREATE INDEX jobs_queued_caps ON jobs (capabilities) WHERE state = 'queued';
+"#;
 
 /// Identities (issue 15):
 /// - `factories.token_id`: the token a factory name belongs to (the first to register
@@ -2651,6 +2662,24 @@ impl Store for SqliteStore {
             }
             Ok(Status { paused, jobs })
         })
+    }
+
+    async fn queue_depth(&self) -> Result<BTreeMap<String, u64>> {
+        let groups = self.read_one(|conn| {
+            // Grouped by the stored JSON list, so only one row per distinct list leaves
+            // SQLite; the lists are parsed and merged into sets afterwards.
+            let mut stmt = conn.prepare_cached(
+                "SELECT capabilities, count(*) FROM jobs WHERE state = 'queued' \
+                 GROUP BY capabilities",
+            )?;
+            let rows: Vec<(String, i64)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            rows.into_iter()
+                .map(|(caps, n)| Ok((parse_json::<Vec<String>>("job capabilities", &caps)?, n)))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        Ok(rules::queue_depth_of(groups))
     }
 
     async fn record_event(

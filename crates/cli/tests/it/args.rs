@@ -42,6 +42,7 @@ fn every_command_has_help_with_usage() {
         &["bench"],
         &["bench", "queue"],
         &["bench", "dispatch"],
+        &["bench", "metrics"],
     ];
     for cmd in commands {
         let mut args = cmd.to_vec();

@@ -1,5 +1,5 @@
-//! `gantry bench queue`, `dispatch`, `kill` and `concurrent` print their machine-readable
-//! last line.
+//! `gantry bench queue`, `dispatch`, `kill`, `concurrent` and `metrics` print their
+//! machine-readable last line.
 
 use crate::harness::{gantry, run_with_timeout};
 use std::time::Duration;
@@ -44,6 +44,21 @@ fn bench_queue_prints_the_last_line() {
     assert!(
         out.stdout.contains("2000"),
         "details name the job count\n{out}"
+    );
+}
+
+#[test]
+fn bench_metrics_prints_the_last_line() {
+    let mut c = gantry();
+    c.args(["bench", "metrics", "--jobs", "1500", "--scrapes", "5"]);
+    let out = run_with_timeout(c, Duration::from_secs(300));
+    out.ok();
+    let last = out.stdout.lines().last().unwrap_or_default();
+    let v = parse_kv(last, &["metrics_p50_ms"]);
+    assert!(v[0] > 0.0, "{last}");
+    assert!(
+        out.stdout.contains("1500 queued jobs") && out.stdout.contains("5 scrapes"),
+        "details name the job and scrape counts\n{out}"
     );
 }
 

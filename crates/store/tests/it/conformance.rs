@@ -591,6 +591,41 @@ async fn capability_matching(t: TestStore) {
     assert_eq!(claim(s, a100).await.job.id, ids[1]);
 }
 
+async fn issue10_queue_depth_counts_queued_jobs_by_capability_set(t: TestStore) {
+    let s = &*t.store;
+    assert!(
+        s.queue_depth().await.expect("queue depth").is_empty(),
+        "an empty store has no queued set"
+    );
+    let ids = submit(
+        s,
+        vec![
+            job("gpu-docker").caps(&["gpu", "docker"]),
+            job("docker-gpu-gpu").caps(&["docker", "gpu", "gpu"]),
+            job("docker").caps(&["docker"]),
+            job("plain-1"),
+            job("plain-2").key("plain-2"),
+            job("blocked").caps(&["blocked"]).dep_key("plain-2"),
+            job("canceled").caps(&["canceled"]),
+            job("running").caps(&["running"]).priority(9),
+        ],
+    )
+    .await;
+    s.cancel(ids[6]).await.expect("cancel");
+    let f = factory(s, "runner", &["running"]).await;
+    assert_eq!(claim(s, f).await.job.id, ids[7]);
+    let depth = s.queue_depth().await.expect("queue depth");
+    assert_eq!(
+        depth.into_iter().collect::<Vec<_>>(),
+        vec![
+            (String::new(), 2),
+            ("docker".to_string(), 1),
+            ("docker,gpu".to_string(), 2),
+        ],
+        "only queued jobs count, and lists of one set in any order or repetition are one"
+    );
+}
+
 async fn stale_writes_after_expiry_and_reclaim_are_refused_and_recorded(t: TestStore) {
     let s = &*t.store;
     let id = submit1(s, job("a")).await;
@@ -2368,6 +2403,7 @@ cases! {
     idempotency_key_returns_the_existing_job,
     lock_exclusion_under_concurrent_claims,
     capability_matching,
+    issue10_queue_depth_counts_queued_jobs_by_capability_set,
     stale_writes_after_expiry_and_reclaim_are_refused_and_recorded,
     failed_attempts_retry_with_backoff_until_max_attempts,
     retry_on_decides_which_outcomes_retry,
