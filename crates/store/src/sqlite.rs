@@ -285,6 +285,9 @@ const RUN_COLS: &str = "id, job_id, attempt, epoch, factory_id, outcome, exit_co
      branch, base_commit, commit_sha, files_changed, lines_added, lines_deleted, started_at, \
      finished_at, lease_expires_at, insights";
 
+/// Read connections of a store.
+const READERS: usize = 4;
+
 /// Most write operations one commit carries.
 const MAX_BATCH: usize = 256;
 
@@ -318,8 +321,8 @@ const WRITER_AUTOCHECKPOINT_BYTES: i64 = 8 << 20;
 /// operation in a savepoint of its own (so each is all or nothing) and commits all the
 /// operations that arrived together in one transaction (group commit) before answering
 /// any of them: a commit writes each touched page once however many operations touched
-/// it, which is what makes the store fast on a small machine. Reads use a second
-/// connection and never wait for the writer.
+/// it, which is what makes the store fast on a small machine. Reads run on tokio's
+/// blocking pool over read connections of their own, and never wait for the writer.
 #[derive(Clone)]
 pub struct SqliteStore {
     inner: Arc<Inner>,
@@ -327,7 +330,9 @@ pub struct SqliteStore {
 
 struct Inner {
     path: PathBuf,
-    reader: Mutex<Connection>,
+    /// Read connections ([`READERS`] of them): reads never wait for the writer, and
+    /// several may run at once on the blocking pool.
+    readers: Vec<Mutex<Connection>>,
     writer: Option<mpsc::Sender<Op>>,
     thread: Option<std::thread::JoinHandle<()>>,
     checkpointer: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
@@ -423,8 +428,12 @@ impl SqliteStore {
         }
         configure(&conn)?;
         migrate(&mut conn, path)?;
-        let reader = open_connection(path)?;
-        configure(&reader)?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let reader = open_connection(path)?;
+            configure(&reader)?;
+            readers.push(Mutex::new(reader));
+        }
 
         let page_size: i64 = conn.query_row("PRAGMA page_size", [], |r| r.get(0))?;
         conn.pragma_update(
@@ -456,7 +465,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
-                reader: Mutex::new(reader),
+                readers,
                 writer: Some(tx),
                 thread: Some(thread),
                 checkpointer: Some(checkpointer),
@@ -538,42 +547,83 @@ impl SqliteStore {
 
     /// Runs `f` in one read transaction on the read connection, so multi-statement
     /// reads see one snapshot.
-    fn read<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
-        self.read_on(true, f)
+    async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        self.read_on(true, f).await
     }
 
     /// Runs `f`, which must read with a single statement (its own snapshot), on the read
     /// connection without a transaction around it.
-    fn read_one<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
-        self.read_on(false, f)
+    async fn read_one<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        self.read_on(false, f).await
     }
 
-    fn read_on<R>(&self, snapshot: bool, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
-        let conn = self
-            .inner
-            .reader
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if !conn.is_autocommit() {
-            // A read that panicked left its transaction open; end it, so this read sees
-            // the latest commit.
-            conn.prepare_cached("ROLLBACK")?.execute([])?;
-        }
-        if !snapshot {
-            return f(&conn);
-        }
-        // Cached statements rather than `Connection::transaction`, which prepares its
-        // BEGIN and COMMIT anew every time.
-        conn.prepare_cached("BEGIN")?.execute([])?;
-        let out = f(&conn);
-        // The transaction only read: committing it and rolling it back are the same.
-        let end = conn
-            .prepare_cached("COMMIT")
-            .and_then(|mut s| s.execute([]));
-        let out = out?;
-        end?;
-        Ok(out)
+    /// Runs a read on the blocking pool, on a free read connection: a slow read (a big
+    /// list, a cold page cache) must not hold up the async workers that serve every
+    /// other request, nor the other reads.
+    async fn read_on<R: Send + 'static>(
+        &self,
+        snapshot: bool,
+        f: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || read_blocking(&inner, snapshot, f))
+            .await
+            .map_err(|e| StoreError::Backend(format!("a read of the store failed: {e}")))?
     }
+}
+
+/// A free read connection of `inner` (or, when all are busy, the first to free up).
+fn reader(inner: &Inner) -> std::sync::MutexGuard<'_, Connection> {
+    for conn in &inner.readers {
+        if let Ok(guard) = conn.try_lock() {
+            return guard;
+        }
+    }
+    // Every reader is busy: queue on one of them, chosen by the thread, so that waits
+    // spread over the readers.
+    let n = inner.readers.len().max(1);
+    let pick = std::hash::BuildHasher::hash_one(
+        &std::collections::hash_map::RandomState::new(),
+        std::thread::current().id(),
+    ) as usize
+        % n;
+    inner.readers[pick]
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// [`SqliteStore::read_on`], on the calling (blocking) thread.
+fn read_blocking<R>(
+    inner: &Inner,
+    snapshot: bool,
+    f: impl FnOnce(&Connection) -> Result<R>,
+) -> Result<R> {
+    let conn = reader(inner);
+    if !conn.is_autocommit() {
+        // A read that panicked left its transaction open; end it, so this read sees
+        // the latest commit.
+        conn.prepare_cached("ROLLBACK")?.execute([])?;
+    }
+    if !snapshot {
+        return f(&conn);
+    }
+    // Cached statements rather than `Connection::transaction`, which prepares its
+    // BEGIN and COMMIT anew every time.
+    conn.prepare_cached("BEGIN")?.execute([])?;
+    let out = f(&conn);
+    // The transaction only read: committing it and rolling it back are the same.
+    let end = conn
+        .prepare_cached("COMMIT")
+        .and_then(|mut s| s.execute([]));
+    let out = out?;
+    end?;
+    Ok(out)
 }
 
 /// Runs one operation inside a savepoint: released when it succeeds (or failed but
@@ -2323,7 +2373,7 @@ impl Store for SqliteStore {
     }
 
     async fn job(&self, id: JobId) -> Result<Job> {
-        self.read_one(|tx| load_job(tx, id))
+        self.read_one(move |tx| load_job(tx, id)).await
     }
 
     async fn jobs(&self, filter: &JobFilter) -> Result<Vec<Job>> {
@@ -2333,8 +2383,9 @@ impl Store for SqliteStore {
             .unwrap_or(-1);
         // With no cursor, every id is below the largest one: one range scan either way.
         let before = filter.before.map_or(i64::MAX, |id| id.0);
-        self.read(|tx| {
-            let raws = match filter.state {
+        let state = filter.state;
+        self.read(move |tx| {
+            let raws = match state {
                 Some(st) => tx
                     .prepare_cached(&format!(
                         "SELECT {JOB_LIST_COLS} FROM {JOB_FROM}
@@ -2352,10 +2403,11 @@ impl Store for SqliteStore {
             };
             raws.into_iter().map(RawJob::into_job).collect()
         })
+        .await
     }
 
     async fn run_diff(&self, run: RunId) -> Result<Option<String>> {
-        self.read(|tx| {
+        self.read(move |tx| {
             let patch = tx
                 .prepare_cached("SELECT patch FROM run_diffs WHERE run_id = ?1")?
                 .query_row([run.0], |r| r.get(0))
@@ -2365,10 +2417,11 @@ impl Store for SqliteStore {
             }
             Ok(patch)
         })
+        .await
     }
 
     async fn runs(&self, job: JobId) -> Result<Vec<Run>> {
-        self.read(|tx| {
+        self.read(move |tx| {
             if !job_exists(tx, job)? {
                 return Err(not_found("job", job));
             }
@@ -2381,16 +2434,18 @@ impl Store for SqliteStore {
             .map(RawRun::into_run)
             .collect()
         })
+        .await
     }
 
     async fn run(&self, id: RunId) -> Result<Run> {
-        self.read(|tx| {
+        self.read(move |tx| {
             tx.prepare_cached(&format!("SELECT {RUN_COLS} FROM runs WHERE id = ?1"))?
                 .query_row([id.0], read_run)
                 .optional()?
                 .ok_or_else(|| not_found("run", id))?
                 .into_run()
         })
+        .await
     }
 
     async fn register_factory(&self, reg: &RegisterFactory) -> Result<FactoryId> {
@@ -2451,7 +2506,7 @@ impl Store for SqliteStore {
             i64,
             Option<String>,
         );
-        self.read(|tx| {
+        self.read(move |tx| {
             let now = now_millis();
             // Running jobs are found through `jobs_running_lock`, whose condition is
             // `state = 'running'`: it holds every running job, locked or not.
@@ -2503,6 +2558,7 @@ impl Store for SqliteStore {
                 )
                 .collect()
         })
+        .await
     }
 
     async fn claim(&self, factory: FactoryId, ttl: Duration) -> Result<Option<Claim>> {
@@ -2512,8 +2568,9 @@ impl Store for SqliteStore {
         else {
             return Ok(None);
         };
-        let (spec, agent) =
-            self.read_one(|tx| Ok((load_spec(tx, raw.job)?, load_agent(tx, raw.job)?)))?;
+        let (spec, agent) = self
+            .read_one(move |tx| Ok((load_spec(tx, raw.job)?, load_agent(tx, raw.job)?)))
+            .await?;
         Ok(Some(Claim {
             job: ClaimedJob {
                 id: raw.job,
@@ -2581,10 +2638,12 @@ impl Store for SqliteStore {
                 finish_tx(tx, live, &report, now)
             })
             .await?;
-        let (spec, agent) = self.read_one(|tx| {
-            let id = JobId(row.id);
-            Ok((load_spec(tx, id)?, load_agent(tx, id)?))
-        })?;
+        let (spec, agent) = self
+            .read_one(move |tx| {
+                let id = JobId(row.id);
+                Ok((load_spec(tx, id)?, load_agent(tx, id)?))
+            })
+            .await?;
         RawJob { row, spec, agent }.into_job()
     }
 
@@ -2645,7 +2704,7 @@ impl Store for SqliteStore {
     }
 
     async fn status(&self) -> Result<Status> {
-        self.read(|tx| {
+        self.read(move |tx| {
             let paused: bool = tx
                 .prepare_cached("SELECT paused FROM queue WHERE id = 1")?
                 .query_row([], |r| r.get(0))?;
@@ -2662,23 +2721,26 @@ impl Store for SqliteStore {
             }
             Ok(Status { paused, jobs })
         })
+        .await
     }
 
     async fn queue_depth(&self) -> Result<BTreeMap<String, u64>> {
-        let groups = self.read_one(|conn| {
-            // Grouped by the stored JSON list, so only one row per distinct list leaves
-            // SQLite; the lists are parsed and merged into sets afterwards.
-            let mut stmt = conn.prepare_cached(
-                "SELECT capabilities, count(*) FROM jobs WHERE state = 'queued' \
+        let groups = self
+            .read_one(move |conn| {
+                // Grouped by the stored JSON list, so only one row per distinct list leaves
+                // SQLite; the lists are parsed and merged into sets afterwards.
+                let mut stmt = conn.prepare_cached(
+                    "SELECT capabilities, count(*) FROM jobs WHERE state = 'queued' \
                  GROUP BY capabilities",
-            )?;
-            let rows: Vec<(String, i64)> = stmt
-                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            rows.into_iter()
-                .map(|(caps, n)| Ok((parse_json::<Vec<String>>("job capabilities", &caps)?, n)))
-                .collect::<Result<Vec<_>>>()
-        })?;
+                )?;
+                let rows: Vec<(String, i64)> = stmt
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<rusqlite::Result<_>>()?;
+                rows.into_iter()
+                    .map(|(caps, n)| Ok((parse_json::<Vec<String>>("job capabilities", &caps)?, n)))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .await?;
         Ok(rules::queue_depth_of(groups))
     }
 
@@ -2719,7 +2781,7 @@ impl Store for SqliteStore {
 
     async fn events(&self, after: i64, job: Option<JobId>, limit: usize) -> Result<Vec<Event>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.read(|tx| {
+        self.read(move |tx| {
             let rows = match job {
                 Some(job) => tx
                     // The two partial indexes of a job's events (see the schema): its
@@ -2749,6 +2811,7 @@ impl Store for SqliteStore {
                 })
                 .collect()
         })
+        .await
     }
 
     async fn create_token(&self, name: &str, scope: Scope, hash: &str) -> Result<TokenInfo> {
@@ -2793,7 +2856,8 @@ impl Store for SqliteStore {
     }
 
     async fn token_by_hash(&self, hash: &str) -> Result<Option<TokenInfo>> {
-        self.read(|tx| {
+        let hash = hash.to_string();
+        self.read(move |tx| {
             tx.prepare_cached(&format!(
                 "SELECT {TOKEN_COLS} FROM tokens WHERE hash = ?1 AND revoked_at IS NULL"
             ))?
@@ -2802,10 +2866,11 @@ impl Store for SqliteStore {
             .map(into_token)
             .transpose()
         })
+        .await
     }
 
     async fn tokens(&self) -> Result<Vec<TokenInfo>> {
-        self.read(|tx| {
+        self.read(move |tx| {
             tx.prepare_cached(&format!("SELECT {TOKEN_COLS} FROM tokens ORDER BY id"))?
                 .query_map([], read_token)?
                 .collect::<rusqlite::Result<Vec<_>>>()?
@@ -2813,6 +2878,7 @@ impl Store for SqliteStore {
                 .map(into_token)
                 .collect()
         })
+        .await
     }
 
     async fn revoke_token(&self, name: &str) -> Result<TokenInfo> {
