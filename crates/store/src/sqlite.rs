@@ -388,8 +388,12 @@ fn open_connection(path: &Path) -> Result<Connection> {
     let shown = path.display();
     let vfs = crate::vfs::name()
         .map_err(|e| StoreError::Backend(format!("cannot open database {shown}: {e}")))?;
-    let conn = Connection::open_with_flags_and_vfs(path, rusqlite::OpenFlags::default(), vfs)
-        .map_err(|e| StoreError::Backend(format!("cannot open database {shown}: {e}")))?;
+    let opened = match vfs {
+        Some(vfs) => Connection::open_with_flags_and_vfs(path, rusqlite::OpenFlags::default(), vfs),
+        None => Connection::open(path),
+    };
+    let conn =
+        opened.map_err(|e| StoreError::Backend(format!("cannot open database {shown}: {e}")))?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)

@@ -25,6 +25,12 @@ use rusqlite::ffi;
 use std::ffi::{CStr, c_int, c_void};
 use std::sync::OnceLock;
 
+/// The SQLite this shim was written and tested against (the version bundled by the
+/// pinned `libsqlite3-sys`): its assumption that SQLite appends each WAL frame header
+/// with a write of its own is a detail of the unix VFS's callers, not a promise, so
+/// any other SQLite gets the default VFS instead of the shim.
+const PINNED_SQLITE: i32 = 3_054_001;
+
 /// The name this VFS is registered under.
 pub(crate) const NAME: &str = "gantry-wal";
 
@@ -55,10 +61,24 @@ unsafe impl Sync for Registered {}
 
 static REGISTERED: OnceLock<Result<Registered, String>> = OnceLock::new();
 
-/// Registers the VFS (once per process) and returns its name, to open connections with.
-pub(crate) fn name() -> Result<&'static str, String> {
+/// Registers the VFS (once per process) and returns its name, to open connections with:
+/// `None` means SQLite's default VFS (the SQLite linked in is not the one this shim was
+/// checked against).
+pub(crate) fn name() -> Result<Option<&'static str>, String> {
+    let running = rusqlite::version_number();
+    if running != PINNED_SQLITE {
+        static WARNED: OnceLock<()> = OnceLock::new();
+        WARNED.get_or_init(|| {
+            tracing::warn!(
+                running,
+                pinned = PINNED_SQLITE,
+                "SQLite is not the version the WAL write shim was checked against: using the default VFS"
+            );
+        });
+        return Ok(None);
+    }
     match REGISTERED.get_or_init(register) {
-        Ok(_) => Ok(NAME),
+        Ok(_) => Ok(Some(NAME)),
         Err(e) => Err(e.clone()),
     }
 }
@@ -321,6 +341,18 @@ unsafe extern "C" fn w_write(
     unsafe {
         let w = wal(f);
         let len = usize::try_from(amount).unwrap_or(0);
+        if len == 0 || data.is_null() {
+            // Nothing to append (and no slice may be made of a null pointer): the base
+            // VFS answers such a write as it always does, after what is buffered.
+            let rc = w.flush();
+            if rc != ffi::SQLITE_OK {
+                return rc;
+            }
+            return match methods(w).xWrite {
+                Some(write) => write(w.inner, data, amount, offset),
+                None => ffi::SQLITE_IOERR_WRITE,
+            };
+        }
         let bytes = std::slice::from_raw_parts(data.cast::<u8>(), len);
         if offset == 0 {
             // The WAL header: SQLite (re)starts the log, so everything after it is new.
@@ -497,11 +529,25 @@ mod tests {
     use rusqlite::{Connection, OpenFlags};
     use std::path::Path;
 
+    /// An upgrade of the bundled SQLite must be checked against the shim's assumptions
+    /// (and [`PINNED_SQLITE`] moved) on purpose: without this test it would silently
+    /// fall back to the default VFS.
+    #[test]
+    fn the_bundled_sqlite_is_the_one_the_shim_was_checked_against() {
+        assert_eq!(
+            rusqlite::version_number(),
+            PINNED_SQLITE,
+            "{}",
+            rusqlite::version()
+        );
+        assert_eq!(name(), Ok(Some(NAME)));
+    }
+
     /// A connection through this VFS, in WAL mode as the store uses it.
     fn open(path: &Path) -> Connection {
+        let vfs = name().expect("VFS").expect("the shim is in use");
         let conn =
-            Connection::open_with_flags_and_vfs(path, OpenFlags::default(), name().expect("VFS"))
-                .expect("open");
+            Connection::open_with_flags_and_vfs(path, OpenFlags::default(), vfs).expect("open");
         conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
             .expect("WAL");
         conn.execute_batch("PRAGMA synchronous = NORMAL")
