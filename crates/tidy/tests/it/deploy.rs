@@ -28,7 +28,7 @@ struct Opt {
     takes_value: bool,
 }
 
-/// The command tree of the CLI as declared in cli.rs.
+/// The command tree of the CLI.
 #[derive(Debug, Default)]
 struct CliModel {
     /// Options of the root struct that are `global = true`.
@@ -38,214 +38,64 @@ struct CliModel {
 }
 
 impl CliModel {
-    fn parse(src: &str) -> CliModel {
-        let structs = struct_bodies(src);
-        let enums = enum_bodies(src);
-        let globals = structs
-            .get("Cli")
-            .map(|body| {
-                fields(body)
-                    .into_iter()
-                    .filter(|(attr, _, _)| attr.contains("global = true"))
-                    .filter_map(|(attr, name, ty)| opt_of(&attr, &name, &ty))
-                    .collect()
-            })
-            .unwrap_or_default();
-        let mut model = CliModel {
-            globals,
-            commands: BTreeMap::new(),
-        };
-        model.add_enum("Sub", "", &structs, &enums);
-        model
-    }
-
-    fn add_enum(
-        &mut self,
-        enum_name: &str,
-        prefix: &str,
-        structs: &BTreeMap<String, String>,
-        enums: &BTreeMap<String, String>,
-    ) {
-        let Some(body) = enums.get(enum_name) else {
-            return;
-        };
-        for line in body.lines().map(str::trim) {
-            // Variants look like `Serve(ServeArgs),` (attributes and docs are skipped).
-            let Some((variant, rest)) = line.split_once('(') else {
-                continue;
-            };
-            if variant.is_empty()
-                || !variant.chars().all(|c| c.is_ascii_alphanumeric())
-                || !variant.starts_with(|c: char| c.is_ascii_uppercase())
-            {
-                continue;
-            }
-            let inner = rest.trim_end_matches(',').trim_end_matches(')').trim();
-            let path = format!("{prefix}{}", kebab(variant));
-            if enums.contains_key(inner) {
-                self.add_enum(inner, &format!("{path} "), structs, enums);
-            } else {
-                let opts = structs
-                    .get(inner)
-                    .map(|body| struct_opts(body, structs))
-                    .unwrap_or_default();
-                self.commands.insert(path, opts);
-            }
-        }
-    }
-
     fn top_level(&self) -> BTreeSet<&str> {
         self.commands
             .keys()
             .map(|k| k.split(' ').next().unwrap_or(k))
             .collect()
     }
-}
 
-/// `TokenCreate` → `token-create` (clap's default subcommand names).
-fn kebab(ident: &str) -> String {
-    let mut out = String::new();
-    for (i, c) in ident.chars().enumerate() {
-        if c.is_ascii_uppercase() {
-            if i > 0 {
-                out.push('-');
-            }
-            out.push(c.to_ascii_lowercase());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// The text between the braces of every `pub struct NAME {` in `src`.
-fn struct_bodies(src: &str) -> BTreeMap<String, String> {
-    bodies(src, "pub struct ")
-}
-
-/// The text between the braces of every `pub enum NAME {` in `src`.
-fn enum_bodies(src: &str) -> BTreeMap<String, String> {
-    bodies(src, "pub enum ")
-}
-
-fn bodies(src: &str, keyword: &str) -> BTreeMap<String, String> {
-    let mut out = BTreeMap::new();
-    let mut rest = src;
-    while let Some(at) = rest.find(keyword) {
-        let after = &rest[at + keyword.len()..];
-        let name: String = after
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
-        let Some(open) = after.find('{') else {
-            break;
-        };
-        // A unit or tuple struct ends with `;` before any brace: not ours.
-        if after[..open].contains(';') {
-            rest = &after[after.find(';').unwrap_or(0) + 1..];
-            continue;
-        }
-        let mut depth = 0usize;
-        let mut end = open;
-        for (i, c) in after[open..].char_indices() {
-            match c {
-                '{' => depth += 1,
-                '}' => {
-                    depth -= 1;
-                    if depth == 0 {
-                        end = open + i;
-                        break;
-                    }
-                }
-                _ => {}
+    /// Adds every leaf subcommand below `cmd`, named by its path (`token create`).
+    fn add_subcommands(&mut self, cmd: &clap::Command, prefix: &str) {
+        for sub in cmd.get_subcommands() {
+            let path = format!("{prefix}{}", sub.get_name());
+            if sub.has_subcommands() {
+                self.add_subcommands(sub, &format!("{path} "));
+            } else {
+                let opts = sub
+                    .get_arguments()
+                    .filter(|a| !a.is_positional())
+                    .map(opt_of)
+                    .collect();
+                self.commands.insert(path, opts);
             }
         }
-        out.insert(name, after[open + 1..end].to_string());
-        rest = &after[end..];
     }
-    out
 }
 
-/// Every field of a struct body: (its attributes joined, its name, its type).
-fn fields(body: &str) -> Vec<(String, String, String)> {
-    let mut out = Vec::new();
-    let mut attrs = String::new();
-    let mut in_attr = 0i32;
-    for line in body.lines().map(str::trim) {
-        if line.starts_with("///") || line.starts_with("//") {
-            continue;
-        }
-        if in_attr > 0 || line.starts_with("#[") {
-            attrs.push_str(line);
-            attrs.push(' ');
-            in_attr += line.matches('[').count() as i32 - line.matches(']').count() as i32;
-            continue;
-        }
-        if let Some(decl) = line.strip_prefix("pub ")
-            && let Some((name, ty)) = decl.split_once(':')
-        {
-            out.push((
-                std::mem::take(&mut attrs),
-                name.trim().to_string(),
-                ty.trim().trim_end_matches(',').to_string(),
-            ));
-        }
-    }
-    out
-}
-
-/// The options of a struct body, following `#[command(flatten)]` fields.
-fn struct_opts(body: &str, structs: &BTreeMap<String, String>) -> Vec<Opt> {
-    let mut out = Vec::new();
-    for (attr, name, ty) in fields(body) {
-        if attr.contains("flatten") {
-            if let Some(inner) = structs.get(&ty) {
-                out.extend(struct_opts(inner, structs));
-            }
-            continue;
-        }
-        if let Some(opt) = opt_of(&attr, &name, &ty) {
-            out.push(opt);
-        }
-    }
-    out
-}
-
-/// The option a field declares, if it is a flag (has `long` or `short`) rather than a
-/// positional argument.
-fn opt_of(attr: &str, field: &str, ty: &str) -> Option<Opt> {
-    let args = attr.find("#[arg(").map(|i| &attr[i + 6..])?;
-    let words: Vec<&str> = args
-        .split([',', '(', ')'])
-        .map(str::trim)
-        .filter(|w| !w.is_empty())
-        .collect();
+/// The spellings of option `arg` and whether it takes a value.
+fn opt_of(arg: &clap::Arg) -> Opt {
     let mut names = Vec::new();
-    for w in &words {
-        if *w == "long" {
-            names.push(format!("--{}", field.replace('_', "-")));
-        } else if let Some(v) = w.strip_prefix("long = ") {
-            names.push(format!("--{}", v.trim_matches('"')));
-        } else if *w == "short" {
-            names.push(format!("-{}", field.chars().next().unwrap_or('?')));
-        } else if let Some(v) = w.strip_prefix("short = ") {
-            names.push(format!("-{}", v.trim_matches('\'')));
-        }
+    if let Some(long) = arg.get_long() {
+        names.push(format!("--{long}"));
     }
-    if names.is_empty() {
-        return None;
+    for alias in arg.get_all_aliases().unwrap_or_default() {
+        names.push(format!("--{alias}"));
     }
-    let counts = attr.contains("ArgAction::Count");
-    Some(Opt {
+    if let Some(short) = arg.get_short() {
+        names.push(format!("-{short}"));
+    }
+    Opt {
         names,
-        takes_value: ty != "bool" && !counts,
-    })
+        takes_value: arg.get_action().takes_values(),
+    }
 }
 
+/// The command tree of the CLI, from clap itself (`CommandFactory`), so the checks
+/// below see exactly what the binary parses.
 fn cli_model() -> CliModel {
-    let src = fs::read_to_string(workspace_root().join("crates/cli/src/cli.rs"))
-        .expect("crates/cli/src/cli.rs exists");
-    CliModel::parse(&src)
+    use clap::CommandFactory;
+    let root = gantry_cli::cli::Cli::command();
+    let mut model = CliModel {
+        globals: root
+            .get_arguments()
+            .filter(|a| a.is_global_set())
+            .map(opt_of)
+            .collect(),
+        commands: BTreeMap::new(),
+    };
+    model.add_subcommands(&root, "");
+    model
 }
 
 /// Every file under deploy/, sorted.
@@ -462,9 +312,9 @@ fn check_invocation(model: &CliModel, inv: &Invocation) -> Result<String, String
 }
 
 #[test]
-fn deploy_cli_model_reads_cli_rs() {
-    // The checks below are only as good as this reading of cli.rs: make sure it sees
-    // what is known to be there.
+fn deploy_cli_model_reads_the_clap_command() {
+    // The checks below are only as good as this model: make sure it holds what is
+    // known to be there.
     let model = cli_model();
     let serve = model
         .commands
