@@ -3,7 +3,7 @@
 use crate::cli::Cli;
 use crate::command::{Command, Global, Invocation};
 use crate::error::{CliError, Kind};
-use crate::{bench, commands, demo, factories, factory, output, serve};
+use crate::{bench, demo, factories, factory, handlers, output, serve};
 use clap::Parser;
 use std::process::ExitCode;
 
@@ -99,39 +99,39 @@ async fn run(global: Global, command: Command) -> Result<(), CliError> {
         Command::BenchKill { runs } => bench::kill(runs).await,
         Command::BenchMetrics { jobs, scrapes, db } => bench::metrics::run(jobs, scrapes, db).await,
         other => {
-            let client = commands::client_for(&global)?;
+            let client = handlers::client_for(&global)?;
             match other {
                 Command::Submit { files, format } => {
-                    commands::submit(&client, &files, format).await
+                    handlers::submit(&client, &files, format).await
                 }
                 Command::Ls {
                     state,
                     limit,
                     format,
-                } => commands::ls(&client, state, limit, format).await,
-                Command::Show { id, format } => commands::show(&client, id, format).await,
+                } => handlers::ls(&client, state, limit, format).await,
+                Command::Show { id, format } => handlers::show(&client, id, format).await,
                 Command::Events { id, follow, format } => {
-                    commands::events(&client, id, follow, format).await
+                    handlers::events(&client, id, follow, format).await
                 }
                 Command::Logs { id, follow, format } => {
-                    commands::logs(&client, id, follow, format).await
+                    handlers::logs(&client, id, follow, format).await
                 }
-                Command::Diff { id, format } => commands::diff(&client, id, format).await,
-                Command::Cancel { id, format } => commands::cancel(&client, id, format).await,
-                Command::Kill { target, format } => commands::kill(&client, target, format).await,
-                Command::Pause { format } => commands::pause(&client, format).await,
-                Command::Resume { format } => commands::resume(&client, format).await,
-                Command::Retry { id, format } => commands::retry(&client, id, format).await,
-                Command::Status { format } => commands::status(&client, format).await,
+                Command::Diff { id, format } => handlers::diff(&client, id, format).await,
+                Command::Cancel { id, format } => handlers::cancel(&client, id, format).await,
+                Command::Kill { target, format } => handlers::kill(&client, target, format).await,
+                Command::Pause { format } => handlers::pause(&client, format).await,
+                Command::Resume { format } => handlers::resume(&client, format).await,
+                Command::Retry { id, format } => handlers::retry(&client, id, format).await,
+                Command::Status { format } => handlers::status(&client, format).await,
                 Command::Factories { format } => factories::list(&client, format).await,
                 Command::TokenCreate {
                     name,
                     scope,
                     format,
-                } => commands::token_create(&client, &name, scope, format).await,
-                Command::TokenLs { format } => commands::token_ls(&client, format).await,
+                } => handlers::token_create(&client, &name, scope, format).await,
+                Command::TokenLs { format } => handlers::token_ls(&client, format).await,
                 Command::TokenRevoke { name, format } => {
-                    commands::token_revoke(&client, &name, format).await
+                    handlers::token_revoke(&client, &name, format).await
                 }
                 Command::Serve(_)
                 | Command::Factory(_)

@@ -4,10 +4,10 @@
 //! It is the README's first command, so it must take seconds and need nothing but git.
 
 use crate::client::Client;
-use crate::commands::plus_minus;
 use crate::error::{CliError, Kind, from_client};
 use crate::gitutil::{git, init_repo};
 use crate::output::{self, Table, short_duration};
+use crate::render::plus_minus;
 use crate::serve;
 use gantry_core::api::{SubmitFile, SubmitRequest};
 use gantry_core::event::{self, Event};
@@ -492,7 +492,7 @@ fn live_line(ev: &Event) -> Option<String> {
         )),
         event::AGENT_INSIGHTS => None,
         kind if kind.starts_with("agent.") => {
-            let text = crate::commands::event_summary(ev);
+            let text = crate::render::event_summary(ev);
             let label = kind.trim_start_matches("agent.");
             match label {
                 "message" | "tool_call" | "usage" | "result" => {
@@ -630,7 +630,7 @@ fn summary(jobs: &[Job], tracked: &BTreeMap<JobId, Tracked>, t0: i64) {
     {
         output::line(format!(
             "  insights: agent: {}",
-            crate::commands::insights_label(i)
+            crate::render::insights_label(i)
         ));
     }
     if let Some(r) = by_name("runaway") {

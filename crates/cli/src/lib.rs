@@ -9,13 +9,14 @@ mod bench;
 pub mod cli;
 mod client;
 mod command;
-mod commands;
 mod demo;
 mod error;
 mod factories;
 mod factory;
 mod gitutil;
+mod handlers;
 mod output;
+mod render;
 mod serve;
 
 /// Runs the `gantry` command line of this process and returns its exit code.
