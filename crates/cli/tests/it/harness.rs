@@ -792,6 +792,25 @@ impl Api {
         }
     }
 
+    /// Every job, newest first, read page by page with the `before` cursor.
+    #[track_caller]
+    pub fn all_jobs(&self) -> Vec<serde_json::Value> {
+        let mut out: Vec<serde_json::Value> = Vec::new();
+        loop {
+            let path = match out.last() {
+                Some(last) => format!("/v1/jobs?limit=1000&before={}", last["id"]),
+                None => "/v1/jobs?limit=1000".to_string(),
+            };
+            let page = self.get_json(&path);
+            let page = page.as_array().expect("an array of jobs").clone();
+            let full = page.len() == 1000;
+            out.extend(page);
+            if !full {
+                return out;
+            }
+        }
+    }
+
     /// The sum of a counter over its labels in `GET /metrics` (0 when absent).
     #[track_caller]
     pub fn counter(&self, name: &str) -> f64 {
