@@ -549,3 +549,96 @@ impl crate::tail::StdoutReader for AgentReader {
         Some(self.watcher.outcome(exit_code))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tail::{FileTail, READ_MAX, StdoutReader};
+    use gantry_core::engine::PriceTable;
+    use std::io::Write;
+
+    fn reader(replay: Option<(&Path, u64)>) -> AgentReader {
+        let spec = gantry_core::spec::parse_job_file(
+            "j.md",
+            "---\ntitle: t\nrepo: /r\ncommand: [\"true\"]\noutput: gantry-jsonl\n---\nDo it.\n",
+        )
+        .expect("valid job")
+        .spec;
+        let watcher = Watcher::new(Format::GantryJsonl, &spec, &PriceTable::default());
+        let (breach, _) = tokio::sync::watch::channel(None);
+        AgentReader::new(watcher, breach, replay)
+    }
+
+    fn append(path: &Path, bytes: &[u8]) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("open");
+        f.write_all(bytes).expect("write");
+    }
+
+    /// Reads `tail` to the file's current end as the tailer does (a read per fill,
+    /// not the last one) and returns its events, insights snapshots aside.
+    fn drain(reader: &mut AgentReader, tail: &mut FileTail) -> Vec<NewEvent> {
+        let mut events = Vec::new();
+        while tail.fill(READ_MAX) > 0 || !tail.buffered().is_empty() {
+            let before = tail.consumed();
+            events.extend(reader.read(tail, false));
+            if tail.consumed() == before && tail.fill(READ_MAX) == 0 {
+                break;
+            }
+        }
+        events.retain(|e| e.kind != AGENT_INSIGHTS);
+        events
+    }
+
+    fn message(text: &str) -> Vec<u8> {
+        format!("{{\"type\":\"message\",\"text\":\"{text}\"}}\n").into_bytes()
+    }
+
+    #[test]
+    fn a_line_at_the_cap_is_parsed_and_a_longer_one_is_cut_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("transcript.jsonl");
+        let mut at_cap = vec![b'a'; LINE_MAX];
+        at_cap.push(b'\n');
+        append(&path, &at_cap);
+        let mut over = vec![b'b'; LINE_MAX + 10];
+        over.push(b'\n');
+        append(&path, &over);
+        append(&path, &message("after"));
+
+        let mut r = reader(None);
+        let mut tail = FileTail::new(&path, 0);
+        let events = drain(&mut r, &mut tail);
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["agent.raw", "agent.notice", "agent.message"]);
+        let notice = events[1].data["message"].as_str().expect("a message");
+        assert!(notice.starts_with("stdout line truncated"), "{notice}");
+        assert!(notice.contains("bbbb"), "{notice}");
+        assert_eq!(events[2].data["text"], "after");
+        assert_eq!(
+            tail.consumed(),
+            std::fs::metadata(&path).expect("size").len()
+        );
+    }
+
+    #[test]
+    fn a_reader_adopted_in_the_middle_of_a_cut_line_keeps_dropping_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("transcript.jsonl");
+        append(&path, &vec![b'c'; LINE_MAX + 100]);
+        // The earlier reader had handled the file up to here when the factory stopped.
+        let upto = LINE_MAX as u64 + 50;
+
+        let mut r = reader(Some((&path, upto)));
+        append(&path, b"rest of the cut line\n");
+        append(&path, &message("after"));
+        let mut tail = FileTail::new(&path, upto);
+        let events = drain(&mut r, &mut tail);
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["agent.message"], "{events:?}");
+        assert_eq!(events[0].data["text"], "after");
+    }
+}
