@@ -279,6 +279,19 @@ impl Watcher {
         self.take(events)
     }
 
+    /// Reports a stdout line cut at [`LINE_MAX`] bytes, of which `head` is the start: an
+    /// `agent.notice` that says so. The line is not parsed: a cut JSON line is no event.
+    pub fn cut_line(&mut self, head: &[u8]) -> Fed {
+        let head = String::from_utf8_lossy(head);
+        let message = format!(
+            "stdout line truncated: longer than {LINE_MAX} bytes, so it was not parsed and \
+             its bytes up to the next newline were dropped (the transcript keeps them); it began: {head}"
+        );
+        self.take(vec![AgentEvent::Notice {
+            message: gantry_core::engine::event::clip(&message),
+        }])
+    }
+
     /// Ends the stream (the process exited): whatever the parser still holds.
     pub fn finish(&mut self) -> Fed {
         let events = self.parser.finish();
@@ -374,6 +387,25 @@ pub fn checkpoint_event(cp: &Checkpoint) -> NewEvent {
     }
 }
 
+/// Longest stdout line an agent reader holds while waiting for its newline.
+///
+/// A line longer than this is cut: its start is reported in an `agent.notice` and the
+/// rest, up to the next newline, is dropped (the transcript file keeps it whole). Without a cap
+/// a process that prints without newlines would grow the factory's buffer without limit.
+/// Agent CLIs do print long lines (a tool call carrying a whole file), so the cap is well
+/// above what their parsers need to see whole, and small enough that a factory with
+/// many runs stays bounded.
+pub(crate) const LINE_MAX: usize = 8 * 1024 * 1024;
+
+/// One piece of stdout as the agent reader splits it.
+enum Piece {
+    /// A complete line (its newline included), to parse.
+    Line(Vec<u8>),
+    /// The first bytes of a line longer than [`LINE_MAX`], for the notice; the line's
+    /// bytes up to the cap are consumed with it.
+    Cut(Vec<u8>),
+}
+
 /// The stdout reader of an agent run: parses complete lines with a [`Watcher`], uploads
 /// agent events and insights snapshots instead of raw output (the raw stream stays in
 /// `stdout.log`), and raises `breach` the moment a budget limit is passed.
@@ -381,12 +413,16 @@ pub(crate) struct AgentReader {
     watcher: Watcher,
     breach: tokio::sync::watch::Sender<Option<String>>,
     finished: bool,
+    /// The current line passed [`LINE_MAX`]: its bytes are dropped until its newline.
+    cutting: bool,
 }
 
 impl AgentReader {
     /// A reader for `format`; `replay` is the part of stdout already handled by an
     /// earlier watcher of this run (before a restart): it is parsed again, silently, so
-    /// the insights count the whole run and not only what follows the adoption.
+    /// the insights count the whole run and not only what follows the adoption. It is
+    /// read in bounded chunks and split exactly as the live stream is, so a cut line is
+    /// cut again at the same place and an adoption mid-cut keeps dropping.
     pub(crate) fn new(
         watcher: Watcher,
         breach: tokio::sync::watch::Sender<Option<String>>,
@@ -396,44 +432,102 @@ impl AgentReader {
             watcher,
             breach,
             finished: false,
+            cutting: false,
         };
         if let Some((path, upto)) = replay
             && upto > 0
-            && let Ok(bytes) = std::fs::read(path)
         {
-            let upto = usize::try_from(upto).unwrap_or(usize::MAX).min(bytes.len());
-            for line in String::from_utf8_lossy(&bytes[..upto]).lines() {
-                let fed = reader.watcher.line(line);
-                if let Some(b) = fed.breach {
-                    let _ = reader.breach.send(Some(b.to_string()));
+            let mut tail = crate::tail::FileTail::new(path, 0);
+            loop {
+                let read = tail.consumed() + tail.buffered().len() as u64;
+                let want = usize::try_from(upto.saturating_sub(read))
+                    .unwrap_or(usize::MAX)
+                    .min(crate::tail::READ_MAX);
+                if want == 0 || tail.fill(want) == 0 {
+                    break;
                 }
+                // Replayed events were uploaded before the restart; only their effect
+                // on the insights and the budget counts.
+                let _ = reader.split(&mut tail, false);
             }
         }
         reader
     }
-}
 
-impl crate::tail::StdoutReader for AgentReader {
-    fn read(&mut self, tail: &mut crate::tail::FileTail, last: bool) -> Vec<NewEvent> {
-        let buffered = tail.buffered();
-        let n = if last {
-            buffered.len()
-        } else {
-            // Only whole lines: a line is parsed once it is complete.
-            buffered
-                .iter()
-                .rposition(|b| *b == b'\n')
-                .map_or(0, |i| i + 1)
-        };
-        let bytes = tail.take(n);
+    /// The next piece of the buffered stdout, taken from `tail`, or `None` when what is
+    /// buffered is not a whole piece yet (with `last`, everything left is one).
+    fn next_piece(&mut self, tail: &mut crate::tail::FileTail, last: bool) -> Option<Piece> {
+        loop {
+            let buffered = tail.buffered();
+            if buffered.is_empty() {
+                return None;
+            }
+            let newline = buffered.iter().take(LINE_MAX + 1).position(|b| *b == b'\n');
+            if self.cutting {
+                // Drop the rest of a cut line; only its start was worth reporting.
+                match buffered.iter().position(|b| *b == b'\n') {
+                    Some(i) => {
+                        tail.discard(i + 1);
+                        self.cutting = false;
+                        continue;
+                    }
+                    None => {
+                        let n = buffered.len();
+                        tail.discard(n);
+                        return None;
+                    }
+                }
+            }
+            return match newline {
+                Some(i) if i <= LINE_MAX => Some(Piece::Line(tail.take(i + 1))),
+                None if buffered.len() <= LINE_MAX => {
+                    // A line still waiting for its newline, unless the stream ended.
+                    let n = buffered.len();
+                    last.then(|| Piece::Line(tail.take(n)))
+                }
+                _ => {
+                    // Longer than the cap, whole or not: report its start and drop the
+                    // rest rather than parse it in pieces, because a fragment of a JSON
+                    // line is not an event and every piece would be reported again.
+                    let head =
+                        tail.buffered()[..gantry_core::engine::event::MAX_TEXT_BYTES].to_vec();
+                    tail.discard(LINE_MAX);
+                    self.cutting = true;
+                    Some(Piece::Cut(head))
+                }
+            };
+        }
+    }
+
+    /// Splits and parses what `tail` holds: the events of its complete lines and cuts.
+    fn split(&mut self, tail: &mut crate::tail::FileTail, last: bool) -> Vec<NewEvent> {
         let mut events = Vec::new();
-        for line in String::from_utf8_lossy(&bytes).lines() {
-            let fed = self.watcher.line(line);
+        while let Some(piece) = self.next_piece(tail, last) {
+            let fed = match piece {
+                Piece::Line(bytes) => {
+                    let text = String::from_utf8_lossy(&bytes);
+                    let mut fed = Fed::default();
+                    for line in text.lines() {
+                        let more = self.watcher.line(line);
+                        fed.events.extend(more.events);
+                        fed.breach = fed.breach.or(more.breach);
+                    }
+                    fed
+                }
+                Piece::Cut(head) => self.watcher.cut_line(&head),
+            };
             events.extend(fed.events);
             if let Some(b) = fed.breach {
                 let _ = self.breach.send(Some(b.to_string()));
             }
         }
+        events
+    }
+}
+
+impl crate::tail::StdoutReader for AgentReader {
+    fn read(&mut self, tail: &mut crate::tail::FileTail, last: bool) -> Vec<NewEvent> {
+        let mut events = self.split(tail, last);
         if last {
             // The tailer may read "to the end" more than once (after an upload retry):
             // the stream ends once.
@@ -453,5 +547,98 @@ impl crate::tail::StdoutReader for AgentReader {
 
     fn outcome(&self, exit_code: Option<i32>) -> Option<Outcome> {
         Some(self.watcher.outcome(exit_code))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tail::{FileTail, READ_MAX, StdoutReader};
+    use gantry_core::engine::PriceTable;
+    use std::io::Write;
+
+    fn reader(replay: Option<(&Path, u64)>) -> AgentReader {
+        let spec = gantry_core::spec::parse_job_file(
+            "j.md",
+            "---\ntitle: t\nrepo: /r\ncommand: [\"true\"]\noutput: gantry-jsonl\n---\nDo it.\n",
+        )
+        .expect("valid job")
+        .spec;
+        let watcher = Watcher::new(Format::GantryJsonl, &spec, &PriceTable::default());
+        let (breach, _) = tokio::sync::watch::channel(None);
+        AgentReader::new(watcher, breach, replay)
+    }
+
+    fn append(path: &Path, bytes: &[u8]) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("open");
+        f.write_all(bytes).expect("write");
+    }
+
+    /// Reads `tail` to the file's current end as the tailer does (a read per fill,
+    /// not the last one) and returns its events, insights snapshots aside.
+    fn drain(reader: &mut AgentReader, tail: &mut FileTail) -> Vec<NewEvent> {
+        let mut events = Vec::new();
+        while tail.fill(READ_MAX) > 0 || !tail.buffered().is_empty() {
+            let before = tail.consumed();
+            events.extend(reader.read(tail, false));
+            if tail.consumed() == before && tail.fill(READ_MAX) == 0 {
+                break;
+            }
+        }
+        events.retain(|e| e.kind != AGENT_INSIGHTS);
+        events
+    }
+
+    fn message(text: &str) -> Vec<u8> {
+        format!("{{\"type\":\"message\",\"text\":\"{text}\"}}\n").into_bytes()
+    }
+
+    #[test]
+    fn a_line_at_the_cap_is_parsed_and_a_longer_one_is_cut_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("transcript.jsonl");
+        let mut at_cap = vec![b'a'; LINE_MAX];
+        at_cap.push(b'\n');
+        append(&path, &at_cap);
+        let mut over = vec![b'b'; LINE_MAX + 10];
+        over.push(b'\n');
+        append(&path, &over);
+        append(&path, &message("after"));
+
+        let mut r = reader(None);
+        let mut tail = FileTail::new(&path, 0);
+        let events = drain(&mut r, &mut tail);
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["agent.raw", "agent.notice", "agent.message"]);
+        let notice = events[1].data["message"].as_str().expect("a message");
+        assert!(notice.starts_with("stdout line truncated"), "{notice}");
+        assert!(notice.contains("bbbb"), "{notice}");
+        assert_eq!(events[2].data["text"], "after");
+        assert_eq!(
+            tail.consumed(),
+            std::fs::metadata(&path).expect("size").len()
+        );
+    }
+
+    #[test]
+    fn a_reader_adopted_in_the_middle_of_a_cut_line_keeps_dropping_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("transcript.jsonl");
+        append(&path, &vec![b'c'; LINE_MAX + 100]);
+        // The earlier reader had handled the file up to here when the factory stopped.
+        let upto = LINE_MAX as u64 + 50;
+
+        let mut r = reader(Some((&path, upto)));
+        append(&path, b"rest of the cut line\n");
+        append(&path, &message("after"));
+        let mut tail = FileTail::new(&path, upto);
+        let events = drain(&mut r, &mut tail);
+        let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["agent.message"], "{events:?}");
+        assert_eq!(events[0].data["text"], "after");
     }
 }

@@ -22,7 +22,7 @@ use tokio::sync::{Notify, watch};
 /// Time between two looks at the output files when nothing new was found.
 pub(crate) const TICK: Duration = Duration::from_millis(100);
 /// Most bytes read from one file per look; more waits for the next (immediate) look.
-const READ_MAX: usize = 1024 * 1024;
+pub(crate) const READ_MAX: usize = 1024 * 1024;
 /// Largest text of one `run.output` event; a bigger chunk is cut into several events.
 const EVENT_TEXT_MAX: usize = 256 * 1024;
 /// Tries of the last upload of a run before its output stays in the files only.
@@ -153,6 +153,13 @@ impl FileTail {
         let n = n.min(self.buf.len());
         self.consumed += n as u64;
         self.buf.drain(..n).collect()
+    }
+
+    /// Drops the first `n` buffered bytes, as handled without being handed out.
+    pub(crate) fn discard(&mut self, n: usize) {
+        let n = n.min(self.buf.len());
+        self.consumed += n as u64;
+        self.buf.drain(..n);
     }
 }
 

@@ -452,3 +452,78 @@ async fn the_factory_registers_again_when_the_server_forgot_it() {
     assert_eq!(h.coord.registrations().len(), 2);
     h.stop().await;
 }
+
+/// The largest amount of memory the test process has held so far (`VmHWM`), in bytes.
+fn peak_memory() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("a VmHWM line in kB");
+    kib * 1024
+}
+
+/// Issue 10: a parsed stdout that prints 200 MB without a newline. The line is cut at the
+/// reader's cap and reported once, marked truncated; the rest of it is dropped; the line
+/// after it is parsed again; the factory's peak memory stays flat (before the cap, the
+/// pending line grew by a read each look, to the whole 200 MB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_mb_line_is_cut_and_marked_and_the_factory_memory_stays_flat() {
+    let before = peak_memory();
+    let h = Harness::start(1).await;
+    let mut s = spec(
+        &h.repo,
+        &[
+            "sh",
+            "-c",
+            "head -c 200000000 /dev/zero | tr '\\0' a; echo; \
+             echo '{\"type\":\"message\",\"text\":\"after the long line\"}'",
+        ],
+    );
+    s.output = Some(gantry_core::engine::Format::GantryJsonl);
+    let report = h.run(claim(1, 1, 1, s)).await;
+    assert_eq!(report.outcome, Some(Outcome::Succeeded), "{report:?}");
+    let grown = peak_memory().saturating_sub(before);
+
+    let events = h.coord.events(RunId(1));
+    let uploaded: usize = events.iter().map(|e| e.data.to_string().len()).sum();
+    assert!(
+        uploaded < 64 * 1024,
+        "the upload is bounded, not the line: {uploaded} bytes in {} events",
+        events.len()
+    );
+    let cuts: Vec<&str> = events
+        .iter()
+        .filter(|e| e.kind == "agent.notice")
+        .filter_map(|e| e.data["message"].as_str())
+        .filter(|m| m.starts_with("stdout line truncated"))
+        .collect();
+    assert_eq!(cuts.len(), 1, "one notice marks the cut line: {cuts:?}");
+    assert!(
+        cuts[0].contains("aaaa"),
+        "the notice shows the line's start"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "agent.message" && e.data["text"] == "after the long line"),
+        "the line after the cut one is parsed"
+    );
+    assert!(
+        !events.iter().any(|e| e.kind == "agent.raw"),
+        "no piece of the cut line is parsed as a line of its own"
+    );
+    let transcript =
+        artifacts_dir(&h.data, gantry_core::JobId(1), RunId(1)).join("transcript.jsonl");
+    let kept = std::fs::metadata(&transcript)
+        .expect("the transcript")
+        .len();
+    assert!(kept > 200_000_000, "the transcript keeps the whole line");
+    assert!(
+        grown < 64 * 1024 * 1024,
+        "the factory's peak memory grew by {} KiB over a 200 MB line",
+        grown / 1024
+    );
+    h.stop().await;
+}

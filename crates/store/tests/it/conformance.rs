@@ -758,15 +758,30 @@ async fn failed_attempts_retry_with_backoff_until_max_attempts(t: TestStore) {
         nb >= before + 800 && nb <= after + 1200,
         "not_before {nb} is 1000 ms ±20% after {before}..{after}"
     );
-    let early = s.claim(f, LONG).await.expect("claim");
-    if gantry_core::time::now_millis() < nb {
-        assert!(early.is_none(), "claimed before not_before");
-    }
-    tokio::time::sleep(Duration::from_millis(
-        (nb - gantry_core::time::now_millis()).max(0) as u64 + 20,
-    ))
-    .await;
-    let c2 = claim(s, f).await;
+    // Claim until the retry comes due. Every answer is checked, whatever the machine's
+    // speed: a refusal is right while the clock is before not_before, and a claim must
+    // not be answered before it (the store's clock is this machine's, so a grant the
+    // store made on time cannot be answered earlier; a few milliseconds allow for the
+    // rounding of the database's clock). A store that ignored the backoff would hand
+    // out the job on the first ask, a whole backoff too early.
+    let deadline = gantry_core::time::now_millis() + 60_000;
+    let mut refused = 0;
+    let c2 = loop {
+        let asked = s.claim(f, LONG).await.expect("claim");
+        let answered = gantry_core::time::now_millis();
+        if let Some(c) = asked {
+            assert!(
+                answered + 5 >= nb,
+                "claimed at {answered}, {} ms before not_before {nb} ({refused} refusals first)",
+                nb - answered
+            );
+            break c;
+        }
+        assert!(answered < deadline, "the retry came due");
+        refused += 1;
+        // Nothing wakes a claimer when a backoff ends (only commits do): poll it.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!((c2.run.attempt, c2.run.epoch), (2, 2));
     let j = finish(s, &c2, Outcome::Failed).await;
     assert_eq!(j.state, JobState::Failed);
