@@ -13,6 +13,7 @@ use crate::coordinator::{CoordError, Coordinator};
 use crate::record::{Offsets, RunRecord};
 use gantry_core::RunId;
 use gantry_core::event::{NewEvent, RUN_OUTPUT};
+use gantry_core::retry::Backoff;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -275,7 +276,7 @@ impl Tailer {
     /// for good. Returns the stdout reader (which may carry what it learnt).
     pub(crate) async fn run(mut self) -> Box<dyn StdoutReader> {
         let mut final_tries = 0u32;
-        let mut backoff = TICK;
+        let mut backoff = Backoff::new(TICK, Duration::from_secs(2));
         let mut saved = Offsets {
             stdout: self.stdout.consumed(),
             stderr: self.stderr.consumed(),
@@ -324,7 +325,7 @@ impl Tailer {
                         self.record.update(|r| r.uploaded = offsets);
                         saved = offsets;
                         pending = None;
-                        backoff = TICK;
+                        backoff.reset();
                         continue;
                     }
                     Err(CoordError::Unavailable(e)) => {
@@ -336,8 +337,7 @@ impl Tailer {
                                 return self.reader;
                             }
                         }
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        tokio::time::sleep(backoff.next_delay()).await;
                         continue;
                     }
                     Err(e) => {
