@@ -122,21 +122,7 @@ pub fn run(args: &[&str]) -> Out {
     run_with_timeout(c, CALL_TIMEOUT)
 }
 
-/// Polls `f` every 50 ms until it returns `Some`, failing with `what` after `timeout`.
-#[track_caller]
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+pub use gantry_testkit::wait_for;
 
 /// `--sandbox-rw <the data dir's parent>`: runs stay sandboxed (their data dir hidden)
 /// but may use the test's directory, where tests keep go-files and markers.
@@ -353,28 +339,7 @@ pub fn log_tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Runs git in `dir` with a fixed identity; panics on failure.
-#[track_caller]
-pub fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args([
-            "-c",
-            "user.name=Test",
-            "-c",
-            "user.email=test@example.invalid",
-        ])
-        .args(args)
-        .output()
-        .expect("run git");
-    assert!(
-        out.status.success(),
-        "git {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+pub use gantry_testkit::git;
 
 /// A git repo at `dir` with one commit on `main`.
 pub fn make_repo(dir: &Path) {

@@ -123,7 +123,7 @@ fn issue4_a_remote_factorys_run_is_delivered_and_its_diff_served_from_the_store(
     );
     assert_eq!(
         git(&repo, &["show", &format!("{branch}:README.md")]),
-        "remote change\n"
+        "remote change"
     );
     assert_eq!(
         refs_under(&repo, "refs/gantry/results"),

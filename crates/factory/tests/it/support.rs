@@ -9,7 +9,6 @@ use gantry_core::{DepsMode, EngineKind, FactoryId, JobId, JobSpec, Outcome, RunI
 use gantry_factory::{CoordError, Coordinator, Factory, FactoryConfig, FactoryError};
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, watch};
@@ -281,48 +280,11 @@ impl Coordinator for TestCoord {
 }
 
 /// Polls `f` until it returns something (hang guard [`GUARD`]).
-pub async fn wait_for<T>(mut f: impl FnMut() -> Option<T>) -> T {
-    let until = tokio::time::Instant::now() + GUARD;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "condition not met within {GUARD:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+pub async fn wait_for<T>(f: impl FnMut() -> Option<T>) -> T {
+    gantry_testkit::wait_for_async("a condition of the test", GUARD, f).await
 }
 
-/// Runs git in `dir` with a fixed identity, panicking on failure; returns stdout.
-pub fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args([
-            "-c",
-            "user.name=test",
-            "-c",
-            "user.email=test@localhost",
-            "-c",
-            "commit.gpgsign=false",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .current_dir(dir)
-        .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE")
-        .env_remove("GIT_INDEX_FILE")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?} in {} failed: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+pub use gantry_testkit::git;
 
 /// Makes a source repo at `dir` on branch `main` with `hello.txt` (3 lines) and
 /// `README.md` (1 line) committed. Returns the commit.

@@ -226,26 +226,7 @@ impl Drop for TestServer {
     }
 }
 
-/// Runs git in `dir`, panicking with its output when it fails; returns stdout.
-pub fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .env("GIT_AUTHOR_NAME", "Test")
-        .env("GIT_AUTHOR_EMAIL", "test@example.com")
-        .env("GIT_COMMITTER_NAME", "Test")
-        .env("GIT_COMMITTER_EMAIL", "test@example.com")
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?} in {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
+pub use gantry_testkit::git;
 
 /// Whether `git rev-parse --verify` finds `rev` in `dir`.
 pub fn has_ref(dir: &Path, rev: &str) -> bool {

@@ -301,7 +301,7 @@ fn issue4_chaos_sigstop_a_factory_past_its_lease() {
     let repo = scene.repo();
     assert_eq!(
         git(&repo, &["show", &format!("gantry/{id}:result.txt")]),
-        format!("content of attempt 2 ({nonce})\n")
+        format!("content of attempt 2 ({nonce})")
     );
     let blob1 = {
         let out = std::process::Command::new("git")
