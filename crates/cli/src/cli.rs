@@ -255,6 +255,14 @@ pub struct ServeArgs {
     /// default: <data-dir>/gantry.toml when it exists.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Where runs are sandboxed and what they may see.
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+}
+
+/// The sandbox options `serve` and `factory` share.
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
     /// Run jobs without a sandbox when bubblewrap does not work on this machine. Any
     /// job can then read the data dir, the tokens and other jobs' work: only for
     /// machines where every submitter is trusted that far.
@@ -303,26 +311,9 @@ pub struct FactoryArgs {
     /// adopt (for upgrades), instead of stopping them.
     #[arg(long)]
     pub leave_runs: bool,
-    /// Run jobs without a sandbox when bubblewrap does not work on this machine. Any
-    /// job can then read the data dir, the tokens and other jobs' work: only for
-    /// machines where every submitter is trusted that far.
-    #[arg(long)]
-    pub allow_unsandboxed_jobs: bool,
-    /// The bubblewrap program that sandboxes runs.
-    #[arg(
-        long,
-        value_name = "PATH",
-        env = "GANTRY_BWRAP",
-        default_value = "bwrap"
-    )]
-    pub bwrap: PathBuf,
-    /// A path every sandboxed run may read, besides the system (repeatable).
-    #[arg(long = "sandbox-ro", value_name = "PATH")]
-    pub sandbox_ro: Vec<PathBuf>,
-    /// A path every sandboxed run may write, besides its worktree; shared by all jobs
-    /// (repeatable).
-    #[arg(long = "sandbox-rw", value_name = "PATH")]
-    pub sandbox_rw: Vec<PathBuf>,
+    /// Where runs are sandboxed and what they may see.
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
 }
 
 /// Arguments of `submit`.

@@ -464,29 +464,19 @@ fn factory_options(a: cli::FactoryArgs) -> Result<FactoryOptions, UsageError> {
         min_free_memory_mb: mib("--min-free-memory <MIB>", &a.min_free_memory)?,
         min_free_disk_mb: mib("--min-free-disk <MIB>", &a.min_free_disk)?,
         leave_runs: a.leave_runs,
-        sandbox: sandbox_settings(
-            a.allow_unsandboxed_jobs,
-            a.bwrap,
-            a.sandbox_ro,
-            a.sandbox_rw,
-        ),
+        sandbox: sandbox_settings(a.sandbox),
     })
 }
 
 /// The sandbox options of `serve` and `factory`, with paths made absolute (a sandbox
 /// binds them at the same place).
-fn sandbox_settings(
-    allow_unsandboxed: bool,
-    bwrap: PathBuf,
-    read_only: Vec<PathBuf>,
-    read_write: Vec<PathBuf>,
-) -> gantry_server::SandboxSettings {
+fn sandbox_settings(a: cli::SandboxArgs) -> gantry_server::SandboxSettings {
     let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
     gantry_server::SandboxSettings {
-        allow_unsandboxed,
-        bwrap,
-        read_only: read_only.into_iter().map(absolute).collect(),
-        read_write: read_write.into_iter().map(absolute).collect(),
+        allow_unsandboxed: a.allow_unsandboxed_jobs,
+        bwrap: a.bwrap,
+        read_only: a.sandbox_ro.into_iter().map(absolute).collect(),
+        read_write: a.sandbox_rw.into_iter().map(absolute).collect(),
     }
 }
 
@@ -564,12 +554,7 @@ fn serve_config(a: cli::ServeArgs, global: &Global) -> Result<ServeConfig, Usage
         db: a.db,
         config_file: a.config,
         limits: gantry_server::Limits::default(),
-        sandbox: sandbox_settings(
-            a.allow_unsandboxed_jobs,
-            a.bwrap,
-            a.sandbox_ro,
-            a.sandbox_rw,
-        ),
+        sandbox: sandbox_settings(a.sandbox),
     })
 }
 

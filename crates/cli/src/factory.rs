@@ -10,23 +10,15 @@ use gantry_factory::{Factory, FactoryConfig, HttpCoordinator, Sandbox};
 use std::sync::Arc;
 use tokio::sync::watch;
 
-/// The sandbox of a remote factory: bubblewrap, or nothing when it does not work here
-/// and the operator opted out. A remote factory cannot tell an admin's job from a
-/// submitter's, so without the opt-out it does not start at all.
+/// The sandbox of a remote factory ([`gantry_server::SandboxSettings::choose`]). A
+/// remote factory cannot tell an admin's job from a submitter's, so when it cannot
+/// sandbox (and the operator did not opt out) it does not start at all.
 async fn factory_sandbox(settings: &gantry_server::SandboxSettings) -> Result<Sandbox, CliError> {
-    let bwrap = settings.sandbox();
-    match bwrap.probe().await {
-        Ok(()) => Ok(bwrap),
-        Err(e) if settings.allow_unsandboxed => {
-            output::note(format!(
-                "RUNNING JOBS UNSANDBOXED (--allow-unsandboxed-jobs): {e}; any job can read this factory's data dir, its token and other jobs' work"
-            ));
-            Ok(Sandbox::None)
-        }
-        Err(e) => Err(CliError::local("this factory cannot sandbox jobs")
+    settings.choose().await.map_err(|e| {
+        CliError::local("this factory cannot sandbox jobs")
             .cause(e.to_string())
-            .hint("install bubblewrap (Debian: apt-get install bubblewrap), or start with --allow-unsandboxed-jobs if every job may see this machine as the factory does")),
-    }
+            .hint("install bubblewrap (Debian: apt-get install bubblewrap), or start with --allow-unsandboxed-jobs if every job may see this machine as the factory does")
+    })
 }
 
 /// `gantry factory`.

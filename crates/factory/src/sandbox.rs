@@ -94,64 +94,78 @@ impl Sandbox {
     }
 
     /// Checks that this sandbox works on this machine by starting a trivial process in
-    /// it, with the same namespaces a run gets.
+    /// it, with the same namespaces a run gets. A program that worked once is not
+    /// started again in this process (`gantry serve` decides on its sandbox, then its
+    /// embedded factory checks it at start).
     pub async fn probe(&self) -> Result<(), SandboxError> {
+        static WORKED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
         let Sandbox::Bwrap { program } = self else {
             return Ok(());
         };
-        let shown = program.display().to_string();
-        let mut cmd = tokio::process::Command::new(program);
-        // `--as-pid-1`: without bwrap's own init in the namespace, nothing is left to
-        // be re-parented to this process (a child subreaper) as a zombie.
-        cmd.args([
-            "--unshare-all",
-            "--share-net",
-            "--cap-drop",
-            "ALL",
-            "--die-with-parent",
-            "--as-pid-1",
-        ]);
-        for dir in SYSTEM_DIRS {
-            if Path::new(dir).exists() {
-                cmd.args(["--ro-bind", dir, dir]);
-            }
+        let worked = || WORKED.lock().unwrap_or_else(|p| p.into_inner());
+        if worked().contains(program) {
+            return Ok(());
         }
-        cmd.args(["--proc", "/proc", "--dev", "/dev", "--", "true"])
-            .env_clear()
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true);
-        let out = match tokio::time::timeout(PROBE_TIMEOUT, cmd.output()).await {
-            Err(_) => {
-                return Err(SandboxError::Broken {
-                    program: shown,
-                    reason: format!("it did not finish within {PROBE_TIMEOUT:?}"),
-                });
-            }
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(SandboxError::NotInstalled { program: shown });
-            }
-            Ok(Err(e)) => {
-                return Err(SandboxError::Broken {
-                    program: shown,
-                    reason: e.to_string(),
-                });
-            }
-            Ok(Ok(out)) => out,
-        };
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(SandboxError::Broken {
+        probe_bwrap(program).await?;
+        worked().push(program.clone());
+        Ok(())
+    }
+}
+
+/// Starts `true` in a bubblewrap sandbox made with `program`.
+async fn probe_bwrap(program: &Path) -> Result<(), SandboxError> {
+    let shown = program.display().to_string();
+    let mut cmd = tokio::process::Command::new(program);
+    // `--as-pid-1`: without bwrap's own init in the namespace, nothing is left to
+    // be re-parented to this process (a child subreaper) as a zombie.
+    cmd.args([
+        "--unshare-all",
+        "--share-net",
+        "--cap-drop",
+        "ALL",
+        "--die-with-parent",
+        "--as-pid-1",
+    ]);
+    for dir in SYSTEM_DIRS {
+        if Path::new(dir).exists() {
+            cmd.args(["--ro-bind", dir, dir]);
+        }
+    }
+    cmd.args(["--proc", "/proc", "--dev", "/dev", "--", "true"])
+        .env_clear()
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let out = match tokio::time::timeout(PROBE_TIMEOUT, cmd.output()).await {
+        Err(_) => {
+            return Err(SandboxError::Broken {
                 program: shown,
-                reason: format!(
-                    "{}: {}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stderr).trim()
-                ),
-            })
+                reason: format!("it did not finish within {PROBE_TIMEOUT:?}"),
+            });
         }
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(SandboxError::NotInstalled { program: shown });
+        }
+        Ok(Err(e)) => {
+            return Err(SandboxError::Broken {
+                program: shown,
+                reason: e.to_string(),
+            });
+        }
+        Ok(Ok(out)) => out,
+    };
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(SandboxError::Broken {
+            program: shown,
+            reason: format!(
+                "{}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+        })
     }
 }
 

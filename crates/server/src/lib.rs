@@ -234,21 +234,24 @@ pub async fn start(mut cfg: ServeConfig) -> Result<RunningServer, ServerError> {
     })?;
 
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let sandbox = if cfg.embedded_factory {
-        choose_sandbox(&cfg.sandbox).await
+    // Without an embedded factory this server runs no job: nothing to sandbox.
+    let (sandbox, refusal) = if !cfg.embedded_factory {
+        (Sandbox::None, None)
     } else {
-        SandboxChoice {
-            sandbox: Sandbox::None,
-            refusal: None,
+        match cfg.sandbox.choose().await {
+            Ok(sandbox) => (sandbox, None),
+            Err(e) => {
+                tracing::warn!(error = %e, "jobs cannot be sandboxed: only jobs of admin tokens will be accepted");
+                (Sandbox::None, Some(e.to_string()))
+            }
         }
     };
     let service = Arc::new(
-        Service::new(store.clone(), cfg.clone(), shutdown_rx.clone())
-            .refusing_unsandboxed(sandbox.refusal.clone()),
+        Service::new(store.clone(), cfg.clone(), shutdown_rx.clone()).refusing_unsandboxed(refusal),
     );
 
     let factory = if cfg.embedded_factory {
-        Some(start_embedded_factory(&service, &file, sandbox.sandbox, shutdown_rx.clone()).await?)
+        Some(start_embedded_factory(&service, &file, sandbox, shutdown_rx.clone()).await?)
     } else {
         None
     };
@@ -287,50 +290,24 @@ impl Default for SandboxSettings {
 }
 
 impl SandboxSettings {
-    /// The sandbox these settings ask for, before any check that it works.
-    pub fn sandbox(&self) -> Sandbox {
-        Sandbox::Bwrap {
+    /// The sandbox runs go in: bubblewrap when it works on this machine. When it does
+    /// not, [`Sandbox::None`] if the operator opted out (said loudly in the log), else
+    /// why not: then no job may run unsandboxed unless its submitter could already read
+    /// everything (an admin). One rule for `gantry serve` and `gantry factory`.
+    pub async fn choose(&self) -> Result<Sandbox, gantry_factory::SandboxError> {
+        let bwrap = Sandbox::Bwrap {
             program: self.bwrap.clone(),
-        }
-    }
-}
-
-/// The embedded factory's sandbox, and why jobs of non-admin tokens are refused, if
-/// they are.
-struct SandboxChoice {
-    sandbox: Sandbox,
-    refusal: Option<String>,
-}
-
-/// Bubblewrap when it works here. When it does not, jobs would run with the server's
-/// own view of the machine (its data dir, its admin token), which only an admin may be
-/// given: jobs of other tokens are refused unless the operator opted out loudly.
-async fn choose_sandbox(settings: &SandboxSettings) -> SandboxChoice {
-    let bwrap = settings.sandbox();
-    match bwrap.probe().await {
-        Ok(()) => SandboxChoice {
-            sandbox: bwrap,
-            refusal: None,
-        },
-        Err(e) if settings.allow_unsandboxed => {
-            tracing::warn!(
-                error = %e,
-                "RUNNING JOBS UNSANDBOXED (--allow-unsandboxed-jobs): any job can read this server's data dir, its admin token and other jobs' work"
-            );
-            SandboxChoice {
-                sandbox: Sandbox::None,
-                refusal: None,
+        };
+        match bwrap.probe().await {
+            Ok(()) => Ok(bwrap),
+            Err(e) if self.allow_unsandboxed => {
+                tracing::warn!(
+                    error = %e,
+                    "RUNNING JOBS UNSANDBOXED (--allow-unsandboxed-jobs): any job can read this machine's data dir, its tokens and other jobs' work"
+                );
+                Ok(Sandbox::None)
             }
-        }
-        Err(e) => {
-            tracing::warn!(
-                error = %e,
-                "jobs cannot be sandboxed: only jobs of admin tokens will be accepted"
-            );
-            SandboxChoice {
-                sandbox: Sandbox::None,
-                refusal: Some(e.to_string()),
-            }
+            Err(e) => Err(e),
         }
     }
 }
