@@ -106,13 +106,6 @@ impl Chores {
         });
     }
 
-    /// How many chores are running or waiting.
-    pub(crate) fn pending(&self) -> usize {
-        let mut set = self.set.lock().unwrap_or_else(|p| p.into_inner());
-        while set.try_join_next().is_some() {}
-        set.len()
-    }
-
     /// Waits for the chores to end, at most `within`, then abandons the rest (their
     /// work is best effort: a leftover ref is removed again on the next occasion).
     pub(crate) async fn drain(&self, within: Duration) {
@@ -200,11 +193,6 @@ impl Service {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .len()
-    }
-
-    /// How many background chores are running or waiting for a slot.
-    pub fn chores_pending(&self) -> usize {
-        self.chores.pending()
     }
 
     /// The event streams open per token.
