@@ -13,10 +13,13 @@
 //! - At most one running job per lock key, enforced by a unique index, not by counting.
 
 pub mod bench;
+mod codec;
 mod error;
+mod lifecycle;
 mod postgres;
 mod rules;
 mod sqlite;
+mod submit;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod vfs;

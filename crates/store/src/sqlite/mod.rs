@@ -33,7 +33,12 @@ mod rows;
 mod schema;
 mod writer;
 
+use crate::codec::*;
+use crate::lifecycle::{
+    self as life, Expired, Live, Pending, end_attempt, insights_text, run_sync,
+};
 use crate::rules;
+use crate::submit;
 use crate::{Binding, FactoryInfo, JobFilter, Result, Store, StoreError};
 use async_trait::async_trait;
 use gantry_core::api::{
@@ -262,7 +267,7 @@ impl SqliteStore {
         f: impl FnOnce(&Connection, &Live, Millis) -> Result<R> + Send + 'static,
     ) -> Result<R> {
         self.submit_op(
-            move |conn, now| match check_fence(conn, run, epoch, op, now) {
+            move |conn, now| match fence(&Lite { conn, now }, run, epoch, op) {
                 Ok(Ok(live)) => match f(conn, &live, now) {
                     Ok(r) => Done::Ok(r),
                     Err(e) => Done::Fail(e),
@@ -337,14 +342,14 @@ impl Store for SqliteStore {
                         "SELECT {JOB_LIST_COLS} FROM {JOB_FROM}
                          WHERE state = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3"
                     ))?
-                    .query_map(params![st.as_str(), before, limit], RawJob::read)?
+                    .query_map(params![st.as_str(), before, limit], |r| RawJob::read(r))?
                     .collect::<rusqlite::Result<Vec<_>>>()?,
                 None => tx
                     .prepare_cached(&format!(
                         "SELECT {JOB_LIST_COLS} FROM {JOB_FROM}
                          WHERE id < ?1 ORDER BY id DESC LIMIT ?2"
                     ))?
-                    .query_map(params![before, limit], RawJob::read)?
+                    .query_map(params![before, limit], |r| RawJob::read(r))?
                     .collect::<rusqlite::Result<Vec<_>>>()?,
             };
             raws.into_iter().map(RawJob::into_job).collect()
@@ -374,7 +379,7 @@ impl Store for SqliteStore {
             tx.prepare_cached(&format!(
                 "SELECT {RUN_COLS} FROM runs WHERE job_id = ?1 ORDER BY id"
             ))?
-            .query_map([job.0], read_run)?
+            .query_map([job.0], |r| RawRun::read(r))?
             .collect::<rusqlite::Result<Vec<_>>>()?
             .into_iter()
             .map(RawRun::into_run)
@@ -386,7 +391,7 @@ impl Store for SqliteStore {
     async fn run(&self, id: RunId) -> Result<Run> {
         self.read(move |tx| {
             tx.prepare_cached(&format!("SELECT {RUN_COLS} FROM runs WHERE id = ?1"))?
-                .query_row([id.0], read_run)
+                .query_row([id.0], |r| RawRun::read(r))
                 .optional()?
                 .ok_or_else(|| not_found("run", id))?
                 .into_run()
@@ -564,7 +569,12 @@ impl Store for SqliteStore {
             }
             let last = take_seqs(tx, live.job, n)?;
             for ((kind, data), seq) in events.iter().zip(last - n + 1..) {
-                apply_run_event(tx, live, kind, data)?;
+                run_sync(life::apply_run_event(
+                    &Lite { conn: tx, now },
+                    live,
+                    kind,
+                    data,
+                ))?;
                 let row = EventRow {
                     run: Some(run.0),
                     seq,
@@ -594,7 +604,8 @@ impl Store for SqliteStore {
     }
 
     async fn reap(&self) -> Result<Vec<RunId>> {
-        self.write(reap_tx).await
+        self.write(|conn, now| run_sync(life::reap(&Lite { conn, now })))
+            .await
     }
 
     async fn expire_leases_of(&self, factory: FactoryId) -> Result<Vec<RunId>> {
@@ -616,37 +627,30 @@ impl Store for SqliteStore {
     }
 
     async fn cancel(&self, id: JobId) -> Result<Job> {
-        self.write(move |tx, now| stop_tx(tx, id, StopKind::Cancel, now))
+        self.write(move |conn, now| run_sync(life::stop(&Lite { conn, now }, id, StopKind::Cancel)))
             .await
     }
 
     async fn kill(&self, id: JobId) -> Result<Job> {
-        self.write(move |tx, now| stop_tx(tx, id, StopKind::Kill, now))
+        self.write(move |conn, now| run_sync(life::stop(&Lite { conn, now }, id, StopKind::Kill)))
             .await
     }
 
     async fn kill_all(&self) -> Result<Vec<JobId>> {
-        self.write(move |tx, now| {
-            set_paused_tx(tx, true, now)?;
-            let running: Vec<i64> = tx
-                .prepare_cached("SELECT id FROM jobs WHERE state = 'running' ORDER BY id")?
-                .query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            for &id in &running {
-                stop_tx(tx, JobId(id), StopKind::Kill, now)?;
-            }
-            Ok(running.into_iter().map(JobId).collect())
-        })
-        .await
+        self.write(|conn, now| run_sync(life::kill_all(&Lite { conn, now })))
+            .await
     }
 
     async fn retry(&self, id: JobId) -> Result<Job> {
-        self.write(move |tx, now| retry_tx(tx, id, now)).await
+        self.write(move |conn, now| run_sync(life::retry(&Lite { conn, now }, id)))
+            .await
     }
 
     async fn set_paused(&self, paused: bool) -> Result<()> {
-        self.write(move |tx, now| set_paused_tx(tx, paused, now))
-            .await
+        self.write(move |conn, now| {
+            run_sync(life::set_paused(&Lite { conn, now }, paused)).map(|_| ())
+        })
+        .await
     }
 
     async fn status(&self) -> Result<Status> {
@@ -740,22 +744,17 @@ impl Store for SqliteStore {
                          WHERE job_id = ?1 AND seq > 1 AND id > ?2
                          ORDER BY id LIMIT ?3",
                     )?
-                    .query_map(params![job.0, after, limit], read_event)?
+                    .query_map(params![job.0, after, limit], |r| RawEvent::read(r))?
                     .collect::<rusqlite::Result<Vec<_>>>()?,
                 None => tx
                     .prepare_cached(
                         "SELECT id, job_id, run_id, seq, kind, at, data FROM events
                          WHERE id > ?1 ORDER BY id LIMIT ?2",
                     )?
-                    .query_map(params![after, limit], read_event)?
+                    .query_map(params![after, limit], |r| RawEvent::read(r))?
                     .collect::<rusqlite::Result<Vec<_>>>()?,
             };
-            rows.into_iter()
-                .map(|(mut e, data)| {
-                    e.data = parse_json("event data", &data)?;
-                    Ok(e)
-                })
-                .collect()
+            rows.into_iter().map(RawEvent::into_event).collect()
         })
         .await
     }
@@ -785,7 +784,9 @@ impl Store for SqliteStore {
                     "INSERT INTO tokens (name, scope, hash, created_at) VALUES (?1, ?2, ?3, ?4)
                          RETURNING {TOKEN_COLS}"
                 ))?
-                .query_row(params![name, scope.as_str(), hash, now], read_token)
+                .query_row(params![name, scope.as_str(), hash, now], |r| {
+                    TokenRow::read(r)
+                })
                 .map_err(|e| {
                     if is_unique_violation(&e) {
                         StoreError::Exists {
@@ -796,7 +797,7 @@ impl Store for SqliteStore {
                         e.into()
                     }
                 })?;
-            into_token(row)
+            row.into_token()
         })
         .await
     }
@@ -807,9 +808,9 @@ impl Store for SqliteStore {
             tx.prepare_cached(&format!(
                 "SELECT {TOKEN_COLS} FROM tokens WHERE hash = ?1 AND revoked_at IS NULL"
             ))?
-            .query_row([hash], read_token)
+            .query_row([hash], |r| TokenRow::read(r))
             .optional()?
-            .map(into_token)
+            .map(TokenRow::into_token)
             .transpose()
         })
         .await
@@ -818,10 +819,10 @@ impl Store for SqliteStore {
     async fn tokens(&self) -> Result<Vec<TokenInfo>> {
         self.read(move |tx| {
             tx.prepare_cached(&format!("SELECT {TOKEN_COLS} FROM tokens ORDER BY id"))?
-                .query_map([], read_token)?
+                .query_map([], |r| TokenRow::read(r))?
                 .collect::<rusqlite::Result<Vec<_>>>()?
                 .into_iter()
-                .map(into_token)
+                .map(TokenRow::into_token)
                 .collect()
         })
         .await
@@ -835,10 +836,10 @@ impl Store for SqliteStore {
             )?
             .execute(params![name, now])?;
             tx.prepare_cached(&format!("SELECT {TOKEN_COLS} FROM tokens WHERE name = ?1"))?
-                .query_row([&name], read_token)
+                .query_row([&name], |r| TokenRow::read(r))
                 .optional()?
                 .ok_or_else(|| not_found("token", &name))
-                .and_then(into_token)
+                .and_then(TokenRow::into_token)
         })
         .await
     }
@@ -851,35 +852,7 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gantry_core::{DepsMode, Outcome};
-
-    #[test]
-    fn judge_deps_by_mode() {
-        use JobState::*;
-        let s = DepsMode::Succeeded;
-        let f = DepsMode::Finished;
-        assert_eq!(judge_deps(s, &[]), DepsVerdict::Met);
-        assert_eq!(
-            judge_deps(s, &[(1, Succeeded), (2, Running)]),
-            DepsVerdict::Wait
-        );
-        assert_eq!(
-            judge_deps(s, &[(1, Succeeded), (2, Succeeded)]),
-            DepsVerdict::Met
-        );
-        assert_eq!(
-            judge_deps(s, &[(1, Queued), (2, Killed)]),
-            DepsVerdict::Failed("dependency 2 killed".into())
-        );
-        assert_eq!(
-            judge_deps(f, &[(1, Failed), (2, Canceled)]),
-            DepsVerdict::Met
-        );
-        assert_eq!(
-            judge_deps(f, &[(1, Failed), (2, Blocked)]),
-            DepsVerdict::Wait
-        );
-    }
+    use gantry_core::Outcome;
 
     /// Every hot-path statement, with how many parameters it binds.
     fn hot_statements() -> Vec<String> {
