@@ -33,8 +33,9 @@
 //! wait for a row lock that another transaction holds on the job of one of its finishes
 //! (those transactions are short: a cancel, a renewal); the other lane goes on meanwhile.
 
-use super::rows::*;
 use super::{MAX_TRIES, R, TxError, describe, is_unique_violation, retry_pause, retryable};
+use crate::codec::*;
+use crate::lifecycle::state_data;
 use crate::{Result, StoreError};
 use deadpool_postgres::Pool;
 use gantry_core::JobState;
