@@ -2,9 +2,9 @@
 //! job, run, event and token row (through [`Columns`], which each backend implements
 //! for its driver's row), and the parsing of the text columns into domain values.
 
-use crate::StoreError;
-use gantry_core::api::{Checkpoint, Scope, TokenInfo};
-use gantry_core::event::Event;
+use crate::{FactoryInfo, StoreError};
+use gantry_core::api::{Checkpoint, Heartbeat, Scope, TokenInfo};
+use gantry_core::event::{Event, NewEvent};
 use gantry_core::time::Millis;
 use gantry_core::{DepsMode, FactoryId, Job, JobId, JobState, Outcome, Run, RunId, StopKind};
 
@@ -27,6 +27,10 @@ pub(crate) trait Columns {
     /// Column `i`, a list of job ids (a job's deps), in whatever form the backend
     /// stores it.
     fn ids(&self, i: usize) -> Result<Vec<i64>, Self::Error>;
+
+    /// Column `i`, a list of strings (capabilities), in whatever form the backend
+    /// stores it.
+    fn strings(&self, i: usize) -> Result<Vec<String>, Self::Error>;
 }
 
 /// The columns of `jobs` that [`JobRow::read`] expects, in order.
@@ -60,6 +64,23 @@ pub(crate) const TOKEN_COLS: &str = "id, name, scope, created_at, revoked_at, fa
 
 /// The columns [`RawEvent::read`] expects, in order.
 pub(crate) const EVENT_COLS: &str = "id, job_id, run_id, seq, kind, at, data";
+
+/// The registered factories, by id, with how many running jobs each one's runs are
+/// and how long ago each was seen by `now` (an SQL expression of the store's clock):
+/// what [`FactoryRow::read`] expects.
+pub(crate) fn factories_sql(now: &str) -> String {
+    format!(
+        "SELECT f.id, f.name, f.seats, f.capabilities, f.last_seen, f.load_1m,
+                f.free_memory_mb, f.free_disk_mb, coalesce(c.n, 0), f.admission,
+                {now} - f.last_seen
+         FROM factories f
+         LEFT JOIN (SELECT r.factory_id AS fid, count(*) AS n
+                    FROM jobs j JOIN runs r ON r.id = j.current_run
+                    WHERE j.state = 'running'
+                    GROUP BY r.factory_id) c ON c.fid = f.id
+         ORDER BY f.id"
+    )
+}
 
 /// Stored data that does not make sense.
 pub(crate) fn corrupt(what: impl std::fmt::Display) -> StoreError {
@@ -446,6 +467,75 @@ impl RawEvent {
         let RawEvent { mut event, data } = self;
         event.data = parse_json("event data", &data)?;
         Ok(event)
+    }
+}
+
+/// A factory's row with its count of running jobs, as [`factories_sql`] reads it.
+pub(crate) struct FactoryRow {
+    id: i64,
+    name: String,
+    seats: i64,
+    capabilities: Vec<String>,
+    last_seen: i64,
+    load_1m: Option<f64>,
+    free_memory_mb: Option<i64>,
+    free_disk_mb: Option<i64>,
+    running: i64,
+    admission: Option<String>,
+    ago_ms: i64,
+}
+
+impl FactoryRow {
+    /// Reads the columns of [`factories_sql`].
+    pub(crate) fn read<C: Columns>(r: &C) -> Result<FactoryRow, C::Error> {
+        Ok(FactoryRow {
+            id: r.col(0)?,
+            name: r.col(1)?,
+            seats: r.col(2)?,
+            capabilities: r.strings(3)?,
+            last_seen: r.col(4)?,
+            load_1m: r.col(5)?,
+            free_memory_mb: r.col(6)?,
+            free_disk_mb: r.col(7)?,
+            running: r.col(8)?,
+            admission: r.col(9)?,
+            ago_ms: r.col(10)?,
+        })
+    }
+
+    pub(crate) fn into_info(self) -> Result<FactoryInfo, StoreError> {
+        Ok(FactoryInfo {
+            id: FactoryId(self.id),
+            name: self.name,
+            seats: to_u32("seats", self.seats)?,
+            capabilities: self.capabilities,
+            last_seen: self.last_seen,
+            last_seen_ago_ms: u64::try_from(self.ago_ms).unwrap_or(0),
+            running: to_u32("running", self.running)?,
+            stats: Heartbeat {
+                load_1m: self.load_1m,
+                free_memory_mb: mb_from_sql("free_memory_mb", self.free_memory_mb)?,
+                free_disk_mb: mb_from_sql("free_disk_mb", self.free_disk_mb)?,
+                admission: self.admission,
+            },
+        })
+    }
+}
+
+/// A server-side event as recorded: (id, seq, time) and the event itself.
+pub(crate) fn recorded_event(
+    job: Option<JobId>,
+    run: Option<RunId>,
+    (id, seq, at, event): (i64, i64, Millis, NewEvent),
+) -> Event {
+    Event {
+        id,
+        job_id: job,
+        run_id: run,
+        seq,
+        kind: event.kind,
+        at,
+        data: event.data,
     }
 }
 

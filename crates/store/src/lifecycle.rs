@@ -9,7 +9,9 @@
 
 use crate::StoreError;
 use crate::codec::{Columns, to_backoff, to_u32};
-use crate::codec::{JobRow, corrupt, parse_deps_mode, parse_retry_on, parse_state, parse_stop};
+use crate::codec::{
+    JobRow, corrupt, not_found, parse_deps_mode, parse_retry_on, parse_state, parse_stop,
+};
 use crate::rules::{AttemptEnd, attempt_end};
 use gantry_core::api::Checkpoint;
 use gantry_core::engine::Insights;
@@ -30,15 +32,11 @@ pub(crate) trait WriteTx {
     /// The transaction's clock.
     fn now(&self) -> Millis;
 
-    /// Appends an event whose data is JSON text; a job's event takes the job's next
-    /// `seq`. Returns (id, seq).
-    async fn add_event(
-        &self,
-        job: Option<JobId>,
-        run: Option<RunId>,
-        kind: &str,
-        data: &str,
-    ) -> Result<(i64, i64), Self::Error>;
+    /// Appends an event; a job's event takes the job's next `seq`. Returns (id, seq).
+    async fn add_event(&self, e: EventRef<'_>) -> Result<(i64, i64), Self::Error>;
+
+    /// The job of a run; `None` for an unknown run.
+    async fn job_of_run(&self, run: RunId) -> Result<Option<i64>, Self::Error>;
 
     /// A job's `event_seq`, taking its row lock where the backend has row locks.
     async fn event_seq(&self, job: JobId) -> Result<i64, Self::Error>;
@@ -106,6 +104,17 @@ pub(crate) fn run_sync<T>(f: impl Future<Output = Result<T, StoreError>>) -> Res
             "a store operation that never waits waited".into(),
         )),
     }
+}
+
+/// An event to append: of a job (then it takes the job's next `seq`) or of none,
+/// naming a run or not.
+#[derive(Clone, Copy)]
+pub(crate) struct EventRef<'a> {
+    pub(crate) job: Option<JobId>,
+    pub(crate) run: Option<RunId>,
+    pub(crate) kind: &'a str,
+    /// JSON text.
+    pub(crate) data: &'a str,
 }
 
 /// An event recorded together with a state change, just before its `job.state`.
@@ -252,7 +261,14 @@ pub(crate) async fn step<T: WriteTx>(tx: &T, req: StepRequest) -> Result<Stepped
     let (to, effect) = next(job, from, req.input)?;
     if to == from {
         for p in &req.pending {
-            tx.add_event(Some(job), p.run, p.kind, &p.data).await?;
+            let (run, kind, data) = (p.run, p.kind, p.data.as_str());
+            tx.add_event(EventRef {
+                job: Some(job),
+                run,
+                kind,
+                data,
+            })
+            .await?;
         }
         return Ok(Stepped { to, effect });
     }
@@ -418,12 +434,12 @@ pub(crate) async fn check_fence<T: WriteTx>(
         && fence.current_run == Some(run.0);
     if !live {
         let data = json!({"run": run.0, "epoch": epoch, "current_epoch": current_epoch, "op": op});
-        tx.add_event(
-            Some(job),
-            Some(run),
-            ev::STALE_WRITE_REJECTED,
-            &data.to_string(),
-        )
+        tx.add_event(EventRef {
+            job: Some(job),
+            run: Some(run),
+            kind: ev::STALE_WRITE_REJECTED,
+            data: &data.to_string(),
+        })
         .await?;
         tracing::warn!(%job, %run, epoch, current_epoch, %state, op, "stale write rejected");
         return Ok(Err(StoreError::StaleLease {
@@ -612,7 +628,13 @@ pub(crate) async fn stop<T: WriteTx>(tx: &T, id: JobId, kind: StopKind) -> Resul
             tx.request_stop(id, want).await?;
         }
         let run = target.current_run.map(RunId);
-        tx.add_event(Some(id), run, kind, "{}").await?;
+        tx.add_event(EventRef {
+            job: Some(id),
+            run,
+            kind,
+            data: "{}",
+        })
+        .await?;
     }
     tx.load_job(id).await
 }
@@ -663,7 +685,13 @@ pub(crate) async fn set_paused<T: WriteTx>(tx: &T, paused: bool) -> Result<bool,
         } else {
             ev::QUEUE_RESUMED
         };
-        tx.add_event(None, None, kind, "{}").await?;
+        tx.add_event(EventRef {
+            job: None,
+            run: None,
+            kind,
+            data: "{}",
+        })
+        .await?;
     }
     Ok(changed)
 }
@@ -704,6 +732,24 @@ pub(crate) async fn apply_run_event<T: WriteTx>(
         _ => {}
     }
     Ok(())
+}
+
+/// Records a server-side event `kind` with `data` (JSON text), of `job` or of none,
+/// naming `run` (which must be a run of `job`, when both are named). Returns (id, seq).
+pub(crate) async fn record_event<T: WriteTx>(
+    tx: &T,
+    e: EventRef<'_>,
+) -> Result<(i64, i64), T::Error> {
+    if let Some(run) = e.run {
+        match (tx.job_of_run(run).await?, e.job) {
+            (None, _) => return Err(not_found("run", run).into()),
+            (Some(owner), Some(job)) if owner != job.0 => {
+                return Err(not_found("run", format!("{run} of job {job}")).into());
+            }
+            _ => {}
+        }
+    }
+    tx.add_event(e).await
 }
 
 /// A run's insights as stored (JSON text).

@@ -31,7 +31,8 @@ fn fence_sql() -> String {
 /// (`$13` run, `$14` outcome, `$15` exit code, `$16` error, `$17` branch, `$18` base,
 /// `$19` commit, `$20`..`$22` diff stats, `$23` insights, kept only when reported) and
 /// `$24` the agent session to keep on the job, when reported.
-const FINISH_SQL: &str = "WITH r AS (
+const FINISH_SQL: &str = concat!(
+    "WITH r AS (
     UPDATE runs SET outcome = $14, exit_code = $15, error = $16, branch = $17,
         base_commit = $18, commit_sha = $19, files_changed = $20, lines_added = $21,
         lines_deleted = $22, finished_at = $6, insights = coalesce($23, insights)
@@ -39,22 +40,9 @@ const FINISH_SQL: &str = "WITH r AS (
 ), a AS (
     INSERT INTO job_agent (job_id, session_id) SELECT $1, $24::text WHERE $24::text IS NOT NULL
     ON CONFLICT (job_id) DO UPDATE SET session_id = excluded.session_id
-), e AS (
-    INSERT INTO events (job_id, run_id, seq, kind, at, data)
-    SELECT $1, x.run, x.seq, x.kind, $6, x.data
-    FROM unnest($7::bigint[], $8::bigint[], $9::text[], $10::text[])
-        WITH ORDINALITY AS x(run, seq, kind, data, ord)
-    ORDER BY x.ord
-)
-UPDATE jobs SET state = $11, reason = $2, not_before = $3, finished_at = $4,
-    stop_requested = CASE WHEN $11 = 'running' THEN stop_requested ELSE NULL END,
-    event_seq = $5
-FROM job_specs s LEFT JOIN job_agent ag ON ag.job_id = s.job_id
-WHERE jobs.id = $1 AND jobs.state = $12 AND s.job_id = jobs.id
-RETURNING jobs.id, state, priority, attempt, max_attempts, epoch, lock_key, deps_mode,
-    idempotency_key, stop_requested, reason, not_before, created_at, started_at,
-    finished_at, s.title, s.deps, s.spec, ag.session_id, ag.wip_branch, ag.wip_base,
-    ag.wip_commit";
+), ",
+    step_sql_tail!()
+);
 
 impl PgStore {
     /// Runs a fenced write: begins, locks and checks the fence, in one round trip. A

@@ -46,7 +46,7 @@ mod schema;
 mod signal;
 
 use crate::codec::*;
-use crate::lifecycle::{self as life, Live, WriteTx, settle_dependents};
+use crate::lifecycle::{self as life, EventRef, Live, WriteTx, settle_dependents};
 use crate::rules::{self};
 use crate::submit::SubmitTx;
 use crate::{Binding, FactoryInfo, JobFilter, Result, Store, StoreError};
@@ -409,41 +409,10 @@ impl Store for PgStore {
 
     async fn factories(&self) -> Result<Vec<FactoryInfo>> {
         let tx = self.conn().await?;
-        let rows = tx
-            .query(
-                "SELECT f.id, f.name, f.seats, f.capabilities, f.last_seen, f.load_1m,
-                        f.free_memory_mb, f.free_disk_mb, coalesce(c.n, 0),
-                        gantry_now_ms() - f.last_seen, f.admission
-                 FROM factories f
-                 LEFT JOIN (SELECT r.factory_id AS fid, count(*) AS n
-                            FROM jobs j JOIN runs r ON r.id = j.current_run
-                            WHERE j.state = 'running'
-                            GROUP BY r.factory_id) c ON c.fid = f.id
-                 ORDER BY f.id",
-                &[],
-            )
-            .await?;
+        let rows = tx.query(&factories_sql("gantry_now_ms()"), &[]).await?;
         rows.iter()
-            .map(|r| {
-                let ago: i64 = r.try_get(9)?;
-                Ok(FactoryInfo {
-                    id: FactoryId(r.try_get(0)?),
-                    name: r.try_get(1)?,
-                    seats: to_u32("seats", r.try_get(2)?)?,
-                    capabilities: r.try_get(3)?,
-                    last_seen: r.try_get(4)?,
-                    last_seen_ago_ms: u64::try_from(ago).unwrap_or(0),
-                    running: to_u32("running", r.try_get(8)?)?,
-                    stats: Heartbeat {
-                        load_1m: r.try_get(5)?,
-                        free_memory_mb: mb_from_sql("free_memory_mb", r.try_get(6)?)?,
-                        free_disk_mb: mb_from_sql("free_disk_mb", r.try_get(7)?)?,
-                        admission: r.try_get(10)?,
-                    },
-                })
-            })
-            .collect::<R<Vec<_>>>()
-            .map_err(StoreError::from)
+            .map(|r| FactoryRow::read(r)?.into_info())
+            .collect()
     }
 
     async fn claim(&self, factory: FactoryId, ttl: Duration) -> Result<Option<Claim>> {
@@ -653,34 +622,18 @@ impl Store for PgStore {
         event: NewEvent,
     ) -> Result<Event> {
         let data = event.data.to_string();
+        let e = EventRef {
+            job,
+            run,
+            kind: &event.kind,
+            data: &data,
+        };
         let (id, seq, at) = in_tx!(self, |tx| {
-            if let Some(run) = run {
-                let owner: Option<i64> = tx
-                    .query_opt("SELECT job_id FROM runs WHERE id = $1", &[&run.0])
-                    .await?
-                    .map(|r| r.try_get(0))
-                    .transpose()?;
-                match (owner, job) {
-                    (None, _) => return Err(not_found("run", run).into()),
-                    (Some(owner), Some(job)) if owner != job.0 => {
-                        return Err(not_found("run", format!("{run} of job {job}")).into());
-                    }
-                    _ => {}
-                }
-            }
-            let (id, seq) = tx.add_event(job, run, &event.kind, &data).await?;
+            let (id, seq) = life::record_event(&tx, e).await?;
             Ok((id, seq, tx.now))
         })?;
         self.changed();
-        Ok(Event {
-            id,
-            job_id: job,
-            run_id: run,
-            seq,
-            kind: event.kind,
-            at,
-            data: event.data,
-        })
+        Ok(recorded_event(job, run, (id, seq, at, event)))
     }
 
     async fn events(&self, after: i64, job: Option<JobId>, limit: usize) -> Result<Vec<Event>> {

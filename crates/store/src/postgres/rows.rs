@@ -15,6 +15,11 @@ impl Columns for Row {
     fn ids(&self, i: usize) -> Result<Vec<i64>, tokio_postgres::Error> {
         self.try_get(i)
     }
+
+    /// PostgreSQL keeps a factory's capabilities as a `text[]`.
+    fn strings(&self, i: usize) -> Result<Vec<String>, tokio_postgres::Error> {
+        self.try_get(i)
+    }
 }
 
 /// What a factory satisfies, as a set that a job's capabilities must be contained in:

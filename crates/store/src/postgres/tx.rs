@@ -3,7 +3,7 @@
 //! ([`SubmitTx`]) run.
 
 use super::*;
-use crate::lifecycle::{Expired, Live, StateWrite, StopTarget, WriteTx};
+use crate::lifecycle::{EventRef, Expired, Live, StateWrite, StopTarget, WriteTx};
 use crate::submit::SubmitTx;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use gantry_core::api::Checkpoint;
@@ -297,11 +297,11 @@ pub(super) const SAVE_SESSION_SQL: &str =
     "INSERT INTO job_agent (job_id, session_id) VALUES ($1, $2)
      ON CONFLICT (job_id) DO UPDATE SET session_id = excluded.session_id";
 
-/// Moves a job from state `$12` to `$11` and records its events (run, seq, kind and data
-/// arrays, in order), returning the job as stored. The events insert runs after the
-/// update (an unreferenced data-modifying CTE runs last), which is what takes the job's
-/// row lock when the caller does not hold it yet.
-pub(super) const STEP_SQL: &str = "WITH e AS (
+/// The part of [`STEP_SQL`] that the finish statement repeats after its own CTEs (the
+/// events CTE `e` and the update of the job), as a literal for `concat!`.
+macro_rules! step_sql_tail {
+    () => {
+        "e AS (
     INSERT INTO events (job_id, run_id, seq, kind, at, data)
     SELECT $1, x.run, x.seq, x.kind, $6, x.data
     FROM unnest($7::bigint[], $8::bigint[], $9::text[], $10::text[])
@@ -311,12 +311,21 @@ pub(super) const STEP_SQL: &str = "WITH e AS (
 UPDATE jobs SET state = $11, reason = $2, not_before = $3, finished_at = $4,
     stop_requested = CASE WHEN $11 = 'running' THEN stop_requested ELSE NULL END,
     event_seq = $5
-FROM job_specs s LEFT JOIN job_agent a ON a.job_id = s.job_id
+FROM job_specs s LEFT JOIN job_agent ag ON ag.job_id = s.job_id
 WHERE jobs.id = $1 AND jobs.state = $12 AND s.job_id = jobs.id
 RETURNING jobs.id, state, priority, attempt, max_attempts, epoch, lock_key, deps_mode,
     idempotency_key, stop_requested, reason, not_before, created_at, started_at,
-    finished_at, s.title, s.deps, s.spec, a.session_id, a.wip_branch, a.wip_base,
-    a.wip_commit";
+    finished_at, s.title, s.deps, s.spec, ag.session_id, ag.wip_branch, ag.wip_base,
+    ag.wip_commit"
+    };
+}
+
+/// Moves a job from state `$12` to `$11` and records its events (`$7`..`$10`: run, seq,
+/// kind and data arrays, in order), returning the job as stored. `$1` job, `$2` reason,
+/// `$3` not_before, `$4` finished_at, `$5` the job's last event seq, `$6` now. The
+/// events insert runs after the update (an unreferenced data-modifying CTE runs last),
+/// which is what takes the job's row lock when the caller does not hold it yet.
+pub(super) const STEP_SQL: &str = concat!("WITH ", step_sql_tail!());
 
 /// The parameters of [`STEP_SQL`] (the first twelve of the finish statement's).
 pub(super) struct StepParams<'w> {
@@ -361,13 +370,13 @@ impl WriteTx for Tx {
     }
 
     /// A job's event also takes the job's row lock.
-    async fn add_event(
-        &self,
-        job: Option<JobId>,
-        run: Option<RunId>,
-        kind: &str,
-        data: &str,
-    ) -> R<(i64, i64)> {
+    async fn add_event(&self, e: EventRef<'_>) -> R<(i64, i64)> {
+        let EventRef {
+            job,
+            run,
+            kind,
+            data,
+        } = e;
         let run = run.map(|r| r.0);
         let row = match job {
             Some(job) => self
@@ -394,6 +403,14 @@ impl WriteTx for Tx {
             }
         };
         Ok((row.try_get(0)?, row.try_get(1)?))
+    }
+
+    async fn job_of_run(&self, run: RunId) -> R<Option<i64>> {
+        Ok(self
+            .query_opt("SELECT job_id FROM runs WHERE id = $1", &[&run.0])
+            .await?
+            .map(|r| r.try_get(0))
+            .transpose()?)
     }
 
     async fn event_seq(&self, job: JobId) -> R<i64> {

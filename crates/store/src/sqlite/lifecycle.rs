@@ -2,7 +2,7 @@
 //! on the writer thread inside the operation's savepoint, and the hot path's SQL.
 
 use super::*;
-use crate::lifecycle::{Fence, Live, StateWrite, StopTarget, WriteTx, check_fence};
+use crate::lifecycle::{EventRef, Fence, Live, StateWrite, StopTarget, WriteTx, check_fence};
 use crate::submit::SubmitTx;
 use crate::{Result, StoreError};
 use gantry_core::api::Checkpoint;
@@ -23,14 +23,16 @@ impl WriteTx for Lite<'_> {
         self.now
     }
 
-    async fn add_event(
-        &self,
-        job: Option<JobId>,
-        run: Option<RunId>,
-        kind: &str,
-        data: &str,
-    ) -> Result<(i64, i64)> {
-        add_event(self.conn, job, run, kind, data, self.now)
+    async fn add_event(&self, e: EventRef<'_>) -> Result<(i64, i64)> {
+        add_event(self.conn, e, self.now)
+    }
+
+    async fn job_of_run(&self, run: RunId) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT job_id FROM runs WHERE id = ?1")?
+            .query_row([run.0], |r| r.get(0))
+            .optional()?)
     }
 
     async fn event_seq(&self, job: JobId) -> Result<i64> {
@@ -371,29 +373,18 @@ pub(super) const LOAD_SPEC_SQL: &str = "SELECT title, deps, spec FROM job_specs 
 
 /// Appends an event whose data is JSON text; a job's event takes the job's next `seq`.
 /// Returns (id, seq).
-pub(super) fn add_event(
-    tx: &Connection,
-    job: Option<JobId>,
-    run: Option<RunId>,
-    kind: &str,
-    data: &str,
-    now: Millis,
-) -> Result<(i64, i64)> {
-    let seq = match job {
+pub(super) fn add_event(tx: &Connection, e: EventRef<'_>, now: Millis) -> Result<(i64, i64)> {
+    let seq = match e.job {
         Some(job) => take_seqs(tx, job, 1)?,
         None => 0,
     };
-    insert_events(
-        tx,
-        job,
-        &[EventRow {
-            run: run.map(|r| r.0),
-            seq,
-            kind,
-            data,
-        }],
-        now,
-    )?;
+    let row = EventRow {
+        run: e.run.map(|r| r.0),
+        seq,
+        kind: e.kind,
+        data: e.data,
+    };
+    insert_events(tx, e.job, &[row], now)?;
     Ok((tx.last_insert_rowid(), seq))
 }
 

@@ -35,7 +35,7 @@ mod writer;
 
 use crate::codec::*;
 use crate::lifecycle::{
-    self as life, Expired, Live, Pending, end_attempt, insights_text, run_sync,
+    self as life, EventRef, Expired, Live, Pending, end_attempt, insights_text, run_sync,
 };
 use crate::rules;
 use crate::submit;
@@ -445,69 +445,15 @@ impl Store for SqliteStore {
     }
 
     async fn factories(&self) -> Result<Vec<FactoryInfo>> {
-        type Row = (
-            i64,
-            String,
-            i64,
-            String,
-            i64,
-            Option<f64>,
-            Option<i64>,
-            Option<i64>,
-            i64,
-            Option<String>,
-        );
         self.read(move |tx| {
             let now = now_millis();
             // Running jobs are found through `jobs_running_lock`, whose condition is
             // `state = 'running'`: it holds every running job, locked or not.
-            let rows: Vec<Row> = tx
-                .prepare_cached(
-                    "SELECT f.id, f.name, f.seats, f.capabilities, f.last_seen, f.load_1m,
-                            f.free_memory_mb, f.free_disk_mb, coalesce(c.n, 0), f.admission
-                     FROM factories f
-                     LEFT JOIN (SELECT r.factory_id AS fid, count(*) AS n
-                                FROM jobs j JOIN runs r ON r.id = j.current_run
-                                WHERE j.state = 'running'
-                                GROUP BY r.factory_id) c ON c.fid = f.id
-                     ORDER BY f.id",
-                )?
-                .query_map([], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get(7)?,
-                        r.get(8)?,
-                        r.get(9)?,
-                    ))
-                })?
+            let rows: Vec<FactoryRow> = tx
+                .prepare_cached(&factories_sql("?1"))?
+                .query_map([now], |r| FactoryRow::read(r))?
                 .collect::<rusqlite::Result<_>>()?;
-            rows.into_iter()
-                .map(
-                    |(id, name, seats, caps, last_seen, load, mem, disk, running, admission)| {
-                        Ok(FactoryInfo {
-                            id: FactoryId(id),
-                            name,
-                            seats: to_u32("seats", seats)?,
-                            capabilities: parse_json("factory capabilities", &caps)?,
-                            last_seen,
-                            last_seen_ago_ms: u64::try_from(now - last_seen).unwrap_or(0),
-                            running: to_u32("running", running)?,
-                            stats: Heartbeat {
-                                load_1m: load,
-                                free_memory_mb: mb_from_sql("free_memory_mb", mem)?,
-                                free_disk_mb: mb_from_sql("free_disk_mb", disk)?,
-                                admission,
-                            },
-                        })
-                    },
-                )
-                .collect()
+            rows.into_iter().map(FactoryRow::into_info).collect()
         })
         .await
     }
@@ -698,35 +644,22 @@ impl Store for SqliteStore {
         &self,
         job: Option<JobId>,
         run: Option<RunId>,
-        event: NewEvent,
+        NewEvent { kind, data }: NewEvent,
     ) -> Result<Event> {
-        let data = event.data.to_string();
-        self.write(move |tx, now| {
-            if let Some(run) = run {
-                let owner: Option<i64> = tx
-                    .prepare_cached("SELECT job_id FROM runs WHERE id = ?1")?
-                    .query_row([run.0], |r| r.get(0))
-                    .optional()?;
-                match (owner, job) {
-                    (None, _) => return Err(not_found("run", run)),
-                    (Some(owner), Some(job)) if owner != job.0 => {
-                        return Err(not_found("run", format!("{run} of job {job}")));
-                    }
-                    _ => {}
-                }
-            }
-            let (id, seq) = add_event(tx, job, run, &event.kind, &data, now)?;
-            Ok(Event {
-                id,
-                job_id: job,
-                run_id: run,
-                seq,
-                kind: event.kind,
-                at: now,
-                data: event.data,
+        let at = self
+            .write(move |conn, now| {
+                let text = data.to_string();
+                let e = EventRef {
+                    job,
+                    run,
+                    kind: &kind,
+                    data: &text,
+                };
+                let (id, seq) = run_sync(life::record_event(&Lite { conn, now }, e))?;
+                Ok((id, seq, now, NewEvent { kind, data }))
             })
-        })
-        .await
+            .await?;
+        Ok(recorded_event(job, run, at))
     }
 
     async fn events(&self, after: i64, job: Option<JobId>, limit: usize) -> Result<Vec<Event>> {

@@ -16,10 +16,23 @@ impl Columns for rusqlite::Row<'_> {
 
     /// SQLite keeps a job's deps as a JSON list.
     fn ids(&self, i: usize) -> rusqlite::Result<Vec<i64>> {
-        let text: String = self.get(i)?;
-        serde_json::from_str(&text)
-            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, Type::Text, Box::new(e)))
+        json_list(self, i)
     }
+
+    /// SQLite keeps a factory's capabilities as a JSON list.
+    fn strings(&self, i: usize) -> rusqlite::Result<Vec<String>> {
+        json_list(self, i)
+    }
+}
+
+/// Column `i` of `r`, a JSON list.
+fn json_list<T: serde::de::DeserializeOwned>(
+    r: &rusqlite::Row<'_>,
+    i: usize,
+) -> rusqlite::Result<Vec<T>> {
+    let text: String = r.get(i)?;
+    serde_json::from_str(&text)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, Type::Text, Box::new(e)))
 }
 
 /// [`JOB_COLS`] for lists: the spec without its body (instructions may be large, and
