@@ -549,4 +549,15 @@ mod tests {
         assert_eq!(JOB_ROW_COLS.split(',').count(), JOB_ROW_COLS_LEN);
         assert_eq!(JOB_ROW_COLS_LEN + 7, JOB_COLS_LEN);
     }
+
+    #[test]
+    fn retry_on_round_trips() {
+        assert_eq!(
+            parse_retry_on("lost,timed_out").expect("valid list"),
+            vec![Outcome::Lost, Outcome::TimedOut]
+        );
+        assert!(parse_retry_on("").expect("empty list").is_empty());
+        let err = parse_retry_on("lost,bogus").expect_err("bogus outcome");
+        assert!(err.to_string().contains("bogus"), "{err}");
+    }
 }

@@ -428,3 +428,74 @@ pub(super) fn insert_events(
         .execute(values.as_slice())?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every hot-path statement, with how many parameters it binds.
+    fn hot_statements() -> Vec<String> {
+        let mut sqls = vec![
+            CLAIM_FACTORY_SQL.to_string(),
+            CLAIM_SCAN_SQL.to_string(),
+            RUN_INSERT_SQL.to_string(),
+            claim_update_sql(JobState::Running),
+            FENCE_RUN_SQL.to_string(),
+            fence_job_sql(),
+            FINISH_RUN_SQL.to_string(),
+            events_insert_sql(1),
+            events_insert_sql(2),
+            LOAD_SPEC_SQL.to_string(),
+            "UPDATE jobs SET event_seq = event_seq + ?2 WHERE id = ?1 RETURNING event_seq".into(),
+        ];
+        for from in JobState::ALL {
+            for to in JobState::ALL {
+                sqls.push(step_sql(from, to));
+            }
+        }
+        sqls
+    }
+
+    #[test]
+    fn hot_statements_are_not_re_prepared_and_need_no_temporary_table() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("gantry.db");
+        let mut conn = Connection::open(&path).expect("open");
+        migrate(&mut conn, &path).expect("migrate");
+        // This checks plans, not data: the made-up values need not reference rows.
+        conn.execute_batch("PRAGMA foreign_keys = OFF")
+            .expect("pragma");
+        // `take_seqs` is the one hot statement that needs RETURNING: it is used only for
+        // events a worker uploads, never by claims and finishes.
+        let returning =
+            "UPDATE jobs SET event_seq = event_seq + ?2 WHERE id = ?1 RETURNING event_seq";
+        for sql in hot_statements() {
+            let mut stmt = conn.prepare(&sql).expect("prepare");
+            let n = stmt.parameter_count();
+            // Values that cross 0 and 1, which is where SQLite re-plans value-sensitive
+            // statements.
+            for v in [5_i64, 1, 0, 2, 7, 3] {
+                let values = vec![v; n];
+                let mut rows = stmt.query(rusqlite::params_from_iter(values)).expect("run");
+                while rows.next().expect("step").is_some() {}
+            }
+            assert_eq!(
+                stmt.get_status(rusqlite::StatementStatus::RePrepare),
+                0,
+                "re-prepared: {sql}"
+            );
+            let mut explain = conn.prepare(&format!("EXPLAIN {sql}")).expect("explain");
+            let ops: Vec<String> = explain
+                .query_map(rusqlite::params_from_iter(vec![0_i64; n]), |r| r.get(1))
+                .expect("explain")
+                .collect::<rusqlite::Result<_>>()
+                .expect("opcodes");
+            if sql != returning {
+                assert!(
+                    !ops.iter().any(|op| op == "OpenEphemeral"),
+                    "needs a temporary table: {sql}"
+                );
+            }
+        }
+    }
+}
