@@ -167,36 +167,7 @@ pub(super) fn claim_tx(
     if paused {
         return Ok(None);
     }
-    let mut fcaps_parsed: Option<Vec<String>> = None;
-    // Walk the queued jobs in claim order (an index range scan on jobs_claim), skipping
-    // those not yet due and those whose lock a running job holds; capabilities are
-    // checked here because their matching rule is not SQL.
-    let chosen = {
-        let mut stmt = tx.prepare_cached(CLAIM_SCAN_SQL)?;
-        let mut rows = stmt.query([now])?;
-        let mut chosen = None;
-        while let Some(row) = rows.next()? {
-            let need = row.get_ref(4)?.as_str().map_err(rusqlite::Error::from)?;
-            if need != "[]" {
-                let need: Vec<String> = parse_json("job capabilities", need)?;
-                let have = match &mut fcaps_parsed {
-                    Some(have) => have,
-                    none => none.insert(parse_json("factory capabilities", &fcaps)?),
-                };
-                if !caps::satisfies(have, &need) {
-                    continue;
-                }
-            }
-            chosen = Some((
-                JobId(row.get(0)?),
-                row.get::<_, i64>(1)?,
-                row.get::<_, i64>(2)?,
-                row.get::<_, i64>(3)?,
-            ));
-            break;
-        }
-        chosen
-    };
+    let chosen = choose(tx, &fcaps, now)?;
     let Some((job, attempt, epoch, seq)) = chosen else {
         return Ok(None);
     };
@@ -262,6 +233,37 @@ pub(super) fn claim_tx(
 
 /// Records the finish of the live run and ends its attempt; returns the job's row as
 /// the finish left it.
+/// The first queued job in claim order that a factory with capabilities `fcaps` (a
+/// JSON list) can run now: its id, attempt, epoch and `event_seq`.
+fn choose(tx: &Connection, fcaps: &str, now: Millis) -> Result<Option<(JobId, i64, i64, i64)>> {
+    let mut fcaps_parsed: Option<Vec<String>> = None;
+    // Walk the queued jobs in claim order (an index range scan on jobs_claim), skipping
+    // those not yet due and those whose lock a running job holds; capabilities are
+    // checked here because their matching rule is not SQL.
+    let mut stmt = tx.prepare_cached(CLAIM_SCAN_SQL)?;
+    let mut rows = stmt.query([now])?;
+    while let Some(row) = rows.next()? {
+        let need = row.get_ref(4)?.as_str().map_err(rusqlite::Error::from)?;
+        if need != "[]" {
+            let need: Vec<String> = parse_json("job capabilities", need)?;
+            let have = match &mut fcaps_parsed {
+                Some(have) => have,
+                none => none.insert(parse_json("factory capabilities", fcaps)?),
+            };
+            if !caps::satisfies(have, &need) {
+                continue;
+            }
+        }
+        return Ok(Some((
+            JobId(row.get(0)?),
+            row.get::<_, i64>(1)?,
+            row.get::<_, i64>(2)?,
+            row.get::<_, i64>(3)?,
+        )));
+    }
+    Ok(None)
+}
+
 pub(super) fn finish_tx(
     tx: &Connection,
     live: &Live,
