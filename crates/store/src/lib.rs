@@ -13,6 +13,7 @@
 //! - At most one running job per lock key, enforced by a unique index, not by counting.
 
 pub mod bench;
+mod clock;
 mod codec;
 mod error;
 mod lifecycle;
@@ -24,6 +25,7 @@ mod submit;
 pub mod testing;
 mod vfs;
 
+pub use clock::Clock;
 pub use error::StoreError;
 pub use postgres::{PgOptions, PgStore};
 pub use rules::capability_set;

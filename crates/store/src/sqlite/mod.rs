@@ -39,14 +39,14 @@ use crate::lifecycle::{
 };
 use crate::rules;
 use crate::submit;
-use crate::{Binding, FactoryInfo, JobFilter, Result, Store, StoreError};
+use crate::{Binding, Clock, FactoryInfo, JobFilter, Result, Store, StoreError};
 use async_trait::async_trait;
 use gantry_core::api::{
     Claim, ClaimedJob, FinishReport, Heartbeat, RegisterFactory, Renewed, Scope, Status, Submitted,
     TokenInfo,
 };
 use gantry_core::event::{Event, NewEvent};
-use gantry_core::time::{Millis, now_millis};
+use gantry_core::time::Millis;
 use gantry_core::{FactoryId, Job, JobId, JobSpec, JobState, ParsedJob, Run, RunId, StopKind};
 use lifecycle::*;
 use ops::*;
@@ -85,6 +85,8 @@ struct Inner {
     thread: Option<std::thread::JoinHandle<()>>,
     checkpointer: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
     changes: Arc<watch::Sender<u64>>,
+    /// Where writes and the factory listing read the time.
+    clock: Clock,
 }
 
 impl Drop for Inner {
@@ -144,6 +146,12 @@ impl SqliteStore {
     /// Fails, naming the path, when the file is not a Gantry database or was written by
     /// a newer Gantry.
     pub fn open(path: &Path) -> Result<SqliteStore> {
+        SqliteStore::open_with_clock(path, Clock::system())
+    }
+
+    /// Opens (creating if needed) the store at `path` as [`SqliteStore::open`] does,
+    /// reading the time from `clock`.
+    pub fn open_with_clock(path: &Path, clock: Clock) -> Result<SqliteStore> {
         let shown = path.display();
         let mut conn = open_connection(path)?;
         // Identify the file before changing anything: switching to WAL would write to it.
@@ -204,6 +212,7 @@ impl SqliteStore {
                 thread: Some(thread),
                 checkpointer: Some(checkpointer),
                 changes,
+                clock,
             }),
         })
     }
@@ -219,9 +228,10 @@ impl SqliteStore {
         f: impl FnOnce(&Connection, Millis) -> Done<R> + Send + 'static,
     ) -> Result<R> {
         let (answer, answered) = tokio::sync::oneshot::channel::<Result<R>>();
+        let clock = self.inner.clock.clone();
         let op: Op = Box::new(move |conn| {
             let done = match conn {
-                Ok(conn) => run_in_savepoint(conn, f),
+                Ok(conn) => run_in_savepoint(conn, &clock, f),
                 Err(e) => Done::Fail(StoreError::Backend(e.to_string())),
             };
             Box::new(move |commit_error: Option<&str>| {
@@ -445,8 +455,9 @@ impl Store for SqliteStore {
     }
 
     async fn factories(&self) -> Result<Vec<FactoryInfo>> {
+        let clock = self.inner.clock.clone();
         self.read(move |tx| {
-            let now = now_millis();
+            let now = clock.now();
             // Running jobs are found through `jobs_running_lock`, whose condition is
             // `state = 'running'`: it holds every running job, locked or not.
             let rows: Vec<FactoryRow> = tx
