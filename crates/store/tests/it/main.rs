@@ -15,8 +15,9 @@ mod sqlite;
 
 use gantry_store::testing::url_of_database;
 pub use gantry_store::testing::{PgDb, pg_server_url};
-use gantry_store::{PgOptions, SqliteStore, Store};
+use gantry_store::{Clock, PgOptions, SqliteStore, Store};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A store under test and whatever keeps it alive (its temporary directory, its
 /// database).
@@ -27,16 +28,32 @@ pub struct TestStore {
     pub dir: tempfile::TempDir,
     /// The PostgreSQL database, dropped when the test ends.
     pub pg: Option<PgDb>,
+    /// The store's clock, when the test may move it (SQLite's).
+    pub clock: Option<Clock>,
+}
+
+impl TestStore {
+    /// Lets `d` pass for the store: its clock moves ahead at once, or, when its time is
+    /// the database's (PostgreSQL, whose clock several servers share), the test sleeps.
+    pub async fn pass(&self, d: Duration) {
+        match &self.clock {
+            Some(clock) => clock.advance(d),
+            None => tokio::time::sleep(d).await,
+        }
+    }
 }
 
 /// A fresh, empty SQLite store.
 pub fn new_store() -> TestStore {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = SqliteStore::open(&dir.path().join("gantry.db")).expect("open store");
+    let clock = Clock::system();
+    let store = SqliteStore::open_with_clock(&dir.path().join("gantry.db"), clock.clone())
+        .expect("open store");
     TestStore {
         store: Arc::new(store),
         dir,
         pg: None,
+        clock: Some(clock),
     }
 }
 
@@ -51,6 +68,7 @@ pub async fn new_pg_store() -> TestStore {
         store: Arc::new(store),
         dir: tempfile::tempdir().expect("temp dir"),
         pg: Some(db),
+        clock: None,
     }
 }
 
