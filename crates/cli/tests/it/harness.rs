@@ -74,14 +74,31 @@ pub fn gantry() -> Command {
 
 /// Runs `cmd` to the end, killing it and failing the test after `timeout`.
 #[track_caller]
-pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Out {
+pub fn run_with_timeout(cmd: Command, timeout: Duration) -> Out {
+    run_telling_first_line(cmd, timeout, None)
+}
+
+/// [`run_with_timeout`], also sending on `first_line` once the command has printed its
+/// first whole line of standard output, so a test can wait for a streaming command to
+/// be under way.
+pub fn run_telling_first_line(
+    mut cmd: Command,
+    timeout: Duration,
+    first_line: Option<std::sync::mpsc::Sender<()>>,
+) -> Out {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn gantry");
-    let mut so = child.stdout.take().expect("piped stdout");
+    let so = child.stdout.take().expect("piped stdout");
     let mut se = child.stderr.take().expect("piped stderr");
     let t_out = std::thread::spawn(move || {
         let mut s = String::new();
-        let _ = so.read_to_string(&mut s);
+        let mut so = BufReader::new(so);
+        let mut first_line = first_line;
+        while so.read_line(&mut s).is_ok_and(|n| n > 0) {
+            if let Some(tx) = first_line.take() {
+                let _ = tx.send(());
+            }
+        }
         s
     });
     let t_err = std::thread::spawn(move || {
@@ -781,20 +798,27 @@ impl Api {
     pub fn counter(&self, name: &str) -> f64 {
         let (status, text) = self.get("/metrics").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(status, 200, "GET /metrics: HTTP {status}: {text}");
-        metric_sum(&text, name)
+        gantry_testkit::metric_sum(&text, name, "")
     }
-}
 
-/// The sum of every sample of metric `name` (any labels) in a Prometheus text page.
-pub fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let (series, value) = l.rsplit_once(' ')?;
-            let metric = series.split('{').next()?;
-            (metric == name).then(|| value.parse::<f64>().ok())?
-        })
-        .sum()
+    /// Waits until a factory has asked for a job, and found none, after this call
+    /// began: `factories + 1` more empty claims, since each factory may have one claim
+    /// under way already (see the server tests' `wait_claims_found_nothing`).
+    #[track_caller]
+    pub fn wait_claims_found_nothing(&self, factories: u64) {
+        let empty = || {
+            let (status, text) = self.get("/metrics").unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(status, 200, "GET /metrics: HTTP {status}: {text}");
+            let (name, label) = gantry_testkit::EMPTY_CLAIMS;
+            gantry_testkit::metric_sum(&text, name, label) as u64
+        };
+        let before = empty();
+        gantry_testkit::wait_for(
+            "a factory to ask for a job and find none",
+            Duration::from_secs(30),
+            || (empty() > before + factories).then_some(()),
+        );
+    }
 }
 
 /// A free TCP port on 127.0.0.1 (free when this returns; bind it soon).

@@ -137,7 +137,7 @@ async fn kill_all_kills_everything_running_and_pauses_claiming() {
     let late = ts
         .submit(&[("c.md", job_file("c", &repo, &["true"], ""))])
         .await[0];
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    ts.wait_claims_found_nothing(1).await;
     assert_eq!(ts.job(late).await.state, JobState::Queued);
     let resp = ts.get(&ts.admin, &format!("/v1/jobs/{late}/diff")).await;
     assert_eq!(resp.status(), 404);
