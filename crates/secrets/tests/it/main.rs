@@ -5,6 +5,7 @@
 mod config;
 mod corpus;
 mod diff;
+mod redact;
 mod rules;
 
 /// Alphanumerics, both cases.
