@@ -12,6 +12,7 @@
 //! a rule's regex only runs on the lines where one of its keywords occurs. The crate
 //! does no I/O.
 
+pub mod bench;
 mod check;
 mod config;
 mod diff;

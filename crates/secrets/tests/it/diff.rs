@@ -158,3 +158,11 @@ fn allowlisted_paths_and_fingerprints_suppress_findings() {
     let left: Vec<_> = left.iter().map(|f| (f.file.as_str(), f.line)).collect();
     assert_eq!(left, vec![("src/b.txt", 1)]);
 }
+
+#[test]
+fn the_bench_text_is_a_diff_whose_planted_credentials_are_all_found() {
+    let (text, planted) = gantry_secrets::bench::diff_text(400_000);
+    assert!(planted > 0, "nothing planted");
+    let found = Scanner::builtin().scan_diff(&text);
+    assert_eq!(found.len(), planted, "{found:?}");
+}
