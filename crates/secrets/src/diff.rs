@@ -2,20 +2,21 @@
 //! line number in the new file.
 
 use std::fmt;
-use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
 
 use crate::scanner::Scanner;
 
 /// A credential added by a diff. It names where the value is and which rule found it,
 /// never the value: its `Display` and `Debug` carry only the fingerprint.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Finding {
     /// The path in the new tree.
     pub file: String,
     /// The 1-based line number in the new file where the value starts.
     pub line: u32,
     /// The rule's id.
-    pub rule: Arc<str>,
+    pub rule: String,
     /// A stable hash of rule and value (see [`crate::fingerprint`]).
     pub fingerprint: String,
 }
@@ -103,7 +104,7 @@ impl Scanner {
                 file: path.clone(),
                 line,
                 fingerprint: self.fingerprint_of(&m, &added.text),
-                rule: m.rule,
+                rule: m.rule.to_string(),
             });
         }
     }

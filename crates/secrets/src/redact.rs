@@ -84,7 +84,8 @@ impl Redactor {
 
     /// `text` with every secret replaced; borrowed, without allocating, when there is
     /// nothing to replace. Overlapping matches are merged into one replacement named
-    /// after the first.
+    /// after the first. Give it whole lines or whole documents: a value split between
+    /// two calls (two chunks of a stream) is not recognised in either.
     pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
         let mut spans: Vec<(usize, usize, Arc<str>)> = self
             .scanner

@@ -12,8 +12,11 @@ use crate::check;
 use crate::config::{Allowlist, ConfigError, SecretsConfig};
 use crate::rules::{self, Kind};
 
-/// How far past its line a multi-line rule (a private key block) may reach.
+/// How far past its keyword a multi-line rule (a private key block) may reach.
 const MULTILINE_SPAN: usize = 64 * 1024;
+/// How far before its keyword a multi-line rule's match may start (`-----BEGIN` and a
+/// key type come before `PRIVATE KEY`).
+const MULTILINE_LEAD: usize = 256;
 
 /// One credential found in text: the rule and the byte range of the value itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,7 +126,7 @@ impl Scanner {
                 regex: r.regex.clone(),
                 entropy: r.entropy.unwrap_or(0.0),
                 min_len: 1,
-                multiline: true,
+                multiline: false,
                 kind: Kind::Token,
             });
         }
@@ -207,11 +210,18 @@ impl Scanner {
                         continue;
                     }
                     let rule = &self.rules[r];
-                    let start = line_start(text, hit.start());
-                    let end = if rule.multiline {
-                        floor_boundary(text, (start + MULTILINE_SPAN).min(text.len()))
+                    let (start, end) = if rule.multiline {
+                        // Around the hit, not from its line's start: a block inside a
+                        // long line (a JSON event with escaped newlines) may lie far
+                        // past the start of that line.
+                        let from = hit.start().saturating_sub(MULTILINE_LEAD);
+                        let to = (hit.end() + MULTILINE_SPAN).min(text.len());
+                        (
+                            line_start(text, hit.start()).max(ceil_boundary(text, from)),
+                            floor_boundary(text, to),
+                        )
                     } else {
-                        line_end(text, hit.end())
+                        (line_start(text, hit.start()), line_end(text, hit.end()))
                     };
                     self.run_rule(r, text, start, end, &mut out);
                     done[r] = end;
@@ -315,9 +325,35 @@ fn line_end(text: &str, at: usize) -> usize {
     memchr::memchr(b'\n', &text.as_bytes()[at..]).map_or(text.len(), |i| at + i)
 }
 
+fn ceil_boundary(text: &str, mut at: usize) -> usize {
+    while !text.is_char_boundary(at) {
+        at += 1;
+    }
+    at
+}
+
 fn floor_boundary(text: &str, mut at: usize) -> usize {
     while !text.is_char_boundary(at) {
         at -= 1;
     }
     at
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scanner_can_be_shared_between_threads() {
+        fn shared<T: Send + Sync + Clone>() {}
+        shared::<Scanner>();
+        shared::<crate::Redactor>();
+    }
+
+    #[test]
+    fn overlapping_spans_keep_the_earlier_rule_and_the_longer_span() {
+        let mut spans = vec![(3, 0, 10), (1, 2, 8), (0, 20, 30), (0, 20, 25), (2, 40, 45)];
+        keep_first_rule(&mut spans);
+        assert_eq!(spans, vec![(1, 2, 8), (0, 20, 30), (2, 40, 45)]);
+    }
 }

@@ -110,3 +110,18 @@ fn no_value_of_the_samples_survives_redaction() {
     }
     assert_eq!(out.matches("[REDACTED:").count(), values.len());
 }
+
+#[test]
+fn a_private_key_deep_inside_a_long_line_is_gone() {
+    let body: Vec<String> = (0..4).map(|i| fake(ALNUM, 64, 30 + i)).collect();
+    let padding = "x".repeat(200_000);
+    let line = format!(
+        r#"{{"pad":"{padding}","text":"-----BEGIN RSA PRIVATE KEY-----\n{}\n-----END RSA PRIVATE KEY-----"}}"#,
+        body.join("\\n")
+    );
+    let out = redactor(&[]).redact(&line);
+    for part in &body {
+        assert!(!out.contains(part.as_str()));
+    }
+    assert!(out.ends_with(r#""text":"[REDACTED:private-key]"}"#));
+}
