@@ -109,6 +109,9 @@ pub fn looks_like_code(value: &str) -> bool {
             && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
     };
     let dotted = value.contains('.') && value.split('.').all(ident);
+    // A path in a language (`a::b`), or what follows a shell expansion's name
+    // (`${NAME:?message}`, `${NAME:-default}`).
+    let path = value.contains("::") || value.starts_with(['?', ':', '-', '+', '=']);
     let snake = value.contains('_')
         && value
             .split('_')
@@ -117,7 +120,7 @@ pub fn looks_like_code(value: &str) -> bool {
             && value
                 .split('_')
                 .all(|w| w.chars().all(|c| c.is_ascii_uppercase()));
-    dotted || snake
+    dotted || snake || path
 }
 
 /// Whether `value` is lowercase words joined by `-` or `_` (`pypi-token`,
@@ -128,6 +131,33 @@ pub fn is_word_slug(value: &str) -> bool {
         && value
             .split(['-', '_'])
             .all(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase()))
+}
+
+/// Whether `value` mixes at least two of lowercase letters, uppercase letters and
+/// digits, as random values do; words, names and host names do not.
+pub fn mixes_classes(value: &str) -> bool {
+    let lower = value.bytes().any(|b| b.is_ascii_lowercase());
+    let upper = value.bytes().any(|b| b.is_ascii_uppercase());
+    let digit = value.bytes().any(|b| b.is_ascii_digit());
+    usize::from(lower) + usize::from(upper) + usize::from(digit) >= 2
+}
+
+/// Whether `value` is a file path (`/etc/x`, `./x`, `~/x`): assigned to a `*_KEY` name
+/// it says where a key is, not what it is.
+pub fn is_path(value: &str) -> bool {
+    ["/", "./", "../", "~/"]
+        .iter()
+        .any(|p| value.starts_with(p))
+}
+
+/// Whether `value` is a long run of distinct characters: an alphabet or a permutation
+/// of one, where a random value of that length would repeat some.
+pub fn is_alphabet(value: &str) -> bool {
+    let mut seen = [false; 256];
+    value.len() >= 26
+        && value
+            .bytes()
+            .all(|b| !std::mem::replace(&mut seen[usize::from(b)], true))
 }
 
 /// Whether `value` has the shape of a UUID, which names things rather than proving
@@ -176,6 +206,17 @@ mod tests {
         assert!(looks_like_code("DB_PASSWORD"));
         assert!(!looks_like_code("hunter2hunter2"));
         assert!(!looks_like_code("Xk9_pL2m_Qr7"));
+        assert!(looks_like_code("serde::options::Policy::PassThrough"));
+        assert!(looks_like_code("?ADMIN_TOKEN_FILE"));
+        assert!(!mixes_classes("kubernetes.io/hostname"));
+        assert!(mixes_classes("hunter2hunter2"));
+        assert!(is_path("/server-1/admin.token"));
+        assert!(is_alphabet(
+            "hijklmnopuvwDEFqrABCxyzsHIJGPQRSTUVWXYZKLMNOgabctdfe"
+        ));
+        assert!(!is_alphabet(
+            "q8Xz3LmP0vR7tY2wK9bN4cF6q8Xz3LmP0vR7tY2wK9bN4cF6"
+        ));
         assert!(is_word_slug("pypi-token"));
         assert!(!is_word_slug("pypi-t0ken"));
         assert!(is_uuid("123e4567-e89b-12d3-a456-426614174000"));

@@ -53,10 +53,12 @@ fn token(id: &'static str, keywords: &'static [&'static str], regex: String) -> 
 }
 
 /// A value assigned to a name matching `name` (a case-insensitive pattern): quoted, any
-/// characters but quotes and spaces; unquoted, it must end the statement.
+/// characters but quotes and spaces; unquoted (an `.env`, INI or YAML line), it must
+/// end the line, or come before a comment, so that `name: Type,` and `name: Type =`
+/// in code are not values.
 fn assignment(name: &str, min: usize) -> String {
     format!(
-        r#"(?i){name}{ASSIGN}(?:["'`](?P<secret>[^"'`\s]{{{min},300}})["'`]|(?P<secret2>[^"'`\s,;(){{}}\[\]<>$]{{{min},300}})(?:[\s,;]|$))"#
+        r#"(?im){name}{ASSIGN}(?:["'`](?P<secret>[^"'`\s]{{{min},300}})["'`]|(?P<secret2>[^"'`\s,;(){{}}\[\]<>$&\\]{{{min},300}})[ \t]*(?:#.*)?$)"#
     )
 }
 
@@ -320,7 +322,7 @@ pub(crate) fn builtins() -> Vec<Builtin> {
                     "postgres", "mysql", "mariadb", "mongodb", "redis", "amqp", "mssql",
                     "sqlserver", "ldap", "smtp", "ftp",
                 ],
-                r#"(?i)\b(?:postgres(?:ql)?|mysql|mariadb|mongodb(?:\+srv)?|rediss?|amqps?|mssql|sqlserver|ldaps?|smtps?|s?ftp)://[^\s:/@"'<>]{0,100}:(?P<secret>[^\s@/"'<>]{3,200})@[^\s/"'<>:]+"#
+                r#"(?i)\b(?:postgres(?:ql)?|mysql|mariadb|mongodb(?:\+srv)?|rediss?|amqps?|mssql|sqlserver|ldaps?|smtps?|s?ftp)://[^\s:/@"'<>\[\](){}]{0,100}:(?P<secret>[^\s@/"'<>]{3,200})@[^\s/"'<>:]+"#
                     .into(),
             )
         },
@@ -329,7 +331,7 @@ pub(crate) fn builtins() -> Vec<Builtin> {
             ..token(
                 "url-credentials",
                 &["http"],
-                r#"\bhttps?://[^\s:/@"'<>]{1,100}:(?P<secret>[^\s@/"'<>]{8,200})@[^\s/"'<>:]+"#
+                r#"\bhttps?://[^\s:/@"'<>\[\](){}]{1,100}:(?P<secret>[^\s@/"'<>]{8,200})@[^\s/"'<>:]+"#
                     .into(),
             )
         },

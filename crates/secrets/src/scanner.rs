@@ -258,7 +258,11 @@ impl Scanner {
             else {
                 continue;
             };
-            if !self.accept(rule, value.as_str(), quoted) {
+            // A match in a documentation domain (`user:pass@example.com`) is an example.
+            let whole = caps.get(0).map_or("", |m| m.as_str());
+            if contains_ignore_case(whole, b"example.")
+                || !self.accept(rule, value.as_str(), quoted)
+            {
                 continue;
             }
             out.push((r, start + value.start(), start + value.end()));
@@ -275,6 +279,9 @@ impl Scanner {
         if rule.kind == Kind::Assignment
             && (check::is_uuid(value)
                 || check::is_word_slug(value)
+                || check::is_path(value)
+                || check::is_alphabet(value)
+                || !check::mixes_classes(value)
                 || (!quoted && check::looks_like_code(value)))
         {
             return false;
@@ -315,6 +322,13 @@ fn keep_first_rule(spans: &mut Vec<Span>) {
         i += 1;
         !dropped[i - 1]
     });
+}
+
+fn contains_ignore_case(haystack: &str, needle: &[u8]) -> bool {
+    haystack
+        .as_bytes()
+        .windows(needle.len())
+        .any(|w| w.eq_ignore_ascii_case(needle))
 }
 
 fn line_start(text: &str, at: usize) -> usize {
