@@ -12,6 +12,10 @@ use crate::check;
 use crate::config::{Allowlist, ConfigError, SecretsConfig};
 use crate::rules::{self, Kind};
 
+/// How far past its hit a line rule's window reaches (to the end of that later line):
+/// on code dense with keywords one regex call then covers several hits, whose fixed
+/// cost outweighs scanning a few more bytes.
+const LINE_WINDOW_EXTRA: usize = 256;
 /// How far past its keyword a multi-line rule (a private key block) may reach.
 const MULTILINE_SPAN: usize = 64 * 1024;
 /// How far before its keyword a multi-line rule's match may start (`-----BEGIN` and a
@@ -221,7 +225,10 @@ impl Scanner {
                             floor_boundary(text, to),
                         )
                     } else {
-                        (line_start(text, hit.start()), line_end(text, hit.end()))
+                        (
+                            line_start(text, hit.start()),
+                            line_end(text, (hit.end() + LINE_WINDOW_EXTRA).min(text.len())),
+                        )
                     };
                     self.run_rule(r, text, start, end, &mut out);
                     done[r] = end;
