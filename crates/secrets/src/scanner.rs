@@ -109,7 +109,8 @@ fn value_groups(regex: &Regex) -> Vec<usize> {
 
 impl Scanner {
     /// Compiles the built-in rules (minus those `config` disables), `config`'s extra
-    /// rules and its allowlist.
+    /// rules and its allowlist. That takes tens of milliseconds (about 75 ms in a debug
+    /// build): build one per configuration and clone it, never one per text.
     pub fn new(config: &SecretsConfig) -> Result<Scanner, ConfigError> {
         let mut rules = Vec::new();
         let mut keywords: Vec<(String, usize)> = Vec::new();
