@@ -1,7 +1,9 @@
 //! `gantry bench queue`, `gantry bench dispatch`, `gantry bench concurrent` and
-//! `gantry bench kill`; `gantry bench metrics` is in [`metrics`].
+//! `gantry bench kill`; `gantry bench metrics` is in [`metrics`], `gantry bench secrets`
+//! in [`secrets`].
 
 pub mod metrics;
+pub mod secrets;
 
 use crate::client::Client;
 use crate::command::BenchDb;

@@ -218,6 +218,11 @@ pub enum Command {
         /// Measured runs of each kind.
         runs: usize,
     },
+    /// The secret scanner benchmark.
+    BenchSecrets {
+        /// Megabytes of diff text.
+        mb: usize,
+    },
     /// The `/metrics` scrape benchmark.
     BenchMetrics {
         /// Queued jobs.
@@ -401,6 +406,9 @@ fn convert(sub: Sub, global: &Global) -> Result<Command, UsageError> {
         },
         Sub::Bench(cli::BenchSub::Dispatch(a)) => Command::BenchDispatch {
             runs: parse_count("bench dispatch", "--runs <N>", &a.runs, 1)?,
+        },
+        Sub::Bench(cli::BenchSub::Secrets(a)) => Command::BenchSecrets {
+            mb: parse_count("bench secrets", "--mb <N>", &a.mb, 1)?,
         },
         Sub::Bench(cli::BenchSub::Metrics(a)) => Command::BenchMetrics {
             jobs: parse_count("bench metrics", "--jobs <N>", &a.jobs, 1)?,
@@ -692,6 +700,15 @@ mod tests {
                 db: Some("postgres://u@h:5432/d".to_string())
             }
         );
+    }
+
+    #[test]
+    fn bench_secrets_defaults_and_flags() {
+        let inv = parse(&["bench", "secrets"]).expect("valid");
+        assert_eq!(inv.command, Command::BenchSecrets { mb: 32 });
+        let inv = parse(&["bench", "secrets", "--mb", "4"]).expect("valid");
+        assert_eq!(inv.command, Command::BenchSecrets { mb: 4 });
+        assert!(parse(&["bench", "secrets", "--mb", "0"]).is_err());
     }
 
     #[test]
