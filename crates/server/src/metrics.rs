@@ -15,19 +15,13 @@
 //! works too); Prometheus sends one with `authorization: { credentials_file: ... }` in
 //! the scrape config.
 
-use crate::auth::{Authed, Read};
-use crate::error::ApiError;
-use crate::service::Service;
-use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
-use axum::response::{IntoResponse, Response};
 use gantry_core::engine::Insights;
 use gantry_core::{JobState, Outcome};
 use gantry_store::{Store, StoreError};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -447,15 +441,6 @@ impl Metrics {
         }
         Ok(out)
     }
-}
-
-/// `GET /metrics` (scope `reader` or above).
-pub(crate) async fn scrape(
-    State(svc): State<Arc<Service>>,
-    _: Authed<Read>,
-) -> Result<Response, ApiError> {
-    let body = svc.metrics().render(&**svc.store()).await?;
-    Ok(([(CONTENT_TYPE, CONTENT_TYPE_TEXT)], body).into_response())
 }
 
 /// The `capabilities` label of a job's requirements: sorted, deduplicated,
