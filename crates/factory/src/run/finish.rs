@@ -3,6 +3,7 @@
 use super::{ProcessEnd, RETRY_FIRST, Supervisor};
 use crate::coordinator::CoordError;
 use crate::process::Exit;
+use crate::record::RunRecord;
 use crate::tail::SharedRecord;
 use crate::workspace;
 use gantry_core::api::{FinishReport, MAX_REPORTED_DIFF_BYTES};
@@ -39,6 +40,34 @@ impl Supervisor {
             record.remove();
             return;
         }
+        let mut report = self.first_report(&rec, &end);
+        self.commit(&rec, &mut report).await;
+        self.publish(&rec.cache, &mut report).await;
+        self.remove_worktree(&rec.cache, &rec.worktree).await;
+        let published = report.result_ref.clone();
+        let reported = match self.lost() {
+            Some(why) => {
+                tracing::warn!(reason = %why, "lease lost while wrapping up; no report");
+                Reported::NotAccepted
+            }
+            None => self.report(report).await,
+        };
+        if let Some(published) = published
+            && reported == Reported::NotAccepted
+        {
+            // Nobody will deliver it: the run's own result ref goes. (After an answer
+            // that never came, the server may be delivering it right now: it stays.)
+            let repo = &self.claim.job.spec.repo;
+            match workspace::remove_source_ref(&rec.cache, repo, &published).await {
+                Ok(()) => tracing::info!(%published, "unreported result ref removed"),
+                Err(e) => tracing::warn!(error = %e, "cannot remove the unreported result ref"),
+            }
+        }
+        record.remove();
+    }
+
+    /// The finish report as the end of the process decides it, before the commit.
+    fn first_report(&self, rec: &RunRecord, end: &ProcessEnd) -> FinishReport {
         let mut report = FinishReport {
             epoch: self.epoch(),
             branch: Some(rec.branch.clone()),
@@ -70,7 +99,12 @@ impl Supervisor {
         {
             report.error = Some(format!("the command was ended by {exit}"));
         }
+        report
+    }
 
+    /// Commits the attempt's changes and puts the commit, its figures and its diff in
+    /// `report`; a commit that fails fails the run.
+    async fn commit(&self, rec: &RunRecord, report: &mut FinishReport) {
         let message = commit_message(
             self.job(),
             self.claim.run.attempt,
@@ -112,28 +146,6 @@ impl Supervisor {
                 });
             }
         }
-        self.publish(&rec.cache, &mut report).await;
-        self.remove_worktree(&rec.cache, &rec.worktree).await;
-        let published = report.result_ref.clone();
-        let reported = match self.lost() {
-            Some(why) => {
-                tracing::warn!(reason = %why, "lease lost while wrapping up; no report");
-                Reported::NotAccepted
-            }
-            None => self.report(report).await,
-        };
-        if let Some(published) = published
-            && reported == Reported::NotAccepted
-        {
-            // Nobody will deliver it: the run's own result ref goes. (After an answer
-            // that never came, the server may be delivering it right now: it stays.)
-            let repo = &self.claim.job.spec.repo;
-            match workspace::remove_source_ref(&rec.cache, repo, &published).await {
-                Ok(()) => tracing::info!(%published, "unreported result ref removed"),
-                Err(e) => tracing::warn!(error = %e, "cannot remove the unreported result ref"),
-            }
-        }
-        record.remove();
     }
 
     /// Publishes the commit of a succeeded run in the source repository when the server

@@ -37,13 +37,13 @@ use crate::coordinator::Coordinator;
 use crate::process::Exit;
 use crate::record::{CheckpointState, Offsets, RECORD_VERSION, RunRecord};
 use crate::tail::SharedRecord;
-use crate::workspace::{self, LiveGuard, absolute};
+use crate::workspace::{self, LiveGuard, Prepared, WorkspaceError, absolute};
 use crate::{FactoryConfig, artifacts_dir, attempt_branch, worktree_dir};
 use checkpoint::start_point;
-use gantry_core::api::{Claim, FinishReport};
+use gantry_core::api::{Checkpoint, Claim, FinishReport};
 use gantry_core::{JobId, Outcome, RunId, StopKind};
 use lease::{FinishGate, LeaseState, start_renewer};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -167,7 +167,6 @@ impl Supervisor {
     async fn start(mut self) {
         let job = self.job();
         let attempt = self.claim.run.attempt;
-        let spec = self.claim.job.spec.clone();
         let branch = attempt_branch(job, attempt);
         let wt = absolute(&worktree_dir(self.data(), job, attempt));
         let _live = LiveGuard::new(&wt);
@@ -187,28 +186,7 @@ impl Supervisor {
             return;
         }
 
-        let mut shutdown = self.ctx.shutdown.clone();
-        let data = self.ctx.cfg.data_dir.clone();
-        let setup = async {
-            // An attempt after a checkpoint starts from it, when this factory can get it.
-            let from = match &self.claim.job.checkpoint {
-                Some(cp) => start_point(&data, &spec.repo, job, cp).await,
-                None => None,
-            };
-            let base = from
-                .as_ref()
-                .map(|cp| cp.commit.clone())
-                .or(spec.base.clone());
-            workspace::prepare(&data, &spec.repo, base.as_deref(), &wt, &branch)
-                .await
-                .map(|p| (p, from))
-        };
-        let prepared = tokio::select! {
-            p = setup => Some(p),
-            // A closed channel means the factory itself is gone (its task was dropped,
-            // as when its process dies): the run is left alone, for the next factory.
-            Ok(_) = shutdown.wait_for(|s| *s) => None,
-        };
+        let prepared = self.setup(&wt, &branch).await;
         let Some(prepared) = prepared else {
             tracing::info!("shutdown during workspace setup; run abandoned");
             self.cleanup_abandoned(&wt).await;
@@ -230,37 +208,7 @@ impl Supervisor {
             self.remove_worktree(&prepared.cache, &wt).await;
             return;
         }
-        let format = agent::format_of(&spec);
-        let checkpoint = CheckpointState {
-            base: from
-                .map(|cp| cp.base)
-                .unwrap_or_else(|| prepared.base_commit.clone()),
-            commit: prepared.base_commit.clone(),
-            tree: String::new(),
-        };
-        let record = RunRecord {
-            version: RECORD_VERSION,
-            claim: self.claim.clone(),
-            process: None,
-            started_at_ms: 0,
-            // The raw transcript of an agent is its stdout.
-            stdout: artifacts.join(if format.is_some() {
-                "transcript.jsonl"
-            } else {
-                "stdout.log"
-            }),
-            stderr: artifacts.join("stderr.log"),
-            exit_status: artifacts.join("exit_status"),
-            artifacts,
-            worktree: wt,
-            cache: absolute(&prepared.cache),
-            branch,
-            base_commit: prepared.base_commit,
-            format: format.map(|f| f.as_str().to_string()),
-            uploaded: Offsets::default(),
-            forced: None,
-            checkpoint: Some(checkpoint),
-        };
+        let record = self.new_record(artifacts, wt, branch, prepared, from);
         let record = SharedRecord::new(self.data(), record);
 
         // A stop asked for while the workspace was being prepared: don't even start.
@@ -291,6 +239,81 @@ impl Supervisor {
             }
         };
         self.wrap_up(&record, end).await;
+    }
+
+    /// Prepares the worktree at `wt` on `branch`, from the job's checkpoint when this
+    /// factory can get it, else from the base. `None` when the factory shuts down
+    /// meanwhile.
+    async fn setup(
+        &self,
+        wt: &Path,
+        branch: &str,
+    ) -> Option<Result<(Prepared, Option<Checkpoint>), WorkspaceError>> {
+        let mut shutdown = self.ctx.shutdown.clone();
+        let data = &self.ctx.cfg.data_dir;
+        let spec = &self.claim.job.spec;
+        let setup = async {
+            // An attempt after a checkpoint starts from it, when this factory can get it.
+            let from = match &self.claim.job.checkpoint {
+                Some(cp) => start_point(data, &spec.repo, self.job(), cp).await,
+                None => None,
+            };
+            let base = from
+                .as_ref()
+                .map(|cp| cp.commit.clone())
+                .or(spec.base.clone());
+            workspace::prepare(data, &spec.repo, base.as_deref(), wt, branch)
+                .await
+                .map(|p| (p, from))
+        };
+        tokio::select! {
+            p = setup => Some(p),
+            // A closed channel means the factory itself is gone (its task was dropped,
+            // as when its process dies): the run is left alone, for the next factory.
+            Ok(_) = shutdown.wait_for(|s| *s) => None,
+        }
+    }
+
+    /// The run record of a fresh run whose worktree `wt` was prepared.
+    fn new_record(
+        &self,
+        artifacts: PathBuf,
+        wt: PathBuf,
+        branch: String,
+        prepared: Prepared,
+        from: Option<Checkpoint>,
+    ) -> RunRecord {
+        let format = agent::format_of(&self.claim.job.spec);
+        let checkpoint = CheckpointState {
+            base: from
+                .map(|cp| cp.base)
+                .unwrap_or_else(|| prepared.base_commit.clone()),
+            commit: prepared.base_commit.clone(),
+            tree: String::new(),
+        };
+        RunRecord {
+            version: RECORD_VERSION,
+            claim: self.claim.clone(),
+            process: None,
+            started_at_ms: 0,
+            // The raw transcript of an agent is its stdout.
+            stdout: artifacts.join(if format.is_some() {
+                "transcript.jsonl"
+            } else {
+                "stdout.log"
+            }),
+            stderr: artifacts.join("stderr.log"),
+            exit_status: artifacts.join("exit_status"),
+            artifacts,
+            worktree: wt,
+            cache: absolute(&prepared.cache),
+            branch,
+            base_commit: prepared.base_commit,
+            format: format.map(|f| f.as_str().to_string()),
+            uploaded: Offsets::default(),
+            forced: None,
+            checkpoint: Some(checkpoint),
+        }
     }
 
     /// An adopted run: straight to [`Supervisor::watch`] from the record.
