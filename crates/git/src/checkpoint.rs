@@ -4,7 +4,7 @@
 use crate::cache::{cache_dir, cache_lock, ensure_cache};
 use crate::error::{Result, WorkspaceError};
 use crate::refs::{check_full_commit, fetch_refspec, push_to_source};
-use crate::runner::{IDENTITY, absolute, git, git_env, resolve_commit};
+use crate::runner::{IDENTITY, absolute, git, git_env, resolve_commit, set_branch};
 use crate::worktree::worktree_env;
 use std::path::Path;
 
@@ -81,11 +81,7 @@ pub async fn checkpoint(
         .await?
         .trim()
         .to_string();
-        git(
-            cache,
-            ["update-ref", &format!("refs/heads/{branch}"), &commit],
-        )
-        .await?;
+        set_branch(cache, branch, &commit).await?;
         Ok(Some(Wip { commit, tree }))
     }
     .await;

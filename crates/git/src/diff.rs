@@ -2,7 +2,7 @@
 //! patch and the (possibly cut) diff a finish report carries.
 
 use crate::error::{Result, WorkspaceError, io_err};
-use crate::runner::{IDENTITY, git, git_command, git_env, git_status, wait_git};
+use crate::runner::{IDENTITY, git, git_command, git_env, git_status, set_branch, wait_git};
 use crate::worktree::worktree_env;
 use std::path::Path;
 use std::process::Stdio;
@@ -72,11 +72,7 @@ pub async fn commit_changes(
         .to_string();
     // The process may have moved HEAD off the attempt branch (checked out another
     // branch, detached); the attempt branch must still name what the attempt produced.
-    git(
-        cache,
-        ["update-ref", &format!("refs/heads/{branch}"), &commit],
-    )
-    .await?;
+    set_branch(cache, branch, &commit).await?;
     let numstat = git(
         cache,
         [

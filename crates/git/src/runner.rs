@@ -218,3 +218,9 @@ pub(crate) async fn resolve_commit(dir: &Path, rev: &str) -> Result<Option<Strin
     let sha = out.stdout.trim();
     Ok((out.code == Some(0) && !sha.is_empty()).then(|| sha.to_string()))
 }
+
+/// Points `refs/heads/<branch>` of `dir` at `commit`.
+pub(crate) async fn set_branch(dir: &Path, branch: &str, commit: &str) -> Result<()> {
+    git(dir, ["update-ref", &format!("refs/heads/{branch}"), commit]).await?;
+    Ok(())
+}

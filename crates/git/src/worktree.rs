@@ -145,22 +145,7 @@ pub async fn prepare(
     }
     // Leftovers of a crashed incarnation at the same path would make `worktree add` fail.
     if tokio::fs::symlink_metadata(path).await.is_ok() {
-        let _ = git(
-            &cache,
-            [
-                OsStr::new("worktree"),
-                OsStr::new("remove"),
-                OsStr::new("--force"),
-                OsStr::new("--force"),
-                path.as_os_str(),
-            ],
-        )
-        .await;
-        if tokio::fs::symlink_metadata(path).await.is_ok() {
-            tokio::fs::remove_dir_all(path)
-                .await
-                .map_err(io_err("cannot remove the old worktree", path))?;
-        }
+        force_remove(&cache, path, "cannot remove the old worktree").await?;
         git(&cache, ["worktree", "prune"]).await?;
     }
     // `worktree add` resolves the base itself: one git process instead of a rev-parse
@@ -257,6 +242,16 @@ pub async fn remove_worktree(cache: &Path, path: &Path) -> Result<()> {
     let path = &absolute(path);
     let lock = cache_lock(cache);
     let _held = lock.lock().await;
+    if !force_remove(cache, path, "cannot remove worktree").await? {
+        git(cache, ["worktree", "prune"]).await?;
+    }
+    Ok(())
+}
+
+/// `git worktree remove --force --force` of `path` in `cache`, then the directory by
+/// hand if git left it (`action` names that removal in its error). Says whether git
+/// removed the worktree; when it did not, its bookkeeping wants a `worktree prune`.
+async fn force_remove(cache: &Path, path: &Path, action: &'static str) -> Result<bool> {
     let removed = git(
         cache,
         [
@@ -271,11 +266,10 @@ pub async fn remove_worktree(cache: &Path, path: &Path) -> Result<()> {
     if tokio::fs::symlink_metadata(path).await.is_ok() {
         tokio::fs::remove_dir_all(path)
             .await
-            .map_err(io_err("cannot remove worktree", path))?;
+            .map_err(io_err(action, path))?;
     }
-    if let Err(e) = removed {
+    if let Err(e) = &removed {
         tracing::debug!(error = %e, "git worktree remove failed; directory removed by hand");
-        git(cache, ["worktree", "prune"]).await?;
     }
-    Ok(())
+    Ok(removed.is_ok())
 }
