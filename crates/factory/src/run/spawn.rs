@@ -5,7 +5,7 @@ use crate::agent;
 use crate::process::{self, DetachedCommand, PidRecord};
 use crate::tail::SharedRecord;
 use crate::workspace;
-use gantry_core::event::{NewEvent, RUN_STARTED};
+use gantry_core::event::{NewEvent, RunStarted};
 use std::ffi::OsString;
 use std::path::Path;
 
@@ -91,16 +91,13 @@ impl Supervisor {
             r.started_at_ms = started_at_ms;
         });
         tracing::info!(pid = detached.pid, "command started");
-        let started = NewEvent {
-            kind: RUN_STARTED.to_string(),
-            data: serde_json::json!({
-                "pid": detached.pid,
-                "pgid": detached.pid,
-                "branch": rec.branch,
-                "workspace": rec.worktree,
-                "base_commit": rec.base_commit,
-            }),
-        };
+        let started = NewEvent::of(&RunStarted {
+            pid: detached.pid,
+            pgid: detached.pid,
+            branch: rec.branch.clone(),
+            workspace: rec.worktree.clone(),
+            base_commit: rec.base_commit.clone(),
+        });
         Ok((detached, started))
     }
 

@@ -6,10 +6,9 @@ use super::chores::Chores;
 use crate::error::ApiError;
 use crate::metrics::{FencedWrite, Metrics};
 use gantry_core::api::{FinishReport, result_ref};
-use gantry_core::event::{self, NewEvent};
+use gantry_core::event::{DeliveryFailed, DeliveryPushed, NewEvent};
 use gantry_core::{Job, JobId, JobState, Outcome, RunId};
 use gantry_store::{Store, StoreError};
-use serde_json::json;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -213,25 +212,27 @@ impl Delivery {
             self.published.as_deref(),
         )
         .await;
-        let mut data = json!({ "repo": repo, "branch": branch, "commit": commit });
-        if let Some(published) = &self.published {
-            data["result_ref"] = json!(published);
-        }
-        let kind = match &result {
+        let event = match result {
             Ok(()) => {
                 tracing::info!(%job, %repo, %branch, %commit, "delivered");
                 self.remove_published().await;
-                event::DELIVERY_PUSHED
+                NewEvent::of(&DeliveryPushed {
+                    repo: repo.to_string(),
+                    branch,
+                    commit: commit.clone(),
+                    result_ref: self.published.clone(),
+                })
             }
             Err(e) => {
                 tracing::warn!(%job, %repo, %branch, error = %e, "delivery failed");
-                data["error"] = json!(e.to_string());
-                event::DELIVERY_FAILED
+                NewEvent::of(&DeliveryFailed {
+                    repo: repo.to_string(),
+                    branch,
+                    commit: commit.clone(),
+                    result_ref: self.published.clone(),
+                    error: e.to_string(),
+                })
             }
-        };
-        let event = NewEvent {
-            kind: kind.to_string(),
-            data,
         };
         if let Err(e) = self
             .store
