@@ -52,25 +52,7 @@ pub(crate) async fn ensure_cache(
         {
             return Ok((cache, false));
         }
-        let mut args: Vec<&str> = vec![
-            "fetch",
-            "--quiet",
-            "--update-head-ok",
-            "--no-write-fetch-head",
-            "origin",
-            "+refs/heads/*:refs/heads/*",
-            "^refs/heads/gantry",
-            "^refs/heads/gantry/*",
-            "+refs/tags/*:refs/tags/*",
-        ];
-        let head_spec = format!("+HEAD:{SOURCE_HEAD_REF}");
-        if fetch_head {
-            args.push(&head_spec);
-        }
-        git(&cache, &args).await.map_err(|e| WorkspaceError::Repo {
-            repo: repo.to_string(),
-            message: format!("fetching into the cache {} failed: {e}", cache.display()),
-        })?;
+        fetch_into(&cache, repo, fetch_head).await?;
         if let Some(seen) = seen {
             source_state::record(&cache, seen, fetch_head);
         }
@@ -92,6 +74,46 @@ pub(crate) async fn ensure_cache(
     tokio::fs::create_dir_all(&repos)
         .await
         .map_err(io_err("cannot create directory", &repos))?;
+    let tmp = clone_beside(&repos, &cache, repo, local).await?;
+    tokio::fs::rename(&tmp, &cache)
+        .await
+        .map_err(io_err("cannot move the new clone into place at", &cache))?;
+    if let Some(seen) = seen {
+        // A fresh clone has the source's branches and its HEAD as the cache's own HEAD,
+        // but not the source-head ref: a later run without a base fetches it once.
+        source_state::record(&cache, seen, false);
+    }
+    Ok((cache, true))
+}
+
+/// Fetches the source's branches (but the delivered `gantry/*`) and tags into the
+/// existing cache `cache` of `repo`, and its HEAD as well when `fetch_head`.
+async fn fetch_into(cache: &Path, repo: &str, fetch_head: bool) -> Result<()> {
+    let mut args: Vec<&str> = vec![
+        "fetch",
+        "--quiet",
+        "--update-head-ok",
+        "--no-write-fetch-head",
+        "origin",
+        "+refs/heads/*:refs/heads/*",
+        "^refs/heads/gantry",
+        "^refs/heads/gantry/*",
+        "+refs/tags/*:refs/tags/*",
+    ];
+    let head_spec = format!("+HEAD:{SOURCE_HEAD_REF}");
+    if fetch_head {
+        args.push(&head_spec);
+    }
+    git(cache, &args).await.map_err(|e| WorkspaceError::Repo {
+        repo: repo.to_string(),
+        message: format!("fetching into the cache {} failed: {e}", cache.display()),
+    })?;
+    Ok(())
+}
+
+/// Clones `repo` bare into a temporary place beside its cache `cache` under `repos`
+/// (without the delivered `gantry/*` branches) and returns that place.
+async fn clone_beside(repos: &Path, cache: &Path, repo: &str, local: bool) -> Result<PathBuf> {
     // Clone beside the final place and rename, so a crash mid-clone never leaves a
     // half cache that later runs would take for a good one.
     let name = cache
@@ -111,12 +133,12 @@ pub(crate) async fn ensure_cache(
         args.extend([OsStr::new("--"), source.as_os_str(), tmp.as_os_str()]);
         args
     };
-    let mut cloned = git(&repos, clone(if local { &["--local"] } else { &[] })).await;
+    let mut cloned = git(repos, clone(if local { &["--local"] } else { &[] })).await;
     if local && cloned.is_err() {
         // `--local` hard-links the objects, which fails when the source and the data
         // dir are on different file systems (a container volume, another disk): copy.
         let _ = tokio::fs::remove_dir_all(&tmp).await;
-        cloned = git(&repos, clone(&["--local", "--no-hardlinks"])).await;
+        cloned = git(repos, clone(&["--local", "--no-hardlinks"])).await;
     }
     if let Err(e) = cloned {
         let _ = tokio::fs::remove_dir_all(&tmp).await;
@@ -143,15 +165,7 @@ pub(crate) async fn ensure_cache(
         }
         update_refs(&tmp, &stdin).await?;
     }
-    tokio::fs::rename(&tmp, &cache)
-        .await
-        .map_err(io_err("cannot move the new clone into place at", &cache))?;
-    if let Some(seen) = seen {
-        // A fresh clone has the source's branches and its HEAD as the cache's own HEAD,
-        // but not the source-head ref: a later run without a base fetches it once.
-        source_state::record(&cache, seen, false);
-    }
-    Ok((cache, true))
+    Ok(tmp)
 }
 
 /// The empty bare repository `<data>/repos/.empty.git` (hidden, so never taken for a
