@@ -208,23 +208,7 @@ impl Factory {
     /// the next factory on the same data dir to adopt.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), FactoryError> {
         let cfg = self.cfg.clone();
-        if cfg.seats == 0 {
-            return Err(FactoryError::Config {
-                field: "seats",
-                value: "0".to_string(),
-                reason: "a factory needs at least one seat".to_string(),
-            });
-        }
-        cfg.sandbox.probe().await.map_err(FactoryError::Sandbox)?;
-        if cfg.sandbox == crate::Sandbox::None {
-            tracing::warn!("runs are NOT sandboxed: every job sees what this factory sees");
-        } else {
-            tracing::info!(sandbox = cfg.sandbox.kind(), "runs are sandboxed");
-        }
-        crate::private_dir(&cfg.data_dir).map_err(|source| FactoryError::DataDir {
-            path: cfg.data_dir.clone(),
-            source,
-        })?;
+        check_before_start(&cfg).await?;
         if !self.adopted {
             match or_shutdown(&mut shutdown, self.adopt()).await {
                 Waited::Done(report) => {
@@ -239,17 +223,7 @@ impl Factory {
                 }
             }
         }
-        match prune_workspaces(&cfg.data_dir).await {
-            Ok(pruned) => {
-                for path in &pruned.removed {
-                    tracing::info!(path = %path.display(), "removed a leftover worktree");
-                }
-                for cache in &pruned.caches {
-                    tracing::info!(cache = %cache.path.display(), bytes = cache.bytes, "repo cache disk use");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "pruning leftover worktrees failed"),
-        }
+        prune_leftovers(&cfg.data_dir).await;
         let reg = RegisterFactory {
             name: cfg.name.clone(),
             seats: cfg.seats,
@@ -345,6 +319,45 @@ impl Factory {
         while let Some(res) = self.runs.join_next().await {
             log_join(res);
         }
+    }
+}
+
+/// What a factory checks before it starts: its seats, its sandbox (a probe) and its
+/// data dir (private to its user).
+async fn check_before_start(cfg: &FactoryConfig) -> Result<(), FactoryError> {
+    if cfg.seats == 0 {
+        return Err(FactoryError::Config {
+            field: "seats",
+            value: "0".to_string(),
+            reason: "a factory needs at least one seat".to_string(),
+        });
+    }
+    cfg.sandbox.probe().await.map_err(FactoryError::Sandbox)?;
+    if cfg.sandbox == crate::Sandbox::None {
+        tracing::warn!("runs are NOT sandboxed: every job sees what this factory sees");
+    } else {
+        tracing::info!(sandbox = cfg.sandbox.kind(), "runs are sandboxed");
+    }
+    crate::private_dir(&cfg.data_dir).map_err(|source| FactoryError::DataDir {
+        path: cfg.data_dir.clone(),
+        source,
+    })?;
+    Ok(())
+}
+
+/// Removes the worktrees and temporary clones no run uses, and logs each cache's disk
+/// use; a failure is only logged.
+async fn prune_leftovers(data_dir: &std::path::Path) {
+    match prune_workspaces(data_dir).await {
+        Ok(pruned) => {
+            for path in &pruned.removed {
+                tracing::info!(path = %path.display(), "removed a leftover worktree");
+            }
+            for cache in &pruned.caches {
+                tracing::info!(cache = %cache.path.display(), bytes = cache.bytes, "repo cache disk use");
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "pruning leftover worktrees failed"),
     }
 }
 
