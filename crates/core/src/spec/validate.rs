@@ -174,107 +174,129 @@ impl Validator<'_> {
         // Which of `repo`/`cwd` was written, to refuse both.
         let mut repo_key: Option<&'static str> = None;
         for (key, value) in entries {
-            let key_line = self.line(&key);
-            let name = self.key_text(&key, None)?;
-            if let Some(first) = self.field_lines.get(&name) {
-                return Err(self.err(
-                    key_line,
-                    &name,
-                    format!("duplicate field `{name}` (first set on line {first})"),
-                ));
-            }
-            if !KNOWN_FIELDS.contains(&name.as_str()) {
-                return Err(self.err(
-                    key_line,
-                    &name,
-                    format!(
-                        "unknown field `{name}` (known fields: {})",
-                        KNOWN_FIELDS.join(", ")
-                    ),
-                ));
-            }
-            self.field_lines.insert(name.clone(), key_line);
-            if name == "repo" || name == "cwd" {
-                let this = if name == "repo" { "repo" } else { "cwd" };
-                if let Some(other) = repo_key {
-                    return Err(self.err(
-                        key_line,
-                        this,
-                        format!(
-                            "both `{other}` (line {}) and `{this}` are set; `cwd` is an alias of `repo`, keep one",
-                            self.field_lines[other]
-                        ),
-                    ));
-                }
-                repo_key = Some(this);
-                // Later checks (repo resolution) ask for `repo` whichever spelling was used.
-                self.field_lines.insert("repo".to_string(), key_line);
-            }
+            let name = self.field_name(&key, &mut repo_key)?;
             // A key with no value means the same as no key: the default applies.
             if value.value == Value::Null {
                 continue;
             }
-            match name.as_str() {
-                "title" => f.title = Some(self.non_empty_string(&value, "title")?),
-                "repo" | "cwd" => f.repo = Some(self.non_empty_string(&value, &name)?),
-                "base" => f.base = Some(self.non_empty_string(&value, "base")?),
-                "engine" => f.engine = Some(self.engine(&value)?),
-                "command" => f.command = Some(self.command(&value)?),
-                "priority" => {
-                    let p = self.int_in_range(&value, "priority", 0, i128::from(MAX_PRIORITY))?;
-                    f.priority = Some(u8::try_from(p).expect("checked to be within 0..=9"));
-                }
-                "capabilities" => f.capabilities = Some(self.capabilities(&value)?),
-                "deps" => f.deps = Some(self.deps(&value)?),
-                "deps_mode" => f.deps_mode = Some(self.deps_mode(&value)?),
-                "lock" => f.lock = Some(self.non_empty_string(&value, "lock")?),
-                "timeout" => {
-                    let ms = self.duration_ms(&value, "timeout")?;
-                    if ms == 0 {
-                        return Err(self.err(
-                            self.line(&value),
-                            "timeout",
-                            format!(
-                                "timeout {} is zero; it must be longer than zero (e.g. `90s`)",
-                                self.scalar_text(&value).unwrap_or_default()
-                            ),
-                        ));
-                    }
-                    f.timeout_ms = Some(ms);
-                }
-                "max_attempts" => {
-                    let n =
-                        self.int_in_range(&value, "max_attempts", 1, i128::from(MAX_MAX_ATTEMPTS))?;
-                    f.max_attempts = Some(u32::try_from(n).expect("checked to be within 1..=100"));
-                }
-                "retry_on" => f.retry_on = Some(self.retry_on(&value)?),
-                "backoff" => f.backoff_ms = Some(self.duration_ms(&value, "backoff")?),
-                "idempotency_key" => {
-                    f.idempotency_key = Some(self.non_empty_string(&value, "idempotency_key")?)
-                }
-                "labels" => f.labels = Some(self.labels(&value)?),
-                "env" => f.env = Some(self.env(&value)?),
-                "model" => f.model = Some(self.non_empty_string(&value, "model")?),
-                "budget" => f.budget = Some(self.budget(&value)?),
-                "yolo" => match value.value {
-                    Value::Bool(b) => f.yolo = Some(b),
-                    _ => return Err(self.type_err(&value, "yolo", "`true` or `false`")),
-                },
-                "max_turns" => {
-                    let n = self.int_in_range(&value, "max_turns", 1, i128::from(MAX_MAX_TURNS))?;
-                    f.max_turns = Some(u32::try_from(n).expect("checked to be within 1..=100000"));
-                }
-                "permission_mode" => {
-                    let mode = self.non_empty_string(&value, "permission_mode")?;
-                    f.permission_mode = Some((mode, self.line(&value)));
-                }
-                "allowed_tools" => f.allowed_tools = Some(self.allowed_tools(&value)?),
-                "steps" => f.steps = Some(self.steps(&value)?),
-                "output" => f.output = Some(self.output(&value)?),
-                _ => unreachable!("every known field has an arm; `{name}` does not"),
-            }
+            self.field(&mut f, &name, &value)?;
         }
+        self.finish(f, body)
+    }
 
+    /// Reads the name of a top-level key at `key` and records its line, refusing a
+    /// duplicate, an unknown field, and `repo` together with its alias `cwd`
+    /// (`repo_key` remembers which of the two was written).
+    fn field_name(
+        &mut self,
+        key: &Node,
+        repo_key: &mut Option<&'static str>,
+    ) -> Result<String, SpecError> {
+        let key_line = self.line(key);
+        let name = self.key_text(key, None)?;
+        if let Some(first) = self.field_lines.get(&name) {
+            return Err(self.err(
+                key_line,
+                &name,
+                format!("duplicate field `{name}` (first set on line {first})"),
+            ));
+        }
+        if !KNOWN_FIELDS.contains(&name.as_str()) {
+            return Err(self.err(
+                key_line,
+                &name,
+                format!(
+                    "unknown field `{name}` (known fields: {})",
+                    KNOWN_FIELDS.join(", ")
+                ),
+            ));
+        }
+        self.field_lines.insert(name.clone(), key_line);
+        if name == "repo" || name == "cwd" {
+            let this = if name == "repo" { "repo" } else { "cwd" };
+            if let Some(other) = *repo_key {
+                return Err(self.err(
+                key_line,
+                this,
+                format!(
+                    "both `{other}` (line {}) and `{this}` are set; `cwd` is an alias of `repo`, keep one",
+                    self.field_lines[other]
+                ),
+            ));
+            }
+            *repo_key = Some(this);
+            // Later checks (repo resolution) ask for `repo` whichever spelling was used.
+            self.field_lines.insert("repo".to_string(), key_line);
+        }
+        Ok(name)
+    }
+
+    /// Checks the value of field `name` and keeps it in `f`.
+    fn field(&self, f: &mut Fields, name: &str, value: &Node) -> Result<(), SpecError> {
+        match name {
+            "title" => f.title = Some(self.non_empty_string(value, "title")?),
+            "repo" | "cwd" => f.repo = Some(self.non_empty_string(value, name)?),
+            "base" => f.base = Some(self.non_empty_string(value, "base")?),
+            "engine" => f.engine = Some(self.engine(value)?),
+            "command" => f.command = Some(self.command(value)?),
+            "priority" => {
+                let p = self.int_in_range(value, "priority", 0, i128::from(MAX_PRIORITY))?;
+                f.priority = Some(u8::try_from(p).expect("checked to be within 0..=9"));
+            }
+            "capabilities" => f.capabilities = Some(self.capabilities(value)?),
+            "deps" => f.deps = Some(self.deps(value)?),
+            "deps_mode" => f.deps_mode = Some(self.deps_mode(value)?),
+            "lock" => f.lock = Some(self.non_empty_string(value, "lock")?),
+            "timeout" => {
+                let ms = self.duration_ms(value, "timeout")?;
+                if ms == 0 {
+                    return Err(self.err(
+                        self.line(value),
+                        "timeout",
+                        format!(
+                            "timeout {} is zero; it must be longer than zero (e.g. `90s`)",
+                            self.scalar_text(value).unwrap_or_default()
+                        ),
+                    ));
+                }
+                f.timeout_ms = Some(ms);
+            }
+            "max_attempts" => {
+                let n =
+                    self.int_in_range(value, "max_attempts", 1, i128::from(MAX_MAX_ATTEMPTS))?;
+                f.max_attempts = Some(u32::try_from(n).expect("checked to be within 1..=100"));
+            }
+            "retry_on" => f.retry_on = Some(self.retry_on(value)?),
+            "backoff" => f.backoff_ms = Some(self.duration_ms(value, "backoff")?),
+            "idempotency_key" => {
+                f.idempotency_key = Some(self.non_empty_string(value, "idempotency_key")?)
+            }
+            "labels" => f.labels = Some(self.labels(value)?),
+            "env" => f.env = Some(self.env(value)?),
+            "model" => f.model = Some(self.non_empty_string(value, "model")?),
+            "budget" => f.budget = Some(self.budget(value)?),
+            "yolo" => match value.value {
+                Value::Bool(b) => f.yolo = Some(b),
+                _ => return Err(self.type_err(value, "yolo", "`true` or `false`")),
+            },
+            "max_turns" => {
+                let n = self.int_in_range(value, "max_turns", 1, i128::from(MAX_MAX_TURNS))?;
+                f.max_turns = Some(u32::try_from(n).expect("checked to be within 1..=100000"));
+            }
+            "permission_mode" => {
+                let mode = self.non_empty_string(value, "permission_mode")?;
+                f.permission_mode = Some((mode, self.line(value)));
+            }
+            "allowed_tools" => f.allowed_tools = Some(self.allowed_tools(value)?),
+            "steps" => f.steps = Some(self.steps(value)?),
+            "output" => f.output = Some(self.output(value)?),
+            _ => unreachable!("every known field has an arm; `{name}` does not"),
+        }
+        Ok(())
+    }
+
+    /// The spec from the fields read, with defaults and the checks across fields.
+    fn finish(&self, f: Fields, body: &str) -> Result<JobSpec, SpecError> {
         self.engine_fields(f.engine.unwrap_or(EngineKind::Command), &f)?;
         let title = f
             .title
