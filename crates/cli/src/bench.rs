@@ -188,9 +188,8 @@ async fn measure_kills(client: &Client, repo: &Path, runs: usize) -> Result<Vec<
             let events = client.all_events(Some(id), 0).await.map_err(api)?;
             let pid = events
                 .iter()
-                .find(|e| e.kind == gantry_core::event::RUN_STARTED)
-                .and_then(|e| e.data.get("pid"))
-                .and_then(serde_json::Value::as_i64);
+                .find_map(|e| e.payload::<gantry_core::event::RunStarted>().ok())
+                .map(|started| i64::from(started.pid));
             if let Some(pid) = pid
                 && group_members(pid).len() >= 4
             {

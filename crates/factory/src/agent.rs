@@ -10,7 +10,7 @@ use gantry_core::engine::{
     AgentEvent, AgentRequest, Breach, Budget, Format, Insights, PriceTable, Stdin, StreamParser,
     claude_invocation, codex_invocation, parser, script,
 };
-use gantry_core::event::{AGENT_INSIGHTS, NewEvent, RUN_BUDGET_EXCEEDED};
+use gantry_core::event::{NewEvent, RunBudgetExceeded, RunCheckpoint};
 use gantry_core::{EngineKind, JobId, JobSpec, Outcome, RunId};
 use serde::Deserialize;
 use std::ffi::OsString;
@@ -315,15 +315,12 @@ impl Watcher {
                 && let Some(b) = self.budget.check(&self.insights)
             {
                 self.breached = true;
-                fed.events.push(NewEvent {
-                    kind: RUN_BUDGET_EXCEEDED.to_string(),
-                    data: serde_json::json!({
-                        "limit": b.limit,
-                        "limit_value": b.limit_value,
-                        "actual": b.actual,
-                        "message": b.to_string(),
-                    }),
-                });
+                fed.events.push(NewEvent::of(&RunBudgetExceeded {
+                    limit: b.limit.to_string(),
+                    limit_value: b.limit_value,
+                    actual: b.actual,
+                    message: b.to_string(),
+                }));
                 fed.breach = Some(b);
             }
         }
@@ -342,10 +339,7 @@ impl Watcher {
     fn snapshot_event(&mut self) -> NewEvent {
         self.last_snapshot = Some(Instant::now());
         self.changed = false;
-        NewEvent {
-            kind: AGENT_INSIGHTS.to_string(),
-            data: serde_json::to_value(&self.insights).unwrap_or(serde_json::Value::Null),
-        }
+        NewEvent::of(&self.insights)
     }
 
     /// The running figures.
@@ -381,10 +375,11 @@ pub fn wip_branch(job: JobId) -> String {
 
 /// The checkpoint a run records, as the event the store applies to the job.
 pub fn checkpoint_event(cp: &Checkpoint) -> NewEvent {
-    NewEvent {
-        kind: gantry_core::event::RUN_CHECKPOINT.to_string(),
-        data: serde_json::to_value(cp).unwrap_or(serde_json::Value::Null),
-    }
+    NewEvent::of(&RunCheckpoint {
+        branch: cp.branch.clone(),
+        base: cp.base.clone(),
+        commit: cp.commit.clone(),
+    })
 }
 
 /// Longest stdout line an agent reader holds while waiting for its newline.
@@ -589,7 +584,7 @@ mod tests {
                 break;
             }
         }
-        events.retain(|e| e.kind != AGENT_INSIGHTS);
+        events.retain(|e| e.kind != gantry_core::event::AGENT_INSIGHTS);
         events
     }
 

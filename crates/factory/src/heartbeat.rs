@@ -12,7 +12,7 @@
 
 use crate::admission::{self, Admission};
 use crate::coordinator::{CoordError, Coordinator};
-use crate::factory::{BACKOFF_FIRST, NOT_FOUND, Registration, Waited, or_shutdown};
+use crate::registration::{BACKOFF_FIRST, NOT_FOUND, Registration, Waited, or_shutdown};
 use gantry_core::api::Heartbeat;
 use gantry_core::retry::Backoff;
 use std::mem::discriminant;

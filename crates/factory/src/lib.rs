@@ -26,6 +26,7 @@ mod heartbeat;
 mod http;
 pub mod process;
 pub mod record;
+mod registration;
 mod run;
 pub mod sandbox;
 mod tail;
@@ -36,7 +37,7 @@ pub use admission::Admission;
 pub use coordinator::{CoordError, Coordinator};
 pub use factory::{AdoptReport, Factory, prune_workspaces};
 pub use http::HttpCoordinator;
-pub use process::kill_orphans;
+pub use record::kill_orphans;
 pub use sandbox::{Confinement, Sandbox, SandboxError};
 
 use gantry_core::{JobId, RunId};

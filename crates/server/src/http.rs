@@ -50,7 +50,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 pub fn router(service: Arc<Service>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
-        .route("/metrics", get(crate::metrics::scrape))
+        .route("/metrics", get(metrics))
         .route("/v1/jobs", post(submit).get(list_jobs))
         .route("/v1/jobs/{id}", get(show_job))
         .route("/v1/jobs/{id}/diff", get(job_diff))
@@ -92,6 +92,12 @@ async fn wrong_method(method: Method, uri: Uri) -> ApiError {
         "method_not_allowed",
         format!("{} does not accept {method}", uri.path()),
     )
+}
+
+/// `GET /metrics` (scope `reader` or above).
+async fn metrics(State(svc): State<Arc<Service>>, _: Authed<Read>) -> Result<Response, ApiError> {
+    let body = svc.metrics().render(&**svc.store()).await?;
+    Ok(([(CONTENT_TYPE, crate::metrics::CONTENT_TYPE_TEXT)], body).into_response())
 }
 
 async fn health() -> Json<serde_json::Value> {

@@ -1,10 +1,9 @@
 //! Validation of the agent fields of a job file: model, budget, yolo, max_turns,
 //! permission_mode, allowed_tools, steps and output, and which engine may set which.
 
+use super::validate::{Fields, Validator};
 use super::yaml::{Node, Value, quote};
-use super::{
-    CLAUDE_PERMISSION_MODES, CODEX_PERMISSION_MODES, EngineKind, Fields, SpecError, Validator,
-};
+use super::{CLAUDE_PERMISSION_MODES, CODEX_PERMISSION_MODES, EngineKind, SpecError};
 use gantry_engine::{Budget, Format, Step};
 
 /// Which fields each engine takes: a field an engine would silently ignore is refused,
