@@ -7,8 +7,8 @@ use crate::codec::{corrupt, deps_mode_str};
 use crate::lifecycle::{WriteTx, settle_blocked, settle_dependents};
 use crate::rules::{self, Target, topo_order};
 use gantry_core::api::Submitted;
+use gantry_core::event::{self as ev, Payload};
 use gantry_core::{DepRef, JobId, JobSpec, JobState, ParsedJob};
-use serde_json::json;
 use std::collections::{HashMap, HashSet};
 
 /// What submit planning reads from a backend's write transaction.
@@ -194,7 +194,11 @@ impl<'j> SubmitPlan<'j> {
                     backoff_ms: i64::try_from(spec.backoff_ms).unwrap_or(i64::MAX),
                     spec_json: serde_json::to_string(spec)
                         .map_err(|e| corrupt(format!("cannot encode job spec: {e}")))?,
-                    submitted: json!({"title": spec.title, "state": state.as_str()}).to_string(),
+                    submitted: ev::JobSubmitted {
+                        title: spec.title.clone(),
+                        state,
+                    }
+                    .text(),
                 })
             })
             .collect()

@@ -13,11 +13,10 @@ use crate::codec::{JobRow, corrupt, parse_deps_mode, parse_retry_on, parse_state
 use crate::rules::{AttemptEnd, attempt_end};
 use gantry_core::api::Checkpoint;
 use gantry_core::engine::Insights;
-use gantry_core::event::{self as ev};
+use gantry_core::event::{self as ev, Payload};
 use gantry_core::state::{self, Effect, Input};
 use gantry_core::time::Millis;
 use gantry_core::{DepsMode, Job, JobId, JobState, Outcome, RunId, StopKind};
-use serde_json::json;
 use std::future::Future;
 use std::task::{Context, Poll, Waker};
 
@@ -228,9 +227,12 @@ impl StateWrite {
 
 /// The data of a `job.state` event.
 pub(crate) fn state_data(from: JobState, to: JobState, reason: Option<&str>) -> String {
-    // The states are plain words; only the reason needs JSON quoting.
-    let reason = serde_json::to_string(&reason).unwrap_or_else(|_| "null".into());
-    format!(r#"{{"from":"{from}","to":"{to}","reason":{reason}}}"#)
+    ev::JobStateChanged {
+        from,
+        to,
+        reason: reason.map(str::to_string),
+    }
+    .text()
 }
 
 /// The action an input stands for, in a refusal's message.
@@ -434,12 +436,17 @@ pub(crate) async fn check_fence<T: WriteTx>(
         && fence.run_epoch == epoch
         && fence.current_run == Some(run.0);
     if !live {
-        let data = json!({"run": run.0, "epoch": epoch, "current_epoch": current_epoch, "op": op});
+        let data = ev::StaleWriteRejected {
+            run,
+            epoch,
+            current_epoch,
+            op: op.to_string(),
+        };
         tx.add_event(EventRef {
             job: Some(job),
             run: Some(run),
             kind: ev::STALE_WRITE_REJECTED,
-            data: &data.to_string(),
+            data: &data.text(),
         })
         .await?;
         tracing::warn!(%job, %run, epoch, current_epoch, %state, op, "stale write rejected");

@@ -64,7 +64,11 @@ pub(crate) async fn reap<T: WriteTx>(tx: &T) -> Result<Vec<RunId>, T::Error> {
         let expired = Pending {
             run: Some(live.run),
             kind: ev::LEASE_EXPIRED,
-            data: format!(r#"{{"run":{run},"epoch":{epoch}}}"#),
+            data: ev::LeaseExpired {
+                run: live.run,
+                epoch,
+            }
+            .text(),
         };
         let (to, _) = end_attempt(tx, &live, Outcome::Lost, vec![expired]).await?;
         tracing::info!(job, run, epoch, %to, "lease expired");

@@ -5,7 +5,7 @@ use crate::lifecycle::{WriteTx, state_data};
 use crate::rules::{self};
 use crate::{Binding, Result};
 use gantry_core::api::{FinishReport, Lease, RegisterFactory, Submitted};
-use gantry_core::event::{self as ev};
+use gantry_core::event::{self as ev, Payload};
 use gantry_core::state::{self, Input};
 use gantry_core::time::Millis;
 use gantry_core::{FactoryId, JobId, JobState, ParsedJob, RunId, caps};
@@ -196,10 +196,14 @@ pub(super) fn claim_tx(
         )));
     }
     let state = state_data(JobState::Queued, to, None);
-    let claimed = format!(
-        r#"{{"run":{},"attempt":{attempt},"epoch":{epoch},"factory":{},"lease_expires_at":{expires}}}"#,
-        run.0, factory.0
-    );
+    let claimed = ev::RunClaimed {
+        run,
+        attempt: to_u32("attempt", attempt)?,
+        epoch,
+        factory,
+        lease_expires_at: expires,
+    }
+    .text();
     insert_events(
         tx,
         Some(job),

@@ -2379,7 +2379,10 @@ macro_rules! cases {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $case() {
-                    super::$case(crate::new_store()).await;
+                    let t = crate::new_store();
+                    let kept = t.kept();
+                    super::$case(t).await;
+                    kept.check_event_payloads().await;
                 }
             )*
         }
@@ -2387,7 +2390,10 @@ macro_rules! cases {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $case() {
-                    super::$case(crate::new_pg_store().await).await;
+                    let t = crate::new_pg_store().await;
+                    let kept = t.kept();
+                    super::$case(t).await;
+                    kept.check_event_payloads().await;
                 }
             )*
         }
