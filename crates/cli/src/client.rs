@@ -4,14 +4,13 @@
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use gantry_core::api::{
-    CreateToken, CreatedToken, ErrorBody, FactoryStatus, Scope, Status, SubmitRequest,
-    SubmitResponse, TokenInfo,
-};
 use gantry_core::event::Event;
 use gantry_core::retry::Backoff;
 use gantry_core::{Job, JobId, JobState};
-use serde::Deserialize;
+use gantry_protocol::{
+    CreateToken, CreatedToken, ErrorBody, ErrorKind, FactoryStatus, KilledAll, Scope, Status,
+    SubmitRequest, SubmitResponse, TokenInfo,
+};
 use serde::de::DeserializeOwned;
 use std::collections::VecDeque;
 use std::path::PathBuf;
@@ -68,13 +67,6 @@ pub enum ClientError {
 
 /// Result of client calls.
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
-
-/// Answer of `POST /v1/kill-all`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
-pub struct KilledAll {
-    /// The jobs that were asked to stop.
-    pub jobs: Vec<JobId>,
-}
 
 /// A client of one server.
 #[derive(Clone)]
@@ -163,11 +155,13 @@ impl Client {
             Err(_) => Err(ClientError::Api {
                 status: status.as_u16(),
                 body: ErrorBody {
-                    error: status
-                        .canonical_reason()
-                        .unwrap_or("error")
-                        .to_lowercase()
-                        .replace(' ', "_"),
+                    error: ErrorKind::parse(
+                        &status
+                            .canonical_reason()
+                            .unwrap_or("error")
+                            .to_lowercase()
+                            .replace(' ', "_"),
+                    ),
                     message: format!(
                         "{} {} answered HTTP {status}: {}",
                         "request to",

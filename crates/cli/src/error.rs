@@ -212,7 +212,7 @@ fn detail_lines(details: &serde_json::Value) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gantry_core::api::ErrorBody;
+    use gantry_protocol::ErrorBody;
 
     fn api(status: u16, error: &str, message: &str, details: serde_json::Value) -> CliError {
         from_client(

@@ -5,13 +5,13 @@
 //! Everything engine-specific is here, so the run supervisor only starts what
 //! [`launch`] returns and feeds every stdout line to its [`Watcher`].
 
-use gantry_core::api::Checkpoint;
 use gantry_core::engine::{
     AgentEvent, AgentRequest, Breach, Budget, Format, Insights, PriceTable, Stdin, StreamParser,
     claude_invocation, codex_invocation, parser, script,
 };
 use gantry_core::event::{AGENT_INSIGHTS, NewEvent, RUN_BUDGET_EXCEEDED};
 use gantry_core::{EngineKind, JobId, JobSpec, Outcome, RunId};
+use gantry_protocol::Checkpoint;
 use serde::Deserialize;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

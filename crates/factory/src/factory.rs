@@ -2,16 +2,16 @@
 //! then claim a job whenever a seat is free and run it.
 
 use crate::admission::{self, Admission};
-use crate::coordinator::{CoordError, Coordinator};
 use crate::heartbeat;
 use crate::process;
 use crate::record::{self, RunRecord};
 use crate::run::{Adoption, RunContext, adopt_run, run_claim};
 use crate::workspace::{self, LiveGuard};
 use crate::{FactoryConfig, FactoryError};
-use gantry_core::api::{Claim, RegisterFactory};
 use gantry_core::retry::Backoff;
 use gantry_core::{FactoryId, JobId, RunId, StopKind};
+use gantry_protocol::{Claim, RegisterFactory};
+use gantry_protocol::{CoordError, Coordinator, ErrorKind};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -326,7 +326,7 @@ impl Factory {
                     self.spawn_run(claim, permit);
                 }
                 Ok(None) => backoff.reset(),
-                Err(CoordError::Refused { kind, message }) if kind == NOT_FOUND => {
+                Err(CoordError::Refused { kind, message }) if kind == ErrorKind::NotFound => {
                     tracing::warn!(factory = %id, %message, "the server does not know this factory; registering again");
                     if registration
                         .replace(enrolled, &mut shutdown)
@@ -379,9 +379,6 @@ pub(crate) struct Enrolled {
     /// Which registration gave it.
     generation: u64,
 }
-
-/// The error kind of an answer about a factory the server does not know.
-pub(crate) const NOT_FOUND: &str = "not_found";
 
 /// The factory's registration: its current id, shared by the claim loop and the
 /// heartbeat so they never use different ids. When the server forgets the factory (a

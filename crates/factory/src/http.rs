@@ -5,14 +5,13 @@
 //! [`CoordError::Unavailable`] (worth retrying); every other non-2xx answer is
 //! [`CoordError::Refused`] with the server's error kind and message.
 
-use crate::coordinator::{CoordError, Coordinator};
 use async_trait::async_trait;
-use gantry_core::api::{
-    Claim, ClaimRequest, ErrorBody, EventsUpload, FinishReport, Heartbeat, HeartbeatAck,
-    RegisterFactory, Registered, RenewRequest, Renewed,
-};
 use gantry_core::event::NewEvent;
 use gantry_core::{FactoryId, RunId};
+use gantry_protocol::{
+    Claim, ClaimRequest, CoordError, Coordinator, ErrorBody, ErrorKind, EventsUpload, FinishReport,
+    Heartbeat, HeartbeatAck, RegisterFactory, Registered, RenewRequest, Renewed,
+};
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde::Serialize;
@@ -40,12 +39,12 @@ impl HttpCoordinator {
     /// authenticating with the bearer `token` (scope `factory` or `admin`).
     pub fn new(base_url: &str, token: &str) -> Result<Self, CoordError> {
         let url = reqwest::Url::parse(base_url).map_err(|e| CoordError::Refused {
-            kind: "invalid_url".to_string(),
+            kind: ErrorKind::InvalidUrl,
             message: format!("invalid server URL {base_url:?}: {e}"),
         })?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(CoordError::Refused {
-                kind: "invalid_url".to_string(),
+                kind: ErrorKind::InvalidUrl,
                 message: format!(
                     "invalid server URL {base_url:?}: the scheme must be http or https, not {:?}",
                     url.scheme()
@@ -54,13 +53,13 @@ impl HttpCoordinator {
         }
         if url.query().is_some() || url.fragment().is_some() {
             return Err(CoordError::Refused {
-                kind: "invalid_url".to_string(),
+                kind: ErrorKind::InvalidUrl,
                 message: format!("invalid server URL {base_url:?}: no query or fragment allowed"),
             });
         }
         let mut auth =
             HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| CoordError::Refused {
-                kind: "invalid_token".to_string(),
+                kind: ErrorKind::InvalidToken,
                 message: "invalid token: it must be printable ASCII without line breaks"
                     .to_string(),
             })?;
@@ -112,7 +111,7 @@ impl HttpCoordinator {
                 serde_json::from_slice(&bytes)
             };
             return parsed.map(Some).map_err(|e| CoordError::Refused {
-                kind: "invalid_response".to_string(),
+                kind: ErrorKind::InvalidResponse,
                 message: format!(
                     "POST {url}: HTTP {status} with a body that is not what the API promises: {e}"
                 ),
@@ -140,8 +139,10 @@ fn map_error(url: &str, status: StatusCode, body: &[u8], run: Option<(RunId, i64
             }
         }
     };
-    let kind = parsed.as_ref().map(|b| b.error.as_str());
-    if let (StatusCode::CONFLICT, Some("stale_lease"), Some((run, epoch))) = (status, kind, run) {
+    let kind = parsed.map(|b| b.error);
+    if let (StatusCode::CONFLICT, Some(ErrorKind::StaleLease), Some((run, epoch))) =
+        (status, &kind, run)
+    {
         return CoordError::StaleLease {
             run,
             epoch,
@@ -155,9 +156,7 @@ fn map_error(url: &str, status: StatusCode, body: &[u8], run: Option<(RunId, i64
         return CoordError::Unavailable(format!("POST {url}: HTTP {status}: {message}"));
     }
     CoordError::Refused {
-        kind: kind
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("http_{}", status.as_u16())),
+        kind: kind.unwrap_or(ErrorKind::Http(status.as_u16())),
         message: format!("POST {url}: HTTP {status}: {message}"),
     }
 }
@@ -185,7 +184,7 @@ impl Coordinator for HttpCoordinator {
             .post("/v1/factories", reg, REQUEST_TIMEOUT, None)
             .await?;
         r.map(|r| r.id).ok_or_else(|| CoordError::Refused {
-            kind: "invalid_response".to_string(),
+            kind: ErrorKind::InvalidResponse,
             message: "POST /v1/factories answered 204 instead of the factory id".to_string(),
         })
     }
@@ -198,7 +197,7 @@ impl Coordinator for HttpCoordinator {
         let path = format!("/v1/factories/{factory}/heartbeat");
         let ack: Option<HeartbeatAck> = self.post(&path, hb, REQUEST_TIMEOUT, None).await?;
         ack.ok_or_else(|| CoordError::Refused {
-            kind: "invalid_response".to_string(),
+            kind: ErrorKind::InvalidResponse,
             message: format!("POST {path} answered 204 instead of the heartbeat interval"),
         })
     }
@@ -225,7 +224,7 @@ impl Coordinator for HttpCoordinator {
             )
             .await?;
         r.ok_or_else(|| CoordError::Refused {
-            kind: "invalid_response".to_string(),
+            kind: ErrorKind::InvalidResponse,
             message: format!("POST /v1/runs/{run}/renew answered 204 instead of the lease"),
         })
     }

@@ -23,7 +23,6 @@
 //! attempt whose claim carries a checkpoint starts from it instead of the base.
 
 use crate::agent;
-use crate::coordinator::{CoordError, Coordinator};
 use crate::process::{self, DetachedCommand, Exit, PidRecord};
 use crate::record::{CheckpointState, Offsets, RECORD_VERSION, RunRecord};
 use crate::tail::{FileTail, SharedRecord, TICK, Tailer, TextReader};
@@ -33,6 +32,7 @@ use gantry_core::api::{Checkpoint, Claim, FinishReport, MAX_REPORTED_DIFF_BYTES}
 use gantry_core::event::{NewEvent, RUN_STARTED};
 use gantry_core::retry::Backoff;
 use gantry_core::{JobId, Outcome, RunId, StopKind};
+use gantry_protocol::{CoordError, Coordinator};
 use nix::sys::signal::Signal;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};

@@ -3,19 +3,19 @@
 //! a remote one.
 
 use crate::ServeConfig;
-use crate::error::{ApiError, FACTORY_NAME_TAKEN, SANDBOX_UNAVAILABLE};
+use crate::error::ApiError;
 use crate::metrics::{ClaimResult, FencedWrite, Metrics};
 use axum::http::StatusCode;
-use gantry_core::api::{
-    Claim, FactoryStatus, FinishReport, Health, Heartbeat, HeartbeatAck, MAX_REPORTED_DIFF_BYTES,
-    RegisterFactory, Renewed, Scope, SubmitFile, SubmitRequest, SubmitResponse, TokenInfo,
-    result_ref,
-};
 use gantry_core::event::{self, NewEvent};
 use gantry_core::repo::resolve_repo;
 use gantry_core::spec::parse_job_file;
 use gantry_core::{FactoryId, Job, JobId, JobState, Outcome, ParsedJob, RunId};
 use gantry_git::{self as workspace, SourceCheck, SourceField};
+use gantry_protocol::{
+    Claim, ErrorKind, FactoryStatus, FinishReport, Health, Heartbeat, HeartbeatAck,
+    MAX_REPORTED_DIFF_BYTES, RegisterFactory, Renewed, Scope, SubmitFile, SubmitRequest,
+    SubmitResponse, TokenInfo, result_ref,
+};
 use gantry_store::{Binding, Store, StoreError};
 use serde_json::json;
 use std::collections::HashMap;
@@ -254,7 +254,7 @@ impl Service {
         {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                SANDBOX_UNAVAILABLE,
+                ErrorKind::SandboxUnavailable,
                 format!(
                     "this server cannot sandbox jobs, so it runs only jobs of admin tokens: {reason}"
                 ),
@@ -374,7 +374,7 @@ impl Service {
                 );
                 Err(ApiError::new(
                     StatusCode::CONFLICT,
-                    FACTORY_NAME_TAKEN,
+                    ErrorKind::FactoryNameTaken,
                     format!(
                         "factory name {factory:?} belongs to token {holder:?}, which \
                          registered it; token {:?} cannot register as it",
@@ -394,7 +394,7 @@ impl Service {
                 );
                 Err(ApiError::new(
                     StatusCode::CONFLICT,
-                    FACTORY_NAME_TAKEN,
+                    ErrorKind::FactoryNameTaken,
                     format!(
                         "factory name {factory:?} was registered by the server itself or \
                          before factory names were bound to tokens; token {:?} cannot \

@@ -6,9 +6,9 @@ use crate::command::Format;
 use crate::error::CliError;
 use crate::output::{self, Table};
 use crate::render::*;
-use gantry_core::api::{SubmitFile, SubmitRequest};
 use gantry_core::time::now_millis;
 use gantry_core::{JobId, JobState};
+use gantry_protocol::{SubmitFile, SubmitRequest};
 use std::path::PathBuf;
 
 /// `gantry submit FILE...`.
