@@ -3,12 +3,12 @@
 //! the built-in `script` engine with live insights, one of them stopped by its budget.
 //! It is the README's first command, so it must take seconds and need nothing but git.
 
-use crate::client::Client;
 use crate::error::{CliError, Kind, from_client};
 use crate::gitutil::{git, init_repo};
 use crate::output::{self, Table, short_duration};
 use crate::render::plus_minus;
 use crate::serve;
+use gantry_client::Client;
 use gantry_core::event::{self, Event};
 use gantry_core::time::now_millis;
 use gantry_core::{Job, JobId, JobState, Outcome};
@@ -214,8 +214,12 @@ async fn run(root: &Path, keep: bool) -> Result<(), CliError> {
         "Started an embedded server on {url} ({SEATS} seats, data in {})",
         data.display()
     ));
-    let client = Client::new(&url, Some(server.admin_token().to_string()))
-        .map_err(|e| from_client(e, &url))?;
+    let client = Client::new(
+        &url,
+        Some(server.admin_token()),
+        crate::handlers::CONNECT_TIMEOUT,
+    )
+    .map_err(|e| from_client(e, &url))?;
     let outcome = drive(&client, &repo, &jobs_dir, keep).await;
     if let Err(e) = server.shutdown().await {
         output::note(format!(

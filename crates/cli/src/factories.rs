@@ -1,10 +1,10 @@
 //! `gantry factories`: the registered factories, their load, whether they claim (and if
 //! not, why) and their health.
 
-use crate::client::Client;
 use crate::command::Format;
 use crate::error::{CliError, from_client};
 use crate::output::{self, Table};
+use gantry_client::Client;
 use gantry_protocol::FactoryStatus;
 
 /// `gantry factories [--json]`.

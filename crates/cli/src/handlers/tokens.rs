@@ -1,10 +1,10 @@
 //! `gantry token create`, `token ls` and `token revoke`.
 
 use super::api;
-use crate::client::Client;
 use crate::command::Format;
 use crate::error::CliError;
 use crate::output::{self, Table};
+use gantry_client::Client;
 use gantry_core::time::now_millis;
 use gantry_protocol::TokenInfo;
 
