@@ -6,12 +6,12 @@
 //! store must not depend on the protocol crate. `gantry-protocol` re-exports every one
 //! of them beside the types only the two ends of the wire speak.
 
+use crate::engine::Insights;
 use crate::id::{FactoryId, JobId, RunId};
 use crate::job::StopKind;
 use crate::spec::JobSpec;
 use crate::state::Outcome;
 use crate::time::Millis;
-use gantry_engine::Insights;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;

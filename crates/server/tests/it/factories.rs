@@ -51,7 +51,11 @@ async fn name_taken(resp: reqwest::Response) -> ErrorBody {
     let text = resp.text().await.expect("body");
     assert_eq!(status, 409, "{text}");
     let body: ErrorBody = serde_json::from_str(&text).expect("error body");
-    assert_eq!(body.error, gantry_protocol::ErrorKind::FactoryNameTaken, "{body:?}");
+    assert_eq!(
+        body.error,
+        gantry_protocol::ErrorKind::FactoryNameTaken,
+        "{body:?}"
+    );
     assert!(body.hint.is_some(), "a refusal says what to do: {body:?}");
     body
 }
