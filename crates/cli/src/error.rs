@@ -130,7 +130,7 @@ pub fn from_client(e: ClientError, url: &str) -> CliError {
         e @ ClientError::InvalidToken => CliError::new(Kind::Unauthorized, e.to_string())
             .hint("check the token passed with --token (GANTRY_TOKEN) or in the token file"),
         ClientError::Setup { message } => CliError::local(message),
-        ClientError::Api { status, body, .. } => {
+        ClientError::Api { status, body } => {
             let kind = match status {
                 400 | 422 => Kind::Invalid,
                 401 => Kind::Unauthorized,
@@ -223,7 +223,6 @@ mod tests {
     fn an_answer_that_is_not_an_error_body_keeps_its_status() {
         let e = from_client(
             ClientError::Api {
-                url: "http://127.0.0.1:7700/v1/status".into(),
                 status: 502,
                 body: ErrorBody::new(
                     gantry_protocol::ErrorKind::Http(502),
@@ -243,7 +242,6 @@ mod tests {
     fn api(status: u16, error: &str, message: &str, details: serde_json::Value) -> CliError {
         from_client(
             ClientError::Api {
-                url: "http://127.0.0.1:7700/v1/jobs".into(),
                 status,
                 body: ErrorBody {
                     error: error.into(),

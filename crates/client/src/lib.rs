@@ -70,8 +70,6 @@ pub enum ClientError {
     /// The server answered with an error status.
     #[error("HTTP {status} {}: {}", body.error, body.message)]
     Api {
-        /// The URL requested.
-        url: String,
         /// HTTP status.
         status: u16,
         /// The server's error body, or one of kind [`ErrorKind::Http`] for an answer
@@ -237,7 +235,6 @@ impl Client {
         Err(ClientError::Api {
             status: status.as_u16(),
             body: error_body(&url, status, &bytes),
-            url,
         })
     }
 

@@ -326,7 +326,10 @@ impl Factory {
                     self.spawn_run(claim, permit);
                 }
                 Ok(None) => backoff.reset(),
-                Err(CoordError::Refused { kind, message }) if kind == ErrorKind::NotFound => {
+                Err(CoordError::Refused {
+                    kind: ErrorKind::NotFound,
+                    message,
+                }) => {
                     tracing::warn!(factory = %id, %message, "the server does not know this factory; registering again");
                     if registration
                         .replace(enrolled, &mut shutdown)

@@ -99,7 +99,10 @@ async fn run(mut p: Pulse) {
                 backoff.reset();
                 interval
             }
-            Err(CoordError::Refused { kind, message }) if kind == ErrorKind::NotFound => {
+            Err(CoordError::Refused {
+                kind: ErrorKind::NotFound,
+                message,
+            }) => {
                 tracing::warn!(factory = %id, %message, "the server does not know this factory; registering again");
                 match p.registration.replace(enrolled, &mut p.stop).await {
                     // Tell the server at once under the new id.

@@ -84,7 +84,7 @@ impl HttpCoordinator {
         self.client
             .post_json(path, body, timeout)
             .await
-            .map_err(|e| coord_error(e, run))
+            .map_err(|e| coord_error(e, &self.client.url(path), run))
     }
 
     /// POSTs `body` to `path` for an answer that must not be a 204; `what` names it.
@@ -104,9 +104,9 @@ impl HttpCoordinator {
 }
 
 /// What a failed call means to the factory loop.
-fn coord_error(e: ClientError, run: Option<(RunId, i64)>) -> CoordError {
+fn coord_error(e: ClientError, url: &str, run: Option<(RunId, i64)>) -> CoordError {
     match e {
-        ClientError::Api { url, status, body } => {
+        ClientError::Api { status, body } => {
             if let (409, ErrorKind::StaleLease, Some((run, epoch))) = (status, &body.error, run) {
                 return CoordError::StaleLease {
                     run,

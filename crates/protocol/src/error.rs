@@ -78,6 +78,13 @@ impl ErrorKind {
         ErrorKind::TooManyConnections,
     ];
 
+    /// The kinds without a payload that only a client names (its own failures).
+    pub const CLIENT: [ErrorKind; 3] = [
+        ErrorKind::InvalidUrl,
+        ErrorKind::InvalidToken,
+        ErrorKind::InvalidResponse,
+    ];
+
     /// The wire name of a kind without a payload; `None` for [`ErrorKind::Http`] and
     /// [`ErrorKind::Other`], whose names are built from their payload.
     fn fixed_name(&self) -> Option<&'static str> {
@@ -108,28 +115,8 @@ impl ErrorKind {
     /// The kind named `code` on the wire; never fails (an unknown code is
     /// [`ErrorKind::Other`]).
     pub fn parse(code: &str) -> ErrorKind {
-        const NAMED: [ErrorKind; 19] = [
-            ErrorKind::BadRequest,
-            ErrorKind::Unauthorized,
-            ErrorKind::Forbidden,
-            ErrorKind::NotFound,
-            ErrorKind::MethodNotAllowed,
-            ErrorKind::Internal,
-            ErrorKind::InvalidJob,
-            ErrorKind::StaleLease,
-            ErrorKind::WrongState,
-            ErrorKind::Exists,
-            ErrorKind::IdempotencyConflict,
-            ErrorKind::FactoryNameTaken,
-            ErrorKind::SandboxUnavailable,
-            ErrorKind::TooLarge,
-            ErrorKind::TooManyStreams,
-            ErrorKind::TooManyConnections,
-            ErrorKind::InvalidUrl,
-            ErrorKind::InvalidToken,
-            ErrorKind::InvalidResponse,
-        ];
-        if let Some(k) = NAMED.iter().find(|k| k.fixed_name() == Some(code)) {
+        let mut named = ErrorKind::SERVER.iter().chain(&ErrorKind::CLIENT);
+        if let Some(k) = named.find(|k| k.fixed_name() == Some(code)) {
             return k.clone();
         }
         let status = code
@@ -145,11 +132,10 @@ impl ErrorKind {
 
 impl fmt::Display for ErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.fixed_name(), self) {
-            (Some(name), _) => f.write_str(name),
-            (None, ErrorKind::Http(status)) => write!(f, "http_{status}"),
-            (None, ErrorKind::Other(code)) => f.write_str(code),
-            (None, _) => Ok(()),
+        match self {
+            ErrorKind::Http(status) => write!(f, "http_{status}"),
+            ErrorKind::Other(code) => f.write_str(code),
+            kind => f.write_str(kind.fixed_name().unwrap_or_default()),
         }
     }
 }
@@ -163,10 +149,7 @@ impl From<&str> for ErrorKind {
 /// A kind equals its wire name, so a test can say `assert_eq!(kind, "not_found")`.
 impl PartialEq<str> for ErrorKind {
     fn eq(&self, other: &str) -> bool {
-        match self.fixed_name() {
-            Some(name) => name == other,
-            None => self.to_string() == other,
-        }
+        *self == ErrorKind::parse(other)
     }
 }
 
