@@ -114,7 +114,11 @@ fn coord_error(e: ClientError, url: &str, run: Option<(RunId, i64)>) -> CoordErr
                     message: body.message,
                 };
             }
-            let message = format!("POST {url}: HTTP {}: {}", status_line(status), body.message);
+            let message = match body.error {
+                // Not a Gantry error body: its message already names the URL and status.
+                ErrorKind::Http(_) => format!("POST {}", body.message),
+                _ => format!("POST {url}: HTTP {}: {}", status_line(status), body.message),
+            };
             if status >= 500 || status == 408 || status == 429 {
                 return CoordError::Unavailable(message);
             }
@@ -123,11 +127,11 @@ fn coord_error(e: ClientError, url: &str, run: Option<(RunId, i64)>) -> CoordErr
                 message,
             }
         }
-        ClientError::BadResponse { url, message } => CoordError::Refused {
+        ClientError::BadResponse { message, .. } => CoordError::Refused {
             kind: ErrorKind::InvalidResponse,
             message: format!("POST {url}: {message}"),
         },
-        ClientError::Unreachable { url, cause } | ClientError::Transport { url, cause } => {
+        ClientError::Unreachable { cause, .. } | ClientError::Transport { cause, .. } => {
             CoordError::Unavailable(format!("POST {url}: {cause}"))
         }
         other => CoordError::Unavailable(other.to_string()),
