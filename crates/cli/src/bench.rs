@@ -5,14 +5,14 @@
 pub mod metrics;
 pub mod secrets;
 
-use crate::client::Client;
 use crate::command::BenchDb;
 use crate::error::{CliError, Kind, from_client};
 use crate::gitutil::{git, init_repo};
 use crate::output;
 use crate::serve;
-use gantry_core::api::{SubmitFile, SubmitRequest};
+use gantry_client::Client;
 use gantry_core::{JobId, JobState};
+use gantry_protocol::{SubmitFile, SubmitRequest};
 use gantry_server::ServeConfig;
 use gantry_store::{PgOptions, PgStore, SqliteStore, Store};
 use std::path::Path;
@@ -507,8 +507,12 @@ async fn bench_server(
     })
     .await?;
     let url = format!("http://{}", server.addr());
-    let client = Client::new(&url, Some(server.admin_token().to_string()))
-        .map_err(|e| from_client(e, &url))?;
+    let client = Client::new(
+        &url,
+        Some(server.admin_token()),
+        crate::handlers::CONNECT_TIMEOUT,
+    )
+    .map_err(|e| from_client(e, &url))?;
     Ok((server, client))
 }
 

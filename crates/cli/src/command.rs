@@ -3,8 +3,8 @@
 //! succeeds, and every refusal is a [`UsageError`] naming the argument and the value.
 
 use crate::cli::{self, Cli, Sub};
-use gantry_core::api::Scope;
 use gantry_core::{JobId, JobState};
+use gantry_protocol::Scope;
 use gantry_server::ServeConfig;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -3,19 +3,19 @@
 //! the built-in `script` engine with live insights, one of them stopped by its budget.
 //! It is the README's first command, so it must take seconds and need nothing but git.
 
-use crate::client::Client;
 use crate::error::{CliError, Kind, from_client};
 use crate::gitutil::{git, init_repo};
 use crate::output::{self, Table, short_duration};
 use crate::render::plus_minus;
 use crate::serve;
-use gantry_core::api::{SubmitFile, SubmitRequest};
+use gantry_client::Client;
 use gantry_core::event::{
     self, DeliveryFailed, DeliveryPushed, Event, JobStateChanged, OutputStream, RunBudgetExceeded,
     RunClaimed, RunFinished, RunOutput, RunStarted,
 };
 use gantry_core::time::now_millis;
 use gantry_core::{Job, JobId, JobState, Outcome};
+use gantry_protocol::{SubmitFile, SubmitRequest};
 use gantry_server::ServeConfig;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -217,8 +217,12 @@ async fn run(root: &Path, keep: bool) -> Result<(), CliError> {
         "Started an embedded server on {url} ({SEATS} seats, data in {})",
         data.display()
     ));
-    let client = Client::new(&url, Some(server.admin_token().to_string()))
-        .map_err(|e| from_client(e, &url))?;
+    let client = Client::new(
+        &url,
+        Some(server.admin_token()),
+        crate::handlers::CONNECT_TIMEOUT,
+    )
+    .map_err(|e| from_client(e, &url))?;
     let outcome = drive(&client, &repo, &jobs_dir, keep).await;
     if let Err(e) = server.shutdown().await {
         output::note(format!(

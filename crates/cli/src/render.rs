@@ -271,7 +271,7 @@ fn finished_summary(p: &RunFinished) -> String {
 
 /// A normalized agent event in one line.
 pub(crate) fn agent_summary(d: &serde_json::Value) -> String {
-    use gantry_core::engine::AgentEvent;
+    use gantry_engine::AgentEvent;
     let Ok(ev) = serde_json::from_value::<AgentEvent>(d.clone()) else {
         return d.to_string();
     };

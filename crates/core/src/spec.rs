@@ -4,9 +4,9 @@
 //! verbatim. Every error names the file, the line and the field, and a file is either
 //! accepted whole or refused whole.
 
+pub use crate::engine::{Budget, Format, Step};
 use crate::id::JobId;
 use crate::state::Outcome;
-pub use gantry_engine::{Budget, Format, Step};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;

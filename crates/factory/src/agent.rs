@@ -5,13 +5,13 @@
 //! Everything engine-specific is here, so the run supervisor only starts what
 //! [`launch`] returns and feeds every stdout line to its [`Watcher`].
 
-use gantry_core::api::Checkpoint;
-use gantry_core::engine::{
-    AgentEvent, AgentRequest, Breach, Budget, Format, Insights, PriceTable, Stdin, StreamParser,
-    claude_invocation, codex_invocation, parser, script,
-};
 use gantry_core::event::{NewEvent, RunBudgetExceeded, RunCheckpoint};
 use gantry_core::{EngineKind, JobId, JobSpec, Outcome, RunId};
+use gantry_engine::{
+    AgentEvent, AgentRequest, Breach, Budget, Fold, Format, Insights, PriceTable, Stdin,
+    StreamParser, claude_invocation, codex_invocation, parser, script,
+};
+use gantry_protocol::Checkpoint;
 use serde::Deserialize;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -288,7 +288,7 @@ impl Watcher {
              its bytes up to the next newline were dropped (the transcript keeps them); it began: {head}"
         );
         self.take(vec![AgentEvent::Notice {
-            message: gantry_core::engine::event::clip(&message),
+            message: gantry_engine::event::clip(&message),
         }])
     }
 
@@ -484,8 +484,7 @@ impl AgentReader {
                     // Longer than the cap, whole or not: report its start and drop the
                     // rest rather than parse it in pieces, because a fragment of a JSON
                     // line is not an event and every piece would be reported again.
-                    let head =
-                        tail.buffered()[..gantry_core::engine::event::MAX_TEXT_BYTES].to_vec();
+                    let head = tail.buffered()[..gantry_engine::event::MAX_TEXT_BYTES].to_vec();
                     tail.discard(LINE_MAX);
                     self.cutting = true;
                     Some(Piece::Cut(head))
@@ -549,7 +548,7 @@ impl crate::tail::StdoutReader for AgentReader {
 mod tests {
     use super::*;
     use crate::tail::{FileTail, READ_MAX, StdoutReader};
-    use gantry_core::engine::PriceTable;
+    use gantry_engine::PriceTable;
     use std::io::Write;
 
     fn reader(replay: Option<(&Path, u64)>) -> AgentReader {

@@ -2,19 +2,17 @@
 //! then claim a job whenever a seat is free and run it.
 
 use crate::admission::{self, Admission};
-use crate::coordinator::{CoordError, Coordinator};
 use crate::heartbeat;
 use crate::process;
 use crate::record::{self, RunRecord};
-use crate::registration::{
-    BACKOFF_FIRST, BACKOFF_MAX, NOT_FOUND, Registration, Waited, or_shutdown,
-};
+use crate::registration::{BACKOFF_FIRST, BACKOFF_MAX, Registration, Waited, or_shutdown};
 use crate::run::{Adoption, RunContext, adopt_run, run_claim};
 use crate::workspace::{self, LiveGuard};
 use crate::{FactoryConfig, FactoryError};
-use gantry_core::api::{Claim, RegisterFactory};
 use gantry_core::retry::Backoff;
 use gantry_core::{JobId, RunId, StopKind};
+use gantry_protocol::{Claim, RegisterFactory};
+use gantry_protocol::{CoordError, Coordinator, ErrorKind};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -278,7 +276,10 @@ impl Factory {
                     self.spawn_run(claim, permit);
                 }
                 Ok(None) => backoff.reset(),
-                Err(CoordError::Refused { kind, message }) if kind == NOT_FOUND => {
+                Err(CoordError::Refused {
+                    kind: ErrorKind::NotFound,
+                    message,
+                }) => {
                     tracing::warn!(factory = %id, %message, "the server does not know this factory; registering again");
                     if registration
                         .replace(enrolled, &mut shutdown)

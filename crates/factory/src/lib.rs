@@ -20,7 +20,6 @@
 
 pub mod admission;
 pub mod agent;
-mod coordinator;
 mod factory;
 mod heartbeat;
 mod http;
@@ -34,8 +33,8 @@ mod tail;
 pub use gantry_git as workspace;
 
 pub use admission::Admission;
-pub use coordinator::{CoordError, Coordinator};
 pub use factory::{AdoptReport, Factory, prune_workspaces};
+pub use gantry_protocol::{CoordError, Coordinator};
 pub use http::HttpCoordinator;
 pub use record::kill_orphans;
 pub use sandbox::{Confinement, Sandbox, SandboxError};
@@ -73,7 +72,7 @@ pub struct FactoryConfig {
     /// Agent CLIs, prices and the checkpoint interval.
     pub engines: agent::EngineSettings,
     /// Publish the commit of a succeeded run in the source repository (at
-    /// [`gantry_core::api::result_ref`]) when the claim says the server delivers it,
+    /// [`gantry_protocol::result_ref`]) when the claim says the server delivers it,
     /// because the server cannot read this factory's cache: true for a remote factory,
     /// false for one that shares the server's data dir (the embedded factory). A
     /// publication that fails fails the run.

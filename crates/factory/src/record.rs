@@ -9,8 +9,8 @@
 //! point leaves a record that says what to do.
 
 use crate::process::{self, PidRecord};
-use gantry_core::api::Claim;
 use gantry_core::{Outcome, RunId};
+use gantry_protocol::Claim;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};

@@ -3,10 +3,10 @@
 //! and the waits both do while watching for shutdown.
 
 use crate::FactoryError;
-use crate::coordinator::{CoordError, Coordinator};
 use gantry_core::FactoryId;
 use gantry_core::api::RegisterFactory;
 use gantry_core::retry::Backoff;
+use gantry_protocol::{CoordError, Coordinator};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -46,9 +46,6 @@ pub(crate) struct Enrolled {
     /// Which registration gave it.
     generation: u64,
 }
-
-/// The error kind of an answer about a factory the server does not know.
-pub(crate) const NOT_FOUND: &str = "not_found";
 
 /// The factory's registration: its current id, shared by the claim loop and the
 /// heartbeat so they never use different ids. When the server forgets the factory (a

@@ -9,11 +9,11 @@
 //! record, so a factory that re-adopts the run continues exactly after what was
 //! uploaded: nothing is lost, nothing sent twice.
 
-use crate::coordinator::{CoordError, Coordinator};
 use crate::record::{Offsets, RunRecord};
 use gantry_core::RunId;
 use gantry_core::event::{NewEvent, OutputStream, RunOutput};
 use gantry_core::retry::Backoff;
+use gantry_protocol::{CoordError, Coordinator};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

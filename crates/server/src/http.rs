@@ -14,13 +14,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Router, http::Method, http::Uri};
 use futures_util::Stream;
-use gantry_core::api::{
-    ClaimRequest, CreateToken, CreatedToken, EventsUpload, FactoryStatus, FinishReport, Heartbeat,
-    HeartbeatAck, MAX_REPORTED_DIFF_BYTES, RegisterFactory, Registered, RenewRequest, Status,
-    SubmitRequest, SubmitResponse, TokenInfo,
-};
 use gantry_core::event::Event;
 use gantry_core::{FactoryId, Job, JobId, JobState, RunId};
+use gantry_protocol::{
+    ClaimRequest, CreateToken, CreatedToken, ErrorKind, EventsUpload, FactoryStatus, FinishReport,
+    HealthCheck, Heartbeat, HeartbeatAck, KilledAll, MAX_REPORTED_DIFF_BYTES, RegisterFactory,
+    Registered, RenewRequest, Status, SubmitRequest, SubmitResponse, TokenInfo,
+};
 use gantry_store::JobFilter;
 use serde_json::json;
 use std::collections::VecDeque;
@@ -89,7 +89,7 @@ async fn no_route(method: Method, uri: Uri) -> ApiError {
 async fn wrong_method(method: Method, uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorKind::MethodNotAllowed,
         format!("{} does not accept {method}", uri.path()),
     )
 }
@@ -100,8 +100,8 @@ async fn metrics(State(svc): State<Arc<Service>>, _: Authed<Read>) -> Result<Res
     Ok(([(CONTENT_TYPE, crate::metrics::CONTENT_TYPE_TEXT)], body).into_response())
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(json!({ "ok": true }))
+async fn health() -> Json<HealthCheck> {
+    Json(HealthCheck { ok: true })
 }
 
 async fn submit(
@@ -213,11 +213,11 @@ async fn retry(
 async fn kill_all(
     State(svc): Svc,
     Authed(caller, _): Authed<Operate>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<KilledAll>, ApiError> {
     let jobs = svc.store().kill_all().await?;
     svc.stop_asked();
     tracing::warn!(token = %caller.token.name, ?jobs, "kill-all: claiming paused");
-    Ok(Json(json!({ "jobs": jobs })))
+    Ok(Json(KilledAll { jobs }))
 }
 
 async fn pause(

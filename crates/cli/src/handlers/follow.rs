@@ -1,11 +1,11 @@
 //! `gantry events`, `gantry logs` and `gantry diff`: following what a job does.
 
 use super::api;
-use crate::client::{Client, ClientError, EventStream};
 use crate::command::Format;
 use crate::error::{CliError, from_client};
 use crate::output::{self};
 use crate::render::*;
+use gantry_client::{Client, ClientError, EventStream};
 use gantry_core::JobId;
 use gantry_core::event::{Event, JobStateChanged, RunFinished, RunOutput};
 use std::time::Duration;
@@ -57,7 +57,11 @@ pub async fn for_each_event(
             Ok(job) => job.state.is_terminal(),
             // The server is away (restarting, say): the stream reconnects on its own
             // and gives up with a clear error if it stays away, so just keep waiting.
-            Err(ClientError::Unreachable { .. } | ClientError::BadResponse { .. }) => false,
+            Err(
+                ClientError::Unreachable { .. }
+                | ClientError::Transport { .. }
+                | ClientError::BadResponse { .. },
+            ) => false,
             Err(e) => return Err(from_client(e, client.base())),
         };
         if ended {

@@ -2,12 +2,12 @@
 
 use super::Supervisor;
 use crate::agent;
-use crate::coordinator::Coordinator;
 use crate::record::CheckpointState;
 use crate::tail::SharedRecord;
 use crate::workspace;
 use gantry_core::api::Checkpoint;
 use gantry_core::{JobId, RunId};
+use gantry_protocol::Coordinator;
 use std::path::Path;
 use std::sync::Arc;
 

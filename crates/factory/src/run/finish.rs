@@ -1,7 +1,6 @@
 //! The end of a run: commit and measure, publish, clean up and report.
 
 use super::{ProcessEnd, RETRY_FIRST, Supervisor};
-use crate::coordinator::CoordError;
 use crate::process::Exit;
 use crate::record::RunRecord;
 use crate::tail::SharedRecord;
@@ -9,6 +8,7 @@ use crate::workspace;
 use gantry_core::api::{FinishReport, MAX_REPORTED_DIFF_BYTES};
 use gantry_core::retry::Backoff;
 use gantry_core::{JobId, Outcome};
+use gantry_protocol::CoordError;
 use std::path::Path;
 use std::time::Duration;
 

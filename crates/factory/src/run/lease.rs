@@ -1,10 +1,10 @@
 //! The lease of a run: the renewer that keeps it, and what it tells the supervisor.
 
 use super::{AbortOnDrop, RETRY_FIRST, RunContext};
-use crate::coordinator::{CoordError, Coordinator};
 use gantry_core::api::Claim;
 use gantry_core::retry::Backoff;
 use gantry_core::{RunId, StopKind};
+use gantry_protocol::{CoordError, Coordinator};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;

@@ -33,7 +33,6 @@ mod monitor;
 mod spawn;
 
 use crate::agent;
-use crate::coordinator::Coordinator;
 use crate::process::Exit;
 use crate::record::{CheckpointState, Offsets, RECORD_VERSION, RunRecord};
 use crate::tail::SharedRecord;
@@ -42,6 +41,7 @@ use crate::{FactoryConfig, artifacts_dir, attempt_branch, worktree_dir};
 use checkpoint::start_point;
 use gantry_core::api::{Checkpoint, Claim, FinishReport};
 use gantry_core::{JobId, Outcome, RunId, StopKind};
+use gantry_protocol::Coordinator;
 use lease::{FinishGate, LeaseState, start_renewer};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,10 +1,11 @@
 //! Factories: registration (bound to tokens), heartbeats and health.
 
 use super::{Service, millis};
-use crate::error::{ApiError, FACTORY_NAME_TAKEN};
+use crate::error::ApiError;
 use axum::http::StatusCode;
 use gantry_core::FactoryId;
-use gantry_core::api::{
+use gantry_protocol::ErrorKind;
+use gantry_protocol::{
     FactoryStatus, Health, Heartbeat, HeartbeatAck, RegisterFactory, Scope, TokenInfo,
 };
 use gantry_store::Binding;
@@ -80,7 +81,7 @@ impl Service {
                 );
                 Err(ApiError::new(
                     StatusCode::CONFLICT,
-                    FACTORY_NAME_TAKEN,
+                    ErrorKind::FactoryNameTaken,
                     format!(
                         "factory name {factory:?} belongs to token {holder:?}, which \
                          registered it; token {:?} cannot register as it",
@@ -100,7 +101,7 @@ impl Service {
                 );
                 Err(ApiError::new(
                     StatusCode::CONFLICT,
-                    FACTORY_NAME_TAKEN,
+                    ErrorKind::FactoryNameTaken,
                     format!(
                         "factory name {factory:?} was registered by the server itself or \
                          before factory names were bound to tokens; token {:?} cannot \

@@ -1,13 +1,14 @@
 //! Submitting and showing jobs: parsing, the submit-time source check, the diff.
 
 use super::Service;
-use crate::error::{ApiError, SANDBOX_UNAVAILABLE};
+use crate::error::ApiError;
 use axum::http::StatusCode;
-use gantry_core::api::{Scope, SubmitFile, SubmitRequest, SubmitResponse, TokenInfo};
 use gantry_core::repo::resolve_repo;
 use gantry_core::spec::parse_job_file;
 use gantry_core::{Job, JobId, JobState, ParsedJob};
 use gantry_git::{self as workspace, SourceCheck, SourceField};
+use gantry_protocol::ErrorKind;
+use gantry_protocol::{Scope, SubmitFile, SubmitRequest, SubmitResponse, TokenInfo};
 use serde_json::json;
 use std::collections::HashMap;
 use std::path::Path;
@@ -32,7 +33,7 @@ impl Service {
         {
             return Err(ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                SANDBOX_UNAVAILABLE,
+                ErrorKind::SandboxUnavailable,
                 format!(
                     "this server cannot sandbox jobs, so it runs only jobs of admin tokens: {reason}"
                 ),

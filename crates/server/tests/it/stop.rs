@@ -4,8 +4,8 @@
 use crate::support::{
     TestServer, alive, config, group_members, job_file, repo, started_pid, wait_group_gone,
 };
-use gantry_core::api::{ErrorBody, Status};
 use gantry_core::{Job, JobState, Outcome, StopKind};
+use gantry_protocol::{ErrorBody, Status};
 use serde_json::json;
 use std::time::Duration;
 

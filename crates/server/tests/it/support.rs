@@ -1,9 +1,9 @@
 //! Test harness: a real server on a free port over a temp data dir, real git repos, an
 //! HTTP client, and helpers to wait for states and read event streams.
 
-use gantry_core::api::{Claim, CreatedToken, Registered, Scope, SubmitResponse, result_ref};
 use gantry_core::event::Event;
 use gantry_core::{FactoryId, Job, JobId, JobState};
+use gantry_protocol::{Claim, CreatedToken, Registered, Scope, SubmitResponse, result_ref};
 use gantry_server::{RunningServer, ServeConfig};
 use serde_json::{Value, json};
 use std::net::{Ipv4Addr, SocketAddr};

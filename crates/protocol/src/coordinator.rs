@@ -1,11 +1,14 @@
-//! The factory protocol, as a trait with two implementations: in-process (in the
-//! server crate) and HTTP ([`crate::HttpCoordinator`]).
+//! The factory protocol, as a trait with two implementations: in-process (the server's
+//! `LocalCoordinator`) and HTTP (the factory's `HttpCoordinator` over `gantry-client`).
 
+use crate::error::ErrorKind;
 use async_trait::async_trait;
-use gantry_core::api::{Claim, FinishReport, Heartbeat, HeartbeatAck, RegisterFactory, Renewed};
+use gantry_core::api::{Claim, FinishReport, Heartbeat, RegisterFactory, Renewed};
 use gantry_core::event::NewEvent;
 use gantry_core::{FactoryId, RunId};
 use std::time::Duration;
+
+use crate::wire::HeartbeatAck;
 
 /// Why a coordinator call failed.
 #[derive(Debug, thiserror::Error)]
@@ -26,8 +29,8 @@ pub enum CoordError {
     /// The server refused the request for good (bad request, auth, not found).
     #[error("coordinator refused the request ({kind}): {message}")]
     Refused {
-        /// Error kind from the server, e.g. `forbidden`.
-        kind: String,
+        /// Error kind from the server, e.g. [`ErrorKind::Forbidden`].
+        kind: ErrorKind,
         /// The server's message.
         message: String,
     },
@@ -43,7 +46,8 @@ pub trait Coordinator: Send + Sync + 'static {
     async fn register(&self, reg: &RegisterFactory) -> Result<FactoryId, CoordError>;
     /// Reports the factory's figures and admission; the answer says when to send the
     /// next heartbeat. An unknown factory (the server forgot it) is
-    /// [`CoordError::Refused`] of kind `not_found`: the factory registers again.
+    /// [`CoordError::Refused`] of kind [`ErrorKind::NotFound`]: the factory registers
+    /// again.
     async fn heartbeat(
         &self,
         factory: FactoryId,

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::insights::Insights;
+use super::insights::Insights;
 
 /// Limits on a job's spending; a limit is passed when the actual figure is above it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -1,32 +1,59 @@
-//! The HTTP client of Gantry's API (`/v1`): one method per endpoint, typed with the
-//! wire types of `gantry_core::api`, plus an event stream over server-sent events that
-//! resumes with `Last-Event-ID` when the connection drops.
+//! The one HTTP client of Gantry's API (`/v1`), used by the CLI and by remote
+//! factories: one method per endpoint, typed with the wire types of `gantry-protocol`;
+//! error bodies parsed into [`ErrorBody`] (so callers match on [`ErrorKind`]); and an
+//! event stream over server-sent events ([`EventStream`]) that resumes with
+//! `Last-Event-ID` when the connection drops.
+//!
+//! Invariant: a non-2xx answer always comes back as [`ClientError::Api`] with an
+//! [`ErrorBody`]: the server's own, or, for an answer that is not a Gantry error body
+//! (a proxy's page), one of kind [`ErrorKind::Http`] carrying the status and the text.
+
+mod stream;
+
+pub use stream::EventStream;
 
 use bytes::Bytes;
-use futures_util::{Stream, StreamExt};
-use gantry_core::api::{
-    CreateToken, CreatedToken, ErrorBody, FactoryStatus, Scope, Status, SubmitRequest,
-    SubmitResponse, TokenInfo,
-};
 use gantry_core::event::Event;
-use gantry_core::retry::Backoff;
 use gantry_core::{Job, JobId, JobState};
-use serde::Deserialize;
+use gantry_protocol::{
+    CreateToken, CreatedToken, ErrorBody, ErrorKind, FactoryStatus, KilledAll, Scope, Status,
+    SubmitRequest, SubmitResponse, TokenInfo,
+};
+use reqwest::header::{AUTHORIZATION, HeaderValue};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::collections::VecDeque;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::time::Duration;
 
 /// Jobs asked for per page of `GET /v1/jobs` (the server's most).
 pub const PAGE: usize = 1000;
 
+/// The most characters of a non-Gantry error answer kept in its message.
+const MAX_RAW_ERROR_CHARS: usize = 500;
+
 /// Why a request failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The token cannot be sent in a header.
+    #[error("invalid token: it must be printable ASCII without line breaks")]
+    InvalidToken,
+    /// The HTTP stack could not be set up.
+    #[error("{message}")]
+    Setup {
+        /// What is wrong.
+        message: String,
+    },
     /// No connection could be made (refused, timed out, DNS).
     #[error("cannot reach {url}: {cause}")]
     Unreachable {
+        /// The URL requested.
+        url: String,
+        /// The transport error and its causes, as text.
+        cause: String,
+    },
+    /// The connection failed after it was made (the answer could not be read).
+    #[error("talking to {url} failed: {cause}")]
+    Transport {
         /// The URL requested.
         url: String,
         /// The transport error and its causes, as text.
@@ -40,12 +67,13 @@ pub enum ClientError {
         /// Why.
         source: std::io::Error,
     },
-    /// The server answered with an error body.
+    /// The server answered with an error status.
     #[error("HTTP {status} {}: {}", body.error, body.message)]
     Api {
         /// HTTP status.
         status: u16,
-        /// The server's error body.
+        /// The server's error body, or one of kind [`ErrorKind::Http`] for an answer
+        /// that is not a Gantry error body.
         body: ErrorBody,
     },
     /// The server answered something that is not what the API promises.
@@ -69,23 +97,25 @@ pub enum ClientError {
 /// Result of client calls.
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
-/// Answer of `POST /v1/kill-all`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize)]
-pub struct KilledAll {
-    /// The jobs that were asked to stop.
-    pub jobs: Vec<JobId>,
+/// A status as HTTP writes it, e.g. `409 Conflict`.
+pub fn status_line(status: u16) -> String {
+    match reqwest::StatusCode::from_u16(status) {
+        Ok(s) => s.to_string(),
+        Err(_) => status.to_string(),
+    }
 }
 
 /// A client of one server.
 #[derive(Clone)]
 pub struct Client {
     base: String,
-    token: Option<String>,
+    auth: Option<HeaderValue>,
     http: reqwest::Client,
 }
 
-/// The text of an error and all its causes, joined by ": ".
-fn chain(e: &dyn std::error::Error) -> String {
+/// The text of an error and all its causes, joined by ": ", so "connection refused" is
+/// not hidden behind "error sending request".
+pub fn chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -112,20 +142,65 @@ fn encode_segment(s: &str) -> String {
     out
 }
 
+/// The error for a transport failure on `url`.
+fn transport(url: &str, e: &reqwest::Error) -> ClientError {
+    if e.is_connect() || e.is_timeout() {
+        ClientError::Unreachable {
+            url: url.to_string(),
+            cause: chain(e),
+        }
+    } else {
+        ClientError::Transport {
+            url: url.to_string(),
+            cause: chain(e),
+        }
+    }
+}
+
+/// The error body of a non-2xx answer: the server's, or one of kind
+/// [`ErrorKind::Http`] naming the status and the start of the text.
+fn error_body(url: &str, status: reqwest::StatusCode, bytes: &[u8]) -> ErrorBody {
+    if let Ok(body) = serde_json::from_slice::<ErrorBody>(bytes) {
+        return body;
+    }
+    let text = String::from_utf8_lossy(bytes);
+    let text = text.trim();
+    let text: String = if text.is_empty() {
+        status
+            .canonical_reason()
+            .unwrap_or("no message")
+            .to_string()
+    } else {
+        text.chars().take(MAX_RAW_ERROR_CHARS).collect()
+    };
+    ErrorBody::new(
+        ErrorKind::Http(status.as_u16()),
+        format!("request to {url} answered HTTP {status}: {text}"),
+    )
+}
+
 impl Client {
     /// A client of the server at `base` (e.g. `http://127.0.0.1:7700`), sending `token`
-    /// as a bearer token when given.
-    pub fn new(base: &str, token: Option<String>) -> Result<Client> {
+    /// as a bearer token when given, giving up a connection after `connect_timeout`.
+    pub fn new(base: &str, token: Option<&str>, connect_timeout: Duration) -> Result<Client> {
+        let auth = match token {
+            Some(t) => {
+                let mut v = HeaderValue::from_str(&format!("Bearer {t}"))
+                    .map_err(|_| ClientError::InvalidToken)?;
+                v.set_sensitive(true);
+                Some(v)
+            }
+            None => None,
+        };
         let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
+            .connect_timeout(connect_timeout)
             .build()
-            .map_err(|e| ClientError::BadResponse {
-                url: base.to_string(),
+            .map_err(|e| ClientError::Setup {
                 message: format!("cannot set up the HTTP client: {}", chain(&e)),
             })?;
         Ok(Client {
             base: base.trim_end_matches('/').to_string(),
-            token,
+            auth,
             http,
         })
     }
@@ -135,18 +210,20 @@ impl Client {
         &self.base
     }
 
-    fn url(&self, path: &str) -> String {
+    /// The full URL of `path` (which starts with `/`).
+    pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let rb = self.http.request(method, self.url(path));
-        match &self.token {
-            Some(t) => rb.bearer_auth(t),
+        match &self.auth {
+            Some(a) => rb.header(AUTHORIZATION, a.clone()),
             None => rb,
         }
     }
 
+    /// Sends `rb`; a non-2xx answer is [`ClientError::Api`].
     async fn send(&self, rb: reqwest::RequestBuilder, path: &str) -> Result<reqwest::Response> {
         let url = self.url(path);
         let resp = rb.send().await.map_err(|e| transport(&url, &e))?;
@@ -155,30 +232,10 @@ impl Client {
             return Ok(resp);
         }
         let bytes = resp.bytes().await.map_err(|e| transport(&url, &e))?;
-        match serde_json::from_slice::<ErrorBody>(&bytes) {
-            Ok(body) => Err(ClientError::Api {
-                status: status.as_u16(),
-                body,
-            }),
-            Err(_) => Err(ClientError::Api {
-                status: status.as_u16(),
-                body: ErrorBody {
-                    error: status
-                        .canonical_reason()
-                        .unwrap_or("error")
-                        .to_lowercase()
-                        .replace(' ', "_"),
-                    message: format!(
-                        "{} {} answered HTTP {status}: {}",
-                        "request to",
-                        url,
-                        String::from_utf8_lossy(&bytes).trim()
-                    ),
-                    hint: None,
-                    details: serde_json::Value::Null,
-                },
-            }),
-        }
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            body: error_body(&url, status, &bytes),
+        })
     }
 
     async fn json<T: DeserializeOwned>(
@@ -203,6 +260,36 @@ impl Client {
     async fn post<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
         self.json(self.request(reqwest::Method::POST, path), path)
             .await
+    }
+
+    /// POSTs `body` as JSON to `path` within `timeout`. `Ok(None)` is a 204 answer; an
+    /// empty 2xx body reads as JSON `null` (unit answers may have none).
+    pub async fn post_json<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<Option<R>> {
+        let url = self.url(path);
+        let rb = self
+            .request(reqwest::Method::POST, path)
+            .json(body)
+            .timeout(timeout);
+        let resp = self.send(rb, path).await?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| transport(&url, &e))?;
+        if status == reqwest::StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+        serde_json::from_slice(bytes)
+            .map(Some)
+            .map_err(|e| ClientError::BadResponse {
+                url,
+                message: format!(
+                    "HTTP {status} with a body that is not what the API promises: {e}"
+                ),
+            })
     }
 
     /// `POST /v1/jobs`: submits a batch of job files, stored all or nothing.
@@ -366,224 +453,7 @@ impl Client {
     /// events. When the connection drops, the stream reconnects with `Last-Event-ID`
     /// set to the last event it yielded, so no event is lost or repeated.
     pub fn event_stream(&self, job: Option<JobId>, after: i64) -> EventStream {
-        EventStream {
-            client: self.clone(),
-            job,
-            last_id: after,
-            body: None,
-            parser: SseParser::default(),
-            ready: VecDeque::new(),
-            failures: 0,
-            backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(3)),
-        }
-    }
-}
-
-fn transport(url: &str, e: &reqwest::Error) -> ClientError {
-    if e.is_connect() || e.is_timeout() {
-        ClientError::Unreachable {
-            url: url.to_string(),
-            cause: chain(e),
-        }
-    } else {
-        ClientError::BadResponse {
-            url: url.to_string(),
-            message: chain(e),
-        }
-    }
-}
-
-type Body = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
-
-/// Events as they happen; see [`Client::event_stream`].
-pub struct EventStream {
-    client: Client,
-    job: Option<JobId>,
-    last_id: i64,
-    body: Option<Body>,
-    parser: SseParser,
-    ready: VecDeque<Event>,
-    failures: u32,
-    /// Pauses between reconnections: from 200 ms, capped at 3 s, 6 to 12 s in all
-    /// before giving up.
-    backoff: Backoff,
-}
-
-/// Reconnect attempts in a row before a dropped stream is given up.
-const MAX_RECONNECTS: u32 = 8;
-
-impl EventStream {
-    /// The id of the last event yielded (or the starting point).
-    pub fn last_id(&self) -> i64 {
-        self.last_id
-    }
-
-    fn path(&self) -> String {
-        match self.job {
-            Some(j) => format!("/v1/events?job={j}"),
-            None => "/v1/events".to_string(),
-        }
-    }
-
-    async fn connect(&mut self) -> Result<()> {
-        let path = self.path();
-        let rb = self
-            .client
-            .request(reqwest::Method::GET, &path)
-            .header(reqwest::header::ACCEPT, "text/event-stream")
-            .header("Last-Event-ID", self.last_id.to_string());
-        let resp = self.client.send(rb, &path).await?;
-        let ctype = resp
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
-        if !ctype.starts_with("text/event-stream") {
-            return Err(ClientError::BadResponse {
-                url: self.client.url(&path),
-                message: format!("expected text/event-stream, got content type {ctype:?}"),
-            });
-        }
-        self.parser = SseParser::default();
-        self.body = Some(Box::pin(resp.bytes_stream()));
-        Ok(())
-    }
-
-    /// The next event. `None` never happens on a live server: the stream waits for new
-    /// events. Errors are final (the server refused the stream, or reconnecting failed
-    /// [`MAX_RECONNECTS`] times in a row).
-    pub async fn next(&mut self) -> Result<Event> {
-        loop {
-            if let Some(ev) = self.ready.pop_front() {
-                // A replay after a reconnect may repeat what we already yielded if the
-                // server ignored Last-Event-ID; the global id orders everything, so
-                // anything not newer is a duplicate.
-                if ev.id > self.last_id {
-                    self.last_id = ev.id;
-                    return Ok(ev);
-                }
-                continue;
-            }
-            let Some(body) = self.body.as_mut() else {
-                match self.connect().await {
-                    Ok(()) => continue,
-                    Err(e @ ClientError::Api { .. }) | Err(e @ ClientError::TokenFile { .. }) => {
-                        return Err(e);
-                    }
-                    Err(e) => {
-                        self.reconnect_pause(e).await?;
-                        continue;
-                    }
-                }
-            };
-            match body.next().await {
-                Some(Ok(chunk)) => {
-                    for msg in self.parser.push(&chunk) {
-                        if msg.data.is_empty() {
-                            continue;
-                        }
-                        let ev: Event = serde_json::from_str(&msg.data).map_err(|e| {
-                            ClientError::BadResponse {
-                                url: self.client.url(&self.path()),
-                                message: format!("cannot decode event {:?}: {e}", msg.data),
-                            }
-                        })?;
-                        self.ready.push_back(ev);
-                    }
-                    self.failures = 0;
-                    self.backoff.reset();
-                }
-                Some(Err(e)) => {
-                    self.body = None;
-                    let err = transport(&self.client.url(&self.path()), &e);
-                    self.reconnect_pause(err).await?;
-                }
-                None => {
-                    self.body = None;
-                    let err = ClientError::BadResponse {
-                        url: self.client.url(&self.path()),
-                        message: "the server closed the stream".to_string(),
-                    };
-                    self.reconnect_pause(err).await?;
-                }
-            }
-        }
-    }
-
-    async fn reconnect_pause(&mut self, err: ClientError) -> Result<()> {
-        self.failures += 1;
-        if self.failures > MAX_RECONNECTS {
-            return Err(ClientError::StreamLost {
-                url: self.client.url(&self.path()),
-                message: err.to_string(),
-            });
-        }
-        tracing::debug!(error = %err, attempt = self.failures, last_id = self.last_id, "event stream dropped; reconnecting");
-        tokio::time::sleep(self.backoff.next_delay()).await;
-        Ok(())
-    }
-}
-
-/// One server-sent event.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct SseMessage {
-    /// `id:` field.
-    pub id: Option<String>,
-    /// `event:` field.
-    pub event: Option<String>,
-    /// `data:` lines joined by newlines.
-    pub data: String,
-}
-
-/// An incremental parser of the `text/event-stream` format.
-#[derive(Debug, Default)]
-pub struct SseParser {
-    buf: Vec<u8>,
-    cur: SseMessage,
-    has_data: bool,
-}
-
-impl SseParser {
-    /// Feeds bytes; returns the messages completed by them.
-    pub fn push(&mut self, chunk: &[u8]) -> Vec<SseMessage> {
-        self.buf.extend_from_slice(chunk);
-        let mut out = Vec::new();
-        while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
-            let mut line: Vec<u8> = self.buf.drain(..=pos).collect();
-            line.pop();
-            if line.last() == Some(&b'\r') {
-                line.pop();
-            }
-            let line = String::from_utf8_lossy(&line).into_owned();
-            if line.is_empty() {
-                if self.has_data || self.cur.id.is_some() || self.cur.event.is_some() {
-                    out.push(std::mem::take(&mut self.cur));
-                }
-                self.has_data = false;
-                continue;
-            }
-            if line.starts_with(':') {
-                continue;
-            }
-            let (field, value) = match line.split_once(':') {
-                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
-                None => (line.as_str(), ""),
-            };
-            match field {
-                "id" => self.cur.id = Some(value.to_string()),
-                "event" => self.cur.event = Some(value.to_string()),
-                "data" => {
-                    if self.has_data {
-                        self.cur.data.push('\n');
-                    }
-                    self.cur.data.push_str(value);
-                    self.has_data = true;
-                }
-                _ => {}
-            }
-        }
-        out
+        EventStream::new(self.clone(), job, after)
     }
 }
 
@@ -592,30 +462,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sse_parser_handles_split_chunks_comments_and_crlf() {
-        let mut p = SseParser::default();
-        assert!(p.push(b": keep-alive\n\nid: 7\nevent: run.out").is_empty());
-        let msgs = p.push(b"put\r\ndata: {\"a\":\r\ndata: 1}\r\n\r\nid: 8\ndata:x\n\n");
-        assert_eq!(
-            msgs,
-            vec![
-                SseMessage {
-                    id: Some("7".into()),
-                    event: Some("run.output".into()),
-                    data: "{\"a\":\n1}".into()
-                },
-                SseMessage {
-                    id: Some("8".into()),
-                    event: None,
-                    data: "x".into()
-                },
-            ]
-        );
-    }
-
-    #[test]
     fn segments_are_encoded() {
         assert_eq!(encode_segment("ci-bot_1.x"), "ci-bot_1.x");
         assert_eq!(encode_segment("a b/c"), "a%20b%2Fc");
+    }
+
+    #[test]
+    fn error_bodies_are_parsed_into_kinds() {
+        let url = "http://h/v1/runs/1/renew";
+        let body = error_body(
+            url,
+            reqwest::StatusCode::CONFLICT,
+            br#"{"error":"stale_lease","message":"gone"}"#,
+        );
+        assert_eq!(body.error, ErrorKind::StaleLease);
+        assert_eq!(body.message, "gone");
+        let raw = error_body(url, reqwest::StatusCode::BAD_GATEWAY, b" bad gateway\n");
+        assert_eq!(raw.error, ErrorKind::Http(502));
+        assert_eq!(
+            raw.message,
+            format!("request to {url} answered HTTP 502 Bad Gateway: bad gateway")
+        );
     }
 }
