@@ -470,15 +470,21 @@ impl Store for SqliteStore {
     }
 
     async fn claim(&self, factory: FactoryId, ttl: Duration) -> Result<Option<Claim>> {
-        let Some(raw) = self
-            .write(move |tx, now| claim_tx(tx, factory, ttl, now))
-            .await?
-        else {
+        // The spec and the agent's state are read in the claim's own transaction on the
+        // writer thread: they cannot have changed since, and a claim then costs one
+        // hand-over between threads instead of two (a read on the blocking pool).
+        let claimed = self
+            .write(move |tx, now| {
+                let Some(raw) = claim_tx(tx, factory, ttl, now)? else {
+                    return Ok(None);
+                };
+                let (spec, agent) = (load_spec(tx, raw.job)?, load_agent(tx, raw.job)?);
+                Ok(Some((raw, spec, agent)))
+            })
+            .await?;
+        let Some((raw, spec, agent)) = claimed else {
             return Ok(None);
         };
-        let (spec, agent) = self
-            .read_one(move |tx| Ok((load_spec(tx, raw.job)?, load_agent(tx, raw.job)?)))
-            .await?;
         Ok(Some(Claim {
             job: ClaimedJob {
                 id: raw.job,
@@ -546,15 +552,13 @@ impl Store for SqliteStore {
     }
 
     async fn finish(&self, run: RunId, report: FinishReport) -> Result<Job> {
-        let row = self
+        // As in `claim`: the job is read back in the finish's own transaction.
+        let (row, spec, agent) = self
             .fenced(run, report.epoch, "finish", move |tx, live, now| {
-                finish_tx(tx, live, &report, now)
-            })
-            .await?;
-        let (spec, agent) = self
-            .read_one(move |tx| {
+                let row = finish_tx(tx, live, &report, now)?;
                 let id = JobId(row.id);
-                Ok((load_spec(tx, id)?, load_agent(tx, id)?))
+                let (spec, agent) = (load_spec(tx, id)?, load_agent(tx, id)?);
+                Ok((row, spec, agent))
             })
             .await?;
         RawJob { row, spec, agent }.into_job()
