@@ -82,6 +82,11 @@ pub struct RunRecord {
     /// Where the run's checkpoints stand (`None` before the first look at the tree).
     #[serde(default)]
     pub checkpoint: Option<CheckpointState>,
+    /// How many times the factory looked at the worktree for a checkpoint, whether it
+    /// found a change or not: what a person (or a test) reads to know the checkpointer
+    /// is alive while nothing is being committed.
+    #[serde(default)]
+    pub checkpoint_looks: u32,
 }
 
 /// Why a run record could not be read or written.

@@ -96,6 +96,8 @@ impl Checkpointer {
         )
         .await
         .map_err(|e| e.to_string())?;
+        self.record
+            .update(|r| r.checkpoint_looks = r.checkpoint_looks.saturating_add(1));
         let Some(wip) = wip else {
             tracing::debug!("nothing changed since the last checkpoint");
             return Ok(None);

@@ -313,6 +313,7 @@ impl Supervisor {
             uploaded: Offsets::default(),
             forced: None,
             checkpoint: Some(checkpoint),
+            checkpoint_looks: 0,
         }
     }
 

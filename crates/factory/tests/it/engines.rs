@@ -500,8 +500,16 @@ while [ ! -e '{go}' ]; do sleep 0.02; done",
         git(&cache, &["rev-parse", "refs/heads/gantry/7/wip"]),
         cp.commit
     );
-    // Several intervals without a change take no further checkpoint.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Several looks without a change take no further checkpoint. The run record counts
+    // the looks; wait for three more than when the first checkpoint was reported.
+    let record = gantry_factory::record::RunRecord::path(&b.data, RunId(7));
+    let looks = || {
+        gantry_factory::record::RunRecord::read(&record)
+            .map(|r| r.checkpoint_looks)
+            .unwrap_or(0)
+    };
+    let first = looks();
+    wait_for(|| (looks() >= first + 3).then_some(())).await;
     std::fs::write(&go, "").expect("go");
     let r = b.coord.finish_of(RunId(7)).await;
     assert_eq!(r.outcome, Some(Outcome::Succeeded), "{r:?}");

@@ -508,5 +508,6 @@ pub fn run_record(
         uploaded: Default::default(),
         forced: None,
         checkpoint: None,
+        checkpoint_looks: 0,
     }
 }
