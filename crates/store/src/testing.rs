@@ -106,6 +106,28 @@ impl PgDb {
         tokio::spawn(conn);
         client
     }
+
+    /// Waits until `d` has passed on the database's clock, the clock the store reads
+    /// for leases: the test waits on the store's own time, not on a guess of its own.
+    pub async fn pass(&self, d: std::time::Duration) {
+        let client = self.client().await;
+        let now = || async {
+            client
+                .query_one("SELECT clock_timestamp()", &[])
+                .await
+                .map(|row| row.get::<_, std::time::SystemTime>(0))
+                .unwrap_or_else(|e| panic!("cannot read the database clock: {e}"))
+        };
+        let until = now().await + d;
+        // Bounded: the database's clock runs like any other.
+        for _ in 0..100_000 {
+            if now().await >= until {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        panic!("the database clock did not pass {d:?}");
+    }
 }
 
 impl Drop for PgDb {

@@ -362,7 +362,7 @@ async fn reapers_on_two_instances_requeue_each_expired_job_once() {
             .expect("claimable");
         runs.insert(c.run.id);
     }
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    db.pass(Duration::from_millis(60)).await;
     let mut tasks = Vec::new();
     for i in 0..8 {
         let s: Arc<dyn Store> = if i % 2 == 0 { a.clone() } else { b.clone() };
