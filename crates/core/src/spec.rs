@@ -4,6 +4,7 @@
 //! verbatim. Every error names the file, the line and the field, and a file is either
 //! accepted whole or refused whole.
 
+use crate::gate::{DEFAULT_FIX_ROUNDS, GateChoice, MAX_FIX_ROUNDS};
 use crate::id::JobId;
 use crate::state::Outcome;
 pub use gantry_engine::{Budget, Format, Step};
@@ -172,8 +173,56 @@ pub struct JobSpec {
     /// Format of the command engine's standard output, parsed for insights.
     #[serde(default)]
     pub output: Option<Format>,
+    /// The job's own gates (the repository's `.gantry/gates.toml` applies as well).
+    #[serde(default, skip_serializing_if = "GateChoice::is_none")]
+    pub gates: GateChoice,
+    /// How many times a failed gate or review sends the agent back to fix it.
+    #[serde(default = "default_fix_rounds")]
+    pub fix_rounds: u32,
+    /// Run every gate even after one failed, so a fix round names every failure.
+    #[serde(default)]
+    pub keep_going: bool,
     /// The instructions (markdown body), verbatim.
     pub body: String,
+}
+
+impl JobSpec {
+    /// A command job with every other field at its default, as a job file that sets only
+    /// `title`, `repo` and `command` gives it. Benches and tests start from this, so a
+    /// new field needs its default in one place.
+    pub fn command(title: &str, repo: &str, command: &[&str]) -> JobSpec {
+        JobSpec {
+            title: title.to_string(),
+            repo: repo.to_string(),
+            base: None,
+            engine: EngineKind::Command,
+            command: command.iter().map(|s| s.to_string()).collect(),
+            priority: DEFAULT_PRIORITY,
+            capabilities: Vec::new(),
+            deps: Vec::new(),
+            deps_mode: DepsMode::default(),
+            lock: None,
+            timeout_ms: None,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            retry_on: vec![Outcome::Lost],
+            backoff_ms: DEFAULT_BACKOFF_MS,
+            idempotency_key: None,
+            labels: BTreeMap::new(),
+            env: BTreeMap::new(),
+            model: None,
+            budget: None,
+            yolo: false,
+            max_turns: None,
+            permission_mode: None,
+            allowed_tools: Vec::new(),
+            steps: Vec::new(),
+            output: None,
+            gates: GateChoice::None,
+            fix_rounds: DEFAULT_FIX_ROUNDS,
+            keep_going: false,
+            body: String::new(),
+        }
+    }
 }
 
 /// A job file that could not be accepted.
@@ -229,7 +278,7 @@ impl ParsedJob {
 }
 
 /// Every field a job file may set, in the order the docs list them.
-pub const KNOWN_FIELDS: [&str; 26] = [
+pub const KNOWN_FIELDS: [&str; 29] = [
     "title",
     "repo",
     "cwd",
@@ -256,6 +305,9 @@ pub const KNOWN_FIELDS: [&str; 26] = [
     "allowed_tools",
     "steps",
     "output",
+    "gates",
+    "fix_rounds",
+    "keep_going",
 ];
 
 /// Every engine name Gantry knows.
@@ -298,7 +350,12 @@ pub fn parse_job_file(file: &str, text: &str) -> Result<ParsedJob, SpecError> {
 }
 
 mod agent;
+mod checks;
 mod yaml;
+
+fn default_fix_rounds() -> u32 {
+    DEFAULT_FIX_ROUNDS
+}
 
 use yaml::{Node, Value, quote};
 
@@ -393,6 +450,9 @@ struct Fields {
     allowed_tools: Option<Vec<String>>,
     steps: Option<Vec<Step>>,
     output: Option<Format>,
+    gates: Option<GateChoice>,
+    fix_rounds: Option<u32>,
+    keep_going: Option<bool>,
 }
 
 impl Validator<'_> {
@@ -559,6 +619,16 @@ impl Validator<'_> {
                 "allowed_tools" => f.allowed_tools = Some(self.allowed_tools(&value)?),
                 "steps" => f.steps = Some(self.steps(&value)?),
                 "output" => f.output = Some(self.output(&value)?),
+                "gates" => f.gates = Some(self.gates(&value)?),
+                "fix_rounds" => {
+                    let n =
+                        self.int_in_range(&value, "fix_rounds", 0, i128::from(MAX_FIX_ROUNDS))?;
+                    f.fix_rounds = Some(u32::try_from(n).expect("checked to be within 0..=10"));
+                }
+                "keep_going" => match value.value {
+                    Value::Bool(b) => f.keep_going = Some(b),
+                    _ => return Err(self.type_err(&value, "keep_going", "`true` or `false`")),
+                },
                 _ => unreachable!("every known field has an arm; `{name}` does not"),
             }
         }
@@ -617,6 +687,9 @@ impl Validator<'_> {
             allowed_tools: f.allowed_tools.unwrap_or_default(),
             steps,
             output: f.output,
+            gates: f.gates.unwrap_or_default(),
+            fix_rounds: f.fix_rounds.unwrap_or(DEFAULT_FIX_ROUNDS),
+            keep_going: f.keep_going.unwrap_or(false),
             body: body.to_string(),
         })
     }

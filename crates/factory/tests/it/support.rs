@@ -5,7 +5,7 @@ use gantry_core::api::{
     Claim, ClaimedJob, FinishReport, Heartbeat, HeartbeatAck, Lease, RegisterFactory, Renewed,
 };
 use gantry_core::event::NewEvent;
-use gantry_core::{DepsMode, EngineKind, FactoryId, JobId, JobSpec, Outcome, RunId, StopKind};
+use gantry_core::{FactoryId, JobId, JobSpec, RunId, StopKind};
 use gantry_factory::{CoordError, Coordinator, Factory, FactoryConfig, FactoryError};
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -301,32 +301,8 @@ pub fn make_repo(dir: &Path) -> String {
 /// A spec running `command` in `repo`.
 pub fn spec(repo: &Path, command: &[&str]) -> JobSpec {
     JobSpec {
-        title: "test job".to_string(),
-        repo: repo.to_string_lossy().into_owned(),
-        base: None,
-        engine: EngineKind::Command,
-        command: command.iter().map(|s| s.to_string()).collect(),
-        priority: 5,
-        capabilities: Vec::new(),
-        deps: Vec::new(),
-        deps_mode: DepsMode::Succeeded,
-        lock: None,
-        timeout_ms: None,
-        max_attempts: 3,
-        retry_on: vec![Outcome::Lost],
-        backoff_ms: 5000,
-        idempotency_key: None,
-        labels: Default::default(),
-        env: Default::default(),
-        model: None,
-        budget: None,
-        yolo: false,
-        max_turns: None,
-        permission_mode: None,
-        allowed_tools: Vec::new(),
-        steps: Vec::new(),
-        output: None,
         body: "Do the thing.\n".to_string(),
+        ..JobSpec::command("test job", &repo.to_string_lossy(), command)
     }
 }
 
