@@ -415,6 +415,31 @@ fn kind(v: &serde_json::Value) -> &'static str {
     }
 }
 
+/// What happened to one gate.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GateResult {
+    /// The gate's name.
+    pub name: String,
+    /// Whether it passed: exit 0 and, with a metric, a figure at or above its minimum.
+    pub passed: bool,
+    /// The command's exit code; `None` when it was killed or never started.
+    pub exit_code: Option<i32>,
+    /// The figure read, when the gate has a metric and it could be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub figure: Option<f64>,
+    /// How long it ran.
+    pub duration_ms: u64,
+    /// The tree of the worktree it ran on.
+    pub tree: String,
+    /// Why it failed, in words: a timeout, a stop, a figure under its minimum, a
+    /// metric that could not be read, a command that could not start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The file holding its output (standard output and error together), on the
+    /// factory that ran it.
+    pub output: String,
+}
+
 /// Why a figure could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MetricError {

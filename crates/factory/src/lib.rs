@@ -22,6 +22,7 @@ pub mod admission;
 pub mod agent;
 mod coordinator;
 mod factory;
+pub mod gate;
 mod heartbeat;
 mod http;
 pub mod process;

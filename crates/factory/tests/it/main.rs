@@ -4,6 +4,7 @@
 mod adopt;
 mod agent;
 mod engines;
+mod gates;
 mod heartbeat;
 mod http;
 mod hygiene;
