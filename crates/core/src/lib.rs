@@ -13,6 +13,7 @@ pub mod id;
 pub mod job;
 pub mod repo;
 pub mod retry;
+pub mod review;
 pub mod spec;
 pub mod state;
 pub mod time;

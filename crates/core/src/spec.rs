@@ -6,6 +6,7 @@
 
 use crate::gate::{DEFAULT_FIX_ROUNDS, GateChoice, MAX_FIX_ROUNDS};
 use crate::id::JobId;
+use crate::review::ReviewChoice;
 use crate::state::Outcome;
 pub use gantry_engine::{Budget, Format, Step};
 use serde::{Deserialize, Serialize};
@@ -182,6 +183,9 @@ pub struct JobSpec {
     /// Run every gate even after one failed, so a fix round names every failure.
     #[serde(default)]
     pub keep_going: bool,
+    /// The AI review of the result.
+    #[serde(default, skip_serializing_if = "ReviewChoice::is_none")]
+    pub review: ReviewChoice,
     /// The instructions (markdown body), verbatim.
     pub body: String,
 }
@@ -220,6 +224,7 @@ impl JobSpec {
             gates: GateChoice::None,
             fix_rounds: DEFAULT_FIX_ROUNDS,
             keep_going: false,
+            review: ReviewChoice::None,
             body: String::new(),
         }
     }
@@ -278,7 +283,7 @@ impl ParsedJob {
 }
 
 /// Every field a job file may set, in the order the docs list them.
-pub const KNOWN_FIELDS: [&str; 29] = [
+pub const KNOWN_FIELDS: [&str; 30] = [
     "title",
     "repo",
     "cwd",
@@ -308,6 +313,7 @@ pub const KNOWN_FIELDS: [&str; 29] = [
     "gates",
     "fix_rounds",
     "keep_going",
+    "review",
 ];
 
 /// Every engine name Gantry knows.
@@ -453,6 +459,7 @@ struct Fields {
     gates: Option<GateChoice>,
     fix_rounds: Option<u32>,
     keep_going: Option<bool>,
+    review: Option<ReviewChoice>,
 }
 
 impl Validator<'_> {
@@ -625,6 +632,7 @@ impl Validator<'_> {
                         self.int_in_range(&value, "fix_rounds", 0, i128::from(MAX_FIX_ROUNDS))?;
                     f.fix_rounds = Some(u32::try_from(n).expect("checked to be within 0..=10"));
                 }
+                "review" => f.review = Some(self.review(&value)?),
                 "keep_going" => match value.value {
                     Value::Bool(b) => f.keep_going = Some(b),
                     _ => return Err(self.type_err(&value, "keep_going", "`true` or `false`")),
@@ -690,6 +698,7 @@ impl Validator<'_> {
             gates: f.gates.unwrap_or_default(),
             fix_rounds: f.fix_rounds.unwrap_or(DEFAULT_FIX_ROUNDS),
             keep_going: f.keep_going.unwrap_or(false),
+            review: f.review.unwrap_or_default(),
             body: body.to_string(),
         })
     }

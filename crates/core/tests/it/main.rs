@@ -6,6 +6,7 @@ mod gates;
 mod names;
 mod repo;
 mod retry;
+mod review;
 mod spec;
 mod spec_agent;
 mod spec_errors;
