@@ -8,6 +8,7 @@
 pub mod api;
 pub mod caps;
 pub mod event;
+pub mod fix;
 pub mod gate;
 pub mod id;
 pub mod job;

@@ -2,6 +2,7 @@
 //! capability matching, repo naming, and the string forms of ids, states and scopes.
 
 mod caps;
+mod fix;
 mod gates;
 mod names;
 mod repo;
