@@ -7,6 +7,9 @@
 //! [`parse_gates`], so every rule about what a gate may be lives here once. The
 //! figures ([`Metric::figure`]) are pure functions of text the caller has read.
 
+mod file;
+
+pub use file::{GatesFileError, MAX_GATES_FILE, REPO_GATES_FILE, parse_gates_file, parse_profile};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::fmt;

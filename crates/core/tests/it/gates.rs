@@ -289,3 +289,62 @@ fn a_regex_figure_is_the_last_match_and_must_be_a_number() {
     assert!(m.passes(m.figure("score 7").expect("figure")));
     assert!(!m.passes(m.figure("score 6").expect("figure")));
 }
+
+#[test]
+fn a_repository_gates_file_reads_gate_tables_by_the_same_rules() {
+    let text = r#"
+# Gates every change to this repository must pass.
+[[gate]]
+name = "fmt"
+run = "cargo fmt --check"
+timeout = "2m"
+
+[[gate]]
+name = "coverage"
+run = "make cov"
+[gate.metric]
+file = "lcov.info"
+format = "lcov"
+min = 85
+"#;
+    let gates = gate::parse_gates_file(".gantry/gates.toml", text).expect("valid");
+    assert_eq!(gates.len(), 2);
+    assert_eq!(gates[0].timeout_ms, 120_000);
+    assert_eq!(gates[1].metric.as_ref().map(|m| m.min), Some(85.0));
+    assert_eq!(
+        gate::parse_gates_file("f", "").expect("empty file"),
+        Vec::<Gate>::new()
+    );
+
+    let bad = |text: &str, needle: &str| {
+        let e = gate::parse_gates_file(".gantry/gates.toml at 1a2b3c", text).expect_err(text);
+        let shown = e.to_string();
+        assert!(
+            shown.starts_with(".gantry/gates.toml at 1a2b3c: "),
+            "{shown}"
+        );
+        assert!(shown.contains(needle), "{shown} lacks {needle:?}");
+    };
+    bad("[[gate]]\nname = \"a\"\n", "gate 1 `run`: missing `run`");
+    bad("[[gates]]\nname = \"a\"\n", "unknown key `gates`");
+    bad(
+        "[[gate]]\nname = \"a\"\nrun = \"x\"\nmetric = { format = \"lcov\", file = \"l\", min = \"high\" }\n",
+        "`metric.min`",
+    );
+    bad("[[gate]\nname = ", "line 1");
+    bad(&"#".repeat(gate::MAX_GATES_FILE + 1), "at most");
+}
+
+#[test]
+fn a_profile_of_gantry_toml_reads_the_same_way() {
+    let cfg: toml::Table = toml::from_str(
+        "[gates.profiles.strict]\ngate = [{ name = \"test\", run = \"make test\" }]\n\
+         [gates.profiles.typo]\ngates = []\n",
+    )
+    .expect("toml");
+    let profiles = cfg["gates"]["profiles"].as_table().expect("profiles");
+    let strict = gate::parse_profile("strict", &profiles["strict"]).expect("strict");
+    assert_eq!(strict[0].name, "test");
+    let e = gate::parse_profile("typo", &profiles["typo"]).expect_err("typo");
+    assert!(e.contains("gates.profiles.typo.gates: unknown key"), "{e}");
+}
