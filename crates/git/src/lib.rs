@@ -25,9 +25,11 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex, OnceLock};
 
 mod check;
+mod merge;
 mod source_state;
 
 pub use check::{SourceCheck, SourceError, SourceField, check_source};
+pub use merge::{MergeCheck, file_at, merge_check, rebase_result};
 
 /// Why a workspace operation failed.
 #[derive(Debug, thiserror::Error)]
