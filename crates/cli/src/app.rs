@@ -98,6 +98,7 @@ async fn run(global: Global, command: Command) -> Result<(), CliError> {
         Command::BenchConcurrent { runs, sleep } => bench::concurrent(runs, sleep).await,
         Command::BenchKill { runs } => bench::kill(runs).await,
         Command::BenchMetrics { jobs, scrapes, db } => bench::metrics::run(jobs, scrapes, db).await,
+        Command::BenchSecrets { mb } => bench::secrets::run(mb),
         other => {
             let client = handlers::client_for(&global)?;
             match other {
@@ -140,7 +141,8 @@ async fn run(global: Global, command: Command) -> Result<(), CliError> {
                 | Command::BenchDispatch { .. }
                 | Command::BenchConcurrent { .. }
                 | Command::BenchKill { .. }
-                | Command::BenchMetrics { .. } => unreachable!("handled above without a client"),
+                | Command::BenchMetrics { .. }
+                | Command::BenchSecrets { .. } => unreachable!("handled above without a client"),
             }
         }
     }

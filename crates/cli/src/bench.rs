@@ -1,16 +1,18 @@
 //! `gantry bench queue`, `gantry bench dispatch`, `gantry bench concurrent` and
-//! `gantry bench kill`; `gantry bench metrics` is in [`metrics`].
+//! `gantry bench kill`; `gantry bench metrics` is in [`metrics`], `gantry bench secrets`
+//! in [`secrets`].
 
 pub mod metrics;
+pub mod secrets;
 
-use crate::client::Client;
 use crate::command::BenchDb;
 use crate::error::{CliError, Kind, from_client};
 use crate::gitutil::{git, init_repo};
 use crate::output;
 use crate::serve;
-use gantry_core::api::{SubmitFile, SubmitRequest};
+use gantry_client::Client;
 use gantry_core::{JobId, JobState};
+use gantry_protocol::{SubmitFile, SubmitRequest};
 use gantry_server::ServeConfig;
 use gantry_store::{PgOptions, PgStore, SqliteStore, Store};
 use std::path::Path;
@@ -186,9 +188,8 @@ async fn measure_kills(client: &Client, repo: &Path, runs: usize) -> Result<Vec<
             let events = client.all_events(Some(id), 0).await.map_err(api)?;
             let pid = events
                 .iter()
-                .find(|e| e.kind == gantry_core::event::RUN_STARTED)
-                .and_then(|e| e.data.get("pid"))
-                .and_then(serde_json::Value::as_i64);
+                .find_map(|e| e.payload::<gantry_core::event::RunStarted>().ok())
+                .map(|started| i64::from(started.pid));
             if let Some(pid) = pid
                 && group_members(pid).len() >= 4
             {
@@ -506,8 +507,12 @@ async fn bench_server(
     })
     .await?;
     let url = format!("http://{}", server.addr());
-    let client = Client::new(&url, Some(server.admin_token().to_string()))
-        .map_err(|e| from_client(e, &url))?;
+    let client = Client::new(
+        &url,
+        Some(server.admin_token()),
+        crate::handlers::CONNECT_TIMEOUT,
+    )
+    .map_err(|e| from_client(e, &url))?;
     Ok((server, client))
 }
 

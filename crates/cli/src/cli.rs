@@ -215,7 +215,7 @@ removed at the end unless --keep.",
     Demo(DemoArgs),
 
     /// Benchmarks: the queue and /metrics (store only), dispatch and kill latency and
-    /// concurrent runs (real runs).
+    /// concurrent runs (real runs), the secret scanner (in memory).
     #[command(subcommand)]
     Bench(BenchSub),
 }
@@ -488,6 +488,23 @@ p50/p99; the last line is `metrics_p50_ms=<x>`.",
         after_help = "Examples:\n  gantry bench metrics\n  gantry bench metrics --jobs 100000 --scrapes 200"
     )]
     Metrics(BenchMetricsArgs),
+    /// The secret scanner's throughput on diff-shaped text.
+    #[command(
+        long_about = "Generates --mb megabytes of unified diff (hunks of ordinary code with fake \
+credentials planted in about one added line in 2,000), then times the secret scanner over it \
+(added lines only, as a result's diff is checked) and the redactor over the same text, best of \
+three runs each. Prints MB/s and the build profile; the last line is `secrets_mb_per_s=<x>`.",
+        after_help = "Examples:\n  gantry bench secrets\n  gantry bench secrets --mb 128"
+    )]
+    Secrets(BenchSecretsArgs),
+}
+
+/// Arguments of `bench secrets`.
+#[derive(Debug, Args)]
+pub struct BenchSecretsArgs {
+    /// Megabytes of diff text to generate and scan.
+    #[arg(long, default_value = "32", value_name = "N")]
+    pub mb: String,
 }
 
 /// Arguments of `bench metrics`.

@@ -3,16 +3,19 @@
 //! the built-in `script` engine with live insights, one of them stopped by its budget.
 //! It is the README's first command, so it must take seconds and need nothing but git.
 
-use crate::client::Client;
 use crate::error::{CliError, Kind, from_client};
 use crate::gitutil::{git, init_repo};
 use crate::output::{self, Table, short_duration};
 use crate::render::plus_minus;
 use crate::serve;
-use gantry_core::api::{SubmitFile, SubmitRequest};
-use gantry_core::event::{self, Event};
+use gantry_client::Client;
+use gantry_core::event::{
+    self, DeliveryFailed, DeliveryPushed, Event, JobStateChanged, OutputStream, RunBudgetExceeded,
+    RunClaimed, RunFinished, RunOutput, RunStarted,
+};
 use gantry_core::time::now_millis;
 use gantry_core::{Job, JobId, JobState, Outcome};
+use gantry_protocol::{SubmitFile, SubmitRequest};
 use gantry_server::ServeConfig;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -214,8 +217,12 @@ async fn run(root: &Path, keep: bool) -> Result<(), CliError> {
         "Started an embedded server on {url} ({SEATS} seats, data in {})",
         data.display()
     ));
-    let client = Client::new(&url, Some(server.admin_token().to_string()))
-        .map_err(|e| from_client(e, &url))?;
+    let client = Client::new(
+        &url,
+        Some(server.admin_token()),
+        crate::handlers::CONNECT_TIMEOUT,
+    )
+    .map_err(|e| from_client(e, &url))?;
     let outcome = drive(&client, &repo, &jobs_dir, keep).await;
     if let Err(e) = server.shutdown().await {
         output::note(format!(
@@ -345,23 +352,15 @@ async fn drive(client: &Client, repo: &Path, jobs_dir: &Path, keep: bool) -> Res
         let Some(t) = tracked.get_mut(&id) else {
             continue;
         };
-        if ev.kind == event::JOB_STATE
-            && let Some(to) = ev
-                .data
-                .get("to")
-                .and_then(|v| v.as_str())
-                .and_then(|s| s.parse().ok())
-        {
-            t.state = to;
+        if let Ok(change) = ev.payload::<JobStateChanged>() {
+            t.state = change.to;
         }
-        if ev.kind == event::DELIVERY_PUSHED || ev.kind == event::DELIVERY_FAILED {
-            t.delivered = Some(
-                ev.data
-                    .get("branch")
-                    .and_then(|b| b.as_str())
-                    .unwrap_or("-")
-                    .to_string(),
-            );
+        if let Ok(pushed) = ev.payload::<DeliveryPushed>() {
+            t.delivered = Some(pushed.branch);
+        } else if let Ok(failed) = ev.payload::<DeliveryFailed>() {
+            t.delivered = Some(failed.branch);
+        } else if ev.is::<DeliveryPushed>() || ev.is::<DeliveryFailed>() {
+            t.delivered = Some("-".to_string());
         }
         if let Some(text) = live_line(&ev) {
             for l in text.lines() {
@@ -429,66 +428,48 @@ async fn drive(client: &Client, repo: &Path, jobs_dir: &Path, keep: bool) -> Res
 
 /// The live log's line for an event, if it is worth one.
 fn live_line(ev: &Event) -> Option<String> {
-    let d = &ev.data;
-    let get = |k: &str| {
-        d.get(k).map(|v| {
-            v.as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| v.to_string())
-        })
-    };
     match ev.kind.as_str() {
-        event::RUN_CLAIMED => Some(format!(
-            "claimed   attempt {}",
-            get("attempt").unwrap_or_else(|| "?".into())
-        )),
-        event::RUN_STARTED => Some(format!(
-            "started   on {}",
-            get("branch").unwrap_or_default()
-        )),
-        event::RUN_OUTPUT => get("text").map(|t| {
-            let stream = get("stream").unwrap_or_default();
-            let mark = if stream == "stderr" { "!" } else { "|" };
-            t.trim_end_matches('\n')
+        event::RUN_CLAIMED => ev
+            .payload::<RunClaimed>()
+            .ok()
+            .map(|p| format!("claimed   attempt {}", p.attempt)),
+        event::RUN_STARTED => ev
+            .payload::<RunStarted>()
+            .ok()
+            .map(|p| format!("started   on {}", p.branch)),
+        event::RUN_OUTPUT => ev.payload::<RunOutput>().ok().map(|p| {
+            let mark = if p.stream == OutputStream::Stderr {
+                "!"
+            } else {
+                "|"
+            };
+            p.text
+                .trim_end_matches('\n')
                 .lines()
                 .map(|l| format!("{mark} {l}"))
                 .collect::<Vec<_>>()
                 .join("\n")
         }),
-        event::RUN_FINISHED => {
-            let outcome = get("outcome").unwrap_or_else(|| "?".into());
-            let exit = get("exit_code")
-                .filter(|c| c != "null")
-                .unwrap_or_else(|| "-".into());
-            let mut s = format!("{outcome:<9} exit {exit}");
-            if let Some(f) = get("files_changed") {
+        event::RUN_FINISHED => ev.payload::<RunFinished>().ok().map(|p| {
+            let exit = p
+                .exit_code
+                .map_or_else(|| "-".to_string(), |c| c.to_string());
+            let mut s = format!("{:<9} exit {exit}", p.outcome.as_str());
+            if let Some(f) = p.files_changed {
                 s.push_str(&format!(
                     ", {f} file(s) +{}/-{}",
-                    get("lines_added").unwrap_or_else(|| "0".into()),
-                    get("lines_deleted").unwrap_or_else(|| "0".into())
+                    p.lines_added.unwrap_or(0),
+                    p.lines_deleted.unwrap_or(0)
                 ));
             }
-            Some(s)
-        }
-        event::JOB_STATE => {
-            let from = get("from").unwrap_or_default();
-            let to = get("to").unwrap_or_default();
-            match (from.as_str(), to.as_str()) {
-                ("blocked", "queued") => Some("unblocked: its dependency succeeded".to_string()),
-                ("running", "queued") => {
-                    Some("back in the queue for another attempt (retry_on: failed)".to_string())
-                }
-                (_, "canceled" | "failed" | "killed") => Some(format!(
-                    "{to}{}",
-                    get("reason").map(|r| format!(": {r}")).unwrap_or_default()
-                )),
-                _ => None,
-            }
-        }
+            s
+        }),
+        event::JOB_STATE => state_line(ev.payload::<JobStateChanged>().ok()?),
         event::LEASE_EXPIRED => Some("lease expired: the run is lost".to_string()),
         event::RUN_BUDGET_EXCEEDED => Some(format!(
             "STOPPED   {}",
-            get("message").unwrap_or_else(|| "budget exceeded".into())
+            ev.payload::<RunBudgetExceeded>()
+                .map_or_else(|_| "budget exceeded".to_string(), |p| p.message)
         )),
         event::AGENT_INSIGHTS => None,
         kind if kind.starts_with("agent.") => {
@@ -501,10 +482,30 @@ fn live_line(ev: &Event) -> Option<String> {
                 _ => None,
             }
         }
-        event::DELIVERY_PUSHED => Some(format!("pushed    {}", get("branch").unwrap_or_default())),
-        event::DELIVERY_FAILED => {
-            Some(format!("push failed: {}", get("error").unwrap_or_default()))
+        event::DELIVERY_PUSHED => ev
+            .payload::<DeliveryPushed>()
+            .ok()
+            .map(|p| format!("pushed    {}", p.branch)),
+        event::DELIVERY_FAILED => ev
+            .payload::<DeliveryFailed>()
+            .ok()
+            .map(|p| format!("push failed: {}", p.error)),
+        _ => None,
+    }
+}
+
+/// The live log's line for a state change, for the changes the demo explains.
+fn state_line(change: JobStateChanged) -> Option<String> {
+    use JobState::{Blocked, Canceled, Failed, Killed, Queued, Running};
+    match (change.from, change.to) {
+        (Blocked, Queued) => Some("unblocked: its dependency succeeded".to_string()),
+        (Running, Queued) => {
+            Some("back in the queue for another attempt (retry_on: failed)".to_string())
         }
+        (_, to @ (Canceled | Failed | Killed)) => Some(format!(
+            "{to}{}",
+            change.reason.map(|r| format!(": {r}")).unwrap_or_default()
+        )),
         _ => None,
     }
 }

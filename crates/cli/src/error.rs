@@ -2,8 +2,8 @@
 //! and hints about what to do (in the style of jj). Every failure of a command ends up
 //! here, and [`crate::output`] renders it.
 
-use crate::client::ClientError;
 use crate::command::UsageError;
+use gantry_client::ClientError;
 use std::fmt;
 
 /// The broad class of a failure: it picks the exit code and default hints.
@@ -127,6 +127,9 @@ pub fn from_client(e: ClientError, url: &str) -> CliError {
             }
             err
         }
+        e @ ClientError::InvalidToken => CliError::new(Kind::Unauthorized, e.to_string())
+            .hint("check the token passed with --token (GANTRY_TOKEN) or in the token file"),
+        ClientError::Setup { message } => CliError::local(message),
         ClientError::Api { status, body } => {
             let kind = match status {
                 400 | 422 => Kind::Invalid,
@@ -166,11 +169,13 @@ pub fn from_client(e: ClientError, url: &str) -> CliError {
             }
             err
         }
-        ClientError::BadResponse { url: u, message } => {
-            CliError::new(Kind::Server, format!("unexpected answer from {u}"))
-                .cause(message)
-                .hint("is --url pointing at a Gantry server of the same version?")
-        }
+        ClientError::BadResponse { url: u, message }
+        | ClientError::Transport {
+            url: u,
+            cause: message,
+        } => CliError::new(Kind::Server, format!("unexpected answer from {u}"))
+            .cause(message)
+            .hint("is --url pointing at a Gantry server of the same version?"),
         ClientError::StreamLost { url: u, message } => CliError::new(
             Kind::Unreachable,
             format!("the event stream from {u} dropped and could not be resumed"),
@@ -212,7 +217,27 @@ fn detail_lines(details: &serde_json::Value) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gantry_core::api::ErrorBody;
+    use gantry_protocol::ErrorBody;
+
+    #[test]
+    fn an_answer_that_is_not_an_error_body_keeps_its_status() {
+        let e = from_client(
+            ClientError::Api {
+                status: 502,
+                body: ErrorBody::new(
+                    gantry_protocol::ErrorKind::Http(502),
+                    "request to http://127.0.0.1:7700/v1/status answered HTTP 502 Bad Gateway: oops",
+                ),
+            },
+            "http://127.0.0.1:7700",
+        );
+        assert_eq!(e.kind, Kind::Server);
+        assert!(
+            e.causes.contains(&"HTTP 502 (http_502)".to_string()),
+            "{:?}",
+            e.causes
+        );
+    }
 
     fn api(status: u16, error: &str, message: &str, details: serde_json::Value) -> CliError {
         from_client(

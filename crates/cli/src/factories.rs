@@ -1,11 +1,11 @@
 //! `gantry factories`: the registered factories, their load, whether they claim (and if
 //! not, why) and their health.
 
-use crate::client::Client;
 use crate::command::Format;
 use crate::error::{CliError, from_client};
 use crate::output::{self, Table};
-use gantry_core::api::FactoryStatus;
+use gantry_client::Client;
+use gantry_protocol::FactoryStatus;
 
 /// `gantry factories [--json]`.
 pub async fn list(client: &Client, format: Format) -> Result<(), CliError> {
@@ -112,7 +112,7 @@ fn size_mib(mib: Option<u64>) -> String {
 mod tests {
     use super::*;
     use gantry_core::FactoryId;
-    use gantry_core::api::{Health, Heartbeat};
+    use gantry_protocol::{Health, Heartbeat};
 
     #[test]
     fn sizes_are_shortened() {

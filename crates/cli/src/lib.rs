@@ -1,13 +1,12 @@
 //! `gantry`: the command-line interface of Gantry, as a library so that tests (the tidy
 //! checks of the deployment files) read the real clap command tree. The work is in
 //! [`main`]; the clap structs (low-level form) are in [`cli`], the validated command
-//! (high-level form) in `command`, the HTTP client in `client`, and `output` is the only
+//! (high-level form) in `command`, the HTTP client is `gantry-client`, and `output` is the only
 //! module that prints.
 
 mod app;
 mod bench;
 pub mod cli;
-mod client;
 mod command;
 mod demo;
 mod error;

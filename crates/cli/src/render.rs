@@ -2,7 +2,10 @@
 //! summaries, with no I/O (printing is [`crate::output`]'s).
 
 use crate::output::{self, Table};
-use gantry_core::event::{self, Event};
+use gantry_core::event::{
+    self, Event, JobStateChanged, JobSubmitted, RunCheckpoint, RunClaimed, RunFinished, RunOutput,
+    RunStarted,
+};
 use gantry_core::{Job, JobState, Run};
 
 /// A job's state with a pending stop noted.
@@ -190,95 +193,85 @@ pub fn event_line(e: &Event) -> String {
     )
 }
 
-pub(crate) fn s(v: &serde_json::Value, key: &str) -> Option<String> {
-    match v.get(key)? {
-        serde_json::Value::Null => None,
-        serde_json::Value::String(s) => Some(s.clone()),
-        other => Some(other.to_string()),
-    }
-}
-
-/// A short human summary of an event's data.
+/// A short human summary of an event's data: the kind's payload in words, or the data
+/// itself for kinds without a summary (and data that does not fit its kind's payload).
 pub fn event_summary(e: &Event) -> String {
     let d = &e.data;
-    match e.kind.as_str() {
-        event::JOB_SUBMITTED => s(d, "title").unwrap_or_default(),
-        event::JOB_STATE => {
-            let mut out = format!(
-                "{} -> {}",
-                s(d, "from").unwrap_or_else(|| "?".into()),
-                s(d, "to").unwrap_or_else(|| "?".into())
-            );
-            if let Some(r) = s(d, "reason") {
+    let typed = match e.kind.as_str() {
+        event::JOB_SUBMITTED => e.payload::<JobSubmitted>().ok().map(|p| p.title),
+        event::JOB_STATE => e.payload::<JobStateChanged>().ok().map(|p| {
+            let mut out = format!("{} -> {}", p.from, p.to);
+            if let Some(r) = p.reason {
                 out.push_str(&format!(" ({r})"));
             }
             out
-        }
-        event::RUN_CLAIMED => format!(
-            "run {} attempt {} epoch {}",
-            s(d, "run").unwrap_or_else(|| opt(e.run_id)),
-            s(d, "attempt").unwrap_or_else(|| "?".into()),
-            s(d, "epoch").unwrap_or_else(|| "?".into()),
+        }),
+        event::RUN_CLAIMED => e
+            .payload::<RunClaimed>()
+            .ok()
+            .map(|p| format!("run {} attempt {} epoch {}", p.run, p.attempt, p.epoch)),
+        event::RUN_STARTED => e
+            .payload::<RunStarted>()
+            .ok()
+            .map(|p| format!("pid {} on {}", p.pid, p.branch)),
+        event::RUN_OUTPUT => e.payload::<RunOutput>().ok().map(|p| output_summary(&p)),
+        event::RUN_FINISHED => e
+            .payload::<RunFinished>()
+            .ok()
+            .map(|p| finished_summary(&p)),
+        event::AGENT_INSIGHTS => Some(
+            e.payload::<gantry_core::engine::Insights>()
+                .map(|i| insights_label(&i))
+                .unwrap_or_else(|_| d.to_string()),
         ),
-        event::RUN_STARTED => format!(
-            "pid {} on {}",
-            s(d, "pid").unwrap_or_else(|| "?".into()),
-            s(d, "branch").unwrap_or_else(|| "?".into())
-        ),
-        event::RUN_OUTPUT => {
-            let text = s(d, "text").unwrap_or_default();
-            let first = text.trim_end_matches('\n');
-            let mut shown: String = first.chars().take(160).collect();
-            if shown.len() < first.len() {
-                shown.push('…');
-            }
-            format!(
-                "[{}] {}",
-                s(d, "stream").unwrap_or_else(|| "out".into()),
-                shown.replace('\n', "⏎")
-            )
+        event::RUN_CHECKPOINT => e.payload::<RunCheckpoint>().ok().map(|p| {
+            let short: String = p.commit.chars().take(8).collect();
+            format!("{} at {short}", p.branch)
+        }),
+        kind if kind.starts_with("agent.") => Some(agent_summary(d)),
+        _ => None,
+    };
+    typed.unwrap_or_else(|| {
+        if d.as_object().is_some_and(|o| o.is_empty()) || d.is_null() {
+            String::new()
+        } else {
+            d.to_string()
         }
-        event::RUN_FINISHED => {
-            let mut out = s(d, "outcome").unwrap_or_else(|| "?".into());
-            if let Some(c) = s(d, "exit_code") {
-                out.push_str(&format!(" exit {c}"));
-            }
-            if let Some(f) = s(d, "files_changed") {
-                out.push_str(&format!(
-                    ", {f} files +{}/-{}",
-                    s(d, "lines_added").unwrap_or_else(|| "0".into()),
-                    s(d, "lines_deleted").unwrap_or_else(|| "0".into())
-                ));
-            }
-            if let Some(err) = s(d, "error") {
-                out.push_str(&format!(": {err}"));
-            }
-            out
-        }
-        event::AGENT_INSIGHTS => serde_json::from_value::<gantry_core::engine::Insights>(d.clone())
-            .map(|i| insights_label(&i))
-            .unwrap_or_else(|_| d.to_string()),
-        event::RUN_CHECKPOINT => format!(
-            "{} at {}",
-            s(d, "wip_branch").unwrap_or_else(|| "?".into()),
-            s(d, "wip_commit")
-                .map(|c| c.chars().take(8).collect::<String>())
-                .unwrap_or_else(|| "?".into())
-        ),
-        kind if kind.starts_with("agent.") => agent_summary(d),
-        _ => {
-            if d.as_object().is_some_and(|o| o.is_empty()) || d.is_null() {
-                String::new()
-            } else {
-                d.to_string()
-            }
-        }
+    })
+}
+
+/// `[stream] first line…` of a piece of output.
+fn output_summary(p: &RunOutput) -> String {
+    let first = p.text.trim_end_matches('\n');
+    let mut shown: String = first.chars().take(160).collect();
+    if shown.len() < first.len() {
+        shown.push('…');
     }
+    format!("[{}] {}", p.stream.as_str(), shown.replace('\n', "⏎"))
+}
+
+/// `outcome exit N, F files +A/-D: error` of a finished run.
+fn finished_summary(p: &RunFinished) -> String {
+    let mut out = p.outcome.as_str().to_string();
+    if let Some(c) = p.exit_code {
+        out.push_str(&format!(" exit {c}"));
+    }
+    if let Some(f) = p.files_changed {
+        out.push_str(&format!(
+            ", {f} files +{}/-{}",
+            p.lines_added.unwrap_or(0),
+            p.lines_deleted.unwrap_or(0)
+        ));
+    }
+    if let Some(err) = &p.error {
+        out.push_str(&format!(": {err}"));
+    }
+    out
 }
 
 /// A normalized agent event in one line.
 pub(crate) fn agent_summary(d: &serde_json::Value) -> String {
-    use gantry_core::engine::AgentEvent;
+    use gantry_engine::AgentEvent;
     let Ok(ev) = serde_json::from_value::<AgentEvent>(d.clone()) else {
         return d.to_string();
     };

@@ -1,13 +1,17 @@
-//! Wire types of the HTTP API (`/v1`), shared by the server, the CLI and remote
-//! factories so both ends agree on every field.
+//! The records the store and the HTTP API (`/v1`) share: tokens and scopes, factory
+//! registrations and heartbeats, claims and leases, finish reports, queue status.
+//!
+//! They live in core, not in `gantry-protocol`, because the store's trait speaks them
+//! (a claim is what the store hands out, a finish report is what it records), and the
+//! store must not depend on the protocol crate. `gantry-protocol` re-exports every one
+//! of them beside the types only the two ends of the wire speak.
 
-use crate::event::NewEvent;
+use crate::engine::Insights;
 use crate::id::{FactoryId, JobId, RunId};
 use crate::job::StopKind;
 use crate::spec::JobSpec;
 use crate::state::Outcome;
 use crate::time::Millis;
-use gantry_engine::Insights;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
@@ -87,41 +91,6 @@ impl FromStr for Scope {
     }
 }
 
-/// The error body of every non-2xx response.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ErrorBody {
-    /// Machine-readable kind, e.g. `stale_lease`, `invalid_job`, `not_found`.
-    pub error: String,
-    /// What failed and with what value.
-    pub message: String,
-    /// What to do about it, when there is something to say.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hint: Option<String>,
-    /// Kind-specific details (e.g. run, epoch and current_epoch for `stale_lease`).
-    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
-    pub details: serde_json::Value,
-}
-
-/// One job file to submit.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SubmitFile {
-    /// File name, used in error messages.
-    pub file: String,
-    /// The whole file: front matter and body.
-    pub text: String,
-    /// Directory that relative `repo` paths are resolved against.
-    #[serde(default)]
-    pub dir: Option<String>,
-}
-
-/// `POST /v1/jobs`: a batch of job files, stored all or nothing.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SubmitRequest {
-    /// The files, in order; later files may depend on earlier ones' idempotency keys
-    /// and vice versa.
-    pub jobs: Vec<SubmitFile>,
-}
-
 /// One job of a submitted batch.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Submitted {
@@ -129,13 +98,6 @@ pub struct Submitted {
     pub id: JobId,
     /// Whether the idempotency key matched a job stored earlier (nothing new was stored).
     pub existing: bool,
-}
-
-/// Response of `POST /v1/jobs`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SubmitResponse {
-    /// One entry per submitted file, in order.
-    pub jobs: Vec<Submitted>,
 }
 
 /// `POST /v1/factories`.
@@ -148,13 +110,6 @@ pub struct RegisterFactory {
     /// Capabilities, `name` or `name=value`.
     #[serde(default)]
     pub capabilities: Vec<String>,
-}
-
-/// Response of `POST /v1/factories`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct Registered {
-    /// The factory's id.
-    pub id: FactoryId,
 }
 
 /// `POST /v1/factories/{id}/heartbeat`: the factory is alive, and how its machine is
@@ -174,76 +129,6 @@ pub struct Heartbeat {
     /// claims.
     #[serde(default)]
     pub admission: Option<String>,
-}
-
-/// Response of a heartbeat: how often to send the next ones.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HeartbeatAck {
-    /// Send the next heartbeat within this many milliseconds.
-    pub interval_ms: u64,
-    /// A factory not heard from (heartbeat, renewal or registration) for this many
-    /// milliseconds is listed as down.
-    pub down_after_ms: u64,
-}
-
-/// Whether a factory is heard from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Health {
-    /// Heard from within the server's `down_after`.
-    Up,
-    /// Silent for longer than that: its leases expire as usual.
-    Down,
-}
-
-impl Health {
-    /// The name used in the API and the CLI.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Health::Up => "up",
-            Health::Down => "down",
-        }
-    }
-}
-
-impl fmt::Display for Health {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// One factory as `GET /v1/factories` lists it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FactoryStatus {
-    /// Id.
-    pub id: FactoryId,
-    /// Name.
-    pub name: String,
-    /// Maximum concurrent runs.
-    pub seats: u32,
-    /// Capabilities, `name` or `name=value`.
-    pub capabilities: Vec<String>,
-    /// Jobs running now under a lease of this factory.
-    pub running: u32,
-    /// Last registration, heartbeat or lease renewal, by the store's clock.
-    #[serde(with = "crate::time::rfc3339_millis")]
-    pub last_seen: Millis,
-    /// How long before the listing that was, by the store's clock (so a client's
-    /// clock skew does not matter).
-    pub last_seen_ago_ms: u64,
-    /// Figures of the last heartbeat.
-    #[serde(flatten)]
-    pub stats: Heartbeat,
-    /// Up, or down when silent for longer than the server's `down_after`.
-    pub health: Health,
-}
-
-/// `POST /v1/factories/{id}/claim`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct ClaimRequest {
-    /// How long to wait for a claimable job before answering 204.
-    #[serde(default)]
-    pub wait_s: u64,
 }
 
 /// The lease half of a claim.
@@ -318,13 +203,6 @@ pub fn result_ref(run: RunId) -> String {
 /// below this size and marked as cut.
 pub const MAX_REPORTED_DIFF_BYTES: usize = 4 << 20;
 
-/// `POST /v1/runs/{id}/renew`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct RenewRequest {
-    /// The epoch of the lease being renewed.
-    pub epoch: i64,
-}
-
 /// Response of a renew.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Renewed {
@@ -334,15 +212,6 @@ pub struct Renewed {
     /// A stop a person asked for: the factory must stop the run this way.
     #[serde(default)]
     pub stop: Option<StopKind>,
-}
-
-/// `POST /v1/runs/{id}/events`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct EventsUpload {
-    /// The epoch of the run's lease.
-    pub epoch: i64,
-    /// Events, in order.
-    pub events: Vec<NewEvent>,
 }
 
 /// What a factory reports when a run ends: `POST /v1/runs/{id}/finish`.
@@ -390,15 +259,6 @@ pub struct FinishReport {
     pub result_ref: Option<String>,
 }
 
-/// `POST /v1/tokens`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CreateToken {
-    /// Unique name.
-    pub name: String,
-    /// Scope.
-    pub scope: Scope,
-}
-
 /// A token as listed (never the secret).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TokenInfo {
@@ -418,15 +278,6 @@ pub struct TokenInfo {
     /// for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub factory: Option<FactoryId>,
-}
-
-/// Response of `POST /v1/tokens`: the only time the secret is shown.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CreatedToken {
-    /// The stored token.
-    pub info: TokenInfo,
-    /// The bearer secret.
-    pub token: String,
 }
 
 /// Queue-wide status: `GET /v1/status`.

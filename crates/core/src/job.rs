@@ -1,11 +1,11 @@
 //! Job and run records as the store keeps them and the API shows them.
 
 use crate::api::Checkpoint;
+use crate::engine::Insights;
 use crate::id::{FactoryId, JobId, RunId};
 use crate::spec::{DepsMode, JobSpec};
 use crate::state::{JobState, Outcome};
 use crate::time::Millis;
-use gantry_engine::Insights;
 use serde::{Deserialize, Serialize};
 
 /// A stop asked of a running job's factory.

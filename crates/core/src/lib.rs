@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod caps;
+pub mod engine;
 pub mod event;
 pub mod fix;
 pub mod gate;
@@ -19,8 +20,6 @@ pub mod spec;
 pub mod state;
 pub mod time;
 
-/// The engine vocabulary (agent events, insights, budgets, script steps) job specs use.
-pub use gantry_engine as engine;
 pub use id::{FactoryId, JobId, RunId};
 pub use job::{Job, Run, StopKind};
 pub use spec::{DepRef, DepsMode, EngineKind, JobSpec, ParsedJob, SpecError};

@@ -136,7 +136,7 @@ pub fn parse_review(v: &serde_json::Value) -> Result<ReviewSpec, ReviewError> {
             ));
         }
         (None | Some(serde_json::Value::Null), _) => Vec::new(),
-        (Some(s), EngineKind::Script) => gantry_engine::parse_steps(s).map_err(|e| {
+        (Some(s), EngineKind::Script) => crate::engine::parse_steps(s).map_err(|e| {
             err(
                 &format!("steps[{}].{}", e.index, e.field),
                 e.message.to_string(),

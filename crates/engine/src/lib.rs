@@ -4,7 +4,9 @@
 //! the CLI adapters, and the `script` engine that compiles a list of steps to `sh`.
 //!
 //! Invariant: this crate does no I/O. Parsers take lines, adapters return argv, the
-//! script engine returns a script text; running processes is the factory's job.
+//! script engine returns a script text; running processes is the factory's job. The
+//! plain data job specs and run records carry (insights, budgets, formats, script
+//! steps) is `gantry_core::engine`, re-exported here.
 //!
 //! # Token normalization
 //! Every engine reports tokens in the same three figures:
@@ -18,7 +20,6 @@
 //! A budget's "tokens" figure is `tokens_in + tokens_out`.
 
 pub mod adapter;
-pub mod budget;
 pub mod event;
 pub mod format;
 pub mod insights;
@@ -30,10 +31,10 @@ mod claude;
 mod codex;
 
 pub use adapter::{AgentRequest, Invocation, Stdin, claude_invocation, codex_invocation};
-pub use budget::{Breach, Budget};
 pub use event::AgentEvent;
 pub use format::{Format, StreamParser, parser};
-pub use insights::Insights;
+pub use gantry_core::engine::{Breach, Budget, Insights, Step, StepError, parse_steps};
+pub use insights::Fold;
 pub use line::LineBuffer;
 pub use price::{Price, PriceTable};
-pub use script::{Step, StepError, parse_steps, script};
+pub use script::script;

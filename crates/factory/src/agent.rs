@@ -5,13 +5,13 @@
 //! Everything engine-specific is here, so the run supervisor only starts what
 //! [`launch`] returns and feeds every stdout line to its [`Watcher`].
 
-use gantry_core::api::Checkpoint;
-use gantry_core::engine::{
-    AgentEvent, AgentRequest, Breach, Budget, Format, Insights, PriceTable, Stdin, StreamParser,
-    claude_invocation, codex_invocation, parser, script,
-};
-use gantry_core::event::{AGENT_INSIGHTS, NewEvent, RUN_BUDGET_EXCEEDED};
+use gantry_core::event::{NewEvent, RunBudgetExceeded, RunCheckpoint};
 use gantry_core::{EngineKind, JobId, JobSpec, Outcome, RunId};
+use gantry_engine::{
+    AgentEvent, AgentRequest, Breach, Budget, Fold, Format, Insights, PriceTable, Stdin,
+    StreamParser, claude_invocation, codex_invocation, parser, script,
+};
+use gantry_protocol::Checkpoint;
 use serde::Deserialize;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -288,7 +288,7 @@ impl Watcher {
              its bytes up to the next newline were dropped (the transcript keeps them); it began: {head}"
         );
         self.take(vec![AgentEvent::Notice {
-            message: gantry_core::engine::event::clip(&message),
+            message: gantry_engine::event::clip(&message),
         }])
     }
 
@@ -315,15 +315,12 @@ impl Watcher {
                 && let Some(b) = self.budget.check(&self.insights)
             {
                 self.breached = true;
-                fed.events.push(NewEvent {
-                    kind: RUN_BUDGET_EXCEEDED.to_string(),
-                    data: serde_json::json!({
-                        "limit": b.limit,
-                        "limit_value": b.limit_value,
-                        "actual": b.actual,
-                        "message": b.to_string(),
-                    }),
-                });
+                fed.events.push(NewEvent::of(&RunBudgetExceeded {
+                    limit: b.limit.to_string(),
+                    limit_value: b.limit_value,
+                    actual: b.actual,
+                    message: b.to_string(),
+                }));
                 fed.breach = Some(b);
             }
         }
@@ -342,10 +339,7 @@ impl Watcher {
     fn snapshot_event(&mut self) -> NewEvent {
         self.last_snapshot = Some(Instant::now());
         self.changed = false;
-        NewEvent {
-            kind: AGENT_INSIGHTS.to_string(),
-            data: serde_json::to_value(&self.insights).unwrap_or(serde_json::Value::Null),
-        }
+        NewEvent::of(&self.insights)
     }
 
     /// The running figures.
@@ -381,10 +375,11 @@ pub fn wip_branch(job: JobId) -> String {
 
 /// The checkpoint a run records, as the event the store applies to the job.
 pub fn checkpoint_event(cp: &Checkpoint) -> NewEvent {
-    NewEvent {
-        kind: gantry_core::event::RUN_CHECKPOINT.to_string(),
-        data: serde_json::to_value(cp).unwrap_or(serde_json::Value::Null),
-    }
+    NewEvent::of(&RunCheckpoint {
+        branch: cp.branch.clone(),
+        base: cp.base.clone(),
+        commit: cp.commit.clone(),
+    })
 }
 
 /// Longest stdout line an agent reader holds while waiting for its newline.
@@ -489,8 +484,7 @@ impl AgentReader {
                     // Longer than the cap, whole or not: report its start and drop the
                     // rest rather than parse it in pieces, because a fragment of a JSON
                     // line is not an event and every piece would be reported again.
-                    let head =
-                        tail.buffered()[..gantry_core::engine::event::MAX_TEXT_BYTES].to_vec();
+                    let head = tail.buffered()[..gantry_engine::event::MAX_TEXT_BYTES].to_vec();
                     tail.discard(LINE_MAX);
                     self.cutting = true;
                     Some(Piece::Cut(head))
@@ -554,7 +548,7 @@ impl crate::tail::StdoutReader for AgentReader {
 mod tests {
     use super::*;
     use crate::tail::{FileTail, READ_MAX, StdoutReader};
-    use gantry_core::engine::PriceTable;
+    use gantry_engine::PriceTable;
     use std::io::Write;
 
     fn reader(replay: Option<(&Path, u64)>) -> AgentReader {
@@ -589,7 +583,7 @@ mod tests {
                 break;
             }
         }
-        events.retain(|e| e.kind != AGENT_INSIGHTS);
+        events.retain(|e| e.kind != gantry_core::event::AGENT_INSIGHTS);
         events
     }
 

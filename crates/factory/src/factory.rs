@@ -2,16 +2,17 @@
 //! then claim a job whenever a seat is free and run it.
 
 use crate::admission::{self, Admission};
-use crate::coordinator::{CoordError, Coordinator};
 use crate::heartbeat;
 use crate::process;
 use crate::record::{self, RunRecord};
+use crate::registration::{BACKOFF_FIRST, BACKOFF_MAX, Registration, Waited, or_shutdown};
 use crate::run::{Adoption, RunContext, adopt_run, run_claim};
 use crate::workspace::{self, LiveGuard};
 use crate::{FactoryConfig, FactoryError};
-use gantry_core::api::{Claim, RegisterFactory};
 use gantry_core::retry::Backoff;
-use gantry_core::{FactoryId, JobId, RunId, StopKind};
+use gantry_core::{JobId, RunId, StopKind};
+use gantry_protocol::{Claim, RegisterFactory};
+use gantry_protocol::{CoordError, Coordinator, ErrorKind};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,10 +20,6 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-/// First delay after a failed call to the coordinator.
-pub(crate) const BACKOFF_FIRST: Duration = Duration::from_millis(200);
-/// Longest delay between retries of the loop's calls.
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Time between two admission checks while admission is closed.
 const ADMISSION_RECHECK: Duration = Duration::from_secs(1);
 
@@ -67,27 +64,6 @@ enum Verdict {
     },
     /// Refused, or the server could not be reached for a whole lease TTL.
     Lost(String),
-}
-
-/// Outcome of waiting for something while watching for shutdown.
-pub(crate) enum Waited<T> {
-    Done(T),
-    Shutdown,
-}
-
-/// Waits for `fut`, or for `shutdown` to turn true (or its sender to go), whichever
-/// comes first.
-pub(crate) async fn or_shutdown<T>(
-    shutdown: &mut watch::Receiver<bool>,
-    fut: impl std::future::Future<Output = T>,
-) -> Waited<T> {
-    if *shutdown.borrow() {
-        return Waited::Shutdown;
-    }
-    tokio::select! {
-        v = fut => Waited::Done(v),
-        _ = shutdown.wait_for(|s| *s) => Waited::Shutdown,
-    }
 }
 
 impl Factory {
@@ -230,23 +206,7 @@ impl Factory {
     /// the next factory on the same data dir to adopt.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), FactoryError> {
         let cfg = self.cfg.clone();
-        if cfg.seats == 0 {
-            return Err(FactoryError::Config {
-                field: "seats",
-                value: "0".to_string(),
-                reason: "a factory needs at least one seat".to_string(),
-            });
-        }
-        cfg.sandbox.probe().await.map_err(FactoryError::Sandbox)?;
-        if cfg.sandbox == crate::Sandbox::None {
-            tracing::warn!("runs are NOT sandboxed: every job sees what this factory sees");
-        } else {
-            tracing::info!(sandbox = cfg.sandbox.kind(), "runs are sandboxed");
-        }
-        crate::private_dir(&cfg.data_dir).map_err(|source| FactoryError::DataDir {
-            path: cfg.data_dir.clone(),
-            source,
-        })?;
+        check_before_start(&cfg).await?;
         if !self.adopted {
             match or_shutdown(&mut shutdown, self.adopt()).await {
                 Waited::Done(report) => {
@@ -261,17 +221,7 @@ impl Factory {
                 }
             }
         }
-        match prune_workspaces(&cfg.data_dir).await {
-            Ok(pruned) => {
-                for path in &pruned.removed {
-                    tracing::info!(path = %path.display(), "removed a leftover worktree");
-                }
-                for cache in &pruned.caches {
-                    tracing::info!(cache = %cache.path.display(), bytes = cache.bytes, "repo cache disk use");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "pruning leftover worktrees failed"),
-        }
+        prune_leftovers(&cfg.data_dir).await;
         let reg = RegisterFactory {
             name: cfg.name.clone(),
             seats: cfg.seats,
@@ -326,7 +276,10 @@ impl Factory {
                     self.spawn_run(claim, permit);
                 }
                 Ok(None) => backoff.reset(),
-                Err(CoordError::Refused { kind, message }) if kind == NOT_FOUND => {
+                Err(CoordError::Refused {
+                    kind: ErrorKind::NotFound,
+                    message,
+                }) => {
                     tracing::warn!(factory = %id, %message, "the server does not know this factory; registering again");
                     if registration
                         .replace(enrolled, &mut shutdown)
@@ -370,113 +323,42 @@ impl Factory {
     }
 }
 
-/// The id one registration gave the factory, and which registration that was (0 for
-/// the first, counting up).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Enrolled {
-    /// The factory's id.
-    pub(crate) id: FactoryId,
-    /// Which registration gave it.
-    generation: u64,
-}
-
-/// The error kind of an answer about a factory the server does not know.
-pub(crate) const NOT_FOUND: &str = "not_found";
-
-/// The factory's registration: its current id, shared by the claim loop and the
-/// heartbeat so they never use different ids. When the server forgets the factory (a
-/// fresh database behind a restarted server), whichever loop learns it first registers
-/// again, once, and the other picks the new id up.
-pub(crate) struct Registration {
-    coord: Arc<dyn Coordinator>,
-    reg: RegisterFactory,
-    current: watch::Sender<Enrolled>,
-    /// Held while registering, so two loops that both learn the server forgot the
-    /// factory register it once.
-    registering: tokio::sync::Mutex<()>,
-}
-
-impl Registration {
-    /// Registers the factory, retrying while the server is unavailable. `None` on
-    /// shutdown; an error when the server refuses for good.
-    pub(crate) async fn register(
-        coord: Arc<dyn Coordinator>,
-        reg: RegisterFactory,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<Option<Registration>, FactoryError> {
-        let Some(id) = register_retrying(coord.as_ref(), &reg, shutdown).await? else {
-            return Ok(None);
-        };
-        tracing::info!(factory = %id, name = %reg.name, seats = reg.seats, "factory registered");
-        Ok(Some(Registration {
-            coord,
-            reg,
-            current: watch::channel(Enrolled { id, generation: 0 }).0,
-            registering: tokio::sync::Mutex::new(()),
-        }))
-    }
-
-    /// The factory's id now, and which registration gave it.
-    pub(crate) fn current(&self) -> Enrolled {
-        *self.current.borrow()
-    }
-
-    /// Registers again because the server answered that it does not know the id of
-    /// `stale`, and returns the id to use from now on. When another registration
-    /// happened since `stale` (the other loop's), its id, without registering again;
-    /// this holds even when the server gave the same number back (id 1 of a fresh
-    /// database). `None` on shutdown; an error when the server refuses for good.
-    pub(crate) async fn replace(
-        &self,
-        stale: Enrolled,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<Option<FactoryId>, FactoryError> {
-        let _held = match or_shutdown(shutdown, self.registering.lock()).await {
-            Waited::Done(guard) => guard,
-            Waited::Shutdown => return Ok(None),
-        };
-        let current = self.current();
-        if current.generation != stale.generation {
-            return Ok(Some(current.id));
-        }
-        let Some(id) = register_retrying(self.coord.as_ref(), &self.reg, shutdown).await? else {
-            return Ok(None);
-        };
-        tracing::info!(factory = %id, before = %stale.id, name = %self.reg.name, "factory registered again");
-        self.current.send_replace(Enrolled {
-            id,
-            generation: stale.generation + 1,
+/// What a factory checks before it starts: its seats, its sandbox (a probe) and its
+/// data dir (private to its user).
+async fn check_before_start(cfg: &FactoryConfig) -> Result<(), FactoryError> {
+    if cfg.seats == 0 {
+        return Err(FactoryError::Config {
+            field: "seats",
+            value: "0".to_string(),
+            reason: "a factory needs at least one seat".to_string(),
         });
-        Ok(Some(id))
     }
+    cfg.sandbox.probe().await.map_err(FactoryError::Sandbox)?;
+    if cfg.sandbox == crate::Sandbox::None {
+        tracing::warn!("runs are NOT sandboxed: every job sees what this factory sees");
+    } else {
+        tracing::info!(sandbox = cfg.sandbox.kind(), "runs are sandboxed");
+    }
+    crate::private_dir(&cfg.data_dir).map_err(|source| FactoryError::DataDir {
+        path: cfg.data_dir.clone(),
+        source,
+    })?;
+    Ok(())
 }
 
-/// Registers, retrying while the server is unavailable. `None` on shutdown.
-async fn register_retrying(
-    coord: &dyn Coordinator,
-    reg: &RegisterFactory,
-    shutdown: &mut watch::Receiver<bool>,
-) -> Result<Option<FactoryId>, FactoryError> {
-    let mut backoff = Backoff::new(BACKOFF_FIRST, BACKOFF_MAX);
-    loop {
-        let wait = match or_shutdown(shutdown, coord.register(reg)).await {
-            Waited::Shutdown => return Ok(None),
-            Waited::Done(Ok(id)) => return Ok(Some(id)),
-            Waited::Done(Err(CoordError::Unavailable(e))) => {
-                let wait = backoff.next_delay();
-                tracing::warn!(error = %e, retry_in = ?wait, "registering failed");
-                wait
+/// Removes the worktrees and temporary clones no run uses, and logs each cache's disk
+/// use; a failure is only logged.
+async fn prune_leftovers(data_dir: &std::path::Path) {
+    match prune_workspaces(data_dir).await {
+        Ok(pruned) => {
+            for path in &pruned.removed {
+                tracing::info!(path = %path.display(), "removed a leftover worktree");
             }
-            Waited::Done(Err(source)) => {
-                return Err(FactoryError::Register {
-                    name: reg.name.clone(),
-                    source,
-                });
+            for cache in &pruned.caches {
+                tracing::info!(cache = %cache.path.display(), bytes = cache.bytes, "repo cache disk use");
             }
-        };
-        if let Waited::Shutdown = or_shutdown(shutdown, tokio::time::sleep(wait)).await {
-            return Ok(None);
         }
+        Err(e) => tracing::warn!(error = %e, "pruning leftover worktrees failed"),
     }
 }
 

@@ -11,10 +11,10 @@
 //! loop shares.
 
 use crate::admission::{self, Admission};
-use crate::coordinator::{CoordError, Coordinator};
-use crate::factory::{BACKOFF_FIRST, NOT_FOUND, Registration, Waited, or_shutdown};
-use gantry_core::api::Heartbeat;
+use crate::registration::{BACKOFF_FIRST, Registration, Waited, or_shutdown};
 use gantry_core::retry::Backoff;
+use gantry_protocol::Heartbeat;
+use gantry_protocol::{CoordError, Coordinator, ErrorKind};
 use std::mem::discriminant;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -99,7 +99,10 @@ async fn run(mut p: Pulse) {
                 backoff.reset();
                 interval
             }
-            Err(CoordError::Refused { kind, message }) if kind == NOT_FOUND => {
+            Err(CoordError::Refused {
+                kind: ErrorKind::NotFound,
+                message,
+            }) => {
                 tracing::warn!(factory = %id, %message, "the server does not know this factory; registering again");
                 match p.registration.replace(enrolled, &mut p.stop).await {
                     // Tell the server at once under the new id.

@@ -1,20 +1,19 @@
-//! [`Coordinator`] over the HTTP API (`/v1`), for remote factories.
+//! [`Coordinator`] over the HTTP API (`/v1`), for remote factories, on top of
+//! `gantry-client`.
 //!
-//! Error mapping: HTTP 409 with `{"error":"stale_lease"}` on a run write is
+//! Error mapping: HTTP 409 of kind [`ErrorKind::StaleLease`] on a run write is
 //! [`CoordError::StaleLease`]; connection failures, timeouts, 408, 429 and 5xx are
 //! [`CoordError::Unavailable`] (worth retrying); every other non-2xx answer is
 //! [`CoordError::Refused`] with the server's error kind and message.
 
-use crate::coordinator::{CoordError, Coordinator};
 use async_trait::async_trait;
-use gantry_core::api::{
-    Claim, ClaimRequest, ErrorBody, EventsUpload, FinishReport, Heartbeat, HeartbeatAck,
-    RegisterFactory, Registered, RenewRequest, Renewed,
-};
+use gantry_client::{Client, ClientError, status_line};
 use gantry_core::event::NewEvent;
 use gantry_core::{FactoryId, RunId};
-use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, HeaderValue};
+use gantry_protocol::{
+    Claim, ClaimRequest, CoordError, Coordinator, ErrorKind, EventsUpload, FinishReport, Heartbeat,
+    HeartbeatAck, RegisterFactory, Registered, RenewRequest, Renewed,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -26,54 +25,52 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const FINISH_TIMEOUT: Duration = Duration::from_secs(300);
 /// Extra time allowed for a claim beyond its long-poll wait.
 const CLAIM_SLACK: Duration = Duration::from_secs(30);
+/// Time allowed to open a connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A [`Coordinator`] that talks to a Gantry server over HTTP with a bearer token.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HttpCoordinator {
-    client: reqwest::Client,
-    base: String,
-    auth: HeaderValue,
+    client: Client,
+}
+
+impl std::fmt::Debug for HttpCoordinator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpCoordinator")
+            .field("base", &self.client.base())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A refusal of the server URL `base_url`, saying why.
+fn invalid_url(base_url: &str, why: impl std::fmt::Display) -> CoordError {
+    CoordError::Refused {
+        kind: ErrorKind::InvalidUrl,
+        message: format!("invalid server URL {base_url:?}: {why}"),
+    }
 }
 
 impl HttpCoordinator {
     /// A coordinator for the server at `base_url` (e.g. `http://127.0.0.1:7700`),
     /// authenticating with the bearer `token` (scope `factory` or `admin`).
     pub fn new(base_url: &str, token: &str) -> Result<Self, CoordError> {
-        let url = reqwest::Url::parse(base_url).map_err(|e| CoordError::Refused {
-            kind: "invalid_url".to_string(),
-            message: format!("invalid server URL {base_url:?}: {e}"),
-        })?;
+        let url = reqwest::Url::parse(base_url).map_err(|e| invalid_url(base_url, e))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(CoordError::Refused {
-                kind: "invalid_url".to_string(),
-                message: format!(
-                    "invalid server URL {base_url:?}: the scheme must be http or https, not {:?}",
-                    url.scheme()
-                ),
-            });
+            let why = format!("the scheme must be http or https, not {:?}", url.scheme());
+            return Err(invalid_url(base_url, why));
         }
         if url.query().is_some() || url.fragment().is_some() {
-            return Err(CoordError::Refused {
-                kind: "invalid_url".to_string(),
-                message: format!("invalid server URL {base_url:?}: no query or fragment allowed"),
-            });
+            return Err(invalid_url(base_url, "no query or fragment allowed"));
         }
-        let mut auth =
-            HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| CoordError::Refused {
-                kind: "invalid_token".to_string(),
-                message: "invalid token: it must be printable ASCII without line breaks"
-                    .to_string(),
+        let client =
+            Client::new(url.as_str(), Some(token), CONNECT_TIMEOUT).map_err(|e| match e {
+                e @ ClientError::InvalidToken => CoordError::Refused {
+                    kind: ErrorKind::InvalidToken,
+                    message: e.to_string(),
+                },
+                other => CoordError::Unavailable(other.to_string()),
             })?;
-        auth.set_sensitive(true);
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .build()
-            .map_err(|e| CoordError::Unavailable(format!("cannot build the HTTP client: {e}")))?;
-        Ok(HttpCoordinator {
-            client,
-            base: url.as_str().trim_end_matches('/').to_string(),
-            auth,
-        })
+        Ok(HttpCoordinator { client })
     }
 
     /// POSTs `body` to `path` (under the base URL). `Ok(None)` is a 204 answer.
@@ -84,110 +81,70 @@ impl HttpCoordinator {
         timeout: Duration,
         run: Option<(RunId, i64)>,
     ) -> Result<Option<R>, CoordError> {
-        let url = format!("{}{path}", self.base);
-        let resp = self
-            .client
-            .post(&url)
-            .header(AUTHORIZATION, self.auth.clone())
-            .json(body)
-            .timeout(timeout)
-            .send()
+        self.client
+            .post_json(path, body, timeout)
             .await
-            .map_err(|e| CoordError::Unavailable(format!("POST {url}: {}", error_chain(&e))))?;
-        let status = resp.status();
-        let bytes = resp.bytes().await.map_err(|e| {
-            CoordError::Unavailable(format!(
-                "POST {url}: reading the answer failed: {}",
-                error_chain(&e)
-            ))
-        })?;
-        if status == StatusCode::NO_CONTENT {
-            return Ok(None);
-        }
-        if status.is_success() {
-            // Unit answers (events, finish) may have an empty or any JSON body.
-            let parsed = if bytes.is_empty() {
-                serde_json::from_slice(b"null")
-            } else {
-                serde_json::from_slice(&bytes)
-            };
-            return parsed.map(Some).map_err(|e| CoordError::Refused {
-                kind: "invalid_response".to_string(),
-                message: format!(
-                    "POST {url}: HTTP {status} with a body that is not what the API promises: {e}"
-                ),
-            });
-        }
-        Err(map_error(&url, status, &bytes, run))
+            .map_err(|e| coord_error(e, &self.client.url(path), run))
+    }
+
+    /// POSTs `body` to `path` for an answer that must not be a 204; `what` names it.
+    async fn post_some<B: Serialize, R: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+        run: Option<(RunId, i64)>,
+        what: &str,
+    ) -> Result<R, CoordError> {
+        let answer: Option<R> = self.post(path, body, REQUEST_TIMEOUT, run).await?;
+        answer.ok_or_else(|| CoordError::Refused {
+            kind: ErrorKind::InvalidResponse,
+            message: format!("POST {path} answered 204 instead of {what}"),
+        })
     }
 }
 
-/// The error for a non-2xx answer.
-fn map_error(url: &str, status: StatusCode, body: &[u8], run: Option<(RunId, i64)>) -> CoordError {
-    let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
-    let message = match &parsed {
-        Some(b) => b.message.clone(),
-        None => {
-            let text = String::from_utf8_lossy(body);
-            let text = text.trim();
-            if text.is_empty() {
-                status
-                    .canonical_reason()
-                    .unwrap_or("no message")
-                    .to_string()
-            } else {
-                text.chars().take(500).collect()
+/// What a failed call means to the factory loop.
+fn coord_error(e: ClientError, url: &str, run: Option<(RunId, i64)>) -> CoordError {
+    match e {
+        ClientError::Api { status, body } => {
+            if let (409, ErrorKind::StaleLease, Some((run, epoch))) = (status, &body.error, run) {
+                return CoordError::StaleLease {
+                    run,
+                    epoch,
+                    message: body.message,
+                };
+            }
+            let message = match body.error {
+                // Not a Gantry error body: its message already names the URL and status.
+                ErrorKind::Http(_) => format!("POST {}", body.message),
+                _ => format!("POST {url}: HTTP {}: {}", status_line(status), body.message),
+            };
+            if status >= 500 || status == 408 || status == 429 {
+                return CoordError::Unavailable(message);
+            }
+            CoordError::Refused {
+                kind: body.error,
+                message,
             }
         }
-    };
-    let kind = parsed.as_ref().map(|b| b.error.as_str());
-    if let (StatusCode::CONFLICT, Some("stale_lease"), Some((run, epoch))) = (status, kind, run) {
-        return CoordError::StaleLease {
-            run,
-            epoch,
-            message,
-        };
-    }
-    if status.is_server_error()
-        || status == StatusCode::REQUEST_TIMEOUT
-        || status == StatusCode::TOO_MANY_REQUESTS
-    {
-        return CoordError::Unavailable(format!("POST {url}: HTTP {status}: {message}"));
-    }
-    CoordError::Refused {
-        kind: kind
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("http_{}", status.as_u16())),
-        message: format!("POST {url}: HTTP {status}: {message}"),
-    }
-}
-
-/// An error with its causes, so "connection refused" is not hidden behind "error
-/// sending request".
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let s_text = s.to_string();
-        if !out.contains(&s_text) {
-            out.push_str(": ");
-            out.push_str(&s_text);
+        ClientError::BadResponse { message, .. } => CoordError::Refused {
+            kind: ErrorKind::InvalidResponse,
+            message: format!("POST {url}: {message}"),
+        },
+        ClientError::Unreachable { cause, .. } | ClientError::Transport { cause, .. } => {
+            CoordError::Unavailable(format!("POST {url}: {cause}"))
         }
-        cur = s.source();
+        other => CoordError::Unavailable(other.to_string()),
     }
-    out
 }
 
 #[async_trait]
 impl Coordinator for HttpCoordinator {
     async fn register(&self, reg: &RegisterFactory) -> Result<FactoryId, CoordError> {
-        let r: Option<Registered> = self
-            .post("/v1/factories", reg, REQUEST_TIMEOUT, None)
+        let r: Registered = self
+            .post_some("/v1/factories", reg, None, "the factory id")
             .await?;
-        r.map(|r| r.id).ok_or_else(|| CoordError::Refused {
-            kind: "invalid_response".to_string(),
-            message: "POST /v1/factories answered 204 instead of the factory id".to_string(),
-        })
+        Ok(r.id)
     }
 
     async fn heartbeat(
@@ -196,11 +153,8 @@ impl Coordinator for HttpCoordinator {
         hb: &Heartbeat,
     ) -> Result<HeartbeatAck, CoordError> {
         let path = format!("/v1/factories/{factory}/heartbeat");
-        let ack: Option<HeartbeatAck> = self.post(&path, hb, REQUEST_TIMEOUT, None).await?;
-        ack.ok_or_else(|| CoordError::Refused {
-            kind: "invalid_response".to_string(),
-            message: format!("POST {path} answered 204 instead of the heartbeat interval"),
-        })
+        self.post_some(&path, hb, None, "the heartbeat interval")
+            .await
     }
 
     async fn claim(&self, factory: FactoryId, wait: Duration) -> Result<Option<Claim>, CoordError> {
@@ -216,18 +170,14 @@ impl Coordinator for HttpCoordinator {
     }
 
     async fn renew(&self, run: RunId, epoch: i64) -> Result<Renewed, CoordError> {
-        let r: Option<Renewed> = self
-            .post(
-                &format!("/v1/runs/{run}/renew"),
-                &RenewRequest { epoch },
-                REQUEST_TIMEOUT,
-                Some((run, epoch)),
-            )
-            .await?;
-        r.ok_or_else(|| CoordError::Refused {
-            kind: "invalid_response".to_string(),
-            message: format!("POST /v1/runs/{run}/renew answered 204 instead of the lease"),
-        })
+        let path = format!("/v1/runs/{run}/renew");
+        self.post_some(
+            &path,
+            &RenewRequest { epoch },
+            Some((run, epoch)),
+            "the lease",
+        )
+        .await
     }
 
     async fn events(

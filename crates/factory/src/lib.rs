@@ -20,13 +20,13 @@
 
 pub mod admission;
 pub mod agent;
-mod coordinator;
 mod factory;
 pub mod gate;
 mod heartbeat;
 mod http;
 pub mod process;
 pub mod record;
+mod registration;
 mod run;
 pub mod sandbox;
 mod tail;
@@ -34,10 +34,10 @@ mod tail;
 pub use gantry_git as workspace;
 
 pub use admission::Admission;
-pub use coordinator::{CoordError, Coordinator};
 pub use factory::{AdoptReport, Factory, prune_workspaces};
+pub use gantry_protocol::{CoordError, Coordinator};
 pub use http::HttpCoordinator;
-pub use process::kill_orphans;
+pub use record::kill_orphans;
 pub use sandbox::{Confinement, Sandbox, SandboxError};
 
 use gantry_core::{JobId, RunId};
@@ -73,7 +73,7 @@ pub struct FactoryConfig {
     /// Agent CLIs, prices and the checkpoint interval.
     pub engines: agent::EngineSettings,
     /// Publish the commit of a succeeded run in the source repository (at
-    /// [`gantry_core::api::result_ref`]) when the claim says the server delivers it,
+    /// [`gantry_protocol::result_ref`]) when the claim says the server delivers it,
     /// because the server cannot read this factory's cache: true for a remote factory,
     /// false for one that shares the server's data dir (the embedded factory). A
     /// publication that fails fails the run.

@@ -549,48 +549,6 @@ fn env_names_run(pid: i32, job: JobId, run: RunId) -> bool {
     has_run && has_job
 }
 
-/// Kills the runs that a previous incarnation of the factory left behind, as named by
-/// the run records under `<data>/runs/`, and removes the records. Returns the number of
-/// process groups killed.
-///
-/// A group is killed only when it is provably the recorded run's ([`group_is_run`]).
-/// This is the "forget everything" start: a factory that adopts its runs instead
-/// ([`crate::Factory::adopt`]) must not call it, or there is nothing left to adopt.
-pub fn kill_orphans(data_dir: &Path) -> usize {
-    let mut killed = 0;
-    for (path, record) in crate::record::scan(data_dir) {
-        match record {
-            Ok(r) => match &r.process {
-                Some(p) if group_is_run(p) => {
-                    tracing::info!(job = %p.job, run = %p.run, pgid = p.pgid, "killing orphaned run");
-                    if signal_group(p.pgid, Signal::SIGKILL) {
-                        killed += 1;
-                    }
-                }
-                Some(p) => tracing::debug!(?p, "run record names no live process of its run"),
-                None => {
-                    let pids = processes_of_run(r.claim.job.id, r.claim.run.id);
-                    for pid in &pids {
-                        let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
-                    }
-                    if !pids.is_empty() {
-                        killed += 1;
-                    }
-                }
-            },
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "unreadable run record removed")
-            }
-        }
-        if let Err(e) = std::fs::remove_file(&path)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(path = %path.display(), error = %e, "cannot remove run record");
-        }
-    }
-    killed
-}
-
 /// Makes this process a child subreaper, so descendants of a run whose parent died are
 /// re-parented to us (and reaped by [`kill_group_and_wait`]) instead of to init, which
 /// in containers often does not reap. The factory does it when it starts.

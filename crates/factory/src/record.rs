@@ -8,9 +8,11 @@
 //! only once the run is fully wrapped up or abandoned. So a factory that dies at any
 //! point leaves a record that says what to do.
 
-use crate::process::PidRecord;
-use gantry_core::api::Claim;
+use crate::process::{self, PidRecord};
 use gantry_core::{Outcome, RunId};
+use gantry_protocol::Claim;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -196,4 +198,46 @@ pub fn scan(data_dir: &Path) -> Vec<(PathBuf, Result<RunRecord, RecordError>)> {
     }
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
+}
+
+/// Kills the runs that a previous incarnation of the factory left behind, as named by
+/// the run records under `<data>/runs/`, and removes the records. Returns the number of
+/// process groups killed.
+///
+/// A group is killed only when it is provably the recorded run's ([`process::group_is_run`]).
+/// This is the "forget everything" start: a factory that adopts its runs instead
+/// ([`crate::Factory::adopt`]) must not call it, or there is nothing left to adopt.
+pub fn kill_orphans(data_dir: &Path) -> usize {
+    let mut killed = 0;
+    for (path, record) in scan(data_dir) {
+        match record {
+            Ok(r) => match &r.process {
+                Some(p) if process::group_is_run(p) => {
+                    tracing::info!(job = %p.job, run = %p.run, pgid = p.pgid, "killing orphaned run");
+                    if process::signal_group(p.pgid, Signal::SIGKILL) {
+                        killed += 1;
+                    }
+                }
+                Some(p) => tracing::debug!(?p, "run record names no live process of its run"),
+                None => {
+                    let pids = process::processes_of_run(r.claim.job.id, r.claim.run.id);
+                    for pid in &pids {
+                        let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+                    }
+                    if !pids.is_empty() {
+                        killed += 1;
+                    }
+                }
+            },
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "unreadable run record removed")
+            }
+        }
+        if let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot remove run record");
+        }
+    }
+    killed
 }

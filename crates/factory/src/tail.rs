@@ -9,11 +9,11 @@
 //! record, so a factory that re-adopts the run continues exactly after what was
 //! uploaded: nothing is lost, nothing sent twice.
 
-use crate::coordinator::{CoordError, Coordinator};
 use crate::record::{Offsets, RunRecord};
 use gantry_core::RunId;
-use gantry_core::event::{NewEvent, RUN_OUTPUT};
+use gantry_core::event::{NewEvent, OutputStream, RunOutput};
 use gantry_core::retry::Backoff;
+use gantry_protocol::{CoordError, Coordinator};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -187,7 +187,7 @@ pub(crate) fn complete_utf8_prefix(bytes: &[u8]) -> usize {
 
 /// `run.output` events of `bytes`, read from `stream` at `offset`: decoded leniently
 /// (invalid bytes become U+FFFD) and cut into events of at most [`EVENT_TEXT_MAX`].
-pub(crate) fn text_events(stream: &str, offset: u64, bytes: &[u8]) -> Vec<NewEvent> {
+pub(crate) fn text_events(stream: OutputStream, offset: u64, bytes: &[u8]) -> Vec<NewEvent> {
     let text = String::from_utf8_lossy(bytes);
     let mut events = Vec::new();
     let mut rest: &str = &text;
@@ -200,10 +200,11 @@ pub(crate) fn text_events(stream: &str, offset: u64, bytes: &[u8]) -> Vec<NewEve
             end -= 1;
         }
         let (piece, after) = rest.split_at(end);
-        events.push(NewEvent {
-            kind: RUN_OUTPUT.to_string(),
-            data: serde_json::json!({ "stream": stream, "text": piece, "offset": at }),
-        });
+        events.push(NewEvent::of(&RunOutput {
+            stream,
+            text: piece.to_string(),
+            offset: Some(at),
+        }));
         at += piece.len() as u64;
         rest = after;
     }
@@ -232,11 +233,11 @@ pub(crate) struct TextReader;
 
 impl StdoutReader for TextReader {
     fn read(&mut self, tail: &mut FileTail, last: bool) -> Vec<NewEvent> {
-        read_text("stdout", tail, last)
+        read_text(OutputStream::Stdout, tail, last)
     }
 }
 
-fn read_text(stream: &str, tail: &mut FileTail, last: bool) -> Vec<NewEvent> {
+fn read_text(stream: OutputStream, tail: &mut FileTail, last: bool) -> Vec<NewEvent> {
     let n = if last {
         tail.buffered().len()
     } else {
@@ -296,7 +297,7 @@ impl Tailer {
                 // The files stop growing once the process is gone: read to their end.
                 let at_end = last && out_n == 0 && err_n == 0;
                 let mut events = self.reader.read(&mut self.stdout, at_end);
-                events.extend(read_text("stderr", &mut self.stderr, at_end));
+                events.extend(read_text(OutputStream::Stderr, &mut self.stderr, at_end));
                 let offsets = Offsets {
                     stdout: self.stdout.consumed(),
                     stderr: self.stderr.consumed(),
@@ -380,12 +381,12 @@ mod tests {
 
     #[test]
     fn text_events_decode_leniently_and_split_large_text() {
-        let ev = text_events("stdout", 5, b"caf\xc3\xa9 \xffbad");
+        let ev = text_events(OutputStream::Stdout, 5, b"caf\xc3\xa9 \xffbad");
         assert_eq!(ev.len(), 1);
         assert_eq!(ev[0].data["text"], "café \u{FFFD}bad");
         assert_eq!(ev[0].data["offset"], 5);
         let big = "x".repeat(EVENT_TEXT_MAX + 10);
-        let ev = text_events("stderr", 0, big.as_bytes());
+        let ev = text_events(OutputStream::Stderr, 0, big.as_bytes());
         assert_eq!(ev.len(), 2);
         assert_eq!(ev[1].data["offset"], EVENT_TEXT_MAX as u64);
         assert_eq!(ev[1].data["stream"], "stderr");

@@ -8,7 +8,8 @@
 //! can (another network, other credentials), and a submit must not wait on the
 //! network, so only its transport is checked.
 
-use super::{WorkspaceError, git_status};
+use crate::error::WorkspaceError;
+use crate::runner::git_status;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -161,7 +162,7 @@ pub enum SourceCheck {
 }
 
 /// Whether `base` can name a branch, tag or commit at all: the rule
-/// [`super::prepare`] applies too.
+/// [`crate::prepare`] applies too.
 pub(crate) fn base_is_valid(base: &str) -> bool {
     !(base.is_empty() || base.starts_with('-') || base.chars().any(char::is_whitespace))
 }
@@ -337,7 +338,7 @@ async fn run(
     repo: &str,
     args: Vec<String>,
     timeout: Duration,
-) -> Result<Option<super::GitOutput>, SourceError> {
+) -> Result<Option<crate::runner::GitOutput>, SourceError> {
     match tokio::time::timeout(timeout, git_status(dir, &args, &[])).await {
         Ok(Ok(out)) => Ok(Some(out)),
         Ok(Err(source)) => Err(SourceError::Git {

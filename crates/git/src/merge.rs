@@ -6,9 +6,10 @@
 //! except the last step of a rebase, which moves the run's worktree onto the rebased
 //! commit so the gates run again on exactly the tree that will be delivered.
 
-use crate::{
-    IDENTITY, Result, WorkspaceError, check_full_commit, git, git_env, git_status, worktree_env,
-};
+use crate::error::{Result, WorkspaceError};
+use crate::refs::check_full_commit;
+use crate::runner::{IDENTITY, git, git_env, git_status};
+use crate::worktree::worktree_env;
 use std::path::Path;
 
 /// How a result stands against the current tip of its base.

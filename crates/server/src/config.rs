@@ -4,7 +4,7 @@
 //! Every key is optional and an unknown key is an error naming it and its line, so a
 //! typo never silently leaves a default in place.
 
-use gantry_core::engine::PriceTable;
+use gantry_engine::PriceTable;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -2,10 +2,10 @@
 
 use crate::error::ApiError;
 use crate::service::Service;
-use gantry_core::api::{Claim, FinishReport, Heartbeat, HeartbeatAck, RegisterFactory, Renewed};
 use gantry_core::event::NewEvent;
 use gantry_core::{FactoryId, RunId};
-use gantry_factory::{CoordError, Coordinator};
+use gantry_protocol::{Claim, FinishReport, Heartbeat, HeartbeatAck, RegisterFactory, Renewed};
+use gantry_protocol::{CoordError, Coordinator, ErrorKind};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,15 +27,15 @@ impl LocalCoordinator {
 /// Maps a refusal to what the factory loop acts on: a stale lease kills the run, a
 /// server-side failure is retried, anything else is a refusal for good.
 fn coord_error(e: ApiError, run: Option<RunId>, epoch: i64) -> CoordError {
-    match e.kind() {
-        "stale_lease" => CoordError::StaleLease {
+    match e.body.error {
+        ErrorKind::StaleLease => CoordError::StaleLease {
             run: run.unwrap_or_default(),
             epoch,
             message: e.body.message,
         },
-        "internal" => CoordError::Unavailable(e.body.message),
+        ErrorKind::Internal => CoordError::Unavailable(e.body.message),
         kind => CoordError::Refused {
-            kind: kind.to_string(),
+            kind,
             message: e.body.message,
         },
     }

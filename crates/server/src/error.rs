@@ -4,22 +4,11 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use gantry_core::SpecError;
-use gantry_core::api::ErrorBody;
+use gantry_protocol::{ErrorBody, ErrorKind};
 use gantry_store::StoreError;
 use serde_json::json;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-
-/// The error kind of a registration under a factory name that belongs to another
-/// token (409).
-pub const FACTORY_NAME_TAKEN: &str = "factory_name_taken";
-
-/// The error kind of an idempotency key reused with different content (409).
-pub const IDEMPOTENCY_CONFLICT: &str = "idempotency_conflict";
-
-/// The error kind of a job refused because this server would have to run it without
-/// a sandbox (503).
-pub const SANDBOX_UNAVAILABLE: &str = "sandbox_unavailable";
 
 /// Why the server could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -92,15 +81,10 @@ impl std::error::Error for ApiError {}
 
 impl ApiError {
     /// An error of `kind` with `status` and `message`, no hint, no details.
-    pub fn new(status: StatusCode, kind: &str, message: impl Into<String>) -> ApiError {
+    pub fn new(status: StatusCode, kind: ErrorKind, message: impl Into<String>) -> ApiError {
         ApiError {
             status,
-            body: ErrorBody {
-                error: kind.to_string(),
-                message: message.into(),
-                hint: None,
-                details: serde_json::Value::Null,
-            },
+            body: ErrorBody::new(kind, message),
         }
     }
 
@@ -118,22 +102,22 @@ impl ApiError {
 
     /// 400 `bad_request`.
     pub fn bad_request(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+        ApiError::new(StatusCode::BAD_REQUEST, ErrorKind::BadRequest, message)
     }
 
     /// 401 `unauthorized`.
     pub fn unauthorized(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+        ApiError::new(StatusCode::UNAUTHORIZED, ErrorKind::Unauthorized, message)
     }
 
     /// 403 `forbidden`.
     pub fn forbidden(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::FORBIDDEN, "forbidden", message)
+        ApiError::new(StatusCode::FORBIDDEN, ErrorKind::Forbidden, message)
     }
 
     /// 404 `not_found`.
     pub fn not_found(message: impl Into<String>) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", message)
+        ApiError::new(StatusCode::NOT_FOUND, ErrorKind::NotFound, message)
     }
 
     /// 500 `internal`. The message is logged as well, since it points at a bug or a
@@ -141,17 +125,25 @@ impl ApiError {
     pub fn internal(message: impl Into<String>) -> ApiError {
         let message = message.into();
         tracing::error!(%message, "internal error");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::Internal,
+            message,
+        )
     }
 
     /// 400 `invalid_job`, naming file, line and field in the details.
     pub fn invalid_job(e: &SpecError) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_job", e.to_string())
-            .with_details(json!({ "file": e.file, "line": e.line, "field": e.field }))
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            ErrorKind::InvalidJob,
+            e.to_string(),
+        )
+        .with_details(json!({ "file": e.file, "line": e.line, "field": e.field }))
     }
 
-    /// The error kind (`stale_lease`, `not_found`, ...).
-    pub fn kind(&self) -> &str {
+    /// The error kind ([`ErrorKind::StaleLease`], [`ErrorKind::NotFound`], ...).
+    pub fn kind(&self) -> &ErrorKind {
         &self.body.error
     }
 }
@@ -166,7 +158,7 @@ impl From<StoreError> for ApiError {
                 epoch,
                 current_epoch,
                 state,
-            } => ApiError::new(StatusCode::CONFLICT, "stale_lease", e.to_string())
+            } => ApiError::new(StatusCode::CONFLICT, ErrorKind::StaleLease, e.to_string())
                 .with_hint(
                     "this worker's lease is gone (expired or re-claimed): kill the run \
                          and push nothing",
@@ -180,21 +172,23 @@ impl From<StoreError> for ApiError {
                 })),
             StoreError::Invalid(spec) => ApiError::invalid_job(spec),
             StoreError::WrongState { job, state, action } => {
-                ApiError::new(StatusCode::CONFLICT, "wrong_state", e.to_string())
+                ApiError::new(StatusCode::CONFLICT, ErrorKind::WrongState, e.to_string())
                     .with_details(json!({ "job": job, "state": state, "action": action }))
             }
             StoreError::Exists { what, name } => {
-                ApiError::new(StatusCode::CONFLICT, "exists", e.to_string())
+                ApiError::new(StatusCode::CONFLICT, ErrorKind::Exists, e.to_string())
                     .with_details(json!({ "what": what, "name": name }))
             }
-            StoreError::IdempotencyConflict { file, key, job, .. } => {
-                ApiError::new(StatusCode::CONFLICT, IDEMPOTENCY_CONFLICT, e.to_string())
-                    .with_hint(
-                        "an idempotency key names one job: submit the same content again, \
+            StoreError::IdempotencyConflict { file, key, job, .. } => ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorKind::IdempotencyConflict,
+                e.to_string(),
+            )
+            .with_hint(
+                "an idempotency key names one job: submit the same content again, \
                          or give the changed job another key",
-                    )
-                    .with_details(json!({ "file": file, "key": key, "job": job }))
-            }
+            )
+            .with_details(json!({ "file": file, "key": key, "job": job })),
             StoreError::Corrupt(_) | StoreError::Backend(_) => ApiError::internal(e.to_string()),
         }
     }

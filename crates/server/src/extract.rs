@@ -2,11 +2,11 @@
 //! fault, instead of axum's plain-text defaults.
 
 use crate::error::ApiError;
-use crate::limits::TOO_LARGE;
 use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{StatusCode, Uri};
+use gantry_protocol::ErrorKind;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 use std::fmt::Display;
@@ -43,13 +43,13 @@ fn body_rejection(status: StatusCode, text: String) -> ApiError {
     if status == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::new(
             status,
-            TOO_LARGE,
+            ErrorKind::TooLarge,
             format!("the request body is larger than this route accepts: {text}"),
         )
         .with_hint("send a smaller body (split a batch of jobs into several submissions)")
         .with_details(json!({ "field": "request body" }))
     } else {
-        ApiError::new(status, "bad_request", text)
+        ApiError::new(status, ErrorKind::BadRequest, text)
     }
 }
 
@@ -165,7 +165,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gantry_core::api::ClaimRequest;
+    use gantry_protocol::ClaimRequest;
 
     #[test]
     fn json_errors_name_the_field_and_value() {

@@ -14,13 +14,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Router, http::Method, http::Uri};
 use futures_util::Stream;
-use gantry_core::api::{
-    ClaimRequest, CreateToken, CreatedToken, EventsUpload, FactoryStatus, FinishReport, Heartbeat,
-    HeartbeatAck, MAX_REPORTED_DIFF_BYTES, RegisterFactory, Registered, RenewRequest, Status,
-    SubmitRequest, SubmitResponse, TokenInfo,
-};
 use gantry_core::event::Event;
 use gantry_core::{FactoryId, Job, JobId, JobState, RunId};
+use gantry_protocol::{
+    ClaimRequest, CreateToken, CreatedToken, ErrorKind, EventsUpload, FactoryStatus, FinishReport,
+    HealthCheck, Heartbeat, HeartbeatAck, KilledAll, MAX_REPORTED_DIFF_BYTES, RegisterFactory,
+    Registered, RenewRequest, Status, SubmitRequest, SubmitResponse, TokenInfo,
+};
 use gantry_store::JobFilter;
 use serde_json::json;
 use std::collections::VecDeque;
@@ -50,7 +50,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 pub fn router(service: Arc<Service>) -> Router {
     Router::new()
         .route("/v1/health", get(health))
-        .route("/metrics", get(crate::metrics::scrape))
+        .route("/metrics", get(metrics))
         .route("/v1/jobs", post(submit).get(list_jobs))
         .route("/v1/jobs/{id}", get(show_job))
         .route("/v1/jobs/{id}/diff", get(job_diff))
@@ -89,13 +89,19 @@ async fn no_route(method: Method, uri: Uri) -> ApiError {
 async fn wrong_method(method: Method, uri: Uri) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
+        ErrorKind::MethodNotAllowed,
         format!("{} does not accept {method}", uri.path()),
     )
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(json!({ "ok": true }))
+/// `GET /metrics` (scope `reader` or above).
+async fn metrics(State(svc): State<Arc<Service>>, _: Authed<Read>) -> Result<Response, ApiError> {
+    let body = svc.metrics().render(&**svc.store()).await?;
+    Ok(([(CONTENT_TYPE, crate::metrics::CONTENT_TYPE_TEXT)], body).into_response())
+}
+
+async fn health() -> Json<HealthCheck> {
+    Json(HealthCheck { ok: true })
 }
 
 async fn submit(
@@ -207,11 +213,11 @@ async fn retry(
 async fn kill_all(
     State(svc): Svc,
     Authed(caller, _): Authed<Operate>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<KilledAll>, ApiError> {
     let jobs = svc.store().kill_all().await?;
     svc.stop_asked();
     tracing::warn!(token = %caller.token.name, ?jobs, "kill-all: claiming paused");
-    Ok(Json(json!({ "jobs": jobs })))
+    Ok(Json(KilledAll { jobs }))
 }
 
 async fn pause(

@@ -22,9 +22,7 @@ mod service;
 
 pub use auth::{ADMIN_TOKEN_FILE, Caller, TOKEN_PREFIX, hash_token, new_token_secret};
 pub use coordinator::LocalCoordinator;
-pub use error::{
-    ApiError, FACTORY_NAME_TAKEN, IDEMPOTENCY_CONFLICT, SANDBOX_UNAVAILABLE, ServerError,
-};
+pub use error::{ApiError, ServerError};
 pub use http::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, router};
 pub use limits::Limits;
 pub use service::{MAX_CLAIM_WAIT, Service, delivery_branch};

@@ -8,20 +8,11 @@
 use crate::error::ApiError;
 use axum::http::StatusCode;
 use gantry_core::ParsedJob;
+use gantry_protocol::ErrorKind;
 use serde_json::json;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-/// Error kind of every refusal for size: a job field over its cap, or a request body
-/// over the HTTP limit (status 413, `details.field` names what was too large).
-pub const TOO_LARGE: &str = "too_large";
-
-/// Error kind of an event stream refused because its token has too many open (429).
-pub const TOO_MANY_STREAMS: &str = "too_many_streams";
-
-/// Error kind of a connection refused because the server holds as many as it may (503).
-pub const TOO_MANY_CONNECTIONS: &str = "too_many_connections";
 
 /// The highest `max_title_bytes` accepted: a title is copied into the `job.submitted`
 /// event and into every job list, so it has to stay small whatever the configuration.
@@ -267,7 +258,7 @@ impl From<Oversize> for ApiError {
         };
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
-            TOO_LARGE,
+            ErrorKind::TooLarge,
             format!(
                 "{at}: field `{}` has {} {unit}, over the limit of {} {unit}",
                 c.field,
@@ -309,7 +300,7 @@ impl StreamSlots {
         if *n >= max {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                TOO_MANY_STREAMS,
+                ErrorKind::TooManyStreams,
                 format!("token {token:?} has {n} event streams open, the most it may have ({max})"),
             )
             .with_hint(
@@ -363,7 +354,7 @@ mod tests {
         let _a2 = slots.take("a", 2).expect("second");
         let err = slots.take("a", 2).expect_err("third is over the cap");
         assert_eq!(err.status, StatusCode::TOO_MANY_REQUESTS);
-        assert_eq!(err.kind(), TOO_MANY_STREAMS);
+        assert_eq!(err.kind(), &ErrorKind::TooManyStreams);
         let _b = slots.take("b", 2).expect("another token has its own slots");
         drop(a1);
         assert_eq!(slots.open("a"), 1);

@@ -6,11 +6,11 @@
 //! give), so a client sending a header line every few seconds, or nothing at all, held
 //! a connection forever, and any number of them could be open.
 
-use crate::limits::{Limits, TOO_MANY_CONNECTIONS};
+use crate::limits::Limits;
 use crate::service::stopped;
 use axum::Router;
 use axum::body::Body;
-use gantry_core::api::ErrorBody;
+use gantry_protocol::{ErrorBody, ErrorKind};
 use http_body_util::BodyExt;
 use hyper::Request;
 use hyper::body::Incoming;
@@ -184,7 +184,7 @@ async fn connection(
 /// Answers a connection over the cap with a 503 naming the cap, then closes it.
 async fn refuse(mut stream: TcpStream, max: usize, _permit: OwnedSemaphorePermit) {
     let body = ErrorBody {
-        error: TOO_MANY_CONNECTIONS.to_string(),
+        error: ErrorKind::TooManyConnections,
         message: format!("the server has {max} connections open, the most it accepts"),
         hint: Some(
             "try again shortly, or raise `max_connections` under [limits] in the server's \

@@ -15,19 +15,13 @@
 //! works too); Prometheus sends one with `authorization: { credentials_file: ... }` in
 //! the scrape config.
 
-use crate::auth::{Authed, Read};
-use crate::error::ApiError;
-use crate::service::Service;
-use axum::extract::State;
-use axum::http::header::CONTENT_TYPE;
-use axum::response::{IntoResponse, Response};
 use gantry_core::engine::Insights;
 use gantry_core::{JobState, Outcome};
 use gantry_store::{Store, StoreError};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -302,52 +296,17 @@ impl Metrics {
         let status = store.status().await?;
         let depth = self.queue_depth(store).await?;
         let mut out = String::with_capacity(8 * 1024);
+        render_gauges(&mut out, &status.jobs, status.paused, &depth);
+        self.render_counters(&mut out);
+        self.render_agents(&mut out);
+        Ok(out)
+    }
 
+    /// The per-process counters: claim latency, lease expiries, stale writes, finished
+    /// runs.
+    fn render_counters(&self, out: &mut String) {
         header(
-            &mut out,
-            "gantry_jobs",
-            "gauge",
-            "Jobs by lifecycle state (from the store: the same on every replica).",
-        );
-        for state in JobState::ALL {
-            let n = status.jobs.get(state.as_str()).copied().unwrap_or(0);
-            let _ = writeln!(out, "gantry_jobs{{state=\"{}\"}} {n}", state.as_str());
-        }
-
-        header(
-            &mut out,
-            "gantry_queue_depth",
-            "gauge",
-            "Queued jobs by required capability set (sorted, comma-joined; \"\" for none): \
-             the signal to scale factories on. Cached for up to 1 s.",
-        );
-        for (caps, n) in &depth {
-            let _ = writeln!(
-                out,
-                "gantry_queue_depth{{capabilities=\"{}\"}} {n}",
-                label_value(caps)
-            );
-        }
-
-        header(
-            &mut out,
-            "gantry_runs_active",
-            "gauge",
-            "Runs holding a lease now (one per running job).",
-        );
-        let running = status.jobs.get(JobState::Running.as_str()).copied();
-        let _ = writeln!(out, "gantry_runs_active {}", running.unwrap_or(0));
-
-        header(
-            &mut out,
-            "gantry_queue_paused",
-            "gauge",
-            "1 while claiming is paused (pause or kill-all), else 0.",
-        );
-        let _ = writeln!(out, "gantry_queue_paused {}", u8::from(status.paused));
-
-        header(
-            &mut out,
+            out,
             "gantry_claim_duration_seconds",
             "histogram",
             "Duration of store claim calls made by this server process (HTTP and embedded \
@@ -355,11 +314,11 @@ impl Metrics {
         );
         for result in ClaimResult::ALL {
             let labels = format!("result=\"{}\"", result.as_str());
-            self.claims[result.index()].render(&mut out, "gantry_claim_duration_seconds", &labels);
+            self.claims[result.index()].render(out, "gantry_claim_duration_seconds", &labels);
         }
 
         header(
-            &mut out,
+            out,
             "gantry_lease_expiries_total",
             "counter",
             "Runs whose lease expired and that this server process returned to the \
@@ -372,7 +331,7 @@ impl Metrics {
         );
 
         header(
-            &mut out,
+            out,
             "gantry_stale_writes_total",
             "counter",
             "Worker writes this server process refused with 409 stale_lease, by operation.",
@@ -387,7 +346,7 @@ impl Metrics {
         }
 
         header(
-            &mut out,
+            out,
             "gantry_runs_finished_total",
             "counter",
             "Runs that ended through this server process, by outcome (lost: returned by \
@@ -401,14 +360,17 @@ impl Metrics {
                 self.runs_finished[i].load(Ordering::Relaxed)
             );
         }
+    }
 
+    /// The agent tokens and cost of finished runs, by engine and model.
+    fn render_agents(&self, out: &mut String) {
         let agents = self
             .agents
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
         header(
-            &mut out,
+            out,
             "gantry_agent_tokens_total",
             "counter",
             "Agent tokens of runs that finished through this server process, by engine, \
@@ -430,7 +392,7 @@ impl Metrics {
             }
         }
         header(
-            &mut out,
+            out,
             "gantry_agent_cost_usd_total",
             "counter",
             "Agent cost in US dollars (reported by the engine, or estimated from the price \
@@ -445,22 +407,63 @@ impl Metrics {
                 float(t.cost_usd)
             );
         }
-        Ok(out)
     }
-}
-
-/// `GET /metrics` (scope `reader` or above).
-pub(crate) async fn scrape(
-    State(svc): State<Arc<Service>>,
-    _: Authed<Read>,
-) -> Result<Response, ApiError> {
-    let body = svc.metrics().render(&**svc.store()).await?;
-    Ok(([(CONTENT_TYPE, CONTENT_TYPE_TEXT)], body).into_response())
 }
 
 /// The `capabilities` label of a job's requirements: sorted, deduplicated,
 /// comma-joined; empty for none. The rule is the store's, which counts by it.
 pub use gantry_store::capability_set;
+
+/// The gauges that come from the store: jobs by state, queue depth, active runs, pause.
+fn render_gauges(
+    out: &mut String,
+    jobs: &BTreeMap<String, u64>,
+    paused: bool,
+    depth: &BTreeMap<String, u64>,
+) {
+    header(
+        out,
+        "gantry_jobs",
+        "gauge",
+        "Jobs by lifecycle state (from the store: the same on every replica).",
+    );
+    for state in JobState::ALL {
+        let n = jobs.get(state.as_str()).copied().unwrap_or(0);
+        let _ = writeln!(out, "gantry_jobs{{state=\"{}\"}} {n}", state.as_str());
+    }
+
+    header(
+        out,
+        "gantry_queue_depth",
+        "gauge",
+        "Queued jobs by required capability set (sorted, comma-joined; \"\" for none): \
+         the signal to scale factories on. Cached for up to 1 s.",
+    );
+    for (caps, n) in depth {
+        let _ = writeln!(
+            out,
+            "gantry_queue_depth{{capabilities=\"{}\"}} {n}",
+            label_value(caps)
+        );
+    }
+
+    header(
+        out,
+        "gantry_runs_active",
+        "gauge",
+        "Runs holding a lease now (one per running job).",
+    );
+    let running = jobs.get(JobState::Running.as_str()).copied();
+    let _ = writeln!(out, "gantry_runs_active {}", running.unwrap_or(0));
+
+    header(
+        out,
+        "gantry_queue_paused",
+        "gauge",
+        "1 while claiming is paused (pause or kill-all), else 0.",
+    );
+    let _ = writeln!(out, "gantry_queue_paused {}", u8::from(paused));
+}
 
 /// Writes the `# HELP` and `# TYPE` lines of a metric family.
 fn header(out: &mut String, name: &str, kind: &str, help: &str) {

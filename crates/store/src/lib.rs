@@ -13,14 +13,19 @@
 //! - At most one running job per lock key, enforced by a unique index, not by counting.
 
 pub mod bench;
+mod clock;
+mod codec;
 mod error;
+mod lifecycle;
 mod postgres;
 mod rules;
 mod sqlite;
+mod submit;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod vfs;
 
+pub use clock::Clock;
 pub use error::StoreError;
 pub use postgres::{PgOptions, PgStore};
 pub use rules::capability_set;

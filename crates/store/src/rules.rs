@@ -319,35 +319,19 @@ pub(crate) fn report_outcome(run: RunId, report: &FinishReport) -> Result<Outcom
 
 /// The data of the `run.finished` event of a finish with `outcome` (JSON text).
 pub(crate) fn finished_data(outcome: Outcome, report: &FinishReport) -> Result<String, StoreError> {
-    serde_json::to_string(&FinishedData {
-        outcome: outcome.as_str(),
+    let data = gantry_core::event::RunFinished {
+        outcome,
         exit_code: report.exit_code,
-        error: report.error.as_deref(),
-        branch: report.branch.as_deref(),
-        base_commit: report.base_commit.as_deref(),
-        commit: report.commit.as_deref(),
+        error: report.error.clone(),
+        branch: report.branch.clone(),
+        base_commit: report.base_commit.clone(),
+        commit: report.commit.clone(),
         files_changed: report.files_changed,
         lines_added: report.lines_added,
         lines_deleted: report.lines_deleted,
-        insights: report.insights.as_ref(),
-    })
-    .map_err(|e| StoreError::Corrupt(format!("cannot encode the finish report: {e}")))
-}
-
-/// The data of a `run.finished` event.
-#[derive(serde::Serialize)]
-struct FinishedData<'a> {
-    outcome: &'a str,
-    exit_code: Option<i32>,
-    error: Option<&'a str>,
-    branch: Option<&'a str>,
-    base_commit: Option<&'a str>,
-    commit: Option<&'a str>,
-    files_changed: Option<u32>,
-    lines_added: Option<u32>,
-    lines_deleted: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    insights: Option<&'a gantry_core::engine::Insights>,
+        insights: report.insights.clone(),
+    };
+    Ok(gantry_core::event::Payload::text(&data))
 }
 
 #[cfg(test)]

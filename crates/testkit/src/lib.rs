@@ -77,3 +77,20 @@ pub async fn wait_for_async<T>(
         tokio::time::sleep(POLL).await;
     }
 }
+
+/// The sum of every sample of metric `name` in a Prometheus text page whose labels
+/// contain `label` (for example `result="empty"`; `""` matches every sample).
+pub fn metric_sum(text: &str, name: &str, label: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, labels) = series.split_once('{').unwrap_or((series, ""));
+            (metric == name && labels.contains(label)).then(|| value.parse::<f64>().ok())?
+        })
+        .sum()
+}
+
+/// The series name and label of the claims that found nothing to claim, in a Gantry
+/// server's `/metrics`.
+pub const EMPTY_CLAIMS: (&str, &str) = ("gantry_claim_duration_seconds_count", "result=\"empty\"");

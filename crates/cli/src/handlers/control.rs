@@ -1,12 +1,12 @@
 //! `gantry cancel`, `kill`, `retry`, `pause`, `resume` and `status`.
 
 use super::api;
-use crate::client::Client;
 use crate::command::{Format, KillTarget};
 use crate::error::CliError;
 use crate::output::{self, Table};
-use gantry_core::api::Status;
+use gantry_client::Client;
 use gantry_core::{Job, JobId, JobState};
+use gantry_protocol::Status;
 
 fn print_job_after(j: &Job, what: &str, format: Format) {
     if format == Format::Json {

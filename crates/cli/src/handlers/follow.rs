@@ -1,24 +1,20 @@
 //! `gantry events`, `gantry logs` and `gantry diff`: following what a job does.
 
 use super::api;
-use crate::client::{Client, ClientError, EventStream};
 use crate::command::Format;
 use crate::error::{CliError, from_client};
 use crate::output::{self};
 use crate::render::*;
-use gantry_core::event::{self, Event};
-use gantry_core::{JobId, JobState};
+use gantry_client::{Client, ClientError, EventStream};
+use gantry_core::JobId;
+use gantry_core::event::{Event, JobStateChanged, RunFinished, RunOutput};
 use std::time::Duration;
 
 /// Whether an event may mean the job just ended, so it is worth checking the job.
 fn may_end_job(e: &Event) -> bool {
-    match e.kind.as_str() {
-        event::JOB_STATE => s(&e.data, "to")
-            .and_then(|t| t.parse::<JobState>().ok())
-            .is_some_and(JobState::is_terminal),
-        event::RUN_FINISHED => true,
-        _ => false,
-    }
+    e.is::<RunFinished>()
+        || e.payload::<JobStateChanged>()
+            .is_ok_and(|change| change.to.is_terminal())
 }
 
 /// How long a follow waits without events before it checks the job's state itself.
@@ -61,7 +57,11 @@ pub async fn for_each_event(
             Ok(job) => job.state.is_terminal(),
             // The server is away (restarting, say): the stream reconnects on its own
             // and gives up with a clear error if it stays away, so just keep waiting.
-            Err(ClientError::Unreachable { .. } | ClientError::BadResponse { .. }) => false,
+            Err(
+                ClientError::Unreachable { .. }
+                | ClientError::Transport { .. }
+                | ClientError::BadResponse { .. },
+            ) => false,
             Err(e) => return Err(from_client(e, client.base())),
         };
         if ended {
@@ -103,7 +103,7 @@ pub async fn logs(
     follow: bool,
     format: Format,
 ) -> Result<(), CliError> {
-    let is_output = |e: &Event| e.kind == event::RUN_OUTPUT;
+    let is_output = |e: &Event| e.is::<RunOutput>();
     match (format, follow) {
         (Format::Json, false) => {
             let mut all = Vec::new();
@@ -125,10 +125,8 @@ pub async fn logs(
         }
         (Format::Human, _) => {
             for_each_event(client, id, follow, |e| {
-                if is_output(e)
-                    && let Some(t) = e.data.get("text").and_then(|t| t.as_str())
-                {
-                    output::raw(t.as_bytes());
+                if let Ok(out) = e.payload::<RunOutput>() {
+                    output::raw(out.text.as_bytes());
                 }
             })
             .await?;
@@ -162,7 +160,7 @@ mod tests {
             job_id: Some(JobId(1)),
             run_id: None,
             seq: 1,
-            kind: event::JOB_STATE.into(),
+            kind: gantry_core::event::JOB_STATE.into(),
             at: 0,
             data,
         };

@@ -1,14 +1,14 @@
 //! `gantry submit`, `gantry ls` and `gantry show`.
 
 use super::api;
-use crate::client::Client;
 use crate::command::Format;
 use crate::error::CliError;
 use crate::output::{self, Table};
 use crate::render::*;
-use gantry_core::api::{SubmitFile, SubmitRequest};
+use gantry_client::Client;
 use gantry_core::time::now_millis;
 use gantry_core::{JobId, JobState};
+use gantry_protocol::{SubmitFile, SubmitRequest};
 use std::path::PathBuf;
 
 /// `gantry submit FILE...`.

@@ -12,9 +12,12 @@ pub use follow::{diff, events, logs};
 pub use jobs::{ls, show, submit};
 pub use tokens::{token_create, token_ls, token_revoke};
 
-use crate::client::{Client, ClientError};
 use crate::command::{Global, TokenSource};
 use crate::error::{CliError, from_client};
+use gantry_client::{Client, ClientError};
+
+/// How long the CLI waits for a connection to the server.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Reads the token as `global` says and makes a client of the server.
 pub fn client_for(global: &Global) -> Result<Client, CliError> {
@@ -33,7 +36,7 @@ pub fn client_for(global: &Global) -> Result<Client, CliError> {
             }
         },
     };
-    Client::new(&global.url, Some(token)).map_err(|e| from_client(e, &global.url))
+    Client::new(&global.url, Some(&token), CONNECT_TIMEOUT).map_err(|e| from_client(e, &global.url))
 }
 
 /// Maps client errors with the URL of this client's server.

@@ -1,18 +1,18 @@
 //! `gantry token create`, `token ls` and `token revoke`.
 
 use super::api;
-use crate::client::Client;
 use crate::command::Format;
 use crate::error::CliError;
 use crate::output::{self, Table};
-use gantry_core::api::TokenInfo;
+use gantry_client::Client;
 use gantry_core::time::now_millis;
+use gantry_protocol::TokenInfo;
 
 /// `gantry token create`.
 pub async fn token_create(
     client: &Client,
     name: &str,
-    scope: gantry_core::api::Scope,
+    scope: gantry_protocol::Scope,
     format: Format,
 ) -> Result<(), CliError> {
     let created = api(client, client.create_token(name, scope).await)?;

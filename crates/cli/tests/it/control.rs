@@ -88,7 +88,7 @@ fn kill_all_pauses_and_resume_restarts_claiming() {
     // Nothing starts while paused.
     let c = env.job("after-pause", "", "echo ran");
     let cid = submit(&server, &[&c]).remove(0);
-    std::thread::sleep(Duration::from_millis(1500));
+    crate::harness::Api::new(&server.url, &server.admin_token()).wait_claims_found_nothing(1);
     assert_eq!(
         server.job(&cid)["state"],
         "queued",

@@ -131,6 +131,7 @@ fn follow_survives_a_server_restart_without_losing_or_repeating_events() {
     first.wait_state(&id, "running", GUARD);
 
     let (url, data, jid) = (first.url.clone(), env.data(), id.clone());
+    let (following, under_way) = std::sync::mpsc::channel();
     let follower = std::thread::spawn(move || {
         let mut c = crate::harness::gantry();
         c.arg("--url")
@@ -138,11 +139,14 @@ fn follow_survives_a_server_restart_without_losing_or_repeating_events() {
             .arg("--data-dir")
             .arg(&data)
             .args(["events", &jid, "--follow", "--json"]);
-        crate::harness::run_with_timeout(c, GUARD)
+        crate::harness::run_telling_first_line(c, GUARD, Some(following))
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // The follower has read from the first server before it stops, so the restart
+    // happens mid-stream.
+    under_way
+        .recv_timeout(GUARD)
+        .expect("the follower prints the events so far");
     assert_eq!(first.stop(), Some(0), "SIGTERM stops serve cleanly");
-    std::thread::sleep(Duration::from_millis(500));
     let second = crate::harness::Server::start(
         &env.data(),
         &[

@@ -1,11 +1,10 @@
 //! Validation of the agent fields of a job file: model, budget, yolo, max_turns,
 //! permission_mode, allowed_tools, steps and output, and which engine may set which.
 
+use super::validate::{Fields, Validator};
 use super::yaml::{Node, Value, quote};
-use super::{
-    CLAUDE_PERMISSION_MODES, CODEX_PERMISSION_MODES, EngineKind, Fields, SpecError, Validator,
-};
-use gantry_engine::{Budget, Format, Step};
+use super::{CLAUDE_PERMISSION_MODES, CODEX_PERMISSION_MODES, EngineKind, SpecError};
+use crate::engine::{Budget, Format, Step};
 
 /// Which fields each engine takes: a field an engine would silently ignore is refused,
 /// so a job never looks limited or configured when it is not.
@@ -201,7 +200,7 @@ impl Validator<'_> {
             "a list of steps, e.g. `[{write: a.txt, content: hi}, {say: done}]`",
         )?;
         let json = serde_json::Value::Array(items.iter().map(to_json).collect());
-        gantry_engine::parse_steps(&json).map_err(|e| {
+        crate::engine::parse_steps(&json).map_err(|e| {
             let line = items.get(e.index).map_or(self.line(node), |n| self.line(n));
             self.err(
                 line,

@@ -2,9 +2,10 @@
 //! out, or a profile's name). Their rules live in [`crate::gate`] and
 //! [`crate::review`], shared with the TOML sources.
 
+use super::SpecError;
 use super::agent::to_json;
+use super::validate::Validator;
 use super::yaml::{Node, Value, quote};
-use super::{SpecError, Validator};
 use crate::gate::{self, GateChoice};
 use crate::review::{self, ReviewChoice};
 

@@ -1,6 +1,6 @@
 //! Codex `exec --json` edge cases the recorded transcripts do not show.
 
-use gantry_engine::{AgentEvent, Format, Insights, Price, PriceTable};
+use gantry_engine::{AgentEvent, Fold, Format, Insights, Price, PriceTable};
 use serde_json::json;
 
 use crate::{insights, insights_from, parse};

@@ -1,6 +1,6 @@
 //! Insights: deltas, authoritative totals, estimated cost, sums over runs; prices.
 
-use gantry_engine::{AgentEvent, Insights, Price, PriceTable};
+use gantry_engine::{AgentEvent, Fold, Insights, Price, PriceTable};
 
 use crate::insights;
 

@@ -11,7 +11,7 @@ mod lines;
 mod script;
 mod transcripts;
 
-use gantry_engine::{AgentEvent, Format, Insights, LineBuffer, PriceTable, parser};
+use gantry_engine::{AgentEvent, Fold, Format, Insights, LineBuffer, PriceTable, parser};
 
 /// The crate's copies of the shared transcripts.
 pub fn fixture(rel: &str) -> Vec<u8> {

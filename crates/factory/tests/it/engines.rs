@@ -3,11 +3,11 @@
 //! checkpoints, and a retry that resumes the session from the checkpoint.
 
 use crate::support::*;
-use gantry_core::api::{Checkpoint, FinishReport};
 use gantry_core::engine::{Budget, Step};
 use gantry_core::event::NewEvent;
 use gantry_core::{EngineKind, JobId, Outcome, RunId, StopKind};
 use gantry_factory::{FactoryConfig, artifacts_dir};
+use gantry_protocol::{Checkpoint, FinishReport};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

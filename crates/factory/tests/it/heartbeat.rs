@@ -4,10 +4,10 @@
 
 use crate::support::{GUARD, test_config, wait_for};
 use async_trait::async_trait;
-use gantry_core::api::{Claim, FinishReport, Heartbeat, HeartbeatAck, RegisterFactory, Renewed};
 use gantry_core::event::NewEvent;
 use gantry_core::{FactoryId, RunId};
 use gantry_factory::{CoordError, Coordinator, Factory, FactoryConfig, FactoryError};
+use gantry_protocol::{Claim, FinishReport, Heartbeat, HeartbeatAck, RegisterFactory, Renewed};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -65,7 +65,7 @@ impl Recorder {
 
     fn not_found(id: FactoryId) -> CoordError {
         CoordError::Refused {
-            kind: "not_found".to_string(),
+            kind: gantry_protocol::ErrorKind::NotFound,
             message: format!("factory {id} not found"),
         }
     }

@@ -1,8 +1,8 @@
 //! `HttpCoordinator` against a tiny local HTTP server that answers canned responses.
 
-use gantry_core::api::{Claim, FinishReport, Heartbeat, HeartbeatAck};
 use gantry_core::{FactoryId, Outcome, RunId, StopKind};
 use gantry_factory::{CoordError, Coordinator, HttpCoordinator};
+use gantry_protocol::{Claim, FinishReport, Heartbeat, HeartbeatAck};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -202,7 +202,7 @@ async fn auth_and_not_found_errors_are_refused_with_their_kind() {
     )
     .await;
     let err = coord(&base)
-        .register(&gantry_core::api::RegisterFactory {
+        .register(&gantry_protocol::RegisterFactory {
             name: "f".to_string(),
             seats: 1,
             capabilities: vec![],

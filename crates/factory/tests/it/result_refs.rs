@@ -4,8 +4,8 @@
 
 use crate::support::{git, make_repo};
 use gantry_core::RunId;
-use gantry_core::api::result_ref;
 use gantry_factory::workspace;
+use gantry_protocol::result_ref;
 
 /// The refs of `repo` under `prefix`, one per line.
 fn refs_under(repo: &std::path::Path, prefix: &str) -> String {

@@ -442,7 +442,7 @@ async fn several_seats_run_concurrently_on_one_cache() {
 async fn the_factory_registers_again_when_the_server_forgot_it() {
     let h = Harness::start(1).await;
     h.coord.fail_next_claim(CoordError::Refused {
-        kind: "not_found".to_string(),
+        kind: gantry_protocol::ErrorKind::NotFound,
         message: "factory 1 not found".to_string(),
     });
     h.coord

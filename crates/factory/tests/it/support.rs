@@ -1,12 +1,12 @@
 //! Test support: an in-memory `Coordinator`, a factory harness, git and /proc helpers.
 
 use async_trait::async_trait;
-use gantry_core::api::{
-    Claim, ClaimedJob, FinishReport, Heartbeat, HeartbeatAck, Lease, RegisterFactory, Renewed,
-};
 use gantry_core::event::NewEvent;
 use gantry_core::{FactoryId, JobId, JobSpec, RunId, StopKind};
 use gantry_factory::{CoordError, Coordinator, Factory, FactoryConfig, FactoryError};
+use gantry_protocol::{
+    Claim, ClaimedJob, FinishReport, Heartbeat, HeartbeatAck, Lease, RegisterFactory, Renewed,
+};
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

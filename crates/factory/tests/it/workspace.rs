@@ -2,9 +2,9 @@
 //! a factory elsewhere published), reported diffs, and pruning.
 
 use crate::support::*;
-use gantry_core::api::{FinishReport, MAX_REPORTED_DIFF_BYTES};
 use gantry_core::{JobId, Outcome, RunId};
 use gantry_factory::workspace;
+use gantry_protocol::{FinishReport, MAX_REPORTED_DIFF_BYTES};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deliver_pushes_the_commit_and_later_attempts_of_the_job_still_work() {

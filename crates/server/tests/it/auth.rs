@@ -1,7 +1,7 @@
 //! Tokens and scopes.
 
 use crate::support::{TestServer, config, job_file, repo};
-use gantry_core::api::{ErrorBody, Registered, Scope, TokenInfo};
+use gantry_protocol::{ErrorBody, Registered, Scope, TokenInfo};
 use gantry_server::{ServeConfig, hash_token};
 use serde_json::json;
 use std::os::unix::fs::PermissionsExt;

@@ -3,7 +3,7 @@
 //! the cap are answered 503, and event streams past a token's cap 429.
 
 use crate::support::{TestServer, config};
-use gantry_core::api::{ErrorBody, Scope};
+use gantry_protocol::{ErrorBody, Scope};
 use gantry_server::{Limits, ServeConfig};
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -6,9 +6,9 @@
 //! here, with real git repos, so every refusal can be checked exactly.
 
 use crate::support::{TestServer, claim, config, git, has_ref, job_file, publish, register, repo};
-use gantry_core::api::{Claim, ErrorBody, MAX_REPORTED_DIFF_BYTES, Scope, result_ref};
 use gantry_core::event::{DELIVERY_FAILED, DELIVERY_PUSHED};
 use gantry_core::{FactoryId, JobId, JobState};
+use gantry_protocol::{Claim, ErrorBody, MAX_REPORTED_DIFF_BYTES, Scope, result_ref};
 use gantry_server::ServeConfig;
 use gantry_store::testing::PgDb;
 use serde_json::{Value, json};

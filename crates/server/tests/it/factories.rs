@@ -9,14 +9,14 @@ use crate::support::{
     wait_group_gone,
 };
 use async_trait::async_trait;
-use gantry_core::api::{
-    Claim, ErrorBody, FactoryStatus, FinishReport, Health, Heartbeat, HeartbeatAck,
-    RegisterFactory, Renewed, Scope,
-};
 use gantry_core::event::NewEvent;
 use gantry_core::{FactoryId, JobState, RunId};
 use gantry_factory::{
     CoordError, Coordinator, Factory, FactoryConfig, FactoryError, HttpCoordinator,
+};
+use gantry_protocol::{
+    Claim, ErrorBody, FactoryStatus, FinishReport, Health, Heartbeat, HeartbeatAck,
+    RegisterFactory, Renewed, Scope,
 };
 use gantry_server::ServeConfig;
 use gantry_store::Store;
@@ -51,7 +51,11 @@ async fn name_taken(resp: reqwest::Response) -> ErrorBody {
     let text = resp.text().await.expect("body");
     assert_eq!(status, 409, "{text}");
     let body: ErrorBody = serde_json::from_str(&text).expect("error body");
-    assert_eq!(body.error, gantry_server::FACTORY_NAME_TAKEN, "{body:?}");
+    assert_eq!(
+        body.error,
+        gantry_protocol::ErrorKind::FactoryNameTaken,
+        "{body:?}"
+    );
     assert!(body.hint.is_some(), "a refusal says what to do: {body:?}");
     body
 }
@@ -430,7 +434,7 @@ impl Answer {
         match r {
             Ok(_) => Answer::Ok,
             Err(CoordError::Unavailable(_)) => Answer::Unavailable,
-            Err(CoordError::Refused { kind, .. }) => Answer::Refused(kind.clone()),
+            Err(CoordError::Refused { kind, .. }) => Answer::Refused(kind.to_string()),
             Err(CoordError::StaleLease { .. }) => Answer::Stale,
         }
     }

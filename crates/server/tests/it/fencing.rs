@@ -2,9 +2,9 @@
 //! every write of the old holder gets 409 `stale_lease` and is recorded.
 
 use crate::support::{TestServer, claim, config, job_file, register, repo};
-use gantry_core::api::{ErrorBody, Renewed, Scope};
 use gantry_core::event::{LEASE_EXPIRED, STALE_WRITE_REJECTED};
 use gantry_core::{Job, JobState, Outcome};
+use gantry_protocol::{ErrorBody, Renewed, Scope};
 use gantry_server::ServeConfig;
 use serde_json::json;
 use std::time::Duration;
@@ -190,8 +190,8 @@ async fn workers_cannot_upload_server_event_kinds() {
 
 #[tokio::test]
 async fn the_in_process_coordinator_is_fenced_the_same_way() {
-    use gantry_core::api::{FinishReport, RegisterFactory};
     use gantry_factory::{CoordError, Coordinator};
+    use gantry_protocol::{FinishReport, RegisterFactory};
     use gantry_server::LocalCoordinator;
 
     let (_tmp, repo) = repo();

@@ -2,7 +2,7 @@
 //! scope refusal names each scope once.
 
 use crate::support::{TestServer, config};
-use gantry_core::api::{ErrorBody, Scope};
+use gantry_protocol::{ErrorBody, Scope};
 use gantry_server::ServeConfig;
 use serde_json::json;
 

@@ -2,9 +2,9 @@
 //! input with errors that name the file, line, field and value.
 
 use crate::support::{TestServer, config, git, has_ref, job_file, repo};
-use gantry_core::api::{ErrorBody, SubmitResponse};
 use gantry_core::event::{DELIVERY_FAILED, DELIVERY_PUSHED};
 use gantry_core::{Job, JobState, Outcome};
+use gantry_protocol::{ErrorBody, SubmitResponse};
 use gantry_server::ServeConfig;
 use serde_json::json;
 
@@ -298,8 +298,8 @@ async fn bad_bodies_queries_and_paths_name_the_field_and_value() {
 
 #[tokio::test]
 async fn a_remote_factory_runs_jobs_over_http() {
-    use gantry_core::api::Scope;
     use gantry_factory::{Factory, FactoryConfig, HttpCoordinator};
+    use gantry_protocol::Scope;
     use std::sync::Arc;
 
     let (_tmp, repo) = repo();
@@ -359,8 +359,8 @@ async fn issue15_idempotency_keys_are_per_token_and_new_content_is_a_conflict() 
         ..config(data.path())
     })
     .await;
-    let alice = ts.token("alice", gantry_core::api::Scope::Submitter).await;
-    let bob = ts.token("bob", gantry_core::api::Scope::Submitter).await;
+    let alice = ts.token("alice", gantry_protocol::Scope::Submitter).await;
+    let bob = ts.token("bob", gantry_protocol::Scope::Submitter).await;
     let body = |argv: &[&str]| {
         json!({ "jobs": [{
             "file": "k.md",
@@ -400,7 +400,7 @@ async fn issue15_idempotency_keys_are_per_token_and_new_content_is_a_conflict() 
     let (status, text) = submit(&alice, &["false"]).await;
     assert_eq!(status, 409, "{text}");
     let err: ErrorBody = serde_json::from_str(&text).expect("error body");
-    assert_eq!(err.error, gantry_server::IDEMPOTENCY_CONFLICT);
+    assert_eq!(err.error, gantry_protocol::ErrorKind::IdempotencyConflict);
     assert!(
         err.message.contains("shared-key") && err.message.contains(&format!("job {a}")),
         "{err:?}"

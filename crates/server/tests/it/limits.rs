@@ -4,8 +4,8 @@
 
 use crate::support::{TestServer, config, job_file, repo};
 use gantry_core::Job;
-use gantry_core::api::ErrorBody;
 use gantry_core::event::Event;
+use gantry_protocol::ErrorBody;
 use gantry_server::{Limits, ServeConfig};
 use serde_json::json;
 

@@ -2,9 +2,9 @@
 //! writes, checked value by value and as a whole with `promtool check metrics`.
 
 use crate::support::{TestServer, claim, config, job_file, register, repo};
-use gantry_core::api::Scope;
 use gantry_core::engine::Insights;
 use gantry_core::{JobState, Outcome};
+use gantry_protocol::Scope;
 use gantry_server::ServeConfig;
 use gantry_server::metrics::CONTENT_TYPE_TEXT;
 use serde_json::json;

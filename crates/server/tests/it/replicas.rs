@@ -9,9 +9,9 @@
 use crate::support::{
     SseReader, TestServer, claim, config, git, has_ref, job_file, register, repo,
 };
-use gantry_core::api::{Scope, SubmitResponse};
 use gantry_core::event::{DELIVERY_PUSHED, Event, JOB_STATE, LEASE_EXPIRED, RUN_OUTPUT};
 use gantry_core::{Job, JobId, JobState, Outcome};
+use gantry_protocol::{Scope, SubmitResponse};
 use gantry_server::ServeConfig;
 use gantry_store::testing::PgDb;
 use serde_json::json;

@@ -7,8 +7,8 @@
 use crate::support::{
     HANG_GUARD, TestServer, claim, config, git, has_ref, job_file, publish, register, repo,
 };
-use gantry_core::api::{Claim, ErrorBody, Scope, result_ref};
 use gantry_core::{FactoryId, JobState, Outcome};
+use gantry_protocol::{Claim, ErrorBody, Scope, result_ref};
 use gantry_server::ServeConfig;
 use serde_json::json;
 use std::path::Path;

@@ -4,8 +4,8 @@
 use crate::support::{
     TestServer, alive, config, group_members, job_file, repo, started_pid, wait_group_gone,
 };
-use gantry_core::api::{ErrorBody, Status};
 use gantry_core::{Job, JobState, Outcome, StopKind};
+use gantry_protocol::{ErrorBody, Status};
 use serde_json::json;
 use std::time::Duration;
 
@@ -137,7 +137,7 @@ async fn kill_all_kills_everything_running_and_pauses_claiming() {
     let late = ts
         .submit(&[("c.md", job_file("c", &repo, &["true"], ""))])
         .await[0];
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    ts.wait_claims_found_nothing(1).await;
     assert_eq!(ts.job(late).await.state, JobState::Queued);
     let resp = ts.get(&ts.admin, &format!("/v1/jobs/{late}/diff")).await;
     assert_eq!(resp.status(), 404);

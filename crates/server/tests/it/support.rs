@@ -1,9 +1,9 @@
 //! Test harness: a real server on a free port over a temp data dir, real git repos, an
 //! HTTP client, and helpers to wait for states and read event streams.
 
-use gantry_core::api::{Claim, CreatedToken, Registered, Scope, SubmitResponse, result_ref};
 use gantry_core::event::Event;
 use gantry_core::{FactoryId, Job, JobId, JobState};
+use gantry_protocol::{Claim, CreatedToken, Registered, Scope, SubmitResponse, result_ref};
 use gantry_server::{RunningServer, ServeConfig};
 use serde_json::{Value, json};
 use std::net::{Ipv4Addr, SocketAddr};
@@ -148,6 +148,35 @@ impl TestServer {
     /// The job with its runs.
     pub async fn job(&self, id: JobId) -> Job {
         self.get_json(&format!("/v1/jobs/{id}")).await
+    }
+
+    /// How many claims found nothing, summed over factories, from `GET /metrics`.
+    pub async fn empty_claims(&self) -> u64 {
+        let resp = self.get(&self.admin, "/metrics").await;
+        assert_eq!(resp.status(), 200, "GET /metrics");
+        let text = resp.text().await.expect("metrics text");
+        let (name, label) = gantry_testkit::EMPTY_CLAIMS;
+        gantry_testkit::metric_sum(&text, name, label) as u64
+    }
+
+    /// Waits until a factory has asked the store for a job, and found none, after this
+    /// call began. One claim may already be under way when it begins, and a factory has
+    /// one claim under way at a time, so two more empty claims per factory (`factories`)
+    /// prove that one of them started after everything committed before the call.
+    pub async fn wait_claims_found_nothing(&self, factories: u64) {
+        let before = self.empty_claims().await;
+        let deadline = tokio::time::Instant::now() + HANG_GUARD;
+        loop {
+            let now = self.empty_claims().await;
+            if now > before + factories {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no factory asked for a job: empty claims stayed at {now} (from {before})"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Waits until the job is in `state` (failing fast if it ends in another terminal

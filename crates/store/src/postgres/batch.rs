@@ -33,8 +33,9 @@
 //! wait for a row lock that another transaction holds on the job of one of its finishes
 //! (those transactions are short: a cancel, a renewal); the other lane goes on meanwhile.
 
-use super::rows::*;
 use super::{MAX_TRIES, R, TxError, describe, is_unique_violation, retry_pause, retryable};
+use crate::codec::*;
+use crate::lifecycle::state_data;
 use crate::{Result, StoreError};
 use deadpool_postgres::Pool;
 use gantry_core::JobState;
@@ -150,13 +151,6 @@ impl Finished {
 /// The claimed jobs are updated by joining the candidates, not with `WHERE id IN
 /// (subquery with LIMIT)`, which the planner may evaluate more than once.
 fn batch_sql(claim_to: JobState, parts: Parts) -> String {
-    let prefixed = |p: &str| -> String {
-        JOB_ROW_COLS
-            .split(',')
-            .map(|c| format!("{p}.{}", c.trim()))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
     let mut sql = String::from(
         r#"WITH now AS MATERIALIZED (
     SELECT gantry_now_ms() AS ms, $21::text AS claim_state, $22::text AS running,
@@ -173,104 +167,10 @@ fn batch_sql(claim_to: JobState, parts: Parts) -> String {
     );
     let mut events = Vec::new();
     if parts.finishes {
-        sql.push_str(&format!(
-            r#", fr AS MATERIALIZED (
-    SELECT req.*, r.job_id
-    FROM runs r JOIN req ON req.run = r.id AND req.epoch = r.epoch
-    WHERE r.id = ANY ($1)
-), fin AS (
-    UPDATE jobs j
-    SET state = fr.state_to, reason = fr.reason, not_before = NULL, finished_at = now.ms,
-        stop_requested = NULL, event_seq = j.event_seq + 2
-    FROM fr, now
-    WHERE j.id = ANY (ARRAY(SELECT job_id FROM fr)) AND j.id = fr.job_id
-      AND j.state = now.running AND j.epoch = fr.epoch AND j.current_run = fr.run
-      AND NOT j.has_dependents
-    RETURNING {j_cols}, j.event_seq, now.ms AS now_ms, fr.n, fr.run, fr.outcome,
-        fr.exit_code, fr.error, fr.branch, fr.base_commit, fr.commit_sha, fr.files_changed,
-        fr.lines_added, fr.lines_deleted, fr.insights, fr.session_id, fr.diff,
-        fr.finished_data, fr.state_data
-), done AS (
-    UPDATE runs
-    SET outcome = fin.outcome, exit_code = fin.exit_code, error = fin.error,
-        branch = fin.branch, base_commit = fin.base_commit, commit_sha = fin.commit_sha,
-        files_changed = fin.files_changed, lines_added = fin.lines_added,
-        lines_deleted = fin.lines_deleted, finished_at = fin.now_ms,
-        insights = coalesce(fin.insights, runs.insights)
-    FROM fin
-    WHERE runs.id = ANY ($1) AND runs.id = fin.run
-)"#,
-            j_cols = prefixed("j"),
-        ));
-        if parts.sessions {
-            sql.push_str(
-                r#", agent AS (
-    INSERT INTO job_agent (job_id, session_id)
-    SELECT fin.id, fin.session_id FROM fin WHERE fin.session_id IS NOT NULL
-    ON CONFLICT (job_id) DO UPDATE SET session_id = excluded.session_id
-)"#,
-            );
-        }
-        if parts.diffs {
-            sql.push_str(
-                r#", diff AS (
-    INSERT INTO run_diffs (run_id, patch)
-    SELECT fin.run, fin.diff FROM fin WHERE fin.diff IS NOT NULL
-)"#,
-            );
-        }
-        events.push(format!(
-            "SELECT fin.id AS job_id, e.run_id, fin.event_seq - 2 + e.k AS seq, e.kind,
-            fin.now_ms AS at, e.data, fin.n AS n, e.k AS k
-        FROM fin, LATERAL (VALUES (1, fin.run, '{finished}', fin.finished_data),
-                                  (2, NULL, '{state}', fin.state_data))
-            AS e(k, run_id, kind, data)",
-            finished = ev::RUN_FINISHED,
-            state = ev::JOB_STATE,
-        ));
+        finish_parts(&mut sql, parts, &mut events);
     }
     if parts.claims {
-        // A claim after a finish waits for that finish to apply.
-        let after_finish = if parts.finishes {
-            "AND (req.run IS NULL OR req.n = ANY (ARRAY(SELECT n FROM fin)))"
-        } else {
-            ""
-        };
-        sql.push_str(&format!(
-            r#", asking AS MATERIALIZED (
-    SELECT req.n, req.factory, req.ttl, f.cap_set::text AS caps
-    FROM req JOIN factories f ON f.id = req.factory
-    WHERE f.id = ANY ($19) {after_finish}
-      AND NOT (SELECT q.paused FROM queue q WHERE q.id = 1)
-), cand AS MATERIALIZED (
-    SELECT * FROM gantry_claim_batch(
-        ARRAY(SELECT n FROM asking ORDER BY n), ARRAY(SELECT caps FROM asking ORDER BY n),
-        (SELECT ms FROM now))
-), claimed AS (
-    UPDATE jobs j
-    SET state = '{claim_to}', attempt = j.attempt + 1, epoch = j.epoch + 1,
-        current_run = nextval('runs_id_seq'), started_at = COALESCE(j.started_at, now.ms),
-        not_before = NULL, reason = NULL, stop_requested = NULL, event_seq = j.event_seq + 2
-    FROM cand JOIN asking a ON a.n = cand.n, now
-    WHERE j.id = ANY (ARRAY(SELECT job FROM cand)) AND j.id = cand.job
-      AND j.state = now.queued
-    RETURNING j.id, j.attempt, j.epoch, j.current_run, j.event_seq, now.ms, cand.n,
-        a.factory, now.ms + a.ttl AS lease, now.claim_state
-), run AS (
-    INSERT INTO runs (id, job_id, attempt, epoch, factory_id, started_at, lease_expires_at)
-    SELECT current_run, id, attempt, epoch, factory, ms, lease FROM claimed
-)"#,
-        ));
-        events.push(format!(
-            "SELECT c.id, e.run_id, c.event_seq - 4 + e.k, e.kind, c.ms, e.data, c.n, e.k
-        FROM claimed c, LATERAL (VALUES (3, NULL, '{state}', c.claim_state),
-            (4, c.current_run, '{claimed}',
-             '{{\"run\":' || c.current_run || ',\"attempt\":' || c.attempt || ',\"epoch\":'
-             || c.epoch || ',\"factory\":' || c.factory || ',\"lease_expires_at\":'
-             || c.lease || '}}')) AS e(k, run_id, kind, data)",
-            state = ev::JOB_STATE,
-            claimed = ev::RUN_CLAIMED,
-        ));
+        claim_parts(&mut sql, claim_to, parts, &mut events);
     }
     if !events.is_empty() {
         sql.push_str(&format!(
@@ -284,6 +184,126 @@ fn batch_sql(claim_to: JobState, parts: Parts) -> String {
             events = events.join("\n        UNION ALL\n        "),
         ));
     }
+    sql.push_str(&answer_select(parts));
+    sql
+}
+
+/// A job's row columns ([`JOB_ROW_COLS`]) of the table or CTE `p`.
+fn prefixed(p: &str) -> String {
+    JOB_ROW_COLS
+        .split(',')
+        .map(|c| format!("{p}.{}", c.trim()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The finishes' CTEs of [`batch_sql`], and the select of their events.
+fn finish_parts(sql: &mut String, parts: Parts, events: &mut Vec<String>) {
+    sql.push_str(&format!(
+        r#", fr AS MATERIALIZED (
+    SELECT req.*, r.job_id
+    FROM runs r JOIN req ON req.run = r.id AND req.epoch = r.epoch
+    WHERE r.id = ANY ($1)
+), fin AS (
+    UPDATE jobs j
+    SET state = fr.state_to, reason = fr.reason, not_before = NULL, finished_at = now.ms,
+    stop_requested = NULL, event_seq = j.event_seq + 2
+    FROM fr, now
+    WHERE j.id = ANY (ARRAY(SELECT job_id FROM fr)) AND j.id = fr.job_id
+      AND j.state = now.running AND j.epoch = fr.epoch AND j.current_run = fr.run
+      AND NOT j.has_dependents
+    RETURNING {j_cols}, j.event_seq, now.ms AS now_ms, fr.n, fr.run, fr.outcome,
+    fr.exit_code, fr.error, fr.branch, fr.base_commit, fr.commit_sha, fr.files_changed,
+    fr.lines_added, fr.lines_deleted, fr.insights, fr.session_id, fr.diff,
+    fr.finished_data, fr.state_data
+), done AS (
+    UPDATE runs
+    SET outcome = fin.outcome, exit_code = fin.exit_code, error = fin.error,
+    branch = fin.branch, base_commit = fin.base_commit, commit_sha = fin.commit_sha,
+    files_changed = fin.files_changed, lines_added = fin.lines_added,
+    lines_deleted = fin.lines_deleted, finished_at = fin.now_ms,
+    insights = coalesce(fin.insights, runs.insights)
+    FROM fin
+    WHERE runs.id = ANY ($1) AND runs.id = fin.run
+)"#,
+        j_cols = prefixed("j"),
+    ));
+    if parts.sessions {
+        sql.push_str(
+            r#", agent AS (
+    INSERT INTO job_agent (job_id, session_id)
+    SELECT fin.id, fin.session_id FROM fin WHERE fin.session_id IS NOT NULL
+    ON CONFLICT (job_id) DO UPDATE SET session_id = excluded.session_id
+)"#,
+        );
+    }
+    if parts.diffs {
+        sql.push_str(
+            r#", diff AS (
+    INSERT INTO run_diffs (run_id, patch)
+    SELECT fin.run, fin.diff FROM fin WHERE fin.diff IS NOT NULL
+)"#,
+        );
+    }
+    events.push(format!(
+        "SELECT fin.id AS job_id, e.run_id, fin.event_seq - 2 + e.k AS seq, e.kind,
+        fin.now_ms AS at, e.data, fin.n AS n, e.k AS k
+    FROM fin, LATERAL (VALUES (1, fin.run, '{finished}', fin.finished_data),
+                              (2, NULL, '{state}', fin.state_data))
+        AS e(k, run_id, kind, data)",
+        finished = ev::RUN_FINISHED,
+        state = ev::JOB_STATE,
+    ));
+}
+
+/// The claims' CTEs of [`batch_sql`], and the select of their events.
+fn claim_parts(sql: &mut String, claim_to: JobState, parts: Parts, events: &mut Vec<String>) {
+    // A claim after a finish waits for that finish to apply.
+    let after_finish = if parts.finishes {
+        "AND (req.run IS NULL OR req.n = ANY (ARRAY(SELECT n FROM fin)))"
+    } else {
+        ""
+    };
+    sql.push_str(&format!(
+        r#", asking AS MATERIALIZED (
+    SELECT req.n, req.factory, req.ttl, f.cap_set::text AS caps
+    FROM req JOIN factories f ON f.id = req.factory
+    WHERE f.id = ANY ($19) {after_finish}
+      AND NOT (SELECT q.paused FROM queue q WHERE q.id = 1)
+), cand AS MATERIALIZED (
+    SELECT * FROM gantry_claim_batch(
+    ARRAY(SELECT n FROM asking ORDER BY n), ARRAY(SELECT caps FROM asking ORDER BY n),
+    (SELECT ms FROM now))
+), claimed AS (
+    UPDATE jobs j
+    SET state = '{claim_to}', attempt = j.attempt + 1, epoch = j.epoch + 1,
+    current_run = nextval('runs_id_seq'), started_at = COALESCE(j.started_at, now.ms),
+    not_before = NULL, reason = NULL, stop_requested = NULL, event_seq = j.event_seq + 2
+    FROM cand JOIN asking a ON a.n = cand.n, now
+    WHERE j.id = ANY (ARRAY(SELECT job FROM cand)) AND j.id = cand.job
+      AND j.state = now.queued
+    RETURNING j.id, j.attempt, j.epoch, j.current_run, j.event_seq, now.ms, cand.n,
+    a.factory, now.ms + a.ttl AS lease, now.claim_state
+), run AS (
+    INSERT INTO runs (id, job_id, attempt, epoch, factory_id, started_at, lease_expires_at)
+    SELECT current_run, id, attempt, epoch, factory, ms, lease FROM claimed
+)"#,
+    ));
+    events.push(format!(
+        "SELECT c.id, e.run_id, c.event_seq - 4 + e.k, e.kind, c.ms, e.data, c.n, e.k
+    FROM claimed c, LATERAL (VALUES (3, NULL, '{state}', c.claim_state),
+        (4, c.current_run, '{claimed}',
+         '{{\"run\":' || c.current_run || ',\"attempt\":' || c.attempt || ',\"epoch\":'
+         || c.epoch || ',\"factory\":' || c.factory || ',\"lease_expires_at\":'
+         || c.lease || '}}')) AS e(k, run_id, kind, data)",
+        state = ev::JOB_STATE,
+        claimed = ev::RUN_CLAIMED,
+    ));
+}
+
+/// The final select of [`batch_sql`]: one row per ask.
+fn answer_select(parts: Parts) -> String {
+    let mut sql = String::new();
     // The row layout is the same in every variant (see `read_answer`); a part left out
     // reads as NULL, its first column typed as the reader checks it.
     // The joins read the tables as they were before the statement (no part of a

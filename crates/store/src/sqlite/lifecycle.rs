@@ -1,74 +1,285 @@
-//! Lifecycle steps inside a write transaction: state changes through `state::next`,
-//! their events, dependency judgement, fencing and the end of an attempt.
+//! SQLite's side of the lifecycle: the statements [`WriteTx`] and [`SubmitTx`] run,
+//! on the writer thread inside the operation's savepoint, and the hot path's SQL.
 
 use super::*;
-use crate::rules::{AttemptEnd, attempt_end};
+use crate::lifecycle::{EventRef, Fence, Live, StateWrite, StopTarget, WriteTx, check_fence};
+use crate::submit::SubmitTx;
 use crate::{Result, StoreError};
 use gantry_core::api::Checkpoint;
-use gantry_core::event::{self as ev};
-use gantry_core::state::{self, Effect, Input};
 use gantry_core::time::Millis;
-use gantry_core::{DepsMode, JobId, JobState, Outcome, RunId, StopKind};
+use gantry_core::{Job, JobId, JobState, RunId, StopKind};
 use rusqlite::{Connection, OptionalExtension, params};
-use serde_json::json;
 
-/// Applies what some events uploaded by a run mean for the store: a checkpoint moves the
-/// job's work-in-progress pointer, an insights snapshot becomes the run's live figures.
-pub(super) fn apply_run_event(tx: &Connection, live: &Live, kind: &str, data: &str) -> Result<()> {
-    match kind {
-        ev::RUN_CHECKPOINT => {
-            let cp: Checkpoint = serde_json::from_str(data).map_err(|e| {
-                StoreError::Invalid(gantry_core::SpecError {
-                    file: format!("event {kind} of run {}", live.run),
-                    line: None,
-                    field: Some("data".into()),
-                    message: format!("a checkpoint needs wip_branch, wip_base and wip_commit: {e}"),
+/// A write operation's connection (inside its savepoint) and its clock.
+pub(super) struct Lite<'c> {
+    pub(super) conn: &'c Connection,
+    pub(super) now: Millis,
+}
+
+impl WriteTx for Lite<'_> {
+    type Error = StoreError;
+
+    fn now(&self) -> Millis {
+        self.now
+    }
+
+    async fn add_event(&self, e: EventRef<'_>) -> Result<(i64, i64)> {
+        add_event(self.conn, e, self.now)
+    }
+
+    async fn job_of_run(&self, run: RunId) -> Result<Option<i64>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT job_id FROM runs WHERE id = ?1")?
+            .query_row([run.0], |r| r.get(0))
+            .optional()?)
+    }
+
+    async fn event_seq(&self, job: JobId) -> Result<i64> {
+        self.conn
+            .prepare_cached("SELECT event_seq FROM jobs WHERE id = ?1")?
+            .query_row([job.0], |r| r.get::<_, i64>(0))
+            .optional()?
+            .ok_or_else(|| not_found("job", job))
+    }
+
+    async fn write_state(&self, w: &StateWrite) -> Result<bool> {
+        let updated = self
+            .conn
+            .prepare_cached(&step_sql(w.from, w.to))?
+            .execute(params![
+                w.job,
+                w.reason,
+                w.not_before,
+                w.finished_at,
+                w.last_seq
+            ])?;
+        if updated != 1 {
+            return Ok(false);
+        }
+        let rows: Vec<EventRow<'_>> = (0..w.seqs.len())
+            .map(|i| EventRow {
+                run: w.runs[i],
+                seq: w.seqs[i],
+                kind: w.kinds[i],
+                data: &w.datas[i],
+            })
+            .collect();
+        insert_events(self.conn, Some(JobId(w.job)), &rows, self.now)?;
+        Ok(true)
+    }
+
+    async fn dep_states(&self, job: JobId) -> Result<Vec<(i64, String)>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT d.dep_id, (SELECT j.state FROM jobs j WHERE j.id = d.dep_id)
+                 FROM job_deps d WHERE d.job_id = ?1",
+            )?
+            .query_map([job.0], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    async fn blocked(&self, job: JobId) -> Result<Option<(String, Option<i64>)>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT deps_mode FROM jobs WHERE id = ?1 AND state = 'blocked'")?
+            .query_row([job.0], |r| r.get(0))
+            .optional()?
+            .map(|mode| (mode, None)))
+    }
+
+    async fn dependents(&self, job: JobId) -> Result<Vec<JobId>> {
+        let ids: Vec<i64> = self
+            .conn
+            .prepare_cached("SELECT job_id FROM job_deps WHERE dep_id = ?1")?
+            .query_map([job.0], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(ids.into_iter().map(JobId).collect())
+    }
+
+    async fn stop_target(&self, job: JobId) -> Result<StopTarget> {
+        self.conn
+            .prepare_cached("SELECT state, stop_requested, current_run FROM jobs WHERE id = ?1")?
+            .query_row([job.0], |r| {
+                Ok(StopTarget {
+                    state: r.get(0)?,
+                    stop: r.get(1)?,
+                    current_run: r.get(2)?,
+                    seq: None,
                 })
-            })?;
-            tx.prepare_cached(
+            })
+            .optional()?
+            .ok_or_else(|| not_found("job", job))
+    }
+
+    async fn request_stop(&self, job: JobId, kind: StopKind) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE jobs SET stop_requested = ?2 WHERE id = ?1")?
+            .execute(params![job.0, kind.as_str()])?;
+        Ok(())
+    }
+
+    async fn lock_job(&self, _job: JobId) -> Result<()> {
+        // The writer's transaction holds the database's write lock: no row lock needed.
+        Ok(())
+    }
+
+    async fn load_job(&self, job: JobId) -> Result<Job> {
+        load_job(self.conn, job)
+    }
+
+    async fn allow_attempt(&self, job: JobId) -> Result<()> {
+        self.conn
+            .prepare_cached(
+                "UPDATE jobs SET max_attempts = max(max_attempts, attempt + 1),
+                     stop_requested = NULL
+                 WHERE id = ?1",
+            )?
+            .execute([job.0])?;
+        Ok(())
+    }
+
+    async fn set_paused_flag(&self, paused: bool) -> Result<bool> {
+        let changed = self
+            .conn
+            .prepare_cached("UPDATE queue SET paused = ?1 WHERE id = 1 AND paused != ?1")?
+            .execute([paused])?;
+        Ok(changed > 0)
+    }
+
+    async fn running_jobs(&self) -> Result<Vec<JobId>> {
+        let ids: Vec<i64> = self
+            .conn
+            .prepare_cached("SELECT id FROM jobs WHERE state = 'running' ORDER BY id")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        Ok(ids.into_iter().map(JobId).collect())
+    }
+
+    async fn expired_leases(&self) -> Result<Vec<Expired>> {
+        Ok(self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {} FROM jobs j INDEXED BY jobs_running_lock
+                     JOIN runs r ON r.id = j.current_run
+                 WHERE j.state = 'running' AND r.lease_expires_at < ?1 ORDER BY j.id",
+                Expired::COLS
+            ))?
+            .query_map([self.now], |r| Expired::read(r))?
+            .collect::<rusqlite::Result<_>>()?)
+    }
+
+    async fn mark_lost(&self, run: RunId) -> Result<bool> {
+        self.conn
+            .prepare_cached(
+                "UPDATE runs SET outcome = 'lost', finished_at = ?2
+                 WHERE id = ?1 AND outcome IS NULL",
+            )?
+            .execute(params![run.0, self.now])?;
+        // The one writer read the run as its job's current one in this transaction, and
+        // nothing renews a lease in between: it is lost.
+        Ok(true)
+    }
+
+    async fn save_checkpoint(&self, job: JobId, cp: &Checkpoint) -> Result<()> {
+        self.conn
+            .prepare_cached(
                 "INSERT INTO job_agent (job_id, wip_branch, wip_base, wip_commit)
                  VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (job_id) DO UPDATE SET wip_branch = ?2, wip_base = ?3, wip_commit = ?4",
             )?
-            .execute(params![live.job.0, cp.branch, cp.base, cp.commit])?;
-        }
-        ev::AGENT_INSIGHTS => {
-            // Checked to be insights before it is kept as the run's figures.
-            let insights: gantry_core::engine::Insights =
-                serde_json::from_str(data).map_err(|e| {
-                    StoreError::Invalid(gantry_core::SpecError {
-                        file: format!("event {kind} of run {}", live.run),
-                        line: None,
-                        field: Some("data".into()),
-                        message: format!("not a valid insights snapshot: {e}"),
-                    })
-                })?;
-            save_insights(tx, live, &insights)?;
-        }
-        _ => {}
+            .execute(params![job.0, cp.branch, cp.base, cp.commit])?;
+        Ok(())
     }
-    Ok(())
+
+    async fn save_insights(&self, live: &Live, text: &str, session: Option<&str>) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE runs SET insights = ?2 WHERE id = ?1")?
+            .execute(params![live.run.0, text])?;
+        if let Some(session) = session {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO job_agent (job_id, session_id) VALUES (?1, ?2)
+                     ON CONFLICT (job_id) DO UPDATE SET session_id = ?2",
+                )?
+                .execute(params![live.job.0, session])?;
+        }
+        Ok(())
+    }
 }
 
-/// Stores a run's insights, and the agent session on its job so a retry can resume it.
-pub(super) fn save_insights(
-    tx: &Connection,
-    live: &Live,
-    insights: &gantry_core::engine::Insights,
-) -> Result<()> {
-    let text = serde_json::to_string(insights)
-        .map_err(|e| corrupt(format!("cannot encode insights: {e}")))?;
-    tx.prepare_cached("UPDATE runs SET insights = ?2 WHERE id = ?1")?
-        .execute(params![live.run.0, text])?;
-    if let Some(session) = &insights.session_id {
-        tx.prepare_cached(
-            "INSERT INTO job_agent (job_id, session_id) VALUES (?1, ?2)
-             ON CONFLICT (job_id) DO UPDATE SET session_id = ?2",
-        )?
-        .execute(params![live.job.0, session])?;
+impl SubmitTx for Lite<'_> {
+    async fn lookup_key(&self, owner: i64, key: &str) -> Result<Option<JobId>> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT id FROM jobs WHERE idempotency_key = ?2 AND submitter IN (?1, ?3)
+                 ORDER BY submitter = ?1 DESC LIMIT 1",
+            )?
+            .query_row(params![owner, key, rules::UNSCOPED_KEYS], |r| r.get(0))
+            .optional()?
+            .map(JobId))
     }
-    Ok(())
+
+    async fn stored_spec(&self, id: JobId) -> Result<String> {
+        self.conn
+            .prepare_cached("SELECT spec FROM job_specs WHERE job_id = ?1")?
+            .query_row([id.0], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| corrupt(format!("job {id} has no spec")))
+    }
+
+    async fn job_exists(&self, id: JobId) -> Result<bool> {
+        job_exists(self.conn, id)
+    }
 }
+
+/// Reads the fence of a write naming `(run, epoch)` and checks it (see
+/// [`check_fence`]).
+pub(super) fn fence(
+    tx: &Lite<'_>,
+    run: RunId,
+    epoch: i64,
+    op: &str,
+) -> Result<Result<Live, StoreError>> {
+    // Two primary-key lookups rather than a join: SQLite plans a join with `= ?` terms
+    // by the bound value and re-prepares it whenever that value moves to or from 0 or 1,
+    // which costs more than the second lookup.
+    let (job, run_epoch): (i64, i64) = tx
+        .conn
+        .prepare_cached(FENCE_RUN_SQL)?
+        .query_row([run.0], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?
+        .ok_or_else(|| not_found("run", run))?;
+    let fence = tx
+        .conn
+        .prepare_cached(&fence_job_sql())?
+        .query_row([job], |r| {
+            Ok(Fence {
+                job: JobId(job),
+                run_epoch,
+                row: JobRow::read(r, 0)?,
+                current_run: r.get(15)?,
+                retry_on: r.get(16)?,
+                backoff_ms: r.get(17)?,
+                seq: r.get(18)?,
+                has_dependents: true,
+            })
+        })?;
+    run_sync(check_fence(tx, fence, run, epoch, op))
+}
+
+// ---------------------------------------------------------------------------------------
+// The hot path's statements
+//
+// Claims and finishes run these for every job, so each is checked by a test: it must
+// not be re-prepared when its bound values change, and must need no temporary table.
+// Two rules keep them so. (1) No join with `= ?` terms: SQLite plans a join by the
+// bound value and re-prepares it whenever that value moves to or from 0 or 1. (2) No
+// RETURNING and no `IN (...)` list in a checked constraint: both build a temporary
+// table at every execution.
+// ---------------------------------------------------------------------------------------
 
 /// A factory's capabilities and whether claiming is paused (one table and a scalar
 /// subquery, not a join).
@@ -157,34 +368,23 @@ pub(super) fn events_insert_sql(n: usize) -> String {
 pub(super) const LOAD_SPEC_SQL: &str = "SELECT title, deps, spec FROM job_specs WHERE job_id = ?1";
 
 // ---------------------------------------------------------------------------------------
-// Events and transitions
+// Events
 // ---------------------------------------------------------------------------------------
 
 /// Appends an event whose data is JSON text; a job's event takes the job's next `seq`.
 /// Returns (id, seq).
-pub(super) fn add_event(
-    tx: &Connection,
-    job: Option<JobId>,
-    run: Option<RunId>,
-    kind: &str,
-    data: &str,
-    now: Millis,
-) -> Result<(i64, i64)> {
-    let seq = match job {
+pub(super) fn add_event(tx: &Connection, e: EventRef<'_>, now: Millis) -> Result<(i64, i64)> {
+    let seq = match e.job {
         Some(job) => take_seqs(tx, job, 1)?,
         None => 0,
     };
-    insert_events(
-        tx,
-        job,
-        &[EventRow {
-            run: run.map(|r| r.0),
-            seq,
-            kind,
-            data,
-        }],
-        now,
-    )?;
+    let row = EventRow {
+        run: e.run.map(|r| r.0),
+        seq,
+        kind: e.kind,
+        data: e.data,
+    };
+    insert_events(tx, e.job, &[row], now)?;
     Ok((tx.last_insert_rowid(), seq))
 }
 
@@ -229,358 +429,73 @@ pub(super) fn insert_events(
     Ok(())
 }
 
-/// The data of a `job.state` event.
-pub(super) fn state_data(from: JobState, to: JobState, reason: Option<&str>) -> String {
-    // The states are plain words; only the reason needs JSON quoting.
-    let reason = serde_json::to_string(&reason).unwrap_or_else(|_| "null".into());
-    format!(r#"{{"from":"{from}","to":"{to}","reason":{reason}}}"#)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// An event recorded together with a state change, just before its `job.state`.
-pub(super) struct Pending<'a> {
-    pub(super) run: Option<RunId>,
-    pub(super) kind: &'a str,
-    /// JSON text.
-    pub(super) data: String,
-}
-
-pub(super) fn action_of(input: Input) -> &'static str {
-    match input {
-        Input::DepsMet | Input::DepFailed => "settle dependencies",
-        Input::Claim => "claim",
-        Input::AttemptEnded { .. } => "end attempt",
-        Input::Cancel => "cancel",
-        Input::Kill => "kill",
-        Input::Retry { .. } => "retry",
-    }
-}
-
-/// A job after [`step`].
-pub(super) struct Stepped {
-    pub(super) to: JobState,
-    pub(super) effect: Effect,
-}
-
-/// Moves a job from `from` by `input` through [`state::next`], recording the `pending`
-/// events and then `job.state` (one update of the job, one insert of the events), and
-/// returns the new state and the effect. `seq` is the job's `event_seq` when the
-/// caller has just read it in this transaction (else it is read here). Does not settle
-/// dependents: see [`transition`]. [`JobRow::apply_step`] makes the same change to a
-/// row read before.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn step(
-    tx: &Connection,
-    job: JobId,
-    from: JobState,
-    input: Input,
-    reason: Option<&str>,
-    not_before: Option<Millis>,
-    now: Millis,
-    seq: Option<i64>,
-    pending: &[Pending<'_>],
-) -> Result<Stepped> {
-    let (to, effect) = state::next(from, input).map_err(|_| StoreError::WrongState {
-        job,
-        state: from,
-        action: action_of(input),
-    })?;
-    if to == from {
-        for p in pending {
-            add_event(tx, Some(job), p.run, p.kind, &p.data, now)?;
-        }
-        return Ok(Stepped { to, effect });
-    }
-    let seq = match seq {
-        Some(seq) => seq,
-        None => tx
-            .prepare_cached("SELECT event_seq FROM jobs WHERE id = ?1")?
-            .query_row([job.0], |r| r.get::<_, i64>(0))
-            .optional()?
-            .ok_or_else(|| not_found("job", job))?,
-    };
-    let finished_at = to.is_terminal().then_some(now);
-    let n = pending.len() as i64 + 1;
-    let last_seq = seq + n;
-    let updated = tx.prepare_cached(&step_sql(from, to))?.execute(params![
-        job.0,
-        reason,
-        not_before,
-        finished_at,
-        last_seq
-    ])?;
-    if updated != 1 {
-        return Err(corrupt(format!(
-            "job {job} was not {from} when moving it to {to}"
-        )));
-    }
-    let state = state_data(from, to, reason);
-    let first_seq = last_seq - n + 1;
-    let rows: Vec<EventRow<'_>> = pending
-        .iter()
-        .map(|p| (p.run.map(|r| r.0), p.kind, p.data.as_str()))
-        .chain(std::iter::once((None, ev::JOB_STATE, state.as_str())))
-        .zip(first_seq..)
-        .map(|((run, kind, data), seq)| EventRow {
-            run,
-            seq,
-            kind,
-            data,
-        })
-        .collect();
-    insert_events(tx, Some(job), &rows, now)?;
-    Ok(Stepped { to, effect })
-}
-
-/// [`step`], then, when the job reached a terminal state, re-evaluates its blocked
-/// dependents (transitively) in the same transaction.
-#[allow(clippy::too_many_arguments)]
-pub(super) fn transition(
-    tx: &Connection,
-    job: JobId,
-    from: JobState,
-    input: Input,
-    reason: Option<&str>,
-    not_before: Option<Millis>,
-    now: Millis,
-    seq: Option<i64>,
-    pending: &[Pending<'_>],
-) -> Result<Stepped> {
-    let stepped = step(tx, job, from, input, reason, not_before, now, seq, pending)?;
-    if stepped.to != from && stepped.to.is_terminal() {
-        settle_dependents(tx, job, now)?;
-    }
-    Ok(stepped)
-}
-
-/// What a blocked job's dependencies say.
-#[derive(Debug, PartialEq)]
-pub(super) enum DepsVerdict {
-    /// Some dependency has not finished (well enough) yet.
-    Wait,
-    /// Every dependency is satisfied.
-    Met,
-    /// A dependency ended badly and the job needs every one to succeed.
-    Failed(String),
-}
-
-pub(super) fn judge_deps(mode: DepsMode, deps: &[(i64, JobState)]) -> DepsVerdict {
-    match mode {
-        DepsMode::Succeeded => {
-            if let Some((id, st)) = deps
-                .iter()
-                .find(|(_, st)| st.is_terminal() && *st != JobState::Succeeded)
-            {
-                return DepsVerdict::Failed(format!("dependency {id} {st}"));
-            }
-            if deps.iter().all(|(_, st)| *st == JobState::Succeeded) {
-                DepsVerdict::Met
-            } else {
-                DepsVerdict::Wait
+    /// Every hot-path statement, with how many parameters it binds.
+    fn hot_statements() -> Vec<String> {
+        let mut sqls = vec![
+            CLAIM_FACTORY_SQL.to_string(),
+            CLAIM_SCAN_SQL.to_string(),
+            RUN_INSERT_SQL.to_string(),
+            claim_update_sql(JobState::Running),
+            FENCE_RUN_SQL.to_string(),
+            fence_job_sql(),
+            FINISH_RUN_SQL.to_string(),
+            events_insert_sql(1),
+            events_insert_sql(2),
+            LOAD_SPEC_SQL.to_string(),
+            "UPDATE jobs SET event_seq = event_seq + ?2 WHERE id = ?1 RETURNING event_seq".into(),
+        ];
+        for from in JobState::ALL {
+            for to in JobState::ALL {
+                sqls.push(step_sql(from, to));
             }
         }
-        DepsMode::Finished => {
-            if deps.iter().all(|(_, st)| st.is_terminal()) {
-                DepsVerdict::Met
-            } else {
-                DepsVerdict::Wait
+        sqls
+    }
+
+    #[test]
+    fn hot_statements_are_not_re_prepared_and_need_no_temporary_table() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("gantry.db");
+        let mut conn = Connection::open(&path).expect("open");
+        migrate(&mut conn, &path).expect("migrate");
+        // This checks plans, not data: the made-up values need not reference rows.
+        conn.execute_batch("PRAGMA foreign_keys = OFF")
+            .expect("pragma");
+        // `take_seqs` is the one hot statement that needs RETURNING: it is used only for
+        // events a worker uploads, never by claims and finishes.
+        let returning =
+            "UPDATE jobs SET event_seq = event_seq + ?2 WHERE id = ?1 RETURNING event_seq";
+        for sql in hot_statements() {
+            let mut stmt = conn.prepare(&sql).expect("prepare");
+            let n = stmt.parameter_count();
+            // Values that cross 0 and 1, which is where SQLite re-plans value-sensitive
+            // statements.
+            for v in [5_i64, 1, 0, 2, 7, 3] {
+                let values = vec![v; n];
+                let mut rows = stmt.query(rusqlite::params_from_iter(values)).expect("run");
+                while rows.next().expect("step").is_some() {}
+            }
+            assert_eq!(
+                stmt.get_status(rusqlite::StatementStatus::RePrepare),
+                0,
+                "re-prepared: {sql}"
+            );
+            let mut explain = conn.prepare(&format!("EXPLAIN {sql}")).expect("explain");
+            let ops: Vec<String> = explain
+                .query_map(rusqlite::params_from_iter(vec![0_i64; n]), |r| r.get(1))
+                .expect("explain")
+                .collect::<rusqlite::Result<_>>()
+                .expect("opcodes");
+            if sql != returning {
+                assert!(
+                    !ops.iter().any(|op| op == "OpenEphemeral"),
+                    "needs a temporary table: {sql}"
+                );
             }
         }
     }
 }
-
-pub(super) fn deps_verdict(tx: &Connection, job: JobId, mode: DepsMode) -> Result<DepsVerdict> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT d.dep_id, (SELECT j.state FROM jobs j WHERE j.id = d.dep_id) FROM job_deps d
-         WHERE d.job_id = ?1",
-    )?;
-    let rows = stmt
-        .query_map([job.0], |r| {
-            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let deps = rows
-        .into_iter()
-        .map(|(id, st)| Ok((id, parse_state(&st)?)))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(judge_deps(mode, &deps))
-}
-
-/// Re-evaluates a blocked job; returns its new state when it moved.
-pub(super) fn settle_blocked(tx: &Connection, job: JobId, now: Millis) -> Result<Option<JobState>> {
-    let mode: Option<String> = tx
-        .prepare_cached("SELECT deps_mode FROM jobs WHERE id = ?1 AND state = 'blocked'")?
-        .query_row([job.0], |r| r.get(0))
-        .optional()?;
-    let Some(mode) = mode else {
-        return Ok(None);
-    };
-    let (input, reason) = match deps_verdict(tx, job, parse_deps_mode(&mode)?)? {
-        DepsVerdict::Wait => return Ok(None),
-        DepsVerdict::Met => (Input::DepsMet, None),
-        DepsVerdict::Failed(reason) => (Input::DepFailed, Some(reason)),
-    };
-    let stepped = step(
-        tx,
-        job,
-        JobState::Blocked,
-        input,
-        reason.as_deref(),
-        None,
-        now,
-        None,
-        &[],
-    )?;
-    Ok(Some(stepped.to))
-}
-
-/// Re-evaluates the blocked dependents of a job that just reached a terminal state,
-/// following cancellations transitively (with a work list, so long chains do not
-/// deepen the stack).
-pub(super) fn settle_dependents(tx: &Connection, job: JobId, now: Millis) -> Result<()> {
-    let mut work = vec![job];
-    while let Some(done) = work.pop() {
-        let dependents: Vec<i64> = tx
-            .prepare_cached("SELECT job_id FROM job_deps WHERE dep_id = ?1")?
-            .query_map([done.0], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
-        for dep in dependents {
-            if let Some(to) = settle_blocked(tx, JobId(dep), now)?
-                && to.is_terminal()
-            {
-                work.push(JobId(dep));
-            }
-        }
-    }
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------------
-// Fencing
-// ---------------------------------------------------------------------------------------
-
-/// A running job as a fenced write sees it.
-pub(super) struct Live {
-    pub(super) job: JobId,
-    pub(super) run: RunId,
-    pub(super) attempt: u32,
-    pub(super) max_attempts: u32,
-    pub(super) retry_on: String,
-    pub(super) backoff_ms: u64,
-    pub(super) stop: Option<StopKind>,
-    /// The job's `event_seq`.
-    pub(super) seq: i64,
-    /// The job's row, when the fence read it (a finish returns it, changed).
-    pub(super) row: Option<JobRow>,
-}
-
-/// Checks that `run` is the current run of a job running under `epoch`. When it is not,
-/// records `lease.stale_write_rejected` and returns the error to give the writer.
-pub(super) fn check_fence(
-    tx: &Connection,
-    run: RunId,
-    epoch: i64,
-    op: &str,
-    now: Millis,
-) -> Result<Result<Live, StoreError>> {
-    // Two primary-key lookups rather than a join: SQLite plans a join with `= ?` terms
-    // by the bound value and re-prepares it whenever that value moves to or from 0 or 1,
-    // which costs more than the second lookup.
-    let (job, run_epoch): (i64, i64) = tx
-        .prepare_cached(FENCE_RUN_SQL)?
-        .query_row([run.0], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?
-        .ok_or_else(|| not_found("run", run))?;
-    let (row, current, retry_on, backoff, seq): (JobRow, Option<i64>, String, i64, i64) =
-        tx.prepare_cached(&fence_job_sql())?.query_row([job], |r| {
-            Ok((
-                JobRow::read(r)?,
-                r.get(15)?,
-                r.get(16)?,
-                r.get(17)?,
-                r.get(18)?,
-            ))
-        })?;
-    let job_epoch = row.epoch;
-    let job = JobId(job);
-    let state = parse_state(&row.state)?;
-    let live = state == JobState::Running
-        && job_epoch == epoch
-        && run_epoch == epoch
-        && current == Some(run.0);
-    if !live {
-        let data = json!({"run": run.0, "epoch": epoch, "current_epoch": job_epoch, "op": op});
-        add_event(
-            tx,
-            Some(job),
-            Some(run),
-            ev::STALE_WRITE_REJECTED,
-            &data.to_string(),
-            now,
-        )?;
-        tracing::warn!(%job, %run, epoch, current_epoch = job_epoch, %state, op, "stale write rejected");
-        return Ok(Err(StoreError::StaleLease {
-            job,
-            run,
-            epoch,
-            current_epoch: job_epoch,
-            state,
-        }));
-    }
-    Ok(Ok(Live {
-        job,
-        run,
-        attempt: to_u32("attempt", row.attempt)?,
-        max_attempts: to_u32("max_attempts", row.max_attempts)?,
-        retry_on,
-        backoff_ms: u64::try_from(backoff).map_err(|_| corrupt(format!("backoff_ms {backoff}")))?,
-        stop: parse_stop(row.stop_requested.as_deref())?,
-        seq,
-        row: Some(row),
-    }))
-}
-
-/// Ends the running attempt of `live` with `outcome`: applies the retry policy (a stop
-/// request wins over it and decides the state), and moves the job on, recording the
-/// `pending` events (what ended the attempt) before its `job.state`.
-pub(super) fn end_attempt(
-    tx: &Connection,
-    live: &Live,
-    outcome: Outcome,
-    now: Millis,
-    pending: &[Pending<'_>],
-) -> Result<(JobState, Option<JobRow>)> {
-    let retry_on = parse_retry_on(&live.retry_on)?;
-    let AttemptEnd {
-        outcome,
-        retry,
-        not_before,
-        reason,
-    } = attempt_end(
-        outcome,
-        live.stop,
-        (live.attempt, live.max_attempts),
-        &retry_on,
-        live.backoff_ms,
-        now,
-    );
-    let stepped = transition(
-        tx,
-        live.job,
-        JobState::Running,
-        Input::AttemptEnded { outcome, retry },
-        reason.as_deref(),
-        not_before,
-        now,
-        Some(live.seq),
-        pending,
-    )?;
-    let row = live.row.clone().map(|mut row| {
-        row.apply_step(stepped.to, reason.as_deref(), not_before, now);
-        row
-    });
-    Ok((stepped.to, row))
-}
-
-// ---------------------------------------------------------------------------------------
-// Operations
-// ---------------------------------------------------------------------------------------

@@ -33,15 +33,20 @@ mod rows;
 mod schema;
 mod writer;
 
+use crate::codec::*;
+use crate::lifecycle::{
+    self as life, EventRef, Expired, Live, Pending, end_attempt, insights_text, run_sync,
+};
 use crate::rules;
-use crate::{Binding, FactoryInfo, JobFilter, Result, Store, StoreError};
+use crate::submit;
+use crate::{Binding, Clock, FactoryInfo, JobFilter, Result, Store, StoreError};
 use async_trait::async_trait;
 use gantry_core::api::{
     Claim, ClaimedJob, FinishReport, Heartbeat, RegisterFactory, Renewed, Scope, Status, Submitted,
     TokenInfo,
 };
 use gantry_core::event::{Event, NewEvent};
-use gantry_core::time::{Millis, now_millis};
+use gantry_core::time::Millis;
 use gantry_core::{FactoryId, Job, JobId, JobSpec, JobState, ParsedJob, Run, RunId, StopKind};
 use lifecycle::*;
 use ops::*;
@@ -80,6 +85,8 @@ struct Inner {
     thread: Option<std::thread::JoinHandle<()>>,
     checkpointer: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
     changes: Arc<watch::Sender<u64>>,
+    /// Where writes and the factory listing read the time.
+    clock: Clock,
 }
 
 impl Drop for Inner {
@@ -139,6 +146,12 @@ impl SqliteStore {
     /// Fails, naming the path, when the file is not a Gantry database or was written by
     /// a newer Gantry.
     pub fn open(path: &Path) -> Result<SqliteStore> {
+        SqliteStore::open_with_clock(path, Clock::system())
+    }
+
+    /// Opens (creating if needed) the store at `path` as [`SqliteStore::open`] does,
+    /// reading the time from `clock`.
+    pub fn open_with_clock(path: &Path, clock: Clock) -> Result<SqliteStore> {
         let shown = path.display();
         let mut conn = open_connection(path)?;
         // Identify the file before changing anything: switching to WAL would write to it.
@@ -199,6 +212,7 @@ impl SqliteStore {
                 thread: Some(thread),
                 checkpointer: Some(checkpointer),
                 changes,
+                clock,
             }),
         })
     }
@@ -214,9 +228,10 @@ impl SqliteStore {
         f: impl FnOnce(&Connection, Millis) -> Done<R> + Send + 'static,
     ) -> Result<R> {
         let (answer, answered) = tokio::sync::oneshot::channel::<Result<R>>();
+        let clock = self.inner.clock.clone();
         let op: Op = Box::new(move |conn| {
             let done = match conn {
-                Ok(conn) => run_in_savepoint(conn, f),
+                Ok(conn) => run_in_savepoint(conn, &clock, f),
                 Err(e) => Done::Fail(StoreError::Backend(e.to_string())),
             };
             Box::new(move |commit_error: Option<&str>| {
@@ -262,7 +277,7 @@ impl SqliteStore {
         f: impl FnOnce(&Connection, &Live, Millis) -> Result<R> + Send + 'static,
     ) -> Result<R> {
         self.submit_op(
-            move |conn, now| match check_fence(conn, run, epoch, op, now) {
+            move |conn, now| match fence(&Lite { conn, now }, run, epoch, op) {
                 Ok(Ok(live)) => match f(conn, &live, now) {
                     Ok(r) => Done::Ok(r),
                     Err(e) => Done::Fail(e),
@@ -337,14 +352,14 @@ impl Store for SqliteStore {
                         "SELECT {JOB_LIST_COLS} FROM {JOB_FROM}
                          WHERE state = ?1 AND id < ?2 ORDER BY id DESC LIMIT ?3"
                     ))?
-                    .query_map(params![st.as_str(), before, limit], RawJob::read)?
+                    .query_map(params![st.as_str(), before, limit], |r| RawJob::read(r))?
                     .collect::<rusqlite::Result<Vec<_>>>()?,
                 None => tx
                     .prepare_cached(&format!(
                         "SELECT {JOB_LIST_COLS} FROM {JOB_FROM}
                          WHERE id < ?1 ORDER BY id DESC LIMIT ?2"
                     ))?
-                    .query_map(params![before, limit], RawJob::read)?
+                    .query_map(params![before, limit], |r| RawJob::read(r))?
                     .collect::<rusqlite::Result<Vec<_>>>()?,
             };
             raws.into_iter().map(RawJob::into_job).collect()
@@ -374,7 +389,7 @@ impl Store for SqliteStore {
             tx.prepare_cached(&format!(
                 "SELECT {RUN_COLS} FROM runs WHERE job_id = ?1 ORDER BY id"
             ))?
-            .query_map([job.0], read_run)?
+            .query_map([job.0], |r| RawRun::read(r))?
             .collect::<rusqlite::Result<Vec<_>>>()?
             .into_iter()
             .map(RawRun::into_run)
@@ -386,7 +401,7 @@ impl Store for SqliteStore {
     async fn run(&self, id: RunId) -> Result<Run> {
         self.read(move |tx| {
             tx.prepare_cached(&format!("SELECT {RUN_COLS} FROM runs WHERE id = ?1"))?
-                .query_row([id.0], read_run)
+                .query_row([id.0], |r| RawRun::read(r))
                 .optional()?
                 .ok_or_else(|| not_found("run", id))?
                 .into_run()
@@ -440,69 +455,16 @@ impl Store for SqliteStore {
     }
 
     async fn factories(&self) -> Result<Vec<FactoryInfo>> {
-        type Row = (
-            i64,
-            String,
-            i64,
-            String,
-            i64,
-            Option<f64>,
-            Option<i64>,
-            Option<i64>,
-            i64,
-            Option<String>,
-        );
+        let clock = self.inner.clock.clone();
         self.read(move |tx| {
-            let now = now_millis();
+            let now = clock.now();
             // Running jobs are found through `jobs_running_lock`, whose condition is
             // `state = 'running'`: it holds every running job, locked or not.
-            let rows: Vec<Row> = tx
-                .prepare_cached(
-                    "SELECT f.id, f.name, f.seats, f.capabilities, f.last_seen, f.load_1m,
-                            f.free_memory_mb, f.free_disk_mb, coalesce(c.n, 0), f.admission
-                     FROM factories f
-                     LEFT JOIN (SELECT r.factory_id AS fid, count(*) AS n
-                                FROM jobs j JOIN runs r ON r.id = j.current_run
-                                WHERE j.state = 'running'
-                                GROUP BY r.factory_id) c ON c.fid = f.id
-                     ORDER BY f.id",
-                )?
-                .query_map([], |r| {
-                    Ok((
-                        r.get(0)?,
-                        r.get(1)?,
-                        r.get(2)?,
-                        r.get(3)?,
-                        r.get(4)?,
-                        r.get(5)?,
-                        r.get(6)?,
-                        r.get(7)?,
-                        r.get(8)?,
-                        r.get(9)?,
-                    ))
-                })?
+            let rows: Vec<FactoryRow> = tx
+                .prepare_cached(&factories_sql("?1"))?
+                .query_map([now], |r| FactoryRow::read(r))?
                 .collect::<rusqlite::Result<_>>()?;
-            rows.into_iter()
-                .map(
-                    |(id, name, seats, caps, last_seen, load, mem, disk, running, admission)| {
-                        Ok(FactoryInfo {
-                            id: FactoryId(id),
-                            name,
-                            seats: to_u32("seats", seats)?,
-                            capabilities: parse_json("factory capabilities", &caps)?,
-                            last_seen,
-                            last_seen_ago_ms: u64::try_from(now - last_seen).unwrap_or(0),
-                            running: to_u32("running", running)?,
-                            stats: Heartbeat {
-                                load_1m: load,
-                                free_memory_mb: mb_from_sql("free_memory_mb", mem)?,
-                                free_disk_mb: mb_from_sql("free_disk_mb", disk)?,
-                                admission,
-                            },
-                        })
-                    },
-                )
-                .collect()
+            rows.into_iter().map(FactoryRow::into_info).collect()
         })
         .await
     }
@@ -564,7 +526,12 @@ impl Store for SqliteStore {
             }
             let last = take_seqs(tx, live.job, n)?;
             for ((kind, data), seq) in events.iter().zip(last - n + 1..) {
-                apply_run_event(tx, live, kind, data)?;
+                run_sync(life::apply_run_event(
+                    &Lite { conn: tx, now },
+                    live,
+                    kind,
+                    data,
+                ))?;
                 let row = EventRow {
                     run: Some(run.0),
                     seq,
@@ -594,7 +561,8 @@ impl Store for SqliteStore {
     }
 
     async fn reap(&self) -> Result<Vec<RunId>> {
-        self.write(reap_tx).await
+        self.write(|conn, now| run_sync(life::reap(&Lite { conn, now })))
+            .await
     }
 
     async fn expire_leases_of(&self, factory: FactoryId) -> Result<Vec<RunId>> {
@@ -616,37 +584,30 @@ impl Store for SqliteStore {
     }
 
     async fn cancel(&self, id: JobId) -> Result<Job> {
-        self.write(move |tx, now| stop_tx(tx, id, StopKind::Cancel, now))
+        self.write(move |conn, now| run_sync(life::stop(&Lite { conn, now }, id, StopKind::Cancel)))
             .await
     }
 
     async fn kill(&self, id: JobId) -> Result<Job> {
-        self.write(move |tx, now| stop_tx(tx, id, StopKind::Kill, now))
+        self.write(move |conn, now| run_sync(life::stop(&Lite { conn, now }, id, StopKind::Kill)))
             .await
     }
 
     async fn kill_all(&self) -> Result<Vec<JobId>> {
-        self.write(move |tx, now| {
-            set_paused_tx(tx, true, now)?;
-            let running: Vec<i64> = tx
-                .prepare_cached("SELECT id FROM jobs WHERE state = 'running' ORDER BY id")?
-                .query_map([], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?;
-            for &id in &running {
-                stop_tx(tx, JobId(id), StopKind::Kill, now)?;
-            }
-            Ok(running.into_iter().map(JobId).collect())
-        })
-        .await
+        self.write(|conn, now| run_sync(life::kill_all(&Lite { conn, now })))
+            .await
     }
 
     async fn retry(&self, id: JobId) -> Result<Job> {
-        self.write(move |tx, now| retry_tx(tx, id, now)).await
+        self.write(move |conn, now| run_sync(life::retry(&Lite { conn, now }, id)))
+            .await
     }
 
     async fn set_paused(&self, paused: bool) -> Result<()> {
-        self.write(move |tx, now| set_paused_tx(tx, paused, now))
-            .await
+        self.write(move |conn, now| {
+            run_sync(life::set_paused(&Lite { conn, now }, paused)).map(|_| ())
+        })
+        .await
     }
 
     async fn status(&self) -> Result<Status> {
@@ -694,35 +655,22 @@ impl Store for SqliteStore {
         &self,
         job: Option<JobId>,
         run: Option<RunId>,
-        event: NewEvent,
+        NewEvent { kind, data }: NewEvent,
     ) -> Result<Event> {
-        let data = event.data.to_string();
-        self.write(move |tx, now| {
-            if let Some(run) = run {
-                let owner: Option<i64> = tx
-                    .prepare_cached("SELECT job_id FROM runs WHERE id = ?1")?
-                    .query_row([run.0], |r| r.get(0))
-                    .optional()?;
-                match (owner, job) {
-                    (None, _) => return Err(not_found("run", run)),
-                    (Some(owner), Some(job)) if owner != job.0 => {
-                        return Err(not_found("run", format!("{run} of job {job}")));
-                    }
-                    _ => {}
-                }
-            }
-            let (id, seq) = add_event(tx, job, run, &event.kind, &data, now)?;
-            Ok(Event {
-                id,
-                job_id: job,
-                run_id: run,
-                seq,
-                kind: event.kind,
-                at: now,
-                data: event.data,
+        let at = self
+            .write(move |conn, now| {
+                let text = data.to_string();
+                let e = EventRef {
+                    job,
+                    run,
+                    kind: &kind,
+                    data: &text,
+                };
+                let (id, seq) = run_sync(life::record_event(&Lite { conn, now }, e))?;
+                Ok((id, seq, now, NewEvent { kind, data }))
             })
-        })
-        .await
+            .await?;
+        Ok(recorded_event(job, run, at))
     }
 
     async fn events(&self, after: i64, job: Option<JobId>, limit: usize) -> Result<Vec<Event>> {
@@ -740,22 +688,17 @@ impl Store for SqliteStore {
                          WHERE job_id = ?1 AND seq > 1 AND id > ?2
                          ORDER BY id LIMIT ?3",
                     )?
-                    .query_map(params![job.0, after, limit], read_event)?
+                    .query_map(params![job.0, after, limit], |r| RawEvent::read(r))?
                     .collect::<rusqlite::Result<Vec<_>>>()?,
                 None => tx
                     .prepare_cached(
                         "SELECT id, job_id, run_id, seq, kind, at, data FROM events
                          WHERE id > ?1 ORDER BY id LIMIT ?2",
                     )?
-                    .query_map(params![after, limit], read_event)?
+                    .query_map(params![after, limit], |r| RawEvent::read(r))?
                     .collect::<rusqlite::Result<Vec<_>>>()?,
             };
-            rows.into_iter()
-                .map(|(mut e, data)| {
-                    e.data = parse_json("event data", &data)?;
-                    Ok(e)
-                })
-                .collect()
+            rows.into_iter().map(RawEvent::into_event).collect()
         })
         .await
     }
@@ -785,7 +728,9 @@ impl Store for SqliteStore {
                     "INSERT INTO tokens (name, scope, hash, created_at) VALUES (?1, ?2, ?3, ?4)
                          RETURNING {TOKEN_COLS}"
                 ))?
-                .query_row(params![name, scope.as_str(), hash, now], read_token)
+                .query_row(params![name, scope.as_str(), hash, now], |r| {
+                    TokenRow::read(r)
+                })
                 .map_err(|e| {
                     if is_unique_violation(&e) {
                         StoreError::Exists {
@@ -796,7 +741,7 @@ impl Store for SqliteStore {
                         e.into()
                     }
                 })?;
-            into_token(row)
+            row.into_token()
         })
         .await
     }
@@ -807,9 +752,9 @@ impl Store for SqliteStore {
             tx.prepare_cached(&format!(
                 "SELECT {TOKEN_COLS} FROM tokens WHERE hash = ?1 AND revoked_at IS NULL"
             ))?
-            .query_row([hash], read_token)
+            .query_row([hash], |r| TokenRow::read(r))
             .optional()?
-            .map(into_token)
+            .map(TokenRow::into_token)
             .transpose()
         })
         .await
@@ -818,10 +763,10 @@ impl Store for SqliteStore {
     async fn tokens(&self) -> Result<Vec<TokenInfo>> {
         self.read(move |tx| {
             tx.prepare_cached(&format!("SELECT {TOKEN_COLS} FROM tokens ORDER BY id"))?
-                .query_map([], read_token)?
+                .query_map([], |r| TokenRow::read(r))?
                 .collect::<rusqlite::Result<Vec<_>>>()?
                 .into_iter()
-                .map(into_token)
+                .map(TokenRow::into_token)
                 .collect()
         })
         .await
@@ -835,126 +780,15 @@ impl Store for SqliteStore {
             )?
             .execute(params![name, now])?;
             tx.prepare_cached(&format!("SELECT {TOKEN_COLS} FROM tokens WHERE name = ?1"))?
-                .query_row([&name], read_token)
+                .query_row([&name], |r| TokenRow::read(r))
                 .optional()?
                 .ok_or_else(|| not_found("token", &name))
-                .and_then(into_token)
+                .and_then(TokenRow::into_token)
         })
         .await
     }
 
     fn changes(&self) -> watch::Receiver<u64> {
         self.inner.changes.subscribe()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use gantry_core::{DepsMode, Outcome};
-
-    #[test]
-    fn judge_deps_by_mode() {
-        use JobState::*;
-        let s = DepsMode::Succeeded;
-        let f = DepsMode::Finished;
-        assert_eq!(judge_deps(s, &[]), DepsVerdict::Met);
-        assert_eq!(
-            judge_deps(s, &[(1, Succeeded), (2, Running)]),
-            DepsVerdict::Wait
-        );
-        assert_eq!(
-            judge_deps(s, &[(1, Succeeded), (2, Succeeded)]),
-            DepsVerdict::Met
-        );
-        assert_eq!(
-            judge_deps(s, &[(1, Queued), (2, Killed)]),
-            DepsVerdict::Failed("dependency 2 killed".into())
-        );
-        assert_eq!(
-            judge_deps(f, &[(1, Failed), (2, Canceled)]),
-            DepsVerdict::Met
-        );
-        assert_eq!(
-            judge_deps(f, &[(1, Failed), (2, Blocked)]),
-            DepsVerdict::Wait
-        );
-    }
-
-    /// Every hot-path statement, with how many parameters it binds.
-    fn hot_statements() -> Vec<String> {
-        let mut sqls = vec![
-            CLAIM_FACTORY_SQL.to_string(),
-            CLAIM_SCAN_SQL.to_string(),
-            RUN_INSERT_SQL.to_string(),
-            claim_update_sql(JobState::Running),
-            FENCE_RUN_SQL.to_string(),
-            fence_job_sql(),
-            FINISH_RUN_SQL.to_string(),
-            events_insert_sql(1),
-            events_insert_sql(2),
-            LOAD_SPEC_SQL.to_string(),
-            "UPDATE jobs SET event_seq = event_seq + ?2 WHERE id = ?1 RETURNING event_seq".into(),
-        ];
-        for from in JobState::ALL {
-            for to in JobState::ALL {
-                sqls.push(step_sql(from, to));
-            }
-        }
-        sqls
-    }
-
-    #[test]
-    fn hot_statements_are_not_re_prepared_and_need_no_temporary_table() {
-        let dir = tempfile::tempdir().expect("dir");
-        let path = dir.path().join("gantry.db");
-        let mut conn = Connection::open(&path).expect("open");
-        migrate(&mut conn, &path).expect("migrate");
-        // This checks plans, not data: the made-up values need not reference rows.
-        conn.execute_batch("PRAGMA foreign_keys = OFF")
-            .expect("pragma");
-        // `take_seqs` is the one hot statement that needs RETURNING: it is used only for
-        // events a worker uploads, never by claims and finishes.
-        let returning =
-            "UPDATE jobs SET event_seq = event_seq + ?2 WHERE id = ?1 RETURNING event_seq";
-        for sql in hot_statements() {
-            let mut stmt = conn.prepare(&sql).expect("prepare");
-            let n = stmt.parameter_count();
-            // Values that cross 0 and 1, which is where SQLite re-plans value-sensitive
-            // statements.
-            for v in [5_i64, 1, 0, 2, 7, 3] {
-                let values = vec![v; n];
-                let mut rows = stmt.query(rusqlite::params_from_iter(values)).expect("run");
-                while rows.next().expect("step").is_some() {}
-            }
-            assert_eq!(
-                stmt.get_status(rusqlite::StatementStatus::RePrepare),
-                0,
-                "re-prepared: {sql}"
-            );
-            let mut explain = conn.prepare(&format!("EXPLAIN {sql}")).expect("explain");
-            let ops: Vec<String> = explain
-                .query_map(rusqlite::params_from_iter(vec![0_i64; n]), |r| r.get(1))
-                .expect("explain")
-                .collect::<rusqlite::Result<_>>()
-                .expect("opcodes");
-            if sql != returning {
-                assert!(
-                    !ops.iter().any(|op| op == "OpenEphemeral"),
-                    "needs a temporary table: {sql}"
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn retry_on_round_trips() {
-        assert_eq!(
-            parse_retry_on("lost,timed_out").expect("valid list"),
-            vec![Outcome::Lost, Outcome::TimedOut]
-        );
-        assert!(parse_retry_on("").expect("empty list").is_empty());
-        let err = parse_retry_on("lost,bogus").expect_err("bogus outcome");
-        assert!(err.to_string().contains("bogus"), "{err}");
     }
 }

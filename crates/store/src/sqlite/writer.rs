@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::{Result, StoreError};
-use gantry_core::time::{Millis, now_millis};
+use gantry_core::time::Millis;
 use rusqlite::Connection;
 use std::sync::mpsc;
 use std::time::Duration;
@@ -109,6 +109,7 @@ pub(super) fn read_blocking<R>(
 /// keeps its record), rolled back when it failed or panicked.
 pub(super) fn run_in_savepoint<R>(
     conn: &Connection,
+    clock: &Clock,
     f: impl FnOnce(&Connection, Millis) -> Done<R>,
 ) -> Done<R> {
     let sp = |sql: &str| -> Result<()> {
@@ -118,7 +119,7 @@ pub(super) fn run_in_savepoint<R>(
     if let Err(e) = sp("SAVEPOINT op") {
         return Done::Fail(e);
     }
-    let now = now_millis();
+    let now = clock.now();
     let done = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn, now))) {
         Ok(done) => done,
         Err(panic) => {

@@ -637,7 +637,7 @@ async fn stale_writes_after_expiry_and_reclaim_are_refused_and_recorded(t: TestS
         .expect("claim")
         .expect("claimable");
     assert!(s.reap().await.expect("reap").is_empty(), "not expired yet");
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    t.pass(Duration::from_millis(450)).await;
     assert_eq!(s.reap().await.expect("reap"), vec![old.run.id]);
     let lost = s.run(old.run.id).await.expect("run");
     assert_eq!(lost.outcome, Some(Outcome::Lost));
@@ -1107,7 +1107,7 @@ async fn reap_is_idempotent_under_concurrent_reapers(t: TestStore) {
             .expect("claimable");
         runs.insert(c.run.id);
     }
-    tokio::time::sleep(Duration::from_millis(60)).await;
+    t.pass(Duration::from_millis(60)).await;
     let mut tasks = Vec::new();
     for _ in 0..6 {
         let s = s.clone();
@@ -2379,7 +2379,10 @@ macro_rules! cases {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $case() {
-                    super::$case(crate::new_store()).await;
+                    let t = crate::new_store();
+                    let kept = t.kept();
+                    super::$case(t).await;
+                    kept.check_event_payloads().await;
                 }
             )*
         }
@@ -2387,7 +2390,10 @@ macro_rules! cases {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $case() {
-                    super::$case(crate::new_pg_store().await).await;
+                    let t = crate::new_pg_store().await;
+                    let kept = t.kept();
+                    super::$case(t).await;
+                    kept.check_event_payloads().await;
                 }
             )*
         }

@@ -15,8 +15,9 @@ mod sqlite;
 
 use gantry_store::testing::url_of_database;
 pub use gantry_store::testing::{PgDb, pg_server_url};
-use gantry_store::{PgOptions, SqliteStore, Store};
+use gantry_store::{Clock, PgOptions, SqliteStore, Store};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// A store under test and whatever keeps it alive (its temporary directory, its
 /// database).
@@ -24,19 +25,94 @@ pub struct TestStore {
     /// The store.
     pub store: Arc<dyn Store>,
     /// Removed when the test ends.
-    pub dir: tempfile::TempDir,
+    pub dir: Arc<tempfile::TempDir>,
     /// The PostgreSQL database, dropped when the test ends.
-    pub pg: Option<PgDb>,
+    pub pg: Option<Arc<PgDb>>,
+    /// The store's clock, when the test may move it (SQLite's).
+    pub clock: Option<Clock>,
+}
+
+impl TestStore {
+    /// What outlives the case: the store and its files, to look at what it wrote.
+    pub fn kept(&self) -> Kept {
+        Kept {
+            store: self.store.clone(),
+            _dir: self.dir.clone(),
+            _pg: self.pg.clone(),
+        }
+    }
+
+    /// Lets `d` pass for the store: its clock moves ahead at once, or, when its time is
+    /// the database's (PostgreSQL, whose clock several servers share), the test sleeps.
+    pub async fn pass(&self, d: Duration) {
+        match &self.clock {
+            Some(clock) => clock.advance(d),
+            None => tokio::time::sleep(d).await,
+        }
+    }
+}
+
+/// A store kept past its test case.
+pub struct Kept {
+    store: Arc<dyn Store>,
+    _dir: Arc<tempfile::TempDir>,
+    _pg: Option<Arc<PgDb>>,
+}
+
+/// The kinds of event the store writes itself (the rest come from factories and the
+/// server, whose data the store keeps as given).
+const STORE_KINDS: [&str; 10] = [
+    gantry_core::event::JOB_SUBMITTED,
+    gantry_core::event::JOB_STATE,
+    gantry_core::event::JOB_CANCEL_REQUESTED,
+    gantry_core::event::JOB_KILL_REQUESTED,
+    gantry_core::event::RUN_CLAIMED,
+    gantry_core::event::RUN_FINISHED,
+    gantry_core::event::LEASE_EXPIRED,
+    gantry_core::event::STALE_WRITE_REJECTED,
+    gantry_core::event::QUEUE_PAUSED,
+    gantry_core::event::QUEUE_RESUMED,
+];
+
+impl Kept {
+    /// Checks that every event the store wrote itself fits its kind's payload type, so
+    /// every writer (in Rust or built in SQL) keeps to the one shape readers decode.
+    /// Returns how many it checked.
+    pub async fn check_event_payloads(&self) -> usize {
+        let (mut after, mut checked) = (0, 0);
+        loop {
+            let page = self
+                .store
+                .events(after, None, 1000)
+                .await
+                .expect("read events");
+            for e in &page {
+                if STORE_KINDS.contains(&e.kind.as_str()) {
+                    gantry_core::event::check_known(&e.kind, &e.data).unwrap_or_else(|err| {
+                        panic!("event {} {}: {err}: {}", e.id, e.kind, e.data)
+                    });
+                    checked += 1;
+                }
+            }
+            match page.last() {
+                Some(last) => after = last.id,
+                None => return checked,
+            }
+        }
+    }
 }
 
 /// A fresh, empty SQLite store.
 pub fn new_store() -> TestStore {
     let dir = tempfile::tempdir().expect("temp dir");
-    let store = SqliteStore::open(&dir.path().join("gantry.db")).expect("open store");
+    let clock = Clock::system();
+    let store = SqliteStore::open_with_clock(&dir.path().join("gantry.db"), clock.clone())
+        .expect("open store");
     TestStore {
         store: Arc::new(store),
-        dir,
+        dir: Arc::new(dir),
         pg: None,
+        clock: Some(clock),
     }
 }
 
@@ -49,8 +125,9 @@ pub async fn new_pg_store() -> TestStore {
         .expect("connect to the test database");
     TestStore {
         store: Arc::new(store),
-        dir: tempfile::tempdir().expect("temp dir"),
-        pg: Some(db),
+        dir: Arc::new(tempfile::tempdir().expect("temp dir")),
+        pg: Some(Arc::new(db)),
+        clock: None,
     }
 }
 

@@ -5,7 +5,7 @@ use crate::helpers::*;
 use gantry_core::api::Scope;
 use gantry_core::event::NewEvent;
 use gantry_core::{JobState, Outcome};
-use gantry_store::{JobFilter, SqliteStore, Store, StoreError};
+use gantry_store::{Clock, JobFilter, SqliteStore, Store, StoreError};
 use serde_json::json;
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -187,8 +187,12 @@ fn a_missing_directory_is_an_error_naming_the_path() {
 async fn two_stores_on_one_file_reap_and_claim_safely() {
     let dir = tempfile::tempdir().expect("dir");
     let path = dir.path().join("gantry.db");
-    let a: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).expect("open a"));
-    let b: Arc<dyn Store> = Arc::new(SqliteStore::open(&path).expect("open b"));
+    // One clock for both, as two processes on one machine share the system's.
+    let clock = Clock::system();
+    let a: Arc<dyn Store> =
+        Arc::new(SqliteStore::open_with_clock(&path, clock.clone()).expect("open a"));
+    let b: Arc<dyn Store> =
+        Arc::new(SqliteStore::open_with_clock(&path, clock.clone()).expect("open b"));
     let ids = submit(&*a, (0..20).map(|i| job(&format!("j{i}"))).collect()).await;
     let fa = factory(&*a, "fa", &[]).await;
     let fb = factory(&*b, "fb", &[]).await;
@@ -217,7 +221,7 @@ async fn two_stores_on_one_file_reap_and_claim_safely() {
     all.extend(tb.await.expect("b"));
     all.sort();
     assert_eq!(all, ids);
-    tokio::time::sleep(Duration::from_millis(40)).await;
+    clock.advance(Duration::from_millis(40));
     let (ra, rb) = tokio::join!(a.reap(), b.reap());
     let mut reaped = ra.expect("reap a");
     reaped.extend(rb.expect("reap b"));

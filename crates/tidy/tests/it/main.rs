@@ -42,6 +42,39 @@ fn architecture_names_every_crate() {
     }
 }
 
+/// The `[dependencies]` table of a crate's manifest, as text.
+fn dependencies(name: &str) -> String {
+    let manifest = fs::read_to_string(workspace_root().join(format!("crates/{name}/Cargo.toml")))
+        .expect("manifest readable");
+    let start = manifest
+        .find("[dependencies]")
+        .map_or(manifest.len(), |i| i + "[dependencies]".len());
+    let rest = &manifest[start..];
+    rest[..rest.find("\n[").unwrap_or(rest.len())].to_string()
+}
+
+#[test]
+fn core_and_protocol_stay_at_the_bottom() {
+    // The store builds on core alone, so core must not pull in the engine's stream
+    // parsers (or anything else of ours); protocol adds only the wire on top of core.
+    let core = dependencies("core");
+    assert!(
+        !core.contains("gantry-"),
+        "gantry-core depends on a Gantry crate:\n{core}"
+    );
+    let protocol = dependencies("protocol");
+    let ours: Vec<&str> = protocol
+        .lines()
+        .filter(|l| l.starts_with("gantry-"))
+        .collect();
+    assert_eq!(
+        ours.len(),
+        1,
+        "gantry-protocol depends on core only: {ours:?}"
+    );
+    assert!(ours[0].starts_with("gantry-core "), "{ours:?}");
+}
+
 #[test]
 fn one_integration_test_binary_per_crate() {
     for dir in crate_dirs() {

@@ -1,0 +1,275 @@
+//! One worktree per attempt: preparing it on the attempt branch, the agent's own
+//! repository in it, the environment that names it from the cache's side, the live set
+//! and removal.
+
+use crate::cache::{SOURCE_HEAD_REF, cache_dir, cache_lock, ensure_cache};
+use crate::check;
+use crate::error::{Result, WorkspaceError, io_err};
+use crate::runner::{absolute, git, git_status, resolve_commit};
+use std::collections::HashSet;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+/// The environment that points git at the worktree `worktree` of `cache` through the
+/// worktree's administrative directory in the cache, found from the cache's side.
+///
+/// A run may write anything in its worktree, including the `.git` file that tells git
+/// where the repository is: followed, it could name a repository the run made, whose
+/// configuration (`core.fsmonitor`, filters) git would execute as the factory, outside
+/// the sandbox. So the factory never lets git discover the repository from the
+/// worktree: it names the directory itself, from the cache's records, which no run can
+/// see.
+pub(crate) async fn worktree_env(
+    cache: &Path,
+    worktree: &Path,
+) -> Result<[(&'static str, String); 2]> {
+    let wanted = absolute(worktree).join(".git");
+    let admin = cache.join("worktrees");
+    let mut entries = tokio::fs::read_dir(&admin)
+        .await
+        .map_err(io_err("cannot list the worktrees of", &admin))?;
+    while let Some(entry) = entries
+        .next_entry()
+        .await
+        .map_err(io_err("cannot list the worktrees of", &admin))?
+    {
+        let Ok(gitdir) = tokio::fs::read_to_string(entry.path().join("gitdir")).await else {
+            continue;
+        };
+        if Path::new(gitdir.trim_end_matches('\n')) == wanted {
+            return Ok([
+                ("GIT_DIR", entry.path().to_string_lossy().into_owned()),
+                (
+                    "GIT_WORK_TREE",
+                    absolute(worktree).to_string_lossy().into_owned(),
+                ),
+            ]);
+        }
+    }
+    Err(WorkspaceError::Invalid {
+        field: "worktree",
+        value: worktree.display().to_string(),
+        reason: format!("no worktree of {} is registered there", cache.display()),
+    })
+}
+
+/// Worktrees in use by runs of this process; [`prune`] never touches them.
+pub(crate) fn live_worktrees() -> &'static Mutex<HashSet<PathBuf>> {
+    static LIVE: OnceLock<Mutex<HashSet<PathBuf>>> = OnceLock::new();
+    LIVE.get_or_init(Default::default)
+}
+
+/// Marks a worktree path as in use for as long as the guard lives.
+#[derive(Debug)]
+pub struct LiveGuard(PathBuf);
+
+impl LiveGuard {
+    /// Marks `path` as in use until the guard is dropped.
+    pub fn new(path: &Path) -> LiveGuard {
+        let path = absolute(path);
+        live_worktrees()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.clone());
+        LiveGuard(path)
+    }
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        live_worktrees()
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.0);
+    }
+}
+
+/// The commit a branch of `cache` points at: read from its loose ref file when there is
+/// one (the branch was just written by `worktree add -B`), else asked of git.
+async fn branch_commit(cache: &Path, branch: &str) -> Result<Option<String>> {
+    let file = cache.join("refs/heads").join(branch);
+    if let Ok(text) = tokio::fs::read_to_string(&file).await {
+        let sha = text.trim();
+        if sha.len() >= 40 && sha.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Ok(Some(sha.to_string()));
+        }
+    }
+    resolve_commit(cache, &format!("refs/heads/{branch}")).await
+}
+
+/// A prepared attempt workspace.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The bare cache.
+    pub cache: PathBuf,
+    /// The commit the attempt starts from.
+    pub base_commit: String,
+}
+
+/// Prepares the worktree of one attempt: updates (or creates) the cache, resolves the
+/// base and adds the worktree `path` on `branch` at the base commit.
+pub async fn prepare(
+    data_dir: &Path,
+    repo: &str,
+    base: Option<&str>,
+    path: &Path,
+    branch: &str,
+) -> Result<Prepared> {
+    let data_dir = &absolute(data_dir);
+    let path = &absolute(path);
+    if let Some(b) = base
+        && !check::base_is_valid(b)
+    {
+        return Err(WorkspaceError::Invalid {
+            field: "base",
+            value: b.to_string(),
+            reason:
+                "a base is a branch, tag or commit: non-empty, no spaces, not starting with `-`"
+                    .to_string(),
+        });
+    }
+    let cache = cache_dir(data_dir, repo);
+    let lock = cache_lock(&cache);
+    let _held = lock.lock().await;
+    let (cache, fresh) = ensure_cache(data_dir, repo, base.is_none()).await?;
+    let rev = match base {
+        Some(b) => b,
+        None if fresh => "HEAD",
+        None => SOURCE_HEAD_REF,
+    };
+    if let Some(parent) = path.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(io_err("cannot create directory", parent))?;
+    }
+    // Leftovers of a crashed incarnation at the same path would make `worktree add` fail.
+    if tokio::fs::symlink_metadata(path).await.is_ok() {
+        force_remove(&cache, path, "cannot remove the old worktree").await?;
+        git(&cache, ["worktree", "prune"]).await?;
+    }
+    // `worktree add` resolves the base itself: one git process instead of a rev-parse
+    // before it, which matters because this is on the path from claim to process start.
+    let added = git(
+        &cache,
+        [
+            OsStr::new("worktree"),
+            OsStr::new("add"),
+            OsStr::new("--quiet"),
+            OsStr::new("--no-track"),
+            OsStr::new("-B"),
+            OsStr::new(branch),
+            path.as_os_str(),
+            OsStr::new(rev),
+        ],
+    )
+    .await;
+    match added {
+        Ok(_) => {}
+        Err(WorkspaceError::Git { stderr, .. })
+            if stderr.contains("invalid reference") || stderr.contains("not a commit") =>
+        {
+            return Err(WorkspaceError::UnknownBase {
+                repo: repo.to_string(),
+                base: base.unwrap_or("HEAD").to_string(),
+            });
+        }
+        Err(e) => return Err(e),
+    }
+    let base_commit = match branch_commit(&cache, branch).await? {
+        Some(c) => c,
+        None => {
+            return Err(WorkspaceError::UnknownBase {
+                repo: repo.to_string(),
+                base: base.unwrap_or("HEAD").to_string(),
+            });
+        }
+    };
+    agent_repo(&cache, path, branch).await?;
+    Ok(Prepared { cache, base_commit })
+}
+
+/// Gives the worktree `path` a repository of its own for the agent, in place of the
+/// `.git` file that links it to the cache: a shallow clone of `branch` (the attempt's
+/// start), with the index matching the checkout so that `git status` is clean.
+///
+/// The cache holds every job's branches and objects, so it must stay out of the
+/// sandbox; yet agents expect `git status`, `git diff` and `git commit` to work in
+/// their checkout. The agent's repository is never read by the factory, which
+/// commits the worktree's files through the cache's own record of the worktree
+/// ([`worktree_env`]): what an agent does to its repository (commits, a moved HEAD,
+/// hostile configuration) changes nothing of what the attempt delivers.
+async fn agent_repo(cache: &Path, path: &Path, branch: &str) -> Result<()> {
+    let dot_git = path.join(".git");
+    tokio::fs::remove_file(&dot_git)
+        .await
+        .map_err(io_err("cannot replace the worktree's link", &dot_git))?;
+    git(
+        path,
+        [
+            OsStr::new("init"),
+            OsStr::new("--quiet"),
+            OsStr::new("--template="),
+            OsStr::new("--initial-branch"),
+            OsStr::new(branch),
+        ],
+    )
+    .await?;
+    let refspec = format!("+refs/heads/{branch}:refs/heads/{branch}");
+    git(
+        path,
+        [
+            OsStr::new("fetch"),
+            OsStr::new("--quiet"),
+            OsStr::new("--depth=1"),
+            OsStr::new("--no-tags"),
+            OsStr::new("--update-head-ok"),
+            cache.as_os_str(),
+            OsStr::new(&refspec),
+        ],
+    )
+    .await?;
+    git(path, ["read-tree", "HEAD"]).await?;
+    // Stat data in the fresh index is empty: one refresh makes `git status` fast and
+    // quiet. A refresh that finds differences exits 1, which is not an error here.
+    git_status(path, ["update-index", "-q", "--refresh"], &[]).await?;
+    Ok(())
+}
+
+/// Removes the worktree at `path` from `cache` (its branch stays in the cache), and the
+/// directory itself whatever git thinks of it.
+pub async fn remove_worktree(cache: &Path, path: &Path) -> Result<()> {
+    let path = &absolute(path);
+    let lock = cache_lock(cache);
+    let _held = lock.lock().await;
+    if !force_remove(cache, path, "cannot remove worktree").await? {
+        git(cache, ["worktree", "prune"]).await?;
+    }
+    Ok(())
+}
+
+/// `git worktree remove --force --force` of `path` in `cache`, then the directory by
+/// hand if git left it (`action` names that removal in its error). Says whether git
+/// removed the worktree; when it did not, its bookkeeping wants a `worktree prune`.
+async fn force_remove(cache: &Path, path: &Path, action: &'static str) -> Result<bool> {
+    let removed = git(
+        cache,
+        [
+            OsStr::new("worktree"),
+            OsStr::new("remove"),
+            OsStr::new("--force"),
+            OsStr::new("--force"),
+            path.as_os_str(),
+        ],
+    )
+    .await;
+    if tokio::fs::symlink_metadata(path).await.is_ok() {
+        tokio::fs::remove_dir_all(path)
+            .await
+            .map_err(io_err(action, path))?;
+    }
+    if let Err(e) = &removed {
+        tracing::debug!(error = %e, "git worktree remove failed; directory removed by hand");
+    }
+    Ok(removed.is_ok())
+}

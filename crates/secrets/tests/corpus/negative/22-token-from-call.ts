@@ -1,0 +1,2 @@
+const token = await getAccessToken(session);
+const secret = config.get('secret');

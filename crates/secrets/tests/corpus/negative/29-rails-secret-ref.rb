@@ -1,0 +1,1 @@
+config.secret_key_base = ENV["SECRET_KEY_BASE"]

@@ -1,0 +1,1 @@
+items.map((item) => <Row key={item.id} token={item.token} />)

@@ -1,0 +1,1 @@
+cache_key = f"user:{user_id}:profile"

@@ -1,0 +1,2 @@
+def test_auth():
+    client = Client(api_key="dummy-api-key-for-tests")

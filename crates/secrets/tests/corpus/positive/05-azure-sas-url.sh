@@ -1,0 +1,1 @@
+curl -o data.csv "https://acmeprod.blob.core.windows.net/exports/data.csv?sv=2022-11-02&ss=b&srt=o&sp=r&se=2027-01-01T00:00:00Z&st=2026-01-01T00:00:00Z&spr=https&sig=jyoamdjbWWIfxjJnb8At9o3quwzP1zgn5hsqFObC%2BpG4FtLjp%3D"

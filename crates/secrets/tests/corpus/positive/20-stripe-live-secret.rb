@@ -1,0 +1,1 @@
+Stripe.api_key = "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"

@@ -1,0 +1,1 @@
+export ANTHROPIC_API_KEY=sk-ant-api03-iu9ONIntSXXlv9q5nLbNrhojmuAoPYku3GKFoy3Bg6TfBayCxkBnLDNseJCXCMKjkVzBO__nYGNjPa_Crgskgaev6QxZKAA

@@ -1,0 +1,1 @@
+client = OpenAI(api_key="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")

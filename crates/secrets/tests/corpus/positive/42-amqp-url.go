@@ -1,0 +1,1 @@
+conn, err := amqp.Dial("amqps://orders:jrFmWULYJmzzF2VUZj@rabbit.acme.io:5671/prod")

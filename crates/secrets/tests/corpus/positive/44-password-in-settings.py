@@ -1,0 +1,1 @@
+DATABASES = {"default": {"HOST": "db", "PASSWORD": "DRXb6v9s20hBXl"}}

@@ -1,0 +1,1 @@
+VAULT_ADDR=https://vault.acme.io VAULT_TOKEN=hvs.Z0_IxieAu1cgRk7STqsPt6Ji5_CSsj8m6QqTk2rfacBFGZf4V1Kvswls3xaCd313HnATdnyyc0G2vkDWAN5Ir9o-Xey vault kv get secret/app

@@ -1,0 +1,2 @@
+export CLOUDFLARE_API_TOKEN=YbJ-T9urPkKIM2u4vl7jRmXzqnL73WfbzSsv2_UI
+wrangler deploy
