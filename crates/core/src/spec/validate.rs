@@ -582,8 +582,13 @@ impl Validator<'_> {
     }
 
     pub(super) fn retry_on(&self, node: &Node) -> Result<Vec<Outcome>, SpecError> {
-        let allowed = [Outcome::Lost, Outcome::Failed, Outcome::TimedOut]
-            .map(Outcome::as_str)
+        let allowed = [
+            Outcome::Lost,
+            Outcome::Failed,
+            Outcome::TimedOut,
+            Outcome::GatesFailed,
+        ]
+        .map(Outcome::as_str)
             .join(", ");
         let mut out: Vec<Outcome> = Vec::new();
         for item in self.list(
