@@ -89,8 +89,8 @@ impl Service {
                 JobState::Blocked | JobState::Queued => {
                     "the job has not run yet; a diff is saved when a run ends".to_string()
                 }
-                JobState::Running => {
-                    "the job is running; a diff is saved when the run ends".to_string()
+                JobState::Running | JobState::Checking => {
+                    format!("the job is {}; a diff is saved when the run ends", job.state)
                 }
                 _ => "no run of this job saved a diff (it may have failed before its \
                       workspace was ready)"
