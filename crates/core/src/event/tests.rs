@@ -235,7 +235,11 @@ fn older_and_foreign_data_is_read_or_refused_by_name() {
 
 #[test]
 fn check_payloads_match_the_wire() {
-    check(RunChecking { round: 0 }, "run.checking", json!({"round": 0}));
+    check(
+        RunChecking { round: 0 },
+        "run.checking",
+        json!({"round": 0}),
+    );
     check(
         RunFixRound {
             round: 1,
@@ -329,7 +333,13 @@ fn check_known_holds_the_check_kinds_to_their_payloads() {
     assert!(check_known("run.fix_round", &json!({"round": 1})).is_err());
     assert!(check_known("gate.started", &json!({"name": "fmt"})).is_err());
     assert!(check_known("gate.passed", &json!({"name": "fmt", "round": 0})).is_err());
-    assert!(check_known("secret.found", &json!({"file": "a", "line": 1, "rule": "r"})).is_err());
+    assert!(
+        check_known(
+            "secret.found",
+            &json!({"file": "a", "line": 1, "rule": "r"})
+        )
+        .is_err()
+    );
     assert!(check_known("check.conflict", &json!({"base": "main"})).is_err());
     assert!(check_known("check.rebased", &json!({"base": "main", "tip": "a"})).is_err());
 }

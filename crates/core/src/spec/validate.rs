@@ -589,7 +589,7 @@ impl Validator<'_> {
             Outcome::GatesFailed,
         ]
         .map(Outcome::as_str)
-            .join(", ");
+        .join(", ");
         let mut out: Vec<Outcome> = Vec::new();
         for item in self.list(
             node,

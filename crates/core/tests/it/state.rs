@@ -403,6 +403,9 @@ fn checking_ends_exactly_as_running_does() {
 
 #[test]
 fn active_states() {
-    let active: Vec<JobState> = JobState::ALL.into_iter().filter(|s| s.is_active()).collect();
+    let active: Vec<JobState> = JobState::ALL
+        .into_iter()
+        .filter(|s| s.is_active())
+        .collect();
     assert_eq!(active, [Running, Checking]);
 }

@@ -90,7 +90,10 @@ impl Service {
                     "the job has not run yet; a diff is saved when a run ends".to_string()
                 }
                 JobState::Running | JobState::Checking => {
-                    format!("the job is {}; a diff is saved when the run ends", job.state)
+                    format!(
+                        "the job is {}; a diff is saved when the run ends",
+                        job.state
+                    )
                 }
                 _ => "no run of this job saved a diff (it may have failed before its \
                       workspace was ready)"

@@ -540,7 +540,11 @@ impl Store for SqliteStore {
                 .iter()
                 .map(|(k, d)| (k.as_str(), d.as_str()))
                 .collect();
-            run_sync(life::apply_run_events(&Lite { conn: tx, now }, live, &pairs))?;
+            run_sync(life::apply_run_events(
+                &Lite { conn: tx, now },
+                live,
+                &pairs,
+            ))?;
             Ok(())
         })
         .await

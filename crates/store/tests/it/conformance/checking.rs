@@ -111,7 +111,10 @@ pub(super) async fn checking_and_fix_rounds_then_success(t: TestStore) {
     );
     // The latest result of each gate, in the order the gates first started.
     let run = s.run(c.run.id).await.expect("run");
-    assert_eq!(run.gates, [gate("fmt", true, "t2"), gate("test", true, "t2")]);
+    assert_eq!(
+        run.gates,
+        [gate("fmt", true, "t2"), gate("test", true, "t2")]
+    );
     let mut shown = s.job(id).await.expect("job");
     shown.runs = s.runs(id).await.expect("runs");
     assert_eq!(shown.runs[0].gates, run.gates);
@@ -120,7 +123,10 @@ pub(super) async fn checking_and_fix_rounds_then_success(t: TestStore) {
     assert_eq!(json["runs"][0]["gates"][1]["tree"], "t2");
     // Each state change follows the event that made it.
     let kinds = kinds_of(s, id).await;
-    let checking = kinds.iter().position(|k| k == "run.checking").expect("checking");
+    let checking = kinds
+        .iter()
+        .position(|k| k == "run.checking")
+        .expect("checking");
     assert_eq!(kinds[checking + 1], "job.state");
 }
 
@@ -178,7 +184,10 @@ pub(super) async fn kill_and_cancel_of_a_checking_job(t: TestStore) {
     begin_fix_round(s, &b, 1, "gates_failed: fmt").await;
     let r = s.renew(b.run.id, b.run.epoch, LONG).await.expect("renew");
     assert_eq!(r.stop, Some(StopKind::Kill));
-    assert_eq!(finish(s, &a, Outcome::Canceled).await.state, JobState::Canceled);
+    assert_eq!(
+        finish(s, &a, Outcome::Canceled).await.state,
+        JobState::Canceled
+    );
     assert_eq!(finish(s, &b, Outcome::Killed).await.state, JobState::Killed);
 }
 
@@ -215,7 +224,10 @@ pub(super) async fn a_checking_job_holds_its_lock(t: TestStore) {
     assert!(s.claim(f, LONG).await.expect("claim").is_none(), "b waits");
     begin_fix_round(s, &a, 1, "review_rejected").await;
     begin_checking(s, &a, 1).await;
-    assert!(s.claim(f, LONG).await.expect("claim").is_none(), "b still waits");
+    assert!(
+        s.claim(f, LONG).await.expect("claim").is_none(),
+        "b still waits"
+    );
     finish(s, &a, Outcome::Succeeded).await;
     assert_eq!(claim(s, f).await.job.id, ids[1]);
 }
