@@ -485,12 +485,14 @@ pub(crate) async fn check_fence<T: WriteTx>(
     }))
 }
 
-/// The write that ends the running (or checking) attempt of `live` with `outcome`: the retry policy
-/// (a stop request wins over it and decides the state), the target state and its
-/// reason, with the `pending` events (what ended the attempt) before its `job.state`.
+/// The write that ends the running (or checking) attempt of `live` with `outcome` (and
+/// the `error` its report gave, if any): the retry policy (a stop request wins over it
+/// and decides the state), the target state and its reason, with the `pending` events
+/// (what ended the attempt) before its `job.state`.
 pub(crate) fn plan_end(
     live: &Live,
     outcome: Outcome,
+    error: Option<&str>,
     now: Millis,
     pending: Vec<Pending>,
 ) -> Result<StateWrite, StoreError> {
@@ -508,6 +510,7 @@ pub(crate) fn plan_end(
         live.backoff_ms,
         now,
     );
+    let reason = crate::rules::reason_with_error(reason, outcome, error);
     let input = Input::AttemptEnded { outcome, retry };
     let (to, _) = next(live.job, live.state, input)?;
     let req = StepRequest {
@@ -519,16 +522,18 @@ pub(crate) fn plan_end(
     Ok(StateWrite::new(req, to, live.seq, now))
 }
 
-/// Ends the running attempt of `live` with `outcome` (see [`plan_end`]) and moves the
-/// job on, settling its dependents when it ended. Returns the state reached and the
-/// fence's row of the job with the same change made.
+/// Ends the running (or checking) attempt of `live` with `outcome` and the `error` its
+/// report gave (see [`plan_end`]), and moves the job on, settling its dependents when
+/// it ended. Returns the state reached and the fence's row of the job with the same
+/// change made.
 pub(crate) async fn end_attempt<T: WriteTx>(
     tx: &T,
     live: &Live,
     outcome: Outcome,
+    error: Option<&str>,
     pending: Vec<Pending>,
 ) -> Result<(JobState, Option<JobRow>), T::Error> {
-    let w = plan_end(live, outcome, tx.now(), pending)?;
+    let w = plan_end(live, outcome, error, tx.now(), pending)?;
     if !tx.write_state(&w).await? {
         return Err(corrupt(format!(
             "job {} was not {} when ending its attempt",

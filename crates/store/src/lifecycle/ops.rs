@@ -73,7 +73,7 @@ pub(crate) async fn reap<T: WriteTx>(tx: &T) -> Result<Vec<RunId>, T::Error> {
             }
             .text(),
         };
-        let (to, _) = end_attempt(tx, &live, Outcome::Lost, vec![expired]).await?;
+        let (to, _) = end_attempt(tx, &live, Outcome::Lost, None, vec![expired]).await?;
         tracing::info!(job, run, epoch, %to, "lease expired");
         reaped.push(live.run);
     }

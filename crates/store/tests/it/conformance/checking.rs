@@ -262,7 +262,13 @@ pub(super) async fn gates_failed_is_retried_only_when_retry_on_lists_it(t: TestS
     }
     assert_eq!(
         s.job(ids[0]).await.expect("job").reason.as_deref(),
-        Some("attempt 1 gates_failed")
+        Some("attempt 1 gates_failed: test"),
+        "the reason names the failed check"
+    );
+    let retried = s.job(ids[1]).await.expect("job").reason.unwrap_or_default();
+    assert!(
+        retried.starts_with("attempt 1 gates_failed: test; retrying in"),
+        "{retried}"
     );
 }
 
