@@ -9,18 +9,18 @@ use gantry_protocol::Scope;
 use gantry_server::ServeConfig;
 use serde_json::{Value, json};
 
-/// Posts `events` as the run `run` under `epoch`, expecting `want` back.
-async fn upload(ts: &TestServer, token: &str, run: i64, epoch: i64, events: Value, want: u16) {
-    let resp = ts
-        .post(
-            token,
-            &format!("/v1/runs/{run}/events"),
-            &json!({ "epoch": epoch, "events": events }),
-        )
-        .await;
+/// Posts `body` to `path` as `token`, expecting the status `want`.
+async fn post(ts: &TestServer, token: &str, path: &str, body: Value, want: u16) {
+    let resp = ts.post(token, path, &body).await;
     let status = resp.status();
     let text = resp.text().await.expect("body");
-    assert_eq!(status, want, "{text}");
+    assert_eq!(status, want, "POST {path}: {text}");
+}
+
+/// Posts `events` as the run `run` under `epoch`, expecting `want` back.
+async fn upload(ts: &TestServer, token: &str, run: i64, epoch: i64, events: Value, want: u16) {
+    let body = json!({ "epoch": epoch, "events": events });
+    post(ts, token, &format!("/v1/runs/{run}/events"), body, want).await;
 }
 
 /// The value of one series of `GET /metrics`.
@@ -85,15 +85,7 @@ async fn a_factory_checks_its_result_and_the_job_shows_it() {
 
     let finish = json!({ "epoch": epoch, "outcome": "gates_failed", "exit_code": 0,
                          "error": "gates_failed: test" });
-    let resp = ts
-        .post(&token, &format!("/v1/runs/{run}/finish"), &finish)
-        .await;
-    assert_eq!(
-        resp.status(),
-        200,
-        "{}",
-        resp.text().await.unwrap_or_default()
-    );
+    post(&ts, &token, &format!("/v1/runs/{run}/finish"), finish, 200).await;
     let job = ts.job(id).await;
     assert_eq!(job.state, JobState::Failed, "not retried by default");
     assert_eq!(job.runs[0].outcome, Some(Outcome::GatesFailed));
