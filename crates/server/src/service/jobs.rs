@@ -45,7 +45,10 @@ impl Service {
         let mut parsed = Vec::with_capacity(req.jobs.len());
         let mut checked = SourceChecks::new();
         for (index, file) in req.jobs.iter().enumerate() {
-            let job = prepare(file, &mut checked).await?;
+            let mut job = prepare(file, &mut checked).await?;
+            self.profiles
+                .resolve(&mut job)
+                .map_err(|e| ApiError::invalid_job(&e))?;
             self.cfg.limits.check_job(index, &file.text, &job)?;
             parsed.push(job);
         }
