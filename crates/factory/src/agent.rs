@@ -273,6 +273,15 @@ impl Watcher {
         }
     }
 
+    /// Starts from what the run's earlier processes spent (a fix round's watcher), so
+    /// the budget counts the whole run.
+    pub fn spent(mut self, prior: Option<Insights>) -> Watcher {
+        if let Some(prior) = prior {
+            self.insights = prior;
+        }
+        self
+    }
+
     /// Feeds one complete stdout line.
     pub fn line(&mut self, line: &str) -> Fed {
         let events = self.parser.line(line);

@@ -189,6 +189,38 @@ pub async fn prepare(
     Ok(Prepared { cache, base_commit })
 }
 
+/// Brings the cache of `repo` up to date with its source and returns the commit its
+/// `base` names now (the source's HEAD when `None`): the current tip a result is
+/// checked against before it is delivered. Fetches exactly as [`prepare`] does.
+pub async fn fetch_base(data_dir: &Path, repo: &str, base: Option<&str>) -> Result<String> {
+    let data_dir = &absolute(data_dir);
+    if let Some(b) = base
+        && !check::base_is_valid(b)
+    {
+        return Err(WorkspaceError::Invalid {
+            field: "base",
+            value: b.to_string(),
+            reason: "a base is a branch, tag or commit".to_string(),
+        });
+    }
+    let cache = cache_dir(data_dir, repo);
+    let lock = cache_lock(&cache);
+    let _held = lock.lock().await;
+    let (cache, fresh) = ensure_cache(data_dir, repo, base.is_none()).await?;
+    let rev = match base {
+        Some(b) => format!("{b}^{{commit}}"),
+        None if fresh => "HEAD^{commit}".to_string(),
+        None => format!("{SOURCE_HEAD_REF}^{{commit}}"),
+    };
+    match git(&cache, ["rev-parse", "--verify", "--quiet", &rev]).await {
+        Ok(out) => Ok(out.trim().to_string()),
+        Err(_) => Err(WorkspaceError::UnknownBase {
+            repo: repo.to_string(),
+            base: base.unwrap_or("HEAD").to_string(),
+        }),
+    }
+}
+
 /// Gives the worktree `path` a repository of its own for the agent, in place of the
 /// `.git` file that links it to the cache: a shallow clone of `branch` (the attempt's
 /// start), with the index matching the checkout so that `git status` is clean.

@@ -26,6 +26,7 @@
 //! `spawn` starts its process, `monitor` watches the process to its end, `checkpoint`
 //! takes work-in-progress checkpoints and `finish` commits, publishes and reports.
 
+mod check;
 mod checkpoint;
 mod finish;
 mod lease;
@@ -99,6 +100,7 @@ pub(crate) async fn run_claim(ctx: RunContext, claim: Claim) {
         claim,
         lease,
         gate,
+        prior: None,
     };
     sup.start().instrument(span).await;
 }
@@ -129,6 +131,7 @@ pub(crate) async fn adopt_run(ctx: RunContext, adoption: Adoption) {
         claim,
         lease,
         gate,
+        prior: None,
     };
     let _guard = adoption.guard;
     sup.resume(adoption.record).instrument(span).await;
@@ -140,6 +143,9 @@ struct Supervisor {
     lease: watch::Receiver<LeaseState>,
     /// Held by each try of the finish report (see [`FinishGate`]).
     gate: FinishGate,
+    /// What the run's earlier processes spent (before a fix round), so its budget
+    /// counts every round.
+    prior: Option<gantry_core::engine::Insights>,
 }
 
 impl Supervisor {
@@ -224,7 +230,7 @@ impl Supervisor {
             };
             return self.wrap_up(&record, end).await;
         }
-        let end = match self.spawn(&record).await {
+        let end = match self.spawn(&record, None).await {
             Ok((detached, started)) => {
                 self.watch(&record, Some(detached.child), true, vec![started])
                     .await
