@@ -15,6 +15,9 @@ struct Place {
     worktree: PathBuf,
     out: PathBuf,
     data: PathBuf,
+    /// The run the gate's processes are named for, unique per test so that one test's
+    /// gate is never taken for another's leftover.
+    run: i64,
 }
 
 impl Place {
@@ -26,11 +29,13 @@ impl Place {
         for d in [&worktree, &out] {
             std::fs::create_dir_all(d).expect("mkdir");
         }
+        static NEXT_RUN: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(70);
         Place {
             _tmp: tmp,
             worktree,
             out,
             data,
+            run: NEXT_RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -39,7 +44,7 @@ impl Place {
         vec![
             ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
             ("GANTRY_JOB_ID".into(), "7".into()),
-            ("GANTRY_RUN_ID".into(), "70".into()),
+            ("GANTRY_RUN_ID".into(), self.run.to_string().into()),
         ]
     }
 
@@ -71,9 +76,11 @@ fn gate(name: &str, run: &str) -> Gate {
     }
 }
 
-/// The run's processes left on the machine (gates carry the run's environment).
-fn leftovers() -> Vec<i32> {
-    gantry_factory::process::processes_of_run(JobId(7), RunId(70))
+impl Place {
+    /// The run's processes left on the machine (gates carry the run's environment).
+    fn leftovers(&self) -> Vec<i32> {
+        gantry_factory::process::processes_of_run(JobId(7), RunId(self.run))
+    }
 }
 
 #[tokio::test]
@@ -131,7 +138,7 @@ async fn a_gate_past_its_timeout_is_killed_with_everything_it_started() {
             .contains("started")
     );
     assert_eq!(
-        leftovers(),
+        p.leftovers(),
         Vec::<i32>::new(),
         "the gate's processes are gone"
     );
@@ -154,7 +161,7 @@ async fn a_stopped_run_stops_its_gate() {
     let r = run_gate(p.cmd(&g), stop).await;
     assert_eq!(r.reason.as_deref(), Some("stopped with its run"), "{r:?}");
     assert!(!r.passed);
-    assert_eq!(leftovers(), Vec::<i32>::new());
+    assert_eq!(p.leftovers(), Vec::<i32>::new());
 }
 
 #[tokio::test]
