@@ -432,3 +432,38 @@ async fn killing_the_job_while_a_gate_runs_stops_the_gate_and_the_run_ends_kille
     );
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_budget_counts_every_round() {
+    let h = Harness::start(1).await;
+    let mut s = checked(&h.repo, "", vec![gate("never", "exit 1")], 2);
+    s.command = Vec::new();
+    s.engine = gantry_core::EngineKind::Script;
+    s.steps = vec![
+        gantry_core::engine::Step::Usage {
+            tokens_in: 600,
+            tokens_out: 0,
+            tokens_cached: 0,
+            cost_usd: None,
+        },
+        gantry_core::engine::Step::Write {
+            path: "w.txt".to_string(),
+            content: "w\n".to_string(),
+        },
+    ];
+    s.budget = Some(gantry_core::engine::Budget {
+        tokens: Some(1000),
+        ..Default::default()
+    });
+    let report = h.run(claim(113, 113, 1, s)).await;
+    // 600 tokens pass; the fix round's 600 more do not.
+    assert_eq!(report.outcome, Some(Outcome::BudgetExceeded), "{report:?}");
+    let insights = report.insights.expect("insights");
+    assert_eq!(insights.tokens(), 1200);
+    let rounds = check_events(&h, RunId(113))
+        .iter()
+        .filter(|e| e.kind == "run.fix_round")
+        .count();
+    assert_eq!(rounds, 1);
+    h.stop().await;
+}
