@@ -15,7 +15,7 @@
 
 use super::lease::LeaseState;
 use super::spawn::FixLaunch;
-use super::{ProcessEnd, RETRY_FIRST, Supervisor};
+use super::{RETRY_FIRST, Supervisor};
 use crate::gate::{GateCommand, output_tail, run_gate};
 use crate::record::{Offsets, RunRecord};
 use crate::tail::SharedRecord;
@@ -507,22 +507,7 @@ impl Supervisor {
         });
         // The budget counts every round: the new watcher starts from what was spent.
         self.prior = report.insights.clone();
-        let end = match self.spawn(record, Some(&fix)).await {
-            // `run.started` is the first process's alone: the round was announced by
-            // its `run.fix_round` event.
-            Ok((detached, _started)) => {
-                self.watch(record, Some(detached.child), true, Vec::new())
-                    .await
-            }
-            Err(error) => {
-                tracing::warn!(%error, "the fix round could not be started");
-                ProcessEnd {
-                    forced: Some(Outcome::Failed),
-                    error: Some(error),
-                    ..ProcessEnd::default()
-                }
-            }
-        };
+        let end = self.spawn_and_watch(record, Some(&fix)).await;
         if end.left_running {
             return Err(Halt::Leave(Leave::Running));
         }

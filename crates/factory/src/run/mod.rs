@@ -230,20 +230,7 @@ impl Supervisor {
             };
             return self.wrap_up(&record, end).await;
         }
-        let end = match self.spawn(&record, None).await {
-            Ok((detached, started)) => {
-                self.watch(&record, Some(detached.child), true, vec![started])
-                    .await
-            }
-            Err(error) => {
-                tracing::warn!(%error, "the command could not be started");
-                ProcessEnd {
-                    forced: Some(Outcome::Failed),
-                    error: Some(error),
-                    ..ProcessEnd::default()
-                }
-            }
-        };
+        let end = self.spawn_and_watch(&record, None).await;
         self.wrap_up(&record, end).await;
     }
 
@@ -319,6 +306,34 @@ impl Supervisor {
             uploaded: Offsets::default(),
             forced: None,
             checkpoint: Some(checkpoint),
+        }
+    }
+
+    /// Starts the run's process (the first, or a fix round's) and watches it to its
+    /// end. Only the first sends `run.started`: a fix round is announced by its
+    /// `run.fix_round` event.
+    async fn spawn_and_watch(
+        &mut self,
+        record: &SharedRecord,
+        fix: Option<&spawn::FixLaunch>,
+    ) -> ProcessEnd {
+        match self.spawn(record, fix).await {
+            Ok((detached, started)) => {
+                let first = if fix.is_none() {
+                    vec![started]
+                } else {
+                    Vec::new()
+                };
+                self.watch(record, Some(detached.child), true, first).await
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the command could not be started");
+                ProcessEnd {
+                    forced: Some(Outcome::Failed),
+                    error: Some(error),
+                    ..ProcessEnd::default()
+                }
+            }
         }
     }
 

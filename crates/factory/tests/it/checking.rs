@@ -21,15 +21,6 @@ const CHECK_KINDS: [&str; 8] = [
     "check.rebased",
 ];
 
-fn gate(name: &str, run: &str) -> Gate {
-    Gate {
-        name: name.to_string(),
-        run: run.to_string(),
-        timeout_ms: 60_000,
-        metric: None,
-    }
-}
-
 /// A command job in `repo` running `script` with `gates` of its own.
 fn checked(repo: &Path, script: &str, gates: Vec<Gate>, fix_rounds: u32) -> JobSpec {
     JobSpec {

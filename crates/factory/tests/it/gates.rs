@@ -1,6 +1,7 @@
 //! One gate run for real (issue 11): in the run's sandbox and worktree, judged by its
 //! exit and its metric, killed with its whole process group on a timeout or a stop.
 
+use crate::support::gate;
 use gantry_core::gate::{Gate, Metric, MetricFormat};
 use gantry_core::{JobId, RunId};
 use gantry_factory::gate::{GateCommand, output_tail, run_gate};
@@ -64,15 +65,6 @@ impl Place {
             }),
             tree: "4b825dc642cb6eb9a060e54bf8d69288fbee4904".to_string(),
         }
-    }
-}
-
-fn gate(name: &str, run: &str) -> Gate {
-    Gate {
-        name: name.to_string(),
-        run: run.to_string(),
-        timeout_ms: 60_000,
-        metric: None,
     }
 }
 

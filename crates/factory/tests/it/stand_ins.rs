@@ -250,12 +250,7 @@ async fn issue11_a_fix_round_resumes_the_claude_session_with_the_fix_prompt() {
     s.engine = EngineKind::ClaudeCode;
     s.body = "Say hello.\n".into();
     s.fix_rounds = 1;
-    s.gates = gantry_core::gate::GateChoice::Inline(vec![gantry_core::gate::Gate {
-        name: "lint".into(),
-        run,
-        timeout_ms: 60_000,
-        metric: None,
-    }]);
+    s.gates = gantry_core::gate::GateChoice::Inline(vec![crate::support::gate("lint", &run)]);
     r.coord.push(claim(11, 110, 1, s));
     let report = tokio::time::timeout(GUARD, r.coord.finish_of(RunId(110)))
         .await
