@@ -182,9 +182,12 @@ impl Supervisor {
         let rounds = self.claim.job.spec.fix_rounds;
         let mut round = 0;
         loop {
+            self.halted()?;
             self.emit(vec![event("run.checking", RunChecking { round })])
                 .await?;
             let reasons = self.check_round(record, &mut st, round, report).await?;
+            // A stop that came while the last check ran wins over its verdict.
+            self.halted()?;
             let Some(first) = reasons.first() else {
                 return Ok(());
             };
