@@ -458,3 +458,15 @@ async fn the_budget_counts_every_round() {
     assert_eq!(rounds, 1);
     h.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_that_reaches_the_factory_unresolved_fails_naming_it() {
+    let h = Harness::start(1).await;
+    let mut s = checked(&h.repo, "true", Vec::new(), 2);
+    s.gates = GateChoice::Profile("strict".to_string());
+    let report = h.run(claim(114, 114, 1, s)).await;
+    assert_eq!(report.outcome, Some(Outcome::Failed), "{report:?}");
+    let error = report.error.unwrap_or_default();
+    assert!(error.contains("gates profile `strict`"), "{error}");
+    h.stop().await;
+}
