@@ -49,4 +49,4 @@ pub use prune::{PruneReport, prune};
 pub use publish::{publish_result, remove_published, remove_result_ref};
 pub use refs::{push_to_source, remove_source_ref};
 pub use runner::{absolute, run};
-pub use worktree::{LiveGuard, Prepared, prepare, remove_worktree};
+pub use worktree::{LiveGuard, Prepared, fetch_base, prepare, remove_worktree};

@@ -1,6 +1,7 @@
 //! One gate run for real (issue 11): in the run's sandbox and worktree, judged by its
 //! exit and its metric, killed with its whole process group on a timeout or a stop.
 
+use crate::support::gate;
 use gantry_core::gate::{Gate, Metric, MetricFormat};
 use gantry_core::{JobId, RunId};
 use gantry_factory::gate::{GateCommand, output_tail, run_gate};
@@ -15,6 +16,9 @@ struct Place {
     worktree: PathBuf,
     out: PathBuf,
     data: PathBuf,
+    /// The run the gate's processes are named for, unique per test so that one test's
+    /// gate is never taken for another's leftover.
+    run: i64,
 }
 
 impl Place {
@@ -26,11 +30,13 @@ impl Place {
         for d in [&worktree, &out] {
             std::fs::create_dir_all(d).expect("mkdir");
         }
+        static NEXT_RUN: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(70);
         Place {
             _tmp: tmp,
             worktree,
             out,
             data,
+            run: NEXT_RUN.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -39,7 +45,7 @@ impl Place {
         vec![
             ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
             ("GANTRY_JOB_ID".into(), "7".into()),
-            ("GANTRY_RUN_ID".into(), "70".into()),
+            ("GANTRY_RUN_ID".into(), self.run.to_string().into()),
         ]
     }
 
@@ -62,18 +68,11 @@ impl Place {
     }
 }
 
-fn gate(name: &str, run: &str) -> Gate {
-    Gate {
-        name: name.to_string(),
-        run: run.to_string(),
-        timeout_ms: 60_000,
-        metric: None,
+impl Place {
+    /// The run's processes left on the machine (gates carry the run's environment).
+    fn leftovers(&self) -> Vec<i32> {
+        gantry_factory::process::processes_of_run(JobId(7), RunId(self.run))
     }
-}
-
-/// The run's processes left on the machine (gates carry the run's environment).
-fn leftovers() -> Vec<i32> {
-    gantry_factory::process::processes_of_run(JobId(7), RunId(70))
 }
 
 #[tokio::test]
@@ -131,7 +130,7 @@ async fn a_gate_past_its_timeout_is_killed_with_everything_it_started() {
             .contains("started")
     );
     assert_eq!(
-        leftovers(),
+        p.leftovers(),
         Vec::<i32>::new(),
         "the gate's processes are gone"
     );
@@ -154,7 +153,7 @@ async fn a_stopped_run_stops_its_gate() {
     let r = run_gate(p.cmd(&g), stop).await;
     assert_eq!(r.reason.as_deref(), Some("stopped with its run"), "{r:?}");
     assert!(!r.passed);
-    assert_eq!(leftovers(), Vec::<i32>::new());
+    assert_eq!(p.leftovers(), Vec::<i32>::new());
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 
 mod adopt;
 mod agent;
+mod checking;
 mod engines;
 mod gates;
 mod heartbeat;

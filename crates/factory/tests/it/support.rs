@@ -279,6 +279,16 @@ impl Coordinator for TestCoord {
     }
 }
 
+/// A gate named `name` running `run`, with a minute's timeout.
+pub fn gate(name: &str, run: &str) -> gantry_core::gate::Gate {
+    gantry_core::gate::Gate {
+        name: name.to_string(),
+        run: run.to_string(),
+        timeout_ms: 60_000,
+        metric: None,
+    }
+}
+
 /// Polls `f` until it returns something (hang guard [`GUARD`]).
 pub async fn wait_for<T>(f: impl FnMut() -> Option<T>) -> T {
     gantry_testkit::wait_for_async("a condition of the test", GUARD, f).await
