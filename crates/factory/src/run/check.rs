@@ -22,14 +22,13 @@ use crate::tail::SharedRecord;
 use crate::workspace::{self, MergeCheck};
 use gantry_core::Outcome;
 use gantry_core::api::FinishReport;
-use gantry_core::event::NewEvent;
+use gantry_core::event::{self as ev, NewEvent};
 use gantry_core::fix::{self, FixReason};
 use gantry_core::gate::{
-    Gate, GateChoice, GateResult, MAX_GATES_FILE, REPO_GATES_FILE, merge, parse_gates_file,
+    Gate, GateChoice, MAX_GATES_FILE, REPO_GATES_FILE, merge, parse_gates_file,
 };
 use gantry_protocol::CoordError;
 use gantry_secrets::{Scanner, SecretsConfig};
-use serde::Serialize;
 use std::path::Path;
 use std::time::Duration;
 
@@ -68,61 +67,6 @@ struct Check {
     base: String,
     /// The result being checked.
     commit: String,
-}
-
-// Payloads of the new event kinds, as the contract names them; they move to
-// `gantry_core::event` (with `Payload` and `KIND`) and are replaced by core's there.
-
-#[derive(Serialize)]
-struct RunChecking {
-    round: u32,
-}
-
-#[derive(Serialize)]
-struct RunFixRound {
-    round: u32,
-    reasons: Vec<String>,
-}
-
-#[derive(Serialize)]
-struct GateStarted<'a> {
-    name: &'a str,
-    round: u32,
-}
-
-#[derive(Serialize)]
-struct GateDone<'a> {
-    #[serde(flatten)]
-    result: &'a GateResult,
-    round: u32,
-}
-
-#[derive(Serialize)]
-struct SecretFound<'a> {
-    file: &'a str,
-    line: u32,
-    rule: &'a str,
-    fingerprint: &'a str,
-}
-
-#[derive(Serialize)]
-struct CheckConflict<'a> {
-    base: &'a str,
-    paths: &'a [String],
-}
-
-#[derive(Serialize)]
-struct CheckRebased<'a> {
-    base: &'a str,
-    tip: &'a str,
-    commit: &'a str,
-}
-
-fn event(kind: &str, data: impl Serialize) -> NewEvent {
-    NewEvent {
-        kind: kind.to_string(),
-        data: serde_json::to_value(data).unwrap_or(serde_json::Value::Null),
-    }
 }
 
 /// What the conflict check found.
@@ -183,7 +127,7 @@ impl Supervisor {
         let mut round = 0;
         loop {
             self.halted()?;
-            self.emit(vec![event("run.checking", RunChecking { round })])
+            self.emit(vec![NewEvent::of(&ev::RunChecking { round })])
                 .await?;
             let reasons = self.check_round(record, &mut st, round, report).await?;
             // A stop that came while the last check ran wins over its verdict.
@@ -193,21 +137,17 @@ impl Supervisor {
             };
             if round >= rounds {
                 tracing::info!(reason = %first.summary(), "the result failed its checks after the last fix round");
-                // Becomes Outcome::GatesFailed once gantry-core has it.
-                report.outcome = Some(Outcome::Failed);
+                report.outcome = Some(Outcome::GatesFailed);
                 report.error = Some(first.failure_reason());
                 return Ok(());
             }
             round += 1;
             let summaries: Vec<String> = reasons.iter().map(FixReason::summary).collect();
             tracing::info!(round, reasons = ?summaries, "fix round");
-            self.emit(vec![event(
-                "run.fix_round",
-                RunFixRound {
-                    round,
-                    reasons: summaries,
-                },
-            )])
+            self.emit(vec![NewEvent::of(&ev::RunFixRound {
+                round,
+                reasons: summaries,
+            })])
             .await?;
             if !self
                 .fix_round(record, &mut st, (round, rounds), &reasons, report)
@@ -314,11 +254,11 @@ impl Supervisor {
         let confinement = self.confinement(&rec.artifacts);
         for gate in &st.gates {
             self.halted()?;
-            let started = GateStarted {
-                name: &gate.name,
+            let started = ev::GateStarted {
+                name: gate.name.clone(),
                 round,
             };
-            self.emit(vec![event("gate.started", started)]).await?;
+            self.emit(vec![NewEvent::of(&started)]).await?;
             let cmd = GateCommand {
                 gate,
                 worktree: &rec.worktree,
@@ -330,17 +270,19 @@ impl Supervisor {
             let result = run_gate(cmd, self.stop_signal()).await;
             // A gate stopped with its run says so in the run's outcome, not as a result.
             self.halted()?;
-            let kind = if result.passed {
-                "gate.passed"
-            } else {
-                "gate.failed"
-            };
             tracing::info!(gate = %gate.name, passed = result.passed, reason = ?result.reason, "gate ran");
-            let done = GateDone {
-                result: &result,
-                round,
+            let done = if result.passed {
+                NewEvent::of(&ev::GatePassed {
+                    result: result.clone(),
+                    round,
+                })
+            } else {
+                NewEvent::of(&ev::GateFailed {
+                    result: result.clone(),
+                    round,
+                })
             };
-            self.emit(vec![event(kind, done)]).await?;
+            self.emit(vec![done]).await?;
             if !result.passed {
                 reasons.push(FixReason::Gate {
                     name: gate.name.clone(),
@@ -380,15 +322,12 @@ impl Supervisor {
         let events = findings
             .iter()
             .map(|f| {
-                event(
-                    "secret.found",
-                    SecretFound {
-                        file: &f.file,
-                        line: f.line,
-                        rule: &f.rule,
-                        fingerprint: &f.fingerprint,
-                    },
-                )
+                NewEvent::of(&ev::SecretFound {
+                    file: f.file.clone(),
+                    line: f.line,
+                    rule: f.rule.clone(),
+                    fingerprint: f.fingerprint.clone(),
+                })
             })
             .collect();
         self.emit(events).await?;
@@ -423,11 +362,11 @@ impl Supervisor {
             MergeCheck::UpToDate => Ok(Tip::Clean),
             MergeCheck::Conflicts { paths } => {
                 tracing::info!(paths = paths.len(), "the result conflicts with its base");
-                let ev = CheckConflict {
-                    base: &base_name,
-                    paths: &paths,
+                let conflict = ev::CheckConflict {
+                    base: base_name.clone(),
+                    paths: paths.clone(),
                 };
-                self.emit(vec![event("check.conflict", ev)]).await?;
+                self.emit(vec![NewEvent::of(&conflict)]).await?;
                 Ok(Tip::Conflicts(FixReason::Conflict {
                     base: base_name,
                     paths,
@@ -447,12 +386,12 @@ impl Supervisor {
                 .await
                 .map_err(|e| Halt::Error(format!("rebasing the result failed: {e}")))?;
                 tracing::info!(%tip, %commit, "the base moved on: result rebased");
-                let ev = CheckRebased {
-                    base: &base_name,
-                    tip: &tip,
-                    commit: &commit,
+                let rebased = ev::CheckRebased {
+                    base: base_name.clone(),
+                    tip: tip.clone(),
+                    commit: commit.clone(),
                 };
-                self.emit(vec![event("check.rebased", ev)]).await?;
+                self.emit(vec![NewEvent::of(&rebased)]).await?;
                 record.update(|r| r.base_commit = tip.clone());
                 report.base_commit = Some(tip.clone());
                 st.base = tip;

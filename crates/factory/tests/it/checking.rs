@@ -160,7 +160,7 @@ async fn a_gate_that_never_passes_fails_the_job_after_exactly_fix_rounds_rounds(
         2,
     );
     let report = h.run(claim(103, 103, 1, s)).await;
-    assert_eq!(report.outcome, Some(Outcome::Failed), "{report:?}");
+    assert_eq!(report.outcome, Some(Outcome::GatesFailed), "{report:?}");
     assert_eq!(report.error.as_deref(), Some("gates_failed: never"));
     let events = check_events(&h, RunId(103));
     let rounds: Vec<_> = events
@@ -194,7 +194,7 @@ async fn keep_going_runs_every_gate_cheapest_first() {
     let mut s = checked(&h.repo, "true", vec![slow, middle, quick], 0);
     s.keep_going = true;
     let report = h.run(claim(104, 104, 1, s)).await;
-    assert_eq!(report.outcome, Some(Outcome::Failed), "{report:?}");
+    assert_eq!(report.outcome, Some(Outcome::GatesFailed), "{report:?}");
     assert_eq!(report.error.as_deref(), Some("gates_failed: quick"));
     let started: Vec<_> = check_events(&h, RunId(104))
         .into_iter()
@@ -256,7 +256,7 @@ async fn the_gates_file_of_the_base_applies_not_the_agents() {
     let report = h
         .run(claim(107, 107, 1, checked(&h.repo, script, Vec::new(), 0)))
         .await;
-    assert_eq!(report.outcome, Some(Outcome::Failed), "{report:?}");
+    assert_eq!(report.outcome, Some(Outcome::GatesFailed), "{report:?}");
     assert_eq!(report.error.as_deref(), Some("gates_failed: base-gate"));
     let names: Vec<_> = check_events(&h, RunId(107))
         .into_iter()
@@ -291,7 +291,7 @@ async fn a_planted_key_fails_the_job_and_its_event_has_no_value() {
     let mut s = checked(&h.repo, &script, vec![gate("own", "exit 1")], 0);
     s.yolo = true;
     let report = h.run(claim(109, 109, 1, s)).await;
-    assert_eq!(report.outcome, Some(Outcome::Failed), "{report:?}");
+    assert_eq!(report.outcome, Some(Outcome::GatesFailed), "{report:?}");
     assert_eq!(report.error.as_deref(), Some("secret_found"));
     let events = check_events(&h, RunId(109));
     assert_eq!(kinds(&events), ["run.checking", "secret.found"]);
@@ -373,7 +373,7 @@ async fn a_conflicting_base_gives_a_conflict_reason() {
     git(&h.repo, &["commit", "-q", "-am", "conflicting"]);
     std::fs::write(&go, "").expect("go");
     let report = h.coord.finish_of(RunId(111)).await;
-    assert_eq!(report.outcome, Some(Outcome::Failed), "{report:?}");
+    assert_eq!(report.outcome, Some(Outcome::GatesFailed), "{report:?}");
     assert_eq!(report.error.as_deref(), Some("conflict"));
     let events = check_events(&h, RunId(111));
     assert_eq!(kinds(&events), ["run.checking", "check.conflict"]);
