@@ -117,7 +117,7 @@ the file, the line and the field.",
 
     /// List jobs, newest first.
     #[command(
-        after_help = "States: blocked, queued, running, succeeded, failed, canceled, killed.\n\nExamples:\n  gantry ls\n  gantry ls --state running\n  gantry ls --state failed --limit 5 --json"
+        after_help = "States: blocked, queued, running, checking, succeeded, failed, canceled, killed.\n\nExamples:\n  gantry ls\n  gantry ls --state running\n  gantry ls --state failed --limit 5 --json"
     )]
     Ls(LsArgs),
 

@@ -164,6 +164,30 @@ pub fn insights_table(runs: &[Run]) -> Table {
     t
 }
 
+/// The gates of every run that has any: result, figure, time, and why one failed
+/// (its output file is on the factory that ran it).
+pub fn gates_table(runs: &[Run]) -> Table {
+    let mut t = Table::new(&[
+        "RUN>", "GATE", "RESULT", "EXIT>", "FIGURE>", "TIME>", "TREE", "WHY",
+    ]);
+    for r in runs {
+        for g in &r.gates {
+            t.row(vec![
+                r.id.to_string(),
+                g.name.clone(),
+                if g.passed { "passed" } else { "failed" }.to_string(),
+                opt(g.exit_code),
+                g.figure
+                    .map_or_else(|| "-".to_string(), |f| format!("{f:.2}")),
+                format!("{:.1}s", g.duration_ms as f64 / 1000.0),
+                g.tree.chars().take(10).collect(),
+                g.reason.clone().unwrap_or_else(|| "-".to_string()),
+            ]);
+        }
+    }
+    t
+}
+
 /// Quotes an argv the way a shell would read it back.
 pub(crate) fn shell_words(argv: &[String]) -> String {
     argv.iter()

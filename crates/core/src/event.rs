@@ -154,6 +154,14 @@ pub fn check_known(kind: &str, data: &serde_json::Value) -> Result<(), PayloadEr
         RUN_CHECKPOINT => fits::<RunCheckpoint>(data),
         AGENT_INSIGHTS => fits::<crate::engine::Insights>(data),
         RUN_BUDGET_EXCEEDED => fits::<RunBudgetExceeded>(data),
+        RUN_CHECKING => fits::<RunChecking>(data),
+        RUN_FIX_ROUND => fits::<RunFixRound>(data),
+        GATE_STARTED => fits::<GateStarted>(data),
+        GATE_PASSED => fits::<GatePassed>(data),
+        GATE_FAILED => fits::<GateFailed>(data),
+        SECRET_FOUND => fits::<SecretFound>(data),
+        CHECK_CONFLICT => fits::<CheckConflict>(data),
+        CHECK_REBASED => fits::<CheckRebased>(data),
         _ => Ok(()),
     }
 }
@@ -206,6 +214,9 @@ macro_rules! payload {
         }
     };
 }
+// The checking stage's kinds, declared with the macro above (in scope below it).
+mod check;
+pub use check::*;
 
 payload! {
     /// Data of [`JOB_SUBMITTED`].

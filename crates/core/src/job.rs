@@ -136,6 +136,10 @@ pub struct Run {
     /// What the agent reported (live while the run goes on, final once it ended).
     #[serde(default)]
     pub insights: Option<Insights>,
+    /// The latest result of each gate the run's checks ran, in the order the gates
+    /// first started (left out of the JSON when there are none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gates: Vec<crate::gate::GateResult>,
     /// Claim time.
     #[serde(with = "crate::time::rfc3339_millis")]
     pub started_at: Millis,

@@ -9,8 +9,9 @@ pub const MAX_BACKOFF_MS: u64 = 10 * 60 * 1000;
 ///
 /// `attempt` is the number of the attempt that just ended (1-based). A stop requested by
 /// a person (cancel or kill) always wins over the retry policy, and only outcomes of
-/// the retryable kind (lost, failed, timed out) are ever retried, whatever `retry_on`
-/// lists.
+/// the retryable kind (lost, failed, timed out, gates failed) are ever retried, whatever
+/// `retry_on` lists; `gates_failed` only when `retry_on` lists it, which the default does
+/// not.
 pub fn should_retry(
     outcome: Outcome,
     attempt: u32,

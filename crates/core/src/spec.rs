@@ -5,7 +5,9 @@
 //! accepted whole or refused whole.
 
 pub use crate::engine::{Budget, Format, Step};
+use crate::gate::{DEFAULT_FIX_ROUNDS, GateChoice};
 use crate::id::JobId;
+use crate::review::ReviewChoice;
 use crate::state::Outcome;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -172,8 +174,64 @@ pub struct JobSpec {
     /// Format of the command engine's standard output, parsed for insights.
     #[serde(default)]
     pub output: Option<Format>,
+    /// The job's own gates (the repository's `.gantry/gates.toml` applies as well).
+    #[serde(default, skip_serializing_if = "GateChoice::is_none")]
+    pub gates: GateChoice,
+    /// How many times a failed gate or review sends the agent back to fix it.
+    #[serde(default = "default_fix_rounds")]
+    pub fix_rounds: u32,
+    /// Run every gate even after one failed, so a fix round names every failure.
+    #[serde(default)]
+    pub keep_going: bool,
+    /// The AI review of the result.
+    #[serde(default, skip_serializing_if = "ReviewChoice::is_none")]
+    pub review: ReviewChoice,
     /// The instructions (markdown body), verbatim.
     pub body: String,
+}
+
+fn default_fix_rounds() -> u32 {
+    DEFAULT_FIX_ROUNDS
+}
+
+impl JobSpec {
+    /// A command job with every other field at its default, as a job file that sets only
+    /// `title`, `repo` and `command` gives it. Benches and tests start from this, so a
+    /// new field needs its default in one place.
+    pub fn command(title: &str, repo: &str, command: &[&str]) -> JobSpec {
+        JobSpec {
+            title: title.to_string(),
+            repo: repo.to_string(),
+            base: None,
+            engine: EngineKind::Command,
+            command: command.iter().map(|s| s.to_string()).collect(),
+            priority: DEFAULT_PRIORITY,
+            capabilities: Vec::new(),
+            deps: Vec::new(),
+            deps_mode: DepsMode::default(),
+            lock: None,
+            timeout_ms: None,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            retry_on: vec![Outcome::Lost],
+            backoff_ms: DEFAULT_BACKOFF_MS,
+            idempotency_key: None,
+            labels: BTreeMap::new(),
+            env: BTreeMap::new(),
+            model: None,
+            budget: None,
+            yolo: false,
+            max_turns: None,
+            permission_mode: None,
+            allowed_tools: Vec::new(),
+            steps: Vec::new(),
+            output: None,
+            gates: GateChoice::None,
+            fix_rounds: DEFAULT_FIX_ROUNDS,
+            keep_going: false,
+            review: ReviewChoice::None,
+            body: String::new(),
+        }
+    }
 }
 
 /// A job file that could not be accepted.
@@ -229,7 +287,7 @@ impl ParsedJob {
 }
 
 /// Every field a job file may set, in the order the docs list them.
-pub const KNOWN_FIELDS: [&str; 26] = [
+pub const KNOWN_FIELDS: [&str; 30] = [
     "title",
     "repo",
     "cwd",
@@ -256,6 +314,10 @@ pub const KNOWN_FIELDS: [&str; 26] = [
     "allowed_tools",
     "steps",
     "output",
+    "gates",
+    "fix_rounds",
+    "keep_going",
+    "review",
 ];
 
 /// Every engine name Gantry knows.
@@ -298,6 +360,7 @@ pub fn parse_job_file(file: &str, text: &str) -> Result<ParsedJob, SpecError> {
 }
 
 mod agent;
+mod checks;
 mod validate;
 mod yaml;
 

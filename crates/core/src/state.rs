@@ -17,6 +17,9 @@ pub enum JobState {
     Queued,
     /// Leased to a factory.
     Running,
+    /// Still leased to its factory, which is checking what the agent produced (gates,
+    /// review, secret scan, conflict check); a fix round moves it back to running.
+    Checking,
     /// Finished well.
     Succeeded,
     /// Finished badly with no attempts (or no retryable outcome) left.
@@ -29,10 +32,11 @@ pub enum JobState {
 
 impl JobState {
     /// Every state, in lifecycle order.
-    pub const ALL: [JobState; 7] = [
+    pub const ALL: [JobState; 8] = [
         JobState::Blocked,
         JobState::Queued,
         JobState::Running,
+        JobState::Checking,
         JobState::Succeeded,
         JobState::Failed,
         JobState::Canceled,
@@ -45,6 +49,7 @@ impl JobState {
             JobState::Blocked => "blocked",
             JobState::Queued => "queued",
             JobState::Running => "running",
+            JobState::Checking => "checking",
             JobState::Succeeded => "succeeded",
             JobState::Failed => "failed",
             JobState::Canceled => "canceled",
@@ -58,6 +63,13 @@ impl JobState {
             self,
             JobState::Succeeded | JobState::Failed | JobState::Canceled | JobState::Killed
         )
+    }
+
+    /// Whether the job holds a run, a lease and a factory seat: running or checking.
+    /// Everything that applies to a leased job (renewals, stop requests, kill-all, the
+    /// reaper, lock exclusion) applies to both.
+    pub fn is_active(self) -> bool {
+        matches!(self, JobState::Running | JobState::Checking)
     }
 }
 
@@ -101,11 +113,14 @@ pub enum Outcome {
     /// Stopped the moment it passed a limit of the job's budget; never retried, since
     /// another attempt would spend past the same limit.
     BudgetExceeded,
+    /// The agent's result failed its checks (a gate, the review, a conflict, a secret)
+    /// after the last fix round.
+    GatesFailed,
 }
 
 impl Outcome {
     /// Every outcome.
-    pub const ALL: [Outcome; 7] = [
+    pub const ALL: [Outcome; 8] = [
         Outcome::Succeeded,
         Outcome::Failed,
         Outcome::TimedOut,
@@ -113,6 +128,7 @@ impl Outcome {
         Outcome::Killed,
         Outcome::Canceled,
         Outcome::BudgetExceeded,
+        Outcome::GatesFailed,
     ];
 
     /// The name used in the API, job files and the database.
@@ -125,12 +141,18 @@ impl Outcome {
             Outcome::Killed => "killed",
             Outcome::Canceled => "canceled",
             Outcome::BudgetExceeded => "budget_exceeded",
+            Outcome::GatesFailed => "gates_failed",
         }
     }
 
-    /// Outcomes a job file may list in `retry_on`.
+    /// Outcomes a job file may list in `retry_on`. `gates_failed` is one of them but is
+    /// not in the default list: a result that failed its checks is retried only when the
+    /// job asks for it.
     pub fn is_retryable_kind(self) -> bool {
-        matches!(self, Outcome::Lost | Outcome::Failed | Outcome::TimedOut)
+        matches!(
+            self,
+            Outcome::Lost | Outcome::Failed | Outcome::TimedOut | Outcome::GatesFailed
+        )
     }
 }
 
@@ -164,6 +186,10 @@ pub enum Input {
     DepFailed,
     /// A factory claimed the job.
     Claim,
+    /// The agent's process ended well and its factory began checking the result.
+    CheckBegan,
+    /// A check failed and the factory resumed the agent for a fix round.
+    FixRoundBegan,
     /// The running attempt ended. `retry` says whether the retry policy allows another
     /// attempt (outcome in retry_on, attempts left, no stop requested): see
     /// [`crate::retry::should_retry`].
@@ -190,9 +216,9 @@ pub enum Input {
 pub enum Effect {
     /// Nothing else to do.
     None,
-    /// The job stays running; ask its factory to stop the run gracefully.
+    /// The job stays running (or checking); ask its factory to stop the run gracefully.
     RequestCancel,
-    /// The job stays running; ask its factory to kill the run at once.
+    /// The job stays running (or checking); ask its factory to kill the run at once.
     RequestKill,
 }
 
@@ -208,9 +234,11 @@ pub struct InvalidTransition {
 
 /// The lifecycle: the state a job moves to when `input` happens in `state`.
 ///
-/// Cancel and kill of a running job keep it running and return an effect: the job ends
-/// only when its factory reports the attempt's outcome (or its lease expires), so the
-/// recorded outcome is always what really happened to the process.
+/// Cancel and kill of a running (or checking) job keep it in its state and return an
+/// effect: the job ends only when its factory reports the attempt's outcome (or its lease
+/// expires), so the recorded outcome is always what really happened to the process. A
+/// checking job takes every input a running one does, plus the fix round that sends it
+/// back to running.
 pub fn next(state: JobState, input: Input) -> Result<(JobState, Effect), InvalidTransition> {
     use JobState as S;
     let bad = Err(InvalidTransition { state, input });
@@ -219,12 +247,14 @@ pub fn next(state: JobState, input: Input) -> Result<(JobState, Effect), Invalid
         (S::Blocked, Input::DepsMet) => to(S::Queued),
         (S::Blocked, Input::DepFailed) => to(S::Canceled),
         (S::Queued, Input::Claim) => to(S::Running),
-        (S::Running, Input::AttemptEnded { outcome, retry }) => match outcome {
+        (S::Running, Input::CheckBegan) => to(S::Checking),
+        (S::Checking, Input::FixRoundBegan) => to(S::Running),
+        (S::Running | S::Checking, Input::AttemptEnded { outcome, retry }) => match outcome {
             Outcome::Succeeded => to(S::Succeeded),
             Outcome::Killed => to(S::Killed),
             Outcome::Canceled => to(S::Canceled),
             Outcome::BudgetExceeded => to(S::Failed),
-            Outcome::Failed | Outcome::TimedOut | Outcome::Lost => {
+            Outcome::Failed | Outcome::TimedOut | Outcome::Lost | Outcome::GatesFailed => {
                 if retry {
                     to(S::Queued)
                 } else {
@@ -234,8 +264,8 @@ pub fn next(state: JobState, input: Input) -> Result<(JobState, Effect), Invalid
         },
         (S::Blocked | S::Queued, Input::Cancel) => to(S::Canceled),
         (S::Blocked | S::Queued, Input::Kill) => to(S::Killed),
-        (S::Running, Input::Cancel) => Ok((S::Running, Effect::RequestCancel)),
-        (S::Running, Input::Kill) => Ok((S::Running, Effect::RequestKill)),
+        (S::Running | S::Checking, Input::Cancel) => Ok((state, Effect::RequestCancel)),
+        (S::Running | S::Checking, Input::Kill) => Ok((state, Effect::RequestKill)),
         (S::Failed | S::Canceled | S::Killed, Input::Retry { deps_met }) => {
             to(if deps_met { S::Queued } else { S::Blocked })
         }

@@ -237,6 +237,11 @@ pub struct Fed {
 /// Parses one run's stdout as it streams: agent events, running insights, budget checks.
 pub struct Watcher {
     parser: Box<dyn StreamParser>,
+    /// This process's own figures.
+    own: Insights,
+    /// What the run's earlier processes spent (before a fix round).
+    prior: Option<Insights>,
+    /// The run's figures: `prior` plus `own`.
     insights: Insights,
     budget: Budget,
     prices: PriceTable,
@@ -258,19 +263,42 @@ impl Watcher {
     /// A watcher of `format` output for `spec` (its model names the price when the
     /// agent does not; its budget is enforced).
     pub fn new(format: Format, spec: &JobSpec, prices: &PriceTable) -> Watcher {
+        let own = spec
+            .model
+            .as_deref()
+            .map(Insights::with_model)
+            .unwrap_or_default();
         Watcher {
             parser: parser(format),
-            insights: spec
-                .model
-                .as_deref()
-                .map(Insights::with_model)
-                .unwrap_or_default(),
+            insights: own.clone(),
+            own,
+            prior: None,
             budget: spec.budget.clone().unwrap_or_default(),
             prices: prices.clone(),
             breached: false,
             last_snapshot: None,
             changed: false,
         }
+    }
+
+    /// Counts what the run's earlier processes spent (a fix round's watcher) in its
+    /// figures and its budget, so both cover the whole run. The process's own result
+    /// replaces only its own totals.
+    pub fn spent(mut self, prior: Option<Insights>) -> Watcher {
+        self.prior = prior;
+        self.sum();
+        self
+    }
+
+    fn sum(&mut self) {
+        self.insights = match &self.prior {
+            Some(prior) => {
+                let mut total = prior.clone();
+                total.add(&self.own);
+                total
+            }
+            None => self.own.clone(),
+        };
     }
 
     /// Feeds one complete stdout line.
@@ -305,7 +333,8 @@ impl Watcher {
     fn take(&mut self, events: Vec<AgentEvent>) -> Fed {
         let mut fed = Fed::default();
         for ev in events {
-            self.insights.apply(&ev, &self.prices);
+            self.own.apply(&ev, &self.prices);
+            self.sum();
             self.changed = true;
             fed.events.push(NewEvent {
                 kind: ev.kind().to_string(),
@@ -360,7 +389,8 @@ impl Watcher {
         if self.breached {
             return Outcome::BudgetExceeded;
         }
-        match (exit_code, self.insights.success) {
+        // This process's own report decides, not an earlier round's.
+        match (exit_code, self.own.success) {
             (Some(0), Some(false)) => Outcome::Failed,
             (Some(0), _) => Outcome::Succeeded,
             _ => Outcome::Failed,

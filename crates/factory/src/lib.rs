@@ -21,6 +21,7 @@
 pub mod admission;
 pub mod agent;
 mod factory;
+pub mod gate;
 mod heartbeat;
 mod http;
 pub mod process;

@@ -30,6 +30,7 @@ mod checkpoint;
 mod deliver;
 mod diff;
 mod error;
+mod merge;
 mod prune;
 mod publish;
 mod refs;
@@ -43,8 +44,9 @@ pub use checkpoint::{Wip, checkpoint, fetch_checkpoint, push_checkpoint, tree_of
 pub use deliver::{deliver, deliver_published};
 pub use diff::{Changes, commit_changes, reported_diff};
 pub use error::WorkspaceError;
+pub use merge::{MergeCheck, file_at, merge_check, rebase_result};
 pub use prune::{PruneReport, prune};
 pub use publish::{publish_result, remove_published, remove_result_ref};
 pub use refs::{push_to_source, remove_source_ref};
 pub use runner::{absolute, run};
-pub use worktree::{LiveGuard, Prepared, prepare, remove_worktree};
+pub use worktree::{LiveGuard, Prepared, fetch_base, prepare, remove_worktree};

@@ -118,26 +118,8 @@ pub async fn prepare(
 ) -> Result<Prepared> {
     let data_dir = &absolute(data_dir);
     let path = &absolute(path);
-    if let Some(b) = base
-        && !check::base_is_valid(b)
-    {
-        return Err(WorkspaceError::Invalid {
-            field: "base",
-            value: b.to_string(),
-            reason:
-                "a base is a branch, tag or commit: non-empty, no spaces, not starting with `-`"
-                    .to_string(),
-        });
-    }
-    let cache = cache_dir(data_dir, repo);
-    let lock = cache_lock(&cache);
-    let _held = lock.lock().await;
-    let (cache, fresh) = ensure_cache(data_dir, repo, base.is_none()).await?;
-    let rev = match base {
-        Some(b) => b,
-        None if fresh => "HEAD",
-        None => SOURCE_HEAD_REF,
-    };
+    let (_held, cache, rev) = fetched(data_dir, repo, base).await?;
+    let rev = rev.as_str();
     if let Some(parent) = path.parent() {
         tokio::fs::create_dir_all(parent)
             .await
@@ -187,6 +169,54 @@ pub async fn prepare(
     };
     agent_repo(&cache, path, branch).await?;
     Ok(Prepared { cache, base_commit })
+}
+
+/// Takes the lock of `repo`'s cache (held until the guard is dropped), brings the cache
+/// up to date, and returns it with the rev that names `base` in it.
+async fn fetched(
+    data_dir: &Path,
+    repo: &str,
+    base: Option<&str>,
+) -> Result<(tokio::sync::OwnedMutexGuard<()>, PathBuf, String)> {
+    valid_base(base)?;
+    let held = cache_lock(&cache_dir(data_dir, repo)).lock_owned().await;
+    let (cache, fresh) = ensure_cache(data_dir, repo, base.is_none()).await?;
+    let rev = match base {
+        Some(b) => b.to_string(),
+        None if fresh => "HEAD".to_string(),
+        None => SOURCE_HEAD_REF.to_string(),
+    };
+    Ok((held, cache, rev))
+}
+
+/// Refuses a base that could be taken for an option or is no ref name at all.
+fn valid_base(base: Option<&str>) -> Result<()> {
+    match base {
+        Some(b) if !check::base_is_valid(b) => Err(WorkspaceError::Invalid {
+            field: "base",
+            value: b.to_string(),
+            reason:
+                "a base is a branch, tag or commit: non-empty, no spaces, not starting with `-`"
+                    .to_string(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Brings the cache of `repo` up to date with its source and returns the commit its
+/// `base` names now (the source's HEAD when `None`): the current tip a result is
+/// checked against before it is delivered. Fetches exactly as [`prepare`] does.
+pub async fn fetch_base(data_dir: &Path, repo: &str, base: Option<&str>) -> Result<String> {
+    let data_dir = &absolute(data_dir);
+    let (_held, cache, rev) = fetched(data_dir, repo, base).await?;
+    let rev = format!("{rev}^{{commit}}");
+    match git(&cache, ["rev-parse", "--verify", "--quiet", &rev]).await {
+        Ok(out) => Ok(out.trim().to_string()),
+        Err(_) => Err(WorkspaceError::UnknownBase {
+            repo: repo.to_string(),
+            base: base.unwrap_or("HEAD").to_string(),
+        }),
+    }
 }
 
 /// Gives the worktree `path` a repository of its own for the agent, in place of the

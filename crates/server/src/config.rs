@@ -50,6 +50,15 @@ pub struct ConfigFile {
     /// `[limits]`: size caps of submitted jobs and limits of the HTTP server.
     #[serde(default)]
     pub limits: LimitsSection,
+    /// `[gates.profiles.<name>]`: gate lists a job names with `gates: <name>`.
+    #[serde(default)]
+    pub gates: crate::profiles::ProfilesSection,
+    /// `[review.profiles.<name>]`: reviews a job names with `review: <name>`.
+    #[serde(default)]
+    pub review: crate::profiles::ProfilesSection,
+    /// The profiles of `gates` and `review`, checked (filled by [`ConfigFile::parse`]).
+    #[serde(skip)]
+    pub profiles: crate::profiles::Profiles,
 }
 
 /// `[limits]`: each key given replaces the server's value (see [`crate::Limits`]).
@@ -192,7 +201,7 @@ fn opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duratio
 impl ConfigFile {
     /// Parses the text of a config file; `path` only names it in errors.
     pub fn parse(path: &Path, text: &str) -> Result<ConfigFile, ConfigError> {
-        let cfg: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Invalid {
+        let mut cfg: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Invalid {
             path: path.to_path_buf(),
             message: e.to_string().trim().to_string(),
         })?;
@@ -218,6 +227,12 @@ impl ConfigFile {
                 });
             }
         }
+        cfg.profiles = crate::profiles::Profiles::from_sections(&cfg.gates, &cfg.review).map_err(
+            |message| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message,
+            },
+        )?;
         if cfg.factory.checkpoint_interval.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::Invalid {
                 path: path.to_path_buf(),

@@ -18,6 +18,7 @@ mod http;
 pub mod limits;
 mod listener;
 pub mod metrics;
+pub mod profiles;
 mod service;
 
 pub use auth::{ADMIN_TOKEN_FILE, Caller, TOKEN_PREFIX, hash_token, new_token_secret};
@@ -245,7 +246,9 @@ pub async fn start(mut cfg: ServeConfig) -> Result<RunningServer, ServerError> {
         }
     };
     let service = Arc::new(
-        Service::new(store.clone(), cfg.clone(), shutdown_rx.clone()).refusing_unsandboxed(refusal),
+        Service::new(store.clone(), cfg.clone(), shutdown_rx.clone())
+            .refusing_unsandboxed(refusal)
+            .with_profiles(file.profiles.clone()),
     );
 
     let factory = if cfg.embedded_factory {

@@ -451,10 +451,14 @@ fn render_gauges(
         out,
         "gantry_runs_active",
         "gauge",
-        "Runs holding a lease now (one per running job).",
+        "Runs holding a lease now (one per running or checking job).",
     );
-    let running = jobs.get(JobState::Running.as_str()).copied();
-    let _ = writeln!(out, "gantry_runs_active {}", running.unwrap_or(0));
+    let active: u64 = JobState::ALL
+        .into_iter()
+        .filter(|s| s.is_active())
+        .filter_map(|s| jobs.get(s.as_str()))
+        .sum();
+    let _ = writeln!(out, "gantry_runs_active {active}");
 
     header(
         out,
@@ -540,6 +544,19 @@ mod tests {
             out.contains("x_seconds_sum{result=\"claimed\"} 30.0205\n"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn checking_jobs_are_counted_and_hold_active_runs() {
+        let jobs: BTreeMap<String, u64> = [("running", 2), ("checking", 3), ("queued", 4)]
+            .into_iter()
+            .map(|(s, n)| (s.to_string(), n))
+            .collect();
+        let mut out = String::new();
+        render_gauges(&mut out, &jobs, false, &BTreeMap::new());
+        assert!(out.contains("gantry_jobs{state=\"checking\"} 3\n"), "{out}");
+        assert!(out.contains("gantry_jobs{state=\"running\"} 2\n"), "{out}");
+        assert!(out.contains("gantry_runs_active 5\n"), "{out}");
     }
 
     #[test]

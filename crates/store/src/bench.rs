@@ -3,8 +3,7 @@
 
 use crate::{Result, Store, StoreError};
 use gantry_core::api::{FinishReport, RegisterFactory};
-use gantry_core::spec::{DEFAULT_BACKOFF_MS, DEFAULT_MAX_ATTEMPTS, DEFAULT_PRIORITY};
-use gantry_core::{DepsMode, EngineKind, JobSpec, JobState, Outcome, ParsedJob};
+use gantry_core::{JobSpec, JobState, Outcome, ParsedJob};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -57,34 +56,7 @@ impl fmt::Display for QueueReport {
 pub fn noop_job(n: usize) -> ParsedJob {
     ParsedJob {
         file: format!("bench-{n}.md"),
-        spec: JobSpec {
-            title: format!("bench job {n}"),
-            repo: "/dev/null".to_string(),
-            base: None,
-            engine: EngineKind::Command,
-            command: vec!["true".to_string()],
-            priority: DEFAULT_PRIORITY,
-            capabilities: Vec::new(),
-            deps: Vec::new(),
-            deps_mode: DepsMode::Succeeded,
-            lock: None,
-            timeout_ms: None,
-            max_attempts: DEFAULT_MAX_ATTEMPTS,
-            retry_on: vec![Outcome::Lost],
-            backoff_ms: DEFAULT_BACKOFF_MS,
-            idempotency_key: None,
-            labels: BTreeMap::new(),
-            env: BTreeMap::new(),
-            model: None,
-            budget: None,
-            yolo: false,
-            max_turns: None,
-            permission_mode: None,
-            allowed_tools: Vec::new(),
-            steps: Vec::new(),
-            output: None,
-            body: String::new(),
-        },
+        spec: JobSpec::command(&format!("bench job {n}"), "/dev/null", &["true"]),
         field_lines: BTreeMap::new(),
     }
 }

@@ -57,7 +57,7 @@ pub(crate) const JOB_FROM: &str = "jobs JOIN job_specs ON job_specs.job_id = job
 /// The columns [`RawRun::read`] expects, in order.
 pub(crate) const RUN_COLS: &str = "id, job_id, attempt, epoch, factory_id, outcome, exit_code, \
      error, branch, base_commit, commit_sha, files_changed, lines_added, lines_deleted, \
-     started_at, finished_at, lease_expires_at, insights";
+     started_at, finished_at, lease_expires_at, insights, gates";
 
 /// The columns [`TokenRow::read`] expects, in order.
 pub(crate) const TOKEN_COLS: &str = "id, name, scope, created_at, revoked_at, factory_id";
@@ -76,7 +76,7 @@ pub(crate) fn factories_sql(now: &str) -> String {
          FROM factories f
          LEFT JOIN (SELECT r.factory_id AS fid, count(*) AS n
                     FROM jobs j JOIN runs r ON r.id = j.current_run
-                    WHERE j.state = 'running'
+                    WHERE j.state IN ('running', 'checking')
                     GROUP BY r.factory_id) c ON c.fid = f.id
          ORDER BY f.id"
     )
@@ -221,7 +221,7 @@ impl JobRow {
         self.reason = reason.map(str::to_string);
         self.not_before = not_before;
         self.finished_at = to.is_terminal().then_some(now);
-        if to != JobState::Running {
+        if !to.is_active() {
             self.stop_requested = None;
         }
     }
@@ -350,6 +350,8 @@ pub(crate) struct RawRun {
     pub(crate) finished_at: Option<i64>,
     pub(crate) lease_expires_at: i64,
     pub(crate) insights: Option<String>,
+    /// The gates' records (JSON text, see `lifecycle::gates`).
+    pub(crate) gates: Option<String>,
 }
 
 impl RawRun {
@@ -374,6 +376,7 @@ impl RawRun {
             finished_at: r.col(15)?,
             lease_expires_at: r.col(16)?,
             insights: r.col(17)?,
+            gates: r.col(18)?,
         })
     }
 
@@ -401,6 +404,7 @@ impl RawRun {
                 .as_deref()
                 .map(|text| parse_json("run insights", text))
                 .transpose()?,
+            gates: crate::lifecycle::gate_results(self.gates.as_deref())?,
         })
     }
 }

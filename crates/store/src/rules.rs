@@ -199,6 +199,23 @@ pub(crate) struct AttemptEnd {
     pub reason: Option<String>,
 }
 
+/// The job's reason `reason` for an attempt that ended with `outcome`, naming what the
+/// factory reported when the outcome alone says too little: a `gates_failed` end's
+/// report says which check failed in its error (`gates_failed: <gate>`,
+/// `review_rejected`, `conflict`, `secret_found`), shown in place of the bare outcome.
+pub(crate) fn reason_with_error(
+    reason: Option<String>,
+    outcome: Outcome,
+    error: Option<&str>,
+) -> Option<String> {
+    match (reason, error) {
+        (Some(r), Some(e)) if outcome == Outcome::GatesFailed && !e.is_empty() => {
+            Some(r.replacen(outcome.as_str(), e, 1))
+        }
+        (reason, _) => reason,
+    }
+}
+
 /// Decides retry, backoff and reason for an attempt that ended with `outcome`;
 /// `attempts` is (this attempt, attempts allowed).
 pub(crate) fn attempt_end(
@@ -337,6 +354,37 @@ pub(crate) fn finished_data(outcome: Outcome, report: &FinishReport) -> Result<S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gates_failed_reason_names_the_failed_check() {
+        let r = |reason: &str, outcome, error| {
+            reason_with_error(Some(reason.to_string()), outcome, error)
+        };
+        let gf = Outcome::GatesFailed;
+        assert_eq!(
+            r("attempt 2 gates_failed", gf, Some("gates_failed: test")).as_deref(),
+            Some("attempt 2 gates_failed: test")
+        );
+        assert_eq!(
+            r(
+                "attempt 1 gates_failed; retrying in 9 ms",
+                gf,
+                Some("conflict")
+            )
+            .as_deref(),
+            Some("attempt 1 conflict; retrying in 9 ms")
+        );
+        assert_eq!(
+            r("attempt 1 gates_failed", gf, None).as_deref(),
+            Some("attempt 1 gates_failed")
+        );
+        // Other outcomes keep their reason, whatever the report's error.
+        assert_eq!(
+            r("attempt 1 failed", Outcome::Failed, Some("exit 1")).as_deref(),
+            Some("attempt 1 failed")
+        );
+        assert_eq!(reason_with_error(None, gf, Some("x")), None);
+    }
 
     #[test]
     fn capability_sets_are_sorted_and_deduplicated() {

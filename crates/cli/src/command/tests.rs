@@ -204,6 +204,22 @@ fn unknown_state_lists_the_states() {
 }
 
 #[test]
+fn ls_takes_the_checking_state() {
+    let inv = parse(&["ls", "--state", "checking"]).expect("valid");
+    assert!(
+        matches!(
+            inv.command,
+            Command::Ls {
+                state: Some(JobState::Checking),
+                ..
+            }
+        ),
+        "{:?}",
+        inv.command
+    );
+}
+
+#[test]
 fn token_source() {
     let inv = parse(&["--data-dir", "/tmp/d", "ls"]).expect("valid");
     assert_eq!(

@@ -186,6 +186,10 @@ pub async fn show(client: &Client, id: JobId, format: Format) -> Result<(), CliE
             output::line("");
             insights_table(&j.runs).print();
         }
+        if j.runs.iter().any(|r| !r.gates.is_empty()) {
+            output::line("");
+            gates_table(&j.runs).print();
+        }
     }
     Ok(())
 }

@@ -8,6 +8,7 @@
 mod args;
 mod bench;
 mod chaos;
+mod checking;
 mod control;
 mod demo;
 mod durability;

@@ -232,3 +232,114 @@ fn older_and_foreign_data_is_read_or_refused_by_name() {
     let err = bad.payload::<RunStarted>().expect_err("refused");
     assert!(err.to_string().contains("run.started"), "{err}");
 }
+
+#[test]
+fn check_payloads_match_the_wire() {
+    check(
+        RunChecking { round: 0 },
+        "run.checking",
+        json!({"round": 0}),
+    );
+    check(
+        RunFixRound {
+            round: 1,
+            reasons: vec!["gates_failed: test".into()],
+        },
+        "run.fix_round",
+        json!({"round": 1, "reasons": ["gates_failed: test"]}),
+    );
+    check(
+        GateStarted {
+            name: "fmt".into(),
+            round: 2,
+        },
+        "gate.started",
+        json!({"name": "fmt", "round": 2}),
+    );
+    let passed = crate::gate::GateResult {
+        name: "cov".into(),
+        passed: true,
+        exit_code: Some(0),
+        figure: Some(91.5),
+        duration_ms: 1200,
+        tree: "4b825dc6".into(),
+        reason: None,
+        output: "/w/gates/cov.log".into(),
+    };
+    check(
+        GatePassed {
+            result: passed.clone(),
+            round: 0,
+        },
+        "gate.passed",
+        json!({"name": "cov", "passed": true, "exit_code": 0, "figure": 91.5,
+               "duration_ms": 1200, "tree": "4b825dc6", "output": "/w/gates/cov.log",
+               "round": 0}),
+    );
+    let failed = crate::gate::GateResult {
+        name: "test".into(),
+        passed: false,
+        exit_code: None,
+        figure: None,
+        duration_ms: 600_000,
+        tree: "4b825dc6".into(),
+        reason: Some("timed out after 10m".into()),
+        output: "/w/gates/test.log".into(),
+    };
+    check(
+        GateFailed {
+            result: failed,
+            round: 1,
+        },
+        "gate.failed",
+        json!({"name": "test", "passed": false, "exit_code": null, "duration_ms": 600_000,
+               "tree": "4b825dc6", "reason": "timed out after 10m",
+               "output": "/w/gates/test.log", "round": 1}),
+    );
+    check(
+        SecretFound {
+            file: "src/config.rs".into(),
+            line: 12,
+            rule: "aws-access-key".into(),
+            fingerprint: "sha256:1f2e".into(),
+        },
+        "secret.found",
+        json!({"file": "src/config.rs", "line": 12, "rule": "aws-access-key",
+               "fingerprint": "sha256:1f2e"}),
+    );
+    check(
+        CheckConflict {
+            base: "main".into(),
+            paths: vec!["src/lib.rs".into()],
+        },
+        "check.conflict",
+        json!({"base": "main", "paths": ["src/lib.rs"]}),
+    );
+    check(
+        CheckRebased {
+            base: "main".into(),
+            tip: "aaa".into(),
+            commit: "bbb".into(),
+        },
+        "check.rebased",
+        json!({"base": "main", "tip": "aaa", "commit": "bbb"}),
+    );
+}
+
+#[test]
+fn check_known_holds_the_check_kinds_to_their_payloads() {
+    assert!(check_known("run.checking", &json!({"round": 1})).is_ok());
+    assert!(check_known("run.checking", &json!({})).is_err());
+    assert!(check_known("run.fix_round", &json!({"round": 1})).is_err());
+    assert!(check_known("gate.started", &json!({"name": "fmt"})).is_err());
+    assert!(check_known("gate.passed", &json!({"name": "fmt", "round": 0})).is_err());
+    assert!(
+        check_known(
+            "secret.found",
+            &json!({"file": "a", "line": 1, "rule": "r"})
+        )
+        .is_err()
+    );
+    assert!(check_known("check.conflict", &json!({"base": "main"})).is_err());
+    assert!(check_known("check.rebased", &json!({"base": "main", "tip": "a"})).is_err());
+}

@@ -212,7 +212,7 @@ impl Validator<'_> {
 }
 
 /// The YAML tree as JSON, for the engine crate's serde-based step parser.
-fn to_json(node: &Node) -> serde_json::Value {
+pub(super) fn to_json(node: &Node) -> serde_json::Value {
     use serde_json::Value as J;
     match &node.value {
         Value::Null => J::Null,

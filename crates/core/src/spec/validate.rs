@@ -7,7 +7,9 @@ use super::{
     EngineKind, Format, JobSpec, KNOWN_ENGINES, KNOWN_FIELDS, MAX_DURATION_MS, MAX_MAX_ATTEMPTS,
     MAX_MAX_TURNS, MAX_PRIORITY, SpecError, Step,
 };
+use crate::gate::{DEFAULT_FIX_ROUNDS, GateChoice, MAX_FIX_ROUNDS};
 use crate::id::JobId;
+use crate::review::ReviewChoice;
 use crate::state::Outcome;
 use std::collections::BTreeMap;
 
@@ -105,6 +107,10 @@ pub(super) struct Fields {
     pub(super) allowed_tools: Option<Vec<String>>,
     pub(super) steps: Option<Vec<Step>>,
     pub(super) output: Option<Format>,
+    pub(super) gates: Option<GateChoice>,
+    pub(super) fix_rounds: Option<u32>,
+    pub(super) keep_going: Option<bool>,
+    pub(super) review: Option<ReviewChoice>,
 }
 
 impl Validator<'_> {
@@ -290,6 +296,16 @@ impl Validator<'_> {
             "allowed_tools" => f.allowed_tools = Some(self.allowed_tools(value)?),
             "steps" => f.steps = Some(self.steps(value)?),
             "output" => f.output = Some(self.output(value)?),
+            "gates" => f.gates = Some(self.gates(value)?),
+            "review" => f.review = Some(self.review(value)?),
+            "fix_rounds" => {
+                let n = self.int_in_range(value, "fix_rounds", 0, i128::from(MAX_FIX_ROUNDS))?;
+                f.fix_rounds = Some(u32::try_from(n).expect("checked to be within 0..=10"));
+            }
+            "keep_going" => match value.value {
+                Value::Bool(b) => f.keep_going = Some(b),
+                _ => return Err(self.type_err(value, "keep_going", "`true` or `false`")),
+            },
             _ => unreachable!("every known field has an arm; `{name}` does not"),
         }
         Ok(())
@@ -351,6 +367,10 @@ impl Validator<'_> {
             allowed_tools: f.allowed_tools.unwrap_or_default(),
             steps,
             output: f.output,
+            gates: f.gates.unwrap_or_default(),
+            fix_rounds: f.fix_rounds.unwrap_or(DEFAULT_FIX_ROUNDS),
+            keep_going: f.keep_going.unwrap_or(false),
+            review: f.review.unwrap_or_default(),
             body: body.to_string(),
         })
     }
@@ -562,9 +582,14 @@ impl Validator<'_> {
     }
 
     pub(super) fn retry_on(&self, node: &Node) -> Result<Vec<Outcome>, SpecError> {
-        let allowed = [Outcome::Lost, Outcome::Failed, Outcome::TimedOut]
-            .map(Outcome::as_str)
-            .join(", ");
+        let allowed = [
+            Outcome::Lost,
+            Outcome::Failed,
+            Outcome::TimedOut,
+            Outcome::GatesFailed,
+        ]
+        .map(Outcome::as_str)
+        .join(", ");
         let mut out: Vec<Outcome> = Vec::new();
         for item in self.list(
             node,

@@ -15,6 +15,7 @@ fn job_state_names() {
             "blocked",
             "queued",
             "running",
+            "checking",
             "succeeded",
             "failed",
             "canceled",
@@ -37,7 +38,7 @@ fn job_state_parse_errors() {
         assert_eq!(
             bad.parse::<JobState>(),
             Err(format!(
-                "unknown job state {bad:?} (expected one of: blocked, queued, running, succeeded, failed, canceled, killed)"
+                "unknown job state {bad:?} (expected one of: blocked, queued, running, checking, succeeded, failed, canceled, killed)"
             ))
         );
     }
@@ -55,7 +56,8 @@ fn outcome_names() {
             "lost",
             "killed",
             "canceled",
-            "budget_exceeded"
+            "budget_exceeded",
+            "gates_failed"
         ]
     );
     for o in Outcome::ALL {
@@ -74,7 +76,7 @@ fn outcome_parse_errors() {
         assert_eq!(
             bad.parse::<Outcome>(),
             Err(format!(
-                "unknown outcome {bad:?} (expected one of: succeeded, failed, timed_out, lost, killed, canceled, budget_exceeded)"
+                "unknown outcome {bad:?} (expected one of: succeeded, failed, timed_out, lost, killed, canceled, budget_exceeded, gates_failed)"
             ))
         );
     }

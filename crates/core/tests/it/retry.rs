@@ -20,6 +20,12 @@ fn should_retry_cases() {
         (Failed, 1, 3, &[Lost, Failed], false, true),
         (TimedOut, 1, 3, &[Lost, Failed], false, false),
         (TimedOut, 1, 3, &[TimedOut], false, true),
+        // A result that failed its checks is retried only when retry_on lists it.
+        (GatesFailed, 1, 3, &[Lost], false, false),
+        (GatesFailed, 1, 3, &ALL_KINDS, false, false),
+        (GatesFailed, 1, 3, &[GatesFailed], false, true),
+        (GatesFailed, 3, 3, &[GatesFailed], false, false),
+        (GatesFailed, 1, 3, &[GatesFailed], true, false),
         (Lost, 1, 3, &[], false, false),
         // A person's stop wins over the policy.
         (Lost, 1, 3, &[Lost], true, false),
@@ -28,6 +34,7 @@ fn should_retry_cases() {
         (Succeeded, 1, 3, &[Succeeded], false, false),
         (Killed, 1, 3, &[Killed], false, false),
         (Canceled, 1, 3, &[Canceled], false, false),
+        (BudgetExceeded, 1, 3, &[BudgetExceeded], false, false),
         (Succeeded, 1, 3, &ALL_KINDS, false, false),
         (Killed, 1, 3, &ALL_KINDS, false, false),
         (Canceled, 1, 3, &ALL_KINDS, false, false),

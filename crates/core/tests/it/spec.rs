@@ -318,6 +318,13 @@ fn priority_and_max_attempts_bounds_are_inclusive() {
 }
 
 #[test]
+fn retry_on_accepts_gates_failed() {
+    let text = "---\ntitle: t\nrepo: /r\ncommand: [x]\nretry_on: [gates_failed, lost]\n---\n";
+    let s = parse_job_file("f.md", text).expect("parses").spec;
+    assert_eq!(s.retry_on, [Outcome::GatesFailed, Outcome::Lost]);
+}
+
+#[test]
 fn empty_retry_on_means_never_retry() {
     let text = "---\ntitle: t\nrepo: /r\ncommand: [x]\nretry_on: []\n---\n";
     assert!(

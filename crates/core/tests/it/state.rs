@@ -16,7 +16,7 @@ enum Expect {
 }
 
 use Expect::{Effect as Eff, Invalid, To};
-use JobState::{Blocked, Canceled, Failed, Killed, Queued, Running, Succeeded};
+use JobState::{Blocked, Canceled, Checking, Failed, Killed, Queued, Running, Succeeded};
 
 const fn ended(outcome: Outcome, retry: bool) -> Input {
     Input::AttemptEnded { outcome, retry }
@@ -25,6 +25,8 @@ const fn ended(outcome: Outcome, retry: bool) -> Input {
 const DEPS_MET: Input = Input::DepsMet;
 const DEP_FAILED: Input = Input::DepFailed;
 const CLAIM: Input = Input::Claim;
+const CHECK: Input = Input::CheckBegan;
+const FIX: Input = Input::FixRoundBegan;
 const CANCEL: Input = Input::Cancel;
 const KILL: Input = Input::Kill;
 const RETRY_DEPS_MET: Input = Input::Retry { deps_met: true };
@@ -43,6 +45,8 @@ const CANC_R: Input = ended(Outcome::Canceled, true);
 const CANC_N: Input = ended(Outcome::Canceled, false);
 const BUDG_R: Input = ended(Outcome::BudgetExceeded, true);
 const BUDG_N: Input = ended(Outcome::BudgetExceeded, false);
+const GATE_R: Input = ended(Outcome::GatesFailed, true);
+const GATE_N: Input = ended(Outcome::GatesFailed, false);
 
 /// The whole lifecycle. `_R` = the retry policy allows another attempt, `_N` = it does not.
 const TABLE: &[(JobState, Input, Expect)] = &[
@@ -50,6 +54,8 @@ const TABLE: &[(JobState, Input, Expect)] = &[
     (Blocked, DEPS_MET, To(Queued)),
     (Blocked, DEP_FAILED, To(Canceled)),
     (Blocked, CLAIM, Invalid),
+    (Blocked, CHECK, Invalid),
+    (Blocked, FIX, Invalid),
     (Blocked, OK_R, Invalid),
     (Blocked, OK_N, Invalid),
     (Blocked, FAIL_R, Invalid),
@@ -58,6 +64,8 @@ const TABLE: &[(JobState, Input, Expect)] = &[
     (Blocked, TIME_N, Invalid),
     (Blocked, BUDG_R, Invalid),
     (Blocked, BUDG_N, Invalid),
+    (Blocked, GATE_R, Invalid),
+    (Blocked, GATE_N, Invalid),
     (Blocked, LOST_R, Invalid),
     (Blocked, LOST_N, Invalid),
     (Blocked, KILL_R, Invalid),
@@ -72,6 +80,8 @@ const TABLE: &[(JobState, Input, Expect)] = &[
     (Queued, DEPS_MET, Invalid),
     (Queued, DEP_FAILED, Invalid),
     (Queued, CLAIM, To(Running)),
+    (Queued, CHECK, Invalid),
+    (Queued, FIX, Invalid),
     (Queued, OK_R, Invalid),
     (Queued, OK_N, Invalid),
     (Queued, FAIL_R, Invalid),
@@ -80,6 +90,8 @@ const TABLE: &[(JobState, Input, Expect)] = &[
     (Queued, TIME_N, Invalid),
     (Queued, BUDG_R, Invalid),
     (Queued, BUDG_N, Invalid),
+    (Queued, GATE_R, Invalid),
+    (Queued, GATE_N, Invalid),
     (Queued, LOST_R, Invalid),
     (Queued, LOST_N, Invalid),
     (Queued, KILL_R, Invalid),
@@ -94,6 +106,8 @@ const TABLE: &[(JobState, Input, Expect)] = &[
     (Running, DEPS_MET, Invalid),
     (Running, DEP_FAILED, Invalid),
     (Running, CLAIM, Invalid),
+    (Running, CHECK, To(Checking)),
+    (Running, FIX, Invalid),
     (Running, OK_R, To(Succeeded)),
     (Running, OK_N, To(Succeeded)),
     (Running, FAIL_R, To(Queued)),
@@ -103,6 +117,8 @@ const TABLE: &[(JobState, Input, Expect)] = &[
     // A budget stop is final even when the retry policy would allow another attempt.
     (Running, BUDG_R, To(Failed)),
     (Running, BUDG_N, To(Failed)),
+    (Running, GATE_R, To(Queued)),
+    (Running, GATE_N, To(Failed)),
     (Running, LOST_R, To(Queued)),
     (Running, LOST_N, To(Failed)),
     (Running, KILL_R, To(Killed)),
@@ -113,10 +129,39 @@ const TABLE: &[(JobState, Input, Expect)] = &[
     (Running, KILL, Eff(Running, Effect::RequestKill)),
     (Running, RETRY_DEPS_MET, Invalid),
     (Running, RETRY_DEPS_UNMET, Invalid),
+    // checking: like running (the attempt's outcome decides, cancel and kill only ask the
+    // factory), except that it is entered by CHECK and left for running by a fix round.
+    (Checking, DEPS_MET, Invalid),
+    (Checking, DEP_FAILED, Invalid),
+    (Checking, CLAIM, Invalid),
+    (Checking, CHECK, Invalid),
+    (Checking, FIX, To(Running)),
+    (Checking, OK_R, To(Succeeded)),
+    (Checking, OK_N, To(Succeeded)),
+    (Checking, FAIL_R, To(Queued)),
+    (Checking, FAIL_N, To(Failed)),
+    (Checking, TIME_R, To(Queued)),
+    (Checking, TIME_N, To(Failed)),
+    (Checking, BUDG_R, To(Failed)),
+    (Checking, BUDG_N, To(Failed)),
+    (Checking, GATE_R, To(Queued)),
+    (Checking, GATE_N, To(Failed)),
+    (Checking, LOST_R, To(Queued)),
+    (Checking, LOST_N, To(Failed)),
+    (Checking, KILL_R, To(Killed)),
+    (Checking, KILL_N, To(Killed)),
+    (Checking, CANC_R, To(Canceled)),
+    (Checking, CANC_N, To(Canceled)),
+    (Checking, CANCEL, Eff(Checking, Effect::RequestCancel)),
+    (Checking, KILL, Eff(Checking, Effect::RequestKill)),
+    (Checking, RETRY_DEPS_MET, Invalid),
+    (Checking, RETRY_DEPS_UNMET, Invalid),
     // succeeded: final, not even a manual retry.
     (Succeeded, DEPS_MET, Invalid),
     (Succeeded, DEP_FAILED, Invalid),
     (Succeeded, CLAIM, Invalid),
+    (Succeeded, CHECK, Invalid),
+    (Succeeded, FIX, Invalid),
     (Succeeded, OK_R, Invalid),
     (Succeeded, OK_N, Invalid),
     (Succeeded, FAIL_R, Invalid),
@@ -125,6 +170,8 @@ const TABLE: &[(JobState, Input, Expect)] = &[
     (Succeeded, TIME_N, Invalid),
     (Succeeded, BUDG_R, Invalid),
     (Succeeded, BUDG_N, Invalid),
+    (Succeeded, GATE_R, Invalid),
+    (Succeeded, GATE_N, Invalid),
     (Succeeded, LOST_R, Invalid),
     (Succeeded, LOST_N, Invalid),
     (Succeeded, KILL_R, Invalid),
@@ -139,6 +186,8 @@ const TABLE: &[(JobState, Input, Expect)] = &[
     (Failed, DEPS_MET, Invalid),
     (Failed, DEP_FAILED, Invalid),
     (Failed, CLAIM, Invalid),
+    (Failed, CHECK, Invalid),
+    (Failed, FIX, Invalid),
     (Failed, OK_R, Invalid),
     (Failed, OK_N, Invalid),
     (Failed, FAIL_R, Invalid),
@@ -147,6 +196,8 @@ const TABLE: &[(JobState, Input, Expect)] = &[
     (Failed, TIME_N, Invalid),
     (Failed, BUDG_R, Invalid),
     (Failed, BUDG_N, Invalid),
+    (Failed, GATE_R, Invalid),
+    (Failed, GATE_N, Invalid),
     (Failed, LOST_R, Invalid),
     (Failed, LOST_N, Invalid),
     (Failed, KILL_R, Invalid),
@@ -161,6 +212,8 @@ const TABLE: &[(JobState, Input, Expect)] = &[
     (Canceled, DEPS_MET, Invalid),
     (Canceled, DEP_FAILED, Invalid),
     (Canceled, CLAIM, Invalid),
+    (Canceled, CHECK, Invalid),
+    (Canceled, FIX, Invalid),
     (Canceled, OK_R, Invalid),
     (Canceled, OK_N, Invalid),
     (Canceled, FAIL_R, Invalid),
@@ -169,6 +222,8 @@ const TABLE: &[(JobState, Input, Expect)] = &[
     (Canceled, TIME_N, Invalid),
     (Canceled, BUDG_R, Invalid),
     (Canceled, BUDG_N, Invalid),
+    (Canceled, GATE_R, Invalid),
+    (Canceled, GATE_N, Invalid),
     (Canceled, LOST_R, Invalid),
     (Canceled, LOST_N, Invalid),
     (Canceled, KILL_R, Invalid),
@@ -183,6 +238,8 @@ const TABLE: &[(JobState, Input, Expect)] = &[
     (Killed, DEPS_MET, Invalid),
     (Killed, DEP_FAILED, Invalid),
     (Killed, CLAIM, Invalid),
+    (Killed, CHECK, Invalid),
+    (Killed, FIX, Invalid),
     (Killed, OK_R, Invalid),
     (Killed, OK_N, Invalid),
     (Killed, FAIL_R, Invalid),
@@ -191,6 +248,8 @@ const TABLE: &[(JobState, Input, Expect)] = &[
     (Killed, TIME_N, Invalid),
     (Killed, BUDG_R, Invalid),
     (Killed, BUDG_N, Invalid),
+    (Killed, GATE_R, Invalid),
+    (Killed, GATE_N, Invalid),
     (Killed, LOST_R, Invalid),
     (Killed, LOST_N, Invalid),
     (Killed, KILL_R, Invalid),
@@ -206,7 +265,13 @@ const TABLE: &[(JobState, Input, Expect)] = &[
 /// Every input `next` can take, generated from the enums (not from the table), so the
 /// table is checked for completeness against the real input space.
 fn all_inputs() -> Vec<Input> {
-    let mut inputs = vec![Input::DepsMet, Input::DepFailed, Input::Claim];
+    let mut inputs = vec![
+        Input::DepsMet,
+        Input::DepFailed,
+        Input::Claim,
+        Input::CheckBegan,
+        Input::FixRoundBegan,
+    ];
     for outcome in Outcome::ALL {
         for retry in [true, false] {
             inputs.push(Input::AttemptEnded { outcome, retry });
@@ -224,7 +289,7 @@ fn all_inputs() -> Vec<Input> {
 #[test]
 fn table_covers_every_state_and_input_exactly_once() {
     let inputs = all_inputs();
-    assert_eq!(inputs.len(), 21);
+    assert_eq!(inputs.len(), 25);
     assert_eq!(TABLE.len(), JobState::ALL.len() * inputs.len());
     for state in JobState::ALL {
         for input in &inputs {
@@ -292,6 +357,55 @@ fn retryable_outcome_kinds() {
         .collect();
     assert_eq!(
         retryable,
-        [Outcome::Failed, Outcome::TimedOut, Outcome::Lost]
+        [
+            Outcome::Failed,
+            Outcome::TimedOut,
+            Outcome::Lost,
+            Outcome::GatesFailed
+        ]
     );
+}
+
+#[test]
+fn only_a_running_job_starts_checking_and_only_a_fix_round_sends_it_back() {
+    // Every way into checking is running + CHECK; every way from checking to running is
+    // a fix round: nothing else reaches or leaves checking for an active state.
+    for state in JobState::ALL {
+        for input in all_inputs() {
+            let Ok((to, _)) = next(state, input) else {
+                continue;
+            };
+            if to == Checking && state != Checking {
+                assert_eq!((state, input), (Running, CHECK));
+            }
+            if state == Checking && to == Running {
+                assert_eq!(input, FIX);
+            }
+            if state == Checking && to != Checking && to != Running {
+                assert!(
+                    matches!(input, Input::AttemptEnded { .. }),
+                    "checking left for {to} by {input:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn checking_ends_exactly_as_running_does() {
+    for outcome in Outcome::ALL {
+        for retry in [true, false] {
+            let input = Input::AttemptEnded { outcome, retry };
+            assert_eq!(next(Checking, input), next(Running, input), "{input:?}");
+        }
+    }
+}
+
+#[test]
+fn active_states() {
+    let active: Vec<JobState> = JobState::ALL
+        .into_iter()
+        .filter(|s| s.is_active())
+        .collect();
+    assert_eq!(active, [Running, Checking]);
 }

@@ -1,5 +1,6 @@
 //! The end of a run: commit and measure, publish, clean up and report.
 
+use super::check::Leave;
 use super::{ProcessEnd, RETRY_FIRST, Supervisor};
 use crate::process::Exit;
 use crate::record::RunRecord;
@@ -29,7 +30,7 @@ pub(super) enum Reported {
 
 impl Supervisor {
     /// Commits, measures, cleans up and reports, as the end of the process says.
-    pub(super) async fn wrap_up(&self, record: &SharedRecord, end: ProcessEnd) {
+    pub(super) async fn wrap_up(&mut self, record: &SharedRecord, end: ProcessEnd) {
         if end.left_running {
             return;
         }
@@ -42,6 +43,18 @@ impl Supervisor {
         }
         let mut report = self.first_report(&rec, &end);
         self.commit(&rec, &mut report).await;
+        if report.outcome == Some(Outcome::Succeeded) && self.lost().is_none() {
+            match self.check(record, &mut report).await {
+                Ok(()) => {}
+                Err(Leave::Running) => return,
+                Err(Leave::Abandoned(why)) => {
+                    tracing::warn!(reason = %why, "run abandoned while checking: no report");
+                    self.remove_worktree(&rec.cache, &rec.worktree).await;
+                    record.remove();
+                    return;
+                }
+            }
+        }
         self.publish(&rec.cache, &mut report).await;
         self.remove_worktree(&rec.cache, &rec.worktree).await;
         let published = report.result_ref.clone();
@@ -67,7 +80,7 @@ impl Supervisor {
     }
 
     /// The finish report as the end of the process decides it, before the commit.
-    fn first_report(&self, rec: &RunRecord, end: &ProcessEnd) -> FinishReport {
+    pub(super) fn first_report(&self, rec: &RunRecord, end: &ProcessEnd) -> FinishReport {
         let mut report = FinishReport {
             epoch: self.epoch(),
             branch: Some(rec.branch.clone()),
@@ -104,7 +117,7 @@ impl Supervisor {
 
     /// Commits the attempt's changes and puts the commit, its figures and its diff in
     /// `report`; a commit that fails fails the run.
-    async fn commit(&self, rec: &RunRecord, report: &mut FinishReport) {
+    pub(super) async fn commit(&self, rec: &RunRecord, report: &mut FinishReport) {
         let message = commit_message(
             self.job(),
             self.claim.run.attempt,
@@ -250,7 +263,7 @@ impl Supervisor {
     }
 }
 
-fn commit_message(job: JobId, attempt: u32, title: &str) -> String {
+pub(super) fn commit_message(job: JobId, attempt: u32, title: &str) -> String {
     let title: String = title
         .chars()
         .map(|c| if c.is_control() { ' ' } else { c })

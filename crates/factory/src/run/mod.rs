@@ -26,6 +26,7 @@
 //! `spawn` starts its process, `monitor` watches the process to its end, `checkpoint`
 //! takes work-in-progress checkpoints and `finish` commits, publishes and reports.
 
+mod check;
 mod checkpoint;
 mod finish;
 mod lease;
@@ -99,6 +100,7 @@ pub(crate) async fn run_claim(ctx: RunContext, claim: Claim) {
         claim,
         lease,
         gate,
+        prior: None,
     };
     sup.start().instrument(span).await;
 }
@@ -129,6 +131,7 @@ pub(crate) async fn adopt_run(ctx: RunContext, adoption: Adoption) {
         claim,
         lease,
         gate,
+        prior: None,
     };
     let _guard = adoption.guard;
     sup.resume(adoption.record).instrument(span).await;
@@ -140,6 +143,9 @@ struct Supervisor {
     lease: watch::Receiver<LeaseState>,
     /// Held by each try of the finish report (see [`FinishGate`]).
     gate: FinishGate,
+    /// What the run's earlier processes spent (before a fix round), so its budget
+    /// counts every round.
+    prior: Option<gantry_core::engine::Insights>,
 }
 
 impl Supervisor {
@@ -224,20 +230,7 @@ impl Supervisor {
             };
             return self.wrap_up(&record, end).await;
         }
-        let end = match self.spawn(&record).await {
-            Ok((detached, started)) => {
-                self.watch(&record, Some(detached.child), true, vec![started])
-                    .await
-            }
-            Err(error) => {
-                tracing::warn!(%error, "the command could not be started");
-                ProcessEnd {
-                    forced: Some(Outcome::Failed),
-                    error: Some(error),
-                    ..ProcessEnd::default()
-                }
-            }
-        };
+        let end = self.spawn_and_watch(&record, None).await;
         self.wrap_up(&record, end).await;
     }
 
@@ -314,6 +307,34 @@ impl Supervisor {
             forced: None,
             checkpoint: Some(checkpoint),
             checkpoint_looks: 0,
+        }
+    }
+
+    /// Starts the run's process (the first, or a fix round's) and watches it to its
+    /// end. Only the first sends `run.started`: a fix round is announced by its
+    /// `run.fix_round` event.
+    async fn spawn_and_watch(
+        &mut self,
+        record: &SharedRecord,
+        fix: Option<&spawn::FixLaunch>,
+    ) -> ProcessEnd {
+        match self.spawn(record, fix).await {
+            Ok((detached, started)) => {
+                let first = if fix.is_none() {
+                    vec![started]
+                } else {
+                    Vec::new()
+                };
+                self.watch(record, Some(detached.child), true, first).await
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the command could not be started");
+                ProcessEnd {
+                    forced: Some(Outcome::Failed),
+                    error: Some(error),
+                    ..ProcessEnd::default()
+                }
+            }
         }
     }
 

@@ -104,7 +104,8 @@ impl Supervisor {
             stderr: FileTail::new(&rec.stderr, rec.uploaded.stderr),
             reader: match agent::format_of(spec) {
                 Some(format) => Box::new(agent::AgentReader::new(
-                    agent::Watcher::new(format, spec, &self.ctx.cfg.engines.prices),
+                    agent::Watcher::new(format, spec, &self.ctx.cfg.engines.prices)
+                        .spent(self.prior.clone()),
                     breach_tx,
                     Some((rec.stdout.as_path(), rec.uploaded.stdout)),
                 )),

@@ -3,11 +3,28 @@
 use super::{Supervisor, now_ms};
 use crate::agent;
 use crate::process::{self, DetachedCommand, PidRecord};
+use crate::record::RunRecord;
 use crate::tail::SharedRecord;
 use crate::workspace;
 use gantry_core::event::{NewEvent, RunStarted};
 use std::ffi::OsString;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// How a fix round's process starts: the round (from 1), the file holding its prompt
+/// ([`gantry_core::fix::prompt`]), and the agent session it resumes.
+///
+/// Claude Code runs with `--resume=<session>` and Codex with `exec ... resume
+/// <session>`, the prompt on their stdin. The command and script engines run the job
+/// again with `GANTRY_FIX_ROUND=<round>` and `GANTRY_FIX_PROMPT_FILE=<prompt>` in their
+/// environment (`GANTRY_PROMPT_FILE` still names the job's own prompt).
+pub(super) struct FixLaunch {
+    /// The round, from 1.
+    pub round: u32,
+    /// The fix prompt's file.
+    pub prompt: PathBuf,
+    /// The agent session to resume, when the run recorded one.
+    pub session: Option<String>,
+}
 
 /// Variables passed from the factory's environment to a run, when set.
 const ENV_ALLOWLIST: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TERM", "TZ"];
@@ -16,52 +33,42 @@ impl Supervisor {
     /// Writes the prompt and the record, starts the process detached and records it.
     /// Returns the `run.started` event, which goes out as the first upload of the run's
     /// output, so it is retried like the output while the server is unreachable.
+    /// `fix` starts a fix round's process instead of the first (see [`FixLaunch`]).
     pub(super) async fn spawn(
         &self,
         record: &SharedRecord,
+        fix: Option<&FixLaunch>,
     ) -> Result<(process::Detached, NewEvent), String> {
         let rec = record.get();
         let spec = &self.claim.job.spec;
         let prompt = rec.artifacts.join("prompt.md");
-        tokio::fs::write(&prompt, spec.body.as_bytes())
-            .await
-            .map_err(|e| format!("cannot write the prompt file {}: {e}", prompt.display()))?;
+        if fix.is_none() {
+            tokio::fs::write(&prompt, spec.body.as_bytes())
+                .await
+                .map_err(|e| format!("cannot write the prompt file {}: {e}", prompt.display()))?;
+        }
+        // An agent resumes its session with the fix prompt as its prompt; a command or
+        // script job runs again and finds the fix prompt through its environment.
+        let (agent_prompt, resume) = match fix {
+            Some(f) => (f.prompt.as_path(), f.session.as_deref()),
+            None => (prompt.as_path(), self.claim.job.resume_session.as_deref()),
+        };
         let launch = agent::launch(
             spec,
             (self.job(), self.run_id()),
-            self.claim.job.resume_session.as_deref(),
+            resume,
             &self.ctx.cfg.engines,
-            &prompt,
+            agent_prompt,
             &rec.artifacts,
         )
         .map_err(|e| e.to_string())?;
-        let mut env: Vec<(OsString, OsString)> = Vec::new();
-        for var in ENV_ALLOWLIST {
-            if let Some(v) = std::env::var_os(var) {
-                env.push((var.into(), v));
-            }
-        }
-        for (k, v) in launch.env {
-            env.retain(|(name, _)| *name != k);
-            env.push((k, v));
-        }
-        for (k, v) in &spec.env {
-            env.retain(|(name, _)| name != k.as_str());
-            env.push((k.into(), v.into()));
-        }
-        let gantry_vars = [
-            ("GANTRY_JOB_ID", OsString::from(self.job().to_string())),
-            ("GANTRY_RUN_ID", OsString::from(self.run_id().to_string())),
-            (
-                "GANTRY_ATTEMPT",
-                OsString::from(self.claim.run.attempt.to_string()),
-            ),
-            ("GANTRY_PROMPT_FILE", prompt.clone().into_os_string()),
-            ("GANTRY_WORKSPACE", rec.worktree.clone().into_os_string()),
-        ];
-        for (k, v) in gantry_vars {
-            env.retain(|(name, _)| name != k);
-            env.push((k.into(), v));
+        let mut env = self.run_env(&rec, launch.env);
+        if let Some(f) = fix {
+            env.push(("GANTRY_FIX_ROUND".into(), f.round.to_string().into()));
+            env.push((
+                "GANTRY_FIX_PROMPT_FILE".into(),
+                f.prompt.clone().into_os_string(),
+            ));
         }
         let cmd = DetachedCommand {
             argv: launch.argv,
@@ -88,7 +95,10 @@ impl Supervisor {
                 job: self.job(),
                 run: self.run_id(),
             });
-            r.started_at_ms = started_at_ms;
+            // The job's timeout counts from its first process: fix rounds keep it.
+            if fix.is_none() {
+                r.started_at_ms = started_at_ms;
+            }
         });
         tracing::info!(pid = detached.pid, "command started");
         let started = NewEvent::of(&RunStarted {
@@ -101,9 +111,52 @@ impl Supervisor {
         Ok((detached, started))
     }
 
+    /// The environment of the run's processes (the agent's and its gates'): the
+    /// factory's allowlisted variables, then `engine` (what the engine passes through),
+    /// the job's own `env`, and the `GANTRY_*` variables naming the run.
+    pub(super) fn run_env(
+        &self,
+        rec: &RunRecord,
+        engine: Vec<(OsString, OsString)>,
+    ) -> Vec<(OsString, OsString)> {
+        let spec = &self.claim.job.spec;
+        let mut env: Vec<(OsString, OsString)> = Vec::new();
+        for var in ENV_ALLOWLIST {
+            if let Some(v) = std::env::var_os(var) {
+                env.push((var.into(), v));
+            }
+        }
+        for (k, v) in engine {
+            env.retain(|(name, _)| *name != k);
+            env.push((k, v));
+        }
+        for (k, v) in &spec.env {
+            env.retain(|(name, _)| name != k.as_str());
+            env.push((k.into(), v.into()));
+        }
+        let gantry_vars = [
+            ("GANTRY_JOB_ID", OsString::from(self.job().to_string())),
+            ("GANTRY_RUN_ID", OsString::from(self.run_id().to_string())),
+            (
+                "GANTRY_ATTEMPT",
+                OsString::from(self.claim.run.attempt.to_string()),
+            ),
+            (
+                "GANTRY_PROMPT_FILE",
+                rec.artifacts.join("prompt.md").into_os_string(),
+            ),
+            ("GANTRY_WORKSPACE", rec.worktree.clone().into_os_string()),
+        ];
+        for (k, v) in gantry_vars {
+            env.retain(|(name, _)| name != k);
+            env.push((k.into(), v));
+        }
+        env
+    }
+
     /// The wall around this run: the factory's sandbox, the data dir and the
     /// factory's own paths hidden, the run's artifacts (prompt, script) readable.
-    fn confinement(&self, artifacts: &Path) -> Option<crate::sandbox::Confinement> {
+    pub(super) fn confinement(&self, artifacts: &Path) -> Option<crate::sandbox::Confinement> {
         let cfg = &self.ctx.cfg;
         if cfg.sandbox == crate::Sandbox::None {
             return None;

@@ -3,7 +3,9 @@
 
 mod adopt;
 mod agent;
+mod checking;
 mod engines;
+mod gates;
 mod heartbeat;
 mod http;
 mod hygiene;

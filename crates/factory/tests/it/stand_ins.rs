@@ -232,3 +232,47 @@ async fn issue3_a_budget_passed_mid_stream_stops_the_stand_in_at_once() {
     assert!(breach.data["actual"].as_f64().is_some_and(|a| a > 20000.0));
     let _ = r.shutdown.send(true);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue11_a_fix_round_resumes_the_claude_session_with_the_fix_prompt() {
+    let r = rig(
+        Some(("claude/03_basic_success_cc2.1.7.ndjson", 0.0, 0)),
+        None,
+    );
+    // The gate fails the first time it runs and passes after (it counts in the test's
+    // directory, which the sandbox lets runs write).
+    let seen = r.tmp.path().join("lint-ran");
+    let run = format!(
+        "if [ -f '{0}' ]; then exit 0; fi; touch '{0}'; echo 'lint: unused import'; exit 1",
+        seen.display()
+    );
+    let mut s = spec(&r.repo, &[]);
+    s.engine = EngineKind::ClaudeCode;
+    s.body = "Say hello.\n".into();
+    s.fix_rounds = 1;
+    s.gates = gantry_core::gate::GateChoice::Inline(vec![crate::support::gate("lint", &run)]);
+    r.coord.push(claim(11, 110, 1, s));
+    let report = tokio::time::timeout(GUARD, r.coord.finish_of(RunId(110)))
+        .await
+        .expect("finished");
+    assert_eq!(report.outcome, Some(Outcome::Succeeded), "{report:?}");
+    let k = kinds(&r.coord, RunId(110));
+    assert_eq!(
+        k.iter().filter(|k| *k == "run.fix_round").count(),
+        1,
+        "{k:?}"
+    );
+    assert_eq!(k.iter().filter(|k| *k == "run.started").count(), 1, "{k:?}");
+    // The stand-in's last invocation is the fix round's.
+    let argv = r.argv("claude");
+    assert!(
+        argv.iter()
+            .any(|a| a == "--resume=1d1e46f9-35c7-4834-b529-846d5bb82288"),
+        "the session the run recorded is resumed: {argv:?}"
+    );
+    let stdin = std::fs::read_to_string(r.tmp.path().join("bin/claude.stdin")).expect("stdin");
+    assert!(stdin.contains("fix round 1 of 1"), "{stdin}");
+    assert!(stdin.contains("Gate `lint` failed: exited 1"), "{stdin}");
+    assert!(stdin.contains("lint: unused import"), "{stdin}");
+    let _ = r.shutdown.send(true);
+}

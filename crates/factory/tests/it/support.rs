@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use gantry_core::event::NewEvent;
-use gantry_core::{DepsMode, EngineKind, FactoryId, JobId, JobSpec, Outcome, RunId, StopKind};
+use gantry_core::{FactoryId, JobId, JobSpec, RunId, StopKind};
 use gantry_factory::{CoordError, Coordinator, Factory, FactoryConfig, FactoryError};
 use gantry_protocol::{
     Claim, ClaimedJob, FinishReport, Heartbeat, HeartbeatAck, Lease, RegisterFactory, Renewed,
@@ -279,6 +279,16 @@ impl Coordinator for TestCoord {
     }
 }
 
+/// A gate named `name` running `run`, with a minute's timeout.
+pub fn gate(name: &str, run: &str) -> gantry_core::gate::Gate {
+    gantry_core::gate::Gate {
+        name: name.to_string(),
+        run: run.to_string(),
+        timeout_ms: 60_000,
+        metric: None,
+    }
+}
+
 /// Polls `f` until it returns something (hang guard [`GUARD`]).
 pub async fn wait_for<T>(f: impl FnMut() -> Option<T>) -> T {
     gantry_testkit::wait_for_async("a condition of the test", GUARD, f).await
@@ -301,32 +311,8 @@ pub fn make_repo(dir: &Path) -> String {
 /// A spec running `command` in `repo`.
 pub fn spec(repo: &Path, command: &[&str]) -> JobSpec {
     JobSpec {
-        title: "test job".to_string(),
-        repo: repo.to_string_lossy().into_owned(),
-        base: None,
-        engine: EngineKind::Command,
-        command: command.iter().map(|s| s.to_string()).collect(),
-        priority: 5,
-        capabilities: Vec::new(),
-        deps: Vec::new(),
-        deps_mode: DepsMode::Succeeded,
-        lock: None,
-        timeout_ms: None,
-        max_attempts: 3,
-        retry_on: vec![Outcome::Lost],
-        backoff_ms: 5000,
-        idempotency_key: None,
-        labels: Default::default(),
-        env: Default::default(),
-        model: None,
-        budget: None,
-        yolo: false,
-        max_turns: None,
-        permission_mode: None,
-        allowed_tools: Vec::new(),
-        steps: Vec::new(),
-        output: None,
         body: "Do the thing.\n".to_string(),
+        ..JobSpec::command("test job", &repo.to_string_lossy(), command)
     }
 }
 

@@ -45,7 +45,10 @@ impl Service {
         let mut parsed = Vec::with_capacity(req.jobs.len());
         let mut checked = SourceChecks::new();
         for (index, file) in req.jobs.iter().enumerate() {
-            let job = prepare(file, &mut checked).await?;
+            let mut job = prepare(file, &mut checked).await?;
+            self.profiles
+                .resolve(&mut job)
+                .map_err(|e| ApiError::invalid_job(&e))?;
             self.cfg.limits.check_job(index, &file.text, &job)?;
             parsed.push(job);
         }
@@ -89,8 +92,11 @@ impl Service {
                 JobState::Blocked | JobState::Queued => {
                     "the job has not run yet; a diff is saved when a run ends".to_string()
                 }
-                JobState::Running => {
-                    "the job is running; a diff is saved when the run ends".to_string()
+                JobState::Running | JobState::Checking => {
+                    format!(
+                        "the job is {}; a diff is saved when the run ends",
+                        job.state
+                    )
                 }
                 _ => "no run of this job saved a diff (it may have failed before its \
                       workspace was ready)"

@@ -66,6 +66,8 @@ pub struct Service {
     unsandboxed: Option<String>,
     /// Event streams open per token, capped by `limits.max_streams_per_token`.
     streams: Arc<crate::limits::StreamSlots>,
+    /// Gate and review profiles of `gantry.toml`, resolved into jobs at submit.
+    profiles: Arc<crate::profiles::Profiles>,
 }
 
 impl Service {
@@ -82,7 +84,14 @@ impl Service {
             stops: watch::channel(0).0,
             streams: Arc::default(),
             unsandboxed: None,
+            profiles: Arc::default(),
         }
+    }
+
+    /// Makes the service write out the gate and review profiles jobs name.
+    pub fn with_profiles(mut self, profiles: crate::profiles::Profiles) -> Self {
+        self.profiles = Arc::new(profiles);
+        self
     }
 
     /// Makes the service refuse jobs of tokens that are not admin, saying `reason`:

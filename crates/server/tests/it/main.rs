@@ -2,6 +2,7 @@
 //! files, real git repos and real processes, driven over HTTP.
 
 mod auth;
+mod checking;
 mod config;
 mod connections;
 mod delivery;

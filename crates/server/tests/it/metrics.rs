@@ -143,6 +143,7 @@ async fn issue4_metrics_after_real_runs_count_states_outcomes_claims_and_queue_d
         ("blocked", 1.0),
         ("queued", 1.0),
         ("running", 0.0),
+        ("checking", 0.0),
         ("succeeded", 1.0),
         ("failed", 1.0),
         ("canceled", 0.0),

@@ -20,7 +20,9 @@ use gantry_core::{DepsMode, Job, JobId, JobState, Outcome, RunId, StopKind};
 use std::future::Future;
 use std::task::{Context, Poll, Waker};
 
+mod check;
 mod ops;
+pub(crate) use check::gate_results;
 pub(crate) use ops::*;
 
 /// A backend's write transaction, as the lifecycle uses it. Each method runs the
@@ -72,10 +74,10 @@ pub(crate) trait WriteTx {
     /// Pauses or resumes claiming; whether that changed anything.
     async fn set_paused_flag(&self, paused: bool) -> Result<bool, Self::Error>;
 
-    /// The running jobs, by id.
+    /// The running and checking jobs, by id.
     async fn running_jobs(&self) -> Result<Vec<JobId>, Self::Error>;
 
-    /// The running jobs whose lease expired (see [`Expired`]), by job id.
+    /// The running and checking jobs whose lease expired (see [`Expired`]), by job id.
     async fn expired_leases(&self) -> Result<Vec<Expired>, Self::Error>;
 
     /// Records a run as lost; false when it turned out not to be (a renewal got there
@@ -84,6 +86,12 @@ pub(crate) trait WriteTx {
 
     /// Moves a job's work-in-progress pointer to a checkpoint.
     async fn save_checkpoint(&self, job: JobId, cp: &Checkpoint) -> Result<(), Self::Error>;
+
+    /// A run's gate records (JSON text), when it has any.
+    async fn load_gates(&self, run: RunId) -> Result<Option<String>, Self::Error>;
+
+    /// Keeps a run's gate records (JSON text).
+    async fn save_gates(&self, run: RunId, text: &str) -> Result<(), Self::Error>;
 
     /// Keeps a run's insights (JSON text), and the agent session on its job.
     async fn save_insights(
@@ -240,6 +248,8 @@ pub(crate) fn action_of(input: Input) -> &'static str {
     match input {
         Input::DepsMet | Input::DepFailed => "settle dependencies",
         Input::Claim => "claim",
+        Input::CheckBegan => "begin checking",
+        Input::FixRoundBegan => "begin a fix round",
         Input::AttemptEnded { .. } => "end attempt",
         Input::Cancel => "cancel",
         Input::Kill => "kill",
@@ -387,10 +397,12 @@ pub(crate) async fn settle_dependents<T: WriteTx>(tx: &T, job: JobId) -> Result<
     Ok(())
 }
 
-/// A running job as a fenced write sees it.
+/// A running (or checking) job as a fenced write sees it.
 pub(crate) struct Live {
     pub(crate) job: JobId,
     pub(crate) run: RunId,
+    /// The job's state when the write began: running or checking.
+    pub(crate) state: JobState,
     pub(crate) attempt: u32,
     pub(crate) max_attempts: u32,
     pub(crate) retry_on: String,
@@ -418,7 +430,7 @@ pub(crate) struct Fence {
     pub(crate) has_dependents: bool,
 }
 
-/// Checks that `run` is the current run of a job running under `epoch`. When it is not,
+/// Checks that `run` is the current run of a job running (or checking) under `epoch`. When it is not,
 /// records `lease.stale_write_rejected` and returns the error to give the writer (the
 /// caller keeps the record and nothing else).
 pub(crate) async fn check_fence<T: WriteTx>(
@@ -431,7 +443,7 @@ pub(crate) async fn check_fence<T: WriteTx>(
     let Fence { job, row, .. } = fence;
     let state = parse_state(&row.state)?;
     let current_epoch = row.epoch;
-    let live = state == JobState::Running
+    let live = state.is_active()
         && current_epoch == epoch
         && fence.run_epoch == epoch
         && fence.current_run == Some(run.0);
@@ -461,6 +473,7 @@ pub(crate) async fn check_fence<T: WriteTx>(
     Ok(Ok(Live {
         job,
         run,
+        state,
         attempt: to_u32("attempt", row.attempt)?,
         max_attempts: to_u32("max_attempts", row.max_attempts)?,
         retry_on: fence.retry_on,
@@ -472,12 +485,14 @@ pub(crate) async fn check_fence<T: WriteTx>(
     }))
 }
 
-/// The write that ends the running attempt of `live` with `outcome`: the retry policy
-/// (a stop request wins over it and decides the state), the target state and its
-/// reason, with the `pending` events (what ended the attempt) before its `job.state`.
+/// The write that ends the running (or checking) attempt of `live` with `outcome` (and
+/// the `error` its report gave, if any): the retry policy (a stop request wins over it
+/// and decides the state), the target state and its reason, with the `pending` events
+/// (what ended the attempt) before its `job.state`.
 pub(crate) fn plan_end(
     live: &Live,
     outcome: Outcome,
+    error: Option<&str>,
     now: Millis,
     pending: Vec<Pending>,
 ) -> Result<StateWrite, StoreError> {
@@ -495,31 +510,34 @@ pub(crate) fn plan_end(
         live.backoff_ms,
         now,
     );
+    let reason = crate::rules::reason_with_error(reason, outcome, error);
     let input = Input::AttemptEnded { outcome, retry };
-    let (to, _) = next(live.job, JobState::Running, input)?;
+    let (to, _) = next(live.job, live.state, input)?;
     let req = StepRequest {
         reason,
         not_before,
         pending,
-        ..StepRequest::new(live.job, JobState::Running, input)
+        ..StepRequest::new(live.job, live.state, input)
     };
     Ok(StateWrite::new(req, to, live.seq, now))
 }
 
-/// Ends the running attempt of `live` with `outcome` (see [`plan_end`]) and moves the
-/// job on, settling its dependents when it ended. Returns the state reached and the
-/// fence's row of the job with the same change made.
+/// Ends the running (or checking) attempt of `live` with `outcome` and the `error` its
+/// report gave (see [`plan_end`]), and moves the job on, settling its dependents when
+/// it ended. Returns the state reached and the fence's row of the job with the same
+/// change made.
 pub(crate) async fn end_attempt<T: WriteTx>(
     tx: &T,
     live: &Live,
     outcome: Outcome,
+    error: Option<&str>,
     pending: Vec<Pending>,
 ) -> Result<(JobState, Option<JobRow>), T::Error> {
-    let w = plan_end(live, outcome, tx.now(), pending)?;
+    let w = plan_end(live, outcome, error, tx.now(), pending)?;
     if !tx.write_state(&w).await? {
         return Err(corrupt(format!(
-            "job {} was not running when ending its attempt",
-            live.job
+            "job {} was not {} when ending its attempt",
+            live.job, live.state
         ))
         .into());
     }

@@ -4,9 +4,10 @@
 use super::*;
 use crate::codec::not_found;
 
-/// A running job whose lease expired, as the reaper reads it.
+/// A running (or checking) job whose lease expired, as the reaper reads it.
 pub(crate) struct Expired {
     job: i64,
+    state: String,
     run: i64,
     epoch: i64,
     attempt: i64,
@@ -20,7 +21,7 @@ pub(crate) struct Expired {
 impl Expired {
     /// The columns [`Expired::read`] expects, in order (`j` the job, `r` its run).
     pub(crate) const COLS: &str = "j.id, r.id, j.epoch, j.attempt, j.max_attempts, \
-         j.retry_on, j.backoff_ms, j.stop_requested, j.event_seq";
+         j.retry_on, j.backoff_ms, j.stop_requested, j.event_seq, j.state";
 
     /// Reads [`Expired::COLS`].
     pub(crate) fn read<C: Columns>(r: &C) -> Result<Expired, C::Error> {
@@ -34,6 +35,7 @@ impl Expired {
             backoff_ms: r.col(6)?,
             stop: r.col(7)?,
             seq: r.col(8)?,
+            state: r.col(9)?,
         })
     }
 }
@@ -48,6 +50,7 @@ pub(crate) async fn reap<T: WriteTx>(tx: &T) -> Result<Vec<RunId>, T::Error> {
         let live = Live {
             job: JobId(e.job),
             run: RunId(e.run),
+            state: parse_state(&e.state)?,
             attempt: to_u32("attempt", e.attempt)?,
             max_attempts: to_u32("max_attempts", e.max_attempts)?,
             retry_on: e.retry_on,
@@ -70,7 +73,7 @@ pub(crate) async fn reap<T: WriteTx>(tx: &T) -> Result<Vec<RunId>, T::Error> {
             }
             .text(),
         };
-        let (to, _) = end_attempt(tx, &live, Outcome::Lost, vec![expired]).await?;
+        let (to, _) = end_attempt(tx, &live, Outcome::Lost, None, vec![expired]).await?;
         tracing::info!(job, run, epoch, %to, "lease expired");
         reaped.push(live.run);
     }
@@ -122,7 +125,7 @@ pub(crate) async fn stop<T: WriteTx>(tx: &T, id: JobId, kind: StopKind) -> Resul
     tx.load_job(id).await
 }
 
-/// Pauses claiming and kills every running job; returns them.
+/// Pauses claiming and kills every running or checking job; returns them.
 pub(crate) async fn kill_all<T: WriteTx>(tx: &T) -> Result<Vec<JobId>, T::Error> {
     set_paused(tx, true).await?;
     let running = tx.running_jobs().await?;
@@ -179,14 +182,34 @@ pub(crate) async fn set_paused<T: WriteTx>(tx: &T, paused: bool) -> Result<bool,
     Ok(changed)
 }
 
-/// Applies what an event uploaded by a run means for the store: a checkpoint moves the
-/// job's work-in-progress pointer, an insights snapshot becomes the run's live figures.
-pub(crate) async fn apply_run_event<T: WriteTx>(
+/// Applies what the events uploaded by a run (kind and JSON text of each, in order, all
+/// recorded already) mean for the store: see [`apply_run_event`].
+pub(crate) async fn apply_run_events<T: WriteTx>(
     tx: &T,
     live: &Live,
+    events: &[(&str, &str)],
+) -> Result<(), T::Error> {
+    let mut state = live.state;
+    for &(kind, data) in events {
+        apply_run_event(tx, live, &mut state, kind, data).await?;
+    }
+    Ok(())
+}
+
+/// Applies what an event uploaded by a run means for the store: a checkpoint moves the
+/// job's work-in-progress pointer, an insights snapshot becomes the run's live figures,
+/// and the checking stage's events move the job (now in `state`) between running and
+/// checking and keep the gates' results (see [`check::apply_check_event`]).
+async fn apply_run_event<T: WriteTx>(
+    tx: &T,
+    live: &Live,
+    state: &mut JobState,
     kind: &str,
     data: &str,
 ) -> Result<(), T::Error> {
+    if super::check::apply_check_event(tx, live, state, kind, data).await? {
+        return Ok(());
+    }
     let invalid = |message: String| {
         StoreError::Invalid(gantry_core::SpecError {
             file: format!("event {kind} of run {}", live.run),

@@ -122,7 +122,8 @@ impl PgStore {
             kind: ev::RUN_FINISHED,
             data: rep.finished.clone(),
         };
-        let plan: StateWrite = plan_end(live, rep.outcome, tx.now, vec![finished])?;
+        let error = report.error.as_deref();
+        let plan: StateWrite = plan_end(live, rep.outcome, error, tx.now, vec![finished])?;
         let stmt = tx.prep(FINISH_SQL).await?;
         let step = StepParams::new(&plan);
         let mut params: Vec<&(dyn ToSql + Sync)> = step.params().to_vec();

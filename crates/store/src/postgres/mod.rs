@@ -460,9 +460,9 @@ impl Store for PgStore {
                 &[&live.job.0, &run.0, &n, &tx.now, &kinds, &datas],
             )
             .await?;
-            for (kind, data) in kinds.iter().zip(&datas) {
-                life::apply_run_event(tx, live, kind, data).await?;
-            }
+            let kinds = kinds.iter().map(String::as_str);
+            let events: Vec<(&str, &str)> = kinds.zip(datas.iter().map(String::as_str)).collect();
+            life::apply_run_events(tx, live, &events).await?;
             Ok(())
         })?;
         self.changed();
@@ -523,7 +523,7 @@ impl Store for PgStore {
                 .query(
                     "UPDATE runs SET lease_expires_at = $2
                      WHERE factory_id = $1 AND id IN
-                         (SELECT current_run FROM jobs WHERE state = 'running')
+                         (SELECT current_run FROM jobs WHERE state IN ('running', 'checking'))
                      RETURNING id",
                     &[&factory.0, &(tx.now - 1)],
                 )

@@ -16,7 +16,116 @@ const MIGRATION_LOCK: i64 = 0x4741_4E54;
 /// edit a released entry; append a new one instead.
 pub(super) const MIGRATIONS: &[&str] = &[
     SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8,
+    SCHEMA_V9,
 ];
+
+/// Checked results (issue 11):
+/// - The state `checking`: a job whose factory checks what its agent produced. It holds
+///   its run, lease and lock like a running job, so the lock index (which also lists the
+///   leased jobs for the reaper) covers both states, and the claim functions pass over a
+///   job whose lock a checking job holds, as they do for a running one (restated here
+///   whole, as versions 3 and 6 wrote them but for that condition).
+/// - `runs.gates`: the run's gate records (JSON: the latest result of each gate, in the
+///   order the gates first started).
+const SCHEMA_V9: &str = r#"
+ALTER TABLE jobs DROP CONSTRAINT jobs_state_check;
+ALTER TABLE jobs ADD CONSTRAINT jobs_state_check CHECK (state IN ('blocked', 'queued',
+    'running', 'checking', 'succeeded', 'failed', 'canceled', 'killed'));
+DROP INDEX jobs_running_lock;
+CREATE UNIQUE INDEX jobs_running_lock ON jobs (lock_key)
+    WHERE state IN ('running', 'checking');
+ALTER TABLE runs ADD COLUMN gates text;
+
+CREATE OR REPLACE FUNCTION gantry_claim_candidate(caps text[], now_ms bigint) RETURNS bigint
+    LANGUAGE plpgsql VOLATILE
+    SET enable_seqscan = off
+    SET enable_bitmapscan = off
+    SET enable_sort = off
+    AS $$
+DECLARE
+    picked bigint;
+BEGIN
+    SELECT j.id INTO picked
+    FROM jobs j
+    WHERE j.state = 'queued'
+      AND (j.not_before IS NULL OR j.not_before <= now_ms)
+      AND j.capabilities <@ caps
+      AND (j.lock_key IS NULL OR NOT EXISTS (
+            SELECT 1 FROM jobs r WHERE r.state IN ('running', 'checking')
+                  AND r.lock_key = j.lock_key))
+    ORDER BY j.priority DESC, j.id
+    LIMIT 1
+    FOR UPDATE OF j SKIP LOCKED;
+    RETURN picked;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION gantry_claim_batch(ns bigint[], caps text[], now_ms bigint)
+    RETURNS TABLE (n bigint, job bigint)
+    LANGUAGE plpgsql VOLATILE
+    SET enable_seqscan = off
+    SET enable_bitmapscan = off
+    SET enable_sort = off
+    SET jit = off
+    AS $$
+DECLARE
+    picked bigint[] := '{}';
+    keys text[] := '{}';
+    walking text;
+    walk refcursor;
+    open_walk boolean := false;
+    done boolean := false;
+    jid bigint;
+    jkey text;
+BEGIN
+    FOR i IN 1 .. coalesce(cardinality(ns), 0) LOOP
+        -- One walk serves consecutive claims of factories with the same capabilities;
+        -- a new walk passes over the jobs this batch has picked (it holds their locks,
+        -- so SKIP LOCKED would not skip them).
+        IF NOT open_walk OR caps[i] IS DISTINCT FROM walking THEN
+            IF open_walk THEN
+                CLOSE walk;
+            END IF;
+            walking := caps[i];
+            done := false;
+            OPEN walk FOR
+                SELECT j.id, j.lock_key
+                FROM jobs j
+                WHERE j.state = 'queued'
+                  AND (j.not_before IS NULL OR j.not_before <= now_ms)
+                  AND j.capabilities <@ walking::text[]
+                  AND j.id <> ALL (picked)
+                  AND (j.lock_key IS NULL OR NOT EXISTS (
+                        SELECT 1 FROM jobs r WHERE r.state IN ('running', 'checking')
+                  AND r.lock_key = j.lock_key))
+                ORDER BY j.priority DESC, j.id
+                FOR UPDATE OF j SKIP LOCKED;
+            open_walk := true;
+        END IF;
+        CONTINUE WHEN done;
+        LOOP
+            FETCH walk INTO jid, jkey;
+            IF NOT FOUND THEN
+                done := true;
+                EXIT;
+            END IF;
+            EXIT WHEN jkey IS NULL OR NOT (jkey = ANY (keys));
+        END LOOP;
+        CONTINUE WHEN done;
+        picked := picked || jid;
+        IF jkey IS NOT NULL THEN
+            keys := keys || jkey;
+        END IF;
+        n := ns[i];
+        job := jid;
+        RETURN NEXT;
+    END LOOP;
+    IF open_walk THEN
+        CLOSE walk;
+    END IF;
+END
+$$;
+"#;
 
 /// Queue depth (issue 10): the queued jobs' capability arrays in an index of their own,
 /// so that `/metrics` counts them by set with an index-only scan of this index rather

@@ -309,7 +309,7 @@ macro_rules! step_sql_tail {
     ORDER BY x.ord
 )
 UPDATE jobs SET state = $11, reason = $2, not_before = $3, finished_at = $4,
-    stop_requested = CASE WHEN $11 = 'running' THEN stop_requested ELSE NULL END,
+    stop_requested = CASE WHEN $11 IN ('running', 'checking') THEN stop_requested ELSE NULL END,
     event_seq = $5
 FROM job_specs s LEFT JOIN job_agent ag ON ag.job_id = s.job_id
 WHERE jobs.id = $1 AND jobs.state = $12 AND s.job_id = jobs.id
@@ -538,7 +538,7 @@ impl WriteTx for Tx {
     async fn running_jobs(&self) -> R<Vec<JobId>> {
         let rows = self
             .query(
-                "SELECT id FROM jobs WHERE state = 'running' ORDER BY id",
+                "SELECT id FROM jobs WHERE state IN ('running', 'checking') ORDER BY id",
                 &[],
             )
             .await?;
@@ -551,7 +551,7 @@ impl WriteTx for Tx {
             .query(
                 &format!(
                     "SELECT {} FROM jobs j JOIN runs r ON r.id = j.current_run
-                     WHERE j.state = 'running' AND r.lease_expires_at < $1
+                     WHERE j.state IN ('running', 'checking') AND r.lease_expires_at < $1
                      ORDER BY j.id
                      FOR NO KEY UPDATE OF j SKIP LOCKED",
                     Expired::COLS
@@ -584,6 +584,20 @@ impl WriteTx for Tx {
             &[&job.0, &cp.branch, &cp.base, &cp.commit],
         )
         .await?;
+        Ok(())
+    }
+
+    async fn load_gates(&self, run: RunId) -> R<Option<String>> {
+        let row = self
+            .query_opt("SELECT gates FROM runs WHERE id = $1", &[&run.0])
+            .await?
+            .ok_or_else(|| not_found("run", run))?;
+        Ok(row.try_get(0)?)
+    }
+
+    async fn save_gates(&self, run: RunId, text: &str) -> R<()> {
+        self.execute("UPDATE runs SET gates = $2 WHERE id = $1", &[&run.0, &text])
+            .await?;
         Ok(())
     }
 

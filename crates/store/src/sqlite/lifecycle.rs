@@ -151,7 +151,9 @@ impl WriteTx for Lite<'_> {
     async fn running_jobs(&self) -> Result<Vec<JobId>> {
         let ids: Vec<i64> = self
             .conn
-            .prepare_cached("SELECT id FROM jobs WHERE state = 'running' ORDER BY id")?
+            .prepare_cached(
+                "SELECT id FROM jobs WHERE state = 'running' OR state = 'checking' ORDER BY id",
+            )?
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         Ok(ids.into_iter().map(JobId).collect())
@@ -163,7 +165,8 @@ impl WriteTx for Lite<'_> {
             .prepare_cached(&format!(
                 "SELECT {} FROM jobs j INDEXED BY jobs_running_lock
                      JOIN runs r ON r.id = j.current_run
-                 WHERE j.state = 'running' AND r.lease_expires_at < ?1 ORDER BY j.id",
+                 WHERE (j.state = 'running' OR j.state = 'checking')
+                   AND r.lease_expires_at < ?1 ORDER BY j.id",
                 Expired::COLS
             ))?
             .query_map([self.now], |r| Expired::read(r))?
@@ -190,6 +193,20 @@ impl WriteTx for Lite<'_> {
                  ON CONFLICT (job_id) DO UPDATE SET wip_branch = ?2, wip_base = ?3, wip_commit = ?4",
             )?
             .execute(params![job.0, cp.branch, cp.base, cp.commit])?;
+        Ok(())
+    }
+
+    async fn load_gates(&self, run: RunId) -> Result<Option<String>> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT gates FROM runs WHERE id = ?1")?
+            .query_row([run.0], |r| r.get(0))?)
+    }
+
+    async fn save_gates(&self, run: RunId, text: &str) -> Result<()> {
+        self.conn
+            .prepare_cached("UPDATE runs SET gates = ?2 WHERE id = ?1")?
+            .execute(params![run.0, text])?;
         Ok(())
     }
 
@@ -287,14 +304,15 @@ pub(super) const CLAIM_FACTORY_SQL: &str =
     "SELECT capabilities, (SELECT paused FROM queue WHERE id = 1) FROM factories WHERE id = ?1";
 
 /// The queued jobs in claim order (a range scan of `jobs_claim`), skipping those not
-/// yet due and those whose lock a running job holds.
+/// yet due and those whose lock a running or checking job holds.
 pub(super) const CLAIM_SCAN_SQL: &str =
     "SELECT q.id, q.attempt, q.epoch, q.event_seq, q.capabilities
      FROM jobs q INDEXED BY jobs_claim
      WHERE q.state = 'queued'
        AND (q.not_before IS NULL OR q.not_before <= ?1)
        AND (q.lock_key IS NULL OR NOT EXISTS
-             (SELECT 1 FROM jobs r WHERE r.state = 'running' AND r.lock_key = q.lock_key))
+             (SELECT 1 FROM jobs r WHERE (r.state = 'running' OR r.state = 'checking')
+                AND r.lock_key = q.lock_key))
      ORDER BY q.priority DESC, q.id";
 
 pub(super) const RUN_INSERT_SQL: &str =
@@ -333,7 +351,7 @@ pub(super) const FINISH_RUN_SQL: &str =
 /// statement whenever the value changes. They come from a closed enum, and there are
 /// few combinations.
 pub(super) fn step_sql(from: JobState, to: JobState) -> String {
-    let keep_stop = if to == JobState::Running {
+    let keep_stop = if to.is_active() {
         "stop_requested"
     } else {
         "NULL"

@@ -531,13 +531,9 @@ impl Store for SqliteStore {
                 return Ok(());
             }
             let last = take_seqs(tx, live.job, n)?;
+            // Every event is recorded before what it means is applied, so a state change
+            // an event makes is logged after the events of the upload, as PostgreSQL's is.
             for ((kind, data), seq) in events.iter().zip(last - n + 1..) {
-                run_sync(life::apply_run_event(
-                    &Lite { conn: tx, now },
-                    live,
-                    kind,
-                    data,
-                ))?;
                 let row = EventRow {
                     run: Some(run.0),
                     seq,
@@ -546,6 +542,15 @@ impl Store for SqliteStore {
                 };
                 insert_events(tx, Some(live.job), &[row], now)?;
             }
+            let pairs: Vec<(&str, &str)> = events
+                .iter()
+                .map(|(k, d)| (k.as_str(), d.as_str()))
+                .collect();
+            run_sync(life::apply_run_events(
+                &Lite { conn: tx, now },
+                live,
+                &pairs,
+            ))?;
             Ok(())
         })
         .await
@@ -575,7 +580,8 @@ impl Store for SqliteStore {
                 .prepare_cached(
                     "UPDATE runs SET lease_expires_at = ?2
                      WHERE factory_id = ?1 AND id IN
-                         (SELECT current_run FROM jobs WHERE state = 'running')
+                         (SELECT current_run FROM jobs
+                          WHERE state = 'running' OR state = 'checking')
                      RETURNING id",
                 )?
                 .query_map(params![factory.0, now - 1], |r| r.get(0))?

@@ -303,7 +303,8 @@ pub(super) fn finish_tx(
         kind: ev::RUN_FINISHED,
         data,
     };
-    run_sync(end_attempt(&lite, live, outcome, vec![finished]))?
+    let error = report.error.as_deref();
+    run_sync(end_attempt(&lite, live, outcome, error, vec![finished]))?
         .1
         .ok_or_else(|| corrupt(format!("job {} was read without its row", live.job)))
 }

@@ -9,12 +9,35 @@ use std::path::Path;
 /// Never edit a released entry; append a new one instead. Public so tests can build a
 /// database at an older version and check that opening it migrates it intact.
 pub const MIGRATIONS: &[&str] = &[
-    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6,
+    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7,
 ];
 
 /// `PRAGMA application_id` of a Gantry database ("GANT"), so a foreign SQLite file is
 /// recognized before anything is written to it.
 pub const APPLICATION_ID: i32 = 0x4741_4E54;
+
+/// Checked results (issue 11):
+/// - The state `checking`: a job whose factory checks what its agent produced. It
+///   holds its run, lease and lock like a running job, so the lock index (which also
+///   lists the leased jobs for the reaper) covers both states. SQLite cannot alter a
+///   CHECK constraint, and rebuilding `jobs` would mean rebuilding every table that
+///   refers to it; the constraint is widened in the stored schema instead, as SQLite's
+///   documentation allows for a constraint every row already meets, and
+///   `writable_schema=RESET` reloads it. The index's DDL changes the schema cookie, so
+///   other connections reload it too.
+/// - `runs.gates`: the run's gate records (JSON: the latest result of each gate, in the
+///   order the gates first started).
+pub(super) const SCHEMA_V7: &str = r#"
+PRAGMA writable_schema = ON;
+UPDATE sqlite_master
+    SET sql = replace(sql, 'OR state = ''running'' OR', 'OR state = ''running'' OR state = ''checking'' OR')
+    WHERE type = 'table' AND name = 'jobs';
+PRAGMA writable_schema = RESET;
+DROP INDEX jobs_running_lock;
+CREATE UNIQUE INDEX jobs_running_lock ON jobs (lock_key)
+    WHERE state = 'running' OR state = 'checking';
+ALTER TABLE runs ADD COLUMN gates TEXT;
+"#;
 
 /// Queue depth (issue 10): the queued jobs' capability lists in an index of their own,
 /// so that `/metrics` counts them by set with a scan of this index alone, in order and

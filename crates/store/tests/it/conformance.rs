@@ -1023,7 +1023,8 @@ async fn status_counts_jobs_by_state(t: TestStore) {
     assert_eq!(st.jobs["blocked"], 1);
     assert_eq!(st.jobs["canceled"], 1);
     assert_eq!(st.jobs["running"], 0);
-    assert_eq!(st.jobs.len(), 7);
+    assert_eq!(st.jobs["checking"], 0);
+    assert_eq!(st.jobs.len(), 8);
     let canceled = s
         .jobs(&JobFilter {
             state: Some(JobState::Canceled),
@@ -2399,6 +2400,9 @@ macro_rules! cases {
         }
     };
 }
+
+// The checking stage's cases, run by the macro above.
+mod checking;
 
 cases! {
     issue4_finish_and_claim_finishes_then_claims_the_next,

@@ -2,9 +2,7 @@
 
 use gantry_core::api::{Claim, FinishReport, RegisterFactory};
 use gantry_core::event::Event;
-use gantry_core::{
-    DepRef, DepsMode, EngineKind, FactoryId, Job, JobId, JobSpec, Outcome, ParsedJob,
-};
+use gantry_core::{DepRef, DepsMode, FactoryId, Job, JobId, JobSpec, Outcome, ParsedJob};
 use gantry_store::Store;
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,32 +22,8 @@ pub fn job(file: &str) -> J {
     J(ParsedJob {
         file: file.to_string(),
         spec: JobSpec {
-            title: format!("job {file}"),
-            repo: "/tmp/repo".to_string(),
-            base: None,
-            engine: EngineKind::Command,
-            command: vec!["true".to_string()],
-            priority: 5,
-            capabilities: Vec::new(),
-            deps: Vec::new(),
-            deps_mode: DepsMode::Succeeded,
-            lock: None,
-            timeout_ms: None,
-            max_attempts: 3,
-            retry_on: vec![Outcome::Lost],
-            backoff_ms: 5_000,
-            idempotency_key: None,
-            labels: BTreeMap::new(),
-            env: BTreeMap::new(),
-            model: None,
-            budget: None,
-            yolo: false,
-            max_turns: None,
-            permission_mode: None,
-            allowed_tools: Vec::new(),
-            steps: Vec::new(),
-            output: None,
             body: format!("Instructions of {file}.\n"),
+            ..JobSpec::command(&format!("job {file}"), "/tmp/repo", &["true"])
         },
         field_lines,
     })

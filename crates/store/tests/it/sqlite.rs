@@ -360,3 +360,43 @@ async fn issue15_a_version_4_database_keeps_keys_and_gives_factories_to_their_to
         Binding::Bound(gantry_core::FactoryId(2))
     );
 }
+
+/// Issue 11: a version 6 database migrates to the checking state: its state constraint
+/// takes `checking` (and still refuses what is no state), the lock index covers
+/// checking jobs as it does running ones, and the file stays sound.
+#[tokio::test]
+async fn issue11_a_version_6_database_learns_the_checking_state() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("gantry.db");
+    {
+        let mut conn = rusqlite::Connection::open(&path).expect("create v6");
+        let tx = conn.transaction().expect("begin");
+        for sql in &gantry_store::MIGRATIONS[..6] {
+            tx.execute_batch(sql).expect("schema");
+        }
+        tx.commit().expect("commit");
+        conn.pragma_update(None, "user_version", 6)
+            .expect("version");
+        conn.pragma_update(None, "application_id", gantry_store::APPLICATION_ID)
+            .expect("application id");
+    }
+    let store = gantry_store::SqliteStore::open(&path).expect("open migrates");
+    drop(store);
+    let conn = rusqlite::Connection::open(&path).expect("reopen raw");
+    let insert = |id: i64, state: &str, lock: &str| {
+        conn.execute(
+            "INSERT INTO jobs (id, state, priority, max_attempts, created_at, retry_on,
+                               backoff_ms, deps_mode, lock_key)
+             VALUES (?1, ?2, 5, 3, 1000, '[]', 5000, 'succeeded', ?3)",
+            rusqlite::params![id, state, lock],
+        )
+    };
+    insert(1, "checking", "repo").expect("checking is a state");
+    insert(2, "bogus", "other").expect_err("bogus is not");
+    insert(3, "running", "repo").expect_err("the checking job holds the lock");
+    insert(4, "queued", "repo").expect("a queued job may wait for it");
+    let check: String = conn
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .expect("integrity check");
+    assert_eq!(check, "ok");
+}

@@ -1,0 +1,103 @@
+//! The checking stage end to end through the real binaries (issue 11): a job's gate
+//! fails, the job goes back to its agent for a fix round with the failure in its prompt,
+//! passes, and `gantry show` prints the gates; a gate that never passes fails the job
+//! as `gates_failed`, not retried.
+
+use crate::harness::{Env, submit};
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(90);
+
+/// The kinds of a job's events, in order.
+fn kinds(server: &crate::harness::Server, id: &str) -> Vec<String> {
+    let events = server.cli(&["events", id, "--json"]).json();
+    events
+        .as_array()
+        .expect("events")
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[test]
+fn issue11_a_failing_gate_sends_the_job_back_for_a_fix_round_and_then_it_passes() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let job = env.job(
+        "gated",
+        "gates:\n  - { name: fixed, run: \"test -f fixed.txt\" }\nfix_rounds: 1\n",
+        "echo work > work.txt; if [ -n \"$GANTRY_FIX_ROUND\" ]; then \
+         cp \"$GANTRY_FIX_PROMPT_FILE\" prompt.txt; echo ok > fixed.txt; fi",
+    );
+    let id = submit(&server, &[&job]).remove(0);
+    let j = server.wait_state(&id, "succeeded", LONG);
+    let run = &j["runs"][0];
+    assert_eq!(run["gates"][0]["name"], "fixed", "{j:#}");
+    assert_eq!(
+        run["gates"][0]["passed"], true,
+        "the latest result is kept: {j:#}"
+    );
+    let kinds = kinds(&server, &id);
+    let checking: Vec<&String> = kinds
+        .iter()
+        .filter(|k| {
+            k.starts_with("run.checking") || k.starts_with("gate.") || *k == "run.fix_round"
+        })
+        .collect();
+    assert_eq!(
+        checking,
+        [
+            "run.checking",
+            "gate.started",
+            "gate.failed",
+            "run.fix_round",
+            "run.checking",
+            "gate.started",
+            "gate.passed"
+        ],
+        "{kinds:?}"
+    );
+    // The fix round's prompt named the gate and its command, and the agent's fix was
+    // delivered with its first work.
+    let branch = format!("gantry/{id}");
+    let prompt = crate::harness::git(&env.repo(), &["show", &format!("{branch}:prompt.txt")]);
+    assert!(prompt.contains("Gate `fixed` failed: exited 1"), "{prompt}");
+    assert!(prompt.contains("`test -f fixed.txt`"), "{prompt}");
+    let files = crate::harness::git(&env.repo(), &["ls-tree", "--name-only", &branch]);
+    assert!(
+        files.contains("fixed.txt") && files.contains("work.txt"),
+        "{files}"
+    );
+    let show = server.cli(&["show", &id]);
+    show.ok();
+    assert!(show.stdout.contains("GATE"), "{show}");
+    assert!(show.stdout.contains("fixed"), "{show}");
+    assert!(show.stdout.contains("passed"), "{show}");
+}
+
+#[test]
+fn issue11_a_gate_that_never_passes_fails_the_job_as_gates_failed_without_a_retry() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    let job = env.job(
+        "never",
+        "gates:\n  - { name: lint, run: \"echo lint says no; exit 3\" }\nfix_rounds: 1\nmax_attempts: 3\nretry_on: [lost, failed]\n",
+        "echo work > work.txt",
+    );
+    let id = submit(&server, &[&job]).remove(0);
+    let j = server.wait_state(&id, "failed", LONG);
+    assert_eq!(
+        j["runs"].as_array().map(Vec::len),
+        Some(1),
+        "not retried: {j:#}"
+    );
+    assert_eq!(j["runs"][0]["outcome"], "gates_failed", "{j:#}");
+    assert_eq!(j["runs"][0]["gates"][0]["reason"], "exited 3", "{j:#}");
+    let show = server.cli(&["show", &id]);
+    assert!(show.stdout.contains("gates_failed: lint"), "{show}");
+    let fix_rounds = kinds(&server, &id)
+        .iter()
+        .filter(|k| *k == "run.fix_round")
+        .count();
+    assert_eq!(fix_rounds, 1);
+}

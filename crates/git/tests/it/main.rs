@@ -1,0 +1,3 @@
+//! Integration tests of gantry-git on real repositories in temp dirs.
+
+mod merge;
