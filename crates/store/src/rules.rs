@@ -202,19 +202,41 @@ pub(crate) struct AttemptEnd {
 /// The job's reason `reason` for an attempt that ended with `outcome`, naming what the
 /// factory reported when the outcome alone says too little: a `gates_failed` end's
 /// report says which check failed in its error (`gates_failed: <gate>`,
-/// `review_rejected`, `conflict`, `secret_found`), shown in place of the bare outcome.
+/// `review_rejected`, `conflict`, `secret_found`), shown in place of the bare outcome;
+/// a `failed` end's error follows it (`attempt 1 failed: API Error: ...`).
 pub(crate) fn reason_with_error(
     reason: Option<String>,
     outcome: Outcome,
     error: Option<&str>,
 ) -> Option<String> {
-    match (reason, error) {
-        (Some(r), Some(e)) if outcome == Outcome::GatesFailed && !e.is_empty() => {
+    match (reason, error.map(str::trim).filter(|e| !e.is_empty())) {
+        (Some(r), Some(e)) if outcome == Outcome::GatesFailed => {
             Some(r.replacen(outcome.as_str(), e, 1))
+        }
+        // A failed attempt's error (the agent's own words, a signal, a workspace that
+        // could not be set up) belongs in the reason a person reads first.
+        (Some(r), Some(e)) if outcome == Outcome::Failed => {
+            let named = format!("{}: {}", outcome.as_str(), clip(e));
+            Some(r.replacen(outcome.as_str(), &named, 1))
         }
         (reason, _) => reason,
     }
 }
+
+/// `text` cut to [`MAX_REASON_ERROR`] bytes on a character boundary, marked when cut.
+fn clip(text: &str) -> String {
+    if text.len() <= MAX_REASON_ERROR {
+        return text.to_string();
+    }
+    let mut end = MAX_REASON_ERROR;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// The most of a failed attempt's error a job's reason quotes.
+const MAX_REASON_ERROR: usize = 300;
 
 /// Decides retry, backoff and reason for an attempt that ended with `outcome`;
 /// `attempts` is (this attempt, attempts allowed).
@@ -378,10 +400,26 @@ mod tests {
             r("attempt 1 gates_failed", gf, None).as_deref(),
             Some("attempt 1 gates_failed")
         );
+        // A failed attempt's error follows the outcome, before any retry note.
+        assert_eq!(
+            r(
+                "attempt 1 failed; retrying in 9 ms",
+                Outcome::Failed,
+                Some("API Error: Connection error.")
+            )
+            .as_deref(),
+            Some("attempt 1 failed: API Error: Connection error.; retrying in 9 ms")
+        );
+        let long = "é".repeat(400);
+        let clipped = r("attempt 1 failed", Outcome::Failed, Some(&long)).unwrap_or_default();
+        assert!(
+            clipped.ends_with('…') && clipped.len() <= 18 + 300 + 3,
+            "{clipped}"
+        );
         // Other outcomes keep their reason, whatever the report's error.
         assert_eq!(
-            r("attempt 1 failed", Outcome::Failed, Some("exit 1")).as_deref(),
-            Some("attempt 1 failed")
+            r("attempt 1 lost", Outcome::Lost, Some("exit 1")).as_deref(),
+            Some("attempt 1 lost")
         );
         assert_eq!(reason_with_error(None, gf, Some("x")), None);
     }

@@ -30,7 +30,14 @@ pub struct Insights {
     pub success: Option<bool>,
     /// Why the agent failed, as its result said.
     pub error_kind: Option<String>,
+    /// The agent's own words when it reported failure (its result's text, capped at
+    /// [`MAX_ERROR_MESSAGE`] bytes), so a failed run says what went wrong.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
 }
+
+/// The longest [`Insights::error_message`] kept.
+pub const MAX_ERROR_MESSAGE: usize = 1000;
 
 impl Insights {
     /// Empty insights for a run of `model`, for engines that do not name their model

@@ -14,5 +14,5 @@ pub mod steps;
 
 pub use budget::{Breach, Budget};
 pub use format::Format;
-pub use insights::Insights;
+pub use insights::{Insights, MAX_ERROR_MESSAGE};
 pub use steps::{Step, StepError, parse_steps};

@@ -168,6 +168,10 @@ fn is_error_with_subtype_success_is_an_api_error() {
     let i = insights(&evs);
     assert_eq!(i.model.as_deref(), Some("claude-sonnet-4-5"));
     assert_eq!(i.success, Some(false));
+    assert_eq!(
+        i.error_message.as_deref(),
+        Some("API Error: Connection error.")
+    );
     assert_eq!(i.cost_usd, Some(0.0));
 }
 

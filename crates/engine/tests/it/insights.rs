@@ -52,6 +52,7 @@ fn reported_usage_adds_up_and_the_result_replaces_it() {
             tool_errors: 1,
             success: None,
             error_kind: None,
+            error_message: None,
         }
     );
     let mut done = i.clone();
@@ -92,6 +93,7 @@ fn add_totals_runs_of_a_job() {
         tool_errors: 1,
         success: Some(false),
         error_kind: Some("error_max_turns".to_string()),
+        error_message: None,
     };
     let second = Insights {
         model: None,
@@ -106,6 +108,7 @@ fn add_totals_runs_of_a_job() {
         tool_errors: 0,
         success: Some(true),
         error_kind: None,
+        error_message: None,
     };
     first.add(&second);
     assert_eq!(
@@ -123,6 +126,7 @@ fn add_totals_runs_of_a_job() {
             tool_errors: 1,
             success: Some(true),
             error_kind: None,
+            error_message: None,
         }
     );
     let mut none = Insights::default();

@@ -96,15 +96,21 @@ impl Supervisor {
             (None, _) => Outcome::Failed,
         });
         report.insights = end.insights.clone();
+        // A failed agent's own words ("API Error: Unable to connect to API") are the
+        // best reason there is, whatever its exit code; without them, an agent that
+        // exited 0 but reported failure says what kind of failure it reported.
         if report.outcome == Some(Outcome::Failed)
             && report.error.is_none()
-            && end.exit.is_some_and(Exit::success)
             && let Some(i) = &end.insights
         {
-            report.error = Some(format!(
-                "the agent reported failure ({})",
-                i.error_kind.as_deref().unwrap_or("no error kind")
-            ));
+            report.error = match &i.error_message {
+                Some(message) => Some(message.clone()),
+                None if end.exit.is_some_and(Exit::success) => Some(format!(
+                    "the agent reported failure ({})",
+                    i.error_kind.as_deref().unwrap_or("no error kind")
+                )),
+                None => None,
+            };
         }
         if report.outcome == Some(Outcome::Failed)
             && report.error.is_none()

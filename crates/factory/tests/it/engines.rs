@@ -365,6 +365,8 @@ async fn issue3_a_claude_api_error_fails_the_run_though_its_result_says_success(
     assert_eq!(r.outcome, Some(Outcome::Failed), "{r:?}");
     assert_eq!(r.exit_code, Some(1));
     assert_eq!(insights(&r).success, Some(false));
+    // The agent's own words are the run's error, so `gantry show` can say them.
+    assert_eq!(r.error.as_deref(), Some("API Error: Connection error."));
     stop(f).await;
 }
 
