@@ -15,6 +15,8 @@
 //! works too); Prometheus sends one with `authorization: { credentials_file: ... }` in
 //! the scrape config.
 
+pub mod checks;
+
 use gantry_core::engine::Insights;
 use gantry_core::{JobState, Outcome};
 use gantry_store::{Store, StoreError};
@@ -194,6 +196,8 @@ pub struct Metrics {
     /// One computation at a time: concurrent scrapes wait for it instead of each
     /// scanning the queue.
     queue_depth: tokio::sync::Mutex<Option<QueueDepth>>,
+    /// Gate results and secrets found (see [`checks`]).
+    checks: checks::CheckMetrics,
 }
 
 impl Default for Metrics {
@@ -212,6 +216,14 @@ impl Metrics {
             runs_finished: Default::default(),
             agents: Mutex::new(BTreeMap::new()),
             queue_depth: tokio::sync::Mutex::new(None),
+            checks: checks::CheckMetrics::default(),
+        }
+    }
+
+    /// Counts the gate results and secret findings of an upload the store accepted.
+    pub fn checks_observed(&self, counts: checks::CheckCounts) {
+        if !counts.is_empty() {
+            self.checks.observe(counts);
         }
     }
 
@@ -299,6 +311,7 @@ impl Metrics {
         render_gauges(&mut out, &status.jobs, status.paused, &depth);
         self.render_counters(&mut out);
         self.render_agents(&mut out);
+        self.checks.render(&mut out);
         Ok(out)
     }
 

@@ -68,6 +68,9 @@ fn issue11_a_failing_gate_sends_the_job_back_for_a_fix_round_and_then_it_passes(
         files.contains("fixed.txt") && files.contains("work.txt"),
         "{files}"
     );
+    // The server counted both results of the gate.
+    let api = crate::harness::Api::new(&server.url, &server.admin_token());
+    assert_eq!(api.counter("gantry_gate_results_total"), 2.0);
     let show = server.cli(&["show", &id]);
     show.ok();
     assert!(show.stdout.contains("GATE"), "{show}");

@@ -119,9 +119,12 @@ impl Service {
                 .with_details(json!({ "field": format!("events[{i}].kind"), "value": ev.kind })));
             }
         }
+        let counts = crate::metrics::checks::CheckCounts::of(&events);
         let store = self.store.clone();
         let append = async move { store.append_events(run, epoch, events).await };
-        Ok(fenced(&self.metrics, FencedWrite::Events, append).await?)
+        fenced(&self.metrics, FencedWrite::Events, append).await?;
+        self.metrics.checks_observed(counts);
+        Ok(())
     }
 
     /// Records the end of a run (fenced) and, when it succeeded with a commit and push
