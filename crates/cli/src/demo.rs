@@ -10,8 +10,9 @@ use crate::render::plus_minus;
 use crate::serve;
 use gantry_client::Client;
 use gantry_core::event::{
-    self, DeliveryFailed, DeliveryPushed, Event, JobStateChanged, OutputStream, RunBudgetExceeded,
-    RunClaimed, RunFinished, RunOutput, RunStarted,
+    self, DeliveryFailed, DeliveryPushed, Event, GateFailed, GatePassed, JobStateChanged,
+    OutputStream, RunBudgetExceeded, RunClaimed, RunFinished, RunFixRound, RunOutput, RunStarted,
+    SecretFound,
 };
 use gantry_core::time::now_millis;
 use gantry_core::{Job, JobId, JobState, Outcome};
@@ -121,6 +122,22 @@ fn jobs() -> Vec<DemoJob> {
             "Hotfix the greeting (priority 9, submitted last)",
             "sleep 0.3; sed -i 's/Hello/Hello, world/' app.sh; echo 'patched app.sh'",
         ),
+        job(
+            "tested",
+            "gates:\n  - { name: greeting-test, run: \"grep -q Hello greeting.txt\" }\nfix_rounds: 1\n",
+            "Write the greeting file (its gate sends it back once)",
+            "if [ -n \"$GANTRY_FIX_ROUND\" ]; then echo Hello > greeting.txt; echo 'fixed what the gate found'; else echo Hullo > greeting.txt; echo 'wrote greeting.txt'; fi",
+        ),
+        DemoJob {
+            expect: JobState::Failed,
+            // The key is put together by the job, so this file holds no credential.
+            ..job(
+                "leaky",
+                "fix_rounds: 1\n",
+                "Add the deploy config (plants a credential)",
+                "printf 'aws_access_key_id = AKIA%s\\n' QWERTYUIOPASDFGH > deploy.cfg; echo 'wrote deploy.cfg'",
+            )
+        },
         agent(
             "agent",
             "Add a greeting by name (script agent)",
@@ -237,6 +254,8 @@ struct Tracked {
     name: String,
     state: JobState,
     delivered: Option<String>,
+    /// Fix rounds the checking stage sent the job back for.
+    fix_rounds: u32,
 }
 
 async fn drive(client: &Client, repo: &Path, jobs_dir: &Path, keep: bool) -> Result<(), CliError> {
@@ -296,6 +315,7 @@ async fn drive(client: &Client, repo: &Path, jobs_dir: &Path, keep: bool) -> Res
                 name: j.name.to_string(),
                 state: JobState::Queued,
                 delivered: None,
+                fix_rounds: 0,
             },
         );
     }
@@ -354,6 +374,9 @@ async fn drive(client: &Client, repo: &Path, jobs_dir: &Path, keep: bool) -> Res
         };
         if let Ok(change) = ev.payload::<JobStateChanged>() {
             t.state = change.to;
+        }
+        if ev.is::<RunFixRound>() {
+            t.fix_rounds += 1;
         }
         if let Ok(pushed) = ev.payload::<DeliveryPushed>() {
             t.delivered = Some(pushed.branch);
@@ -472,6 +495,25 @@ fn live_line(ev: &Event) -> Option<String> {
                 .map_or_else(|_| "budget exceeded".to_string(), |p| p.message)
         )),
         event::AGENT_INSIGHTS => None,
+        event::RUN_CHECKING => Some("checking  the result".to_string()),
+        event::GATE_PASSED => ev
+            .payload::<GatePassed>()
+            .ok()
+            .map(|p| format!("gate      {} passed", p.result.name)),
+        event::GATE_FAILED => ev.payload::<GateFailed>().ok().map(|p| {
+            let why = p.result.reason.unwrap_or_else(|| "failed".to_string());
+            format!("gate      {} failed: {why}", p.result.name)
+        }),
+        event::RUN_FIX_ROUND => ev
+            .payload::<RunFixRound>()
+            .ok()
+            .map(|p| format!("fix round {}: {}", p.round, p.reasons.join("; "))),
+        event::SECRET_FOUND => ev.payload::<SecretFound>().ok().map(|p| {
+            format!(
+                "SECRET    {} in {}:{} (the value is never shown)",
+                p.rule, p.file, p.line
+            )
+        }),
         kind if kind.starts_with("agent.") => {
             let text = crate::render::event_summary(ev);
             let label = kind.trim_start_matches("agent.");
@@ -491,6 +533,35 @@ fn live_line(ev: &Event) -> Option<String> {
             .ok()
             .map(|p| format!("push failed: {}", p.error)),
         _ => None,
+    }
+}
+
+/// The summary's lines on the checking stage: the job its gate sent back for a fix
+/// round, and the job stopped by the credential it planted (never printed).
+fn explain_checks(jobs: &[Job], tracked: &BTreeMap<JobId, Tracked>) {
+    let named = |n: &str| {
+        jobs.iter()
+            .find(|j| tracked.get(&j.id).is_some_and(|t| t.name == n))
+    };
+    if let Some(t) = named("tested") {
+        let rounds = tracked.get(&t.id).map_or(0, |k| k.fix_rounds);
+        let gates: Vec<String> = t
+            .runs
+            .iter()
+            .flat_map(|r| &r.gates)
+            .map(|g| format!("{} {}", g.name, if g.passed { "passed" } else { "failed" }))
+            .collect();
+        output::line(format!(
+            "  gates:    tested: its gate failed, {rounds} fix round(s) sent it back to its agent, then {} (job {})",
+            gates.join(", "),
+            t.state
+        ));
+    }
+    if let Some(l) = named("leaky") {
+        output::line(format!(
+            "  secrets:  leaky: {} (never printed; the result was not delivered)",
+            l.reason.as_deref().unwrap_or("?")
+        ));
     }
 }
 
@@ -651,6 +722,7 @@ fn summary(jobs: &[Job], tracked: &BTreeMap<JobId, Tracked>, t0: i64) {
             r.state
         ));
     }
+    explain_checks(jobs, tracked);
     let total = jobs
         .iter()
         .filter_map(last_end)

@@ -29,7 +29,16 @@ fn demo_runs_and_prints_a_summary() {
         "never at the same time: lock `docs`",
         "after it, as deps: [schema] asks",
         "attempt 1 failed (exit 1), then attempt 2 succeeded",
-        "claimed 1st of 8",
+        "claimed 1st of 10",
+        // The checking stage: a gate sends a job back once; a planted key stops one.
+        "tested",
+        "gate      greeting-test failed: exited 1",
+        "fix round 1: gate greeting-test: exited 1",
+        "gate      greeting-test passed",
+        "then greeting-test passed (job succeeded)",
+        "leaky",
+        "SECRET    aws-access-key-id in deploy.cfg:1",
+        "leaky: attempt 1 secret_found",
         "branch --list 'gantry/*'",
         "agent",
         "runaway",
@@ -44,16 +53,20 @@ fn demo_runs_and_prints_a_summary() {
     ] {
         assert!(s.contains(needle), "demo output has {needle:?}\n{out}");
     }
-    // Every job but the runaway succeeded and was delivered as gantry/<job>.
+    // Every job but the runaway and the leaky one succeeded and was delivered as
+    // gantry/<job>.
     let branch_lines: Vec<&str> = s
         .lines()
         .filter(|l| l.trim_start().starts_with("gantry/"))
         .collect();
     assert_eq!(
         branch_lines.len(),
-        7,
-        "seven delivered branches listed (the runaway is not delivered)\n{out}"
+        8,
+        "eight delivered branches listed (the runaway and the leaky job are not)\n{out}"
     );
+    // The planted credential is never printed.
+    assert!(!s.contains("AKIAQWERTYUIOPASDFGH"), "{out}");
+    assert!(!out.stderr.contains("AKIAQWERTYUIOPASDFGH"), "{out}");
     assert!(
         !s.contains("OVERLAPPED") && !s.contains("BEFORE it"),
         "{out}"
