@@ -409,19 +409,12 @@ payload! {
     QueueResumed = QUEUE_RESUMED {}
 }
 
-payload! {
-    /// Data of [`RUN_CHECKPOINT`]: the work in progress the store records on the job.
-    RunCheckpoint = RUN_CHECKPOINT {
-        /// The branch holding it in the source repo: `gantry/<job>/wip`.
-        #[serde(rename = "wip_branch")]
-        pub branch: String,
-        /// The commit the work started from.
-        #[serde(rename = "wip_base")]
-        pub base: String,
-        /// The checkpoint commit.
-        #[serde(rename = "wip_commit")]
-        pub commit: String,
-    }
+/// Data of [`RUN_CHECKPOINT`]: the work in progress the store records on the job. One
+/// type with the claim's checkpoint, so the event and the claim cannot drift apart.
+pub type RunCheckpoint = crate::api::Checkpoint;
+
+impl Payload for crate::api::Checkpoint {
+    const KIND: &'static str = RUN_CHECKPOINT;
 }
 
 /// Data of [`AGENT_INSIGHTS`]: the insights themselves.

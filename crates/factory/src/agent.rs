@@ -5,7 +5,7 @@
 //! Everything engine-specific is here, so the run supervisor only starts what
 //! [`launch`] returns and feeds every stdout line to its [`Watcher`].
 
-use gantry_core::event::{NewEvent, RunBudgetExceeded, RunCheckpoint};
+use gantry_core::event::{NewEvent, RunBudgetExceeded};
 use gantry_core::{EngineKind, JobId, JobSpec, Outcome, RunId};
 use gantry_engine::{
     AgentEvent, AgentRequest, Breach, Budget, Fold, Format, Insights, PriceTable, Stdin,
@@ -405,11 +405,7 @@ pub fn wip_branch(job: JobId) -> String {
 
 /// The checkpoint a run records, as the event the store applies to the job.
 pub fn checkpoint_event(cp: &Checkpoint) -> NewEvent {
-    NewEvent::of(&RunCheckpoint {
-        branch: cp.branch.clone(),
-        base: cp.base.clone(),
-        commit: cp.commit.clone(),
-    })
+    NewEvent::of(cp)
 }
 
 /// Longest stdout line an agent reader holds while waiting for its newline.
