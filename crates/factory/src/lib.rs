@@ -26,6 +26,7 @@ mod heartbeat;
 mod http;
 pub mod process;
 pub mod record;
+mod redact;
 mod registration;
 mod run;
 pub mod sandbox;

@@ -270,6 +270,8 @@ pub(crate) struct Tailer {
     pub wake: Arc<Notify>,
     /// Events to upload before any output (`run.started`), retried like output.
     pub first: Vec<NewEvent>,
+    /// What every string of the output's events passes through before upload.
+    pub redactor: Option<Arc<gantry_secrets::Redactor>>,
 }
 
 impl Tailer {
@@ -311,6 +313,9 @@ impl Tailer {
                         return self.reader;
                     }
                 } else {
+                    if let Some(r) = &self.redactor {
+                        crate::redact::events(r, &mut events);
+                    }
                     pending = Some(Batch { events, offsets });
                 }
             }

@@ -114,6 +114,7 @@ impl Supervisor {
             finishing: finish_rx,
             wake: wake.clone(),
             first,
+            redactor: crate::redact::for_engine(&self.ctx.cfg, spec.engine),
         };
         let task = TailerTask {
             task: AbortOnDrop(tokio::spawn(tailer.run())),

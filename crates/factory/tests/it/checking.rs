@@ -470,3 +470,28 @@ async fn a_profile_that_reaches_the_factory_unresolved_fails_naming_it() {
     assert!(error.contains("gates profile `strict`"), "{error}");
     h.stop().await;
 }
+
+/// Issue 11: agents echo what they find. A credential the job prints is redacted before
+/// its output leaves the factory, so no event the server keeps or serves carries it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_credential_printed_by_a_job_is_redacted_before_upload() {
+    let h = Harness::start(1).await;
+    // The key is put together by the job, so this file holds no credential.
+    let script = "printf 'found aws_access_key_id = AKIA%s in the config\\n' QWERTYUIOPASDFGH; \
+                  printf 'to stderr: AKIA%s\\n' QWERTYUIOPASDFGH >&2; echo done";
+    let report = h
+        .run(claim(140, 140, 1, spec(&h.repo, &["sh", "-c", script])))
+        .await;
+    assert_eq!(report.outcome, Some(Outcome::Succeeded), "{report:?}");
+    let stdout = h.coord.output(RunId(140), "stdout");
+    let stderr = h.coord.output(RunId(140), "stderr");
+    assert!(
+        stdout.contains("done"),
+        "the rest of the output is kept: {stdout}"
+    );
+    for text in [&stdout, &stderr] {
+        assert!(!text.contains("QWERTYUIOPASDFGH"), "{text}");
+        assert!(text.contains("[REDACTED:aws-access-key-id]"), "{text}");
+    }
+    h.stop().await;
+}
