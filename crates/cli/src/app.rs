@@ -99,6 +99,7 @@ async fn run(global: Global, command: Command) -> Result<(), CliError> {
         Command::BenchKill { runs } => bench::kill(runs).await,
         Command::BenchMetrics { jobs, scrapes, db } => bench::metrics::run(jobs, scrapes, db).await,
         Command::BenchSecrets { mb } => bench::secrets::run(mb),
+        Command::BenchCheck { runs } => bench::check::run(runs).await,
         other => {
             let client = handlers::client_for(&global)?;
             match other {
@@ -142,7 +143,8 @@ async fn run(global: Global, command: Command) -> Result<(), CliError> {
                 | Command::BenchConcurrent { .. }
                 | Command::BenchKill { .. }
                 | Command::BenchMetrics { .. }
-                | Command::BenchSecrets { .. } => unreachable!("handled above without a client"),
+                | Command::BenchSecrets { .. }
+                | Command::BenchCheck { .. } => unreachable!("handled above without a client"),
             }
         }
     }

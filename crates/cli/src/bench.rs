@@ -1,7 +1,8 @@
 //! `gantry bench queue`, `gantry bench dispatch`, `gantry bench concurrent` and
 //! `gantry bench kill`; `gantry bench metrics` is in [`metrics`], `gantry bench secrets`
-//! in [`secrets`].
+//! in [`secrets`], `gantry bench check` in [`check`].
 
+pub mod check;
 pub mod metrics;
 pub mod secrets;
 

@@ -497,6 +497,20 @@ three runs each. Prints MB/s and the build profile; the last line is `secrets_mb
         after_help = "Examples:\n  gantry bench secrets\n  gantry bench secrets --mb 128"
     )]
     Secrets(BenchSecretsArgs),
+    /// What the checking stage adds to a run, with one no-op gate.
+    #[command(
+        long_about = "Starts an embedded server on SQLite in a temp dir and runs --runs command jobs one at a time with one no-op gate (`true`), then --runs without a gate. Each job's process writes the wall clock as its last act; the measure ends at its run's recorded end. Prints p50/p99 of both; the last line is `check_p50_ms=<x> nogate_p50_ms=<y>`.",
+        after_help = "Examples:\n  gantry bench check\n  gantry bench check --runs 50"
+    )]
+    Check(BenchCheckArgs),
+}
+
+/// Arguments of `bench check`.
+#[derive(Debug, Args)]
+pub struct BenchCheckArgs {
+    /// Measured jobs of each kind.
+    #[arg(long, default_value = "20", value_name = "N")]
+    pub runs: String,
 }
 
 /// Arguments of `bench secrets`.

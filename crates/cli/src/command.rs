@@ -218,6 +218,11 @@ pub enum Command {
         /// Measured runs of each kind.
         runs: usize,
     },
+    /// The checking stage benchmark.
+    BenchCheck {
+        /// Measured jobs of each kind.
+        runs: usize,
+    },
     /// The secret scanner benchmark.
     BenchSecrets {
         /// Megabytes of diff text.
@@ -406,6 +411,9 @@ fn convert(sub: Sub, global: &Global) -> Result<Command, UsageError> {
         },
         Sub::Bench(cli::BenchSub::Dispatch(a)) => Command::BenchDispatch {
             runs: parse_count("bench dispatch", "--runs <N>", &a.runs, 1)?,
+        },
+        Sub::Bench(cli::BenchSub::Check(a)) => Command::BenchCheck {
+            runs: parse_count("bench check", "--runs <N>", &a.runs, 1)?,
         },
         Sub::Bench(cli::BenchSub::Secrets(a)) => Command::BenchSecrets {
             mb: parse_count("bench secrets", "--mb <N>", &a.mb, 1)?,

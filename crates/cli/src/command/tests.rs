@@ -17,6 +17,15 @@ fn clap_definition_is_consistent() {
 }
 
 #[test]
+fn bench_check_defaults_and_flags() {
+    let inv = parse(&["bench", "check"]).expect("valid");
+    assert_eq!(inv.command, Command::BenchCheck { runs: 20 });
+    let inv = parse(&["bench", "check", "--runs", "5"]).expect("valid");
+    assert_eq!(inv.command, Command::BenchCheck { runs: 5 });
+    assert!(parse(&["bench", "check", "--runs", "0"]).is_err());
+}
+
+#[test]
 fn bench_secrets_defaults_and_flags() {
     let inv = parse(&["bench", "secrets"]).expect("valid");
     assert_eq!(inv.command, Command::BenchSecrets { mb: 32 });

@@ -100,6 +100,21 @@ fn bench_dispatch_prints_the_last_line() {
 }
 
 #[test]
+fn issue11_bench_check_prints_the_last_line() {
+    let mut c = gantry();
+    c.args(["bench", "check", "--runs", "2"]);
+    let out = run_with_timeout(c, Duration::from_secs(300));
+    out.ok();
+    let last = out.stdout.lines().last().unwrap_or_default();
+    let v = parse_kv(last, &["check_p50_ms", "nogate_p50_ms"]);
+    assert!(v[0] > 0.0 && v[1] > 0.0, "{last}");
+    assert!(
+        out.stdout.contains("one no-op gate  p50"),
+        "says what it measures\n{out}"
+    );
+}
+
+#[test]
 fn issue3_bench_kill_prints_the_last_line() {
     let mut c = gantry();
     c.args(["bench", "kill", "--runs", "3"]);
