@@ -58,7 +58,13 @@ fn issue11_a_failing_gate_sends_the_job_back_for_a_fix_round_and_then_it_passes(
         "{kinds:?}"
     );
     // The fix round's prompt named the gate and its command, and the agent's fix was
-    // delivered with its first work.
+    // delivered with its first work (delivery follows the success: wait for it).
+    crate::harness::wait_for("the delivery of the job", LONG, || {
+        crate::checking::kinds(&server, &id)
+            .iter()
+            .any(|k| k == "delivery.pushed")
+            .then_some(())
+    });
     let branch = format!("gantry/{id}");
     let prompt = crate::harness::git(&env.repo(), &["show", &format!("{branch}:prompt.txt")]);
     assert!(prompt.contains("Gate `fixed` failed: exited 1"), "{prompt}");
