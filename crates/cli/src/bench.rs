@@ -12,7 +12,7 @@ use crate::gitutil::{git, init_repo};
 use crate::output;
 use crate::serve;
 use gantry_client::Client;
-use gantry_core::{JobId, JobState};
+use gantry_core::{Job, JobId, JobState};
 use gantry_protocol::{SubmitFile, SubmitRequest};
 use gantry_server::ServeConfig;
 use gantry_store::{PgOptions, PgStore, SqliteStore, Store};
@@ -556,6 +556,45 @@ fn stamp_script(stamp: &Path) -> String {
     format!("date +%s%N > '{}'", stamp.display())
 }
 
+/// Submits the one job of `req` and waits until it ended, succeeded (`bench` names the
+/// benchmark in the hint of any other end). Waiting for the end keeps the server idle
+/// for the next submit.
+async fn run_one(client: &Client, req: &SubmitRequest, bench: &str) -> Result<Job, CliError> {
+    let api = |e| from_client(e, client.base());
+    let resp = client.submit(req).await.map_err(api)?;
+    let id: JobId = resp.jobs.first().map(|s| s.id).ok_or_else(|| {
+        CliError::new(
+            Kind::Server,
+            "the server accepted the job but returned no id",
+        )
+    })?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let job = loop {
+        let job = client.job(id).await.map_err(api)?;
+        if job.state.is_terminal() {
+            break job;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(CliError::new(
+                Kind::Server,
+                format!("bench job {id} did not finish within 60 s"),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    if job.state != JobState::Succeeded {
+        return Err(
+            CliError::new(Kind::Server, format!("bench job {id} ended {}", job.state)).hint(
+                format!(
+                    "`gantry bench {bench} -v` shows the server's log; the job's reason: {}",
+                    job.reason.unwrap_or_default()
+                ),
+            ),
+        );
+    }
+    Ok(job)
+}
+
 /// `gantry bench dispatch [--runs N]`.
 pub async fn dispatch(runs: usize) -> Result<(), CliError> {
     let tmp = tempfile::Builder::new()
@@ -661,7 +700,6 @@ async fn measure_dispatch(
     stamps: &Path,
     runs: usize,
 ) -> Result<Vec<f64>, CliError> {
-    let api = |e| from_client(e, client.base());
     let mut out = Vec::with_capacity(runs);
     for i in 0..=runs {
         let stamp = stamps.join(format!("dispatch-{i}"));
@@ -678,38 +716,7 @@ async fn measure_dispatch(
             }],
         };
         let t0 = now_ns();
-        let resp = client.submit(&req).await.map_err(api)?;
-        let id: JobId = resp.jobs.first().map(|s| s.id).ok_or_else(|| {
-            CliError::new(
-                Kind::Server,
-                "the server accepted the job but returned no id",
-            )
-        })?;
-        // Waiting for the job to end keeps the server idle for the next submit.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let job = loop {
-            let job = client.job(id).await.map_err(api)?;
-            if job.state.is_terminal() {
-                break job;
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(CliError::new(
-                    Kind::Server,
-                    format!("bench job {id} did not finish within 60 s"),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        if job.state != JobState::Succeeded {
-            return Err(
-                CliError::new(Kind::Server, format!("bench job {id} ended {}", job.state)).hint(
-                    format!(
-                        "`gantry bench dispatch -v` shows the server's log; the job's reason: {}",
-                        job.reason.unwrap_or_default()
-                    ),
-                ),
-            );
-        }
+        run_one(client, &req, "dispatch").await?;
         let ms = (read_stamp(&stamp)? - t0) as f64 / 1e6;
         if i > 0 {
             out.push(ms);

@@ -18,6 +18,7 @@ pub mod retry;
 pub mod review;
 pub mod spec;
 pub mod state;
+pub mod text;
 pub mod time;
 
 pub use id::{FactoryId, JobId, RunId};

@@ -89,7 +89,12 @@ impl Fold for Insights {
                 self.success = Some(*success);
                 self.error_kind.clone_from(error_kind);
                 self.error_message = match text {
-                    Some(t) if !*success && !t.trim().is_empty() => Some(capped(t.trim())),
+                    Some(t) if !*success && !t.trim().is_empty() => {
+                        Some(gantry_core::text::clip_marked(
+                            t.trim(),
+                            gantry_core::engine::MAX_ERROR_MESSAGE,
+                        ))
+                    }
                     _ => None,
                 };
                 if let Some(n) = num_turns {
@@ -129,18 +134,4 @@ fn estimate(i: &mut Insights, prices: &PriceTable) {
         i.cost_usd = Some(cost);
         i.cost_estimated = true;
     }
-}
-
-/// `text` cut to [`gantry_core::engine::MAX_ERROR_MESSAGE`] bytes on a character
-/// boundary, marked when cut.
-fn capped(text: &str) -> String {
-    let max = gantry_core::engine::MAX_ERROR_MESSAGE;
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
 }

@@ -216,23 +216,15 @@ pub(crate) fn reason_with_error(
         // A failed attempt's error (the agent's own words, a signal, a workspace that
         // could not be set up) belongs in the reason a person reads first.
         (Some(r), Some(e)) if outcome == Outcome::Failed => {
-            let named = format!("{}: {}", outcome.as_str(), clip(e));
+            let named = format!(
+                "{}: {}",
+                outcome.as_str(),
+                gantry_core::text::clip_marked(e, MAX_REASON_ERROR)
+            );
             Some(r.replacen(outcome.as_str(), &named, 1))
         }
         (reason, _) => reason,
     }
-}
-
-/// `text` cut to [`MAX_REASON_ERROR`] bytes on a character boundary, marked when cut.
-fn clip(text: &str) -> String {
-    if text.len() <= MAX_REASON_ERROR {
-        return text.to_string();
-    }
-    let mut end = MAX_REASON_ERROR;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}…", &text[..end])
 }
 
 /// The most of a failed attempt's error a job's reason quotes.

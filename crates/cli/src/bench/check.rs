@@ -2,12 +2,11 @@
 //! job's process ends to the moment its run is finished (succeeded), with one no-op
 //! gate and with none, on SQLite.
 
-use super::{bench_server, percentile, read_stamp, stamp_script};
-use crate::error::{CliError, Kind, from_client};
+use super::{bench_server, percentile, read_stamp, run_one, stamp_script};
+use crate::error::{CliError, Kind};
 use crate::gitutil::init_repo;
 use crate::output;
 use gantry_client::Client;
-use gantry_core::{JobId, JobState};
 use gantry_protocol::{SubmitFile, SubmitRequest};
 use std::path::Path;
 use std::time::Duration;
@@ -63,7 +62,6 @@ async fn measure(
     runs: usize,
     gate: bool,
 ) -> Result<Vec<f64>, CliError> {
-    let api = |e| from_client(e, client.base());
     let mut out = Vec::with_capacity(runs);
     for i in 0..=runs {
         let stamp = root.join(format!("check-{gate}-{i}"));
@@ -84,38 +82,13 @@ async fn measure(
                 dir: None,
             }],
         };
-        let resp = client.submit(&req).await.map_err(api)?;
-        let id: JobId = resp.jobs.first().map(|s| s.id).ok_or_else(|| {
+        let job = run_one(client, &req, "check").await?;
+        let ended = job.runs.last().and_then(|r| r.finished_at).ok_or_else(|| {
             CliError::new(
                 Kind::Server,
-                "the server accepted the job but returned no id",
+                format!("bench job {} has no finished run", job.id),
             )
         })?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        let job = loop {
-            let job = client.job(id).await.map_err(api)?;
-            if job.state.is_terminal() {
-                break job;
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(CliError::new(
-                    Kind::Server,
-                    format!("bench job {id} did not finish within 60 s"),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        };
-        let ended = job.runs.last().and_then(|r| r.finished_at);
-        let (JobState::Succeeded, Some(ended)) = (job.state, ended) else {
-            return Err(
-                CliError::new(Kind::Server, format!("bench job {id} ended {}", job.state)).hint(
-                    format!(
-                        "`gantry bench check -v` shows the server's log; the job's reason: {}",
-                        job.reason.unwrap_or_default()
-                    ),
-                ),
-            );
-        };
         let ms = (i128::from(ended) * 1_000_000 - read_stamp(&stamp)?) as f64 / 1e6;
         if i > 0 {
             out.push(ms);
