@@ -6,6 +6,7 @@
 
 mod app;
 mod bench;
+mod checks;
 pub mod cli;
 mod command;
 mod demo;

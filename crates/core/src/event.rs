@@ -162,6 +162,9 @@ pub fn check_known(kind: &str, data: &serde_json::Value) -> Result<(), PayloadEr
         SECRET_FOUND => fits::<SecretFound>(data),
         CHECK_CONFLICT => fits::<CheckConflict>(data),
         CHECK_REBASED => fits::<CheckRebased>(data),
+        REVIEW_STARTED => fits::<ReviewStarted>(data),
+        REVIEW_PASSED => fits::<ReviewPassed>(data),
+        REVIEW_FAILED => fits::<ReviewFailed>(data),
         _ => Ok(()),
     }
 }
@@ -189,7 +192,7 @@ pub enum PayloadError {
 }
 
 /// `data` of an event of kind `kind` as the payload `P`.
-fn read<P: Payload>(kind: &str, data: &serde_json::Value) -> Result<P, PayloadError> {
+pub(crate) fn read<P: Payload>(kind: &str, data: &serde_json::Value) -> Result<P, PayloadError> {
     if kind != P::KIND {
         return Err(PayloadError::WrongKind {
             expected: P::KIND,

@@ -441,6 +441,10 @@ pub struct GateResult {
     /// The file holding its output (standard output and error together), on the
     /// factory that ran it.
     pub output: String,
+    /// The last few KiB of that output (redacted like every uploaded string), so a
+    /// failed gate's output is one `gantry show` away wherever the factory ran.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub output_tail: String,
 }
 
 /// Why a figure could not be read.

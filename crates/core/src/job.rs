@@ -140,6 +140,10 @@ pub struct Run {
     /// first started (left out of the JSON when there are none).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gates: Vec<crate::gate::GateResult>,
+    /// The run's reviews, secret findings and fix rounds (left out of the JSON when
+    /// there are none).
+    #[serde(default, skip_serializing_if = "crate::checks::RunChecks::is_empty")]
+    pub checks: crate::checks::RunChecks,
     /// Claim time.
     #[serde(with = "crate::time::rfc3339_millis")]
     pub started_at: Millis,

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod caps;
+pub mod checks;
 pub mod engine;
 pub mod event;
 pub mod fix;

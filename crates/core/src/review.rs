@@ -6,6 +6,7 @@
 //! that reads as a verdict. A missing or malformed verdict is a failed review with that
 //! reason, never a crash.
 
+use crate::engine::Insights;
 use crate::spec::{EngineKind, Step};
 use serde::{Deserialize, Serialize};
 
@@ -212,6 +213,128 @@ impl Verdict {
     }
 }
 
+/// What one review of a run's result gave: the verdict and whether it passed, or why
+/// there was none, with what the reviewer spent (counted in the run's figures too, and
+/// shown apart here).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReviewResult {
+    /// The check round it reviewed (0: the agent's first result).
+    pub round: u32,
+    /// The reviewer's engine.
+    pub engine: EngineKind,
+    /// The model asked of it, when the review named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Whether the result passed: a verdict scoring at least `threshold`.
+    pub passed: bool,
+    /// The score needed.
+    pub threshold: f64,
+    /// The verdict, when the reviewer gave a readable one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<Verdict>,
+    /// Why the review failed without a verdict (the reviewer failed, gave none, or gave
+    /// a malformed one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The tree it reviewed.
+    pub tree: String,
+    /// How long the reviewer ran.
+    pub duration_ms: u64,
+    /// What the reviewer spent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub insights: Option<Insights>,
+}
+
+impl ReviewResult {
+    /// The verdict's score, when there was one.
+    pub fn score(&self) -> Option<f64> {
+        self.verdict.as_ref().map(|v| v.score)
+    }
+}
+
+/// The most of the diff a reviewer's prompt quotes; past it, the prompt lists the
+/// changed files and the reviewer reads them in its checkout.
+pub const MAX_PROMPT_DIFF: usize = 96 * 1024;
+/// The most of the job's own instructions a reviewer's prompt quotes.
+pub const MAX_PROMPT_JOB: usize = 16 * 1024;
+
+/// What a reviewer is told about the result it reviews.
+#[derive(Debug, Clone, Copy)]
+pub struct ReviewBrief<'a> {
+    /// The job's title.
+    pub title: &'a str,
+    /// The job's instructions to its agent.
+    pub job: &'a str,
+    /// What the review asks beyond them.
+    pub instructions: Option<&'a str>,
+    /// The change: `git diff` of the result against its base.
+    pub diff: &'a str,
+    /// The change in brief: `git diff --stat`.
+    pub stat: &'a str,
+    /// The gates' results on this tree.
+    pub gates: &'a [crate::gate::GateResult],
+}
+
+/// The reviewer's prompt: the job, what to look for, the gates' results, the change
+/// (capped, with the changed files listed when it is cut), and the verdict asked for.
+pub fn prompt(b: &ReviewBrief<'_>) -> String {
+    use std::fmt::Write as _;
+    let mut p = String::from(
+        "You are reviewing the result of an autonomous coding agent's job. Your working \
+         directory is a read-only copy of the result: read any file you need, change \
+         nothing.\n\n",
+    );
+    let _ = writeln!(p, "## The job: {}\n", b.title.trim());
+    let _ = writeln!(
+        p,
+        "{}\n",
+        crate::text::clip_marked(b.job.trim(), MAX_PROMPT_JOB)
+    );
+    p.push_str("## What to look for\n\n");
+    match b.instructions {
+        Some(i) => {
+            let _ = writeln!(p, "{}\n", i.trim());
+        }
+        None => p.push_str(
+            "Does the change do what the job asks, correctly and completely? Look for bugs, \
+             missing tests, security problems and changes the job did not ask for.\n\n",
+        ),
+    }
+    if !b.gates.is_empty() {
+        p.push_str("## Checks that ran on this result\n\n");
+        for g in b.gates {
+            let status = if g.passed { "passed" } else { "failed" };
+            let figure = g
+                .figure
+                .map(|f| format!(", figure {f:.2}"))
+                .unwrap_or_default();
+            let _ = writeln!(p, "- `{}` {status}{figure}", g.name);
+        }
+        p.push('\n');
+    }
+    p.push_str("## The change\n\n");
+    let _ = writeln!(p, "```\n{}\n```\n", b.stat.trim_end());
+    if b.diff.len() <= MAX_PROMPT_DIFF {
+        let _ = writeln!(p, "```diff\n{}\n```\n", b.diff.trim_end());
+    } else {
+        let _ = writeln!(
+            p,
+            "```diff\n{}\n```\n(The diff is {} bytes; only its first {MAX_PROMPT_DIFF} are \
+             shown. Read the changed files listed above in your working directory.)\n",
+            crate::text::clip_marked(b.diff, MAX_PROMPT_DIFF),
+            b.diff.len()
+        );
+    }
+    p.push_str(
+        "## Your answer\n\nEnd your answer with one JSON object, and nothing after it:\n\
+         {\"score\": <0 to 1>, \"verdict\": \"approve\" or \"request_changes\", \"findings\": \
+         [{\"file\": \"path\", \"line\": 1, \"severity\": \"high|medium|low|info\", \"message\": \
+         \"what is wrong and how to fix it\"}]}\n\
+         A score of 1 means ship it as it is; 0 means it must not ship.\n",
+    );
+    p
+}
+
 /// Why a reviewer's message gave no verdict.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum VerdictError {
@@ -372,4 +495,61 @@ fn balanced_end(bytes: &[u8], start: usize) -> Option<usize> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gate::GateResult;
+
+    fn gate(name: &str, passed: bool) -> GateResult {
+        GateResult {
+            name: name.into(),
+            passed,
+            exit_code: Some(0),
+            figure: Some(91.5),
+            duration_ms: 1,
+            tree: "t".into(),
+            reason: None,
+            output: "o".into(),
+            output_tail: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_prompt_quotes_the_job_gates_and_a_capped_diff() {
+        let gates = [gate("coverage", true)];
+        let small = ReviewBrief {
+            title: "Add a greeting",
+            job: "Write hello.txt",
+            instructions: Some("Check the spelling."),
+            diff: "+hello",
+            stat: " hello.txt | 1 +",
+            gates: &gates,
+        };
+        let p = prompt(&small);
+        for part in [
+            "Add a greeting",
+            "Write hello.txt",
+            "Check the spelling.",
+            "`coverage` passed, figure 91.50",
+            "+hello",
+            "hello.txt | 1 +",
+        ] {
+            assert!(p.contains(part), "{part:?} missing from {p}");
+        }
+        // The prompt's own example verdict is not a verdict: a reviewer echoing it gives none.
+        assert_eq!(parse_verdict(&p), Err(VerdictError::Missing));
+        let big = "+x\n".repeat(MAX_PROMPT_DIFF);
+        let p = prompt(&ReviewBrief {
+            diff: &big,
+            ..small
+        });
+        assert!(
+            p.len() < MAX_PROMPT_DIFF + 4096,
+            "capped: {} bytes",
+            p.len()
+        );
+        assert!(p.contains("only its first"));
+    }
 }

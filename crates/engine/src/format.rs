@@ -114,3 +114,92 @@ impl StreamParser for TextParser {
         Vec::new()
     }
 }
+
+/// What the agent said on one line of its `format` output, whole (events clip their
+/// text; a reviewer's verdict must be read uncut): the text of its messages and of its
+/// final result, in order. Lines that say nothing give nothing.
+pub fn said(format: Format, line: &str) -> Vec<String> {
+    use serde_json::Value;
+    let text = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
+    let Ok(value) = serde_json::from_str::<Value>(line) else {
+        return match format {
+            Format::Text if !line.trim().is_empty() => vec![line.to_string()],
+            _ => Vec::new(),
+        };
+    };
+    let kind = value
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let out: Vec<String> = match format {
+        Format::ClaudeStreamJson => match kind {
+            "assistant" => {
+                let content = value.get("message").and_then(|m| m.get("content"));
+                match content {
+                    Some(Value::Array(blocks)) => blocks
+                        .iter()
+                        .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
+                        .filter_map(|b| text(b.get("text")))
+                        .collect(),
+                    Some(Value::String(s)) => vec![s.clone()],
+                    _ => Vec::new(),
+                }
+            }
+            "result" => text(value.get("result")).into_iter().collect(),
+            _ => Vec::new(),
+        },
+        Format::CodexJson => {
+            let item = value.get("item");
+            let is_message =
+                item.and_then(|i| i.get("type")).and_then(Value::as_str) == Some("agent_message");
+            if kind == "item.completed" && is_message {
+                text(item.and_then(|i| i.get("text"))).into_iter().collect()
+            } else {
+                Vec::new()
+            }
+        }
+        Format::GantryJsonl => match serde_json::from_value::<AgentEvent>(value) {
+            Ok(AgentEvent::Message { text }) => vec![text],
+            Ok(AgentEvent::Result {
+                text: Some(text), ..
+            }) => vec![text],
+            _ => Vec::new(),
+        },
+        Format::Text => vec![line.to_string()],
+    };
+    out.into_iter().filter(|t| !t.trim().is_empty()).collect()
+}
+
+#[cfg(test)]
+mod said_tests {
+    use super::*;
+
+    #[test]
+    fn long_messages_are_read_whole_in_every_format() {
+        let long = "x".repeat(crate::event::MAX_TEXT_BYTES * 3);
+        let claude = serde_json::json!({"type": "assistant", "message": {"content": [
+            {"type": "text", "text": long}, {"type": "tool_use", "name": "Read"}]}});
+        assert_eq!(
+            said(Format::ClaudeStreamJson, &claude.to_string()),
+            vec![long.clone()]
+        );
+        let result = serde_json::json!({"type": "result", "result": "done"});
+        assert_eq!(
+            said(Format::ClaudeStreamJson, &result.to_string()),
+            vec!["done"]
+        );
+        let codex = serde_json::json!({"type": "item.completed",
+            "item": {"type": "agent_message", "text": long}});
+        assert_eq!(
+            said(Format::CodexJson, &codex.to_string()),
+            vec![long.clone()]
+        );
+        let started = serde_json::json!({"type": "item.started",
+            "item": {"type": "agent_message", "text": "partial"}});
+        assert!(said(Format::CodexJson, &started.to_string()).is_empty());
+        let script = serde_json::json!({"type": "message", "text": long});
+        assert_eq!(said(Format::GantryJsonl, &script.to_string()), vec![long]);
+        assert!(said(Format::GantryJsonl, "not json").is_empty());
+        assert_eq!(said(Format::Text, "plain words"), vec!["plain words"]);
+    }
+}

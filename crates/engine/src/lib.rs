@@ -32,7 +32,7 @@ mod codex;
 
 pub use adapter::{AgentRequest, Invocation, Stdin, claude_invocation, codex_invocation};
 pub use event::AgentEvent;
-pub use format::{Format, StreamParser, parser};
+pub use format::{Format, StreamParser, parser, said};
 pub use gantry_core::engine::{Breach, Budget, Insights, Step, StepError, parse_steps};
 pub use insights::Fold;
 pub use line::LineBuffer;

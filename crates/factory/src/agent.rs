@@ -376,6 +376,11 @@ impl Watcher {
         &self.insights
     }
 
+    /// What this process itself spent, without what the run spent before it.
+    pub fn own(&self) -> &Insights {
+        &self.own
+    }
+
     /// Whether a budget limit was passed.
     pub fn breached(&self) -> bool {
         self.breached
@@ -542,6 +547,13 @@ impl AgentReader {
             }
         }
         events
+    }
+}
+
+impl AgentReader {
+    /// What the watched process itself spent.
+    pub(crate) fn own_insights(&self) -> &Insights {
+        self.watcher.own()
     }
 }
 

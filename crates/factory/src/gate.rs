@@ -54,6 +54,7 @@ pub async fn run_gate(cmd: GateCommand<'_>, stop: impl Future<Output = ()>) -> G
         tree: cmd.tree.clone(),
         reason: None,
         output: output.to_string_lossy().into_owned(),
+        output_tail: String::new(),
     };
     let detached = DetachedCommand {
         // Standard error joins standard output in the shell, so the file reads in the
@@ -91,6 +92,7 @@ pub async fn run_gate(cmd: GateCommand<'_>, stop: impl Future<Output = ()>) -> G
     result.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     if let Some(reason) = ended {
         result.reason = Some(reason);
+        result.output_tail = output_tail(&output);
         return result;
     }
     result.exit_code = match process::read_exit_status(&detached.exit_status) {
@@ -102,6 +104,9 @@ pub async fn run_gate(cmd: GateCommand<'_>, stop: impl Future<Output = ()>) -> G
         None => None,
     };
     judge(&mut result, gate, cmd.worktree).await;
+    if !result.passed {
+        result.output_tail = output_tail(&output);
+    }
     result
 }
 

@@ -185,6 +185,9 @@ pub struct Confinement {
     /// Paths every run may write, chosen by whoever runs the factory (a shared build
     /// cache). The data dir stays hidden even below one of them.
     pub read_write: Vec<PathBuf>,
+    /// Whether the working directory is bound read-only (a reviewer's copy of a result)
+    /// rather than writable (a run's worktree).
+    pub worktree_read_only: bool,
 }
 
 impl Confinement {
@@ -235,11 +238,12 @@ impl Confinement {
         for path in self.readable.iter().filter(|p| p.exists()) {
             a.bind_ro(path);
         }
-        a.push([
-            OsStr::new("--bind"),
-            worktree.as_os_str(),
-            worktree.as_os_str(),
-        ]);
+        let bind = if self.worktree_read_only {
+            "--ro-bind"
+        } else {
+            "--bind"
+        };
+        a.push([OsStr::new(bind), worktree.as_os_str(), worktree.as_os_str()]);
         a.push([OsStr::new("--chdir"), worktree.as_os_str()]);
         a.push(["--"]);
         a.0

@@ -44,7 +44,7 @@ pub use checkpoint::{Wip, checkpoint, fetch_checkpoint, push_checkpoint, tree_of
 pub use deliver::{deliver, deliver_published};
 pub use diff::{Changes, commit_changes, reported_diff};
 pub use error::WorkspaceError;
-pub use merge::{MergeCheck, file_at, merge_check, rebase_result};
+pub use merge::{MergeCheck, export_tree, file_at, merge_check, rebase_result};
 pub use prune::{PruneReport, prune};
 pub use publish::{publish_result, remove_published, remove_result_ref};
 pub use refs::{push_to_source, remove_source_ref};

@@ -6,11 +6,12 @@
 //! except the last step of a rebase, which moves the run's worktree onto the rebased
 //! commit so the gates run again on exactly the tree that will be delivered.
 
-use crate::error::{Result, WorkspaceError};
+use crate::error::{Result, WorkspaceError, io_err};
 use crate::refs::check_full_commit;
-use crate::runner::{IDENTITY, git, git_env, git_status};
+use crate::runner::{IDENTITY, git, git_command, git_env, git_status};
 use crate::worktree::worktree_env;
 use std::path::Path;
+use std::process::Stdio;
 
 /// How a result stands against the current tip of its base.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,4 +138,64 @@ pub async fn file_at(cache: &Path, commit: &str, path: &str, max: u64) -> Result
         return Ok(None);
     }
     Ok(Some(git(cache, ["cat-file", "blob", &spec]).await?))
+}
+
+/// Writes the files of `commit` of `cache` into the empty directory `dest`, with no git
+/// metadata: a reviewer's copy of a result, which nothing it does there can change.
+pub async fn export_tree(cache: &Path, commit: &str, dest: &Path) -> Result<()> {
+    check_full_commit("commit", commit)?;
+    let (mut archive, shown) = git_command(cache, ["archive", "--format=tar", commit]);
+    let mut archive = archive
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| WorkspaceError::Spawn {
+            args: shown.clone(),
+            dir: cache.to_path_buf(),
+            source,
+        })?;
+    let tar_in: Stdio = archive
+        .stdout
+        .take()
+        .ok_or_else(|| WorkspaceError::Invalid {
+            field: "archive",
+            value: shown.clone(),
+            reason: "git's output is not piped".to_string(),
+        })?
+        .try_into()
+        .map_err(io_err("cannot pipe git's output", cache))?;
+    let untar = tokio::process::Command::new("tar")
+        .arg("-x")
+        .arg("--no-same-owner")
+        .arg("-C")
+        .arg(dest)
+        .stdin(tar_in)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(io_err("cannot run tar into", dest))?;
+    let archived = archive
+        .wait_with_output()
+        .await
+        .map_err(io_err("cannot wait for git archive in", cache))?;
+    if !archived.status.success() {
+        return Err(WorkspaceError::Git {
+            args: shown,
+            dir: cache.to_path_buf(),
+            code: archived.status.code(),
+            stderr: String::from_utf8_lossy(&archived.stderr).trim().to_string(),
+        });
+    }
+    if !untar.status.success() {
+        return Err(WorkspaceError::Io {
+            action: "tar could not unpack the result into",
+            path: dest.to_path_buf(),
+            source: std::io::Error::other(
+                String::from_utf8_lossy(&untar.stderr).trim().to_string(),
+            ),
+        });
+    }
+    Ok(())
 }

@@ -51,7 +51,7 @@ impl Profiles {
     }
 
     /// Writes out the profiles `job` names; an unknown profile is refused naming the
-    /// file, the line and the profiles there are, and so (for now) is any review.
+    /// file, the line and the profiles there are.
     pub fn resolve(&self, job: &mut ParsedJob) -> Result<(), SpecError> {
         if let GateChoice::Profile(name) = &job.spec.gates {
             let gates = self
@@ -66,17 +66,6 @@ impl Profiles {
                 .get(name)
                 .ok_or_else(|| unknown(job, "review", name, self.reviews.keys()))?;
             job.spec.review = ReviewChoice::Inline(spec.clone());
-        }
-        // Factories do not run reviewers yet: a job that asks for a review is refused
-        // rather than delivered unreviewed.
-        if !job.spec.review.is_none() {
-            return Err(SpecError {
-                file: job.file.clone(),
-                line: job.field_lines.get("review").copied(),
-                field: Some("review".to_string()),
-                message: "AI review is not available in this version of Gantry yet;                           remove `review` (gates still check the result)"
-                    .to_string(),
-            });
         }
         Ok(())
     }
@@ -140,14 +129,12 @@ threshold = 0.9
             ("test", 300_000)
         );
         assert_eq!(cfg.profiles.reviews["careful"].threshold, 0.9);
-        // Until factories run reviewers, a job asking for one is refused, not delivered
-        // unreviewed.
-        let e = cfg
-            .profiles
-            .resolve(&mut job("review: careful\n"))
-            .expect_err("review refused");
-        assert_eq!((e.field.as_deref(), e.line), (Some("review"), Some(5)));
-        assert!(e.message.contains("not available"), "{e}");
+        let mut j = job("review: careful\n");
+        cfg.profiles.resolve(&mut j).expect("known review profile");
+        let ReviewChoice::Inline(review) = &j.spec.review else {
+            panic!("written out: {:?}", j.spec.review);
+        };
+        assert_eq!(review.threshold, 0.9);
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub(crate) const JOB_FROM: &str = "jobs JOIN job_specs ON job_specs.job_id = job
 /// The columns [`RawRun::read`] expects, in order.
 pub(crate) const RUN_COLS: &str = "id, job_id, attempt, epoch, factory_id, outcome, exit_code, \
      error, branch, base_commit, commit_sha, files_changed, lines_added, lines_deleted, \
-     started_at, finished_at, lease_expires_at, insights, gates";
+     started_at, finished_at, lease_expires_at, insights, gates, checks";
 
 /// The columns [`TokenRow::read`] expects, in order.
 pub(crate) const TOKEN_COLS: &str = "id, name, scope, created_at, revoked_at, factory_id";
@@ -352,6 +352,8 @@ pub(crate) struct RawRun {
     pub(crate) insights: Option<String>,
     /// The gates' records (JSON text, see `lifecycle::gates`).
     pub(crate) gates: Option<String>,
+    /// The reviews, secret findings and fix rounds (JSON text, a `RunChecks`).
+    pub(crate) checks: Option<String>,
 }
 
 impl RawRun {
@@ -377,6 +379,7 @@ impl RawRun {
             lease_expires_at: r.col(16)?,
             insights: r.col(17)?,
             gates: r.col(18)?,
+            checks: r.col(19)?,
         })
     }
 
@@ -405,6 +408,7 @@ impl RawRun {
                 .map(|text| parse_json("run insights", text))
                 .transpose()?,
             gates: crate::lifecycle::gate_results(self.gates.as_deref())?,
+            checks: crate::lifecycle::run_checks(self.checks.as_deref())?,
         })
     }
 }

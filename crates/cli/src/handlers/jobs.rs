@@ -190,6 +190,7 @@ pub async fn show(client: &Client, id: JobId, format: Format) -> Result<(), CliE
             output::line("");
             gates_table(&j.runs).print();
         }
+        crate::checks::print(&j.runs);
     }
     Ok(())
 }

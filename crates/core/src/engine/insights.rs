@@ -58,6 +58,23 @@ impl Insights {
     /// is estimated if either part is), while model, session, success and error kind
     /// take the later run's values when it has them.
     pub fn add(&mut self, other: &Insights) {
+        self.add_spend(other);
+        if other.model.is_some() {
+            self.model.clone_from(&other.model);
+        }
+        if other.session_id.is_some() {
+            self.session_id.clone_from(&other.session_id);
+        }
+        if other.success.is_some() {
+            self.success = other.success;
+            self.error_kind.clone_from(&other.error_kind);
+        }
+    }
+
+    /// Adds what `other` spent (tokens, cost, turns and tool calls) and nothing else:
+    /// a reviewer's spend counts in its run's figures, but its model and session are
+    /// not the run's agent's.
+    pub fn add_spend(&mut self, other: &Insights) {
         self.tokens_in += other.tokens_in;
         self.tokens_out += other.tokens_out;
         self.tokens_cached += other.tokens_cached;
@@ -69,15 +86,5 @@ impl Insights {
         self.turns += other.turns;
         self.tool_calls += other.tool_calls;
         self.tool_errors += other.tool_errors;
-        if other.model.is_some() {
-            self.model.clone_from(&other.model);
-        }
-        if other.session_id.is_some() {
-            self.session_id.clone_from(&other.session_id);
-        }
-        if other.success.is_some() {
-            self.success = other.success;
-            self.error_kind.clone_from(&other.error_kind);
-        }
     }
 }

@@ -3,6 +3,7 @@
 
 use super::Payload;
 use crate::gate::GateResult;
+use crate::review::ReviewResult;
 use serde::{Deserialize, Serialize};
 
 /// The factory began checking the agent's result: the store moves the job from
@@ -20,6 +21,13 @@ pub const GATE_FAILED: &str = "gate.failed";
 /// The secret scan found a credential. Data: `{file, line, rule, fingerprint}`, never
 /// the value.
 pub const SECRET_FOUND: &str = "secret.found";
+/// The reviewer began on the result. Data: `{round, engine, model}`.
+pub const REVIEW_STARTED: &str = "review.started";
+/// The review passed. Data: the [`ReviewResult`] fields.
+pub const REVIEW_PASSED: &str = "review.passed";
+/// The review failed: a score under the threshold, or no readable verdict. Data: the
+/// [`ReviewResult`] fields.
+pub const REVIEW_FAILED: &str = "review.failed";
 /// The result does not merge onto its base's tip. Data: `{base, paths}`.
 pub const CHECK_CONFLICT: &str = "check.conflict";
 /// The result was rebased onto its base's tip. Data: `{base, tip, commit}`.
@@ -108,5 +116,36 @@ payload! {
         pub tip: String,
         /// The rebased commit.
         pub commit: String,
+    }
+}
+
+payload! {
+    /// Data of [`REVIEW_STARTED`].
+    ReviewStarted = REVIEW_STARTED {
+        /// The check round it reviews.
+        pub round: u32,
+        /// The reviewer's engine.
+        pub engine: crate::spec::EngineKind,
+        /// The model asked of it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub model: Option<String>,
+    }
+}
+
+payload! {
+    /// Data of [`REVIEW_PASSED`].
+    ReviewPassed = REVIEW_PASSED {
+        /// What the review gave.
+        #[serde(flatten)]
+        pub result: ReviewResult,
+    }
+}
+
+payload! {
+    /// Data of [`REVIEW_FAILED`].
+    ReviewFailed = REVIEW_FAILED {
+        /// What the review gave.
+        #[serde(flatten)]
+        pub result: ReviewResult,
     }
 }

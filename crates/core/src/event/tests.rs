@@ -265,6 +265,7 @@ fn check_payloads_match_the_wire() {
         tree: "4b825dc6".into(),
         reason: None,
         output: "/w/gates/cov.log".into(),
+        output_tail: String::new(),
     };
     check(
         GatePassed {
@@ -285,6 +286,7 @@ fn check_payloads_match_the_wire() {
         tree: "4b825dc6".into(),
         reason: Some("timed out after 10m".into()),
         output: "/w/gates/test.log".into(),
+        output_tail: String::new(),
     };
     check(
         GateFailed {

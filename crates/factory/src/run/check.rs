@@ -14,6 +14,7 @@
 //! `gate.failed`, `secret.found`, `check.conflict`, `check.rebased`, `run.fix_round`.
 
 use super::lease::LeaseState;
+use super::review::Reviewed;
 use super::spawn::FixLaunch;
 use super::{RETRY_FIRST, Supervisor};
 use crate::gate::{GateCommand, output_tail, run_gate};
@@ -25,8 +26,9 @@ use gantry_core::api::FinishReport;
 use gantry_core::event::{self as ev, NewEvent};
 use gantry_core::fix::{self, FixReason};
 use gantry_core::gate::{
-    Gate, GateChoice, MAX_GATES_FILE, REPO_GATES_FILE, merge, parse_gates_file,
+    Gate, GateChoice, GateResult, MAX_GATES_FILE, REPO_GATES_FILE, merge, parse_gates_file,
 };
+use gantry_core::review::ReviewChoice;
 use gantry_protocol::CoordError;
 use gantry_secrets::{Scanner, SecretsConfig};
 use std::path::Path;
@@ -48,9 +50,12 @@ pub(super) enum Leave {
 }
 
 /// Why one step of the checking stage cannot go on.
-enum Halt {
-    /// A person stopped the run: it ends with this outcome.
+pub(super) enum Halt {
+    /// A person stopped the run (or its budget did): it ends with this outcome.
     Stop(Outcome),
+    /// The result failed a check that no fix round can address: the run fails its
+    /// checks with this reason.
+    Reject(String),
     /// Something outside the result went wrong: the run fails with this error.
     Error(String),
     /// See [`Leave`].
@@ -58,15 +63,19 @@ enum Halt {
 }
 
 /// What the checking stage works on, across its rounds.
-struct Check {
+pub(super) struct Check {
     /// The gates, cheapest first.
     gates: Vec<Gate>,
     scanner: Scanner,
     /// The commit the result's additions are scanned from: the run's base (the one a
     /// checkpoint started from, too), then the tip it was rebased onto.
-    base: String,
+    pub(super) base: String,
     /// The result being checked.
-    commit: String,
+    pub(super) commit: String,
+    /// The tree of `commit`.
+    pub(super) tree: String,
+    /// The gates' results on `tree`.
+    pub(super) results: Vec<GateResult>,
 }
 
 /// What the conflict check found.
@@ -92,6 +101,12 @@ impl Supervisor {
             Err(Halt::Stop(outcome)) => {
                 tracing::info!(?outcome, "stopped while checking");
                 report.outcome = Some(outcome);
+                Ok(())
+            }
+            Err(Halt::Reject(reason)) => {
+                tracing::info!(%reason, "the result failed its checks");
+                report.outcome = Some(Outcome::GatesFailed);
+                report.error = Some(reason);
                 Ok(())
             }
             Err(Halt::Error(error)) => {
@@ -199,6 +214,8 @@ impl Supervisor {
             scanner,
             base: config_base.to_string(),
             commit,
+            tree: String::new(),
+            results: Vec::new(),
         })
     }
 
@@ -213,13 +230,16 @@ impl Supervisor {
     ) -> Result<Vec<FixReason>, Halt> {
         for _ in 0..MAX_REBASES {
             let rec = record.get();
+            st.tree = workspace::tree_of(&rec.cache, &st.commit)
+                .await
+                .map_err(|e| Halt::Error(format!("cannot read the result's tree: {e}")))?;
             let mut reasons = self.run_gates(&rec, st, round).await?;
             reasons.extend(self.scan(&rec, st).await?);
             if !reasons.is_empty() {
                 return Ok(reasons);
             }
             match self.against_tip(record, st, report).await? {
-                Tip::Clean => return Ok(Vec::new()),
+                Tip::Clean => return self.review_round(&rec, st, round, report).await,
                 Tip::Conflicts(reason) => return Ok(vec![reason]),
                 Tip::Rebased => {}
             }
@@ -229,21 +249,46 @@ impl Supervisor {
         )))
     }
 
-    /// Runs the gates on the worktree (whose tree is `st.commit`'s), stopping at the
-    /// first failure unless the job keeps going.
-    async fn run_gates(
+    /// The review of a result that passed every other check, when the job asks for
+    /// one (and is not `yolo`).
+    async fn review_round(
         &self,
         rec: &RunRecord,
         st: &Check,
         round: u32,
+        report: &mut FinishReport,
+    ) -> Result<Vec<FixReason>, Halt> {
+        let spec = &self.claim.job.spec;
+        let review = match (&spec.review, spec.yolo) {
+            (_, true) | (ReviewChoice::None, _) => return Ok(Vec::new()),
+            (ReviewChoice::Inline(review), false) => review,
+            (ReviewChoice::Profile(name), false) => {
+                return Err(Halt::Error(format!(
+                    "review profile `{name}` reached the factory unresolved (the server resolves profiles at submit)"
+                )));
+            }
+        };
+        match self.review(rec, st, (review, round), report).await? {
+            Reviewed::Passed => Ok(Vec::new()),
+            Reviewed::Rejected(reason) => Ok(vec![reason]),
+            Reviewed::Failed(why) => Err(Halt::Reject(format!("review_rejected: {why}"))),
+        }
+    }
+
+    /// Runs the gates on the worktree (whose tree is `st.tree`), stopping at the
+    /// first failure unless the job keeps going. Their results are kept in `st`.
+    async fn run_gates(
+        &self,
+        rec: &RunRecord,
+        st: &mut Check,
+        round: u32,
     ) -> Result<Vec<FixReason>, Halt> {
         let mut reasons = Vec::new();
+        st.results.clear();
         if st.gates.is_empty() {
             return Ok(reasons);
         }
-        let tree = workspace::tree_of(&rec.cache, &st.commit)
-            .await
-            .map_err(|e| Halt::Error(format!("cannot read the result's tree: {e}")))?;
+        let tree = st.tree.clone();
         let out_dir = rec.artifacts.join(format!("gates-r{round}"));
         tokio::fs::create_dir_all(&out_dir)
             .await
@@ -252,7 +297,7 @@ impl Supervisor {
         // (its API keys): a gate is the repository's command, not the agent.
         let env = self.run_env(rec, Vec::new());
         let confinement = self.confinement(&rec.artifacts);
-        for gate in &st.gates {
+        for gate in &st.gates.clone() {
             self.halted()?;
             let started = ev::GateStarted {
                 name: gate.name.clone(),
@@ -283,6 +328,7 @@ impl Supervisor {
                 })
             };
             self.emit(vec![done]).await?;
+            st.results.push(result.clone());
             if !result.passed {
                 reasons.push(FixReason::Gate {
                     name: gate.name.clone(),
@@ -480,7 +526,7 @@ impl Supervisor {
     }
 
     /// Uploads `events`, retrying while the server is unreachable and the lease holds.
-    async fn emit(&self, events: Vec<NewEvent>) -> Result<(), Halt> {
+    pub(super) async fn emit(&self, events: Vec<NewEvent>) -> Result<(), Halt> {
         let mut backoff = gantry_core::retry::Backoff::new(RETRY_FIRST, Duration::from_secs(2));
         loop {
             match self
@@ -506,7 +552,7 @@ impl Supervisor {
 
     /// Whether the run must stop checking: a stop asked, the lease lost, or the
     /// factory shutting down.
-    fn halted(&self) -> Result<(), Halt> {
+    pub(super) fn halted(&self) -> Result<(), Halt> {
         if *self.ctx.shutdown.borrow() {
             return Err(Halt::Leave(Leave::Abandoned(
                 "the factory is shutting down".to_string(),
@@ -521,7 +567,7 @@ impl Supervisor {
 
     /// Resolves when a gate must be stopped with its run: a stop asked, the lease
     /// lost (or no longer known), or the factory shutting down.
-    fn stop_signal(&self) -> impl std::future::Future<Output = ()> + use<> {
+    pub(super) fn stop_signal(&self) -> impl std::future::Future<Output = ()> + use<> {
         let mut lease = self.lease.clone();
         let mut shutdown = self.ctx.shutdown.clone();
         async move {

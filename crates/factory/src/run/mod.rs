@@ -31,6 +31,7 @@ mod checkpoint;
 mod finish;
 mod lease;
 mod monitor;
+mod review;
 mod spawn;
 
 use crate::agent;

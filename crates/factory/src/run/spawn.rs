@@ -168,6 +168,7 @@ impl Supervisor {
             readable: vec![workspace::absolute(artifacts)],
             read_only: cfg.sandbox_read_only.clone(),
             read_write: cfg.sandbox_read_write.clone(),
+            worktree_read_only: false,
         })
     }
 }

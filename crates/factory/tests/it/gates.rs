@@ -62,6 +62,7 @@ impl Place {
                 readable: Vec::new(),
                 read_only: Vec::new(),
                 read_write: Vec::new(),
+                worktree_read_only: false,
             }),
             tree: "4b825dc642cb6eb9a060e54bf8d69288fbee4904".to_string(),
         }

@@ -11,6 +11,7 @@ mod http;
 mod hygiene;
 mod orphans;
 mod result_refs;
+mod review;
 mod runs;
 mod sandbox;
 mod stand_ins;

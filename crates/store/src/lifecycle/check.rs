@@ -1,10 +1,39 @@
 //! What the checking stage's uploaded events mean for the store: `run.checking` and
 //! `run.fix_round` move the job between `running` and `checking` through the one
-//! lifecycle, and `gate.*` keep the latest result of each gate on the run.
+//! lifecycle, `gate.*` keep the latest result of each gate on the run, and reviews,
+//! secret findings and fix rounds are kept on the run's [`RunChecks`].
 
 use super::*;
+use gantry_core::checks::RunChecks;
 use gantry_core::gate::GateResult;
 use serde::{Deserialize, Serialize};
+
+/// A JSON document kept on a run's row, each in a column of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RunDoc {
+    /// The gate records (`runs.gates`, see [`GateRecord`]).
+    Gates,
+    /// The reviews, secret findings and fix rounds (`runs.checks`, a [`RunChecks`]).
+    Checks,
+}
+
+impl RunDoc {
+    /// The column holding the document: a fixed name, never a value from outside.
+    pub(crate) fn column(self) -> &'static str {
+        match self {
+            RunDoc::Gates => "gates",
+            RunDoc::Checks => "checks",
+        }
+    }
+}
+
+/// A run's checks as stored (`None`: none yet).
+pub(crate) fn run_checks(text: Option<&str>) -> Result<RunChecks, StoreError> {
+    match text {
+        None => Ok(RunChecks::default()),
+        Some(text) => crate::codec::parse_json("run checks", text),
+    }
+}
 
 /// One gate of a run as stored (in `runs.gates`, a JSON list in the order the gates
 /// first started): its name and its latest result, `None` while its first run goes on.
@@ -59,6 +88,7 @@ pub(crate) async fn apply_check_event<T: WriteTx>(
             message: format!("does not fit the {kind} payload: {e}"),
         })
     };
+    let known = save_checks(tx, live, kind, data).await?;
     let (to, input, reason) = match kind {
         ev::RUN_CHECKING => {
             let p: ev::RunChecking = serde_json::from_str(data).map_err(invalid)?;
@@ -82,7 +112,7 @@ pub(crate) async fn apply_check_event<T: WriteTx>(
             save_gate(tx, live, &name, Some(p.result)).await?;
             return Ok(true);
         }
-        _ => return Ok(false),
+        _ => return Ok(known),
     };
     // An upload sent again after its answer was lost repeats the change: already made,
     // it is only recorded.
@@ -100,14 +130,47 @@ async fn save_gate<T: WriteTx>(
     name: &str,
     result: Option<GateResult>,
 ) -> Result<(), T::Error> {
-    let mut records: Vec<GateRecord> = match tx.load_gates(live.run).await? {
+    let mut records: Vec<GateRecord> = match tx.load_doc(live.run, RunDoc::Gates).await? {
         Some(text) => crate::codec::parse_json("run gates", &text)?,
         None => Vec::new(),
     };
     record_gate(&mut records, name, result);
     let text = serde_json::to_string(&records)
         .map_err(|e| corrupt(format!("cannot encode gate results: {e}")))?;
-    tx.save_gates(live.run, &text).await
+    tx.save_doc(live.run, RunDoc::Gates, &text).await
+}
+
+/// Folds an event of a kind [`RunChecks`] keeps into the run's record. Returns whether
+/// `kind` is one of them.
+async fn save_checks<T: WriteTx>(
+    tx: &T,
+    live: &Live,
+    kind: &str,
+    data: &str,
+) -> Result<bool, T::Error> {
+    if !matches!(
+        kind,
+        ev::REVIEW_PASSED | ev::REVIEW_FAILED | ev::SECRET_FOUND | ev::RUN_FIX_ROUND
+    ) {
+        return Ok(false);
+    }
+    let value: serde_json::Value = crate::codec::parse_json(kind, data)?;
+    let mut checks = run_checks(tx.load_doc(live.run, RunDoc::Checks).await?.as_deref())?;
+    let before = checks.clone();
+    checks.apply(kind, &value).map_err(|e| {
+        StoreError::Invalid(gantry_core::SpecError {
+            file: format!("event {kind} of run {}", live.run),
+            line: None,
+            field: Some("data".into()),
+            message: e.to_string(),
+        })
+    })?;
+    if checks != before {
+        let text = serde_json::to_string(&checks)
+            .map_err(|e| corrupt(format!("cannot encode run checks: {e}")))?;
+        tx.save_doc(live.run, RunDoc::Checks, &text).await?;
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -124,6 +187,7 @@ mod tests {
             tree: "t".into(),
             reason: None,
             output: format!("/o/{name}"),
+            output_tail: String::new(),
         }
     }
 

@@ -22,7 +22,7 @@ use std::task::{Context, Poll, Waker};
 
 mod check;
 mod ops;
-pub(crate) use check::gate_results;
+pub(crate) use check::{RunDoc, gate_results, run_checks};
 pub(crate) use ops::*;
 
 /// A backend's write transaction, as the lifecycle uses it. Each method runs the
@@ -87,11 +87,11 @@ pub(crate) trait WriteTx {
     /// Moves a job's work-in-progress pointer to a checkpoint.
     async fn save_checkpoint(&self, job: JobId, cp: &Checkpoint) -> Result<(), Self::Error>;
 
-    /// A run's gate records (JSON text), when it has any.
-    async fn load_gates(&self, run: RunId) -> Result<Option<String>, Self::Error>;
+    /// One of a run's JSON documents (its text), when it has one.
+    async fn load_doc(&self, run: RunId, doc: RunDoc) -> Result<Option<String>, Self::Error>;
 
-    /// Keeps a run's gate records (JSON text).
-    async fn save_gates(&self, run: RunId, text: &str) -> Result<(), Self::Error>;
+    /// Keeps one of a run's JSON documents.
+    async fn save_doc(&self, run: RunId, doc: RunDoc, text: &str) -> Result<(), Self::Error>;
 
     /// Keeps a run's insights (JSON text), and the agent session on its job.
     async fn save_insights(

@@ -16,8 +16,14 @@ const MIGRATION_LOCK: i64 = 0x4741_4E54;
 /// edit a released entry; append a new one instead.
 pub(super) const MIGRATIONS: &[&str] = &[
     SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8,
-    SCHEMA_V9,
+    SCHEMA_V9, SCHEMA_V10,
 ];
+
+/// Reviews (issue 11): `runs.checks`, the run's reviews, secret findings and fix rounds
+/// (JSON, a `gantry_core::checks::RunChecks`).
+const SCHEMA_V10: &str = r#"
+ALTER TABLE runs ADD COLUMN checks text;
+"#;
 
 /// Checked results (issue 11):
 /// - The state `checking`: a job whose factory checks what its agent produced. It holds

@@ -3,6 +3,7 @@
 //! ([`SubmitTx`]) run.
 
 use super::*;
+use crate::lifecycle::RunDoc;
 use crate::lifecycle::{EventRef, Expired, Live, StateWrite, StopTarget, WriteTx};
 use crate::submit::SubmitTx;
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
@@ -587,17 +588,18 @@ impl WriteTx for Tx {
         Ok(())
     }
 
-    async fn load_gates(&self, run: RunId) -> R<Option<String>> {
+    async fn load_doc(&self, run: RunId, doc: RunDoc) -> R<Option<String>> {
+        let sql = format!("SELECT {} FROM runs WHERE id = $1", doc.column());
         let row = self
-            .query_opt("SELECT gates FROM runs WHERE id = $1", &[&run.0])
+            .query_opt(&sql, &[&run.0])
             .await?
             .ok_or_else(|| not_found("run", run))?;
         Ok(row.try_get(0)?)
     }
 
-    async fn save_gates(&self, run: RunId, text: &str) -> R<()> {
-        self.execute("UPDATE runs SET gates = $2 WHERE id = $1", &[&run.0, &text])
-            .await?;
+    async fn save_doc(&self, run: RunId, doc: RunDoc, text: &str) -> R<()> {
+        let sql = format!("UPDATE runs SET {} = $2 WHERE id = $1", doc.column());
+        self.execute(&sql, &[&run.0, &text]).await?;
         Ok(())
     }
 

@@ -2,6 +2,7 @@
 //! on the writer thread inside the operation's savepoint, and the hot path's SQL.
 
 use super::*;
+use crate::lifecycle::RunDoc;
 use crate::lifecycle::{EventRef, Fence, Live, StateWrite, StopTarget, WriteTx, check_fence};
 use crate::submit::SubmitTx;
 use crate::{Result, StoreError};
@@ -196,16 +197,18 @@ impl WriteTx for Lite<'_> {
         Ok(())
     }
 
-    async fn load_gates(&self, run: RunId) -> Result<Option<String>> {
+    async fn load_doc(&self, run: RunId, doc: RunDoc) -> Result<Option<String>> {
+        let sql = format!("SELECT {} FROM runs WHERE id = ?1", doc.column());
         Ok(self
             .conn
-            .prepare_cached("SELECT gates FROM runs WHERE id = ?1")?
+            .prepare_cached(&sql)?
             .query_row([run.0], |r| r.get(0))?)
     }
 
-    async fn save_gates(&self, run: RunId, text: &str) -> Result<()> {
+    async fn save_doc(&self, run: RunId, doc: RunDoc, text: &str) -> Result<()> {
+        let sql = format!("UPDATE runs SET {} = ?2 WHERE id = ?1", doc.column());
         self.conn
-            .prepare_cached("UPDATE runs SET gates = ?2 WHERE id = ?1")?
+            .prepare_cached(&sql)?
             .execute(params![run.0, text])?;
         Ok(())
     }

@@ -9,12 +9,18 @@ use std::path::Path;
 /// Never edit a released entry; append a new one instead. Public so tests can build a
 /// database at an older version and check that opening it migrates it intact.
 pub const MIGRATIONS: &[&str] = &[
-    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7,
+    SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8,
 ];
 
 /// `PRAGMA application_id` of a Gantry database ("GANT"), so a foreign SQLite file is
 /// recognized before anything is written to it.
 pub const APPLICATION_ID: i32 = 0x4741_4E54;
+
+/// Reviews (issue 11): `runs.checks`, the run's reviews, secret findings and fix rounds
+/// (JSON, a `gantry_core::checks::RunChecks`).
+pub(super) const SCHEMA_V8: &str = r#"
+ALTER TABLE runs ADD COLUMN checks TEXT;
+"#;
 
 /// Checked results (issue 11):
 /// - The state `checking`: a job whose factory checks what its agent produced. It

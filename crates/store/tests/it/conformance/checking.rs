@@ -43,6 +43,11 @@ fn gate(name: &str, passed: bool, tree: &str) -> GateResult {
         tree: tree.to_string(),
         reason: (!passed).then(|| "exit 1".to_string()),
         output: format!("/w/gates/{name}.log"),
+        output_tail: if passed {
+            String::new()
+        } else {
+            format!("{name}: no\n")
+        },
     }
 }
 
@@ -85,6 +90,41 @@ pub(super) async fn checking_and_fix_rounds_then_success(t: TestStore) {
     assert_eq!(state_of(s, &c).await, JobState::Checking);
     upload(s, &c, gate_run(gate("test", true, "t2"), 1)).await;
     upload(s, &c, gate_run(gate("fmt", true, "t2"), 1)).await;
+    // Secret findings, reviews and fix rounds are kept on the run, each once however
+    // often its upload is sent.
+    let secret = NewEvent::of(&ev::SecretFound {
+        file: "config.env".into(),
+        line: 2,
+        rule: "aws-access-key".into(),
+        fingerprint: "fp1".into(),
+    });
+    upload(s, &c, vec![secret.clone()]).await;
+    upload(s, &c, vec![secret]).await;
+    let reviewed = |passed: bool, score: f64| gantry_core::review::ReviewResult {
+        round: u32::from(passed),
+        engine: gantry_core::EngineKind::Script,
+        model: None,
+        passed,
+        threshold: 0.8,
+        verdict: Some(gantry_core::review::Verdict {
+            score,
+            verdict: "v".into(),
+            findings: Vec::new(),
+            findings_dropped: 0,
+        }),
+        reason: None,
+        tree: "t2".into(),
+        duration_ms: 7,
+        insights: None,
+    };
+    let failed = NewEvent::of(&ev::ReviewFailed {
+        result: reviewed(false, 0.3),
+    });
+    upload(s, &c, vec![failed.clone(), failed]).await;
+    let passed = NewEvent::of(&ev::ReviewPassed {
+        result: reviewed(true, 0.9),
+    });
+    upload(s, &c, vec![passed]).await;
     let done = finish(s, &c, Outcome::Succeeded).await;
     assert_eq!(done.state, JobState::Succeeded);
     assert_eq!(
@@ -115,12 +155,23 @@ pub(super) async fn checking_and_fix_rounds_then_success(t: TestStore) {
         run.gates,
         [gate("fmt", true, "t2"), gate("test", true, "t2")]
     );
+    assert_eq!(run.checks.secrets.len(), 1, "{:?}", run.checks);
+    assert_eq!(run.checks.secrets[0].fingerprint, "fp1");
+    assert_eq!(run.checks.fix_rounds.len(), 1, "{:?}", run.checks);
+    assert_eq!(run.checks.fix_rounds[0].reasons, ["gates_failed: test"]);
+    let scores: Vec<Option<f64>> = run.checks.reviews.iter().map(|r| r.score()).collect();
+    assert_eq!(scores, [Some(0.3), Some(0.9)]);
     let mut shown = s.job(id).await.expect("job");
     shown.runs = s.runs(id).await.expect("runs");
     assert_eq!(shown.runs[0].gates, run.gates);
+    assert_eq!(shown.runs[0].checks, run.checks);
     let json = serde_json::to_value(&shown).expect("json");
     assert_eq!(json["runs"][0]["gates"][1]["name"], "test");
     assert_eq!(json["runs"][0]["gates"][1]["tree"], "t2");
+    assert_eq!(
+        json["runs"][0]["checks"]["reviews"][1]["verdict"]["score"],
+        0.9
+    );
     // Each state change follows the event that made it.
     let kinds = kinds_of(s, id).await;
     let checking = kinds
