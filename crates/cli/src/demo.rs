@@ -11,8 +11,8 @@ use crate::serve;
 use gantry_client::Client;
 use gantry_core::event::{
     self, DeliveryFailed, DeliveryPushed, Event, GateFailed, GatePassed, JobStateChanged,
-    OutputStream, RunBudgetExceeded, RunClaimed, RunFinished, RunFixRound, RunOutput, RunStarted,
-    SecretFound,
+    OutputStream, ReviewFailed, ReviewPassed, RunBudgetExceeded, RunClaimed, RunFinished,
+    RunFixRound, RunOutput, RunStarted, SecretFound,
 };
 use gantry_core::time::now_millis;
 use gantry_core::{Job, JobId, JobState, Outcome};
@@ -124,8 +124,11 @@ fn jobs() -> Vec<DemoJob> {
         ),
         job(
             "tested",
-            "gates:\n  - { name: greeting-test, run: \"grep -q Hello greeting.txt\" }\nfix_rounds: 1\n",
-            "Write the greeting file (its gate sends it back once)",
+            "gates:\n  - { name: greeting-test, run: \"grep -q Hello greeting.txt\" }\nfix_rounds: 1\n\
+             review:\n  engine: script\n  threshold: 0.8\n  steps:\n\
+             \x20   - usage: {tokens_in: 3200, tokens_out: 180, cost_usd: 0.0061}\n\
+             \x20   - say: 'Read greeting.txt against the job. {\"score\": 0.92, \"verdict\": \"approve\", \"findings\": [{\"file\": \"greeting.txt\", \"line\": 1, \"severity\": \"low\", \"message\": \"a greeting could end with an exclamation mark\"}]}'\n",
+            "Write the greeting file (its gate sends it back once; a reviewer approves)",
             "if [ -n \"$GANTRY_FIX_ROUND\" ]; then echo Hello > greeting.txt; echo 'fixed what the gate found'; else echo Hullo > greeting.txt; echo 'wrote greeting.txt'; fi",
         ),
         DemoJob {
@@ -508,6 +511,13 @@ fn live_line(ev: &Event) -> Option<String> {
             .payload::<RunFixRound>()
             .ok()
             .map(|p| format!("fix round {}: {}", p.round, p.reasons.join("; "))),
+        event::REVIEW_PASSED | event::REVIEW_FAILED => {
+            let p = ev.payload::<ReviewPassed>().or_else(|_| {
+                ev.payload::<ReviewFailed>()
+                    .map(|f| ReviewPassed { result: f.result })
+            });
+            p.ok().map(|p| review_line(&p.result))
+        }
         event::SECRET_FOUND => ev.payload::<SecretFound>().ok().map(|p| {
             format!(
                 "SECRET    {} in {}:{} (the value is never shown)",
@@ -536,8 +546,26 @@ fn live_line(ev: &Event) -> Option<String> {
     }
 }
 
+/// The live log's line for a review.
+fn review_line(r: &gantry_core::review::ReviewResult) -> String {
+    let result = if r.passed { "passed" } else { "failed" };
+    match &r.verdict {
+        Some(v) => format!(
+            "review    {result}: scored {:.2} (needs {:.2}), {} finding(s)",
+            v.score,
+            r.threshold,
+            v.findings.len()
+        ),
+        None => format!(
+            "review    {result}: {}",
+            r.reason.as_deref().unwrap_or("no verdict")
+        ),
+    }
+}
+
 /// The summary's lines on the checking stage: the job its gate sent back for a fix
-/// round, and the job stopped by the credential it planted (never printed).
+/// round and its reviewer approved, and the job stopped by the credential it planted
+/// (never printed).
 fn explain_checks(jobs: &[Job], tracked: &BTreeMap<JobId, Tracked>) {
     let named = |n: &str| {
         jobs.iter()
@@ -556,6 +584,13 @@ fn explain_checks(jobs: &[Job], tracked: &BTreeMap<JobId, Tracked>) {
             gates.join(", "),
             t.state
         ));
+        if let Some(review) = t.runs.iter().flat_map(|r| &r.checks.reviews).last() {
+            output::line(format!(
+                "  review:   tested: {} (shown by `gantry show {}`)",
+                review_line(review).trim_start_matches("review").trim(),
+                t.id
+            ));
+        }
     }
     if let Some(l) = named("leaky") {
         output::line(format!(

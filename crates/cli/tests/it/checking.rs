@@ -104,9 +104,63 @@ fn issue11_a_gate_that_never_passes_fails_the_job_as_gates_failed_without_a_retr
     assert_eq!(j["runs"][0]["gates"][0]["reason"], "exited 3", "{j:#}");
     let show = server.cli(&["show", &id]);
     assert!(show.stdout.contains("gates_failed: lint"), "{show}");
+    // The failed gate's output is one command away, wherever its factory ran.
+    assert!(show.stdout.contains("Output of gate lint"), "{show}");
+    assert!(show.stdout.contains("  | lint says no"), "{show}");
+    assert_eq!(j["runs"][0]["gates"][0]["output_tail"], "lint says no\n");
     let fix_rounds = kinds(&server, &id)
         .iter()
         .filter(|k| *k == "run.fix_round")
         .count();
     assert_eq!(fix_rounds, 1);
+}
+
+#[test]
+fn issue11_show_prints_reviews_with_their_findings_and_fix_rounds() {
+    let env = Env::new();
+    let server = env.serve(&[]);
+    // The gate fails until the first fix round; the reviewer then rejects the result
+    // both times it reads it (after rounds 1 and 2), with a finding.
+    let verdict = r#"{\"score\": 0.35, \"verdict\": \"request_changes\", \"findings\": [{\"file\": \"work.txt\", \"line\": 1, \"severity\": \"high\", \"message\": \"the greeting is misspelt\"}]}"#;
+    let job = env.job(
+        "reviewed",
+        &format!(
+            "gates:\n  - {{ name: fixed, run: \"echo checking fixed.txt; test -f fixed.txt\" }}\n\
+             fix_rounds: 2\nreview:\n  engine: script\n  threshold: 0.8\n  steps:\n    - say: \"{verdict}\"\n"
+        ),
+        "echo Hullo > work.txt; if [ -n \"$GANTRY_FIX_ROUND\" ]; then echo ok > fixed.txt; fi",
+    );
+    let id = submit(&server, &[&job]).remove(0);
+    let j = server.wait_state(&id, "failed", LONG);
+    let run = &j["runs"][0];
+    assert_eq!(run["outcome"], "gates_failed", "{j:#}");
+    assert_eq!(run["error"], "review_rejected", "{j:#}");
+    let checks = &run["checks"];
+    assert_eq!(checks["reviews"].as_array().map(Vec::len), Some(2), "{j:#}");
+    assert_eq!(checks["reviews"][0]["verdict"]["score"], 0.35);
+    assert_eq!(checks["reviews"][1]["round"], 2);
+    assert_eq!(
+        checks["fix_rounds"].as_array().map(Vec::len),
+        Some(2),
+        "{j:#}"
+    );
+    assert_eq!(
+        checks["fix_rounds"][0]["reasons"][0],
+        "gate fixed: exited 1"
+    );
+    let show = server.cli(&["show", &id]);
+    show.ok();
+    for part in [
+        "REVIEWER",
+        "script",
+        "0.35",
+        "[high] work.txt:1: the greeting is misspelt",
+        "FIX ROUND",
+        "gate fixed: exited 1",
+        "review scored 0.35 (needs 0.80), 1 findings",
+    ] {
+        assert!(show.stdout.contains(part), "{part:?} missing:\n{show}");
+    }
+    let api = crate::harness::Api::new(&server.url, &server.admin_token());
+    assert_eq!(api.counter("gantry_review_results_total"), 2.0);
 }
