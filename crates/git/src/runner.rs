@@ -87,16 +87,19 @@ where
     for (k, v) in env {
         cmd.env(k, v);
     }
+    let started = std::time::Instant::now();
     let out = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .output()
         .await
         .map_err(|source| WorkspaceError::Spawn {
-            args: shown,
+            args: shown.clone(),
             dir: dir.to_path_buf(),
             source,
         })?;
+    // Every git command's cost, for finding where a run's time goes.
+    tracing::debug!(args = %shown, ms = started.elapsed().as_secs_f64() * 1000.0, code = ?out.status.code(), "git");
     Ok(GitOutput {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
