@@ -13,6 +13,7 @@
 //! does no I/O.
 
 pub mod bench;
+mod cache;
 mod check;
 mod config;
 mod diff;
@@ -20,6 +21,7 @@ mod redact;
 mod rules;
 mod scanner;
 
+pub use cache::{CACHED_SCANNERS, ScannerCache};
 pub use check::entropy;
 pub use config::{Allowlist, ConfigError, ExtraRule, SecretsConfig, glob_match};
 pub use diff::Finding;
