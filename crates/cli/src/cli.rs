@@ -311,6 +311,11 @@ pub struct FactoryArgs {
     /// adopt (for upgrades), instead of stopping them.
     #[arg(long)]
     pub leave_runs: bool,
+    /// A gantry.toml whose `[secrets]` (the secret scan's rules and allowlist, which
+    /// also redact what runs print) this factory uses; default: <data-dir>/gantry.toml
+    /// when it exists.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Where runs are sandboxed and what they may see.
     #[command(flatten)]
     pub sandbox: SandboxArgs,

@@ -259,6 +259,8 @@ pub struct FactoryOptions {
     pub leave_runs: bool,
     /// The sandbox options (see [`gantry_server::SandboxSettings`]).
     pub sandbox: gantry_server::SandboxSettings,
+    /// The gantry.toml given with `--config` (else the data dir's, when it exists).
+    pub config: Option<PathBuf>,
 }
 
 /// The store a queue benchmark burns jobs through.
@@ -481,6 +483,7 @@ fn factory_options(a: cli::FactoryArgs) -> Result<FactoryOptions, UsageError> {
         min_free_disk_mb: mib("--min-free-disk <MIB>", &a.min_free_disk)?,
         leave_runs: a.leave_runs,
         sandbox: sandbox_settings(a.sandbox),
+        config: a.config,
     })
 }
 

@@ -7,6 +7,8 @@ use crate::command::{FactoryOptions, Global, TokenSource};
 use crate::error::{CliError, Kind};
 use crate::output;
 use gantry_factory::{Factory, FactoryConfig, HttpCoordinator, Sandbox};
+use gantry_server::config::{CONFIG_FILE, ConfigFile};
+use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -40,6 +42,16 @@ pub async fn run(global: &Global, opts: FactoryOptions) -> Result<(), CliError> 
         CliError::new(Kind::Usage, format!("cannot use server URL {}", global.url))
             .cause(e.to_string())
     })?;
+    // A remote factory reads only `[secrets]` of the file: the rest is the server's.
+    let file = match &opts.config {
+        Some(path) => ConfigFile::load(path, true),
+        None => ConfigFile::load(&global.data_dir.join(CONFIG_FILE), false),
+    }
+    .map_err(|e| CliError::new(Kind::Usage, e.to_string()))?;
+    let mut hidden_paths: Vec<PathBuf> = opts.config.iter().cloned().collect();
+    if let TokenSource::File(path) = &global.token {
+        hidden_paths.push(path.clone());
+    }
     let cfg = FactoryConfig {
         name: opts.name.clone(),
         seats: opts.seats,
@@ -53,12 +65,10 @@ pub async fn run(global: &Global, opts: FactoryOptions) -> Result<(), CliError> 
         // publishes in the source repository.
         publish_results: true,
         sandbox: factory_sandbox(&opts.sandbox).await?,
-        hidden_paths: match &global.token {
-            TokenSource::File(path) => vec![path.clone()],
-            TokenSource::Given(_) => Vec::new(),
-        },
+        hidden_paths,
         sandbox_read_only: opts.sandbox.read_only.clone(),
         sandbox_read_write: opts.sandbox.read_write.clone(),
+        secrets: file.secrets,
         ..FactoryConfig::default()
     };
     gantry_factory::private_dir(&cfg.data_dir).map_err(|e| {

@@ -396,12 +396,15 @@ async fn decide(coord: &dyn Coordinator, claim: &Claim) -> Verdict {
 }
 
 /// Kills what is left of a recorded run that is not ours any more, and removes its
-/// worktree and record (its artifacts stay).
+/// worktree and record (its artifacts stay, its output files redacted).
 async fn drop_run(cfg: &FactoryConfig, rec: &RunRecord) {
     match &rec.process {
         Some(p) if process::group_is_run(p) => process::kill_group_and_wait(p.pgid).await,
         Some(_) => {}
         None => process::kill_run_processes(rec.claim.job.id, rec.claim.run.id).await,
+    }
+    if let Some(r) = crate::redact::for_engine(cfg, rec.claim.job.spec.engine) {
+        crate::redact::files(r, vec![rec.stdout.clone(), rec.stderr.clone()]).await;
     }
     if rec.cache.join("HEAD").is_file() {
         if let Err(e) = workspace::remove_worktree(&rec.cache, &rec.worktree).await {

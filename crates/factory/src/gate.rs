@@ -10,9 +10,11 @@
 use crate::process::{self, DetachedCommand};
 use crate::sandbox::Confinement;
 use gantry_core::gate::{Gate, GateResult, Metric};
+use gantry_secrets::Redactor;
 use std::ffi::OsString;
 use std::future::Future;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The largest metric file read; a bigger one is refused rather than read whole.
@@ -36,13 +38,31 @@ pub struct GateCommand<'a> {
     pub confinement: Option<Confinement>,
     /// The tree of the worktree the gate runs on, recorded with its result.
     pub tree: String,
+    /// What the gate's output files are rewritten through once it is judged, so they
+    /// (and the tail a fix round's prompt quotes) keep no secret.
+    pub redactor: Option<Arc<Redactor>>,
 }
 
 /// Runs `cmd` to its end, its timeout, or `stop` (whichever comes first) and judges it.
-/// The process group is gone when this returns.
+/// The process group is gone when this returns, and its output files are redacted.
 pub async fn run_gate(cmd: GateCommand<'_>, stop: impl Future<Output = ()>) -> GateResult {
+    let stem = cmd.out_dir.join(format!("gate-{}", cmd.gate.name));
+    let redactor = cmd.redactor.clone();
+    let result = run_and_judge(cmd, stop, &stem).await;
+    if let Some(r) = redactor {
+        let files = vec![stem.with_extension("out"), stem.with_extension("err")];
+        crate::redact::files(r, files).await;
+    }
+    result
+}
+
+/// [`run_gate`] before the redaction; `stem` names its files.
+async fn run_and_judge(
+    cmd: GateCommand<'_>,
+    stop: impl Future<Output = ()>,
+    stem: &Path,
+) -> GateResult {
     let gate = cmd.gate;
-    let stem = cmd.out_dir.join(format!("gate-{}", gate.name));
     let output = stem.with_extension("out");
     let started = Instant::now();
     let mut result = GateResult {

@@ -37,6 +37,7 @@ pub use gantry_git as workspace;
 pub use admission::Admission;
 pub use factory::{AdoptReport, Factory, prune_workspaces};
 pub use gantry_protocol::{CoordError, Coordinator};
+pub use gantry_secrets::SecretsConfig;
 pub use http::HttpCoordinator;
 pub use record::kill_orphans;
 pub use sandbox::{Confinement, Sandbox, SandboxError};
@@ -92,6 +93,10 @@ pub struct FactoryConfig {
     /// Paths every sandboxed run may write besides its worktree (a shared build cache,
     /// say). Anything here is shared by all jobs: name only what may be.
     pub sandbox_read_write: Vec<PathBuf>,
+    /// The operator's secret rules and allowlist (gantry.toml's `[secrets]`): the
+    /// checking stage's scan starts from them (a repository's `.gantry/secrets.toml`
+    /// adds to them), and their rules redact what runs print and report.
+    pub secrets: SecretsConfig,
 }
 
 impl Default for FactoryConfig {
@@ -115,6 +120,7 @@ impl Default for FactoryConfig {
             hidden_paths: Vec::new(),
             sandbox_read_only: Vec::new(),
             sandbox_read_write: Vec::new(),
+            secrets: SecretsConfig::default(),
         }
     }
 }

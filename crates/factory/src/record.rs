@@ -87,6 +87,11 @@ pub struct RunRecord {
     /// is alive while nothing is being committed.
     #[serde(default)]
     pub checkpoint_looks: u32,
+    /// The output files of the current process were read to their end and are being
+    /// (or were) rewritten redacted: their lengths no longer match `uploaded`, so a
+    /// factory adopting the run reads nothing more from them.
+    #[serde(default)]
+    pub outputs_redacted: bool,
 }
 
 /// Why a run record could not be read or written.

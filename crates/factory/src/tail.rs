@@ -269,9 +269,8 @@ pub(crate) struct Tailer {
     /// Wakes the tailer early (the process ended).
     pub wake: Arc<Notify>,
     /// Events to upload before any output (`run.started`), retried like output.
+    /// (`coord` redacts what is uploaded: see [`crate::redact::Redacting`].)
     pub first: Vec<NewEvent>,
-    /// What every string of the output's events passes through before upload.
-    pub redactor: Option<Arc<gantry_secrets::Redactor>>,
 }
 
 impl Tailer {
@@ -313,9 +312,6 @@ impl Tailer {
                         return self.reader;
                     }
                 } else {
-                    if let Some(r) = &self.redactor {
-                        crate::redact::events(r, &mut events);
-                    }
                     pending = Some(Batch { events, offsets });
                 }
             }

@@ -82,6 +82,40 @@ pub struct SecretsConfig {
     pub allowlist: Allowlist,
 }
 
+/// Patterns compare by their source text: two configurations read from the same TOML
+/// are equal, which is what a caller comparing settings (or caching a scanner built
+/// from them) needs.
+impl PartialEq for ExtraRule {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+            && self.regex.as_str() == other.regex.as_str()
+            && self.keywords == other.keywords
+            && self.entropy == other.entropy
+    }
+}
+
+/// Patterns compare by their source text (see [`ExtraRule`]'s `PartialEq`).
+impl PartialEq for Allowlist {
+    fn eq(&self, other: &Self) -> bool {
+        self.paths == other.paths
+            && self.fingerprints == other.fingerprints
+            && self.regexes.len() == other.regexes.len()
+            && self
+                .regexes
+                .iter()
+                .zip(&other.regexes)
+                .all(|(a, b)| a.as_str() == b.as_str())
+    }
+}
+
+impl PartialEq for SecretsConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.disabled == other.disabled
+            && self.rules == other.rules
+            && self.allowlist == other.allowlist
+    }
+}
+
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct FileForm {

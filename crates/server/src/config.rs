@@ -1,5 +1,6 @@
 //! `gantry.toml`: the server's configuration file (engines, prices, the embedded
-//! factory's admission thresholds and checkpoint interval, size caps and HTTP limits).
+//! factory's admission thresholds and checkpoint interval, size caps and HTTP limits,
+//! the secret scan's rules and allowlist).
 //!
 //! Every key is optional and an unknown key is an error naming it and its line, so a
 //! typo never silently leaves a default in place.
@@ -32,6 +33,9 @@ pub enum ConfigError {
         /// What is wrong, with the line and key.
         message: String,
     },
+    /// A key or value of `[secrets]` is wrong (the error names the file and the key).
+    #[error("config file {0}")]
+    Secrets(#[source] gantry_secrets::ConfigError),
 }
 
 /// The whole file.
@@ -59,6 +63,13 @@ pub struct ConfigFile {
     /// The profiles of `gates` and `review`, checked (filled by [`ConfigFile::parse`]).
     #[serde(skip)]
     pub profiles: crate::profiles::Profiles,
+    /// `[secrets]` as written; [`ConfigFile::parse`] checks it into `secrets`.
+    #[serde(default, rename = "secrets")]
+    pub secrets_table: toml::Table,
+    /// `[secrets]`: extra rules and an allowlist of the checking stage's secret scan,
+    /// whose rules also redact what runs print (filled by [`ConfigFile::parse`]).
+    #[serde(skip)]
+    pub secrets: gantry_secrets::SecretsConfig,
 }
 
 /// `[limits]`: each key given replaces the server's value (see [`crate::Limits`]).
@@ -233,6 +244,11 @@ impl ConfigFile {
                 message,
             },
         )?;
+        // The same keys as a repository's `.gantry/secrets.toml`, read by the crate
+        // that reads that file, so the two cannot drift apart.
+        cfg.secrets =
+            gantry_secrets::SecretsConfig::from_gantry_toml(&path.display().to_string(), text)
+                .map_err(ConfigError::Secrets)?;
         if cfg.factory.checkpoint_interval.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::Invalid {
                 path: path.to_path_buf(),

@@ -367,6 +367,7 @@ async fn start_embedded_factory(
         fcfg.min_free_disk_mb = mb;
     }
     fcfg.engines = file.engine_settings();
+    fcfg.secrets = file.secrets.clone();
     let coordinator = Arc::new(LocalCoordinator::new(service.clone()));
     let mut factory = Factory::new(fcfg, coordinator);
     let report = factory

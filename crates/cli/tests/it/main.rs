@@ -17,5 +17,6 @@ mod follow;
 mod harness;
 mod jobs;
 mod remote;
+mod secrets;
 mod security;
 mod tokens;

@@ -201,7 +201,8 @@ impl Supervisor {
         let mut gates = merge(&[("the job", &own), (REPO_GATES_FILE, &repo_gates)])?;
         // Cheapest first: the shortest timeout is the best guess at the shortest run.
         gates.sort_by_key(|g| g.timeout_ms);
-        let mut config = SecretsConfig::default();
+        // The operator's rules and allowlist (gantry.toml), then the repository's.
+        let mut config = self.ctx.cfg.secrets.clone();
         if let Some(text) =
             read_base_file(rec, config_base, REPO_SECRETS_FILE, MAX_SECRETS_FILE).await?
         {
@@ -311,6 +312,7 @@ impl Supervisor {
                 env: env.clone(),
                 confinement: confinement.clone(),
                 tree: tree.clone(),
+                redactor: self.redactor.clone(),
             };
             let result = run_gate(cmd, self.stop_signal()).await;
             // A gate stopped with its run says so in the run's outcome, not as a result.

@@ -146,7 +146,11 @@ impl Supervisor {
                 report.lines_deleted = Some(changes.lines_deleted);
                 // The report carries the diff so that any server replica can show it;
                 // without it the run still happened, so a read failure only loses that.
+                // The patch on disk is redacted first, like every file a run leaves.
                 let patch = rec.artifacts.join("diff.patch");
+                if let Some(r) = &self.redactor {
+                    crate::redact::files(r.clone(), vec![patch.clone()]).await;
+                }
                 match workspace::reported_diff(&patch, MAX_REPORTED_DIFF_BYTES).await {
                     Ok(diff) => report.diff = Some(diff),
                     Err(e) => tracing::warn!(error = %e, "cannot read the diff to report"),

@@ -44,6 +44,7 @@ use checkpoint::start_point;
 use gantry_core::api::{Checkpoint, Claim, FinishReport};
 use gantry_core::{JobId, Outcome, RunId, StopKind};
 use gantry_protocol::Coordinator;
+use gantry_secrets::Redactor;
 use lease::{FinishGate, LeaseState, start_renewer};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -92,9 +93,27 @@ struct ProcessEnd {
     verdict: Option<Outcome>,
 }
 
+/// The context of one run of `claim`: its uploads pass through its redactor
+/// ([`crate::redact::Redacting`]), returned too for the files it leaves.
+fn run_context(ctx: RunContext, claim: &Claim) -> (RunContext, Option<Arc<Redactor>>) {
+    let redactor = crate::redact::for_engine(&ctx.cfg, claim.job.spec.engine);
+    let ctx = match &redactor {
+        Some(r) => RunContext {
+            coord: Arc::new(crate::redact::Redacting {
+                inner: ctx.coord,
+                redactor: r.clone(),
+            }),
+            ..ctx
+        },
+        None => ctx,
+    };
+    (ctx, redactor)
+}
+
 /// Runs one claimed job to the end.
 pub(crate) async fn run_claim(ctx: RunContext, claim: Claim) {
     let span = tracing::info_span!("run", job = %claim.job.id, run = %claim.run.id, attempt = claim.run.attempt);
+    let (ctx, redactor) = run_context(ctx, &claim);
     let (_renewer, lease, gate) = start_renewer(&ctx, &claim, Instant::now(), LeaseState::Held);
     let sup = Supervisor {
         ctx,
@@ -102,6 +121,7 @@ pub(crate) async fn run_claim(ctx: RunContext, claim: Claim) {
         lease,
         gate,
         prior: None,
+        redactor,
     };
     sup.start().instrument(span).await;
 }
@@ -126,6 +146,7 @@ pub(crate) async fn adopt_run(ctx: RunContext, adoption: Adoption) {
         Some(k) => LeaseState::Stop(k),
         None => LeaseState::Held,
     };
+    let (ctx, redactor) = run_context(ctx, &claim);
     let (_renewer, lease, gate) = start_renewer(&ctx, &claim, adoption.renewed_at, initial);
     let sup = Supervisor {
         ctx,
@@ -133,6 +154,7 @@ pub(crate) async fn adopt_run(ctx: RunContext, adoption: Adoption) {
         lease,
         gate,
         prior: None,
+        redactor,
     };
     let _guard = adoption.guard;
     sup.resume(adoption.record).instrument(span).await;
@@ -147,6 +169,9 @@ struct Supervisor {
     /// What the run's earlier processes spent (before a fix round), so its budget
     /// counts every round.
     prior: Option<gantry_core::engine::Insights>,
+    /// What the run's files are rewritten through once read (its uploads already pass
+    /// through it: see [`run_context`]). `None` only if no rule compiles.
+    redactor: Option<Arc<Redactor>>,
 }
 
 impl Supervisor {
@@ -308,6 +333,7 @@ impl Supervisor {
             forced: None,
             checkpoint: Some(checkpoint),
             checkpoint_looks: 0,
+            outputs_redacted: false,
         }
     }
 

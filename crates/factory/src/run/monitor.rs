@@ -5,7 +5,7 @@ use super::{AbortOnDrop, ProcessEnd, Supervisor, now_ms};
 use crate::agent;
 
 use crate::process::{self, Exit, PidRecord};
-use crate::record::RunRecord;
+use crate::record::{Offsets, RunRecord};
 use crate::tail::{FileTail, SharedRecord, StdoutReader, TICK, Tailer, TextReader};
 use gantry_core::event::NewEvent;
 use gantry_core::{Outcome, StopKind};
@@ -77,10 +77,25 @@ impl Supervisor {
         self.checkpoint_on_stop(record, &mut w).await;
         let mut end = w.end;
         if end.abandoned.is_some() || self.lost().is_some() {
-            return end;
+            // The run is no longer ours to upload; its files stay, redacted below.
+            tailer.stop().await;
+        } else {
+            tailer.drain(&mut end).await;
         }
-        tailer.drain(&mut end).await;
+        self.redact_outputs(record).await;
         end
+    }
+
+    /// Rewrites the output files of the run's process redacted, once the tailer is
+    /// done with them. The record says so first: a factory that adopts the run after
+    /// this point must not read the rewritten files from the old offsets.
+    async fn redact_outputs(&self, record: &SharedRecord) {
+        let Some(redactor) = self.redactor.clone() else {
+            return;
+        };
+        record.update(|r| r.outputs_redacted = true);
+        let rec = record.get();
+        crate::redact::files(redactor, vec![rec.stdout, rec.stderr]).await;
     }
 
     /// Starts the tailer that uploads the run's output; returns it and the channel on
@@ -95,26 +110,36 @@ impl Supervisor {
         let (breach_tx, breach_rx) = watch::channel(None::<String>);
         let wake = Arc::new(Notify::new());
         let spec = &self.claim.job.spec;
+        // Files already redacted were read to their end before: they are replayed
+        // whole (for an agent's insights) and nothing of them is uploaded again.
+        let uploaded = if rec.outputs_redacted {
+            let len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+            Offsets {
+                stdout: len(&rec.stdout),
+                stderr: len(&rec.stderr),
+            }
+        } else {
+            rec.uploaded
+        };
         let tailer = Tailer {
             coord: self.ctx.coord.clone(),
             run: self.run_id(),
             epoch: self.epoch(),
             record: record.clone(),
-            stdout: FileTail::new(&rec.stdout, rec.uploaded.stdout),
-            stderr: FileTail::new(&rec.stderr, rec.uploaded.stderr),
+            stdout: FileTail::new(&rec.stdout, uploaded.stdout),
+            stderr: FileTail::new(&rec.stderr, uploaded.stderr),
             reader: match agent::format_of(spec) {
                 Some(format) => Box::new(agent::AgentReader::new(
                     agent::Watcher::new(format, spec, &self.ctx.cfg.engines.prices)
                         .spent(self.prior.clone()),
                     breach_tx,
-                    Some((rec.stdout.as_path(), rec.uploaded.stdout)),
+                    Some((rec.stdout.as_path(), uploaded.stdout)),
                 )),
                 None => Box::new(TextReader),
             },
             finishing: finish_rx,
             wake: wake.clone(),
             first,
-            redactor: crate::redact::for_engine(&self.ctx.cfg, spec.engine),
         };
         let task = TailerTask {
             task: AbortOnDrop(tokio::spawn(tailer.run())),
@@ -359,9 +384,17 @@ impl TailerTask {
             }
             Ok(Err(e)) => tracing::warn!(error = %e, "the output tailer failed"),
             Err(_) => {
-                tracing::warn!("the last output upload took too long; the files have everything")
+                tracing::warn!("the last output upload took too long; the files have everything");
+                self.stop().await;
             }
         }
+    }
+
+    /// Stops the tailer without a last upload and waits until it is gone, so nothing
+    /// reads the output files any more.
+    async fn stop(mut self) {
+        self.task.0.abort();
+        let _ = (&mut self.task.0).await;
     }
 }
 

@@ -81,8 +81,9 @@ impl Supervisor {
             confinement: self.confinement(&rec.artifacts),
         };
         // The record goes down before the process starts, so that a factory dying in
-        // between leaves a record from which the process can still be found.
-        record.update(|_| {});
+        // between leaves a record from which the process can still be found. The new
+        // process's files are read from their start, not yet redacted.
+        record.update(|r| r.outputs_redacted = false);
         let detached = process::spawn_detached(&cmd)
             .await
             .map_err(|e| e.to_string())?;

@@ -341,3 +341,55 @@ async fn issue3_an_adopted_agent_run_keeps_its_insights_and_sends_no_event_twice
     assert_eq!(count(&events, "agent.usage"), 2);
     assert_eq!(count(&events, "agent.result"), 1);
 }
+
+/// Issue 11: a process's output files are rewritten redacted once read to their end,
+/// so their lengths change. A factory that adopts the run after that (here: its first
+/// factory died while a gate ran) must neither read them again from the old offsets
+/// nor leave them unredacted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issue11_an_adopted_run_whose_output_was_redacted_uploads_nothing_twice() {
+    let w = World::new();
+    let go = w.flag("go");
+    let mut s = spec(
+        &w.repo,
+        &[
+            "sh",
+            "-c",
+            // The key is put together by the job, so this file holds no credential.
+            "printf 'key AKIA%s\\n' QWERTYUIOPASDFGH; echo done; echo w > w.txt",
+        ],
+    );
+    let wait = format!("while [ ! -e '{}' ]; do sleep 0.02; done", go.display());
+    s.gates = gantry_core::gate::GateChoice::Inline(vec![gate("wait", &wait)]);
+    let a = w.doomed_factory();
+    w.coord.push(claim(7, 77, 1, s));
+    // The gate runs after the output was read to its end and redacted.
+    wait_for(|| {
+        w.coord
+            .events(RunId(77))
+            .iter()
+            .any(|e| e.kind == "gate.started")
+            .then_some(())
+    })
+    .await;
+    die(a).await;
+    let stdout = artifacts_dir(&w.data, JobId(7), RunId(77)).join("stdout.log");
+    let redacted = "key [REDACTED:aws-access-key-id]\ndone\n";
+    assert_eq!(std::fs::read_to_string(&stdout).expect("stdout"), redacted);
+    let record = RunRecord::read(&RunRecord::path(&w.data, RunId(77))).expect("record");
+    assert!(record.outputs_redacted, "{record:?}");
+
+    touch(&go);
+    let b = w.factory();
+    let report = w.coord.finish_of(RunId(77)).await;
+    assert_eq!(report.outcome, Some(Outcome::Succeeded), "{report:?}");
+    stop(b).await;
+    assert_eq!(w.coord.output(RunId(77), "stdout"), redacted);
+    assert_eq!(std::fs::read_to_string(&stdout).expect("stdout"), redacted);
+    let events = w.coord.events(RunId(77));
+    assert_eq!(
+        count(&events, "gate.started"),
+        2,
+        "checked again on adoption"
+    );
+}

@@ -65,6 +65,7 @@ impl Place {
                 worktree_read_only: false,
             }),
             tree: "4b825dc642cb6eb9a060e54bf8d69288fbee4904".to_string(),
+            redactor: None,
         }
     }
 }

@@ -495,5 +495,6 @@ pub fn run_record(
         forced: None,
         checkpoint: None,
         checkpoint_looks: 0,
+        outputs_redacted: false,
     }
 }

@@ -119,3 +119,14 @@ fn errors_name_file_key_and_value() {
     let syntax = error("gantry.toml", "[secrets\n", true).to_string();
     assert!(syntax.starts_with("gantry.toml: "), "{syntax}");
 }
+
+#[test]
+fn configurations_compare_by_what_they_say() {
+    let text = "[[rule]]\nid = \"a\"\nregex = 'a_[0-9]{8}'\n[allowlist]\nregexes = ['^a_0']\n";
+    let one = SecretsConfig::from_toml("a.toml", text).expect("parses");
+    let two = SecretsConfig::from_toml("b.toml", text).expect("parses");
+    assert_eq!(one, two);
+    let other = SecretsConfig::from_toml("a.toml", &text.replace("{8}", "{9}")).expect("parses");
+    assert_ne!(one, other);
+    assert_ne!(one, SecretsConfig::default());
+}

@@ -119,3 +119,40 @@ fn issue3_bad_keys_and_values_are_named() {
     let m = invalid("factory = 3\n");
     assert!(m.contains("factory"), "{m}");
 }
+
+#[test]
+fn issue11_secrets_are_read_with_the_keys_of_a_repository_secrets_file() {
+    let cfg = ConfigFile::parse(Path::new("docs/engines.md"), &documented_example())
+        .expect("the documented example is valid");
+    assert_eq!(cfg.secrets.rules.len(), 1);
+    assert_eq!(cfg.secrets.rules[0].id, "acme-token");
+    assert_eq!(cfg.secrets.allowlist.paths, ["tests/fixtures/**"]);
+    assert_eq!(
+        ConfigFile::parse(Path::new("gantry.toml"), "")
+            .expect("empty")
+            .secrets,
+        gantry_factory::SecretsConfig::default()
+    );
+
+    for (text, key) in [
+        ("[secrets]\nrulez = []\n", "secrets.rulez"),
+        (
+            "[[secrets.rule]]\nid = \"x\"\nregex = '('\n",
+            "secrets.rule[0].regex",
+        ),
+        (
+            "[secrets]\ndisable = [\"no-such-rule\"]\n",
+            "secrets.disable[0]",
+        ),
+        ("[secrets.allowlist]\npath = []\n", "secrets.allowlist"),
+    ] {
+        let e = ConfigFile::parse(Path::new("/etc/gantry.toml"), text)
+            .expect_err("a wrong [secrets] key or value");
+        assert!(matches!(e, ConfigError::Secrets(_)), "{e:?}");
+        let message = e.to_string();
+        assert!(
+            message.starts_with("config file /etc/gantry.toml: ") && message.contains(key),
+            "{message}"
+        );
+    }
+}

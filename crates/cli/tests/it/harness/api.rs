@@ -77,6 +77,35 @@ impl Api {
         })
     }
 
+    /// The raw text of the event stream (`GET path` as `text/event-stream`) from its
+    /// start until the frame of event `last_id` arrived: every frame a client of the
+    /// stream would have received for those events.
+    #[track_caller]
+    pub fn sse_until(&self, path: &str, last_id: i64) -> String {
+        let url = format!("{}{path}", self.base);
+        let marker = format!("id: {last_id}\n");
+        let read = self.rt.block_on(async {
+            let mut resp = self
+                .client
+                .get(&url)
+                .bearer_auth(&self.token)
+                .header("accept", "text/event-stream")
+                .send()
+                .await
+                .map_err(|e| format!("GET {url}: {e}"))?;
+            let mut bytes: Vec<u8> = Vec::new();
+            while !String::from_utf8_lossy(&bytes).contains(&marker) {
+                match resp.chunk().await {
+                    Ok(Some(chunk)) => bytes.extend_from_slice(&chunk),
+                    Ok(None) => return Err(format!("GET {url}: the stream ended early")),
+                    Err(e) => return Err(format!("GET {url}: reading the stream: {e}")),
+                }
+            }
+            Ok::<_, String>(String::from_utf8_lossy(&bytes).into_owned())
+        });
+        read.unwrap_or_else(|e| panic!("{e}"))
+    }
+
     /// Every event after `after`, in id order, read page by page.
     #[track_caller]
     pub fn all_events(&self, job: Option<&str>) -> Vec<serde_json::Value> {

@@ -178,6 +178,13 @@ impl Server {
     /// waits for it to say where it listens.
     #[track_caller]
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::start_with_env(data_dir, extra, &[])
+    }
+
+    /// [`Server::start`] with `vars` set in the server's environment (what an engine's
+    /// `env` list passes through to agents).
+    #[track_caller]
+    pub fn start_with_env(data_dir: &Path, extra: &[&str], vars: &[(&str, &str)]) -> Server {
         std::fs::create_dir_all(data_dir).expect("create data dir");
         let log = data_dir.with_extension(format!(
             "serve-{}.log",
@@ -194,6 +201,7 @@ impl Server {
         }
         c.args(sandbox_rw(data_dir));
         c.args(extra).stdout(Stdio::piped()).stderr(log_file);
+        c.envs(vars.iter().copied());
         let mut child = c.spawn().expect("spawn gantry serve");
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
