@@ -403,7 +403,7 @@ async fn drop_run(cfg: &FactoryConfig, rec: &RunRecord) {
         Some(_) => {}
         None => process::kill_run_processes(rec.claim.job.id, rec.claim.run.id).await,
     }
-    if let Some(r) = crate::redact::for_engine(cfg, rec.claim.job.spec.engine) {
+    if let Some(r) = crate::redact::for_job(cfg, &rec.claim.job.spec) {
         crate::redact::files(r, vec![rec.stdout.clone(), rec.stderr.clone()]).await;
     }
     if rec.cache.join("HEAD").is_file() {

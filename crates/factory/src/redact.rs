@@ -16,63 +16,63 @@ use crate::tail::complete_utf8_prefix;
 use async_trait::async_trait;
 use gantry_core::api::{Claim, FinishReport, Heartbeat, RegisterFactory, Renewed};
 use gantry_core::event::NewEvent;
-use gantry_core::{EngineKind, FactoryId, RunId};
+use gantry_core::review::ReviewChoice;
+use gantry_core::{EngineKind, FactoryId, JobSpec, RunId};
 use gantry_protocol::{CoordError, Coordinator, HeartbeatAck};
-use gantry_secrets::{Redactor, Scanner, SecretsConfig};
+use gantry_secrets::{Redactor, Scanner, ScannerCache, SecretsConfig};
 use std::borrow::Cow;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
-
-/// Scanners kept for reuse: building one compiles every rule's pattern, and a process
-/// holds one factory (tests a few), so a handful of configurations is plenty.
-const SCANNERS_KEPT: usize = 8;
 
 /// Largest piece of a file redacted at once. Pieces end at a line end, so a credential
 /// (even a private key block, which spans lines) is only missed when it straddles two
 /// pieces of a file this big.
 const FILE_PIECE: usize = 16 * 1024 * 1024;
 
-/// The scanner of `config` (the built-in rules plus the operator's), built once per
-/// configuration. A configuration that does not compile (it was checked when read, so
-/// this takes a bug) falls back to the built-in rules: output is still redacted.
+/// The factory process's scanners, one per configuration (building one compiles every
+/// rule's pattern): the redactors' and the checking stage's.
+pub(crate) fn scanners() -> &'static ScannerCache {
+    static SCANNERS: OnceLock<ScannerCache> = OnceLock::new();
+    SCANNERS.get_or_init(ScannerCache::default)
+}
+
+/// The scanner of `config` (the built-in rules plus the operator's). A configuration
+/// that does not compile (it was checked when read, so this takes a bug) falls back to
+/// the built-in rules: output is still redacted.
 fn scanner(config: &SecretsConfig) -> Option<Scanner> {
-    static SCANNERS: Mutex<Vec<(SecretsConfig, Scanner)>> = Mutex::new(Vec::new());
-    let mut kept = SCANNERS.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some((_, s)) = kept.iter().find(|(c, _)| c == config) {
-        return Some(s.clone());
-    }
-    let built = match Scanner::new(config) {
-        Ok(s) => s,
+    match scanners().get(config) {
+        Ok(s) => Some(s),
         Err(e) if *config != SecretsConfig::default() => {
             tracing::error!(error = %e, "the configured secret rules do not compile: only the built-in rules redact");
-            drop(kept);
-            return scanner(&SecretsConfig::default());
+            scanner(&SecretsConfig::default())
         }
         Err(e) => {
             tracing::error!(error = %e, "the built-in secret rules do not compile: output is not redacted");
-            return None;
+            None
         }
-    };
-    if kept.len() >= SCANNERS_KEPT {
-        kept.remove(0);
     }
-    kept.push((config.clone(), built.clone()));
-    Some(built)
 }
 
-/// The redactor of a run of `engine`: the built-in rules and the factory's configured
-/// ones, plus the values of the variables the factory passes to that engine's CLI.
-pub(crate) fn for_engine(cfg: &FactoryConfig, engine: EngineKind) -> Option<Arc<Redactor>> {
+/// The redactor of a run of `spec`: the built-in rules and the factory's configured
+/// ones, plus the values of the variables the factory passes to the CLI of the job's
+/// engine and of its reviewer's.
+pub(crate) fn for_job(cfg: &FactoryConfig, spec: &JobSpec) -> Option<Arc<Redactor>> {
     let scanner = scanner(&cfg.secrets)?;
-    let names: &[String] = match engine {
-        EngineKind::ClaudeCode => &cfg.engines.claude.env,
-        EngineKind::Codex => &cfg.engines.codex.env,
-        EngineKind::Command | EngineKind::Script => &[],
-    };
-    let values: Vec<String> = names
-        .iter()
+    let mut engines = vec![spec.engine];
+    if let ReviewChoice::Inline(review) = &spec.review {
+        engines.push(review.engine);
+    }
+    let values: Vec<String> = engines
+        .into_iter()
+        .flat_map(|engine| -> &[String] {
+            match engine {
+                EngineKind::ClaudeCode => &cfg.engines.claude.env,
+                EngineKind::Codex => &cfg.engines.codex.env,
+                EngineKind::Command | EngineKind::Script => &[],
+            }
+        })
         .filter_map(|name| std::env::var(name).ok())
         .collect();
     Some(Arc::new(Redactor::new(scanner, values)))

@@ -192,24 +192,28 @@ impl Supervisor {
             }
         };
         let short = &config_base[..config_base.len().min(12)];
-        let repo_gates =
-            match read_base_file(rec, config_base, REPO_GATES_FILE, MAX_GATES_FILE as u64).await? {
-                Some(text) => parse_gates_file(&format!("{REPO_GATES_FILE} at {short}"), &text)
-                    .map_err(|e| e.to_string())?,
-                None => Vec::new(),
-            };
+        // Both files are read at once: each read is a git process or two.
+        let (gates_file, secrets_file) = tokio::join!(
+            read_base_file(rec, config_base, REPO_GATES_FILE, MAX_GATES_FILE as u64),
+            read_base_file(rec, config_base, REPO_SECRETS_FILE, MAX_SECRETS_FILE),
+        );
+        let repo_gates = match gates_file? {
+            Some(text) => parse_gates_file(&format!("{REPO_GATES_FILE} at {short}"), &text)
+                .map_err(|e| e.to_string())?,
+            None => Vec::new(),
+        };
         let mut gates = merge(&[("the job", &own), (REPO_GATES_FILE, &repo_gates)])?;
         // Cheapest first: the shortest timeout is the best guess at the shortest run.
         gates.sort_by_key(|g| g.timeout_ms);
         // The operator's rules and allowlist (gantry.toml), then the repository's.
         let mut config = self.ctx.cfg.secrets.clone();
-        if let Some(text) =
-            read_base_file(rec, config_base, REPO_SECRETS_FILE, MAX_SECRETS_FILE).await?
-        {
+        if let Some(text) = secrets_file? {
             let file = format!("{REPO_SECRETS_FILE} at {short}");
             config.merge(SecretsConfig::from_toml(&file, &text).map_err(|e| e.to_string())?);
         }
-        let scanner = Scanner::new(&config).map_err(|e| e.to_string())?;
+        let scanner = crate::redact::scanners()
+            .get(&config)
+            .map_err(|e| e.to_string())?;
         Ok(Check {
             gates,
             scanner,

@@ -96,7 +96,7 @@ struct ProcessEnd {
 /// The context of one run of `claim`: its uploads pass through its redactor
 /// ([`crate::redact::Redacting`]), returned too for the files it leaves.
 fn run_context(ctx: RunContext, claim: &Claim) -> (RunContext, Option<Arc<Redactor>>) {
-    let redactor = crate::redact::for_engine(&ctx.cfg, claim.job.spec.engine);
+    let redactor = crate::redact::for_job(&ctx.cfg, &claim.job.spec);
     let ctx = match &redactor {
         Some(r) => RunContext {
             coord: Arc::new(crate::redact::Redacting {

@@ -85,6 +85,12 @@ impl Supervisor {
             Err(e) => Err(e),
         };
         remove_copy(&dir.join("tree")).await;
+        // What the reviewer wrote (and its prompt, which quotes the diff) stays on disk
+        // only redacted, like the agent's own files.
+        if let Some(r) = &self.redactor {
+            let names = ["transcript.jsonl", "stderr.log", "prompt.md"];
+            crate::redact::files(r.clone(), names.iter().map(|n| dir.join(n)).collect()).await;
+        }
         let end = end.map_err(Halt::Error)?;
         // A stop that came while the reviewer ran wins over its verdict.
         self.halted()?;
