@@ -272,9 +272,14 @@ pub async fn remove_worktree(cache: &Path, path: &Path) -> Result<()> {
     let path = &absolute(path);
     let lock = cache_lock(cache);
     let _held = lock.lock().await;
-    if !force_remove(cache, path, "cannot remove worktree").await? {
-        git(cache, ["worktree", "prune"]).await?;
+    // A prepared worktree is its agent's own repository (see `agent_repo`), which
+    // `git worktree remove` refuses: the directory goes by hand, then git forgets it.
+    if tokio::fs::symlink_metadata(path).await.is_ok() {
+        tokio::fs::remove_dir_all(path)
+            .await
+            .map_err(io_err("cannot remove worktree", path))?;
     }
+    git(cache, ["worktree", "prune"]).await?;
     Ok(())
 }
 
