@@ -148,7 +148,7 @@ impl Supervisor {
             // A stop that came while the last check ran wins over its verdict.
             self.halted()?;
             let Some(first) = reasons.first() else {
-                return Ok(());
+                return self.squash(record, &st, report).await;
             };
             if round >= rounds {
                 tracing::info!(reason = %first.summary(), "the result failed its checks after the last fix round");
@@ -171,6 +171,50 @@ impl Supervisor {
                 return Ok(());
             }
         }
+    }
+
+    /// Makes the checked result one commit on its base. After fix rounds the result is
+    /// a chain of commits, and an earlier one may hold what a check refused (a planted
+    /// credential the next round removed): delivered as a chain, the refused content
+    /// would reach the source repository in its history.
+    async fn squash(
+        &self,
+        record: &SharedRecord,
+        st: &Check,
+        report: &mut FinishReport,
+    ) -> Result<(), Halt> {
+        let rec = record.get();
+        let parent_is_base = workspace::run(
+            &rec.cache,
+            [
+                "rev-parse",
+                "--verify",
+                &format!("{}~1^{{commit}}", st.commit),
+            ],
+        )
+        .await
+        .is_ok_and(|p| p.trim() == st.base);
+        if st.commit == st.base || parent_is_base {
+            return Ok(());
+        }
+        let message = super::finish::commit_message(
+            self.job(),
+            self.claim.run.attempt,
+            &self.claim.job.spec.title,
+        );
+        let commit = workspace::rebase_result(
+            &rec.cache,
+            &rec.worktree,
+            &rec.branch,
+            &st.base,
+            &st.tree,
+            &message,
+        )
+        .await
+        .map_err(|e| Halt::Error(format!("cannot make the result one commit: {e}")))?;
+        tracing::info!(%commit, "the result of the fix rounds made one commit on its base");
+        report.commit = Some(commit);
+        Ok(())
     }
 
     /// The gates and the scanner of this run, from the job and from the repository's

@@ -308,6 +308,32 @@ async fn a_planted_key_fails_the_job_and_its_event_has_no_value() {
     h.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secret_removed_in_a_fix_round_is_not_in_the_delivered_history() {
+    let h = Harness::start(1).await;
+    let key = "AKIAJGJJVTTFBFUJOAMZ";
+    // The first round plants the key; the fix round takes it out again.
+    let script = format!(
+        "if [ -n \"$GANTRY_FIX_ROUND\" ]; then printf 'x = 1\\n' > settings.env; \
+         else printf 'x = 1\\nAWS_ACCESS_KEY_ID={key}\\n' > settings.env; fi"
+    );
+    let report = h.run(claim(119, 119, 1, checked(&h.repo, &script, Vec::new(), 1))).await;
+    assert_eq!(report.outcome, Some(Outcome::Succeeded), "{report:?}");
+    let commit = report.commit.expect("a result");
+    let base = report.base_commit.expect("a base");
+    // One commit on the base, holding the fixed tree: the planted key is in no commit
+    // the branch reaches.
+    let cache = h.cache();
+    assert_eq!(git(&cache, &["rev-parse", &format!("{commit}~1")]), base);
+    assert_eq!(
+        git(&cache, &["show", &format!("{commit}:settings.env")]),
+        "x = 1"
+    );
+    let history = git(&cache, &["log", "-p", "--format=%H", &format!("{base}..{commit}")]);
+    assert!(!history.contains(key), "{history}");
+    h.stop().await;
+}
+
 /// A job whose command waits for `go` in the test's directory, so the test can move
 /// the base on while it runs; it changes `hello.txt`'s first line.
 fn waiting_job(h: &Harness, gates: Vec<Gate>) -> (JobSpec, std::path::PathBuf) {
