@@ -18,7 +18,9 @@ Everyday use:
   gantry logs 1 --follow           the job's output, live
 
 The CLI finds the server with --url (GANTRY_URL, default http://127.0.0.1:7700) and the
-admin token with --token (GANTRY_TOKEN), else in <data-dir>/admin.token. Times are UTC.
+admin token with --token (GANTRY_TOKEN), else in <data-dir>/admin.token. An https:// server
+must present a certificate the system trusts, or one signed by a CA in --ca-file
+(GANTRY_CA_FILE). Times are UTC.
 Exit codes: 0 ok, 1 error, 2 usage error.";
 
 /// `gantry`: a control plane for fleets of coding agents.
@@ -58,6 +60,17 @@ pub struct Cli {
         value_name = "TOKEN"
     )]
     pub token: Option<String>,
+
+    /// A PEM file of CA certificates to trust for an https:// server, besides the
+    /// system's roots (for a certificate a private CA signed).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "GANTRY_CA_FILE",
+        value_name = "PATH"
+    )]
+    pub ca_file: Option<PathBuf>,
 
     /// Data directory: the SQLite store, worktrees, artifacts and admin.token.
     #[arg(

@@ -55,6 +55,8 @@ pub struct Global {
     pub url: String,
     /// Where the token comes from.
     pub token: TokenSource,
+    /// A PEM file of extra CA certificates to trust for an `https://` server.
+    pub ca_file: Option<PathBuf>,
     /// The data directory.
     pub data_dir: PathBuf,
     /// Log verbosity (count of `-v`).
@@ -289,6 +291,7 @@ impl TryFrom<Cli> for Invocation {
                 Some(t) if !t.trim().is_empty() => TokenSource::Given(t.trim().to_string()),
                 _ => TokenSource::File(cli.data_dir.join("admin.token")),
             },
+            ca_file: cli.ca_file,
             data_dir: cli.data_dir,
             verbose: cli.verbose,
         };
@@ -639,14 +642,17 @@ fn parse_token_name(subcommand: &str, arg: &str, value: &str) -> Result<String, 
 
 fn parse_url(value: &str) -> Result<String, UsageError> {
     let trimmed = value.trim().trim_end_matches('/');
-    let Some(rest) = trimmed.strip_prefix("http://") else {
-        let reason = if trimmed.starts_with("https://") {
-            "this build of gantry speaks plain HTTP only; put a TLS proxy in front of it and \
-             reach the server over http:// on a trusted network"
-        } else {
-            "expected a URL such as http://127.0.0.1:7700"
-        };
-        return Err(bad("", "--url <URL>", value, reason.to_string()));
+    let Some(rest) = trimmed
+        .strip_prefix("http://")
+        .or_else(|| trimmed.strip_prefix("https://"))
+    else {
+        return Err(bad(
+            "",
+            "--url <URL>",
+            value,
+            "expected a URL such as http://127.0.0.1:7700 or https://gantry.internal:7700"
+                .to_string(),
+        ));
     };
     let host = rest.split('/').next().unwrap_or_default();
     if host.is_empty() {

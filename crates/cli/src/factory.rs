@@ -7,6 +7,7 @@ use crate::command::{FactoryOptions, Global, TokenSource};
 use crate::error::{CliError, Kind};
 use crate::output;
 use gantry_factory::{Factory, FactoryConfig, HttpCoordinator, Sandbox};
+use gantry_protocol::{CoordError, ErrorKind};
 use std::sync::Arc;
 use tokio::sync::watch;
 
@@ -36,10 +37,17 @@ pub async fn run(global: &Global, opts: FactoryOptions) -> Result<(), CliError> 
                 .hint("give the factory a token of scope factory: --token or GANTRY_TOKEN (`gantry token create --name NAME --scope factory` on the server makes one)")
             })?,
     };
-    let coord = HttpCoordinator::new(&global.url, &token).map_err(|e| {
-        CliError::new(Kind::Usage, format!("cannot use server URL {}", global.url))
-            .cause(e.to_string())
-    })?;
+    let coord = HttpCoordinator::with_ca_file(&global.url, &token, global.ca_file.as_deref())
+        .map_err(|e| match e {
+            CoordError::Refused {
+                kind: ErrorKind::InvalidCaFile,
+                message,
+            } => CliError::new(Kind::Usage, message).hint(
+                "--ca-file (GANTRY_CA_FILE) takes a PEM file of CA certificates (-----BEGIN CERTIFICATE----- blocks)",
+            ),
+            e => CliError::new(Kind::Usage, format!("cannot use server URL {}", global.url))
+                .cause(e.to_string()),
+        })?;
     let cfg = FactoryConfig {
         name: opts.name.clone(),
         seats: opts.seats,

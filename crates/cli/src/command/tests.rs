@@ -243,6 +243,23 @@ fn token_source() {
 fn url_is_normalized() {
     let inv = parse(&["--url", "http://127.0.0.1:9/", "status"]).expect("valid");
     assert_eq!(inv.global.url, "http://127.0.0.1:9");
+    let inv = parse(&["--url", "https://gantry.internal:7700/", "status"]).expect("valid");
+    assert_eq!(inv.global.url, "https://gantry.internal:7700");
+    let err = parse(&["--url", "ftp://gantry.internal", "status"]).expect_err("not http");
+    assert!(err.reason.contains("https://"), "{}", err.reason);
+}
+
+#[test]
+fn ca_file_is_global() {
+    let inv = parse(&["ls"]).expect("valid");
+    assert_eq!(inv.global.ca_file, None);
+    let inv = parse(&["--ca-file", "/etc/gantry/ca.pem", "ls"]).expect("valid");
+    assert_eq!(
+        inv.global.ca_file,
+        Some(PathBuf::from("/etc/gantry/ca.pem"))
+    );
+    let inv = parse(&["factory", "--ca-file", "/ca.pem"]).expect("valid");
+    assert_eq!(inv.global.ca_file, Some(PathBuf::from("/ca.pem")));
 }
 
 #[test]
