@@ -574,6 +574,11 @@ fn serve_config(a: cli::ServeArgs, global: &Global) -> Result<ServeConfig, Usage
         config_file: a.config,
         limits: gantry_server::Limits::default(),
         sandbox: sandbox_settings(a.sandbox),
+        // clap makes sure both flags or neither are given.
+        tls: match (a.tls_cert, a.tls_key) {
+            (Some(cert), Some(key)) => Some(gantry_server::TlsFiles { cert, key }),
+            _ => None,
+        },
     })
 }
 
