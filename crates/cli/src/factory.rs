@@ -6,7 +6,7 @@
 use crate::command::{FactoryOptions, Global, TokenSource};
 use crate::error::{CliError, Kind};
 use crate::output;
-use gantry_factory::{Factory, FactoryConfig, HttpCoordinator, Sandbox};
+use gantry_factory::{Factory, FactoryConfig, FactoryError, HttpCoordinator, Sandbox};
 use gantry_protocol::{CoordError, ErrorKind};
 use std::sync::Arc;
 use tokio::sync::watch;
@@ -110,6 +110,20 @@ pub async fn run(global: &Global, opts: FactoryOptions) -> Result<(), CliError> 
             output::note("gantry factory: stopped");
             Ok(())
         }
+        Ok(Err(
+            e @ FactoryError::Register {
+                source:
+                    CoordError::Refused {
+                        kind: ErrorKind::UntrustedCertificate,
+                        ..
+                    },
+                ..
+            },
+        )) => Err(
+            CliError::new(Kind::Unreachable, format!("the factory stopped: {e}")).hint(
+                "if a private CA signed the server's certificate, pass its certificate with --ca-file (GANTRY_CA_FILE); check too that the URL's host name is one the certificate names",
+            ),
+        ),
         Ok(Err(e)) => Err(
             CliError::new(Kind::Server, format!("the factory stopped: {e}"))
                 .hint("check the server URL and that the token has scope factory (or admin)"),

@@ -18,4 +18,5 @@ mod harness;
 mod jobs;
 mod remote;
 mod security;
+mod tls;
 mod tokens;
