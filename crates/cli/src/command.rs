@@ -75,8 +75,8 @@ pub enum KillTarget {
 /// A validated command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Run the server.
-    Serve(ServeConfig),
+    /// Run the server (boxed: its config is by far the largest command).
+    Serve(Box<ServeConfig>),
     /// Run a remote factory.
     Factory(FactoryOptions),
     /// Submit job files as one batch.
@@ -302,7 +302,7 @@ impl TryFrom<Cli> for Invocation {
 
 fn convert(sub: Sub, global: &Global) -> Result<Command, UsageError> {
     Ok(match sub {
-        Sub::Serve(a) => Command::Serve(serve_config(a, global)?),
+        Sub::Serve(a) => Command::Serve(Box::new(serve_config(a, global)?)),
         Sub::Submit(a) => Command::Submit {
             files: a.files,
             format: Format::from_flag(a.json),
