@@ -166,7 +166,7 @@ fn is_certificate_error(e: &(dyn std::error::Error + 'static)) -> bool {
     let rejected = |e: &(dyn std::error::Error + 'static)| {
         matches!(
             e.downcast_ref::<rustls::Error>(),
-            Some(rustls::Error::InvalidCertificate(_) | rustls::Error::AlertReceived(_))
+            Some(rustls::Error::InvalidCertificate(_))
         )
     };
     let mut cur = Some(e);
