@@ -90,7 +90,7 @@ async fn run(global: Global, command: Command) -> Result<(), CliError> {
         gantry_factory::private_files();
     }
     match command {
-        Command::Serve(opts) => serve::serve(&global, opts).await,
+        Command::Serve(opts) => serve::serve(&global, *opts).await,
         Command::Demo { keep } => demo::demo(keep).await,
         Command::Factory(opts) => factory::run(&global, opts).await,
         Command::BenchQueue { jobs, workers, db } => bench::queue(jobs, workers, db).await,

@@ -505,6 +505,7 @@ async fn bench_server(
             read_write: vec![root.to_path_buf()],
             ..gantry_server::SandboxSettings::default()
         },
+        tls: None,
     })
     .await?;
     let url = format!("http://{}", server.addr());

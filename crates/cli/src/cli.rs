@@ -18,7 +18,9 @@ Everyday use:
   gantry logs 1 --follow           the job's output, live
 
 The CLI finds the server with --url (GANTRY_URL, default http://127.0.0.1:7700) and the
-admin token with --token (GANTRY_TOKEN), else in <data-dir>/admin.token. Times are UTC.
+admin token with --token (GANTRY_TOKEN), else in <data-dir>/admin.token. An https:// server
+must present a certificate the system trusts, or one signed by a CA in --ca-file
+(GANTRY_CA_FILE). Times are UTC.
 Exit codes: 0 ok, 1 error, 2 usage error.";
 
 /// `gantry`: a control plane for fleets of coding agents.
@@ -59,6 +61,17 @@ pub struct Cli {
     )]
     pub token: Option<String>,
 
+    /// A PEM file of CA certificates to trust for an https:// server, besides the
+    /// system's roots (for a certificate a private CA signed).
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "GANTRY_CA_FILE",
+        value_name = "PATH"
+    )]
+    pub ca_file: Option<PathBuf>,
+
     /// Data directory: the SQLite store, worktrees, artifacts and admin.token.
     #[arg(
         long,
@@ -89,7 +102,7 @@ pub enum Sub {
 with --seats concurrent runs, over the SQLite store in --data-dir. On first start it writes an \
 admin token to <data-dir>/admin.token (mode 0600). SIGINT or SIGTERM shuts it down gracefully; \
 jobs that were running come back through the reaper on the next start.",
-        after_help = "Examples:\n  gantry serve\n  gantry serve --listen 127.0.0.1:0 --seats 2 --lease-ttl 30s\n  gantry serve --no-factory --data-dir /var/lib/gantry\n  gantry serve --cap docker --cap gpu=a100"
+        after_help = "Examples:\n  gantry serve\n  gantry serve --listen 127.0.0.1:0 --seats 2 --lease-ttl 30s\n  gantry serve --no-factory --data-dir /var/lib/gantry\n  gantry serve --cap docker --cap gpu=a100\n  gantry serve --listen 0.0.0.0:7700 --tls-cert server.crt --tls-key server.key"
     )]
     Serve(ServeArgs),
 
@@ -101,7 +114,7 @@ git worktree under --data-dir, renewing its lease and reporting events and the r
 On start it re-adopts the runs a previous factory on the same data dir left running. SIGINT or \
 SIGTERM stops it: it claims nothing more and stops its runs (or, with --leave-runs, leaves them \
 running for the next factory on this data dir to adopt).",
-        after_help = "Examples:\n  gantry factory --url http://gantry.internal:7700 --token gtk_... --seats 4\n  gantry factory --cap docker --cap gpu=a100 --data-dir /var/lib/gantry-factory"
+        after_help = "Examples:\n  gantry factory --url http://gantry.internal:7700 --token gtk_... --seats 4\n  gantry factory --url https://gantry.internal:7700 --ca-file /etc/gantry/ca.pem --token gtk_...\n  gantry factory --cap docker --cap gpu=a100 --data-dir /var/lib/gantry-factory"
     )]
     Factory(FactoryArgs),
 
@@ -255,6 +268,23 @@ pub struct ServeArgs {
     /// default: <data-dir>/gantry.toml when it exists.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM, the server's own first); needs
+    /// --tls-key.
+    #[arg(
+        long,
+        value_name = "PEM",
+        env = "GANTRY_TLS_CERT",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert; needs --tls-cert.
+    #[arg(
+        long,
+        value_name = "PEM",
+        env = "GANTRY_TLS_KEY",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
     /// Where runs are sandboxed and what they may see.
     #[command(flatten)]
     pub sandbox: SandboxArgs,

@@ -55,6 +55,8 @@ pub struct Global {
     pub url: String,
     /// Where the token comes from.
     pub token: TokenSource,
+    /// A PEM file of extra CA certificates to trust for an `https://` server.
+    pub ca_file: Option<PathBuf>,
     /// The data directory.
     pub data_dir: PathBuf,
     /// Log verbosity (count of `-v`).
@@ -73,8 +75,8 @@ pub enum KillTarget {
 /// A validated command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
-    /// Run the server.
-    Serve(ServeConfig),
+    /// Run the server (boxed: its config is by far the largest command).
+    Serve(Box<ServeConfig>),
     /// Run a remote factory.
     Factory(FactoryOptions),
     /// Submit job files as one batch.
@@ -291,6 +293,7 @@ impl TryFrom<Cli> for Invocation {
                 Some(t) if !t.trim().is_empty() => TokenSource::Given(t.trim().to_string()),
                 _ => TokenSource::File(cli.data_dir.join("admin.token")),
             },
+            ca_file: cli.ca_file,
             data_dir: cli.data_dir,
             verbose: cli.verbose,
         };
@@ -301,7 +304,7 @@ impl TryFrom<Cli> for Invocation {
 
 fn convert(sub: Sub, global: &Global) -> Result<Command, UsageError> {
     Ok(match sub {
-        Sub::Serve(a) => Command::Serve(serve_config(a, global)?),
+        Sub::Serve(a) => Command::Serve(Box::new(serve_config(a, global)?)),
         Sub::Submit(a) => Command::Submit {
             files: a.files,
             format: Format::from_flag(a.json),
@@ -574,6 +577,11 @@ fn serve_config(a: cli::ServeArgs, global: &Global) -> Result<ServeConfig, Usage
         config_file: a.config,
         limits: gantry_server::Limits::default(),
         sandbox: sandbox_settings(a.sandbox),
+        // clap makes sure both flags or neither are given.
+        tls: match (a.tls_cert, a.tls_key) {
+            (Some(cert), Some(key)) => Some(gantry_server::TlsFiles { cert, key }),
+            _ => None,
+        },
     })
 }
 
@@ -642,14 +650,17 @@ fn parse_token_name(subcommand: &str, arg: &str, value: &str) -> Result<String, 
 
 fn parse_url(value: &str) -> Result<String, UsageError> {
     let trimmed = value.trim().trim_end_matches('/');
-    let Some(rest) = trimmed.strip_prefix("http://") else {
-        let reason = if trimmed.starts_with("https://") {
-            "this build of gantry speaks plain HTTP only; put a TLS proxy in front of it and \
-             reach the server over http:// on a trusted network"
-        } else {
-            "expected a URL such as http://127.0.0.1:7700"
-        };
-        return Err(bad("", "--url <URL>", value, reason.to_string()));
+    let Some(rest) = trimmed
+        .strip_prefix("http://")
+        .or_else(|| trimmed.strip_prefix("https://"))
+    else {
+        return Err(bad(
+            "",
+            "--url <URL>",
+            value,
+            "expected a URL such as http://127.0.0.1:7700 or https://gantry.internal:7700"
+                .to_string(),
+        ));
     };
     let host = rest.split('/').next().unwrap_or_default();
     if host.is_empty() {

@@ -230,6 +230,8 @@ async fn run(root: &Path, keep: bool) -> Result<(), CliError> {
         config_file: None,
         limits: gantry_server::Limits::default(),
         sandbox: gantry_server::SandboxSettings::default(),
+        // The demo's server is on loopback and lives for one command.
+        tls: None,
     })
     .await?;
     let url = format!("http://{}", server.addr());

@@ -130,6 +130,14 @@ pub fn from_client(e: ClientError, url: &str) -> CliError {
         e @ ClientError::InvalidToken => CliError::new(Kind::Unauthorized, e.to_string())
             .hint("check the token passed with --token (GANTRY_TOKEN) or in the token file"),
         ClientError::Setup { message } => CliError::local(message),
+        e @ ClientError::CaFile { .. } => CliError::new(Kind::Usage, e.to_string())
+            .hint("--ca-file (GANTRY_CA_FILE) takes a PEM file of CA certificates (-----BEGIN CERTIFICATE----- blocks)"),
+        ClientError::Untrusted { url: u, cause } => CliError::new(
+            Kind::Unreachable,
+            format!("the server at {u} presented a TLS certificate that is not trusted"),
+        )
+        .cause(cause)
+        .hint("if a private CA signed the server's certificate, pass its certificate with --ca-file (GANTRY_CA_FILE); check too that the URL's host name is one the certificate names"),
         ClientError::Api { status, body } => {
             let kind = match status {
                 400 | 422 => Kind::Invalid,

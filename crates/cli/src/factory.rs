@@ -6,7 +6,8 @@
 use crate::command::{FactoryOptions, Global, TokenSource};
 use crate::error::{CliError, Kind};
 use crate::output;
-use gantry_factory::{Factory, FactoryConfig, HttpCoordinator, Sandbox};
+use gantry_factory::{Factory, FactoryConfig, FactoryError, HttpCoordinator, Sandbox};
+use gantry_protocol::{CoordError, ErrorKind};
 use gantry_server::config::{CONFIG_FILE, ConfigFile};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,10 +39,17 @@ pub async fn run(global: &Global, opts: FactoryOptions) -> Result<(), CliError> 
                 .hint("give the factory a token of scope factory: --token or GANTRY_TOKEN (`gantry token create --name NAME --scope factory` on the server makes one)")
             })?,
     };
-    let coord = HttpCoordinator::new(&global.url, &token).map_err(|e| {
-        CliError::new(Kind::Usage, format!("cannot use server URL {}", global.url))
-            .cause(e.to_string())
-    })?;
+    let coord = HttpCoordinator::with_ca_file(&global.url, &token, global.ca_file.as_deref())
+        .map_err(|e| match e {
+            CoordError::Refused {
+                kind: ErrorKind::InvalidCaFile,
+                message,
+            } => CliError::new(Kind::Usage, message).hint(
+                "--ca-file (GANTRY_CA_FILE) takes a PEM file of CA certificates (-----BEGIN CERTIFICATE----- blocks)",
+            ),
+            e => CliError::new(Kind::Usage, format!("cannot use server URL {}", global.url))
+                .cause(e.to_string()),
+        })?;
     // A remote factory reads only `[secrets]` of the file: the rest is the server's.
     let file = match &opts.config {
         Some(path) => ConfigFile::load(path, true),
@@ -112,6 +120,20 @@ pub async fn run(global: &Global, opts: FactoryOptions) -> Result<(), CliError> 
             output::note("gantry factory: stopped");
             Ok(())
         }
+        Ok(Err(
+            e @ FactoryError::Register {
+                source:
+                    CoordError::Refused {
+                        kind: ErrorKind::UntrustedCertificate,
+                        ..
+                    },
+                ..
+            },
+        )) => Err(
+            CliError::new(Kind::Unreachable, format!("the factory stopped: {e}")).hint(
+                "if a private CA signed the server's certificate, pass its certificate with --ca-file (GANTRY_CA_FILE); check too that the URL's host name is one the certificate names",
+            ),
+        ),
         Ok(Err(e)) => Err(
             CliError::new(Kind::Server, format!("the factory stopped: {e}"))
                 .hint("check the server URL and that the token has scope factory (or admin)"),

@@ -16,6 +16,9 @@ pub fn server_error(e: ServerError) -> CliError {
             "check that {} can be created and written (--data-dir, GANTRY_DATA_DIR)",
             path.display()
         )),
+        ServerError::Tls { .. } => Some(
+            "--tls-cert takes the PEM certificate chain (the server's own first) and --tls-key its PEM private key".to_string(),
+        ),
         _ => None,
     };
     let err = CliError::new(Kind::Local, format!("the server failed: {e}"));
@@ -35,10 +38,7 @@ pub async fn serve(global: &Global, cfg: ServeConfig) -> Result<(), CliError> {
     let server = start(cfg.clone()).await?;
     let data_dir =
         std::path::absolute(&global.data_dir).unwrap_or_else(|_| global.data_dir.clone());
-    output::line(format!(
-        "gantry serve: listening on http://{}",
-        server.addr()
-    ));
+    output::line(format!("gantry serve: listening on {}", server.url()));
     output::line(format!(
         "admin token: {} (the CLI reads it from there; or pass --token)",
         data_dir.join(ADMIN_TOKEN_FILE).display()

@@ -22,7 +22,7 @@ use gantry_protocol::{
 use reqwest::header::{AUTHORIZATION, HeaderValue};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Jobs asked for per page of `GET /v1/jobs` (the server's most).
@@ -42,6 +42,23 @@ pub enum ClientError {
     Setup {
         /// What is wrong.
         message: String,
+    },
+    /// The extra CA file cannot be read or holds no usable certificate.
+    #[error("cannot use the CA file {path}: {message}")]
+    CaFile {
+        /// The file given (`--ca-file`, `GANTRY_CA_FILE`).
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// The server's TLS certificate is not trusted: not signed by a system root nor by
+    /// the extra CA, expired, or not for this host name.
+    #[error("the server at {url} presented a TLS certificate this client does not trust: {cause}")]
+    Untrusted {
+        /// The URL requested.
+        url: String,
+        /// The certificate error and its causes, as text.
+        cause: String,
     },
     /// No connection could be made (refused, timed out, DNS).
     #[error("cannot reach {url}: {cause}")]
@@ -142,9 +159,41 @@ fn encode_segment(s: &str) -> String {
     out
 }
 
+/// Whether a TLS certificate check failed somewhere in `e`'s causes. The rustls error
+/// sits inside an `io::Error`, whose `source()` skips it, so each `io::Error`'s inner
+/// error is looked at too.
+fn is_certificate_error(e: &(dyn std::error::Error + 'static)) -> bool {
+    let rejected = |e: &(dyn std::error::Error + 'static)| {
+        matches!(
+            e.downcast_ref::<rustls::Error>(),
+            Some(rustls::Error::InvalidCertificate(_))
+        )
+    };
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if rejected(err) {
+            return true;
+        }
+        if let Some(inner) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            && (rejected(inner) || is_certificate_error(inner))
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// The error for a transport failure on `url`.
 fn transport(url: &str, e: &reqwest::Error) -> ClientError {
-    if e.is_connect() || e.is_timeout() {
+    if is_certificate_error(e) {
+        ClientError::Untrusted {
+            url: url.to_string(),
+            cause: chain(e),
+        }
+    } else if e.is_connect() || e.is_timeout() {
         ClientError::Unreachable {
             url: url.to_string(),
             cause: chain(e),
@@ -179,10 +228,62 @@ fn error_body(url: &str, status: reqwest::StatusCode, bytes: &[u8]) -> ErrorBody
     )
 }
 
+/// How a [`Client`] connects: the connect timeout and the trust of `https://` servers.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Time allowed to open a connection (TCP and, for `https://`, the TLS handshake).
+    pub connect_timeout: Duration,
+    /// A PEM file of CA certificates trusted besides the system's roots (for a server
+    /// whose certificate a private CA signed).
+    pub ca_file: Option<PathBuf>,
+}
+
+impl ClientOptions {
+    /// Options with `connect_timeout` and the system's roots only.
+    pub fn new(connect_timeout: Duration) -> ClientOptions {
+        ClientOptions {
+            connect_timeout,
+            ca_file: None,
+        }
+    }
+
+    /// The same options, also trusting the CA certificates in `ca_file` when given.
+    pub fn ca_file(mut self, ca_file: Option<&Path>) -> ClientOptions {
+        self.ca_file = ca_file.map(Path::to_path_buf);
+        self
+    }
+}
+
+/// The certificates of the PEM file `path`: at least one, each parsed.
+fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>> {
+    let bad = |message: String| ClientError::CaFile {
+        path: path.to_path_buf(),
+        message,
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|e| bad(format!("not a PEM certificate bundle: {}", chain(&e))))?;
+    if certs.is_empty() {
+        return Err(bad(
+            "it holds no certificate (expected PEM blocks of -----BEGIN CERTIFICATE-----)"
+                .to_string(),
+        ));
+    }
+    Ok(certs)
+}
+
 impl Client {
     /// A client of the server at `base` (e.g. `http://127.0.0.1:7700`), sending `token`
     /// as a bearer token when given, giving up a connection after `connect_timeout`.
+    /// An `https://` server must present a certificate the system's roots trust.
     pub fn new(base: &str, token: Option<&str>, connect_timeout: Duration) -> Result<Client> {
+        Client::with_options(base, token, &ClientOptions::new(connect_timeout))
+    }
+
+    /// A client of the server at `base` (`http://` or `https://`), sending `token` as a
+    /// bearer token when given, connecting as `opts` says. An `https://` server must
+    /// present a certificate that the system's roots or the CAs of `opts.ca_file` trust.
+    pub fn with_options(base: &str, token: Option<&str>, opts: &ClientOptions) -> Result<Client> {
         let auth = match token {
             Some(t) => {
                 let mut v = HeaderValue::from_str(&format!("Bearer {t}"))
@@ -192,12 +293,13 @@ impl Client {
             }
             None => None,
         };
-        let http = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            .build()
-            .map_err(|e| ClientError::Setup {
-                message: format!("cannot set up the HTTP client: {}", chain(&e)),
-            })?;
+        let mut builder = reqwest::Client::builder().connect_timeout(opts.connect_timeout);
+        if let Some(path) = &opts.ca_file {
+            builder = builder.tls_certs_merge(read_ca_file(path)?);
+        }
+        let http = builder.build().map_err(|e| ClientError::Setup {
+            message: format!("cannot set up the HTTP client: {}", chain(&e)),
+        })?;
         Ok(Client {
             base: base.trim_end_matches('/').to_string(),
             auth,

@@ -4,10 +4,14 @@
 //! Error mapping: HTTP 409 of kind [`ErrorKind::StaleLease`] on a run write is
 //! [`CoordError::StaleLease`]; connection failures, timeouts, 408, 429 and 5xx are
 //! [`CoordError::Unavailable`] (worth retrying); every other non-2xx answer is
-//! [`CoordError::Refused`] with the server's error kind and message.
+//! [`CoordError::Refused`] with the server's error kind and message. An `https://`
+//! server whose certificate is not trusted refuses the registration (kind
+//! [`ErrorKind::UntrustedCertificate`]: the factory stops at once instead of retrying
+//! forever); on later calls it is [`CoordError::Unavailable`], so a certificate
+//! rotation gone wrong for a while costs retries, not the runs.
 
 use async_trait::async_trait;
-use gantry_client::{Client, ClientError, status_line};
+use gantry_client::{Client, ClientError, ClientOptions, status_line};
 use gantry_core::event::NewEvent;
 use gantry_core::{FactoryId, RunId};
 use gantry_protocol::{
@@ -16,6 +20,7 @@ use gantry_protocol::{
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::path::Path;
 use std::time::Duration;
 
 /// Time allowed for a request that does not long-poll.
@@ -52,8 +57,20 @@ fn invalid_url(base_url: &str, why: impl std::fmt::Display) -> CoordError {
 
 impl HttpCoordinator {
     /// A coordinator for the server at `base_url` (e.g. `http://127.0.0.1:7700`),
-    /// authenticating with the bearer `token` (scope `factory` or `admin`).
+    /// authenticating with the bearer `token` (scope `factory` or `admin`); an
+    /// `https://` server must present a certificate the system's roots trust.
     pub fn new(base_url: &str, token: &str) -> Result<Self, CoordError> {
+        HttpCoordinator::with_ca_file(base_url, token, None)
+    }
+
+    /// Like [`HttpCoordinator::new`], also trusting the CA certificates of the PEM file
+    /// `ca_file` for an `https://` server. A CA file that cannot be used is refused
+    /// with kind [`ErrorKind::InvalidCaFile`] and a message naming the file.
+    pub fn with_ca_file(
+        base_url: &str,
+        token: &str,
+        ca_file: Option<&Path>,
+    ) -> Result<Self, CoordError> {
         let url = reqwest::Url::parse(base_url).map_err(|e| invalid_url(base_url, e))?;
         if !matches!(url.scheme(), "http" | "https") {
             let why = format!("the scheme must be http or https, not {:?}", url.scheme());
@@ -62,10 +79,15 @@ impl HttpCoordinator {
         if url.query().is_some() || url.fragment().is_some() {
             return Err(invalid_url(base_url, "no query or fragment allowed"));
         }
+        let opts = ClientOptions::new(CONNECT_TIMEOUT).ca_file(ca_file);
         let client =
-            Client::new(url.as_str(), Some(token), CONNECT_TIMEOUT).map_err(|e| match e {
+            Client::with_options(url.as_str(), Some(token), &opts).map_err(|e| match e {
                 e @ ClientError::InvalidToken => CoordError::Refused {
                     kind: ErrorKind::InvalidToken,
+                    message: e.to_string(),
+                },
+                e @ ClientError::CaFile { .. } => CoordError::Refused {
+                    kind: ErrorKind::InvalidCaFile,
                     message: e.to_string(),
                 },
                 other => CoordError::Unavailable(other.to_string()),
@@ -141,9 +163,22 @@ fn coord_error(e: ClientError, url: &str, run: Option<(RunId, i64)>) -> CoordErr
 #[async_trait]
 impl Coordinator for HttpCoordinator {
     async fn register(&self, reg: &RegisterFactory) -> Result<FactoryId, CoordError> {
-        let r: Registered = self
-            .post_some("/v1/factories", reg, None, "the factory id")
-            .await?;
+        let path = "/v1/factories";
+        let answer: Option<Registered> = self
+            .client
+            .post_json(path, reg, REQUEST_TIMEOUT)
+            .await
+            .map_err(|e| match e {
+                e @ ClientError::Untrusted { .. } => CoordError::Refused {
+                    kind: ErrorKind::UntrustedCertificate,
+                    message: e.to_string(),
+                },
+                e => coord_error(e, &self.client.url(path), None),
+            })?;
+        let r = answer.ok_or_else(|| CoordError::Refused {
+            kind: ErrorKind::InvalidResponse,
+            message: format!("POST {path} answered 204 instead of the factory id"),
+        })?;
         Ok(r.id)
     }
 

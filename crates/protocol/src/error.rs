@@ -9,6 +9,7 @@ use std::fmt;
 /// On the wire it is a snake_case string (`stale_lease`, `not_found`, ...). The server
 /// writes only the kinds in [`ErrorKind::SERVER`]; a client names its own failures
 /// with the client-side kinds ([`ErrorKind::InvalidUrl`], [`ErrorKind::InvalidToken`],
+/// [`ErrorKind::InvalidCaFile`], [`ErrorKind::UntrustedCertificate`],
 /// [`ErrorKind::InvalidResponse`], [`ErrorKind::Http`]), and a kind this build does not
 /// know (a newer server) is kept as [`ErrorKind::Other`] so it is never lost.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -49,6 +50,12 @@ pub enum ErrorKind {
     InvalidUrl,
     /// `invalid_token` (client side): the token cannot be sent in a header.
     InvalidToken,
+    /// `invalid_ca_file` (client side): the extra CA file cannot be read or holds no
+    /// certificate.
+    InvalidCaFile,
+    /// `untrusted_certificate` (client side): the `https://` server's certificate is
+    /// not trusted (not signed by a system root nor by the extra CA, or not for its name).
+    UntrustedCertificate,
     /// `invalid_response` (client side): the answer is not what the API promises.
     InvalidResponse,
     /// `http_<status>` (client side): a non-2xx answer without a Gantry error body.
@@ -79,9 +86,11 @@ impl ErrorKind {
     ];
 
     /// The kinds without a payload that only a client names (its own failures).
-    pub const CLIENT: [ErrorKind; 3] = [
+    pub const CLIENT: [ErrorKind; 5] = [
         ErrorKind::InvalidUrl,
         ErrorKind::InvalidToken,
+        ErrorKind::InvalidCaFile,
+        ErrorKind::UntrustedCertificate,
         ErrorKind::InvalidResponse,
     ];
 
@@ -107,6 +116,8 @@ impl ErrorKind {
             ErrorKind::TooManyConnections => "too_many_connections",
             ErrorKind::InvalidUrl => "invalid_url",
             ErrorKind::InvalidToken => "invalid_token",
+            ErrorKind::InvalidCaFile => "invalid_ca_file",
+            ErrorKind::UntrustedCertificate => "untrusted_certificate",
             ErrorKind::InvalidResponse => "invalid_response",
             ErrorKind::Http(_) | ErrorKind::Other(_) => return None,
         })
@@ -240,6 +251,8 @@ mod tests {
         for (code, kind) in [
             ("invalid_url", ErrorKind::InvalidUrl),
             ("invalid_token", ErrorKind::InvalidToken),
+            ("invalid_ca_file", ErrorKind::InvalidCaFile),
+            ("untrusted_certificate", ErrorKind::UntrustedCertificate),
             ("invalid_response", ErrorKind::InvalidResponse),
             ("http_403", ErrorKind::Http(403)),
             ("http_4030", ErrorKind::Other("http_4030".into())),

@@ -31,6 +31,16 @@ pub enum ServerError {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The TLS certificate or key file cannot be used; the message says why.
+    #[error("TLS {what} {path}: {message}")]
+    Tls {
+        /// Which file: "certificate file" or "key file".
+        what: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
     /// A configuration value cannot work; the message names the field and the value.
     #[error("invalid server configuration: {0}")]
     Config(String),

@@ -20,6 +20,7 @@ mod listener;
 pub mod metrics;
 pub mod profiles;
 mod service;
+mod tls;
 
 pub use auth::{ADMIN_TOKEN_FILE, Caller, TOKEN_PREFIX, hash_token, new_token_secret};
 pub use coordinator::LocalCoordinator;
@@ -27,6 +28,7 @@ pub use error::{ApiError, ServerError};
 pub use http::{DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, router};
 pub use limits::Limits;
 pub use service::{MAX_CLAIM_WAIT, Service, delivery_branch};
+pub use tls::TlsFiles;
 
 use gantry_factory::{Factory, FactoryConfig, Sandbox};
 use gantry_store::{PgOptions, PgStore, SqliteStore, Store};
@@ -104,6 +106,9 @@ pub struct ServeConfig {
     pub limits: Limits,
     /// How the embedded factory walls in its runs.
     pub sandbox: SandboxSettings,
+    /// The certificate and key to serve HTTPS with; `None` serves plain HTTP. The
+    /// embedded factory talks to the server in process, so it needs neither.
+    pub tls: Option<TlsFiles>,
 }
 
 /// How the embedded factory walls in its runs (see `gantry_factory::sandbox`).
@@ -137,6 +142,7 @@ impl Default for ServeConfig {
             config_file: None,
             limits: Limits::default(),
             sandbox: SandboxSettings::default(),
+            tls: None,
         }
     }
 }
@@ -147,6 +153,8 @@ const CHORE_GRACE: Duration = Duration::from_secs(10);
 /// A started server: the API listening, the reaper and the embedded factory running.
 pub struct RunningServer {
     addr: SocketAddr,
+    /// Whether the API is served over TLS.
+    tls: bool,
     admin_token: String,
     service: Arc<Service>,
     shutdown: watch::Sender<bool>,
@@ -214,6 +222,9 @@ pub async fn start(mut cfg: ServeConfig) -> Result<RunningServer, ServerError> {
     };
     file.limits.apply_to(&mut cfg.limits);
     validate(&cfg)?;
+    // Read before anything is created or bound, so a bad file stops the server early.
+    let tls = cfg.tls.as_ref().map(tls::acceptor).transpose()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     gantry_factory::private_dir(&cfg.data_dir).map_err(|source| ServerError::Io {
         action: "create data dir",
         path: cfg.data_dir.clone(),
@@ -265,11 +276,13 @@ pub async fn start(mut cfg: ServeConfig) -> Result<RunningServer, ServerError> {
         listener,
         router(service.clone()),
         cfg.limits.clone(),
+        tls.clone(),
         shutdown_rx.clone(),
     ));
-    tracing::info!(%addr, data_dir = %cfg.data_dir.display(), "gantry server listening");
+    tracing::info!(%addr, scheme, data_dir = %cfg.data_dir.display(), "gantry server listening");
     Ok(RunningServer {
         addr,
+        tls: tls.is_some(),
         admin_token,
         service,
         shutdown,
@@ -433,6 +446,14 @@ impl RunningServer {
     /// The address the API listens on (the real port when port 0 was asked for).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The API's base URL: `https://ADDR` when serving TLS, else `http://ADDR`. A
+    /// client of an `https://` URL given as an IP address needs that address among the
+    /// certificate's names.
+    pub fn url(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// The admin token's secret (also in `<data>/admin.token`).

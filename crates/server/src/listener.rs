@@ -1,6 +1,11 @@
 //! The HTTP server loop: accepts connections up to a cap, serves each with hyper's
-//! HTTP/1, and closes connections whose request header is late or on which nothing
-//! moves.
+//! HTTP/1 (over TLS when the server has a certificate), and closes connections whose
+//! request header is late or on which nothing moves.
+//!
+//! With TLS the handshake runs inside the connection's task, under the same cap and
+//! clocks: it counts toward the first request's header deadline, which runs from the
+//! moment the connection opened, so a client that stalls its handshake is closed like
+//! one that stalls its header, and a flood of handshakes is bounded by the cap.
 //!
 //! `axum::serve` sets none of these (hyper's header timeout needs a timer it does not
 //! give), so a client sending a header line every few seconds, or nothing at all, held
@@ -29,6 +34,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 /// How long a refused connection is given to take its 503 answer.
 const REFUSAL_GRACE: Duration = Duration::from_secs(1);
@@ -41,13 +47,14 @@ const MAX_REFUSALS: usize = 64;
 /// descriptors), so the loop does not spin while the condition lasts.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Serves `router` on `listener` until `shutdown` turns true, then lets open
-/// connections finish their requests (event streams and long polls end on shutdown)
-/// and returns once every connection is closed.
+/// Serves `router` on `listener` (through `tls` when given) until `shutdown` turns
+/// true, then lets open connections finish their requests (event streams and long
+/// polls end on shutdown) and returns once every connection is closed.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     limits: Limits,
+    tls: Option<TlsAcceptor>,
     mut shutdown: watch::Receiver<bool>,
 ) -> io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -81,6 +88,7 @@ pub(crate) async fn serve(
                     stream,
                     router.clone(),
                     limits.clone(),
+                    tls.clone(),
                     permit,
                     shutdown.clone(),
                 ));
@@ -95,7 +103,7 @@ pub(crate) async fn serve(
                 }
                 refusing = true;
                 if let Ok(permit) = refusals.clone().try_acquire_owned() {
-                    tasks.spawn(refuse(stream, limits.max_connections, permit));
+                    tasks.spawn(refuse(stream, limits.max_connections, tls.clone(), permit));
                 }
             }
         }
@@ -116,21 +124,61 @@ fn is_connection_error(e: &io::Error) -> bool {
     )
 }
 
-/// Serves one connection until it closes, misses its header deadline, stays silent
-/// past the idle timeout, or the server shuts down (then it finishes the request in
-/// flight first).
+/// Serves one connection (after its TLS handshake, with `tls`) until it closes, misses
+/// its header deadline, stays silent past the idle timeout, or the server shuts down
+/// (then it finishes the request in flight first). It holds `permit` until then.
 async fn connection(
     stream: TcpStream,
     router: Router,
     limits: Limits,
+    tls: Option<TlsAcceptor>,
     permit: OwnedSemaphorePermit,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let activity = Arc::new(Activity::new(limits.header_read_timeout));
-    let io = TokioIo::new(Watched {
+    // The socket is watched under TLS, so handshake and record bytes count as movement
+    // and the deadlines cover the handshake too.
+    let watched = Watched {
         inner: stream,
         activity: activity.clone(),
-    });
+    };
+    match tls {
+        None => http(watched, router, &limits, &activity, shutdown).await,
+        Some(acceptor) => {
+            let handshake = tokio::select! {
+                done = acceptor.accept(watched) => done,
+                why = activity.overdue(limits.idle_timeout) => {
+                    tracing::debug!(
+                        header_read_timeout = ?limits.header_read_timeout,
+                        "closing a connection during its TLS handshake: {why}"
+                    );
+                    return;
+                }
+                _ = stopped(&mut shutdown) => return,
+            };
+            match handshake {
+                Ok(stream) => http(stream, router, &limits, &activity, shutdown).await,
+                // A client that does not trust the certificate, or speaks plain HTTP to
+                // a TLS port, ends here; its side has the reason.
+                Err(e) => tracing::debug!(error = %e, "TLS handshake failed"),
+            }
+        }
+    }
+    drop(permit);
+}
+
+/// Serves HTTP/1 on one connection's `io` until it closes, misses its header deadline,
+/// stays silent past the idle timeout, or the server shuts down.
+async fn http<I>(
+    io: I,
+    router: Router,
+    limits: &Limits,
+    activity: &Arc<Activity>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(io);
     let inner = TowerToHyperService::new(router);
     let requests = activity.clone();
     let service = service_fn(move |req: Request<Incoming>| {
@@ -178,11 +226,16 @@ async fn connection(
             }
         }
     }
-    drop(permit);
 }
 
-/// Answers a connection over the cap with a 503 naming the cap, then closes it.
-async fn refuse(mut stream: TcpStream, max: usize, _permit: OwnedSemaphorePermit) {
+/// Answers a connection over the cap with a 503 naming the cap (after a TLS handshake,
+/// with `tls`), then closes it; all within [`REFUSAL_GRACE`].
+async fn refuse(
+    stream: TcpStream,
+    max: usize,
+    tls: Option<TlsAcceptor>,
+    _permit: OwnedSemaphorePermit,
+) {
     let body = ErrorBody {
         error: ErrorKind::TooManyConnections,
         message: format!("the server has {max} connections open, the most it accepts"),
@@ -200,15 +253,28 @@ async fn refuse(mut stream: TcpStream, max: usize, _permit: OwnedSemaphorePermit
         body.len()
     );
     let _ = tokio::time::timeout(REFUSAL_GRACE, async {
-        stream.write_all(answer.as_bytes()).await?;
-        stream.shutdown().await?;
-        // Read what the client sent before closing: closing a socket with unread input
-        // resets the connection, and the client could lose the answer.
-        let mut sink = [0u8; 4096];
-        while stream.read(&mut sink).await? > 0 {}
-        io::Result::Ok(())
+        match tls {
+            None => send_and_close(stream, answer.as_bytes()).await,
+            Some(acceptor) => {
+                send_and_close(acceptor.accept(stream).await?, answer.as_bytes()).await
+            }
+        }
     })
     .await;
+}
+
+/// Writes `answer` and closes the sending side, then reads what the client sent before
+/// closing: closing a socket with unread input resets the connection, and the client
+/// could lose the answer.
+async fn send_and_close<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    answer: &[u8],
+) -> io::Result<()> {
+    stream.write_all(answer).await?;
+    stream.shutdown().await?;
+    let mut sink = [0u8; 4096];
+    while stream.read(&mut sink).await? > 0 {}
+    Ok(())
 }
 
 /// No header deadline is running (stored in [`Activity::header_deadline_ms`]).

@@ -44,6 +44,12 @@ pub fn url_of_database(server_url: &str, name: &str) -> String {
     }
 }
 
+/// A connection to `url` made the way the store makes its own: TLS as the URL's
+/// `sslmode` and `sslrootcert` say (for checks such as `pg_stat_ssl`).
+pub async fn connect(url: &str) -> Result<tokio_postgres::Client> {
+    crate::postgres::tls::connect_one(url).await
+}
+
 /// A database created for one test, dropped (forcing out any connection left) when the
 /// value is dropped.
 #[derive(Debug)]

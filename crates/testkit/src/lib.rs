@@ -1,6 +1,9 @@
 //! What the integration tests of every crate share, so that the three harnesses
-//! (factory, server, CLI) run git and wait the same way. Dev-only: no crate depends on
-//! it outside its tests.
+//! (factory, server, CLI) run git and wait the same way, and TLS tests make their
+//! certificates the same way ([`tls::TestCa`]). Dev-only: no crate depends on it
+//! outside its tests.
+
+pub mod tls;
 
 use std::path::Path;
 use std::process::Command;

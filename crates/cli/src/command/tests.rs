@@ -78,6 +78,7 @@ fn serve_defaults() {
     assert_eq!(opts.kill_grace, Duration::from_secs(3));
     assert_eq!(opts.seats, 4);
     assert!(opts.embedded_factory && opts.push);
+    assert_eq!(opts.tls, None);
     assert!(opts.capabilities.is_empty());
     assert_eq!(opts.sandbox, gantry_server::SandboxSettings::default());
 }
@@ -111,7 +112,7 @@ fn serve_flags() {
     .expect("valid");
     assert_eq!(
         inv.command,
-        Command::Serve(ServeConfig {
+        Command::Serve(Box::new(ServeConfig {
             data_dir: inv.global.data_dir.clone(),
             listen: "127.0.0.1:0".parse().expect("addr"),
             lease_ttl: Duration::from_millis(500),
@@ -130,8 +131,28 @@ fn serve_flags() {
                 read_only: vec!["/opt/toolchain".into()],
                 read_write: vec!["/var/cache/shared".into()],
             },
+            tls: None,
+        }))
+    );
+}
+
+#[test]
+fn serve_tls_takes_both_files_or_neither() {
+    let inv = parse(&["serve", "--tls-cert", "/c.pem", "--tls-key", "/k.pem"]).expect("valid");
+    let Command::Serve(opts) = inv.command else {
+        panic!("expected serve, got {:?}", inv.command)
+    };
+    assert_eq!(
+        opts.tls,
+        Some(gantry_server::TlsFiles {
+            cert: "/c.pem".into(),
+            key: "/k.pem".into(),
         })
     );
+    for half in [["--tls-cert", "/c.pem"], ["--tls-key", "/k.pem"]] {
+        let argv = ["gantry", "serve", half[0], half[1]];
+        assert!(Cli::try_parse_from(argv).is_err(), "{half:?} alone");
+    }
 }
 
 #[test]
@@ -243,6 +264,23 @@ fn token_source() {
 fn url_is_normalized() {
     let inv = parse(&["--url", "http://127.0.0.1:9/", "status"]).expect("valid");
     assert_eq!(inv.global.url, "http://127.0.0.1:9");
+    let inv = parse(&["--url", "https://gantry.internal:7700/", "status"]).expect("valid");
+    assert_eq!(inv.global.url, "https://gantry.internal:7700");
+    let err = parse(&["--url", "ftp://gantry.internal", "status"]).expect_err("not http");
+    assert!(err.reason.contains("https://"), "{}", err.reason);
+}
+
+#[test]
+fn ca_file_is_global() {
+    let inv = parse(&["ls"]).expect("valid");
+    assert_eq!(inv.global.ca_file, None);
+    let inv = parse(&["--ca-file", "/etc/gantry/ca.pem", "ls"]).expect("valid");
+    assert_eq!(
+        inv.global.ca_file,
+        Some(PathBuf::from("/etc/gantry/ca.pem"))
+    );
+    let inv = parse(&["factory", "--ca-file", "/ca.pem"]).expect("valid");
+    assert_eq!(inv.global.ca_file, Some(PathBuf::from("/ca.pem")));
 }
 
 #[test]

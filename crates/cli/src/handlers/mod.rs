@@ -14,7 +14,7 @@ pub use tokens::{token_create, token_ls, token_revoke};
 
 use crate::command::{Global, TokenSource};
 use crate::error::{CliError, from_client};
-use gantry_client::{Client, ClientError};
+use gantry_client::{Client, ClientError, ClientOptions};
 
 /// How long the CLI waits for a connection to the server.
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
@@ -36,7 +36,8 @@ pub fn client_for(global: &Global) -> Result<Client, CliError> {
             }
         },
     };
-    Client::new(&global.url, Some(&token), CONNECT_TIMEOUT).map_err(|e| from_client(e, &global.url))
+    let opts = ClientOptions::new(CONNECT_TIMEOUT).ca_file(global.ca_file.as_deref());
+    Client::with_options(&global.url, Some(&token), &opts).map_err(|e| from_client(e, &global.url))
 }
 
 /// Maps client errors with the URL of this client's server.

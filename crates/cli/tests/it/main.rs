@@ -19,4 +19,5 @@ mod jobs;
 mod remote;
 mod secrets;
 mod security;
+mod tls;
 mod tokens;

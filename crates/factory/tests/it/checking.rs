@@ -317,7 +317,9 @@ async fn a_secret_removed_in_a_fix_round_is_not_in_the_delivered_history() {
         "if [ -n \"$GANTRY_FIX_ROUND\" ]; then printf 'x = 1\\n' > settings.env; \
          else printf 'x = 1\\nAWS_ACCESS_KEY_ID={key}\\n' > settings.env; fi"
     );
-    let report = h.run(claim(119, 119, 1, checked(&h.repo, &script, Vec::new(), 1))).await;
+    let report = h
+        .run(claim(119, 119, 1, checked(&h.repo, &script, Vec::new(), 1)))
+        .await;
     assert_eq!(report.outcome, Some(Outcome::Succeeded), "{report:?}");
     let commit = report.commit.expect("a result");
     let base = report.base_commit.expect("a base");
@@ -329,7 +331,10 @@ async fn a_secret_removed_in_a_fix_round_is_not_in_the_delivered_history() {
         git(&cache, &["show", &format!("{commit}:settings.env")]),
         "x = 1"
     );
-    let history = git(&cache, &["log", "-p", "--format=%H", &format!("{base}..{commit}")]);
+    let history = git(
+        &cache,
+        &["log", "-p", "--format=%H", &format!("{base}..{commit}")],
+    );
     assert!(!history.contains(key), "{history}");
     h.stop().await;
 }

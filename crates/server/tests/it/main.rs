@@ -17,3 +17,4 @@ mod replicas;
 mod result_refs;
 mod stop;
 mod support;
+mod tls;

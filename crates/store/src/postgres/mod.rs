@@ -32,9 +32,9 @@
 //! - Deadlocks, serialization failures, unique violations and connections lost before
 //!   a commit make an operation run again (bounded); it is all or nothing each time.
 //!
-//! The driver is tokio-postgres without TLS (`NoTls`); TLS would be added with
-//! tokio-postgres-rustls on rustls's aws-lc-rs provider. Connections come from a
-//! bounded deadpool pool; one more connection LISTENs, and each batch lane has one.
+//! The driver is tokio-postgres; TLS is what the URL's `sslmode` and `sslrootcert` ask,
+//! with libpq's meaning (see [`tls`]), on rustls. Connections come from a bounded
+//! deadpool pool; one more connection LISTENs, and each batch lane has one.
 
 #[macro_use]
 mod tx;
@@ -44,6 +44,7 @@ mod ops;
 mod rows;
 mod schema;
 mod signal;
+pub(crate) mod tls;
 
 use crate::codec::*;
 use crate::lifecycle::{self as life, EventRef, Live, WriteTx, settle_dependents};
@@ -148,9 +149,11 @@ impl PgStore {
     /// migrates its schema (several servers may do this at once), and starts the
     /// change listener, notifier and poller. Must be called inside a tokio runtime.
     pub async fn connect(url: &str, opts: PgOptions) -> Result<PgStore> {
+        let (url, tls_settings) = tls::split_url(url)?;
         let config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| StoreError::Backend(format!("invalid PostgreSQL URL: {e}")))?;
+        let tls = tls::connector(&tls_settings)?;
         let shown = show_config(&config);
         let mut pool_config = config.clone();
         if pool_config.get_application_name().is_none() {
@@ -161,8 +164,13 @@ impl PgStore {
             Some(options) => format!("{options} {}", batch::LANE_SETTINGS),
             None => batch::LANE_SETTINGS.to_string(),
         });
-        let pool = build_pool(pool_config, opts.max_connections.max(1), &shown)?;
-        let lane_pool = build_pool(lane_config, batch::LANES, &shown)?;
+        let pool = build_pool(
+            pool_config,
+            tls.clone(),
+            opts.max_connections.max(1),
+            &shown,
+        )?;
+        let lane_pool = build_pool(lane_config, tls.clone(), batch::LANES, &shown)?;
         {
             let mut conn = pool.get().await.map_err(|e| {
                 // The pool's own message is only "db error"; the server's reason (no such
@@ -215,6 +223,7 @@ impl PgStore {
         if opts.listen {
             tasks.push(tokio::spawn(signal::listener(
                 config,
+                tls,
                 Arc::downgrade(&inner.changes),
                 instance,
                 Arc::clone(&inner.listening),

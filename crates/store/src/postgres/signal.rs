@@ -19,12 +19,13 @@
 //!   LISTEN is broken. Every change a waiter cares about (a job becoming claimable,
 //!   new events) records an event.
 
+use super::tls::Connector;
 use super::{Inner, describe};
 use deadpool_postgres::Pool;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc, watch};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 
 /// Notifications buffered between the connection and their consumer.
 const NOTIFICATION_BUFFER: usize = 256;
@@ -70,9 +71,11 @@ pub(super) async fn notifier(pool: Pool, dirty: Arc<Notify>, instance: String) {
 }
 
 /// Listens for other instances' notifications and bumps `changes` for each; reconnects
-/// when the connection drops. Ends when the store is gone.
+/// when the connection drops (through `tls`, as the store's other connections). Ends
+/// when the store is gone.
 pub(super) async fn listener(
     config: tokio_postgres::Config,
+    tls: Connector,
     changes: Weak<watch::Sender<u64>>,
     instance: String,
     healthy: Arc<watch::Sender<bool>>,
@@ -81,7 +84,7 @@ pub(super) async fn listener(
     config.application_name(LISTENER_APP);
     let mut first = true;
     loop {
-        let ended = listen_once(&config, &changes, &instance, &healthy, first).await;
+        let ended = listen_once(&config, &tls, &changes, &instance, &healthy, first).await;
         first = false;
         match ended {
             Ok(()) => tracing::warn!("the change listener's connection closed; reconnecting"),
@@ -99,12 +102,16 @@ pub(super) async fn listener(
 /// was missed before it), then bump per notification until the connection ends.
 async fn listen_once(
     config: &tokio_postgres::Config,
+    tls: &Connector,
     changes: &Weak<watch::Sender<u64>>,
     instance: &str,
     healthy: &watch::Sender<bool>,
     first: bool,
 ) -> Result<(), String> {
-    let (client, mut connection) = config.connect(NoTls).await.map_err(|e| describe(&e))?;
+    let (client, mut connection) = config
+        .connect(tls.clone())
+        .await
+        .map_err(|e| describe(&e))?;
     // Notifications are hints (the poll is the fallback) and each one wakes every
     // waiter: when the consumer lags, dropping some loses nothing, and the buffer stays
     // bounded however fast other servers notify.

@@ -10,11 +10,11 @@ use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, R
 use gantry_core::api::Checkpoint;
 use gantry_core::{Job, JobId, RunId, StopKind};
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{NoTls, Row, Statement};
+use tokio_postgres::{Row, Statement};
 
 /// A database error as text: the server's code, message and detail when it sent one,
 /// else the client's error and its causes.
-pub(super) fn describe(e: &PgError) -> String {
+pub(crate) fn describe(e: &PgError) -> String {
     if let Some(db) = e.as_db_error() {
         let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
         if let Some(detail) = db.detail() {
@@ -260,11 +260,16 @@ impl Inner {
     }
 }
 
-/// A bounded pool of connections made with `config`.
-pub(super) fn build_pool(config: tokio_postgres::Config, size: usize, shown: &str) -> Result<Pool> {
+/// A bounded pool of connections made with `config`, through `tls` as its `sslmode` says.
+pub(super) fn build_pool(
+    config: tokio_postgres::Config,
+    tls: super::tls::Connector,
+    size: usize,
+    shown: &str,
+) -> Result<Pool> {
     let manager = Manager::from_config(
         config,
-        NoTls,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },

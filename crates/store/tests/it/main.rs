@@ -10,6 +10,7 @@
 
 mod conformance;
 mod helpers;
+mod pg_tls;
 mod postgres;
 mod sqlite;
 

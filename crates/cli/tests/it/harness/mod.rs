@@ -71,6 +71,9 @@ pub fn gantry() -> Command {
         "GANTRY_URL",
         "GANTRY_TOKEN",
         "GANTRY_DATA_DIR",
+        "GANTRY_CA_FILE",
+        "GANTRY_TLS_CERT",
+        "GANTRY_TLS_KEY",
         "RUST_LOG",
         "NO_COLOR",
     ] {
@@ -163,8 +166,10 @@ pub fn sandbox_rw(data_dir: &Path) -> Vec<std::ffi::OsString> {
 /// A `gantry serve` child process.
 pub struct Server {
     child: Option<Child>,
-    /// `http://127.0.0.1:<port>`.
+    /// `http://127.0.0.1:<port>`, or `https://...` when it serves TLS.
     pub url: String,
+    /// The CA file [`Server::cli`] passes with `--ca-file`, when set.
+    pub ca_file: Option<PathBuf>,
     /// Its data dir.
     pub data_dir: PathBuf,
     /// Where its stderr goes.
@@ -240,12 +245,13 @@ impl Server {
             }
         };
         assert!(
-            url.starts_with("http://127.0.0.1:"),
+            url.starts_with("http://127.0.0.1:") || url.starts_with("https://127.0.0.1:"),
             "odd listen line: {url}"
         );
         Server {
             child: Some(child),
             url,
+            ca_file: None,
             data_dir: data_dir.to_path_buf(),
             log,
             stdout: lines,
@@ -257,7 +263,7 @@ impl Server {
         self.stdout.lock().unwrap().join("\n")
     }
 
-    /// `gantry --url <url> --data-dir <data> args...`.
+    /// `gantry --url <url> --data-dir <data> [--ca-file <ca_file>] args...`.
     #[track_caller]
     pub fn cli(&self, args: &[&str]) -> Out {
         self.cli_timeout(args, CALL_TIMEOUT)
@@ -270,8 +276,11 @@ impl Server {
         c.arg("--url")
             .arg(&self.url)
             .arg("--data-dir")
-            .arg(&self.data_dir)
-            .args(args);
+            .arg(&self.data_dir);
+        if let Some(ca) = &self.ca_file {
+            c.arg("--ca-file").arg(ca);
+        }
+        c.args(args);
         run_with_timeout(c, timeout)
     }
 

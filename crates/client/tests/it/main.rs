@@ -1,0 +1,3 @@
+//! Integration tests of the client against real servers on loopback.
+
+mod tls;
