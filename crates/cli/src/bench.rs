@@ -383,13 +383,13 @@ async fn measure_concurrent(
     let mut turn = 0u64;
     while tokio::time::Instant::now() < window_end {
         let t = std::time::Instant::now();
-        if turn % 2 == 0 {
+        if turn.is_multiple_of(2) {
             client.status().await.map_err(api)?;
         } else {
             client.jobs(None, Some(50)).await.map_err(api)?;
         }
         api_ms.push(t.elapsed().as_secs_f64() * 1000.0);
-        if turn % 10 == 0 {
+        if turn.is_multiple_of(10) {
             let (rss, n) = own_rss_kb();
             if rss > peak_rss_kb {
                 (peak_rss_kb, processes) = (rss, n);

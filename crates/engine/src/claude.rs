@@ -126,10 +126,10 @@ impl ClaudeParser {
                     _ => {}
                 }
             }
-        } else if let Some(text) = message.get("content").and_then(Value::as_str) {
-            if !text.trim().is_empty() {
-                events.push(AgentEvent::Message { text: clip(text) });
-            }
+        } else if let Some(text) = message.get("content").and_then(Value::as_str)
+            && !text.trim().is_empty()
+        {
+            events.push(AgentEvent::Message { text: clip(text) });
         }
 
         if let Some(usage) = message.get("usage") {

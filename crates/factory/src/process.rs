@@ -524,7 +524,7 @@ pub async fn kill_group_and_wait(pgid: i32) {
                 return;
             }
         }
-        if rounds % 500 == 0 {
+        if rounds.is_multiple_of(500) {
             tracing::warn!(pgid, live = ?live_group_members(pgid), "process group survives SIGKILL");
         }
         tokio::time::sleep(delay).await;

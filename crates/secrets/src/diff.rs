@@ -79,12 +79,12 @@ impl Scanner {
             } else if let Some(path) = line.strip_prefix("+++ ") {
                 self.flush(&mut file, &mut findings);
                 file.path = new_path(path);
-            } else if let Some(header) = line.strip_prefix("@@ ") {
-                if let Some((old, new, start)) = hunk_header(header) {
-                    hunk = (old, new);
-                    next_line = start;
-                    file.text.push('\n');
-                }
+            } else if let Some(header) = line.strip_prefix("@@ ")
+                && let Some((old, new, start)) = hunk_header(header)
+            {
+                hunk = (old, new);
+                next_line = start;
+                file.text.push('\n');
             }
         }
         self.flush(&mut file, &mut findings);

@@ -38,32 +38,32 @@ impl Budget {
 
     /// The first limit `i` has passed (checked in the order usd, tokens, turns).
     pub fn check(&self, i: &Insights) -> Option<Breach> {
-        if let (Some(limit), Some(cost)) = (self.usd, i.cost_usd) {
-            if cost > limit {
-                return Some(Breach {
-                    limit: "usd",
-                    limit_value: limit,
-                    actual: cost,
-                });
-            }
+        if let (Some(limit), Some(cost)) = (self.usd, i.cost_usd)
+            && cost > limit
+        {
+            return Some(Breach {
+                limit: "usd",
+                limit_value: limit,
+                actual: cost,
+            });
         }
-        if let Some(limit) = self.tokens {
-            if i.tokens() > limit {
-                return Some(Breach {
-                    limit: "tokens",
-                    limit_value: limit as f64,
-                    actual: i.tokens() as f64,
-                });
-            }
+        if let Some(limit) = self.tokens
+            && i.tokens() > limit
+        {
+            return Some(Breach {
+                limit: "tokens",
+                limit_value: limit as f64,
+                actual: i.tokens() as f64,
+            });
         }
-        if let Some(limit) = self.turns {
-            if i.turns > limit {
-                return Some(Breach {
-                    limit: "turns",
-                    limit_value: f64::from(limit),
-                    actual: f64::from(i.turns),
-                });
-            }
+        if let Some(limit) = self.turns
+            && i.turns > limit
+        {
+            return Some(Breach {
+                limit: "turns",
+                limit_value: f64::from(limit),
+                actual: f64::from(i.turns),
+            });
         }
         None
     }

@@ -335,15 +335,14 @@ fn parse_usage(v: &Value) -> Result<Step, (String, String)> {
         tokens_cached,
         ..
     } = step
+        && tokens_cached > tokens_in
     {
-        if tokens_cached > tokens_in {
-            return Err((
-                "usage.tokens_cached".to_string(),
-                format!(
-                    "{tokens_cached} cached tokens exceed the {tokens_in} input tokens they are part of"
-                ),
-            ));
-        }
+        return Err((
+            "usage.tokens_cached".to_string(),
+            format!(
+                "{tokens_cached} cached tokens exceed the {tokens_in} input tokens they are part of"
+            ),
+        ));
     }
     Ok(step)
 }

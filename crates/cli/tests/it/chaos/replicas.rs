@@ -20,13 +20,13 @@ const LOCKS: usize = 8;
 
 /// The lock of job `i`: three jobs in four hold one of [`LOCKS`] keys.
 fn lock_of(i: usize) -> Option<String> {
-    (i % 4 != 0).then(|| format!("lock-{}", i % LOCKS))
+    (!i.is_multiple_of(4)).then(|| format!("lock-{}", i % LOCKS))
 }
 
 /// The dependencies of job `i` (as indices): every fifth job from the tenth on waits
 /// for two earlier ones.
 fn deps_of(i: usize) -> Vec<usize> {
-    if i >= 10 && i % 5 == 0 {
+    if i >= 10 && i.is_multiple_of(5) {
         vec![i - 3, i - 7]
     } else {
         Vec::new()
