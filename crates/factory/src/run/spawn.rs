@@ -115,6 +115,7 @@ impl Supervisor {
             branch: rec.branch.clone(),
             workspace: rec.worktree.clone(),
             base_commit: rec.base_commit.clone(),
+            secrets: secrets.names().map(str::to_string).collect(),
         });
         Ok((detached, started))
     }
