@@ -50,7 +50,8 @@ pub async fn run(global: &Global, opts: FactoryOptions) -> Result<(), CliError> 
             e => CliError::new(Kind::Usage, format!("cannot use server URL {}", global.url))
                 .cause(e.to_string()),
         })?;
-    // A remote factory reads only `[secrets]` of the file: the rest is the server's.
+    // A remote factory reads only `[secrets]` and `[factory] secrets_file` of the file:
+    // the rest is the server's.
     let file = match &opts.config {
         Some(path) => ConfigFile::load(path, true),
         None => ConfigFile::load(&global.data_dir.join(CONFIG_FILE), false),
@@ -77,8 +78,16 @@ pub async fn run(global: &Global, opts: FactoryOptions) -> Result<(), CliError> 
         sandbox_read_only: opts.sandbox.read_only.clone(),
         sandbox_read_write: opts.sandbox.read_write.clone(),
         secrets: file.secrets,
+        secrets_file: file.factory.secrets_file,
         ..FactoryConfig::default()
     };
+    // The factory checks it too; checked here, the error is not taken for the server's.
+    if let Some(path) = &cfg.secrets_file {
+        gantry_factory::check_secrets_file(path).map_err(|e| {
+            CliError::new(Kind::Usage, "this factory cannot use its secrets file")
+                .cause(e.to_string())
+        })?;
+    }
     gantry_factory::private_dir(&cfg.data_dir).map_err(|e| {
         CliError::local(format!("cannot create data dir {}", cfg.data_dir.display()))
             .cause(e.to_string())

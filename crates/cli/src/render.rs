@@ -234,10 +234,13 @@ pub fn event_summary(e: &Event) -> String {
             .payload::<RunClaimed>()
             .ok()
             .map(|p| format!("run {} attempt {} epoch {}", p.run, p.attempt, p.epoch)),
-        event::RUN_STARTED => e
-            .payload::<RunStarted>()
-            .ok()
-            .map(|p| format!("pid {} on {}", p.pid, p.branch)),
+        event::RUN_STARTED => e.payload::<RunStarted>().ok().map(|p| {
+            let mut out = format!("pid {} on {}", p.pid, p.branch);
+            if !p.secrets.is_empty() {
+                out.push_str(&format!(", secrets {}", p.secrets.join(", ")));
+            }
+            out
+        }),
         event::RUN_OUTPUT => e.payload::<RunOutput>().ok().map(|p| output_summary(&p)),
         event::RUN_FINISHED => e
             .payload::<RunFinished>()

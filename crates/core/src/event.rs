@@ -282,6 +282,10 @@ payload! {
         pub workspace: PathBuf,
         /// The commit the attempt starts from.
         pub base_commit: String,
+        /// The names of the secrets the agent's process received (the job's
+        /// `secrets`), never their values; left out when there are none.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        pub secrets: Vec<String>,
     }
 }
 

@@ -144,6 +144,10 @@ pub struct Run {
     /// there are none).
     #[serde(default, skip_serializing_if = "crate::checks::RunChecks::is_empty")]
     pub checks: crate::checks::RunChecks,
+    /// The names of the secrets the run's agent received (from its `run.started`),
+    /// never their values; left out of the JSON when there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
     /// Claim time.
     #[serde(with = "crate::time::rfc3339_millis")]
     pub started_at: Millis,

@@ -149,6 +149,11 @@ pub struct JobSpec {
     pub labels: BTreeMap<String, String>,
     /// Extra environment variables for the process.
     pub env: BTreeMap<String, String>,
+    /// Names of the secrets the factory hands to the agent's process, as environment
+    /// variables of the same names. Only the names: the values are the factory's, read
+    /// when the run starts, never part of the spec.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
     /// Model asked of the agent (agent engines; the script engine reports it).
     #[serde(default)]
     pub model: Option<String>,
@@ -217,6 +222,7 @@ impl JobSpec {
             idempotency_key: None,
             labels: BTreeMap::new(),
             env: BTreeMap::new(),
+            secrets: Vec::new(),
             model: None,
             budget: None,
             yolo: false,
@@ -287,7 +293,7 @@ impl ParsedJob {
 }
 
 /// Every field a job file may set, in the order the docs list them.
-pub const KNOWN_FIELDS: [&str; 30] = [
+pub const KNOWN_FIELDS: [&str; 31] = [
     "title",
     "repo",
     "cwd",
@@ -306,6 +312,7 @@ pub const KNOWN_FIELDS: [&str; 30] = [
     "idempotency_key",
     "labels",
     "env",
+    "secrets",
     "model",
     "budget",
     "yolo",
@@ -319,6 +326,8 @@ pub const KNOWN_FIELDS: [&str; 30] = [
     "keep_going",
     "review",
 ];
+
+pub use secrets::{MAX_SECRET_NAME_BYTES, MAX_SECRETS};
 
 /// Every engine name Gantry knows.
 pub const KNOWN_ENGINES: [&str; 4] = ["command", "script", "claude-code", "codex"];
@@ -361,6 +370,7 @@ pub fn parse_job_file(file: &str, text: &str) -> Result<ParsedJob, SpecError> {
 
 mod agent;
 mod checks;
+mod secrets;
 mod validate;
 mod yaml;
 

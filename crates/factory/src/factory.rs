@@ -68,7 +68,14 @@ enum Verdict {
 
 impl Factory {
     /// A factory with this configuration, talking to the control plane through `coord`.
-    pub fn new(cfg: FactoryConfig, coord: Arc<dyn Coordinator>) -> Self {
+    pub fn new(mut cfg: FactoryConfig, coord: Arc<dyn Coordinator>) -> Self {
+        // The secrets file holds what only the runs that name a secret may have, and
+        // those get their values in their environment: no run reads the file itself.
+        if let Some(path) = &cfg.secrets_file
+            && !cfg.hidden_paths.contains(path)
+        {
+            cfg.hidden_paths.push(path.clone());
+        }
         let seats = Arc::new(Semaphore::new(cfg.seats as usize));
         Factory {
             cfg: Arc::new(cfg),
@@ -323,8 +330,8 @@ impl Factory {
     }
 }
 
-/// What a factory checks before it starts: its seats, its sandbox (a probe) and its
-/// data dir (private to its user).
+/// What a factory checks before it starts: its seats, its sandbox (a probe), its
+/// secrets file and its data dir (private to its user).
 async fn check_before_start(cfg: &FactoryConfig) -> Result<(), FactoryError> {
     if cfg.seats == 0 {
         return Err(FactoryError::Config {
@@ -334,6 +341,10 @@ async fn check_before_start(cfg: &FactoryConfig) -> Result<(), FactoryError> {
         });
     }
     cfg.sandbox.probe().await.map_err(FactoryError::Sandbox)?;
+    // A broken secrets file is found now, not by the first job that names a secret.
+    if let Some(path) = &cfg.secrets_file {
+        crate::check_secrets_file(path).map_err(FactoryError::SecretsFile)?;
+    }
     if cfg.sandbox == crate::Sandbox::None {
         tracing::warn!("runs are NOT sandboxed: every job sees what this factory sees");
     } else {
@@ -403,7 +414,9 @@ async fn drop_run(cfg: &FactoryConfig, rec: &RunRecord) {
         Some(_) => {}
         None => process::kill_run_processes(rec.claim.job.id, rec.claim.run.id).await,
     }
-    if let Some(r) = crate::redact::for_job(cfg, &rec.claim.job.spec) {
+    let spec = &rec.claim.job.spec;
+    let secrets = crate::job_secrets::resolve_available(cfg.secrets_file.as_deref(), &spec.secrets);
+    if let Some(r) = crate::redact::for_job(cfg, spec, &secrets) {
         crate::redact::files(r, vec![rec.stdout.clone(), rec.stderr.clone()]).await;
     }
     if rec.cache.join("HEAD").is_file() {

@@ -24,6 +24,7 @@ mod factory;
 pub mod gate;
 mod heartbeat;
 mod http;
+mod job_secrets;
 pub mod process;
 pub mod record;
 mod redact;
@@ -39,6 +40,7 @@ pub use factory::{AdoptReport, Factory, prune_workspaces};
 pub use gantry_protocol::{CoordError, Coordinator};
 pub use gantry_secrets::SecretsConfig;
 pub use http::HttpCoordinator;
+pub use job_secrets::{SecretError, SecretsFileError, check_secrets_file};
 pub use record::kill_orphans;
 pub use sandbox::{Confinement, Sandbox, SandboxError};
 
@@ -97,6 +99,10 @@ pub struct FactoryConfig {
     /// checking stage's scan starts from them (a repository's `.gantry/secrets.toml`
     /// adds to them), and their rules redact what runs print and report.
     pub secrets: SecretsConfig,
+    /// Where the values of the secrets jobs name (`secrets:`) come from: this file
+    /// (gantry.toml's `[factory] secrets_file`, TOML `NAME = "value"`, private to the
+    /// factory's user), or the factory's own environment when `None`. Hidden from runs.
+    pub secrets_file: Option<PathBuf>,
 }
 
 impl Default for FactoryConfig {
@@ -121,6 +127,7 @@ impl Default for FactoryConfig {
             sandbox_read_only: Vec::new(),
             sandbox_read_write: Vec::new(),
             secrets: SecretsConfig::default(),
+            secrets_file: None,
         }
     }
 }
@@ -177,6 +184,9 @@ pub enum FactoryError {
         "{0}; a factory runs no job outside its sandbox (to run jobs unsandboxed anyway, start it with --allow-unsandboxed-jobs)"
     )]
     Sandbox(#[source] SandboxError),
+    /// The secrets file cannot be used (see [`check_secrets_file`]).
+    #[error(transparent)]
+    SecretsFile(SecretsFileError),
     /// A directory under the data dir could not be created.
     #[error("cannot create directory {path}: {source}")]
     DataDir {

@@ -2,7 +2,8 @@
 //! leaves the factory, or stays in its files, before it passed through a [`Redactor`].
 //! A credential matching a rule (the built-in ones and those of gantry.toml's
 //! `[secrets]`) becomes `[REDACTED:<rule>]`, and the literal value of every variable
-//! the engine passed to the agent (its API keys) becomes `[REDACTED:env]`.
+//! the engine passed to the agent (its API keys) and of every secret the job named
+//! (`secrets:`) becomes `[REDACTED:env]`.
 //!
 //! Two places apply it. Every upload of a run (its events and its finish report) goes
 //! through [`Redacting`], a [`Coordinator`] wrapped around the factory's, so the server
@@ -57,8 +58,12 @@ fn scanner(config: &SecretsConfig) -> Option<Scanner> {
 
 /// The redactor of a run of `spec`: the built-in rules and the factory's configured
 /// ones, plus the values of the variables the factory passes to the CLI of the job's
-/// engine and of its reviewer's.
-pub(crate) fn for_job(cfg: &FactoryConfig, spec: &JobSpec) -> Option<Arc<Redactor>> {
+/// engine and of its reviewer's, and the values of the secrets the run was `handed`.
+pub(crate) fn for_job(
+    cfg: &FactoryConfig,
+    spec: &JobSpec,
+    handed: &crate::job_secrets::Handed,
+) -> Option<Arc<Redactor>> {
     let scanner = scanner(&cfg.secrets)?;
     let mut engines = vec![spec.engine];
     if let ReviewChoice::Inline(review) = &spec.review {
@@ -74,6 +79,7 @@ pub(crate) fn for_job(cfg: &FactoryConfig, spec: &JobSpec) -> Option<Arc<Redacto
             }
         })
         .filter_map(|name| std::env::var(name).ok())
+        .chain(handed.values().map(str::to_string))
         .collect();
     Some(Arc::new(Redactor::new(scanner, values)))
 }

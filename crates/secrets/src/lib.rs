@@ -24,6 +24,6 @@ mod scanner;
 pub use cache::{CACHED_SCANNERS, ScannerCache};
 pub use check::entropy;
 pub use config::{Allowlist, ConfigError, ExtraRule, SecretsConfig, glob_match};
-pub use diff::Finding;
+pub use diff::{Finding, scan_diff_literals};
 pub use redact::{MIN_LITERAL_LEN, Redactor};
 pub use scanner::{Match, Scanner, fingerprint};

@@ -1,6 +1,6 @@
 //! `gantry.toml`: the server's configuration file (engines, prices, the embedded
-//! factory's admission thresholds and checkpoint interval, size caps and HTTP limits,
-//! the secret scan's rules and allowlist).
+//! factory's admission thresholds, checkpoint interval and secrets file, size caps and
+//! HTTP limits, the secret scan's rules and allowlist).
 //!
 //! Every key is optional and an unknown key is an error naming it and its line, so a
 //! typo never silently leaves a default in place.
@@ -138,6 +138,10 @@ pub struct FactorySection {
     pub min_free_memory_mb: Option<u64>,
     /// Do not claim while the data dir's disk has less than this many MiB free (0: off).
     pub min_free_disk_mb: Option<u64>,
+    /// Where the values of the secrets jobs name come from: a TOML file of
+    /// `NAME = "value"` lines, private to the factory's user (a relative path is taken
+    /// from the config file's directory). Without it, the factory's environment.
+    pub secrets_file: Option<PathBuf>,
 }
 
 /// `[engines]`.
@@ -249,6 +253,19 @@ impl ConfigFile {
         cfg.secrets =
             gantry_secrets::SecretsConfig::from_gantry_toml(&path.display().to_string(), text)
                 .map_err(ConfigError::Secrets)?;
+        if let Some(file) = &mut cfg.factory.secrets_file {
+            if file.as_os_str().is_empty() {
+                return Err(ConfigError::Invalid {
+                    path: path.to_path_buf(),
+                    message: "factory.secrets_file is empty; give the path of a secrets file"
+                        .to_string(),
+                });
+            }
+            if file.is_relative() {
+                let dir = path.parent().unwrap_or(Path::new(""));
+                *file = dir.join(&*file);
+            }
+        }
         if cfg.factory.checkpoint_interval.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::Invalid {
                 path: path.to_path_buf(),

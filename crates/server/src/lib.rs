@@ -381,6 +381,12 @@ async fn start_embedded_factory(
     }
     fcfg.engines = file.engine_settings();
     fcfg.secrets = file.secrets.clone();
+    fcfg.secrets_file = file.factory.secrets_file.clone();
+    // A broken secrets file stops the server now, not the first job naming a secret.
+    if let Some(path) = &fcfg.secrets_file {
+        gantry_factory::check_secrets_file(path)
+            .map_err(|e| ServerError::Factory(e.to_string()))?;
+    }
     let coordinator = Arc::new(LocalCoordinator::new(service.clone()));
     let mut factory = Factory::new(fcfg, coordinator);
     let report = factory

@@ -57,7 +57,7 @@ pub(crate) const JOB_FROM: &str = "jobs JOIN job_specs ON job_specs.job_id = job
 /// The columns [`RawRun::read`] expects, in order.
 pub(crate) const RUN_COLS: &str = "id, job_id, attempt, epoch, factory_id, outcome, exit_code, \
      error, branch, base_commit, commit_sha, files_changed, lines_added, lines_deleted, \
-     started_at, finished_at, lease_expires_at, insights, gates, checks";
+     started_at, finished_at, lease_expires_at, insights, gates, checks, secrets";
 
 /// The columns [`TokenRow::read`] expects, in order.
 pub(crate) const TOKEN_COLS: &str = "id, name, scope, created_at, revoked_at, factory_id";
@@ -354,6 +354,8 @@ pub(crate) struct RawRun {
     pub(crate) gates: Option<String>,
     /// The reviews, secret findings and fix rounds (JSON text, a `RunChecks`).
     pub(crate) checks: Option<String>,
+    /// The names of the secrets the run received (JSON text, a list of strings).
+    pub(crate) secrets: Option<String>,
 }
 
 impl RawRun {
@@ -380,6 +382,7 @@ impl RawRun {
             insights: r.col(17)?,
             gates: r.col(18)?,
             checks: r.col(19)?,
+            secrets: r.col(20)?,
         })
     }
 
@@ -409,6 +412,12 @@ impl RawRun {
                 .transpose()?,
             gates: crate::lifecycle::gate_results(self.gates.as_deref())?,
             checks: crate::lifecycle::run_checks(self.checks.as_deref())?,
+            secrets: self
+                .secrets
+                .as_deref()
+                .map(|text| parse_json("run secrets", text))
+                .transpose()?
+                .unwrap_or_default(),
         })
     }
 }

@@ -132,6 +132,19 @@ pub async fn show(client: &Client, id: JobId, format: Format) -> Result<(), CliE
     if let Some(b) = &j.spec.budget {
         kv.push(("budget", budget_label(b)));
     }
+    // What each run's agent received, by name (the values never leave the factory).
+    let handed: Vec<&gantry_core::Run> = j.runs.iter().filter(|r| !r.secrets.is_empty()).collect();
+    for r in &handed {
+        let names = r.secrets.join(", ");
+        kv.push((
+            "secrets",
+            if handed.len() > 1 {
+                format!("{names} (run {})", r.id)
+            } else {
+                names
+            },
+        ));
+    }
     if let Some(i) = &j.insights {
         kv.push(("insights", insights_label(i)));
     }

@@ -14,6 +14,7 @@ mod demo;
 mod durability;
 mod factories;
 mod follow;
+mod handed;
 mod harness;
 mod jobs;
 mod remote;

@@ -32,7 +32,7 @@ const ACME_RULE: &str =
 const API_KEY_VALUE: &str = "gantry-it-passed-through-0d1e2f";
 
 /// Writes `gantry.toml` into the data dir of `env`.
-fn gantry_toml(env: &Env, text: &str) {
+pub(crate) fn gantry_toml(env: &Env, text: &str) {
     std::fs::create_dir_all(env.data()).expect("data dir");
     std::fs::write(env.data().join("gantry.toml"), text).expect("write gantry.toml");
 }
@@ -56,14 +56,14 @@ printf '{"type":"result","subtype":"success","is_error":false,"num_turns":1,"res
 
 /// Panics naming the place when any of `secrets` is in `text`.
 #[track_caller]
-fn assert_clean(place: &str, text: &str, secrets: &[String]) {
+pub(crate) fn assert_clean(place: &str, text: &str, secrets: &[String]) {
     for s in secrets {
         assert!(!text.contains(s.as_str()), "{place} holds {s:?}:\n{text}");
     }
 }
 
 /// Every file under `dir` with whether it holds one of `secrets`, read byte for byte.
-fn leaking_files(dir: &Path, secrets: &[String]) -> (Vec<String>, usize) {
+pub(crate) fn leaking_files(dir: &Path, secrets: &[String]) -> (Vec<String>, usize) {
     let mut leaks = Vec::new();
     let mut seen = 0;
     let mut stack = vec![dir.to_path_buf()];
@@ -93,7 +93,7 @@ fn leaking_files(dir: &Path, secrets: &[String]) -> (Vec<String>, usize) {
 }
 
 /// The id of the last event of job `id`.
-fn last_event_id(api: &Api, id: &str) -> i64 {
+pub(crate) fn last_event_id(api: &Api, id: &str) -> i64 {
     let events = api.all_events(Some(id));
     events
         .last()

@@ -83,10 +83,25 @@ fn run_payloads_match_the_wire() {
             branch: "gantry/1/a1".into(),
             workspace: PathBuf::from("/data/work/1-a1"),
             base_commit: "abc".into(),
+            secrets: Vec::new(),
         },
         "run.started",
         json!({"pid": 4242, "pgid": 4242, "branch": "gantry/1/a1",
                "workspace": "/data/work/1-a1", "base_commit": "abc"}),
+    );
+    check(
+        RunStarted {
+            pid: 4242,
+            pgid: 4242,
+            branch: "gantry/1/a1".into(),
+            workspace: PathBuf::from("/data/work/1-a1"),
+            base_commit: "abc".into(),
+            secrets: vec!["ANTHROPIC_API_KEY".into(), "GITHUB_TOKEN".into()],
+        },
+        "run.started",
+        json!({"pid": 4242, "pgid": 4242, "branch": "gantry/1/a1",
+               "workspace": "/data/work/1-a1", "base_commit": "abc",
+               "secrets": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]}),
     );
     check(
         RunOutput {

@@ -99,6 +99,7 @@ pub(super) struct Fields {
     pub(super) idempotency_key: Option<String>,
     pub(super) labels: Option<BTreeMap<String, String>>,
     pub(super) env: Option<BTreeMap<String, String>>,
+    pub(super) secrets: Option<Vec<(String, usize)>>,
     pub(super) model: Option<String>,
     pub(super) budget: Option<Budget>,
     pub(super) yolo: Option<bool>,
@@ -279,6 +280,7 @@ impl Validator<'_> {
             }
             "labels" => f.labels = Some(self.labels(value)?),
             "env" => f.env = Some(self.env(value)?),
+            "secrets" => f.secrets = Some(self.secrets(value)?),
             "model" => f.model = Some(self.non_empty_string(value, "model")?),
             "budget" => f.budget = Some(self.budget(value)?),
             "yolo" => match value.value {
@@ -334,6 +336,8 @@ impl Validator<'_> {
             }
             (_, _) => Vec::new(),
         };
+        let env = f.env.unwrap_or_default();
+        let secrets = self.secrets_apart_from(f.secrets.unwrap_or_default(), &env)?;
         let steps = f.steps.unwrap_or_default();
         if engine == EngineKind::Script && steps.is_empty() {
             return Err(self.missing(
@@ -358,7 +362,8 @@ impl Validator<'_> {
             backoff_ms: f.backoff_ms.unwrap_or(DEFAULT_BACKOFF_MS),
             idempotency_key: f.idempotency_key,
             labels: f.labels.unwrap_or_default(),
-            env: f.env.unwrap_or_default(),
+            env,
+            secrets,
             model: f.model,
             budget: f.budget,
             yolo: f.yolo.unwrap_or(false),
@@ -724,25 +729,6 @@ impl Validator<'_> {
     }
 
     pub(super) fn env(&self, node: &Node) -> Result<BTreeMap<String, String>, SpecError> {
-        self.string_map(node, "env", |name| {
-            let mut chars = name.chars();
-            let valid = chars
-                .next()
-                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid {
-                Err(format!(
-                    "invalid environment variable name {}: names match [A-Za-z_][A-Za-z0-9_]*",
-                    quote(name)
-                ))
-            } else if name.starts_with("GANTRY_") {
-                Err(format!(
-                    "environment variable {} is reserved: Gantry sets the GANTRY_* variables itself",
-                    quote(name)
-                ))
-            } else {
-                Ok(())
-            }
-        })
+        self.string_map(node, "env", super::secrets::check_env_name)
     }
 }

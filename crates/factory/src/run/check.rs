@@ -394,7 +394,8 @@ impl Supervisor {
         Ok(reasons)
     }
 
-    /// Scans what the result adds to its base for credentials.
+    /// Scans what the result adds to its base for credentials: the rules' and the
+    /// values of the secrets the run was handed.
     async fn scan(&self, rec: &RunRecord, st: &Check) -> Result<Vec<FixReason>, Halt> {
         let diff = workspace::run(
             &rec.cache,
@@ -410,7 +411,18 @@ impl Supervisor {
         )
         .await
         .map_err(|e| Halt::Error(format!("cannot read the result's diff: {e}")))?;
-        let findings = st.scanner.scan_diff(&diff);
+        let mut findings = st.scanner.scan_diff(&diff);
+        // The values of the job's own secrets match no rule, and committing one is
+        // exactly the leak a rule would catch: each is a rule of its own here.
+        if let Ok(handed) = &self.secrets {
+            let rules: Vec<String> = handed.names().map(secret_rule).collect();
+            let literals: Vec<(&str, &str)> = rules
+                .iter()
+                .map(String::as_str)
+                .zip(handed.values())
+                .collect();
+            findings.extend(gantry_secrets::scan_diff_literals(&diff, &literals));
+        }
         if findings.is_empty() {
             return Ok(Vec::new());
         }
@@ -638,6 +650,11 @@ impl Supervisor {
             }
         }
     }
+}
+
+/// The rule id of a finding of the value of the job's secret `name`.
+fn secret_rule(name: &str) -> String {
+    format!("job-secret:{name}")
 }
 
 /// `path` with the fix round in its name: `stdout.log` -> `stdout-fix1.log`.

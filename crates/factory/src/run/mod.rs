@@ -35,6 +35,7 @@ mod review;
 mod spawn;
 
 use crate::agent;
+use crate::job_secrets::{self, Handed};
 use crate::process::Exit;
 use crate::record::{CheckpointState, Offsets, RECORD_VERSION, RunRecord};
 use crate::tail::SharedRecord;
@@ -93,10 +94,14 @@ struct ProcessEnd {
     verdict: Option<Outcome>,
 }
 
-/// The context of one run of `claim`: its uploads pass through its redactor
-/// ([`crate::redact::Redacting`]), returned too for the files it leaves.
-fn run_context(ctx: RunContext, claim: &Claim) -> (RunContext, Option<Arc<Redactor>>) {
-    let redactor = crate::redact::for_job(&ctx.cfg, &claim.job.spec);
+/// The context of one run of `claim`, `handed` its secrets: its uploads pass through
+/// its redactor ([`crate::redact::Redacting`]), returned too for the files it leaves.
+fn run_context(
+    ctx: RunContext,
+    claim: &Claim,
+    handed: &Handed,
+) -> (RunContext, Option<Arc<Redactor>>) {
+    let redactor = crate::redact::for_job(&ctx.cfg, &claim.job.spec, handed);
     let ctx = match &redactor {
         Some(r) => RunContext {
             coord: Arc::new(crate::redact::Redacting {
@@ -113,7 +118,16 @@ fn run_context(ctx: RunContext, claim: &Claim) -> (RunContext, Option<Arc<Redact
 /// Runs one claimed job to the end.
 pub(crate) async fn run_claim(ctx: RunContext, claim: Claim) {
     let span = tracing::info_span!("run", job = %claim.job.id, run = %claim.run.id, attempt = claim.run.attempt);
-    let (ctx, redactor) = run_context(ctx, &claim);
+    // The values are read now, once: the redactor needs them before anything of the
+    // run is uploaded, and the agent's process gets the same ones.
+    let secrets = job_secrets::resolve(ctx.cfg.secrets_file.as_deref(), &claim.job.spec.secrets)
+        .map_err(|e| {
+            format!(
+                "factory {:?} cannot hand the job its secrets: {e}",
+                ctx.cfg.name
+            )
+        });
+    let (ctx, redactor) = run_context(ctx, &claim, secrets.as_ref().unwrap_or(&Handed::default()));
     let (_renewer, lease, gate) = start_renewer(&ctx, &claim, Instant::now(), LeaseState::Held);
     let sup = Supervisor {
         ctx,
@@ -122,6 +136,7 @@ pub(crate) async fn run_claim(ctx: RunContext, claim: Claim) {
         gate,
         prior: None,
         redactor,
+        secrets,
     };
     sup.start().instrument(span).await;
 }
@@ -146,7 +161,11 @@ pub(crate) async fn adopt_run(ctx: RunContext, adoption: Adoption) {
         Some(k) => LeaseState::Stop(k),
         None => LeaseState::Held,
     };
-    let (ctx, redactor) = run_context(ctx, &claim);
+    // The process has its secrets already; the redactor (and a fix round's process)
+    // gets what can still be read.
+    let secrets =
+        job_secrets::resolve_available(ctx.cfg.secrets_file.as_deref(), &claim.job.spec.secrets);
+    let (ctx, redactor) = run_context(ctx, &claim, &secrets);
     let (_renewer, lease, gate) = start_renewer(&ctx, &claim, adoption.renewed_at, initial);
     let sup = Supervisor {
         ctx,
@@ -155,6 +174,7 @@ pub(crate) async fn adopt_run(ctx: RunContext, adoption: Adoption) {
         gate,
         prior: None,
         redactor,
+        secrets: Ok(secrets),
     };
     let _guard = adoption.guard;
     sup.resume(adoption.record).instrument(span).await;
@@ -172,6 +192,9 @@ struct Supervisor {
     /// What the run's files are rewritten through once read (its uploads already pass
     /// through it: see [`run_context`]). `None` only if no rule compiles.
     redactor: Option<Arc<Redactor>>,
+    /// The secrets the job names, with their values, for the agent's processes; or why
+    /// the factory cannot hand them (the run then fails before any process starts).
+    secrets: Result<Handed, String>,
 }
 
 impl Supervisor {
@@ -208,6 +231,14 @@ impl Supervisor {
             ..FinishReport::default()
         };
 
+        if let Err(e) = &self.secrets {
+            // Nothing is prepared for a run that cannot start: no worktree, no process.
+            tracing::warn!(error = %e, "the job's secrets cannot be handed; run failed");
+            report.outcome = Some(Outcome::Failed);
+            report.error = Some(e.clone());
+            self.report(report).await;
+            return;
+        }
         if let Err(e) = tokio::fs::create_dir_all(&artifacts).await {
             report.outcome = Some(Outcome::Failed);
             report.error = Some(format!(

@@ -63,6 +63,13 @@ impl Supervisor {
         )
         .map_err(|e| e.to_string())?;
         let mut env = self.run_env(&rec, launch.env);
+        // The job's secrets go to the agent's processes only: not to its gates (the
+        // repository's commands) nor to its reviewer (see `run_env`).
+        let secrets = self.secrets.as_ref().map_err(String::clone)?;
+        for (k, v) in secrets.env() {
+            env.retain(|(name, _)| *name != k);
+            env.push((k, v));
+        }
         if let Some(f) = fix {
             env.push(("GANTRY_FIX_ROUND".into(), f.round.to_string().into()));
             env.push((
@@ -108,13 +115,15 @@ impl Supervisor {
             branch: rec.branch.clone(),
             workspace: rec.worktree.clone(),
             base_commit: rec.base_commit.clone(),
+            secrets: secrets.names().map(str::to_string).collect(),
         });
         Ok((detached, started))
     }
 
-    /// The environment of the run's processes (the agent's and its gates'): the
-    /// factory's allowlisted variables, then `engine` (what the engine passes through),
-    /// the job's own `env`, and the `GANTRY_*` variables naming the run.
+    /// The environment of the run's processes (the agent's, its gates' and its
+    /// reviewer's): the factory's allowlisted variables, then `engine` (what the engine
+    /// passes through), the job's own `env`, and the `GANTRY_*` variables naming the
+    /// run. Not the job's secrets, which [`Supervisor::spawn`] adds for the agent alone.
     pub(super) fn run_env(
         &self,
         rec: &RunRecord,

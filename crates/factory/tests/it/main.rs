@@ -14,6 +14,7 @@ mod result_refs;
 mod review;
 mod runs;
 mod sandbox;
+mod secrets;
 mod stand_ins;
 mod stops;
 mod support;

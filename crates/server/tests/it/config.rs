@@ -40,6 +40,10 @@ fn issue3_the_documented_example_parses() {
     );
     assert_eq!(cfg.factory.min_free_memory_mb, Some(2048));
     assert_eq!(cfg.factory.min_free_disk_mb, Some(1024));
+    assert_eq!(
+        cfg.factory.secrets_file.as_deref(),
+        Some(Path::new("/etc/gantry/agent-secrets.toml"))
+    );
     let claude = cfg
         .engines
         .claude_code
@@ -155,4 +159,28 @@ fn issue11_secrets_are_read_with_the_keys_of_a_repository_secrets_file() {
             "{message}"
         );
     }
+}
+
+#[test]
+fn issue12_a_relative_secrets_file_is_taken_from_the_config_files_directory() {
+    let parse = |text: &str| {
+        ConfigFile::parse(Path::new("/etc/gantry/gantry.toml"), text)
+            .expect("valid")
+            .factory
+            .secrets_file
+    };
+    assert_eq!(
+        parse("[factory]\nsecrets_file = \"agents.toml\"\n").as_deref(),
+        Some(Path::new("/etc/gantry/agents.toml"))
+    );
+    assert_eq!(
+        parse("[factory]\nsecrets_file = \"/srv/s.toml\"\n").as_deref(),
+        Some(Path::new("/srv/s.toml"))
+    );
+    assert_eq!(parse(""), None);
+    let message = invalid("[factory]\nsecrets_file = \"\"\n");
+    assert!(
+        message.contains("factory.secrets_file is empty"),
+        "{message}"
+    );
 }

@@ -15,6 +15,8 @@ pub(crate) enum RunDoc {
     Gates,
     /// The reviews, secret findings and fix rounds (`runs.checks`, a [`RunChecks`]).
     Checks,
+    /// The names of the secrets the run's agent received (`runs.secrets`, a JSON list).
+    Secrets,
 }
 
 impl RunDoc {
@@ -23,6 +25,7 @@ impl RunDoc {
         match self {
             RunDoc::Gates => "gates",
             RunDoc::Checks => "checks",
+            RunDoc::Secrets => "secrets",
         }
     }
 }

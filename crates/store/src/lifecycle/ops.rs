@@ -227,6 +227,17 @@ async fn apply_run_event<T: WriteTx>(
             })?;
             tx.save_checkpoint(live.job, &cp).await?;
         }
+        ev::RUN_STARTED => {
+            // Kept on the run so `show` names what it received without the event log;
+            // names only, as the event carries them.
+            let started: ev::RunStarted = serde_json::from_str(data)
+                .map_err(|e| invalid(format!("does not fit the run.started payload: {e}")))?;
+            if !started.secrets.is_empty() {
+                let text = serde_json::to_string(&started.secrets)
+                    .map_err(|e| corrupt(format!("cannot encode run secrets: {e}")))?;
+                tx.save_doc(live.run, super::RunDoc::Secrets, &text).await?;
+            }
+        }
         ev::AGENT_INSIGHTS => {
             // Checked to be insights before it is kept as the run's figures.
             let insights: Insights = serde_json::from_str(data)

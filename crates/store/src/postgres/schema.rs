@@ -16,8 +16,14 @@ const MIGRATION_LOCK: i64 = 0x4741_4E54;
 /// edit a released entry; append a new one instead.
 pub(super) const MIGRATIONS: &[&str] = &[
     SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8,
-    SCHEMA_V9, SCHEMA_V10,
+    SCHEMA_V9, SCHEMA_V10, SCHEMA_V11,
 ];
+
+/// Secrets handed to agents (issue 12): `runs.secrets`, the names of the secrets the
+/// run's agent received (JSON list of strings; never a value).
+const SCHEMA_V11: &str = r#"
+ALTER TABLE runs ADD COLUMN secrets text;
+"#;
 
 /// Reviews (issue 11): `runs.checks`, the run's reviews, secret findings and fix rounds
 /// (JSON, a `gantry_core::checks::RunChecks`).

@@ -10,11 +10,18 @@ use std::path::Path;
 /// database at an older version and check that opening it migrates it intact.
 pub const MIGRATIONS: &[&str] = &[
     SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6, SCHEMA_V7, SCHEMA_V8,
+    SCHEMA_V9,
 ];
 
 /// `PRAGMA application_id` of a Gantry database ("GANT"), so a foreign SQLite file is
 /// recognized before anything is written to it.
 pub const APPLICATION_ID: i32 = 0x4741_4E54;
+
+/// Secrets handed to agents (issue 12): `runs.secrets`, the names of the secrets the
+/// run's agent received (JSON list of strings; never a value).
+pub(super) const SCHEMA_V9: &str = r#"
+ALTER TABLE runs ADD COLUMN secrets TEXT;
+"#;
 
 /// Reviews (issue 11): `runs.checks`, the run's reviews, secret findings and fix rounds
 /// (JSON, a `gantry_core::checks::RunChecks`).

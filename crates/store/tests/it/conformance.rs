@@ -2403,6 +2403,8 @@ macro_rules! cases {
 
 // The checking stage's cases, run by the macro above.
 mod checking;
+// The secrets a run received (issue 12).
+mod secrets;
 
 cases! {
     issue4_finish_and_claim_finishes_then_claims_the_next,
