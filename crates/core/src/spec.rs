@@ -8,6 +8,7 @@ pub use crate::engine::{Budget, Format, Step};
 use crate::gate::{DEFAULT_FIX_ROUNDS, GateChoice};
 use crate::id::JobId;
 use crate::review::ReviewChoice;
+use crate::sandbox::SandboxSpec;
 use crate::state::Outcome;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -186,6 +187,10 @@ pub struct JobSpec {
     /// The AI review of the result.
     #[serde(default, skip_serializing_if = "ReviewChoice::is_none")]
     pub review: ReviewChoice,
+    /// The wall around the run; `None` means the factory's default. A job naming a
+    /// kind also requires its capability (see [`crate::sandbox`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxSpec>,
     /// The instructions (markdown body), verbatim.
     pub body: String,
 }
@@ -229,6 +234,7 @@ impl JobSpec {
             fix_rounds: DEFAULT_FIX_ROUNDS,
             keep_going: false,
             review: ReviewChoice::None,
+            sandbox: None,
             body: String::new(),
         }
     }
@@ -287,7 +293,7 @@ impl ParsedJob {
 }
 
 /// Every field a job file may set, in the order the docs list them.
-pub const KNOWN_FIELDS: [&str; 30] = [
+pub const KNOWN_FIELDS: [&str; 31] = [
     "title",
     "repo",
     "cwd",
@@ -318,6 +324,7 @@ pub const KNOWN_FIELDS: [&str; 30] = [
     "fix_rounds",
     "keep_going",
     "review",
+    "sandbox",
 ];
 
 /// Every engine name Gantry knows.
@@ -361,6 +368,7 @@ pub fn parse_job_file(file: &str, text: &str) -> Result<ParsedJob, SpecError> {
 
 mod agent;
 mod checks;
+mod sandbox;
 mod validate;
 mod yaml;
 

@@ -11,4 +11,5 @@ mod review;
 mod spec;
 mod spec_agent;
 mod spec_errors;
+mod spec_sandbox;
 mod state;
