@@ -282,6 +282,10 @@ payload! {
         pub workspace: PathBuf,
         /// The commit the attempt starts from.
         pub base_commit: String,
+        /// The id of the Docker container the run's process runs in (docker sandbox
+        /// only; `pid` is then the container's first process as the host sees it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub container: Option<String>,
     }
 }
 

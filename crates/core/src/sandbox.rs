@@ -159,7 +159,7 @@ mod tests {
         assert_eq!(parse_size("1.5g"), Ok(3 << 29));
         assert_eq!(parse_size("64kib"), Ok(64 << 10));
         assert_eq!(parse_size("1000"), Ok(1000));
-        assert!(parse_size("2x").unwrap_err().contains("unit"));
+        assert!(parse_size("2x").expect_err("no such unit").contains("unit"));
         assert!(parse_size("g").is_err());
         assert!(parse_size("0").is_err());
     }

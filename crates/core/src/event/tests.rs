@@ -83,10 +83,25 @@ fn run_payloads_match_the_wire() {
             branch: "gantry/1/a1".into(),
             workspace: PathBuf::from("/data/work/1-a1"),
             base_commit: "abc".into(),
+            container: None,
         },
         "run.started",
         json!({"pid": 4242, "pgid": 4242, "branch": "gantry/1/a1",
                "workspace": "/data/work/1-a1", "base_commit": "abc"}),
+    );
+    check(
+        RunStarted {
+            pid: 4242,
+            pgid: 4242,
+            branch: "gantry/1/a1".into(),
+            workspace: PathBuf::from("/data/work/1-a1"),
+            base_commit: "abc".into(),
+            container: Some("0123abcd".into()),
+        },
+        "run.started",
+        json!({"pid": 4242, "pgid": 4242, "branch": "gantry/1/a1",
+               "workspace": "/data/work/1-a1", "base_commit": "abc",
+               "container": "0123abcd"}),
     );
     check(
         RunOutput {

@@ -497,6 +497,7 @@ impl Supervisor {
             r.exit_status = round_file(&r.exit_status, round);
             r.uploaded = Offsets::default();
             r.process = None;
+            r.container = None;
             r.forced = None;
         });
         // The budget counts every round: the new watcher starts from what was spent.
