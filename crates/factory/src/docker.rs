@@ -382,18 +382,41 @@ impl Engine {
         }
     }
 
-    /// Kills and removes container `id` (every process in it ends with it); a
-    /// container already gone is fine.
+    /// Kills and removes container `id` (every process in it ends with it) and returns
+    /// once it is gone; a container already gone is fine, and so is one whose removal
+    /// another call started (a stop's, racing the end of the watch).
     pub async fn remove(&self, id: &str) {
         let options = RemoveContainerOptionsBuilder::default().force(true).build();
         match bounded("remove", self.docker.remove_container(id, Some(options))).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) if is_not_found(&e) => {}
+            Ok(Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            })) => self.until_gone(id).await,
             Ok(Err(e)) => {
                 tracing::warn!(container = id, error = %e, "removing the container failed")
             }
             Err(e) => tracing::warn!(container = id, error = %e, "removing the container failed"),
         }
+    }
+
+    /// Waits (at most [`API_TIMEOUT`]) for a removal under way to finish.
+    async fn until_gone(&self, id: &str) {
+        let deadline = tokio::time::Instant::now() + API_TIMEOUT;
+        let mut delay = Duration::from_millis(2);
+        while tokio::time::Instant::now() < deadline {
+            match self.state(id).await {
+                Ok(ContainerState::Gone) => return,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(container = id, error = %e, "cannot look at a container being removed");
+                    return;
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(100));
+        }
+        tracing::warn!(container = id, "the container's removal did not finish");
     }
 
     /// The containers (running or not) that a factory on `data_dir` started: id, job

@@ -138,6 +138,15 @@ pub struct FactorySection {
     pub min_free_memory_mb: Option<u64>,
     /// Do not claim while the data dir's disk has less than this many MiB free (0: off).
     pub min_free_disk_mb: Option<u64>,
+    /// The sandbox of jobs that name none: `bwrap` (the default) or `docker`.
+    pub sandbox: Option<String>,
+    /// Offer the docker sandbox to the jobs that ask for it (implied by `sandbox =
+    /// "docker"`).
+    pub docker: Option<bool>,
+    /// The image of docker jobs that name none (default `gantry-agent:latest`).
+    pub docker_image: Option<String>,
+    /// The Docker engine's socket (default `/var/run/docker.sock`).
+    pub docker_socket: Option<PathBuf>,
 }
 
 /// `[engines]`.
@@ -249,6 +258,16 @@ impl ConfigFile {
         cfg.secrets =
             gantry_secrets::SecretsConfig::from_gantry_toml(&path.display().to_string(), text)
                 .map_err(ConfigError::Secrets)?;
+        if let Some(kind) = &cfg.factory.sandbox
+            && !matches!(kind.as_str(), "bwrap" | "docker")
+        {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message: format!(
+                    "factory.sandbox = {kind:?}: the default sandbox is \"bwrap\" or \"docker\" (running jobs without one is the --allow-unsandboxed-jobs flag)"
+                ),
+            });
+        }
         if cfg.factory.checkpoint_interval.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
