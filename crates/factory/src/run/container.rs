@@ -3,13 +3,15 @@
 
 use super::spawn::FixLaunch;
 use super::{Supervisor, now_ms};
-use crate::docker::ContainerRun;
+use crate::docker::{ContainerRun, Engine};
+use crate::record::RunRecord;
 use crate::tail::SharedRecord;
 use crate::workspace;
 use gantry_core::event::{NewEvent, RunStarted};
 use gantry_core::sandbox::SandboxKind;
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Variables of the factory's own environment that make no sense in a container: the
 /// image has its own `PATH` and user, and the container a private `HOME`.
@@ -43,44 +45,8 @@ impl Supervisor {
         env: Vec<(OsString, OsString)>,
         stdin: Option<PathBuf>,
     ) -> Result<NewEvent, String> {
-        let cfg = &self.ctx.cfg;
-        let (Some(engine), Some(docker)) = (&self.ctx.docker, &cfg.docker) else {
-            return Err(
-                "the job asks for the docker sandbox, but this factory has no Docker engine"
-                    .to_string(),
-            );
-        };
-        let spec = self.claim.job.spec.sandbox.clone();
-        let spec =
-            spec.unwrap_or_else(|| gantry_core::sandbox::SandboxSpec::of(SandboxKind::Docker));
-        let job_env = &self.claim.job.spec.env;
-        let mut env: Vec<(OsString, OsString)> = env
-            .into_iter()
-            .filter(|(k, _)| {
-                let name = k.to_string_lossy();
-                !HOST_ONLY.contains(&name.as_ref()) || job_env.contains_key(name.as_ref())
-            })
-            .collect();
-        if !job_env.contains_key("HOME") {
-            env.push(("HOME".into(), crate::sandbox::SANDBOX_HOME.into()));
-        }
         let rec = record.get();
-        let run = ContainerRun {
-            ids: (self.job(), self.run_id()),
-            data_dir: workspace::absolute(&cfg.data_dir),
-            image: spec.image.clone().unwrap_or_else(|| docker.image.clone()),
-            argv,
-            env,
-            worktree: rec.worktree.clone(),
-            artifacts: rec.artifacts.clone(),
-            stdin,
-            stdout: rec.stdout.clone(),
-            stderr: rec.stderr.clone(),
-            network: spec.network.unwrap_or_default(),
-            memory_bytes: spec.memory_bytes,
-            nano_cpus: spec.nano_cpus,
-            pids: spec.pids,
-        };
+        let (engine, run) = self.container_run(&rec, argv, env, stdin)?;
         // A stale status of an earlier start would pass for this one's.
         let _ = std::fs::remove_file(&rec.exit_status);
         record.update(|r| r.outputs_redacted = false);
@@ -107,5 +73,54 @@ impl Supervisor {
             base_commit: rec.base_commit.clone(),
             container: Some(id),
         }))
+    }
+
+    /// The container of one of this run's processes (the agent's, or a gate's: the
+    /// same image, network and limits), with the factory's engine.
+    pub(super) fn container_run(
+        &self,
+        rec: &RunRecord,
+        argv: Vec<OsString>,
+        env: Vec<(OsString, OsString)>,
+        stdin: Option<PathBuf>,
+    ) -> Result<(Arc<Engine>, ContainerRun), String> {
+        let cfg = &self.ctx.cfg;
+        let (Some(engine), Some(docker)) = (&self.ctx.docker, &cfg.docker) else {
+            return Err(
+                "the job asks for the docker sandbox, but this factory has no Docker engine"
+                    .to_string(),
+            );
+        };
+        let spec = self.claim.job.spec.sandbox.clone();
+        let spec =
+            spec.unwrap_or_else(|| gantry_core::sandbox::SandboxSpec::of(SandboxKind::Docker));
+        let job_env = &self.claim.job.spec.env;
+        let mut env: Vec<(OsString, OsString)> = env
+            .into_iter()
+            .filter(|(k, _)| {
+                let name = k.to_string_lossy();
+                !HOST_ONLY.contains(&name.as_ref()) || job_env.contains_key(name.as_ref())
+            })
+            .collect();
+        if !job_env.contains_key("HOME") {
+            env.push(("HOME".into(), crate::sandbox::SANDBOX_HOME.into()));
+        }
+        let run = ContainerRun {
+            ids: (self.job(), self.run_id()),
+            data_dir: workspace::absolute(&cfg.data_dir),
+            image: spec.image.clone().unwrap_or_else(|| docker.image.clone()),
+            argv,
+            env,
+            worktree: rec.worktree.clone(),
+            artifacts: rec.artifacts.clone(),
+            stdin,
+            stdout: rec.stdout.clone(),
+            stderr: rec.stderr.clone(),
+            network: spec.network.unwrap_or_default(),
+            memory_bytes: spec.memory_bytes,
+            nano_cpus: spec.nano_cpus,
+            pids: spec.pids,
+        };
+        Ok((engine.clone(), run))
     }
 }

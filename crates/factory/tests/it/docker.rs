@@ -418,3 +418,37 @@ async fn a_restarted_factory_adopts_a_running_container_and_sweeps_leftovers() {
     assert!(w.containers().await.is_empty(), "no container is left");
     stop((tx, task)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gates_of_a_docker_run_run_in_containers_too() {
+    let w = World::new().await;
+    let f = w.factory();
+    let mut s = job(&w.repo, "echo agent > agent.txt", |_| {});
+    // The gate proves where it runs: as the sandbox user, with no network, and the
+    // agent's file readable in the worktree.
+    s.gates = gantry_core::gate::GateChoice::Inline(vec![gate(
+        "walled",
+        "id -u; test -e agent.txt && cat /proc/net/route | wc -l && ls /sys/class/net",
+    )]);
+    w.coord.push(claim(1, 10, 1, s));
+    let report = w.coord.finish_of(RunId(10)).await;
+    assert_eq!(report.outcome, Some(Outcome::Succeeded), "{report:?}");
+    let passed = w
+        .coord
+        .events(RunId(10))
+        .into_iter()
+        .find(|e| e.kind == "gate.passed")
+        .expect("the gate passed");
+    let path = passed.data["output"].as_str().expect("output path");
+    let out = std::fs::read_to_string(path).expect("gate output");
+    assert!(
+        out.starts_with("10000\n"),
+        "the gate runs as the sandbox user: {out}"
+    );
+    assert!(
+        out.contains("lo") && !out.contains("eth0"),
+        "no network: {out}"
+    );
+    assert!(w.containers().await.is_empty(), "no container is left");
+    stop(f).await;
+}
