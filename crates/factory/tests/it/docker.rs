@@ -58,7 +58,8 @@ fn job(repo: &Path, script: &str, sandbox: impl FnOnce(&mut SandboxSpec)) -> Job
 }
 
 /// A factory with the docker sandbox over its own coordinator, source repo and data
-/// dir, all in one temp dir.
+/// dir, all in one temp dir. Tests that look for a run's processes by the ids in their
+/// environment give their jobs ids no other test of this binary uses.
 struct World {
     tmp: tempfile::TempDir,
     repo: PathBuf,
@@ -261,24 +262,28 @@ async fn a_memory_hog_is_reported_oom_and_a_fork_bomb_is_held_by_the_pids_limit(
     // Without the limit every fork succeeds and the job prints `all-forked`; with it,
     // the shell cannot fork past the limit and gives up (busybox `sh` exits 2).
     let bomb = "i=0; while [ $i -lt 2000 ]; do sleep 600 & i=$((i+1)); done; echo all-forked";
-    w.coord
-        .push(claim(2, 20, 1, job(&w.repo, bomb, |s| s.pids = Some(32))));
+    w.coord.push(claim(
+        7202,
+        72020,
+        1,
+        job(&w.repo, bomb, |s| s.pids = Some(32)),
+    ));
     let report = w.coord.finish_of(RunId(10)).await;
     assert_eq!(report.outcome, Some(Outcome::Failed), "{report:?}");
     let error = report.error.unwrap_or_default();
     assert!(error.starts_with("oom"), "the run says oom: {error}");
 
-    let report = w.coord.finish_of(RunId(20)).await;
+    let report = w.coord.finish_of(RunId(72020)).await;
     assert_eq!(report.outcome, Some(Outcome::Failed), "{report:?}");
-    let out = w.coord.output(RunId(20), "stdout");
+    let out = w.coord.output(RunId(72020), "stdout");
     assert!(
         !out.contains("all-forked"),
         "the bomb forked past the limit: {out}"
     );
-    let err = w.coord.output(RunId(20), "stderr");
+    let err = w.coord.output(RunId(72020), "stderr");
     assert!(err.contains("fork"), "forks were refused: {err}");
     assert!(
-        gantry_factory::process::processes_of_run(JobId(2), RunId(20)).is_empty(),
+        gantry_factory::process::processes_of_run(JobId(7202), RunId(72020)).is_empty(),
         "none of the bomb's processes outlived the run"
     );
     assert!(w.containers().await.is_empty());
@@ -290,34 +295,37 @@ async fn kill_ends_the_container_at_once_and_a_background_process_dies_with_the_
     let w = World::new().await;
     let f = w.factory();
     w.coord
-        .push(claim(1, 10, 1, job(&w.repo, "sleep 600", |_| {})));
-    w.coord.started(RunId(10)).await;
+        .push(claim(7301, 73010, 1, job(&w.repo, "sleep 600", |_| {})));
+    w.coord.started(RunId(73010)).await;
     wait_for(|| {
-        (!gantry_factory::process::processes_of_run(JobId(1), RunId(10)).is_empty()).then_some(())
+        (!gantry_factory::process::processes_of_run(JobId(7301), RunId(73010)).is_empty())
+            .then_some(())
     })
     .await;
     let asked = Instant::now();
     w.coord
-        .set_renew(RunId(10), RenewMode::Stop(StopKind::Kill));
-    let report = w.coord.finish_of(RunId(10)).await;
+        .set_renew(RunId(73010), RenewMode::Stop(StopKind::Kill));
+    let report = w.coord.finish_of(RunId(73010)).await;
     let took = asked.elapsed();
     assert_eq!(report.outcome, Some(Outcome::Killed), "{report:?}");
     assert!(took < Duration::from_secs(3), "kill took {took:?}");
     assert!(w.containers().await.is_empty(), "no container is left");
-    assert!(gantry_factory::process::processes_of_run(JobId(1), RunId(10)).is_empty());
+    assert!(gantry_factory::process::processes_of_run(JobId(7301), RunId(73010)).is_empty());
 
     // A process the agent leaves in the background ends with the run.
     let script = "sleep 600 & while [ ! -e go ]; do sleep 0.05; done; echo left";
-    w.coord.push(claim(2, 20, 1, job(&w.repo, script, |_| {})));
+    w.coord
+        .push(claim(7302, 73020, 1, job(&w.repo, script, |_| {})));
     wait_for(|| {
-        (gantry_factory::process::processes_of_run(JobId(2), RunId(20)).len() >= 2).then_some(())
+        (gantry_factory::process::processes_of_run(JobId(7302), RunId(73020)).len() >= 2)
+            .then_some(())
     })
     .await;
-    std::fs::write(w.worktree(2).join("go"), "").expect("go");
-    let report = w.coord.finish_of(RunId(20)).await;
+    std::fs::write(w.worktree(7302).join("go"), "").expect("go");
+    let report = w.coord.finish_of(RunId(73020)).await;
     assert_eq!(report.outcome, Some(Outcome::Succeeded), "{report:?}");
     assert!(
-        gantry_factory::process::processes_of_run(JobId(2), RunId(20)).is_empty(),
+        gantry_factory::process::processes_of_run(JobId(7302), RunId(73020)).is_empty(),
         "the background sleep outlived the run"
     );
     assert!(w.containers().await.is_empty());
@@ -450,5 +458,97 @@ async fn the_gates_of_a_docker_run_run_in_containers_too() {
         "no network: {out}"
     );
     assert!(w.containers().await.is_empty(), "no container is left");
+    stop(f).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_and_timeout_end_the_container_after_the_grace() {
+    let w = World::new().await;
+    let f = w.factory();
+    // The container's first process ignores SIGTERM (it is pid 1 without a handler,
+    // and the script traps it too): only the removal after the grace ends it.
+    let script = "trap '' TERM; sleep 600 & wait; wait";
+    w.coord
+        .push(claim(7401, 74010, 1, job(&w.repo, script, |_| {})));
+    w.coord.started(RunId(74010)).await;
+    wait_for(|| {
+        (gantry_factory::process::processes_of_run(JobId(7401), RunId(74010)).len() >= 2)
+            .then_some(())
+    })
+    .await;
+    w.coord
+        .set_renew(RunId(74010), RenewMode::Stop(StopKind::Cancel));
+    let report = w.coord.finish_of(RunId(74010)).await;
+    assert_eq!(report.outcome, Some(Outcome::Canceled), "{report:?}");
+    assert!(gantry_factory::process::processes_of_run(JobId(7401), RunId(74010)).is_empty());
+
+    let mut s = job(&w.repo, script, |_| {});
+    s.timeout_ms = Some(500);
+    w.coord.push(claim(7402, 74020, 1, s));
+    let report = w.coord.finish_of(RunId(74020)).await;
+    assert_eq!(report.outcome, Some(Outcome::TimedOut), "{report:?}");
+    assert!(gantry_factory::process::processes_of_run(JobId(7402), RunId(74020)).is_empty());
+    assert!(w.containers().await.is_empty(), "no container is left");
+    stop(f).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_factory_whose_default_is_docker_runs_jobs_without_a_sandbox_field_in_containers() {
+    let w = World::new().await;
+    let mut cfg = docker_config(&w.data);
+    if let Some(d) = cfg.docker.as_mut() {
+        d.default = true;
+    }
+    let f = spawn_factory(w.coord.clone(), cfg);
+    w.coord.push(claim(
+        1,
+        10,
+        1,
+        spec(&w.repo, &["sh", "-c", "id -u; ls /sys/class/net"]),
+    ));
+    let report = w.coord.finish_of(RunId(10)).await;
+    assert_eq!(report.outcome, Some(Outcome::Succeeded), "{report:?}");
+    let out = w.coord.output(RunId(10), "stdout");
+    assert!(out.starts_with("10000\n"), "ran in a container: {out}");
+    assert!(!out.contains("eth0"), "without network: {out}");
+    let started = w.coord.started(RunId(10)).await;
+    assert!(started.data["container"].is_string(), "{started:?}");
+    stop(f).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_factory_whose_default_is_docker_does_not_start_without_an_engine() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut cfg = docker_config(&tmp.path().join("data"));
+    cfg.docker = Some(DockerConfig {
+        socket: tmp.path().join("no-such-docker.sock"),
+        image: image(),
+        default: true,
+    });
+    let coord = Arc::new(TestCoord::default());
+    let (_tx, task) = spawn_factory(coord.clone(), cfg.clone());
+    let err = tokio::time::timeout(GUARD, task)
+        .await
+        .expect("it ends")
+        .expect("no panic")
+        .expect_err("no engine, no factory");
+    let text = err.to_string();
+    assert!(text.contains("no-such-docker.sock"), "{text}");
+    assert!(text.contains("default sandbox is docker"), "{text}");
+    assert!(coord.registrations().is_empty(), "it never registered");
+    // Only offering docker, it starts without it and does not advertise it.
+    if let Some(d) = cfg.docker.as_mut() {
+        d.default = false;
+    }
+    let f = spawn_factory(coord.clone(), cfg);
+    let regs = wait_for(|| {
+        let r = coord.registrations();
+        (!r.is_empty()).then_some(r)
+    })
+    .await;
+    assert!(
+        !regs[0].capabilities.iter().any(|c| c == "sandbox:docker"),
+        "{regs:?}"
+    );
     stop(f).await;
 }
