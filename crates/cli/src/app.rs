@@ -96,7 +96,7 @@ async fn run(global: Global, command: Command) -> Result<(), CliError> {
         Command::BenchQueue { jobs, workers, db } => bench::queue(jobs, workers, db).await,
         Command::BenchDispatch { runs } => bench::dispatch(runs).await,
         Command::BenchConcurrent { runs, sleep } => bench::concurrent(runs, sleep).await,
-        Command::BenchKill { runs } => bench::kill(runs).await,
+        Command::BenchKill { runs, sandbox } => bench::kill::kill(runs, sandbox).await,
         Command::BenchMetrics { jobs, scrapes, db } => bench::metrics::run(jobs, scrapes, db).await,
         Command::BenchSecrets { mb } => bench::secrets::run(mb),
         Command::BenchCheck { runs } => bench::check::run(runs).await,

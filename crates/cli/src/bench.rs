@@ -1,8 +1,9 @@
-//! `gantry bench queue`, `gantry bench dispatch`, `gantry bench concurrent` and
-//! `gantry bench kill`; `gantry bench metrics` is in [`metrics`], `gantry bench secrets`
-//! in [`secrets`], `gantry bench check` in [`check`].
+//! `gantry bench queue`, `gantry bench dispatch` and `gantry bench concurrent`;
+//! `gantry bench kill` is in [`kill`], `gantry bench metrics` in [`metrics`],
+//! `gantry bench secrets` in [`secrets`], `gantry bench check` in [`check`].
 
 pub mod check;
+pub mod kill;
 pub mod metrics;
 pub mod secrets;
 
@@ -123,146 +124,6 @@ async fn empty_postgres(url: &str, opts: PgOptions) -> Result<PgStore, CliError>
         .hint("create a fresh database (`createdb gantry_bench`) and pass its URL"));
     }
     Ok(store)
-}
-
-/// `gantry bench kill --runs N`.
-pub async fn kill(runs: usize) -> Result<(), CliError> {
-    let tmp = tempfile::Builder::new()
-        .prefix("gantry-kill-")
-        .tempdir()
-        .map_err(|e| CliError::local("cannot create a temp dir").cause(e.to_string()))?;
-    let root = tmp.path();
-    let repo = root.join("repo");
-    init_repo(&repo, &[("README.md", "# kill bench\n")]).await?;
-    let (server, client) =
-        bench_server(root, 1, Duration::from_secs(30), Duration::from_secs(1)).await?;
-    output::line(format!(
-        "bench kill: {runs} jobs, each a shell with two children that ignore SIGTERM; kill request -> no process of the run's group left"
-    ));
-    let measured = measure_kills(&client, &repo, runs).await;
-    if let Err(e) = server.shutdown().await {
-        output::note(format!(
-            "warning: the bench server did not stop cleanly: {e}"
-        ));
-    }
-    let mut ms = measured?;
-    ms.sort_by(f64::total_cmp);
-    let (p50, p99) = (percentile(&ms, 50.0), percentile(&ms, 99.0));
-    let max = ms.last().copied().unwrap_or(f64::NAN);
-    output::line(format!(
-        "kill -> tree gone: p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms"
-    ));
-    output::line(format!(
-        "kills={} p50_ms={p50:.1} p99_ms={p99:.1} max_ms={max:.1}",
-        ms.len()
-    ));
-    Ok(())
-}
-
-async fn measure_kills(client: &Client, repo: &Path, runs: usize) -> Result<Vec<f64>, CliError> {
-    let api = |e| from_client(e, client.base());
-    // Two children that ignore SIGTERM, one grandchild; the shell waits for them.
-    let script = "trap \"\" TERM; (trap \"\" TERM; sleep 300 & sleep 300; wait) & sleep 300 & wait";
-    let mut out = Vec::with_capacity(runs);
-    for i in 0..runs {
-        let req = SubmitRequest {
-            jobs: vec![SubmitFile {
-                file: format!("kill-{i}.md"),
-                text: format!(
-                    "---\ntitle: kill bench {i}\nrepo: {}\nengine: command\ncommand: [sh, -c, '{}']\nmax_attempts: 1\n---\nTo be killed.\n",
-                    repo.display(),
-                    script.replace('\'', "''")
-                ),
-                dir: None,
-            }],
-        };
-        let resp = client.submit(&req).await.map_err(api)?;
-        let id = resp.jobs.first().map(|s| s.id).ok_or_else(|| {
-            CliError::new(
-                Kind::Server,
-                "the server accepted the job but returned no id",
-            )
-        })?;
-        // The run's process group id is its leader's pid, from the run.started event.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let pgid = loop {
-            let events = client.all_events(Some(id), 0).await.map_err(api)?;
-            let pid = events
-                .iter()
-                .find_map(|e| e.payload::<gantry_core::event::RunStarted>().ok())
-                .map(|started| i64::from(started.pid));
-            if let Some(pid) = pid
-                && group_members(pid).len() >= 4
-            {
-                break pid;
-            }
-            if tokio::time::Instant::now() > deadline {
-                return Err(CliError::new(
-                    Kind::Server,
-                    format!("bench job {id} did not start its process tree within 30 s"),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        let t0 = std::time::Instant::now();
-        client.kill(id).await.map_err(api)?;
-        loop {
-            if group_members(pgid).is_empty() {
-                break;
-            }
-            if t0.elapsed() > Duration::from_secs(30) {
-                return Err(CliError::new(
-                    Kind::Server,
-                    format!("the process group {pgid} of job {id} survived its kill for 30 s"),
-                ));
-            }
-            tokio::time::sleep(Duration::from_micros(500)).await;
-        }
-        out.push(t0.elapsed().as_secs_f64() * 1000.0);
-        // Let the job reach its end before the next one, so each kill is measured alone.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while !client.job(id).await.map_err(api)?.state.is_terminal() {
-            if tokio::time::Instant::now() > deadline {
-                return Err(CliError::new(
-                    Kind::Server,
-                    format!("job {id} was not killed within 30 s"),
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-    Ok(out)
-}
-
-/// Live (not zombie) processes whose process group is `pgid`, read from /proc.
-fn group_members(pgid: i64) -> Vec<i64> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i64>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // Fields after the parenthesized command: state, ppid, pgrp, ...
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.first() != Some(&"Z")
-            && fields.get(2).and_then(|g| g.parse::<i64>().ok()) == Some(pgid)
-        {
-            out.push(pid);
-        }
-    }
-    out
 }
 
 /// `gantry bench concurrent --runs N --sleep D`.
@@ -486,6 +347,22 @@ async fn bench_server(
     lease_ttl: Duration,
     reaper_interval: Duration,
 ) -> Result<(gantry_server::RunningServer, Client), CliError> {
+    // Runs are sandboxed as always; they write their wall-clock stamps beside the
+    // data dir.
+    let sandbox = gantry_server::SandboxSettings {
+        read_write: vec![root.to_path_buf()],
+        ..gantry_server::SandboxSettings::default()
+    };
+    bench_server_with(root, seats, (lease_ttl, reaper_interval), sandbox).await
+}
+
+/// [`bench_server`] with the embedded factory's sandbox settings given.
+async fn bench_server_with(
+    root: &Path,
+    seats: u32,
+    (lease_ttl, reaper_interval): (Duration, Duration),
+    sandbox: gantry_server::SandboxSettings,
+) -> Result<(gantry_server::RunningServer, Client), CliError> {
     let server = serve::start(ServeConfig {
         data_dir: root.join("data"),
         listen: ([127, 0, 0, 1], 0).into(),
@@ -499,12 +376,7 @@ async fn bench_server(
         db: None,
         config_file: None,
         limits: gantry_server::Limits::default(),
-        // Runs are sandboxed as always; they write their wall-clock stamps beside the
-        // data dir.
-        sandbox: gantry_server::SandboxSettings {
-            read_write: vec![root.to_path_buf()],
-            ..gantry_server::SandboxSettings::default()
-        },
+        sandbox,
         tls: None,
     })
     .await?;

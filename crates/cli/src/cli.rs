@@ -313,6 +313,20 @@ pub struct SandboxArgs {
     /// (repeatable).
     #[arg(long = "sandbox-rw", value_name = "PATH")]
     pub sandbox_rw: Vec<PathBuf>,
+    /// The sandbox of jobs whose file names none: bwrap (the default) or docker (a
+    /// container per run on the local Docker engine; gates and reviews stay in bwrap).
+    #[arg(long = "sandbox", value_name = "KIND", value_parser = ["bwrap", "docker"])]
+    pub sandbox: Option<String>,
+    /// Offer the docker sandbox to the jobs that ask for it (`sandbox: docker`),
+    /// advertised as the capability `sandbox:docker` when the engine answers.
+    #[arg(long)]
+    pub docker: bool,
+    /// The image of docker jobs that name none.
+    #[arg(long, value_name = "IMAGE", env = "GANTRY_DOCKER_IMAGE")]
+    pub docker_image: Option<String>,
+    /// The Docker engine's unix socket.
+    #[arg(long, value_name = "PATH")]
+    pub docker_socket: Option<PathBuf>,
 }
 
 /// Arguments of `factory`.
@@ -577,6 +591,12 @@ pub struct BenchKillArgs {
     /// Jobs to start and kill.
     #[arg(long, default_value = "30", value_name = "N")]
     pub runs: String,
+    /// What the jobs run in: bwrap, or docker (a container each, on the local engine).
+    #[arg(long, default_value = "bwrap", value_name = "KIND", value_parser = ["bwrap", "docker"])]
+    pub sandbox: String,
+    /// The image of the docker jobs (it needs `/bin/sh` and `sleep`).
+    #[arg(long, default_value = "gantry-agent:latest", value_name = "IMAGE")]
+    pub image: String,
 }
 
 /// Arguments of `bench concurrent`.

@@ -207,6 +207,8 @@ pub enum Command {
     BenchKill {
         /// Jobs to start and kill.
         runs: usize,
+        /// What they run in.
+        sandbox: crate::bench::kill::KillSandbox,
     },
     /// The concurrent-runs benchmark.
     BenchConcurrent {
@@ -409,6 +411,10 @@ fn convert(sub: Sub, global: &Global) -> Result<Command, UsageError> {
         },
         Sub::Bench(cli::BenchSub::Kill(a)) => Command::BenchKill {
             runs: parse_count("bench kill", "--runs <N>", &a.runs, 1)?,
+            sandbox: match a.sandbox.as_str() {
+                "docker" => crate::bench::kill::KillSandbox::Docker(a.image),
+                _ => crate::bench::kill::KillSandbox::Bwrap,
+            },
         },
         Sub::Bench(cli::BenchSub::Concurrent(a)) => Command::BenchConcurrent {
             runs: parse_count("bench concurrent", "--runs <N>", &a.runs, 1)?,
@@ -499,6 +505,10 @@ fn sandbox_settings(a: cli::SandboxArgs) -> gantry_server::SandboxSettings {
         bwrap: a.bwrap,
         read_only: a.sandbox_ro.into_iter().map(absolute).collect(),
         read_write: a.sandbox_rw.into_iter().map(absolute).collect(),
+        docker_default: a.sandbox.as_deref() == Some("docker"),
+        docker: a.docker,
+        docker_image: a.docker_image,
+        docker_socket: a.docker_socket,
     }
 }
 

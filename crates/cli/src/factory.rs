@@ -50,8 +50,8 @@ pub async fn run(global: &Global, opts: FactoryOptions) -> Result<(), CliError> 
             e => CliError::new(Kind::Usage, format!("cannot use server URL {}", global.url))
                 .cause(e.to_string()),
         })?;
-    // A remote factory reads only `[secrets]` and `[factory] secrets_file` of the file:
-    // the rest is the server's.
+    // A remote factory reads only `[secrets]`, `[factory] secrets_file` and the sandbox
+    // keys of `[factory]` of the file: the rest is the server's.
     let file = match &opts.config {
         Some(path) => ConfigFile::load(path, true),
         None => ConfigFile::load(&global.data_dir.join(CONFIG_FILE), false),
@@ -77,6 +77,8 @@ pub async fn run(global: &Global, opts: FactoryOptions) -> Result<(), CliError> 
         hidden_paths,
         sandbox_read_only: opts.sandbox.read_only.clone(),
         sandbox_read_write: opts.sandbox.read_write.clone(),
+        // The docker sandbox is the factory's own: its flags, then `[factory]`.
+        docker: opts.sandbox.docker_config(&file.factory),
         secrets: file.secrets,
         secrets_file: file.factory.secrets_file,
         ..FactoryConfig::default()

@@ -286,6 +286,10 @@ payload! {
         /// `secrets`), never their values; left out when there are none.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         pub secrets: Vec<String>,
+        /// The id of the Docker container the run's process runs in (docker sandbox
+        /// only; `pid` is then the container's first process as the host sees it).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub container: Option<String>,
     }
 }
 

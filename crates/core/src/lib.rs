@@ -17,6 +17,7 @@ pub mod job;
 pub mod repo;
 pub mod retry;
 pub mod review;
+pub mod sandbox;
 pub mod spec;
 pub mod state;
 pub mod text;

@@ -8,6 +8,7 @@ pub use crate::engine::{Budget, Format, Step};
 use crate::gate::{DEFAULT_FIX_ROUNDS, GateChoice};
 use crate::id::JobId;
 use crate::review::ReviewChoice;
+use crate::sandbox::SandboxSpec;
 use crate::state::Outcome;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -191,6 +192,10 @@ pub struct JobSpec {
     /// The AI review of the result.
     #[serde(default, skip_serializing_if = "ReviewChoice::is_none")]
     pub review: ReviewChoice,
+    /// The wall around the run; `None` means the factory's default. A job naming a
+    /// kind also requires its capability (see [`crate::sandbox`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxSpec>,
     /// The instructions (markdown body), verbatim.
     pub body: String,
 }
@@ -235,6 +240,7 @@ impl JobSpec {
             fix_rounds: DEFAULT_FIX_ROUNDS,
             keep_going: false,
             review: ReviewChoice::None,
+            sandbox: None,
             body: String::new(),
         }
     }
@@ -293,7 +299,7 @@ impl ParsedJob {
 }
 
 /// Every field a job file may set, in the order the docs list them.
-pub const KNOWN_FIELDS: [&str; 31] = [
+pub const KNOWN_FIELDS: [&str; 32] = [
     "title",
     "repo",
     "cwd",
@@ -325,6 +331,7 @@ pub const KNOWN_FIELDS: [&str; 31] = [
     "fix_rounds",
     "keep_going",
     "review",
+    "sandbox",
 ];
 
 pub use secrets::{MAX_SECRET_NAME_BYTES, MAX_SECRETS};
@@ -370,6 +377,7 @@ pub fn parse_job_file(file: &str, text: &str) -> Result<ParsedJob, SpecError> {
 
 mod agent;
 mod checks;
+mod sandbox;
 mod secrets;
 mod validate;
 mod yaml;

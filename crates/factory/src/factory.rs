@@ -10,6 +10,7 @@ use crate::run::{Adoption, RunContext, adopt_run, run_claim};
 use crate::workspace::{self, LiveGuard};
 use crate::{FactoryConfig, FactoryError};
 use gantry_core::retry::Backoff;
+use gantry_core::sandbox::SandboxKind;
 use gantry_core::{JobId, RunId, StopKind};
 use gantry_protocol::{Claim, RegisterFactory};
 use gantry_protocol::{CoordError, Coordinator, ErrorKind};
@@ -34,6 +35,10 @@ pub struct Factory {
     runs: JoinSet<()>,
     adopted: bool,
     admission: watch::Sender<Admission>,
+    /// The Docker engine, once connected (see [`FactoryConfig::docker`]).
+    docker: Option<Arc<crate::docker::Engine>>,
+    /// Whether the connection was tried already.
+    docker_tried: bool,
 }
 
 impl std::fmt::Debug for Factory {
@@ -85,6 +90,8 @@ impl Factory {
             runs: JoinSet::new(),
             adopted: false,
             admission: watch::channel(Admission::Open).0,
+            docker: None,
+            docker_tried: false,
         }
     }
 
@@ -108,11 +115,57 @@ impl Factory {
         now
     }
 
+    /// Connects to the Docker engine when the configuration names one (once). An
+    /// engine that does not answer is an error only when Docker is the default
+    /// sandbox; otherwise the factory simply does not offer it.
+    async fn connect_docker(&mut self) -> Result<(), FactoryError> {
+        let Some(docker) = &self.cfg.docker else {
+            return Ok(());
+        };
+        if self.docker_tried {
+            return Ok(());
+        }
+        self.docker_tried = true;
+        match crate::docker::Engine::connect(&docker.socket).await {
+            Ok(engine) => {
+                tracing::info!(socket = %docker.socket.display(), image = %docker.image, default = docker.default, "docker sandbox available");
+                self.docker = Some(Arc::new(engine));
+                Ok(())
+            }
+            Err(e) if docker.default => Err(FactoryError::Docker(e)),
+            Err(e) => {
+                tracing::warn!(error = %e, "docker sandbox unavailable: jobs asking for it go to other factories");
+                Ok(())
+            }
+        }
+    }
+
+    /// The capabilities the factory registers: the configured ones, plus the sandbox
+    /// kinds it runs (`sandbox:bwrap` or `sandbox:none`, and `sandbox:docker` when the
+    /// engine answered).
+    fn capabilities(&self) -> Vec<String> {
+        let mut caps = self.cfg.capabilities.clone();
+        let mut kinds = vec![match self.cfg.sandbox {
+            crate::Sandbox::Bwrap { .. } => SandboxKind::Bwrap,
+            crate::Sandbox::None => SandboxKind::None,
+        }];
+        if self.docker.is_some() {
+            kinds.push(SandboxKind::Docker);
+        }
+        for cap in kinds.into_iter().map(SandboxKind::capability) {
+            if !caps.contains(&cap) {
+                caps.push(cap);
+            }
+        }
+        caps
+    }
+
     fn ctx(&self) -> RunContext {
         RunContext {
             cfg: self.cfg.clone(),
             coord: self.coord.clone(),
             shutdown: self.stop.subscribe(),
+            docker: self.docker.clone(),
         }
     }
 
@@ -142,6 +195,7 @@ impl Factory {
             return Ok(report);
         }
         self.prepare_dirs()?;
+        self.connect_docker().await?;
         self.adopted = true;
         let mut decisions = JoinSet::new();
         for (path, rec) in record::scan(&self.cfg.data_dir) {
@@ -170,7 +224,9 @@ impl Factory {
             };
             let ids = (rec.claim.job.id, rec.claim.run.id);
             let why = match verdict {
-                Verdict::Valid { renewed_at, stop } if rec.process.is_some() => {
+                Verdict::Valid { renewed_at, stop }
+                    if rec.process.is_some() || rec.container.is_some() =>
+                {
                     let permit = self.seats.clone().try_acquire_owned().ok();
                     if permit.is_none() {
                         tracing::warn!(job = %ids.0, run = %ids.1, seats = self.cfg.seats, "more runs to adopt than seats; adopting it anyway");
@@ -196,7 +252,7 @@ impl Factory {
                 Verdict::Lost(why) => why,
             };
             tracing::warn!(job = %ids.0, run = %ids.1, reason = %why, "recorded run dropped: killed, not finished");
-            drop_run(&self.cfg, &rec).await;
+            drop_run(&self.cfg, self.docker.as_deref(), &rec).await;
             report.dropped.push(ids);
         }
         Ok(report)
@@ -214,6 +270,7 @@ impl Factory {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Result<(), FactoryError> {
         let cfg = self.cfg.clone();
         check_before_start(&cfg).await?;
+        self.connect_docker().await?;
         if !self.adopted {
             match or_shutdown(&mut shutdown, self.adopt()).await {
                 Waited::Done(report) => {
@@ -228,11 +285,14 @@ impl Factory {
                 }
             }
         }
+        if let Some(engine) = &self.docker {
+            sweep_containers(engine, &cfg.data_dir).await;
+        }
         prune_leftovers(&cfg.data_dir).await;
         let reg = RegisterFactory {
             name: cfg.name.clone(),
             seats: cfg.seats,
-            capabilities: cfg.capabilities.clone(),
+            capabilities: self.capabilities(),
         };
         let Some(registration) =
             Registration::register(self.coord.clone(), reg, &mut shutdown).await?
@@ -357,6 +417,27 @@ async fn check_before_start(cfg: &FactoryConfig) -> Result<(), FactoryError> {
     Ok(())
 }
 
+/// Removes the containers a factory on `data_dir` started that no run record names:
+/// what is left of runs that ended while no factory watched them, or of a factory that
+/// died between starting a container and recording it. Containers of other data dirs
+/// (other factories on the same engine) are never touched.
+async fn sweep_containers(engine: &crate::docker::Engine, data_dir: &std::path::Path) {
+    let data_dir = workspace::absolute(data_dir);
+    let live: Vec<String> = record::scan(&data_dir)
+        .into_iter()
+        .filter_map(|(_, r)| r.ok()?.container)
+        .collect();
+    match engine.containers_of(&data_dir).await {
+        Ok(found) => {
+            for (id, run) in found.into_iter().filter(|(id, _)| !live.contains(id)) {
+                tracing::info!(container = %id, run = ?run, "removing a leftover container");
+                engine.remove(&id).await;
+            }
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot list leftover containers"),
+    }
+}
+
 /// Removes the worktrees and temporary clones no run uses, and logs each cache's disk
 /// use; a failure is only logged.
 async fn prune_leftovers(data_dir: &std::path::Path) {
@@ -408,11 +489,23 @@ async fn decide(coord: &dyn Coordinator, claim: &Claim) -> Verdict {
 
 /// Kills what is left of a recorded run that is not ours any more, and removes its
 /// worktree and record (its artifacts stay, its output files redacted).
-async fn drop_run(cfg: &FactoryConfig, rec: &RunRecord) {
-    match &rec.process {
-        Some(p) if process::group_is_run(p) => process::kill_group_and_wait(p.pgid).await,
-        Some(_) => {}
-        None => process::kill_run_processes(rec.claim.job.id, rec.claim.run.id).await,
+async fn drop_run(cfg: &FactoryConfig, docker: Option<&crate::docker::Engine>, rec: &RunRecord) {
+    match (&rec.process, &rec.container) {
+        (Some(p), _) if process::group_is_run(p) => process::kill_group_and_wait(p.pgid).await,
+        (Some(_), _) => {}
+        (None, Some(id)) => match docker {
+            Some(engine) => {
+                engine.remove(id).await;
+                let outputs = [rec.stdout.as_path(), rec.stderr.as_path()];
+                if let Err(e) = crate::docker::reclaim(&rec.worktree, &outputs).await {
+                    tracing::warn!(error = %e, "cannot give the worktree back to the factory's user");
+                }
+            }
+            None => {
+                tracing::warn!(container = %id, "no Docker engine to remove the dropped run's container")
+            }
+        },
+        (None, None) => process::kill_run_processes(rec.claim.job.id, rec.claim.run.id).await,
     }
     let spec = &rec.claim.job.spec;
     let secrets = crate::job_secrets::resolve_available(cfg.secrets_file.as_deref(), &spec.secrets);

@@ -7,6 +7,7 @@
 //! all of it. A gate that outlives its timeout, or whose run is stopped, is killed with
 //! its whole process group.
 
+use crate::docker::{ContainerRun, ContainerState, Engine};
 use crate::process::{self, DetachedCommand};
 use crate::sandbox::Confinement;
 use gantry_core::gate::{Gate, GateResult, Metric};
@@ -36,6 +37,10 @@ pub struct GateCommand<'a> {
     pub env: Vec<(OsString, OsString)>,
     /// The run's sandbox; `None` only where the factory runs jobs unsandboxed.
     pub confinement: Option<Confinement>,
+    /// For a run in the docker sandbox: the engine and the run's container settings
+    /// (image, network, limits); the gate then runs in a container of its own
+    /// instead of under `confinement`.
+    pub container: Option<(Arc<Engine>, ContainerRun)>,
     /// The tree of the worktree the gate runs on, recorded with its result.
     pub tree: String,
     /// What the gate's output files are rewritten through once it is judged, so they
@@ -76,14 +81,31 @@ async fn run_and_judge(
         output: output.to_string_lossy().into_owned(),
         output_tail: String::new(),
     };
+    // Standard error joins standard output in the shell, so the file reads in the
+    // order things were printed.
+    let argv: Vec<OsString> = vec![
+        "sh".into(),
+        "-c".into(),
+        format!("exec 2>&1\n{}", gate.run).into(),
+    ];
+    if let Some((engine, mut run)) = cmd.container.clone() {
+        // The template's environment is the run's, made for a container already.
+        run.argv = argv;
+        run.stdin = None;
+        run.stdout = output.clone();
+        run.stderr = stem.with_extension("err");
+        let ended = in_container(&engine, &run, gate, stop, &mut result).await;
+        result.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if ended {
+            judge(&mut result, gate, cmd.worktree).await;
+        }
+        if !result.passed {
+            result.output_tail = output_tail(&output);
+        }
+        return result;
+    }
     let detached = DetachedCommand {
-        // Standard error joins standard output in the shell, so the file reads in the
-        // order things were printed.
-        argv: vec![
-            "sh".into(),
-            "-c".into(),
-            format!("exec 2>&1\n{}", gate.run).into(),
-        ],
+        argv,
         cwd: cmd.worktree.to_path_buf(),
         env: cmd.env.clone(),
         stdin: None,
@@ -128,6 +150,64 @@ async fn run_and_judge(
         result.output_tail = output_tail(&output);
     }
     result
+}
+
+/// Runs the gate in its own container to its end, its timeout or `stop`; the
+/// container is gone and the worktree the factory's again when this returns. Says
+/// whether the gate ended by itself (its exit code then in `result`), else why not in
+/// `result.reason`.
+async fn in_container(
+    engine: &Engine,
+    run: &ContainerRun,
+    gate: &Gate,
+    stop: impl Future<Output = ()>,
+    result: &mut GateResult,
+) -> bool {
+    let id = match engine.start(run).await {
+        Ok(id) => id,
+        Err(e) => {
+            result.reason = Some(format!("the gate could not start: {e}"));
+            let _ = crate::docker::reclaim(&run.worktree, &[]).await;
+            return false;
+        }
+    };
+    let timeout = Duration::from_millis(gate.timeout_ms);
+    let ended = tokio::select! {
+        waited = tokio::time::timeout(timeout, engine.wait(&id)) => match waited {
+            Ok(()) => None,
+            Err(_) => Some(format!("timed out after {}", humantime::format_duration(timeout))),
+        },
+        () = stop => Some("stopped with its run".to_string()),
+    };
+    let state = engine.state(&id).await;
+    engine.remove(&id).await;
+    let outputs = [run.stdout.as_path(), run.stderr.as_path()];
+    if let Err(e) = crate::docker::reclaim(&run.worktree, &outputs).await {
+        tracing::warn!(error = %e, "cannot give the worktree back to the factory's user");
+    }
+    if let Some(reason) = ended {
+        result.reason = Some(reason);
+        return false;
+    }
+    match state {
+        Ok(ContainerState::Exited { code, oom }) => {
+            result.exit_code = process::Exit::from_shell(i32::try_from(code).unwrap_or(-1)).code();
+            if oom {
+                result.reason = Some("oom: the gate passed its memory limit".to_string());
+                result.exit_code = None;
+                return false;
+            }
+            true
+        }
+        Ok(other) => {
+            result.reason = Some(format!("the gate's container ended in state {other:?}"));
+            false
+        }
+        Err(e) => {
+            result.reason = Some(format!("cannot read the gate's exit status: {e}"));
+            false
+        }
+    }
 }
 
 /// Sets `passed` and `reason` from the exit code and the metric.

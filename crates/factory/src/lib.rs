@@ -20,6 +20,7 @@
 
 pub mod admission;
 pub mod agent;
+pub mod docker;
 mod factory;
 pub mod gate;
 mod heartbeat;
@@ -36,6 +37,7 @@ mod tail;
 pub use gantry_git as workspace;
 
 pub use admission::Admission;
+pub use docker::{DockerConfig, DockerError};
 pub use factory::{AdoptReport, Factory, prune_workspaces};
 pub use gantry_protocol::{CoordError, Coordinator};
 pub use gantry_secrets::SecretsConfig;
@@ -86,6 +88,11 @@ pub struct FactoryConfig {
     /// explicit opt-out; the factory checks at start that the sandbox works and
     /// refuses to start otherwise.
     pub sandbox: Sandbox,
+    /// The Docker sandbox: when set, the factory connects to the engine at start and,
+    /// if it answers, advertises `sandbox:docker` and runs the jobs that ask for it
+    /// (all jobs without a `sandbox:` of their own when [`DockerConfig::default`]).
+    /// Gates and reviewers keep running in [`FactoryConfig::sandbox`].
+    pub docker: Option<DockerConfig>,
     /// Files and directories of the factory's own, besides the data dir, that no run
     /// may see (a token file, a configuration file).
     pub hidden_paths: Vec<PathBuf>,
@@ -123,6 +130,7 @@ impl Default for FactoryConfig {
             // The server delivers from its own cache unless told otherwise.
             publish_results: false,
             sandbox: Sandbox::default(),
+            docker: None,
             hidden_paths: Vec::new(),
             sandbox_read_only: Vec::new(),
             sandbox_read_write: Vec::new(),
@@ -187,6 +195,11 @@ pub enum FactoryError {
     /// The secrets file cannot be used (see [`check_secrets_file`]).
     #[error(transparent)]
     SecretsFile(SecretsFileError),
+    /// The Docker engine the factory's default sandbox needs does not answer.
+    #[error(
+        "{0}; this factory's default sandbox is docker, so it does not start without the engine"
+    )]
+    Docker(#[source] DockerError),
     /// A directory under the data dir could not be created.
     #[error("cannot create directory {path}: {source}")]
     DataDir {

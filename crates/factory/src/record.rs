@@ -48,8 +48,12 @@ pub struct RunRecord {
     pub version: u32,
     /// The claim the run was started for: job, spec, run, attempt, epoch, lease TTL.
     pub claim: Claim,
-    /// The process; `None` only between writing the record and starting the process.
+    /// The process; `None` only between writing the record and starting the process,
+    /// and for a run in a container (see `container`).
     pub process: Option<PidRecord>,
+    /// The id of the Docker container the run's process runs in (docker sandbox).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
     /// When the process started, in milliseconds since the Unix epoch (the timeout
     /// counts from here, across restarts).
     pub started_at_ms: u64,

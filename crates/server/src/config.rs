@@ -142,6 +142,15 @@ pub struct FactorySection {
     /// `NAME = "value"` lines, private to the factory's user (a relative path is taken
     /// from the config file's directory). Without it, the factory's environment.
     pub secrets_file: Option<PathBuf>,
+    /// The sandbox of jobs that name none: `bwrap` (the default) or `docker`.
+    pub sandbox: Option<String>,
+    /// Offer the docker sandbox to the jobs that ask for it (implied by `sandbox =
+    /// "docker"`).
+    pub docker: Option<bool>,
+    /// The image of docker jobs that name none (default `gantry-agent:latest`).
+    pub docker_image: Option<String>,
+    /// The Docker engine's socket (default `/var/run/docker.sock`).
+    pub docker_socket: Option<PathBuf>,
 }
 
 /// `[engines]`.
@@ -265,6 +274,16 @@ impl ConfigFile {
                 let dir = path.parent().unwrap_or(Path::new(""));
                 *file = dir.join(&*file);
             }
+        }
+        if let Some(kind) = &cfg.factory.sandbox
+            && !matches!(kind.as_str(), "bwrap" | "docker")
+        {
+            return Err(ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message: format!(
+                    "factory.sandbox = {kind:?}: the default sandbox is \"bwrap\" or \"docker\" (running jobs without one is the --allow-unsandboxed-jobs flag)"
+                ),
+            });
         }
         if cfg.factory.checkpoint_interval.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::Invalid {

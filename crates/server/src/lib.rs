@@ -30,7 +30,7 @@ pub use limits::Limits;
 pub use service::{MAX_CLAIM_WAIT, Service, delivery_branch};
 pub use tls::TlsFiles;
 
-use gantry_factory::{Factory, FactoryConfig, Sandbox};
+use gantry_factory::{DockerConfig, Factory, FactoryConfig, Sandbox};
 use gantry_store::{PgOptions, PgStore, SqliteStore, Store};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -124,6 +124,15 @@ pub struct SandboxSettings {
     pub read_only: Vec<PathBuf>,
     /// Paths every run may write besides its worktree (a shared build cache).
     pub read_write: Vec<PathBuf>,
+    /// `--sandbox docker`: jobs that name no sandbox run in Docker (`[factory] sandbox`
+    /// in the config file otherwise).
+    pub docker_default: bool,
+    /// `--docker`: offer the docker sandbox to jobs that ask for it.
+    pub docker: bool,
+    /// `--docker-image`: the image of docker jobs that name none.
+    pub docker_image: Option<String>,
+    /// `--docker-socket`: the Docker engine's socket.
+    pub docker_socket: Option<PathBuf>,
 }
 
 impl Default for ServeConfig {
@@ -299,11 +308,38 @@ impl Default for SandboxSettings {
             bwrap: PathBuf::from("bwrap"),
             read_only: Vec::new(),
             read_write: Vec::new(),
+            docker_default: false,
+            docker: false,
+            docker_image: None,
+            docker_socket: None,
         }
     }
 }
 
 impl SandboxSettings {
+    /// The factory's docker sandbox, from these flags over the config file's
+    /// `[factory]` keys: `None` when neither asks for it.
+    pub fn docker_config(&self, file: &config::FactorySection) -> Option<DockerConfig> {
+        let default = self.docker_default || file.sandbox.as_deref() == Some("docker");
+        if !(default || self.docker || file.docker == Some(true)) {
+            return None;
+        }
+        let fallback = DockerConfig::default();
+        Some(DockerConfig {
+            socket: self
+                .docker_socket
+                .clone()
+                .or_else(|| file.docker_socket.clone())
+                .unwrap_or(fallback.socket),
+            image: self
+                .docker_image
+                .clone()
+                .or_else(|| file.docker_image.clone())
+                .unwrap_or(fallback.image),
+            default,
+        })
+    }
+
     /// The sandbox runs go in: bubblewrap when it works on this machine. When it does
     /// not, [`Sandbox::None`] if the operator opted out (said loudly in the log), else
     /// why not: then no job may run unsandboxed unless its submitter could already read
@@ -370,6 +406,7 @@ async fn start_embedded_factory(
         hidden_paths: cfg.config_file.iter().cloned().collect(),
         sandbox_read_only: cfg.sandbox.read_only.clone(),
         sandbox_read_write: cfg.sandbox.read_write.clone(),
+        docker: cfg.sandbox.docker_config(&file.factory),
         ..FactoryConfig::default()
     };
     let mut fcfg = fcfg;

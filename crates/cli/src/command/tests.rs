@@ -108,6 +108,10 @@ fn serve_flags() {
         "/opt/toolchain",
         "--sandbox-rw",
         "/var/cache/shared",
+        "--sandbox",
+        "docker",
+        "--docker-image",
+        "my-agent:1",
     ])
     .expect("valid");
     assert_eq!(
@@ -130,6 +134,10 @@ fn serve_flags() {
                 bwrap: "bwrap".into(),
                 read_only: vec!["/opt/toolchain".into()],
                 read_write: vec!["/var/cache/shared".into()],
+                docker_default: true,
+                docker: false,
+                docker_image: Some("my-agent:1".into()),
+                docker_socket: None,
             },
             tls: None,
         }))

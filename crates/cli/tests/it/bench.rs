@@ -126,6 +126,27 @@ fn issue3_bench_kill_prints_the_last_line() {
     assert!(v[1] <= v[2] && v[2] <= v[3], "{last}");
 }
 
+/// The docker kind end to end: the job file's `sandbox:` makes the job require
+/// `sandbox:docker`, the embedded factory offers it (the engine answers), each run is a
+/// container, and each kill ends it. Needs the engine and image `./scripts/test`
+/// prepares; fails without them.
+#[test]
+fn issue12_bench_kill_in_docker_prints_the_last_line() {
+    let image = std::env::var("GANTRY_TEST_DOCKER_IMAGE")
+        .unwrap_or_else(|_| "gantry-test-agent:latest".to_string());
+    let mut c = gantry();
+    c.args(["bench", "kill", "--runs", "3", "--sandbox", "docker"]);
+    c.args(["--image", &image]);
+    let out = run_with_timeout(c, Duration::from_secs(300));
+    out.ok();
+    let last = out.stdout.lines().last().unwrap_or_default();
+    let v = parse_kv(last, &["kills", "p50_ms", "p99_ms", "max_ms"]);
+    assert_eq!(v[0], 3.0, "{last}");
+    assert!(v[1] <= v[2] && v[2] <= v[3], "{last}");
+    assert!(v[2] < 1000.0, "p99 under a second: {last}");
+    assert!(out.stdout.contains("in docker"), "{out}");
+}
+
 #[test]
 fn issue3_bench_concurrent_prints_the_last_line() {
     let mut c = gantry();

@@ -84,6 +84,7 @@ fn run_payloads_match_the_wire() {
             workspace: PathBuf::from("/data/work/1-a1"),
             base_commit: "abc".into(),
             secrets: Vec::new(),
+            container: None,
         },
         "run.started",
         json!({"pid": 4242, "pgid": 4242, "branch": "gantry/1/a1",
@@ -97,11 +98,12 @@ fn run_payloads_match_the_wire() {
             workspace: PathBuf::from("/data/work/1-a1"),
             base_commit: "abc".into(),
             secrets: vec!["ANTHROPIC_API_KEY".into(), "GITHUB_TOKEN".into()],
+            container: Some("0123abcd".into()),
         },
         "run.started",
         json!({"pid": 4242, "pgid": 4242, "branch": "gantry/1/a1",
                "workspace": "/data/work/1-a1", "base_commit": "abc",
-               "secrets": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"]}),
+               "secrets": ["ANTHROPIC_API_KEY", "GITHUB_TOKEN"], "container": "0123abcd"}),
     );
     check(
         RunOutput {

@@ -112,6 +112,7 @@ pub(super) struct Fields {
     pub(super) fix_rounds: Option<u32>,
     pub(super) keep_going: Option<bool>,
     pub(super) review: Option<ReviewChoice>,
+    pub(super) sandbox: Option<crate::sandbox::SandboxSpec>,
 }
 
 impl Validator<'_> {
@@ -300,6 +301,7 @@ impl Validator<'_> {
             "output" => f.output = Some(self.output(value)?),
             "gates" => f.gates = Some(self.gates(value)?),
             "review" => f.review = Some(self.review(value)?),
+            "sandbox" => f.sandbox = Some(self.sandbox(value)?),
             "fix_rounds" => {
                 let n = self.int_in_range(value, "fix_rounds", 0, i128::from(MAX_FIX_ROUNDS))?;
                 f.fix_rounds = Some(u32::try_from(n).expect("checked to be within 0..=10"));
@@ -345,6 +347,15 @@ impl Validator<'_> {
                 "missing steps: the `script` engine needs a list of steps, e.g. `steps: [{say: hello}]`",
             ));
         }
+        // A job naming a sandbox kind goes only to a factory that runs it: the claim's
+        // one capability rule decides, so the kind becomes a required capability.
+        let mut capabilities = f.capabilities.unwrap_or_default();
+        if let Some(s) = &f.sandbox {
+            let cap = s.kind.capability();
+            if !capabilities.contains(&cap) {
+                capabilities.push(cap);
+            }
+        }
         Ok(JobSpec {
             title,
             repo,
@@ -352,7 +363,7 @@ impl Validator<'_> {
             engine,
             command,
             priority: f.priority.unwrap_or(DEFAULT_PRIORITY),
-            capabilities: f.capabilities.unwrap_or_default(),
+            capabilities,
             deps: f.deps.unwrap_or_default(),
             deps_mode: f.deps_mode.unwrap_or_default(),
             lock: f.lock,
@@ -376,6 +387,7 @@ impl Validator<'_> {
             fix_rounds: f.fix_rounds.unwrap_or(DEFAULT_FIX_ROUNDS),
             keep_going: f.keep_going.unwrap_or(false),
             review: f.review.unwrap_or_default(),
+            sandbox: f.sandbox,
             body: body.to_string(),
         })
     }

@@ -11,5 +11,6 @@ mod review;
 mod spec;
 mod spec_agent;
 mod spec_errors;
+mod spec_sandbox;
 mod spec_secrets;
 mod state;

@@ -346,6 +346,15 @@ impl Supervisor {
         // (its API keys): a gate is the repository's command, not the agent.
         let env = self.run_env(rec, Vec::new());
         let confinement = self.confinement(&rec.artifacts);
+        // A run in the docker sandbox has its gates in containers like its agent's.
+        let container = if self.sandbox_kind() == gantry_core::sandbox::SandboxKind::Docker {
+            Some(
+                self.container_run(rec, Vec::new(), env.clone(), None)
+                    .map_err(Halt::Error)?,
+            )
+        } else {
+            None
+        };
         for gate in &st.gates.clone() {
             self.halted()?;
             let started = ev::GateStarted {
@@ -359,6 +368,7 @@ impl Supervisor {
                 out_dir: &out_dir,
                 env: env.clone(),
                 confinement: confinement.clone(),
+                container: container.clone(),
                 tree: tree.clone(),
                 redactor: self.redactor.clone(),
             };
@@ -553,6 +563,7 @@ impl Supervisor {
             r.exit_status = round_file(&r.exit_status, round);
             r.uploaded = Offsets::default();
             r.process = None;
+            r.container = None;
             r.forced = None;
         });
         // The budget counts every round: the new watcher starts from what was spent.

@@ -28,11 +28,13 @@
 
 mod check;
 mod checkpoint;
+mod container;
 mod finish;
 mod lease;
 mod monitor;
 mod review;
 mod spawn;
+mod target;
 
 use crate::agent;
 use crate::job_secrets::{self, Handed};
@@ -64,6 +66,8 @@ pub(crate) struct RunContext {
     pub cfg: Arc<FactoryConfig>,
     pub coord: Arc<dyn Coordinator>,
     pub shutdown: watch::Receiver<bool>,
+    /// The Docker engine, when the factory runs jobs in containers.
+    pub docker: Option<Arc<crate::docker::Engine>>,
 }
 
 /// A task that is aborted when this handle is dropped, so the helpers of a run (its
@@ -345,6 +349,7 @@ impl Supervisor {
             version: RECORD_VERSION,
             claim: self.claim.clone(),
             process: None,
+            container: None,
             started_at_ms: 0,
             // The raw transcript of an agent is its stdout.
             stdout: artifacts.join(if format.is_some() {
@@ -377,13 +382,13 @@ impl Supervisor {
         fix: Option<&spawn::FixLaunch>,
     ) -> ProcessEnd {
         match self.spawn(record, fix).await {
-            Ok((detached, started)) => {
+            Ok((child, started)) => {
                 let first = if fix.is_none() {
                     vec![started]
                 } else {
                     Vec::new()
                 };
-                self.watch(record, Some(detached.child), true, first).await
+                self.watch(record, child, true, first).await
             }
             Err(error) => {
                 tracing::warn!(%error, "the command could not be started");

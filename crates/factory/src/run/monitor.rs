@@ -4,7 +4,8 @@ use super::lease::LeaseState;
 use super::{AbortOnDrop, ProcessEnd, Supervisor, now_ms};
 use crate::agent;
 
-use crate::process::{self, Exit, PidRecord};
+use super::target::Target;
+use crate::process::{self, Exit};
 use crate::record::{Offsets, RunRecord};
 use crate::tail::{FileTail, SharedRecord, StdoutReader, TICK, Tailer, TextReader};
 use gantry_core::event::NewEvent;
@@ -37,16 +38,20 @@ impl Supervisor {
         first: Vec<NewEvent>,
     ) -> ProcessEnd {
         let rec = record.get();
-        let Some(proc_) = rec.process.clone() else {
-            return ProcessEnd {
-                forced: Some(Outcome::Failed),
-                error: Some("the run record names no process".to_string()),
-                ..ProcessEnd::default()
-            };
+        let target = match Target::of(&rec, self.ctx.docker.as_ref()) {
+            Ok(t) => t,
+            Err(error) => {
+                return ProcessEnd {
+                    forced: Some(Outcome::Failed),
+                    error: Some(error),
+                    ..ProcessEnd::default()
+                };
+            }
         };
         let (tailer, breach_rx) = self.start_tailer(record, &rec, first);
         let mut w = Watch {
-            pgid: proc_.pgid,
+            ender: target.ender(),
+            target,
             end: ProcessEnd {
                 forced: rec.forced,
                 ..ProcessEnd::default()
@@ -59,20 +64,17 @@ impl Supervisor {
         // A stop applied before a restart is carried on: the grace starts again.
         match rec.forced {
             Some(Outcome::Killed | Outcome::BudgetExceeded) => {
-                process::signal_group(w.pgid, Signal::SIGKILL);
+                w.target.signal(Signal::SIGKILL);
             }
             Some(_) => w.kill_at = Some(Instant::now() + self.ctx.cfg.kill_grace),
             None => {}
         }
-        self.watch_loop(record, &proc_, &mut child, &mut w, breach_rx)
-            .await;
+        self.watch_loop(record, &mut child, &mut w, breach_rx).await;
         if w.end.left_running {
             return w.end;
         }
-        // The leader ended: now make sure nothing of its group survives.
-        if own || process::group_is_run(&proc_) {
-            process::kill_group_and_wait(w.pgid).await;
-        }
+        // The leader ended: now make sure nothing of its group (or container) survives.
+        w.target.end_all(own, &record.get()).await;
         drop(child);
         self.checkpoint_on_stop(record, &mut w).await;
         let mut end = w.end;
@@ -154,7 +156,6 @@ impl Supervisor {
     async fn watch_loop(
         &mut self,
         record: &SharedRecord,
-        proc_: &PidRecord,
         child: &mut Option<tokio::process::Child>,
         w: &mut Watch,
         mut breach_rx: watch::Receiver<Option<String>>,
@@ -166,7 +167,6 @@ impl Supervisor {
             Instant::now() + t.saturating_sub(elapsed)
         });
         let grace = self.ctx.cfg.kill_grace;
-        let pgid = w.pgid;
         let mut shutdown = self.ctx.shutdown.clone();
         let far = Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600);
         let interval = self.ctx.cfg.engines.checkpoint_interval;
@@ -174,15 +174,20 @@ impl Supervisor {
         // The shim of a run this factory started says when it ends (its reaping wakes
         // the loop), so looking at the files is only a safety net then; an adopted
         // run's end is only seen by looking.
-        let mut tick = tokio::time::interval(if child.is_some() { OWN_TICK } else { TICK });
+        let own = child.is_some() || w.ender.is_some();
+        let mut tick = tokio::time::interval(if own { OWN_TICK } else { TICK });
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if lease_changed {
                 lease_changed = false;
                 let state = self.lease.borrow_and_update().clone();
-                self.apply_lease(state, pgid, &mut w.end, &mut w.kill_at, record);
+                self.apply_lease(state, &w.target, &mut w.end, &mut w.kill_at, record);
             }
-            if look(proc_, &rec.exit_status, &mut w.end) {
+            // Liveness first, then the status: a process that wrote its status and
+            // ended between the two looks would otherwise pass for one that ended
+            // without a status.
+            let alive = w.target.alive(&rec.exit_status, &mut w.end).await;
+            if look(alive, &rec.exit_status, &mut w.end) {
                 return;
             }
             let timeout_sleep = match (timeout_at, w.end.forced, &w.end.abandoned) {
@@ -193,16 +198,18 @@ impl Supervisor {
             tokio::select! {
                 // The shim is reaped; its status is in the file (checked above).
                 _ = reaped(child) => {}
+                // The container stopped; its status is read above.
+                _ = finished(&mut w.ender) => {}
                 _ = tick.tick() => {}
                 _ = tokio::time::sleep_until(timeout_sleep) => {
                     tracing::info!(timeout = ?timeout, "timeout passed: SIGTERM to the process group");
                     self.force(record, &mut w.end, Outcome::TimedOut);
-                    process::signal_group(pgid, Signal::SIGTERM);
+                    w.target.signal(Signal::SIGTERM);
                     w.kill_at = Some(Instant::now() + grace);
                 }
                 _ = tokio::time::sleep_until(w.kill_at.unwrap_or(far)) => {
                     tracing::info!(grace = ?grace, "grace period over: SIGKILL to the process group");
-                    process::signal_group(pgid, Signal::SIGKILL);
+                    w.target.signal(Signal::SIGKILL);
                     w.kill_at = None;
                 }
                 // Checkpoints run beside the watch, so a stop is never held up by one.
@@ -222,7 +229,7 @@ impl Supervisor {
                     tracing::info!(reason = ?*why, "budget exceeded: SIGKILL to the process group");
                     drop(why);
                     self.force(record, &mut w.end, Outcome::BudgetExceeded);
-                    process::signal_group(pgid, Signal::SIGKILL);
+                    w.target.signal(Signal::SIGKILL);
                     w.kill_at = None;
                 }
                 changed = self.lease.changed() => {
@@ -230,7 +237,7 @@ impl Supervisor {
                         // The renewer ended without a verdict (it cannot, short of a bug);
                         // we can no longer know that the lease holds.
                         if w.end.abandoned.is_none() && self.lost().is_none() {
-                            process::signal_group(pgid, Signal::SIGKILL);
+                            w.target.signal(Signal::SIGKILL);
                             w.end.abandoned = Some("the lease renewer stopped".to_string());
                         }
                     } else {
@@ -246,7 +253,7 @@ impl Supervisor {
                         return;
                     }
                     tracing::info!("factory shutting down: SIGKILL to the process group");
-                    process::signal_group(pgid, Signal::SIGKILL);
+                    w.target.signal(Signal::SIGKILL);
                     w.end.abandoned = Some("the factory is shutting down".to_string());
                     w.shutting_down = true;
                     w.kill_at = None;
@@ -278,7 +285,7 @@ impl Supervisor {
     fn apply_lease(
         &self,
         state: LeaseState,
-        pgid: i32,
+        target: &Target,
         end: &mut ProcessEnd,
         kill_at: &mut Option<Instant>,
         record: &SharedRecord,
@@ -289,7 +296,7 @@ impl Supervisor {
                 if end.forced != Some(Outcome::Killed) && end.abandoned.is_none() {
                     tracing::info!("kill requested: SIGKILL to the process group");
                     self.force(record, end, Outcome::Killed);
-                    process::signal_group(pgid, Signal::SIGKILL);
+                    target.signal(Signal::SIGKILL);
                     *kill_at = None;
                 }
             }
@@ -297,14 +304,14 @@ impl Supervisor {
                 if end.forced.is_none() && end.abandoned.is_none() {
                     tracing::info!("cancel requested: SIGTERM to the process group");
                     self.force(record, end, Outcome::Canceled);
-                    process::signal_group(pgid, Signal::SIGTERM);
+                    target.signal(Signal::SIGTERM);
                     *kill_at = Some(Instant::now() + self.ctx.cfg.kill_grace);
                 }
             }
             LeaseState::Lost(why) => {
                 if end.abandoned.is_none() {
                     tracing::warn!(reason = %why, "lease lost: SIGKILL to the process group");
-                    process::signal_group(pgid, Signal::SIGKILL);
+                    target.signal(Signal::SIGKILL);
                     end.abandoned = Some(why);
                     *kill_at = None;
                 }
@@ -344,8 +351,11 @@ async fn reaped(child: &mut Option<tokio::process::Child>) {
 
 /// The state of one watch over a run's process, kept across the turns of its loop.
 struct Watch {
-    /// The process group of the run.
-    pgid: i32,
+    /// The process group or container of the run.
+    target: Target,
+    /// Ends when the run's container stops (none for a process group: its shim's
+    /// reaping says so).
+    ender: Option<AbortOnDrop<()>>,
     /// How the process part of the run ended, as far as known.
     end: ProcessEnd,
     /// When the group gets SIGKILL, after the grace of a SIGTERM.
@@ -398,15 +408,12 @@ impl TailerTask {
     }
 }
 
-/// Looks at the process and its exit status; says whether the watch is over, with
-/// what it found in `end`.
-fn look(proc_: &PidRecord, exit_status: &Path, end: &mut ProcessEnd) -> bool {
+/// Looks at the exit status of a process found `alive` or not just before; says
+/// whether the watch is over, with what it found in `end`.
+fn look(alive: bool, exit_status: &Path, end: &mut ProcessEnd) -> bool {
     if end.abandoned.is_some() {
-        return !process::is_alive(proc_);
+        return !alive;
     }
-    // Liveness first, then the status: a shim that wrote its status and ended between
-    // the two looks would otherwise pass for one that ended without a status.
-    let alive = process::is_alive(proc_);
     match process::read_exit_status(exit_status) {
         Some(Ok(exit)) => {
             end.exit = Some(exit);

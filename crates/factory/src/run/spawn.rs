@@ -7,6 +7,7 @@ use crate::record::RunRecord;
 use crate::tail::SharedRecord;
 use crate::workspace;
 use gantry_core::event::{NewEvent, RunStarted};
+use gantry_core::sandbox::SandboxKind;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
@@ -30,15 +31,16 @@ pub(super) struct FixLaunch {
 const ENV_ALLOWLIST: &[&str] = &["PATH", "HOME", "USER", "LANG", "LC_ALL", "TERM", "TZ"];
 
 impl Supervisor {
-    /// Writes the prompt and the record, starts the process detached and records it.
-    /// Returns the `run.started` event, which goes out as the first upload of the run's
+    /// Writes the prompt and the record, starts the process detached (or in its
+    /// container) and records it. Returns the shim to wait for (none for a container)
+    /// and the `run.started` event, which goes out as the first upload of the run's
     /// output, so it is retried like the output while the server is unreachable.
     /// `fix` starts a fix round's process instead of the first (see [`FixLaunch`]).
     pub(super) async fn spawn(
         &self,
         record: &SharedRecord,
         fix: Option<&FixLaunch>,
-    ) -> Result<(process::Detached, NewEvent), String> {
+    ) -> Result<(Option<tokio::process::Child>, NewEvent), String> {
         let rec = record.get();
         let spec = &self.claim.job.spec;
         let prompt = rec.artifacts.join("prompt.md");
@@ -76,6 +78,12 @@ impl Supervisor {
                 "GANTRY_FIX_PROMPT_FILE".into(),
                 f.prompt.clone().into_os_string(),
             ));
+        }
+        if self.sandbox_kind() == SandboxKind::Docker {
+            let started = self
+                .spawn_container(record, fix, launch.argv, env, launch.stdin)
+                .await?;
+            return Ok((None, started));
         }
         let cmd = DetachedCommand {
             argv: launch.argv,
@@ -116,8 +124,9 @@ impl Supervisor {
             workspace: rec.worktree.clone(),
             base_commit: rec.base_commit.clone(),
             secrets: secrets.names().map(str::to_string).collect(),
+            container: None,
         });
-        Ok((detached, started))
+        Ok((Some(detached.child), started))
     }
 
     /// The environment of the run's processes (the agent's, its gates' and its

@@ -4,6 +4,7 @@
 mod adopt;
 mod agent;
 mod checking;
+mod docker;
 mod engines;
 mod gates;
 mod heartbeat;

@@ -414,7 +414,8 @@ async fn seats_bound_concurrent_runs() {
     assert_eq!(regs.len(), 1);
     assert_eq!(regs[0].name, "test-factory");
     assert_eq!(regs[0].seats, 1);
-    assert_eq!(regs[0].capabilities, vec!["docker".to_string()]);
+    // The factory adds the sandbox kind it runs to the configured capabilities.
+    assert_eq!(regs[0].capabilities, vec!["docker", "sandbox:bwrap"]);
     h.stop().await;
 }
 

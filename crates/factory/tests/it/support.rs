@@ -481,6 +481,7 @@ pub fn run_record(
         version: gantry_factory::record::RECORD_VERSION,
         claim,
         process,
+        container: None,
         started_at_ms: 0,
         stdout: arts.join("stdout.log"),
         stderr: arts.join("stderr.log"),

@@ -184,3 +184,38 @@ fn issue12_a_relative_secrets_file_is_taken_from_the_config_files_directory() {
         "{message}"
     );
 }
+
+#[test]
+fn issue12_the_factory_sandbox_keys_and_flags_make_the_docker_config() {
+    let cfg = ConfigFile::parse(
+        Path::new("g.toml"),
+        "[factory]\nsandbox = \"docker\"\ndocker_image = \"my-agent:1\"\n",
+    )
+    .expect("valid");
+    let flags = gantry_server::SandboxSettings::default();
+    let docker = flags.docker_config(&cfg.factory).expect("docker is on");
+    assert!(docker.default, "docker is the default sandbox");
+    assert_eq!(docker.image, "my-agent:1");
+    assert_eq!(docker.socket, Path::new("/var/run/docker.sock"));
+    // A flag wins over the file; `--docker` offers it without making it the default.
+    let flags = gantry_server::SandboxSettings {
+        docker: true,
+        docker_image: Some("flag-agent:2".to_string()),
+        ..gantry_server::SandboxSettings::default()
+    };
+    let docker = flags
+        .docker_config(&ConfigFile::default().factory)
+        .expect("docker is on");
+    assert!(!docker.default);
+    assert_eq!(docker.image, "flag-agent:2");
+    assert_eq!(
+        gantry_server::SandboxSettings::default().docker_config(&ConfigFile::default().factory),
+        None,
+        "off unless asked for"
+    );
+    let message = invalid("[factory]\nsandbox = \"none\"\n");
+    assert!(message.contains("factory.sandbox"), "{message}");
+    assert!(message.contains("--allow-unsandboxed-jobs"), "{message}");
+    let message = invalid("[factory]\ndocker_imgae = \"x\"\n");
+    assert!(message.contains("docker_imgae"), "{message}");
+}

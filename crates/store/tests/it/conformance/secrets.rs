@@ -14,6 +14,7 @@ fn started(secrets: &[&str]) -> NewEvent {
         workspace: PathBuf::from("/w/1-a1"),
         base_commit: "abc".into(),
         secrets: secrets.iter().map(|s| s.to_string()).collect(),
+        container: None,
     })
 }
 
