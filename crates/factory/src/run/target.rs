@@ -117,8 +117,8 @@ impl Target {
             }
             Target::Container { engine, id } => {
                 engine.remove(id).await;
-                let outputs = [rec.stdout.as_path(), rec.stderr.as_path()];
-                if let Err(e) = crate::docker::reclaim(&rec.worktree, &outputs).await {
+                let paths = [rec.worktree.as_path(), rec.artifacts.as_path()];
+                if let Err(e) = crate::docker::reclaim(&paths).await {
                     tracing::warn!(error = %e, "cannot give the worktree back to the factory's user");
                 }
             }

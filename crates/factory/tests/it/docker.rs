@@ -70,6 +70,9 @@ struct World {
 
 impl World {
     async fn new() -> World {
+        // As `gantry serve` and `gantry factory` do: the factory's files are private
+        // to its user, and the container's user must still read its prompt and script.
+        gantry_factory::private_files();
         let engine = engine().await;
         let tmp = tempfile::tempdir().expect("tempdir");
         let repo = tmp.path().join("src-repo");
