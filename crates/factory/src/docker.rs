@@ -155,8 +155,11 @@ pub struct ContainerRun {
     pub argv: Vec<OsString>,
     /// The environment (the image's own fills in what this leaves out, `PATH` first).
     pub env: Vec<(OsString, OsString)>,
-    /// The worktree: bound read-write at its own path, the working directory.
+    /// The worktree: bound at its own path, the working directory.
     pub worktree: PathBuf,
+    /// Whether the worktree is bound read-only (a reviewer's copy of a result) rather
+    /// than read-write (a run's worktree).
+    pub worktree_read_only: bool,
     /// The artifacts directory: bound read-only at its own path.
     pub artifacts: PathBuf,
     /// The file read as stdin, else `/dev/null`.
@@ -493,7 +496,10 @@ fn container_body(run: &ContainerRun, uid: u32, gid: u32) -> ContainerCreateBody
     // Docker mounts the deeper paths last, so the output files stay writable inside
     // the read-only artifacts directory.
     let binds = vec![
-        bind(&run.worktree, "rw"),
+        bind(
+            &run.worktree,
+            if run.worktree_read_only { "ro" } else { "rw" },
+        ),
         bind(&run.artifacts, "ro"),
         bind(&run.stdout, "rw"),
         bind(&run.stderr, "rw"),

@@ -24,7 +24,12 @@ fn issue4_factories_lists_the_embedded_factory_with_its_running_job() {
     let f = &list[0];
     assert_eq!(f["name"], "embedded", "{f:#}");
     assert_eq!(f["seats"], 3, "{f:#}");
-    assert_eq!(f["capabilities"], serde_json::json!(["gpu=a100"]), "{f:#}");
+    // The factory adds the sandbox kind it runs to the configured capabilities.
+    assert_eq!(
+        f["capabilities"],
+        serde_json::json!(["gpu=a100", "sandbox:bwrap"]),
+        "{f:#}"
+    );
     assert_eq!(f["running"], 1, "{f:#}");
     // Its lease renewals count as signs of life.
     assert_eq!(f["health"], "up", "{f:#}");
