@@ -155,8 +155,11 @@ pub struct ContainerRun {
     pub argv: Vec<OsString>,
     /// The environment (the image's own fills in what this leaves out, `PATH` first).
     pub env: Vec<(OsString, OsString)>,
-    /// The worktree: bound read-write at its own path, the working directory.
+    /// The worktree: bound at its own path, the working directory.
     pub worktree: PathBuf,
+    /// Whether the worktree is bound read-only (a reviewer's copy of a result) rather
+    /// than read-write (a run's worktree).
+    pub worktree_read_only: bool,
     /// The artifacts directory: bound read-only at its own path.
     pub artifacts: PathBuf,
     /// The file read as stdin, else `/dev/null`.
@@ -251,15 +254,14 @@ pub async fn chown_tree(path: &Path, uid: u32, gid: u32) -> Result<(), DockerErr
         })?
 }
 
-/// Gives the worktree and output files of a run back to the factory's user after its
-/// container ended, so its git commands and removal work on files it owns.
-pub async fn reclaim(worktree: &Path, outputs: &[&Path]) -> Result<(), DockerError> {
+/// Gives the worktree and artifacts of a run back to the factory's user after its
+/// container ended, so its git commands, redaction and removal work on files it owns.
+pub async fn reclaim(paths: &[&Path]) -> Result<(), DockerError> {
     let (uid, gid) = (
         nix::unistd::geteuid().as_raw(),
         nix::unistd::getegid().as_raw(),
     );
-    chown_tree(worktree, uid, gid).await?;
-    for p in outputs.iter().filter(|p| p.exists()) {
+    for p in paths.iter().filter(|p| p.exists()) {
         chown_tree(p, uid, gid).await?;
     }
     Ok(())
@@ -301,8 +303,10 @@ impl Engine {
     }
 
     /// Creates and starts the container of `run`; returns its id. The output files
-    /// are created (or truncated) first and, like the worktree, handed to the
-    /// container's user. A container that cannot start is removed.
+    /// are created (or truncated) first; they, the worktree and the artifacts directory
+    /// are handed to the container's user (the factory's files are private to it, and
+    /// the artifacts' read-only bind keeps them unwritable). A container that cannot
+    /// start is removed.
     pub async fn start(&self, run: &ContainerRun) -> Result<String, DockerError> {
         self.check_image(&run.image).await?;
         let (uid, gid) = container_user();
@@ -314,6 +318,24 @@ impl Engine {
             chown_tree(p, uid, gid).await?;
         }
         chown_tree(&run.worktree, uid, gid).await?;
+        chown_tree(&run.artifacts, uid, gid).await?;
+        let started = self.create_and_start(run, uid, gid).await;
+        if started.is_err() {
+            // Nothing runs: the files are the factory's again at once.
+            if let Err(e) = reclaim(&[&run.worktree, &run.artifacts]).await {
+                tracing::warn!(error = %e, "cannot give the worktree back to the factory's user");
+            }
+        }
+        started
+    }
+
+    /// Creates and starts the container; one that cannot start is removed.
+    async fn create_and_start(
+        &self,
+        run: &ContainerRun,
+        uid: u32,
+        gid: u32,
+    ) -> Result<String, DockerError> {
         let body = container_body(run, uid, gid);
         let created = bounded(
             "create",
@@ -474,7 +496,10 @@ fn container_body(run: &ContainerRun, uid: u32, gid: u32) -> ContainerCreateBody
     // Docker mounts the deeper paths last, so the output files stay writable inside
     // the read-only artifacts directory.
     let binds = vec![
-        bind(&run.worktree, "rw"),
+        bind(
+            &run.worktree,
+            if run.worktree_read_only { "ro" } else { "rw" },
+        ),
         bind(&run.artifacts, "ro"),
         bind(&run.stdout, "rw"),
         bind(&run.stderr, "rw"),

@@ -496,8 +496,8 @@ async fn drop_run(cfg: &FactoryConfig, docker: Option<&crate::docker::Engine>, r
         (None, Some(id)) => match docker {
             Some(engine) => {
                 engine.remove(id).await;
-                let outputs = [rec.stdout.as_path(), rec.stderr.as_path()];
-                if let Err(e) = crate::docker::reclaim(&rec.worktree, &outputs).await {
+                let paths = [rec.worktree.as_path(), rec.artifacts.as_path()];
+                if let Err(e) = crate::docker::reclaim(&paths).await {
                     tracing::warn!(error = %e, "cannot give the worktree back to the factory's user");
                 }
             }

@@ -167,7 +167,7 @@ async fn in_container(
         Ok(id) => id,
         Err(e) => {
             result.reason = Some(format!("the gate could not start: {e}"));
-            let _ = crate::docker::reclaim(&run.worktree, &[]).await;
+            let _ = crate::docker::reclaim(&[&run.worktree, &run.artifacts]).await;
             return false;
         }
     };
@@ -181,8 +181,7 @@ async fn in_container(
     };
     let state = engine.state(&id).await;
     engine.remove(&id).await;
-    let outputs = [run.stdout.as_path(), run.stderr.as_path()];
-    if let Err(e) = crate::docker::reclaim(&run.worktree, &outputs).await {
+    if let Err(e) = crate::docker::reclaim(&[&run.worktree, &run.artifacts]).await {
         tracing::warn!(error = %e, "cannot give the worktree back to the factory's user");
     }
     if let Some(reason) = ended {

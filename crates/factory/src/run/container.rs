@@ -118,6 +118,7 @@ impl Supervisor {
             argv,
             env,
             worktree: rec.worktree.clone(),
+            worktree_read_only: false,
             artifacts: rec.artifacts.clone(),
             stdin,
             stdout: rec.stdout.clone(),

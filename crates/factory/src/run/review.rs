@@ -24,6 +24,7 @@ use gantry_core::api::FinishReport;
 use gantry_core::engine::Insights;
 use gantry_core::event::{self as ev, NewEvent};
 use gantry_core::review::{self, ReviewBrief, ReviewResult, ReviewSpec, parse_verdict};
+use gantry_core::sandbox::SandboxKind;
 use gantry_core::{EngineKind, JobSpec, Outcome};
 use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
@@ -211,9 +212,27 @@ impl Supervisor {
             exit_status: dir.join("exit_status"),
             confinement,
         };
-        let mut child = process::spawn_detached(&cmd)
-            .await
-            .map_err(|e| format!("the reviewer cannot start: {e}"))?;
+        // A run in the docker sandbox has its reviewer in a container like its agent's:
+        // the copy of the result read-only, the review's directory as its artifacts.
+        let mut reviewer = if self.sandbox_kind() == SandboxKind::Docker {
+            let (engine, mut run) =
+                self.container_run(rec, cmd.argv.clone(), cmd.env.clone(), cmd.stdin.clone())?;
+            run.worktree = cmd.cwd.clone();
+            run.worktree_read_only = true;
+            run.artifacts = dir.to_path_buf();
+            run.stdout = cmd.stdout.clone();
+            run.stderr = cmd.stderr.clone();
+            let id = engine
+                .start(&run)
+                .await
+                .map_err(|e| format!("the reviewer cannot start: {e}"))?;
+            Reviewer::Container { engine, id, run }
+        } else {
+            let child = process::spawn_detached(&cmd)
+                .await
+                .map_err(|e| format!("the reviewer cannot start: {e}"))?;
+            Reviewer::Process(child)
+        };
         let format = launch.format.unwrap_or(gantry_engine::Format::Text);
         let watcher =
             Watcher::new(format, spec, &self.ctx.cfg.engines.prices).spent(report.insights.clone());
@@ -226,7 +245,7 @@ impl Supervisor {
         tokio::pin!(stop);
         let cut = loop {
             tokio::select! {
-                _ = child.child.wait() => break None,
+                () = reviewer.ended() => break None,
                 () = tokio::time::sleep_until(deadline) => {
                     break Some(format!("the reviewer timed out after {}", humantime::format_duration(REVIEW_TIMEOUT)));
                 }
@@ -240,21 +259,71 @@ impl Supervisor {
                 break None;
             }
         };
-        process::kill_group_and_wait(child.pid).await;
+        let exit_code = reviewer.end(&cmd.exit_status).await;
         while tail.fill(READ_MAX) > 0 {
             budget_events.extend(budget_only(reader.read(&mut tail, false)));
         }
         budget_events.extend(budget_only(reader.read(&mut tail, true)));
-        let exit_code = match process::read_exit_status(&cmd.exit_status) {
-            Some(Ok(exit)) => exit.code(),
-            _ => None,
-        };
         Ok(ReviewerEnd {
             exit_code,
             cut,
             own: reader.own_insights().clone(),
             breach: (!budget_events.is_empty()).then_some(budget_events),
         })
+    }
+}
+
+/// The reviewer's process: detached under the process sandbox, or in a container.
+enum Reviewer {
+    /// A detached process leading its group.
+    Process(process::Detached),
+    /// A container on the factory's engine.
+    Container {
+        /// The engine.
+        engine: std::sync::Arc<crate::docker::Engine>,
+        /// The container's id.
+        id: String,
+        /// What it was started with (its paths are handed back at the end).
+        run: crate::docker::ContainerRun,
+    },
+}
+
+impl Reviewer {
+    /// Returns when the reviewer's process ended (the first time only for a process).
+    async fn ended(&mut self) {
+        match self {
+            Reviewer::Process(child) => {
+                let _ = child.child.wait().await;
+            }
+            Reviewer::Container { engine, id, .. } => engine.wait(id).await,
+        }
+    }
+
+    /// Ends whatever is left of the reviewer and returns its exit code, when it exited.
+    async fn end(self, exit_status: &Path) -> Option<i32> {
+        match self {
+            Reviewer::Process(child) => {
+                process::kill_group_and_wait(child.pid).await;
+                match process::read_exit_status(exit_status) {
+                    Some(Ok(exit)) => exit.code(),
+                    _ => None,
+                }
+            }
+            Reviewer::Container { engine, id, run } => {
+                let state = engine.state(&id).await;
+                engine.remove(&id).await;
+                let paths = [run.worktree.as_path(), run.artifacts.as_path()];
+                if let Err(e) = crate::docker::reclaim(&paths).await {
+                    tracing::warn!(error = %e, "cannot give the review's files back to the factory's user");
+                }
+                match state {
+                    Ok(crate::docker::ContainerState::Exited { code, .. }) => {
+                        process::Exit::from_shell(i32::try_from(code).unwrap_or(-1)).code()
+                    }
+                    _ => None,
+                }
+            }
+        }
     }
 }
 

@@ -40,8 +40,10 @@ impl Target {
     }
 
     /// Sends `signal` to the whole run: the process group, or the container (SIGKILL
-    /// removes it, which ends every process in it). Never waits on the engine: the
-    /// watch sees the end when it comes.
+    /// kills its first process, which ends every process in its PID namespace, then
+    /// removes it; the kill comes first because removing also deletes the container's
+    /// files, which takes longer). Never waits on the engine: the watch sees the end
+    /// when it comes.
     pub(super) fn signal(&self, signal: Signal) {
         match self {
             Target::Group(p) => {
@@ -51,6 +53,7 @@ impl Target {
                 let (engine, id) = (engine.clone(), id.clone());
                 tokio::spawn(async move {
                     if signal == Signal::SIGKILL {
+                        engine.signal(&id, signal.as_str()).await;
                         engine.remove(&id).await;
                     } else {
                         engine.signal(&id, signal.as_str()).await;
@@ -117,8 +120,8 @@ impl Target {
             }
             Target::Container { engine, id } => {
                 engine.remove(id).await;
-                let outputs = [rec.stdout.as_path(), rec.stderr.as_path()];
-                if let Err(e) = crate::docker::reclaim(&rec.worktree, &outputs).await {
+                let paths = [rec.worktree.as_path(), rec.artifacts.as_path()];
+                if let Err(e) = crate::docker::reclaim(&paths).await {
                     tracing::warn!(error = %e, "cannot give the worktree back to the factory's user");
                 }
             }

@@ -70,6 +70,9 @@ struct World {
 
 impl World {
     async fn new() -> World {
+        // As `gantry serve` and `gantry factory` do: the factory's files are private
+        // to its user, and the container's user must still read its prompt and script.
+        gantry_factory::private_files();
         let engine = engine().await;
         let tmp = tempfile::tempdir().expect("tempdir");
         let repo = tmp.path().join("src-repo");
@@ -371,6 +374,7 @@ async fn a_restarted_factory_adopts_a_running_container_and_sweeps_leftovers() {
             argv: vec!["sleep".into(), "600".into()],
             env: Vec::new(),
             worktree: stray.join("wt"),
+            worktree_read_only: false,
             artifacts: stray.join("arts"),
             stdin: None,
             stdout: stray.join("arts/out"),
@@ -550,5 +554,55 @@ async fn a_factory_whose_default_is_docker_does_not_start_without_an_engine() {
         !regs[0].capabilities.iter().any(|c| c == "sandbox:docker"),
         "{regs:?}"
     );
+    stop(f).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reviewer_of_a_docker_run_runs_in_a_container_on_a_read_only_copy() {
+    use gantry_core::review::{ReviewChoice, ReviewSpec};
+    use gantry_core::spec::Step;
+    let w = World::new().await;
+    let f = w.factory();
+    let mut s = job(&w.repo, "echo done > work.txt", |_| {});
+    s.review = ReviewChoice::Inline(ReviewSpec {
+        engine: gantry_core::EngineKind::Script,
+        model: None,
+        threshold: 0.5,
+        instructions: None,
+        steps: vec![
+            Step::Run {
+                command: "echo uid=$(id -u); ls /sys/class/net; echo x >> work.txt || echo read-only-copy"
+                    .into(),
+            },
+            Step::Say {
+                text: r#"{"score": 0.9, "verdict": "approve", "findings": []}"#.into(),
+            },
+        ],
+    });
+    w.coord.push(claim(1, 10, 1, s));
+    let report = w.coord.finish_of(RunId(10)).await;
+    assert_eq!(report.outcome, Some(Outcome::Succeeded), "{report:?}");
+    let kinds: Vec<String> = w
+        .coord
+        .events(RunId(10))
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert!(kinds.iter().any(|k| k == "review.passed"), "{kinds:?}");
+    let review = gantry_factory::artifacts_dir(&w.data, JobId(1), RunId(10)).join("review-r0");
+    // The script engine's commands print to its standard error.
+    let transcript = ["transcript.jsonl", "stderr.log"]
+        .map(|f| std::fs::read_to_string(review.join(f)).expect("the review's output"))
+        .concat();
+    assert!(
+        transcript.contains("uid=10000"),
+        "in a container: {transcript}"
+    );
+    assert!(
+        !transcript.contains("eth0"),
+        "without network: {transcript}"
+    );
+    assert!(transcript.contains("read-only-copy"), "{transcript}");
+    assert!(w.containers().await.is_empty(), "no container is left");
     stop(f).await;
 }
