@@ -143,8 +143,9 @@ fn issue12_bench_kill_in_docker_prints_the_last_line() {
     let v = parse_kv(last, &["kills", "p50_ms", "p99_ms", "max_ms"]);
     assert_eq!(v[0], 3.0, "{last}");
     assert!(v[1] <= v[2] && v[2] <= v[3], "{last}");
-    // The p99 target is the bench's to report, not a test's to time (a loaded machine
-    // would make it flaky).
+    // Each kill ended every process of its run (the bench fails after 30 s
+    // otherwise). Its latency (a p99 of about 40 ms on an idle machine) is the bench's
+    // to measure, not this test's: under the whole suite's load one kill took 5.7 s.
     assert!(out.stdout.contains("in docker"), "{out}");
 }
 
