@@ -7,8 +7,8 @@
 //! Each job checks the value it received against the expected one put together at run
 //! time from two pieces, so no job file, stored spec or event holds the value whole.
 
-use crate::harness::{Api, Env, Server, submit};
-use crate::secrets::{assert_clean, gantry_toml, last_event_id, leaking_files};
+use crate::harness::{Env, Server, submit};
+use crate::secrets::{assert_api_clean, assert_clean, gantry_toml, leaking_files};
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
@@ -97,25 +97,7 @@ fn assert_served_nowhere(server: &Server, ids: &[&str], value: &str) {
             assert_clean(&format!("gantry {args:?}"), &out.to_string(), &secrets);
         }
     }
-    let api = Api::new(&server.url, &server.admin_token());
-    for id in ids {
-        for path in [
-            format!("/v1/jobs/{id}"),
-            format!("/v1/jobs/{id}/diff"),
-            format!("/v1/events?job={id}&limit=10000"),
-        ] {
-            let (status, body) = api.get(&path).unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(status, 200, "GET {path}: {body}");
-            assert_clean(&format!("GET {path}"), &body, &secrets);
-        }
-        let frames = api.sse_until(&format!("/v1/events?job={id}"), last_event_id(&api, id));
-        assert!(frames.contains("run.output"), "{frames}");
-        assert_clean("the event stream", &frames, &secrets);
-    }
-    for path in ["/v1/jobs", "/v1/status", "/v1/factories", "/metrics"] {
-        let (_, body) = api.get(path).unwrap_or_else(|e| panic!("{e}"));
-        assert_clean(&format!("GET {path}"), &body, &secrets);
-    }
+    assert_api_clean(server, ids, &secrets);
 }
 
 /// Stops `server` and checks that no file of its data dir and not its log holds

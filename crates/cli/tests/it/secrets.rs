@@ -92,6 +92,30 @@ pub(crate) fn leaking_files(dir: &Path, secrets: &[String]) -> (Vec<String>, usi
     (leaks, seen)
 }
 
+/// Checks that none of `secrets` is in any API answer or event stream frame about `ids`,
+/// nor in the lists and figures of the whole server.
+pub(crate) fn assert_api_clean(server: &Server, ids: &[&str], secrets: &[String]) {
+    let api = Api::new(&server.url, &server.admin_token());
+    for id in ids {
+        for path in [
+            format!("/v1/jobs/{id}"),
+            format!("/v1/jobs/{id}/diff"),
+            format!("/v1/events?job={id}&limit=10000"),
+        ] {
+            let (status, body) = api.get(&path).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(status, 200, "GET {path}: {body}");
+            assert_clean(&format!("GET {path}"), &body, secrets);
+        }
+        let frames = api.sse_until(&format!("/v1/events?job={id}"), last_event_id(&api, id));
+        assert!(frames.contains("run.output"), "{frames}");
+        assert_clean("the event stream", &frames, secrets);
+    }
+    for path in ["/v1/jobs", "/v1/status", "/v1/factories", "/metrics"] {
+        let (_, body) = api.get(path).unwrap_or_else(|e| panic!("{e}"));
+        assert_clean(&format!("GET {path}"), &body, secrets);
+    }
+}
+
 /// The id of the last event of job `id`.
 pub(crate) fn last_event_id(api: &Api, id: &str) -> i64 {
     let events = api.all_events(Some(id));
@@ -186,25 +210,7 @@ fn issue11_no_secret_an_agent_prints_is_kept_or_served_anywhere() {
             assert_clean(&format!("gantry {args:?}"), &out.to_string(), &secrets);
         }
     }
-    let api = Api::new(&server.url, &server.admin_token());
-    for id in [leaky, echoed] {
-        for path in [
-            format!("/v1/jobs/{id}"),
-            format!("/v1/jobs/{id}/diff"),
-            format!("/v1/events?job={id}&limit=10000"),
-        ] {
-            let (status, body) = api.get(&path).unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(status, 200, "GET {path}: {body}");
-            assert_clean(&format!("GET {path}"), &body, &secrets);
-        }
-        let frames = api.sse_until(&format!("/v1/events?job={id}"), last_event_id(&api, id));
-        assert!(frames.contains("run.output"), "{frames}");
-        assert_clean("the event stream", &frames, &secrets);
-    }
-    for path in ["/v1/jobs", "/v1/status", "/v1/factories", "/metrics"] {
-        let (_, body) = api.get(path).unwrap_or_else(|e| panic!("{e}"));
-        assert_clean(&format!("GET {path}"), &body, &secrets);
-    }
+    assert_api_clean(&server, &[leaky, echoed], &secrets);
 
     // No file of the data dir holds them: transcripts, gate output, fix prompts, the
     // diff, the database. The run files are there to look at (and were redacted).

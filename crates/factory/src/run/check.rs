@@ -76,6 +76,8 @@ pub(super) struct Check {
     pub(super) tree: String,
     /// The gates' results on `tree`.
     pub(super) results: Vec<GateResult>,
+    /// `base..commit` as the secret scan read it, which the reviewer is shown too.
+    pub(super) diff: String,
 }
 
 /// What the conflict check found.
@@ -265,6 +267,7 @@ impl Supervisor {
             commit,
             tree: String::new(),
             results: Vec::new(),
+            diff: String::new(),
         })
     }
 
@@ -406,22 +409,11 @@ impl Supervisor {
 
     /// Scans what the result adds to its base for credentials: the rules' and the
     /// values of the secrets the run was handed.
-    async fn scan(&self, rec: &RunRecord, st: &Check) -> Result<Vec<FixReason>, Halt> {
-        let diff = workspace::run(
-            &rec.cache,
-            [
-                "diff",
-                "--no-color",
-                "--no-renames",
-                "--no-ext-diff",
-                "--no-textconv",
-                st.base.as_str(),
-                st.commit.as_str(),
-            ],
-        )
-        .await
-        .map_err(|e| Halt::Error(format!("cannot read the result's diff: {e}")))?;
-        let mut findings = st.scanner.scan_diff(&diff);
+    /// The diff is kept in `st` for the reviewer.
+    async fn scan(&self, rec: &RunRecord, st: &mut Check) -> Result<Vec<FixReason>, Halt> {
+        st.diff = result_diff(rec, st, "--patch").await.map_err(Halt::Error)?;
+        let diff = &st.diff;
+        let mut findings = st.scanner.scan_diff(diff);
         // The values of the job's own secrets match no rule, and committing one is
         // exactly the leak a rule would catch: each is a rule of its own here.
         if let Ok(handed) = &self.secrets {
@@ -431,7 +423,7 @@ impl Supervisor {
                 .map(String::as_str)
                 .zip(handed.values())
                 .collect();
-            findings.extend(gantry_secrets::scan_diff_literals(&diff, &literals));
+            findings.extend(gantry_secrets::scan_diff_literals(diff, &literals));
         }
         if findings.is_empty() {
             return Ok(Vec::new());
@@ -681,6 +673,26 @@ fn round_file(path: &Path, round: u32) -> std::path::PathBuf {
         None => format!("{stem}-fix{round}"),
     };
     path.with_file_name(name)
+}
+
+/// `git diff <extra> base commit` of the result being checked (`--patch` or `--stat`),
+/// never through a repository's own diff drivers.
+pub(super) async fn result_diff(
+    rec: &RunRecord,
+    st: &Check,
+    extra: &str,
+) -> Result<String, String> {
+    let args = [
+        "diff",
+        "--no-color",
+        "--no-renames",
+        "--no-ext-diff",
+        "--no-textconv",
+    ];
+    let rest = [extra, st.base.as_str(), st.commit.as_str()];
+    workspace::run(&rec.cache, args.iter().chain(rest.iter()))
+        .await
+        .map_err(|e| format!("cannot read the result's diff: {e}"))
 }
 
 /// `path` of the run's base commit, when there is such a file.

@@ -145,23 +145,14 @@ impl Supervisor {
         read_only(&tree)
             .await
             .map_err(|e| format!("cannot make the reviewer's copy read-only: {e}"))?;
-        let diff_args = |extra: &'static str| {
-            let mut args = vec!["diff", "--no-color", "--no-renames", "--no-ext-diff"];
-            args.extend(["--no-textconv", extra, st.base.as_str(), st.commit.as_str()]);
-            args
-        };
-        let diff = workspace::run(&rec.cache, diff_args("--patch"))
-            .await
-            .map_err(|e| format!("cannot read the result's diff: {e}"))?;
-        let stat = workspace::run(&rec.cache, diff_args("--stat"))
-            .await
-            .map_err(|e| format!("cannot read the result's diff: {e}"))?;
+        // The scan of this round read the patch already.
+        let stat = super::check::result_diff(rec, st, "--stat").await?;
         let job = &self.claim.job.spec;
         let text = review::prompt(&ReviewBrief {
             title: &job.title,
             job: &job.body,
             instructions: spec.instructions.as_deref(),
-            diff: &diff,
+            diff: &st.diff,
             stat: &stat,
             gates: &st.results,
         });
