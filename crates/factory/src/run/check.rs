@@ -78,6 +78,12 @@ pub(super) struct Check {
     pub(super) results: Vec<GateResult>,
     /// `base..commit` as the secret scan read it, which the reviewer is shown too.
     pub(super) diff: String,
+    /// The `(base, commit)` that `tree` and `diff` were read for: they are read again
+    /// only when a fix round or a rebase moved either.
+    measured: (String, String),
+    /// The parents of `commit`: the result is one commit on its base when they are
+    /// just `base`, and needs no squash.
+    parents: Vec<String>,
 }
 
 /// What the conflict check found.
@@ -136,10 +142,14 @@ impl Supervisor {
             .checkpoint
             .as_ref()
             .map_or_else(|| rec.base_commit.clone(), |c| c.base.clone());
-        let mut st = self
-            .check_setup(&rec, &config_base, commit)
-            .await
-            .map_err(Halt::Error)?;
+        // The result's tree and diff are read while the configuration is.
+        let (setup, measured) = tokio::join!(
+            self.check_setup(&rec, &config_base, commit.clone()),
+            measure(&rec, &config_base, &commit),
+        );
+        let mut st = setup.map_err(Halt::Error)?;
+        (st.tree, st.parents, st.diff) = measured.map_err(Halt::Error)?;
+        st.measured = (config_base, commit);
         let rounds = self.claim.job.spec.fix_rounds;
         let mut round = 0;
         loop {
@@ -185,20 +195,10 @@ impl Supervisor {
         st: &Check,
         report: &mut FinishReport,
     ) -> Result<(), Halt> {
-        let rec = record.get();
-        let parent_is_base = workspace::run(
-            &rec.cache,
-            [
-                "rev-parse",
-                "--verify",
-                &format!("{}~1^{{commit}}", st.commit),
-            ],
-        )
-        .await
-        .is_ok_and(|p| p.trim() == st.base);
-        if st.commit == st.base || parent_is_base {
+        if st.commit == st.base || st.parents == [st.base.as_str()] {
             return Ok(());
         }
+        let rec = record.get();
         let message = super::finish::commit_message(
             self.job(),
             self.claim.run.attempt,
@@ -268,6 +268,8 @@ impl Supervisor {
             tree: String::new(),
             results: Vec::new(),
             diff: String::new(),
+            measured: (String::new(), String::new()),
+            parents: Vec::new(),
         })
     }
 
@@ -282,11 +284,14 @@ impl Supervisor {
     ) -> Result<Vec<FixReason>, Halt> {
         for _ in 0..MAX_REBASES {
             let rec = record.get();
-            st.tree = workspace::tree_of(&rec.cache, &st.commit)
-                .await
-                .map_err(|e| Halt::Error(format!("cannot read the result's tree: {e}")))?;
+            if st.measured != (st.base.clone(), st.commit.clone()) {
+                (st.tree, st.parents, st.diff) = measure(&rec, &st.base, &st.commit)
+                    .await
+                    .map_err(Halt::Error)?;
+                st.measured = (st.base.clone(), st.commit.clone());
+            }
             let mut reasons = self.run_gates(&rec, st, round).await?;
-            reasons.extend(self.scan(&rec, st).await?);
+            reasons.extend(self.scan(st).await?);
             if !reasons.is_empty() {
                 return Ok(reasons);
             }
@@ -364,7 +369,6 @@ impl Supervisor {
                 name: gate.name.clone(),
                 round,
             };
-            self.emit(vec![NewEvent::of(&started)]).await?;
             let cmd = GateCommand {
                 gate,
                 worktree: &rec.worktree,
@@ -375,7 +379,13 @@ impl Supervisor {
                 tree: tree.clone(),
                 redactor: self.redactor.clone(),
             };
-            let result = run_gate(cmd, self.stop_signal()).await;
+            // The gate starts while its start is uploaded: the event is ordered before
+            // the gate's result all the same, which is uploaded after both.
+            let (emitted, result) = tokio::join!(
+                self.emit(vec![NewEvent::of(&started)]),
+                run_gate(cmd, self.stop_signal())
+            );
+            emitted?;
             // A gate stopped with its run says so in the run's outcome, not as a result.
             self.halted()?;
             tracing::info!(gate = %gate.name, passed = result.passed, reason = ?result.reason, "gate ran");
@@ -407,11 +417,9 @@ impl Supervisor {
         Ok(reasons)
     }
 
-    /// Scans what the result adds to its base for credentials: the rules' and the
-    /// values of the secrets the run was handed.
-    /// The diff is kept in `st` for the reviewer.
-    async fn scan(&self, rec: &RunRecord, st: &mut Check) -> Result<Vec<FixReason>, Halt> {
-        st.diff = result_diff(rec, st, "--patch").await.map_err(Halt::Error)?;
+    /// Scans what the result adds to its base (`st.diff`) for credentials: the rules'
+    /// and the values of the secrets the run was handed.
+    async fn scan(&self, st: &Check) -> Result<Vec<FixReason>, Halt> {
         let diff = &st.diff;
         let mut findings = st.scanner.scan_diff(diff);
         // The values of the job's own secrets match no rule, and committing one is
@@ -465,6 +473,11 @@ impl Supervisor {
         let tip = workspace::fetch_base(&self.ctx.cfg.data_dir, &spec.repo, spec.base.as_deref())
             .await
             .map_err(|e| Halt::Error(format!("cannot fetch the base's current tip: {e}")))?;
+        // The result was made on `st.base` (or on a checkpoint made on it): when that is
+        // still the tip, there is nothing to merge and no git process need say so.
+        if tip == st.base {
+            return Ok(Tip::Clean);
+        }
         let checked = workspace::merge_check(&rec.cache, &tip, &st.commit)
             .await
             .map_err(|e| Halt::Error(format!("the conflict check failed: {e}")))?;
@@ -678,8 +691,9 @@ fn round_file(path: &Path, round: u32) -> std::path::PathBuf {
 /// `git diff <extra> base commit` of the result being checked (`--patch` or `--stat`),
 /// never through a repository's own diff drivers.
 pub(super) async fn result_diff(
-    rec: &RunRecord,
-    st: &Check,
+    cache: &Path,
+    base: &str,
+    commit: &str,
     extra: &str,
 ) -> Result<String, String> {
     let args = [
@@ -689,10 +703,30 @@ pub(super) async fn result_diff(
         "--no-ext-diff",
         "--no-textconv",
     ];
-    let rest = [extra, st.base.as_str(), st.commit.as_str()];
-    workspace::run(&rec.cache, args.iter().chain(rest.iter()))
+    let rest = [extra, base, commit];
+    workspace::run(cache, args.iter().chain(rest.iter()))
         .await
         .map_err(|e| format!("cannot read the result's diff: {e}"))
+}
+
+/// The tree and the parents of `commit`, and the patch `base..commit`, read at once.
+async fn measure(
+    rec: &RunRecord,
+    base: &str,
+    commit: &str,
+) -> Result<(String, Vec<String>, String), String> {
+    // One process names both the tree (first line) and each parent (`^@`).
+    let (tree_of, parents_of) = (format!("{commit}^{{tree}}"), format!("{commit}^@"));
+    let (named, diff) = tokio::join!(
+        workspace::run(&rec.cache, ["rev-parse", &tree_of, &parents_of]),
+        result_diff(&rec.cache, base, commit, "--patch"),
+    );
+    let named = named.map_err(|e| format!("cannot read the result's tree: {e}"))?;
+    let mut lines = named.lines().map(str::to_string);
+    let tree = lines
+        .next()
+        .ok_or_else(|| format!("git rev-parse named no tree for {commit}"))?;
+    Ok((tree, lines.collect(), diff?))
 }
 
 /// `path` of the run's base commit, when there is such a file.

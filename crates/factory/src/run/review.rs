@@ -146,7 +146,7 @@ impl Supervisor {
             .await
             .map_err(|e| format!("cannot make the reviewer's copy read-only: {e}"))?;
         // The scan of this round read the patch already.
-        let stat = super::check::result_diff(rec, st, "--stat").await?;
+        let stat = super::check::result_diff(&rec.cache, &st.base, &st.commit, "--stat").await?;
         let job = &self.claim.job.spec;
         let text = review::prompt(&ReviewBrief {
             title: &job.title,
