@@ -73,19 +73,24 @@ pub async fn commit_changes(
     // The process may have moved HEAD off the attempt branch (checked out another
     // branch, detached); the attempt branch must still name what the attempt produced.
     set_branch(cache, branch, &commit).await?;
-    let numstat = git(
-        cache,
-        [
-            "diff",
-            "--numstat",
-            "--no-renames",
-            "--no-ext-diff",
-            "--no-textconv",
-            base_commit,
-            &commit,
-        ],
-    )
-    .await?;
+    // The figures and the patch are two readers of the same objects: both at once.
+    let (numstat, patch) = tokio::join!(
+        git(
+            cache,
+            [
+                "diff",
+                "--numstat",
+                "--no-renames",
+                "--no-ext-diff",
+                "--no-textconv",
+                base_commit,
+                &commit,
+            ],
+        ),
+        write_patch(cache, base_commit, &commit, patch_path),
+    );
+    let numstat = numstat?;
+    patch?;
     let mut changes = Changes {
         commit: commit.clone(),
         ..Changes::default()
@@ -99,7 +104,6 @@ pub async fn commit_changes(
         changes.lines_added = changes.lines_added.saturating_add(added);
         changes.lines_deleted = changes.lines_deleted.saturating_add(deleted);
     }
-    write_patch(cache, base_commit, &commit, patch_path).await?;
     Ok(changes)
 }
 
