@@ -610,3 +610,146 @@ fn responses_events(n: usize, model: &str, turn: &Turn) -> Vec<(&'static str, Va
     ));
     events
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sends one raw request and returns the status and body of the answer.
+    async fn send(model: &ScriptedModel, head: &str, body: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(model.addr()).await.expect("connect");
+        let req = format!("{head}\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+        s.write_all(req.as_bytes()).await.expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        let (head, body) = out.split_once("\r\n\r\n").expect("a head");
+        let status = head
+            .split(' ')
+            .nth(1)
+            .expect("status")
+            .parse()
+            .expect("a number");
+        (status, body.to_string())
+    }
+
+    fn usage(input: u64) -> Usage {
+        Usage {
+            input,
+            output: 5,
+            cache_read: 3,
+            cache_write: 2,
+        }
+    }
+
+    /// The `data:` payloads of an SSE body.
+    fn events(body: &str) -> Vec<Value> {
+        body.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .map(|d| serde_json::from_str(d).expect("JSON data"))
+            .collect()
+    }
+
+    const MESSAGES: &str = "POST /v1/messages?beta=true HTTP/1.1\r\nhost: x";
+    const MAIN: &str = r#"{"model":"m","stream":true,"tools":[{"name":"Write"}],"messages":[]}"#;
+
+    #[tokio::test]
+    async fn main_loop_turns_follow_the_script_and_side_requests_do_not_use_it() {
+        let script = vec![
+            Turn::tool(
+                "Write",
+                json!({ "file_path": "/w/a", "content": "x" }),
+                usage(100),
+            ),
+            Turn::text("done", usage(200)),
+        ];
+        let model = ScriptedModel::start(Api::Anthropic, "127.0.0.1:0", script)
+            .await
+            .expect("start");
+        assert_eq!(send(&model, "HEAD / HTTP/1.1\r\nhost: x", "").await.0, 200);
+        let (status, side) = send(&model, MESSAGES, r#"{"model":"m","stream":true}"#).await;
+        assert_eq!(status, 200);
+        assert!(side.contains("Scripted title"), "{side}");
+
+        let (status, first) = send(&model, MESSAGES, MAIN).await;
+        assert_eq!(status, 200);
+        let first = events(&first);
+        assert_eq!(first[0]["message"]["usage"]["input_tokens"], 100);
+        assert_eq!(first[1]["content_block"]["name"], "Write");
+        let input: Value = serde_json::from_str(
+            first[2]["delta"]["partial_json"]
+                .as_str()
+                .expect("partial json"),
+        )
+        .expect("the tool input as JSON");
+        assert_eq!(input["file_path"], "/w/a");
+        assert_eq!(first[4]["delta"]["stop_reason"], "tool_use");
+
+        let (_, second) = send(&model, MESSAGES, MAIN).await;
+        assert_eq!(events(&second)[2]["delta"]["text"], "done");
+        // Past the script: a 400 the CLIs do not retry, saying why.
+        let (status, past) = send(&model, MESSAGES, MAIN).await;
+        assert_eq!(status, 400);
+        assert!(past.contains("no more turns"), "{past}");
+
+        assert_eq!(model.turns_left(), 0);
+        let served = model.served();
+        assert_eq!(served.input, 100 + 200 + SIDE_USAGE.input);
+        assert_eq!(served.output, 5 + 5 + SIDE_USAGE.output);
+        let answers: Vec<Answer> = model.requests().into_iter().map(|l| l.answer).collect();
+        assert_eq!(
+            answers,
+            [
+                Answer::Other(200),
+                Answer::Side,
+                Answer::Turn(0),
+                Answer::Turn(1),
+                Answer::Refused(400, "the script has no more turns".to_string()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn the_responses_api_streams_a_function_call_with_its_usage() {
+        let script = vec![Turn::tool(
+            "exec_command",
+            json!({ "cmd": "true" }),
+            usage(10),
+        )];
+        let model = ScriptedModel::start(Api::Responses, "127.0.0.1:0", script)
+            .await
+            .expect("start");
+        // Codex may offer its tools in an input item instead of `tools`.
+        let body =
+            r#"{"model":"m","input":[{"type":"additional_tools","tools":[{"name":"exec"}]}]}"#;
+        let (status, out) = send(&model, "POST /v1/responses HTTP/1.1\r\nhost: x", body).await;
+        assert_eq!(status, 200);
+        let events = events(&out);
+        let done = &events[2]["item"];
+        assert_eq!(done["name"], "exec_command");
+        assert_eq!(done["arguments"], r#"{"cmd":"true"}"#);
+        let usage = &events[3]["response"]["usage"];
+        assert_eq!(usage["input_tokens"], 13, "cached tokens count as input");
+        assert_eq!(usage["input_tokens_details"]["cached_tokens"], 3);
+        // The other API's path is no endpoint here.
+        assert_eq!(send(&model, MESSAGES, MAIN).await.0, 404);
+    }
+
+    #[tokio::test]
+    async fn requests_past_the_bounds_are_refused_with_the_reason() {
+        let model = ScriptedModel::start(Api::Anthropic, "127.0.0.1:0", Vec::new())
+            .await
+            .expect("start");
+        let mut s = TcpStream::connect(model.addr()).await.expect("connect");
+        let head = format!("{MESSAGES}\r\ncontent-length: {}\r\n\r\n", MAX_BODY + 1);
+        s.write_all(head.as_bytes()).await.expect("write");
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.expect("read");
+        assert!(out.starts_with("HTTP/1.1 413"), "{out}");
+        let chunked = format!("{MESSAGES}\r\ntransfer-encoding: chunked");
+        assert_eq!(send(&model, &chunked, "").await.0, 411);
+        let zstd = format!("{MESSAGES}\r\ncontent-encoding: zstd");
+        let (status, body) = send(&model, &zstd, "x").await;
+        assert_eq!(status, 415);
+        assert!(body.contains("zstd"), "{body}");
+    }
+}
