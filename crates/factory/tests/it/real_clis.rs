@@ -347,12 +347,10 @@ async fn codex_edits_its_worktree(wall: Wall) {
     })
     .await;
     let env = [("OPENAI_API_KEY", "scripted-model-key")];
-    let mut job = r.job(EngineKind::Codex, "gpt-5-codex", &env);
-    // Codex's own sandbox for its commands (`workspace-write`) is a bubblewrap of its
-    // own, which cannot start inside Gantry's wall (no user namespace can be made
-    // there: "bwrap: setting up uid map: Operation not permitted"), so every command
-    // would fail. Gantry's sandbox is the wall here.
-    job.permission_mode = Some("danger-full-access".to_string());
+    // No permission_mode: inside Gantry's wall, Codex's own sandbox cannot start, and
+    // the factory runs it with `danger-full-access` (agent::walled); with its default
+    // `workspace-write` every command would fail.
+    let job = r.job(EngineKind::Codex, "gpt-5-codex", &env);
     let report = r.run(job).await;
     assert_eq!(
         report.outcome,
