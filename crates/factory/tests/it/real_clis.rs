@@ -192,14 +192,20 @@ impl RealRun {
         let f = spawn_factory(self.coord.clone(), self.config());
         self.coord.push(claim(1, 1, 1, spec));
         let report = self.coord.finish_of(RunId(1)).await;
-        let (tx, task) = f;
-        tx.send(true).expect("factory listens");
-        tokio::time::timeout(GUARD, task)
-            .await
-            .expect("factory stops")
-            .expect("no panic")
-            .expect("factory ok");
+        stop_factory(f).await;
         report
+    }
+
+    /// Checks that the run succeeded having used the whole script, or fails telling
+    /// the run's story.
+    fn assert_succeeded(&self, report: &FinishReport) {
+        assert_eq!(
+            report.outcome,
+            Some(Outcome::Succeeded),
+            "{report:?}\n{}",
+            self.story()
+        );
+        assert_eq!(self.model.turns_left(), 0, "{}", self.story());
     }
 
     /// The worktree of the run, where the agent works (the same path in a container).
@@ -282,13 +288,7 @@ async fn claude_code_edits_its_worktree(wall: Wall) {
         ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
     ];
     let report = r.run(r.job(EngineKind::ClaudeCode, "sonnet", &env)).await;
-    assert_eq!(
-        report.outcome,
-        Some(Outcome::Succeeded),
-        "{report:?}\n{}",
-        r.story()
-    );
-    assert_eq!(r.model.turns_left(), 0, "{}", r.story());
+    r.assert_succeeded(&report);
     assert_eq!(r.on_branch("CLAUDE_NOTE.md"), note);
     assert_eq!(report.files_changed, Some(1), "{report:?}");
 
@@ -352,13 +352,7 @@ async fn codex_edits_its_worktree(wall: Wall) {
     // `workspace-write` every command would fail.
     let job = r.job(EngineKind::Codex, "gpt-5-codex", &env);
     let report = r.run(job).await;
-    assert_eq!(
-        report.outcome,
-        Some(Outcome::Succeeded),
-        "{report:?}\n{}",
-        r.story()
-    );
-    assert_eq!(r.model.turns_left(), 0, "{}", r.story());
+    r.assert_succeeded(&report);
     // The command ran: the second turn carries its output for the scripted call.
     let main = main_loop(&r.model);
     let outputs: Vec<&serde_json::Value> = main[1]["input"]
@@ -392,22 +386,19 @@ async fn codex_edits_its_worktree(wall: Wall) {
     assert!(i.session_id.is_some(), "{i:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn real_claude_code_edits_its_worktree_in_bwrap() {
-    claude_code_edits_its_worktree(Wall::Bwrap).await;
+/// One test per CLI and wall.
+macro_rules! real_cli_test {
+    ($($name:ident: $scenario:ident in $wall:expr;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            $scenario($wall).await;
+        }
+    )*};
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn real_codex_edits_its_worktree_in_bwrap() {
-    codex_edits_its_worktree(Wall::Bwrap).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn real_claude_code_edits_its_worktree_in_a_container() {
-    claude_code_edits_its_worktree(Wall::Docker).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn real_codex_edits_its_worktree_in_a_container() {
-    codex_edits_its_worktree(Wall::Docker).await;
+real_cli_test! {
+    real_claude_code_edits_its_worktree_in_bwrap: claude_code_edits_its_worktree in Wall::Bwrap;
+    real_codex_edits_its_worktree_in_bwrap: codex_edits_its_worktree in Wall::Bwrap;
+    real_claude_code_edits_its_worktree_in_a_container: claude_code_edits_its_worktree in Wall::Docker;
+    real_codex_edits_its_worktree_in_a_container: codex_edits_its_worktree in Wall::Docker;
 }
