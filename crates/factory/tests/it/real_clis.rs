@@ -14,6 +14,7 @@
 //! by its job's timeout, because a CLI whose model API misbehaves retries for minutes.
 
 use crate::support::*;
+use gantry_core::review::{ReviewChoice, ReviewSpec};
 use gantry_core::sandbox::{Network, SandboxKind, SandboxSpec};
 use gantry_core::{EngineKind, JobId, JobSpec, Outcome, RunId};
 use gantry_factory::{DockerConfig, FactoryConfig};
@@ -245,6 +246,11 @@ const FIRST: Usage = Usage {
     cache_read: 300,
     cache_write: 50,
 };
+/// [`FIRST`] for the Responses API, which reports no cache writes.
+const FIRST_CODEX: Usage = Usage {
+    cache_write: 0,
+    ..FIRST
+};
 const SECOND: Usage = Usage {
     input: 1500,
     output: 12,
@@ -331,16 +337,12 @@ async fn claude_code_edits_its_worktree(wall: Wall) {
 
 async fn codex_edits_its_worktree(wall: Wall) {
     let note = "written by the real Codex";
-    let first = Usage {
-        cache_write: 0,
-        ..FIRST
-    };
     let r = RealRun::new(wall, Api::Responses, |_| {
         vec![
             Turn::tool(
                 "exec_command",
                 json!({ "cmd": format!("printf '%s\\n' '{note}' > CODEX_NOTE.md") }),
-                first,
+                FIRST_CODEX,
             ),
             Turn::text("I wrote CODEX_NOTE.md.", SECOND),
         ]
@@ -386,6 +388,53 @@ async fn codex_edits_its_worktree(wall: Wall) {
     assert!(i.session_id.is_some(), "{i:?}");
 }
 
+/// The real Codex as the AI reviewer: inside the wall it runs without its own sandbox
+/// (which cannot start there), so the command it runs to read the result works.
+async fn codex_reviews_a_result(wall: Wall) {
+    let verdict = r#"The note is there. {"score": 0.9, "verdict": "approve", "findings": []}"#;
+    let r = RealRun::new(wall, Api::Responses, |_| {
+        vec![
+            Turn::tool("exec_command", json!({ "cmd": "cat work.txt" }), SECOND),
+            Turn::text(verdict, FIRST_CODEX),
+        ]
+    })
+    .await;
+    let env = [("OPENAI_API_KEY", "scripted-model-key")];
+    let mut job = r.job(EngineKind::Command, "gpt-5-codex", &env);
+    job.command = ["sh", "-c", "echo reviewed work > work.txt"]
+        .map(String::from)
+        .to_vec();
+    job.review = ReviewChoice::Inline(ReviewSpec {
+        engine: EngineKind::Codex,
+        model: Some("gpt-5-codex".to_string()),
+        threshold: 0.5,
+        instructions: Some("Check that work.txt says what the job wrote.".to_string()),
+        steps: Vec::new(),
+    });
+    let report = r.run(job).await;
+    r.assert_succeeded(&report);
+    let kinds: Vec<String> = r
+        .coord
+        .events(RunId(1))
+        .into_iter()
+        .map(|e| e.kind)
+        .filter(|k| k.starts_with("review."))
+        .collect();
+    assert_eq!(kinds, ["review.started", "review.passed"], "{}", r.story());
+    let main = main_loop(&r.model);
+    let output = main[1]["input"]
+        .as_array()
+        .expect("input")
+        .iter()
+        .find(|item| item["type"] == "function_call_output")
+        .map(|item| item["output"].to_string())
+        .expect("the command's output went back to the model");
+    assert!(
+        output.contains("exited with code 0") && output.contains("reviewed work"),
+        "{output}"
+    );
+}
+
 /// One test per CLI and wall.
 macro_rules! real_cli_test {
     ($($name:ident: $scenario:ident in $wall:expr;)*) => {$(
@@ -401,4 +450,6 @@ real_cli_test! {
     real_codex_edits_its_worktree_in_bwrap: codex_edits_its_worktree in Wall::Bwrap;
     real_claude_code_edits_its_worktree_in_a_container: claude_code_edits_its_worktree in Wall::Docker;
     real_codex_edits_its_worktree_in_a_container: codex_edits_its_worktree in Wall::Docker;
+    real_codex_reviews_a_result_in_bwrap: codex_reviews_a_result in Wall::Bwrap;
+    real_codex_reviews_a_result_in_a_container: codex_reviews_a_result in Wall::Docker;
 }
