@@ -10,6 +10,14 @@ use std::process::ExitCode;
 /// Runs the command line of this process and returns its exit code: 0 ok, 1 error,
 /// 2 usage error.
 pub fn main() -> ExitCode {
+    // The hidden `sandbox-forward` runs inside a run's sandbox as its first process:
+    // no parsing, logging or runtime of the CLI's own (see `gantry_factory::egress`).
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|a| a == "sandbox-forward") {
+        let rest: Vec<std::ffi::OsString> = args.collect();
+        let code = gantry_factory::egress::forward::main(&rest);
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => return clap_exit(&e),

@@ -79,6 +79,11 @@ pub async fn run(global: &Global, opts: FactoryOptions) -> Result<(), CliError> 
         sandbox_read_write: opts.sandbox.read_write.clone(),
         // The docker sandbox is the factory's own: its flags, then `[factory]`.
         docker: opts.sandbox.docker_config(&file.factory),
+        // `network: model` runs start their command through this binary.
+        egress: gantry_factory::egress::EgressConfig {
+            forwarder: gantry_factory::egress::Forwarder::current_exe().ok(),
+            ..file.egress
+        },
         secrets: file.secrets,
         secrets_file: file.factory.secrets_file,
         ..FactoryConfig::default()

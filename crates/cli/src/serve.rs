@@ -29,7 +29,12 @@ pub fn server_error(e: ServerError) -> CliError {
 }
 
 /// Starts an embedded server, mapping its errors.
-pub async fn start(cfg: ServeConfig) -> Result<RunningServer, CliError> {
+pub async fn start(mut cfg: ServeConfig) -> Result<RunningServer, CliError> {
+    // `network: model` runs start their command through this binary's
+    // `sandbox-forward` (see `gantry_factory::egress`).
+    if cfg.sandbox.forwarder.is_none() {
+        cfg.sandbox.forwarder = gantry_factory::egress::Forwarder::current_exe().ok();
+    }
     gantry_server::start(cfg).await.map_err(server_error)
 }
 

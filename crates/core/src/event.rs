@@ -52,6 +52,9 @@ pub const RUN_CHECKPOINT: &str = "run.checkpoint";
 pub const AGENT_INSIGHTS: &str = "agent.insights";
 /// A run passed a limit of its budget and was stopped; payload names the limit and figures.
 pub const RUN_BUDGET_EXCEEDED: &str = "run.budget_exceeded";
+/// The factory's egress proxy refused a connection of a run with `network: model`.
+/// Data: `{host, port, reason}`.
+pub const SANDBOX_EGRESS_DENIED: &str = "sandbox.egress_denied";
 /// A factory did not claim because free memory or disk is under its threshold. No
 /// payload: nothing writes it yet (a factory's admission travels in its heartbeats).
 pub const FACTORY_ADMISSION: &str = "factory.admission";
@@ -154,6 +157,7 @@ pub fn check_known(kind: &str, data: &serde_json::Value) -> Result<(), PayloadEr
         RUN_CHECKPOINT => fits::<RunCheckpoint>(data),
         AGENT_INSIGHTS => fits::<crate::engine::Insights>(data),
         RUN_BUDGET_EXCEEDED => fits::<RunBudgetExceeded>(data),
+        SANDBOX_EGRESS_DENIED => fits::<SandboxEgressDenied>(data),
         RUN_CHECKING => fits::<RunChecking>(data),
         RUN_FIX_ROUND => fits::<RunFixRound>(data),
         GATE_STARTED => fits::<GateStarted>(data),
@@ -444,6 +448,18 @@ payload! {
         pub actual: f64,
         /// The breach in words.
         pub message: String,
+    }
+}
+
+payload! {
+    /// Data of [`SANDBOX_EGRESS_DENIED`].
+    SandboxEgressDenied = SANDBOX_EGRESS_DENIED {
+        /// The host the run asked for, as it wrote it (lower case).
+        pub host: String,
+        /// The port it asked for.
+        pub port: u16,
+        /// Why: `not allowed`, `private address`, ...
+        pub reason: String,
     }
 }
 

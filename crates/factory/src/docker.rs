@@ -170,6 +170,8 @@ pub struct ContainerRun {
     pub stderr: PathBuf,
     /// What the container may reach.
     pub network: Network,
+    /// The egress proxy's socket and the forwarder of a `model` run.
+    pub egress: Option<crate::egress::EgressMount>,
     /// Memory limit in bytes (swap included: none beyond it).
     pub memory_bytes: Option<u64>,
     /// CPU limit in billionths of a CPU.
@@ -481,6 +483,12 @@ fn container_body(run: &ContainerRun, uid: u32, gid: u32) -> ContainerCreateBody
         .as_deref()
         .map_or_else(|| "/dev/null".to_string(), text);
     let mut cmd = vec![stdin, text(&run.stdout), text(&run.stderr)];
+    // A `model` run's command starts through the forwarder (see `crate::egress`).
+    let (egress_binds, launcher) = match (&run.network, &run.egress) {
+        (Network::Model, Some(m)) => crate::egress::docker_launch(m),
+        _ => (Vec::new(), Vec::new()),
+    };
+    cmd.extend(launcher.iter().map(|a| a.to_string_lossy().into_owned()));
     cmd.extend(run.argv.iter().map(|a| a.to_string_lossy().into_owned()));
     let env = run
         .env
@@ -495,7 +503,7 @@ fn container_body(run: &ContainerRun, uid: u32, gid: u32) -> ContainerCreateBody
     let bind = |p: &Path, mode: &str| format!("{}:{}:{mode}", text(p), text(p));
     // Docker mounts the deeper paths last, so the output files stay writable inside
     // the read-only artifacts directory.
-    let binds = vec![
+    let mut binds = vec![
         bind(
             &run.worktree,
             if run.worktree_read_only { "ro" } else { "rw" },
@@ -504,6 +512,7 @@ fn container_body(run: &ContainerRun, uid: u32, gid: u32) -> ContainerCreateBody
         bind(&run.stdout, "rw"),
         bind(&run.stderr, "rw"),
     ];
+    binds.extend(egress_binds);
     let tmpfs = HashMap::from([
         (
             "/tmp".to_string(),
@@ -521,7 +530,7 @@ fn container_body(run: &ContainerRun, uid: u32, gid: u32) -> ContainerCreateBody
         network_mode: Some(
             match run.network {
                 Network::Full => "bridge",
-                // `model` is refused when the job is read; none is the safe reading.
+                // A `model` run reaches the proxy through a bound socket, not a network.
                 Network::None | Network::Model => "none",
             }
             .to_string(),

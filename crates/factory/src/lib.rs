@@ -21,6 +21,7 @@
 pub mod admission;
 pub mod agent;
 pub mod docker;
+pub mod egress;
 mod factory;
 pub mod gate;
 mod heartbeat;
@@ -93,6 +94,9 @@ pub struct FactoryConfig {
     /// (all jobs without a `sandbox:` of their own when [`DockerConfig::default`]).
     /// Gates and reviewers keep running in [`FactoryConfig::sandbox`].
     pub docker: Option<DockerConfig>,
+    /// The network of runs (bwrap and docker) that name none, and the egress proxy's
+    /// allowlist and forwarder for `model` runs.
+    pub egress: egress::EgressConfig,
     /// Files and directories of the factory's own, besides the data dir, that no run
     /// may see (a token file, a configuration file).
     pub hidden_paths: Vec<PathBuf>,
@@ -131,6 +135,7 @@ impl Default for FactoryConfig {
             publish_results: false,
             sandbox: Sandbox::default(),
             docker: None,
+            egress: egress::EgressConfig::default(),
             hidden_paths: Vec::new(),
             sandbox_read_only: Vec::new(),
             sandbox_read_write: Vec::new(),

@@ -17,8 +17,10 @@
 //!
 //! The data dir (and any path the factory names as hidden, such as a token file) is
 //! covered by an empty tmpfs before the run's own paths are bound back on top, so it is
-//! invisible even when it lies below a bound directory. The network is shared: agents
-//! need their model's API (egress control comes with the sandbox issue). A new PID
+//! invisible even when it lies below a bound directory. The network is the run's own
+//! (a network namespace with loopback only) unless the job asks for `full` (the
+//! factory's) or `model` (an egress proxy reached through a forwarder: see
+//! [`crate::egress`]). A new PID
 //! namespace means no process of the run outlives it: when the command ends, the
 //! namespace's init ends and the kernel kills whatever is left, even a process that
 //! left the run's process group with `setsid`.
@@ -120,7 +122,6 @@ async fn probe_bwrap(program: &Path) -> Result<(), SandboxError> {
     // be re-parented to this process (a child subreaper) as a zombie.
     cmd.args([
         "--unshare-all",
-        "--share-net",
         "--cap-drop",
         "ALL",
         "--die-with-parent",
@@ -188,6 +189,10 @@ pub struct Confinement {
     /// Whether the working directory is bound read-only (a reviewer's copy of a result)
     /// rather than writable (a run's worktree).
     pub worktree_read_only: bool,
+    /// What the run may reach on the network.
+    pub network: gantry_core::sandbox::Network,
+    /// The egress proxy's socket and the forwarder of a `model` run.
+    pub egress: Option<crate::egress::EgressMount>,
 }
 
 impl Confinement {
@@ -209,7 +214,8 @@ impl Confinement {
         // next factory to adopt. The shim, not the factory, is bwrap's parent anyway.
         // A factory running as root would otherwise hand its runs every capability
         // (within their user namespace): none is needed to run an agent.
-        a.push(["--unshare-all", "--share-net", "--cap-drop", "ALL"]);
+        a.push(["--unshare-all", "--cap-drop", "ALL"]);
+        let (net_binds, launcher) = crate::egress::bwrap_args(self.network, self.egress.as_ref());
         for dir in SYSTEM_DIRS {
             a.system(Path::new(dir));
         }
@@ -245,7 +251,9 @@ impl Confinement {
         };
         a.push([OsStr::new(bind), worktree.as_os_str(), worktree.as_os_str()]);
         a.push([OsStr::new("--chdir"), worktree.as_os_str()]);
+        a.push(net_binds);
         a.push(["--"]);
+        a.push(launcher);
         a.0
     }
 }

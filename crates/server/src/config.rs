@@ -70,6 +70,10 @@ pub struct ConfigFile {
     /// whose rules also redact what runs print (filled by [`ConfigFile::parse`]).
     #[serde(skip)]
     pub secrets: gantry_secrets::SecretsConfig,
+    /// `[factory] network`, `egress_allow` and `egress_private_for_jobs`, checked
+    /// (filled by [`ConfigFile::parse`]; the forwarder is the binary's to set).
+    #[serde(skip)]
+    pub egress: gantry_factory::egress::EgressConfig,
 }
 
 /// `[limits]`: each key given replaces the server's value (see [`crate::Limits`]).
@@ -151,6 +155,15 @@ pub struct FactorySection {
     pub docker_image: Option<String>,
     /// The Docker engine's socket (default `/var/run/docker.sock`).
     pub docker_socket: Option<PathBuf>,
+    /// The network of sandboxed jobs that name none: `none` (the default), `model` or
+    /// `full`.
+    pub network: Option<String>,
+    /// Hosts (`host[:port]`, port 443 when left out) every `network: model` run may
+    /// reach through the egress proxy, besides its engine's API.
+    pub egress_allow: Option<Vec<String>>,
+    /// Whether hosts a job allows may resolve to loopback, private or link-local
+    /// addresses (default false: a job must not reach the factory's own services).
+    pub egress_private_for_jobs: Option<bool>,
 }
 
 /// `[engines]`.
@@ -285,6 +298,10 @@ impl ConfigFile {
                 ),
             });
         }
+        cfg.egress = egress_config(&cfg.factory).map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
         if cfg.factory.checkpoint_interval.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::Invalid {
                 path: path.to_path_buf(),
@@ -307,6 +324,34 @@ impl ConfigFile {
             }),
         }
     }
+}
+
+/// The factory's network settings from `[factory]`, each bad value named.
+fn egress_config(f: &FactorySection) -> Result<gantry_factory::egress::EgressConfig, String> {
+    use gantry_core::sandbox::{HostPort, MAX_ALLOW, Network};
+    let network = match &f.network {
+        Some(n) => n
+            .parse::<Network>()
+            .map_err(|e| format!("factory.network: {e}"))?,
+        None => Network::None,
+    };
+    let entries = f.egress_allow.as_deref().unwrap_or_default();
+    if entries.len() > MAX_ALLOW {
+        return Err(format!(
+            "factory.egress_allow has {} entries; at most {MAX_ALLOW}",
+            entries.len()
+        ));
+    }
+    let allow = entries
+        .iter()
+        .map(|e| HostPort::parse(e).map_err(|why| format!("factory.egress_allow: {why}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(gantry_factory::egress::EgressConfig {
+        network,
+        allow,
+        private_for_jobs: f.egress_private_for_jobs.unwrap_or(false),
+        forwarder: None,
+    })
 }
 
 fn valid_env_name(name: &str) -> bool {

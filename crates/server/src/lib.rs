@@ -133,6 +133,9 @@ pub struct SandboxSettings {
     pub docker_image: Option<String>,
     /// `--docker-socket`: the Docker engine's socket.
     pub docker_socket: Option<PathBuf>,
+    /// How runs with `network: model` start their command inside the sandbox (the
+    /// `gantry` binary's `sandbox-forward`); `None` fails such runs, saying so.
+    pub forwarder: Option<gantry_factory::egress::Forwarder>,
 }
 
 impl Default for ServeConfig {
@@ -312,6 +315,7 @@ impl Default for SandboxSettings {
             docker: false,
             docker_image: None,
             docker_socket: None,
+            forwarder: None,
         }
     }
 }
@@ -407,6 +411,10 @@ async fn start_embedded_factory(
         sandbox_read_only: cfg.sandbox.read_only.clone(),
         sandbox_read_write: cfg.sandbox.read_write.clone(),
         docker: cfg.sandbox.docker_config(&file.factory),
+        egress: gantry_factory::egress::EgressConfig {
+            forwarder: cfg.sandbox.forwarder.clone(),
+            ..file.egress.clone()
+        },
         ..FactoryConfig::default()
     };
     let mut fcfg = fcfg;

@@ -133,6 +133,15 @@ fn run_payloads_match_the_wire() {
         "run.budget_exceeded",
         json!({"limit": "usd", "limit_value": 1.5, "actual": 1.75, "message": "over"}),
     );
+    check(
+        SandboxEgressDenied {
+            host: "evil.example".into(),
+            port: 443,
+            reason: "not allowed".into(),
+        },
+        "sandbox.egress_denied",
+        json!({"host": "evil.example", "port": 443, "reason": "not allowed"}),
+    );
 }
 
 #[test]

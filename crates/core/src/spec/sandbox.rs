@@ -1,13 +1,21 @@
-//! Validation of `sandbox:` in a job file: a kind's name, or a map with the kind and,
-//! for Docker, the image, network and limits. The types live in [`crate::sandbox`].
+//! Validation of `sandbox:` in a job file: a kind's name, or a map with the kind, the
+//! network and its allowed hosts, and for Docker the image and limits. The types live
+//! in [`crate::sandbox`].
 
 use super::SpecError;
 use super::validate::Validator;
 use super::yaml::{Node, Value, quote};
-use crate::sandbox::{MIN_MEMORY_BYTES, Network, SandboxKind, SandboxSpec, parse_size};
+use crate::sandbox::{
+    HostPort, MAX_ALLOW, MIN_MEMORY_BYTES, Network, SandboxKind, SandboxSpec, parse_size,
+};
 
 /// The keys a `sandbox:` map may have.
-const KEYS: [&str; 6] = ["kind", "image", "network", "memory", "cpus", "pids"];
+const KEYS: [&str; 7] = [
+    "kind", "image", "network", "allow", "memory", "cpus", "pids",
+];
+
+/// The keys that apply to bwrap as well as to docker.
+const NETWORK_KEYS: [&str; 2] = ["network", "allow"];
 
 /// The highest `cpus:` accepted.
 const MAX_CPUS: f64 = 1024.0;
@@ -71,7 +79,15 @@ impl Validator<'_> {
             if name == "kind" {
                 continue;
             }
-            if kind != SandboxKind::Docker {
+            let network_key = NETWORK_KEYS.contains(&name.as_str());
+            if kind == SandboxKind::None && network_key {
+                return Err(self.err(
+                    self.line(k),
+                    "sandbox",
+                    format!("sandbox.{name} applies to the bwrap and docker kinds, not to none"),
+                ));
+            }
+            if kind != SandboxKind::Docker && !network_key {
                 return Err(self.err(
                     self.line(k),
                     "sandbox",
@@ -93,18 +109,13 @@ impl Validator<'_> {
                 },
                 "network" => {
                     spec.network = Some(match &v.value {
-                        Value::Str(s) if s == "none" => Network::None,
-                        Value::Str(s) if s == "full" => Network::Full,
-                        Value::Str(s) if s == "model" => {
-                            return Err(self.err(
-                                line,
-                                "sandbox",
-                                "sandbox.network `model` is not supported yet (the egress proxy is not built); use `none` or `full`",
-                            ));
-                        }
+                        Value::Str(s) => s
+                            .parse::<Network>()
+                            .map_err(|_| bad("one of none, model, full"))?,
                         _ => return Err(bad("one of none, model, full")),
                     })
                 }
+                "allow" => spec.allow = self.sandbox_allow(v)?,
                 "memory" => {
                     let bytes = match &v.value {
                         Value::Str(s) => parse_size(s).map_err(|e| {
@@ -138,7 +149,52 @@ impl Validator<'_> {
                 other => unreachable!("every sandbox key has an arm; `{other}` does not"),
             }
         }
+        if !spec.allow.is_empty() && spec.network != Some(Network::Model) {
+            let line = entries
+                .iter()
+                .find(|(k, _)| self.key_text(k, None).is_ok_and(|n| n == "allow"))
+                .map_or(self.line(node), |(k, _)| self.line(k));
+            return Err(self.err(
+                line,
+                "sandbox",
+                "sandbox.allow needs `network: model` (hosts are reached through the egress proxy)",
+            ));
+        }
         Ok(spec)
+    }
+
+    /// `allow: [host, host:port, ...]`: at most [`MAX_ALLOW`] entries, each naming
+    /// itself when it is not a host[:port].
+    fn sandbox_allow(&self, node: &Node) -> Result<Vec<HostPort>, SpecError> {
+        let Value::Seq(items) = &node.value else {
+            return Err(self.type_err(
+                node,
+                "sandbox",
+                "a list of hosts like `[example.com, example.com:8443]` for sandbox.allow",
+            ));
+        };
+        if items.len() > MAX_ALLOW {
+            return Err(self.err(
+                self.line(node),
+                "sandbox",
+                format!(
+                    "sandbox.allow has {} entries; at most {MAX_ALLOW}",
+                    items.len()
+                ),
+            ));
+        }
+        let mut allow: Vec<HostPort> = Vec::new();
+        for item in items {
+            let entry = match &item.value {
+                Value::Str(s) => HostPort::parse(s),
+                _ => Err(format!("{} is not a host[:port]", self.describe(item))),
+            }
+            .map_err(|e| self.err(self.line(item), "sandbox", format!("sandbox.allow: {e}")))?;
+            if !allow.contains(&entry) {
+                allow.push(entry);
+            }
+        }
+        Ok(allow)
     }
 
     /// A sandbox kind's name.

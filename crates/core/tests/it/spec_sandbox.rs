@@ -4,7 +4,7 @@
 
 use gantry_core::JobSpec;
 use gantry_core::SpecError;
-use gantry_core::sandbox::{Network, SandboxKind, SandboxSpec};
+use gantry_core::sandbox::{HostPort, MAX_ALLOW, Network, SandboxKind, SandboxSpec};
 use gantry_core::spec::parse_job_file;
 
 fn parse(front: &str) -> JobSpec {
@@ -97,11 +97,6 @@ fn bad_sandboxes_name_the_line_and_the_problem() {
         "applies to the docker kind only",
     );
     refuse(
-        &format!("{HEAD}sandbox:\n  kind: docker\n  network: model\n"),
-        7,
-        "not supported yet",
-    );
-    refuse(
         &format!("{HEAD}sandbox:\n  kind: docker\n  network: lan\n"),
         7,
         "one of none, model, full",
@@ -135,5 +130,69 @@ fn bad_sandboxes_name_the_line_and_the_problem() {
         &format!("{HEAD}sandbox:\n  kind: docker\n  image: \"-rm\"\n"),
         7,
         "image reference",
+    );
+}
+
+#[test]
+fn network_and_allow_apply_to_bwrap_and_docker() {
+    let s = parse(&format!(
+        "{HEAD}sandbox: {{ kind: bwrap, network: model, allow: [example.com, 127.0.0.1:8080, \"[::1]:9\"] }}\n"
+    ));
+    let sb = s.sandbox.expect("sandbox");
+    assert_eq!(sb.kind, SandboxKind::Bwrap);
+    assert_eq!(sb.network, Some(Network::Model));
+    let allow: Vec<String> = sb.allow.iter().map(HostPort::to_string).collect();
+    assert_eq!(allow, ["example.com:443", "127.0.0.1:8080", "[::1]:9"]);
+    let json = serde_json::to_string(&sb).expect("json");
+    assert!(json.contains("\"127.0.0.1:8080\""), "{json}");
+    let back: SandboxSpec = serde_json::from_str(&json).expect("back");
+    assert_eq!(back, sb);
+    let s = parse(&format!(
+        "{HEAD}sandbox:\n  kind: docker\n  network: model\n  allow:\n    - api.example.com:8443\n"
+    ));
+    assert_eq!(s.sandbox.expect("sandbox").allow[0].port, 8443);
+    let s = parse(&format!(
+        "{HEAD}sandbox: {{ kind: bwrap, network: full }}\n"
+    ));
+    assert_eq!(s.sandbox.expect("sandbox").network, Some(Network::Full));
+}
+
+#[test]
+fn bad_allow_entries_name_the_value() {
+    refuse(
+        &format!("{HEAD}sandbox: {{ kind: bwrap, network: model, allow: [\"example.com:0\"] }}\n"),
+        5,
+        "\"example.com:0\" is not a host[:port] (port 0 is not a port)",
+    );
+    refuse(
+        &format!(
+            "{HEAD}sandbox:\n  kind: docker\n  network: model\n  allow:\n    - ok.com\n    - \"bad host\"\n"
+        ),
+        10,
+        "\"bad host\" is not a host[:port]",
+    );
+    refuse(
+        &format!("{HEAD}sandbox: {{ kind: bwrap, network: model, allow: example.com }}\n"),
+        5,
+        "a list of hosts",
+    );
+    refuse(
+        &format!("{HEAD}sandbox: {{ kind: bwrap, allow: [example.com] }}\n"),
+        5,
+        "needs `network: model`",
+    );
+    refuse(
+        &format!("{HEAD}sandbox: {{ kind: none, network: full }}\n"),
+        5,
+        "not to none",
+    );
+    let many: Vec<String> = (0..=MAX_ALLOW).map(|i| format!("h{i}.com")).collect();
+    refuse(
+        &format!(
+            "{HEAD}sandbox: {{ kind: bwrap, network: model, allow: [{}] }}\n",
+            many.join(", ")
+        ),
+        5,
+        &format!("{} entries; at most {MAX_ALLOW}", MAX_ALLOW + 1),
     );
 }

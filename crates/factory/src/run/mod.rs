@@ -29,6 +29,7 @@
 mod check;
 mod checkpoint;
 mod container;
+mod egress;
 mod finish;
 mod lease;
 mod monitor;
@@ -133,7 +134,7 @@ pub(crate) async fn run_claim(ctx: RunContext, claim: Claim) {
         });
     let (ctx, redactor) = run_context(ctx, &claim, secrets.as_ref().unwrap_or(&Handed::default()));
     let (_renewer, lease, gate) = start_renewer(&ctx, &claim, Instant::now(), LeaseState::Held);
-    let sup = Supervisor {
+    let mut sup = Supervisor {
         ctx,
         claim,
         lease,
@@ -141,7 +142,9 @@ pub(crate) async fn run_claim(ctx: RunContext, claim: Claim) {
         prior: None,
         redactor,
         secrets,
+        egress: Ok(None),
     };
+    sup.egress = span.in_scope(|| sup.start_egress());
     sup.start().instrument(span).await;
 }
 
@@ -171,7 +174,7 @@ pub(crate) async fn adopt_run(ctx: RunContext, adoption: Adoption) {
         job_secrets::resolve_available(ctx.cfg.secrets_file.as_deref(), &claim.job.spec.secrets);
     let (ctx, redactor) = run_context(ctx, &claim, &secrets);
     let (_renewer, lease, gate) = start_renewer(&ctx, &claim, adoption.renewed_at, initial);
-    let sup = Supervisor {
+    let mut sup = Supervisor {
         ctx,
         claim,
         lease,
@@ -179,7 +182,10 @@ pub(crate) async fn adopt_run(ctx: RunContext, adoption: Adoption) {
         prior: None,
         redactor,
         secrets: Ok(secrets),
+        egress: Ok(None),
     };
+    // The sandbox binds the proxy's directory, so the run reaches the new socket.
+    sup.egress = span.in_scope(|| sup.start_egress());
     let _guard = adoption.guard;
     sup.resume(adoption.record).instrument(span).await;
 }
@@ -199,6 +205,9 @@ struct Supervisor {
     /// The secrets the job names, with their values, for the agent's processes; or why
     /// the factory cannot hand them (the run then fails before any process starts).
     secrets: Result<Handed, String>,
+    /// The egress proxy of a `model` run (`None` for other networks), or why it could
+    /// not start (the run's processes then fail to start, saying so).
+    egress: Result<Option<egress::RunEgress>, String>,
 }
 
 impl Supervisor {

@@ -65,6 +65,7 @@ impl Supervisor {
             &rec.artifacts,
         )
         .map_err(|e| e.to_string())?;
+        self.egress.as_ref().map_err(String::clone)?;
         let mut env = self.run_env(&rec, launch.env);
         // The job's secrets go to the agent's processes only: not to its gates (the
         // repository's commands) nor to its reviewer (see `run_env`).
@@ -171,6 +172,7 @@ impl Supervisor {
             env.retain(|(name, _)| name != k);
             env.push((k.into(), v));
         }
+        self.add_proxy_env(&mut env);
         env
     }
 
@@ -189,6 +191,8 @@ impl Supervisor {
             read_only: cfg.sandbox_read_only.clone(),
             read_write: cfg.sandbox_read_write.clone(),
             worktree_read_only: false,
+            network: self.network(),
+            egress: self.egress_mount(),
         })
     }
 }

@@ -371,6 +371,7 @@ async fn a_restarted_factory_adopts_a_running_container_and_sweeps_leftovers() {
             stdout: stray.join("arts/out"),
             stderr: stray.join("arts/err"),
             network: Network::None,
+            egress: None,
             memory_bytes: None,
             nano_cpus: None,
             pids: None,

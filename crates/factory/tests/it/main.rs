@@ -5,6 +5,7 @@ mod adopt;
 mod agent;
 mod checking;
 mod docker;
+mod egress;
 mod engines;
 mod gates;
 mod heartbeat;

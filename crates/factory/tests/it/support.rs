@@ -360,7 +360,21 @@ pub fn test_config(data: &Path, seats: u32) -> FactoryConfig {
                 .canonicalize()
                 .expect("the crates directory"),
         ],
+        // `network: model` runs start through the forwarder built with this crate.
+        egress: gantry_factory::egress::EgressConfig {
+            forwarder: Some(forwarder()),
+            ..Default::default()
+        },
         ..FactoryConfig::default()
+    }
+}
+
+/// The egress forwarder program of this crate (`gantry sandbox-forward` in a real
+/// factory).
+pub fn forwarder() -> gantry_factory::egress::Forwarder {
+    gantry_factory::egress::Forwarder {
+        program: env!("CARGO_BIN_EXE_gantry-sandbox-forward").into(),
+        args: Vec::new(),
     }
 }
 
