@@ -1,7 +1,9 @@
 //! The real agent CLIs (issue 12): Claude Code (`@anthropic-ai/claude-code`) and Codex
 //! (`@openai/codex`), installed from the npm registry by `./scripts/test`, run as
-//! Gantry agents in a bubblewrap sandbox and in a Docker container against a scripted
-//! model API the test runs ([`gantry_testkit::model_api`]). The scripted model answers
+//! Gantry agents in a bubblewrap sandbox and in a Docker container with `network:
+//! model`, against a scripted model API the test runs on the host's loopback
+//! ([`gantry_testkit::model_api`]) and the job allows: every request reaches it through
+//! the factory's egress proxy, the sandbox having no other way out. The scripted model answers
 //! the first turn of the agent's main loop with a tool call that writes a file and the
 //! second with a final message; the test checks that the run succeeded, that its
 //! branch holds the file, and that the tokens (and Claude Code's cost) came from the
@@ -14,8 +16,9 @@
 //! by its job's timeout, because a CLI whose model API misbehaves retries for minutes.
 
 use crate::support::*;
+use gantry_core::event::SandboxEgressDenied;
 use gantry_core::review::{ReviewChoice, ReviewSpec};
-use gantry_core::sandbox::{Network, SandboxKind, SandboxSpec};
+use gantry_core::sandbox::{HostPort, Network, SandboxKind, SandboxSpec};
 use gantry_core::{EngineKind, JobId, JobSpec, Outcome, RunId};
 use gantry_factory::{DockerConfig, FactoryConfig};
 use gantry_protocol::FinishReport;
@@ -26,6 +29,9 @@ use std::sync::Arc;
 
 /// Where the CLIs live inside the node test image.
 const IMAGE_CLIS: &str = "/opt/agent-clis/node_modules";
+
+/// Where the scripted model listens: the host's loopback, outside NO_PROXY.
+const MODEL_HOST: &str = "127.0.0.2";
 
 /// The bound of one run: well under the tests' hang guard, long enough for a CLI's
 /// start on a loaded machine.
@@ -62,27 +68,6 @@ fn node_image() -> String {
     })
 }
 
-/// The host's address on Docker's default bridge, where a container with `network:
-/// full` reaches a server of the host.
-fn bridge_gateway() -> String {
-    let out = std::process::Command::new("docker")
-        .args([
-            "network",
-            "inspect",
-            "bridge",
-            "--format",
-            "{{(index .IPAM.Config 0).Gateway}}",
-        ])
-        .output()
-        .expect("the docker CLI runs");
-    assert!(
-        out.status.success(),
-        "docker network inspect bridge: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// Where the agent runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Wall {
@@ -111,12 +96,12 @@ impl RealRun {
         let repo = tmp.path().join("src-repo");
         make_repo(&repo);
         let data = tmp.path().join("data");
-        // bubblewrap shares the host's network, so loopback is the host's; a container
-        // on the default bridge reaches the host at the bridge's gateway.
-        let host = match wall {
-            Wall::Bwrap => "127.0.0.1".to_string(),
-            Wall::Docker => bridge_gateway(),
-        };
+        // The agent reaches the model only through the factory's egress proxy (`network:
+        // model`), which connects on the host. The address is on the host's loopback
+        // but not 127.0.0.1: inside the sandbox, NO_PROXY names 127.0.0.1 (the run's
+        // own loopback there), and a client would go straight to it instead of through
+        // the proxy.
+        let host = MODEL_HOST;
         let worktree = std::path::absolute(gantry_factory::worktree_dir(&data, JobId(1), 1))
             .expect("absolute");
         let model = ScriptedModel::start(api, &format!("{host}:0"), script(&worktree))
@@ -137,6 +122,9 @@ impl RealRun {
     /// The factory's configuration: the CLIs from npm (on the host, or in the image).
     fn config(&self) -> FactoryConfig {
         let mut cfg = test_config(&self.data, 1);
+        // The job allows the scripted model, which is on the host's loopback: a job may
+        // name a private address only on a factory that says so.
+        cfg.egress.private_for_jobs = true;
         let bin = match self.wall {
             Wall::Bwrap => {
                 let dir = clis_dir();
@@ -179,12 +167,16 @@ impl RealRun {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        if self.wall == Wall::Docker {
-            let mut sb = SandboxSpec::of(SandboxKind::Docker);
-            sb.network = Some(Network::Full);
-            s.sandbox = Some(sb);
-            s.capabilities.push(SandboxKind::Docker.capability());
-        }
+        let kind = match self.wall {
+            Wall::Bwrap => SandboxKind::Bwrap,
+            Wall::Docker => SandboxKind::Docker,
+        };
+        let mut sb = SandboxSpec::of(kind);
+        sb.network = Some(Network::Model);
+        let model = format!("{MODEL_HOST}:{}", self.model.addr().port());
+        sb.allow = vec![HostPort::parse(&model).expect("host:port")];
+        s.sandbox = Some(sb);
+        s.capabilities.push(kind.capability());
         s
     }
 
@@ -224,14 +216,42 @@ impl RealRun {
 
     /// What went wrong, for assertion messages: the model's requests, the agent's
     /// stderr and its transcript's tail.
+    /// Checks that what the proxy refused Codex is only what Codex 0.171 asks for
+    /// besides its model at start (GitHub and ChatGPT hosts, on 443: the run needs none
+    /// of them), never the scripted model.
+    fn assert_codex_denials(&self) {
+        let known = [
+            "github.com:443 (not allowed)",
+            "api.github.com:443 (not allowed)",
+            "chatgpt.com:443 (not allowed)",
+            "ab.chatgpt.com:443 (not allowed)",
+        ];
+        let denied = self.denied();
+        assert!(
+            denied.iter().all(|d| known.contains(&d.as_str())),
+            "{denied:?}"
+        );
+    }
+
+    /// The hosts the egress proxy refused the run, as `host:port (reason)`.
+    fn denied(&self) -> Vec<String> {
+        self.coord
+            .events(RunId(1))
+            .iter()
+            .filter_map(|e| e.payload::<SandboxEgressDenied>().ok())
+            .map(|d| format!("{}:{} ({})", d.host, d.port, d.reason))
+            .collect()
+    }
+
     fn story(&self) -> String {
         let arts = gantry_factory::artifacts_dir(&self.data, JobId(1), RunId(1));
         let read = |name: &str| std::fs::read_to_string(arts.join(name)).unwrap_or_default();
         let transcript = read("transcript.jsonl");
         let tail: Vec<&str> = transcript.lines().rev().take(6).collect();
         format!(
-            "model requests:\n{}\nstderr:\n{}\ntranscript tail:\n{}",
+            "model requests:\n{}\negress denied: {:?}\nstderr:\n{}\ntranscript tail:\n{}",
             self.model.summary(),
+            self.denied(),
             read("stderr.log"),
             tail.join("\n")
         )
@@ -331,6 +351,10 @@ async fn claude_code_edits_its_worktree(wall: Wall) {
     assert!(i.cost_usd.is_some_and(|c| c > 0.0), "{i:?}");
     assert!(!i.cost_estimated, "Claude Code reports its cost: {i:?}");
     assert_eq!((i.tool_calls, i.tool_errors), (1, 0), "{i:?}");
+    // With telemetry and nonessential traffic off, Claude Code asks the proxy for
+    // nothing but its model. (Its `HEAD /` of the base URL at start ignores the proxy
+    // and finds nothing on the sandbox's own loopback; the run does not need it.)
+    assert_eq!(r.denied(), Vec::<String>::new());
     assert_eq!(i.success, Some(true));
     assert!(i.session_id.is_some(), "{i:?}");
 }
@@ -386,6 +410,7 @@ async fn codex_edits_its_worktree(wall: Wall) {
     assert_eq!(i.tool_calls, 1, "{i:?}");
     assert_eq!(i.success, Some(true));
     assert!(i.session_id.is_some(), "{i:?}");
+    r.assert_codex_denials();
 }
 
 /// The real Codex as the AI reviewer: inside the wall it runs without its own sandbox
@@ -433,6 +458,7 @@ async fn codex_reviews_a_result(wall: Wall) {
         output.contains("exited with code 0") && output.contains("reviewed work"),
         "{output}"
     );
+    r.assert_codex_denials();
 }
 
 /// One test per CLI and wall.
