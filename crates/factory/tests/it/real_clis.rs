@@ -16,10 +16,12 @@
 //! by its job's timeout, because a CLI whose model API misbehaves retries for minutes.
 
 use crate::support::*;
+use gantry_core::engine::Budget;
 use gantry_core::event::SandboxEgressDenied;
 use gantry_core::review::{ReviewChoice, ReviewSpec};
 use gantry_core::sandbox::{HostPort, Network, SandboxKind, SandboxSpec};
 use gantry_core::{EngineKind, JobId, JobSpec, Outcome, RunId};
+use gantry_factory::docker::{DEFAULT_SOCKET, Engine};
 use gantry_factory::{DockerConfig, FactoryConfig};
 use gantry_protocol::FinishReport;
 use gantry_testkit::model_api::{Answer, Api, ScriptedModel, Turn, Usage};
@@ -180,6 +182,18 @@ impl RealRun {
         s
     }
 
+    /// A Claude Code job pointed at the scripted model, telemetry and nonessential
+    /// traffic off.
+    fn claude_job(&self) -> JobSpec {
+        let env = [
+            ("ANTHROPIC_BASE_URL", self.url.as_str()),
+            ("ANTHROPIC_API_KEY", "scripted-model-key"),
+            ("DISABLE_TELEMETRY", "1"),
+            ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
+        ];
+        self.job(EngineKind::ClaudeCode, "sonnet", &env)
+    }
+
     /// Runs `spec` as job 1 on a factory of [`RealRun::config`] and returns its report.
     async fn run(&self, spec: JobSpec) -> FinishReport {
         let f = spawn_factory(self.coord.clone(), self.config());
@@ -231,6 +245,25 @@ impl RealRun {
             denied.iter().all(|d| known.contains(&d.as_str())),
             "{denied:?}"
         );
+    }
+
+    /// Checks that nothing of the run is left: no process of its sandbox, or no
+    /// container of this factory.
+    async fn assert_nothing_left(&self) {
+        match self.wall {
+            Wall::Bwrap => {
+                let pgid = started_pid(&self.coord.started(RunId(1)).await);
+                assert_eq!(live_members(pgid), Vec::<i32>::new(), "{}", self.story());
+            }
+            Wall::Docker => {
+                let engine = Engine::connect(Path::new(DEFAULT_SOCKET))
+                    .await
+                    .expect("the Docker engine answers");
+                let data = std::path::absolute(&self.data).expect("absolute");
+                let left = engine.containers_of(&data).await.expect("list containers");
+                assert!(left.is_empty(), "{left:?}");
+            }
+        }
     }
 
     /// The hosts the egress proxy refused the run, as `host:port (reason)`.
@@ -307,13 +340,7 @@ async fn claude_code_edits_its_worktree(wall: Wall) {
         ]
     })
     .await;
-    let env = [
-        ("ANTHROPIC_BASE_URL", r.url.as_str()),
-        ("ANTHROPIC_API_KEY", "scripted-model-key"),
-        ("DISABLE_TELEMETRY", "1"),
-        ("CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC", "1"),
-    ];
-    let report = r.run(r.job(EngineKind::ClaudeCode, "sonnet", &env)).await;
+    let report = r.run(r.claude_job()).await;
     r.assert_succeeded(&report);
     assert_eq!(r.on_branch("CLAUDE_NOTE.md"), note);
     assert_eq!(report.files_changed, Some(1), "{report:?}");
@@ -413,6 +440,53 @@ async fn codex_edits_its_worktree(wall: Wall) {
     r.assert_codex_denials();
 }
 
+/// A token budget the real Claude Code passes with its first answer stops the run
+/// there: the wall, and every process in it, ends before the work goes on.
+async fn claude_code_is_stopped_by_its_token_budget(wall: Wall) {
+    let r = RealRun::new(wall, Api::Anthropic, |wt| {
+        vec![
+            Turn::tool(
+                "Write",
+                json!({ "file_path": wt.join("OVER_BUDGET.md"), "content": "x\n" }),
+                FIRST,
+            ),
+            Turn::text("Done.", SECOND),
+        ]
+    })
+    .await;
+    let mut job = r.claude_job();
+    job.budget = Some(Budget {
+        tokens: Some(1000),
+        ..Budget::default()
+    });
+    let report = r.run(job).await;
+    assert_eq!(
+        report.outcome,
+        Some(Outcome::BudgetExceeded),
+        "{report:?}\n{}",
+        r.story()
+    );
+    let breach = r
+        .coord
+        .events(RunId(1))
+        .into_iter()
+        .find(|e| e.kind == "run.budget_exceeded")
+        .expect("run.budget_exceeded");
+    assert_eq!(breach.data["limit"], "tokens");
+    // The first answer alone passes the budget: its input tokens, from the real stream.
+    // (Claude Code prints the assistant message with the usage of its `message_start`,
+    // whose output count is the stream's first token; the full count comes with the
+    // result, which a stopped run never prints.)
+    let input = FIRST.input + FIRST.cache_read + FIRST.cache_write;
+    assert!(
+        breach.data["actual"]
+            .as_f64()
+            .is_some_and(|a| a > input as f64),
+        "{breach:?}"
+    );
+    r.assert_nothing_left().await;
+}
+
 /// The real Codex as the AI reviewer: inside the wall it runs without its own sandbox
 /// (which cannot start there), so the command it runs to read the result works.
 async fn codex_reviews_a_result(wall: Wall) {
@@ -476,6 +550,10 @@ real_cli_test! {
     real_codex_edits_its_worktree_in_bwrap: codex_edits_its_worktree in Wall::Bwrap;
     real_claude_code_edits_its_worktree_in_a_container: claude_code_edits_its_worktree in Wall::Docker;
     real_codex_edits_its_worktree_in_a_container: codex_edits_its_worktree in Wall::Docker;
+    real_claude_code_is_stopped_by_its_token_budget_in_bwrap:
+        claude_code_is_stopped_by_its_token_budget in Wall::Bwrap;
+    real_claude_code_is_stopped_by_its_token_budget_in_a_container:
+        claude_code_is_stopped_by_its_token_budget in Wall::Docker;
     real_codex_reviews_a_result_in_bwrap: codex_reviews_a_result in Wall::Bwrap;
     real_codex_reviews_a_result_in_a_container: codex_reviews_a_result in Wall::Docker;
 }
