@@ -216,16 +216,10 @@ impl ScriptedModel {
         self.addr
     }
 
-    /// Its base URL with `host` in place of the address it is bound to (a container
-    /// reaches the host by another name than the host does): `http://HOST:PORT`. The
-    /// Anthropic SDK adds `/v1/messages` itself; Codex's provider wants the `/v1`.
-    pub fn base_url_via(&self, host: &str) -> String {
-        format!("http://{host}:{}", self.addr.port())
-    }
-
-    /// Its base URL as bound: `http://ADDR:PORT`.
+    /// Its base URL: `http://ADDR:PORT`. The Anthropic SDK adds `/v1/messages` itself;
+    /// Codex's provider wants the `/v1` added.
     pub fn base_url(&self) -> String {
-        self.base_url_via(&self.addr.ip().to_string())
+        format!("http://{}", self.addr)
     }
 
     /// Every request read so far, in order.

@@ -2,17 +2,17 @@
 //! (`@openai/codex`), installed from the npm registry by `./scripts/test`, run as
 //! Gantry agents in a bubblewrap sandbox and in a Docker container with `network:
 //! model`, against a scripted model API the test runs on the host's loopback
-//! ([`gantry_testkit::model_api`]) and the job allows: every request reaches it through
-//! the factory's egress proxy, the sandbox having no other way out. The scripted model answers
-//! the first turn of the agent's main loop with a tool call that writes a file and the
-//! second with a final message; the test checks that the run succeeded, that its
-//! branch holds the file, and that the tokens (and Claude Code's cost) came from the
-//! real transcript.
+//! ([`gantry_testkit::model_api`]) and the job allows: every request reaches it
+//! through the factory's egress proxy, the sandbox having no other way out. The
+//! scripted model answers the first turn of the agent's main loop with a tool call
+//! that writes a file and the second with a final message; the test checks that the
+//! run succeeded, that its branch holds the file, and that the tokens (and Claude
+//! Code's cost) came from the real transcript.
 //!
 //! The CLIs are found through `GANTRY_TEST_AGENT_CLIS` (the `node_modules` directory
 //! `./scripts/test` installs them into); the container tests use the image named by
 //! `GANTRY_TEST_NODE_IMAGE` (node and the same CLIs, built by
-//! `scripts/docker-test-env`). Both fail, never skip, when unset. Each run is bounded
+//! `scripts/docker-test-node`). Both fail, never skip, when unset. Each run is bounded
 //! by its job's timeout, because a CLI whose model API misbehaves retries for minutes.
 
 use crate::support::*;
@@ -65,7 +65,7 @@ fn node_image() -> String {
     std::env::var("GANTRY_TEST_NODE_IMAGE").unwrap_or_else(|_| {
         panic!(
             "GANTRY_TEST_NODE_IMAGE is not set: the real-CLI container tests need the image with \
-             node and the CLIs; run ./scripts/test, which builds it (scripts/docker-test-env)"
+             node and the CLIs; run ./scripts/test, which builds it (scripts/docker-test-node)"
         )
     })
 }
@@ -84,7 +84,7 @@ struct RealRun {
     data: PathBuf,
     coord: Arc<TestCoord>,
     model: ScriptedModel,
-    /// The model's base URL as the agent reaches it.
+    /// The model's base URL.
     url: String,
     wall: Wall,
 }
