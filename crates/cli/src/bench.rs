@@ -378,6 +378,7 @@ async fn bench_server_with(
         limits: gantry_server::Limits::default(),
         sandbox,
         tls: None,
+        forwarder: None,
     })
     .await?;
     let url = format!("http://{}", server.addr());

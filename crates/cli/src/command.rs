@@ -592,6 +592,8 @@ fn serve_config(a: cli::ServeArgs, global: &Global) -> Result<ServeConfig, Usage
             (Some(cert), Some(key)) => Some(gantry_server::TlsFiles { cert, key }),
             _ => None,
         },
+        // Set when the server starts (`serve::start`): this binary's own path.
+        forwarder: None,
     })
 }
 

@@ -232,6 +232,7 @@ async fn run(root: &Path, keep: bool) -> Result<(), CliError> {
         sandbox: gantry_server::SandboxSettings::default(),
         // The demo's server is on loopback and lives for one command.
         tls: None,
+        forwarder: None,
     })
     .await?;
     let url = format!("http://{}", server.addr());

@@ -32,8 +32,8 @@ pub fn server_error(e: ServerError) -> CliError {
 pub async fn start(mut cfg: ServeConfig) -> Result<RunningServer, CliError> {
     // `network: model` runs start their command through this binary's
     // `sandbox-forward` (see `gantry_factory::egress`).
-    if cfg.sandbox.forwarder.is_none() {
-        cfg.sandbox.forwarder = gantry_factory::egress::Forwarder::current_exe().ok();
+    if cfg.forwarder.is_none() {
+        cfg.forwarder = gantry_factory::egress::Forwarder::current_exe().ok();
     }
     gantry_server::start(cfg).await.map_err(server_error)
 }

@@ -109,6 +109,10 @@ pub struct ServeConfig {
     /// The certificate and key to serve HTTPS with; `None` serves plain HTTP. The
     /// embedded factory talks to the server in process, so it needs neither.
     pub tls: Option<TlsFiles>,
+    /// How the embedded factory's `network: model` runs start their command inside
+    /// the sandbox (the `gantry` binary's `sandbox-forward`); `None` fails such runs,
+    /// saying so.
+    pub forwarder: Option<gantry_factory::egress::Forwarder>,
 }
 
 /// How the embedded factory walls in its runs (see `gantry_factory::sandbox`).
@@ -133,9 +137,6 @@ pub struct SandboxSettings {
     pub docker_image: Option<String>,
     /// `--docker-socket`: the Docker engine's socket.
     pub docker_socket: Option<PathBuf>,
-    /// How runs with `network: model` start their command inside the sandbox (the
-    /// `gantry` binary's `sandbox-forward`); `None` fails such runs, saying so.
-    pub forwarder: Option<gantry_factory::egress::Forwarder>,
 }
 
 impl Default for ServeConfig {
@@ -155,6 +156,7 @@ impl Default for ServeConfig {
             limits: Limits::default(),
             sandbox: SandboxSettings::default(),
             tls: None,
+            forwarder: None,
         }
     }
 }
@@ -315,7 +317,6 @@ impl Default for SandboxSettings {
             docker: false,
             docker_image: None,
             docker_socket: None,
-            forwarder: None,
         }
     }
 }
@@ -412,7 +413,7 @@ async fn start_embedded_factory(
         sandbox_read_write: cfg.sandbox.read_write.clone(),
         docker: cfg.sandbox.docker_config(&file.factory),
         egress: gantry_factory::egress::EgressConfig {
-            forwarder: cfg.sandbox.forwarder.clone(),
+            forwarder: cfg.forwarder.clone(),
             ..file.egress.clone()
         },
         ..FactoryConfig::default()

@@ -140,6 +140,7 @@ fn serve_flags() {
                 docker_socket: None,
             },
             tls: None,
+            forwarder: None,
         }))
     );
 }

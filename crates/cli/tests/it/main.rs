@@ -12,6 +12,7 @@ mod checking;
 mod control;
 mod demo;
 mod durability;
+mod egress;
 mod factories;
 mod follow;
 mod handed;

@@ -256,13 +256,15 @@ fn strip_prefix_ci<'a>(s: &'a str, prefix: &str) -> Option<&'a str> {
         .then(|| &s[prefix.len()..])
 }
 
+/// Files of the host bound into a container: `(host file, name in the sandbox)`.
+type LibBinds = Vec<(PathBuf, String)>;
+
 /// The host's dynamic loader and the libraries `program` needs, as `ldd` lists them:
 /// `(host file, name in `[`SANDBOX_LIB_DIR`]`)`, the loader first (named `ld.so`).
 /// Empty for a static program, or when `ldd` cannot say (the container then starts the
 /// program directly).
-pub fn loader_libs(program: &Path) -> Vec<(PathBuf, String)> {
-    static CACHE: std::sync::Mutex<Vec<(PathBuf, Vec<(PathBuf, String)>)>> =
-        std::sync::Mutex::new(Vec::new());
+pub fn loader_libs(program: &Path) -> LibBinds {
+    static CACHE: std::sync::Mutex<Vec<(PathBuf, LibBinds)>> = std::sync::Mutex::new(Vec::new());
     let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
     if let Some((_, libs)) = cache.iter().find(|(p, _)| p == program) {
         return libs.clone();
@@ -283,7 +285,7 @@ pub fn loader_libs(program: &Path) -> Vec<(PathBuf, String)> {
 }
 
 /// Reads `ldd`'s output (see [`loader_libs`]).
-fn parse_ldd(text: &str) -> Vec<(PathBuf, String)> {
+fn parse_ldd(text: &str) -> LibBinds {
     let mut loader = None;
     let mut libs = Vec::new();
     for line in text.lines().map(str::trim) {

@@ -62,6 +62,23 @@ pub struct Denied {
     pub reason: String,
 }
 
+/// A refusal on its way to the run's events, and the sender that says it went out
+/// (or was given up): the client gets its `403` only then, so a run that sees the
+/// refusal finds the event recorded.
+#[derive(Debug)]
+pub struct Reported {
+    /// The refusal.
+    pub denied: Denied,
+    /// Dropped or sent once the event is out.
+    pub done: tokio::sync::oneshot::Sender<()>,
+}
+
+/// How long a refused client waits for its refusal's event to go out.
+const REPORT_WAIT: Duration = Duration::from_secs(5);
+
+/// Reports a refusal; what it returns (if anything) resolves once it is recorded.
+pub type Report<'a> = dyn Fn(Denied) -> Option<tokio::sync::oneshot::Receiver<()>> + Sync + 'a;
+
 /// Why the proxy of a run could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -241,7 +258,7 @@ pub async fn serve_connection<S>(
     mut client: S,
     policy: &Policy,
     limits: &Limits,
-    denied: &(dyn Fn(Denied) + Sync),
+    denied: &Report<'_>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -276,7 +293,7 @@ pub async fn serve_connection<S>(
         reason: reason.to_string(),
     };
     let Some(trusted) = policy.check(&head.host, head.port) else {
-        denied(deny("not allowed"));
+        reported(denied(deny("not allowed"))).await;
         let body = format!(
             "gantry egress proxy: {}:{} is not allowed for this run\n",
             head.host, head.port
@@ -299,7 +316,7 @@ pub async fn serve_connection<S>(
             .await;
         }
         Ok(Err(Connect::Private)) => {
-            denied(deny("resolves to a private address"));
+            reported(denied(deny("resolves to a private address"))).await;
             let body = format!(
                 "gantry egress proxy: {} resolves to a private address\n",
                 head.host
@@ -323,6 +340,13 @@ pub async fn serve_connection<S>(
         return;
     }
     pump(client, upstream, limits.idle_timeout).await;
+}
+
+/// Waits (at most [`REPORT_WAIT`]) until a refusal's event is out.
+async fn reported(ack: Option<tokio::sync::oneshot::Receiver<()>>) {
+    if let Some(ack) = ack {
+        let _ = tokio::time::timeout(REPORT_WAIT, ack).await;
+    }
 }
 
 /// Reads until a whole request head is in the buffer; returns it and the buffer
@@ -430,7 +454,7 @@ impl RunProxy {
         dir: &Path,
         policy: Policy,
         limits: Limits,
-        denied: mpsc::Sender<Denied>,
+        denied: mpsc::Sender<Reported>,
     ) -> Result<RunProxy, ProxyError> {
         use std::os::unix::fs::PermissionsExt;
         let socket = dir.join(super::SOCKET_NAME);
@@ -454,7 +478,7 @@ impl RunProxy {
     }
 }
 
-type Shared = Arc<(Policy, Limits, mpsc::Sender<Denied>, AtomicUsize)>;
+type Shared = Arc<(Policy, Limits, mpsc::Sender<Reported>, AtomicUsize)>;
 
 async fn accept_loop(listener: tokio::net::UnixListener, shared: Shared) {
     let open = Arc::new(Semaphore::new(shared.1.max_connections));
@@ -490,9 +514,12 @@ async fn accept_loop(listener: tokio::net::UnixListener, shared: Shared) {
             let (policy, limits, tx, count) = &*shared;
             let report = |d: Denied| {
                 tracing::info!(host = %d.host, port = d.port, reason = %d.reason, "egress denied");
-                if count.fetch_add(1, Ordering::Relaxed) < MAX_DENIED_EVENTS {
-                    let _ = tx.try_send(d);
+                if count.fetch_add(1, Ordering::Relaxed) >= MAX_DENIED_EVENTS {
+                    return None;
                 }
+                let (done, ack) = tokio::sync::oneshot::channel();
+                tx.try_send(Reported { denied: d, done }).ok()?;
+                Some(ack)
             };
             serve_connection(stream, policy, limits, &report).await;
             drop(permit);

@@ -2,7 +2,7 @@
 //! refusals go out as `sandbox.egress_denied` events.
 
 use super::{AbortOnDrop, Supervisor};
-use crate::egress::proxy::{Denied, Limits, Policy, RunProxy};
+use crate::egress::proxy::{Limits, Policy, Reported, RunProxy};
 use crate::egress::{EgressMount, allowlist, network_of};
 use crate::workspace::absolute;
 use gantry_core::event::{NewEvent, SandboxEgressDenied};
@@ -92,14 +92,21 @@ impl Supervisor {
 }
 
 /// Uploads each refusal as a `sandbox.egress_denied` event of the run, retrying a
-/// while when the server is unreachable.
+/// while when the server is unreachable; the refused client waits for it (see
+/// [`Reported`]), so the event is recorded before the run can see its `403`.
 async fn upload(
     coord: std::sync::Arc<dyn gantry_protocol::Coordinator>,
     run: gantry_core::RunId,
     epoch: i64,
-    mut rx: tokio::sync::mpsc::Receiver<Denied>,
+    mut rx: tokio::sync::mpsc::Receiver<Reported>,
 ) {
-    while let Some(d) = rx.recv().await {
+    // Each refusal's `done` is dropped once its upload is over, which lets the
+    // refused client have its answer.
+    while let Some(Reported {
+        denied: d,
+        done: _done,
+    }) = rx.recv().await
+    {
         let event = NewEvent::of(&SandboxEgressDenied {
             host: d.host,
             port: d.port,

@@ -45,6 +45,8 @@ async fn listener(tag: &'static str) -> (u16, Arc<AtomicUsize>) {
 struct Place {
     _tmp: tempfile::TempDir,
     repo: PathBuf,
+    data: PathBuf,
+    cfg: FactoryConfig,
     coord: Arc<TestCoord>,
     kind: SandboxKind,
     factory: Option<Running>,
@@ -52,13 +54,17 @@ struct Place {
 
 impl Place {
     async fn new(kind: SandboxKind, private_for_jobs: bool) -> Place {
+        Place::with(kind, |c| c.egress.private_for_jobs = private_for_jobs).await
+    }
+
+    async fn with(kind: SandboxKind, change: impl FnOnce(&mut FactoryConfig)) -> Place {
         gantry_factory::private_files();
         let tmp = tempfile::tempdir().expect("tempdir");
         let repo = tmp.path().join("src-repo");
         make_repo(&repo);
         let data = tmp.path().join("data");
         let mut cfg = test_config(&data, 2);
-        cfg.egress.private_for_jobs = private_for_jobs;
+        change(&mut cfg);
         if kind == SandboxKind::Docker {
             let image = std::env::var("GANTRY_TEST_DOCKER_IMAGE")
                 .unwrap_or_else(|_| "gantry-test-agent:latest".to_string());
@@ -78,10 +84,12 @@ impl Place {
             };
         }
         let coord = Arc::new(TestCoord::default());
-        let factory = Some(spawn_factory(coord.clone(), cfg));
+        let factory = Some(spawn_factory(coord.clone(), cfg.clone()));
         Place {
             _tmp: tmp,
             repo,
+            data,
+            cfg,
             coord,
             kind,
             factory,
@@ -121,7 +129,18 @@ impl Place {
             .collect()
     }
 
+    /// Stops the factory (leaving its runs running when its configuration says so)
+    /// and starts another on the same data dir, which adopts them.
+    async fn restart(&mut self) {
+        self.stop_factory().await;
+        self.factory = Some(spawn_factory(self.coord.clone(), self.cfg.clone()));
+    }
+
     async fn stop(mut self) {
+        self.stop_factory().await;
+    }
+
+    async fn stop_factory(&mut self) {
         let (shutdown, task) = self.factory.take().expect("running");
         shutdown.send(true).expect("factory listens");
         tokio::time::timeout(GUARD, task)
@@ -206,11 +225,10 @@ async fn model_reaches_allowed_hosts_only(kind: SandboxKind) {
     assert!(!out.contains("reached-other"), "{out}");
     assert_eq!(other_hits.load(Ordering::SeqCst), 0);
     assert_eq!(out.matches("403 Forbidden").count(), 2, "{out}");
-    let denials = wait_for(|| {
-        let d = place.denials(10);
-        (d.len() >= 2).then_some(d)
-    })
-    .await;
+    // A refused client has its answer only once the event is out: the run saw both
+    // refusals, so both events are there.
+    let denials = place.denials(10);
+    assert_eq!(denials.len(), 2, "{denials:?}");
     assert!(
         denials
             .iter()
@@ -251,9 +269,11 @@ async fn a_job_cannot_allow_the_factorys_loopback(kind: SandboxKind) {
     assert!(out.contains("403 Forbidden"), "{out}");
     assert!(!out.contains("reached-private"), "{out}");
     assert_eq!(hits.load(Ordering::SeqCst), 0);
-    let denials = wait_for(|| place.denials(10).into_iter().next()).await;
-    assert_eq!(denials.host, "127.0.0.1");
-    assert_eq!(denials.reason, "resolves to a private address");
+    let denials = place.denials(10);
+    assert_eq!(denials.len(), 1, "{denials:?}");
+    assert_eq!(denials[0].host, "127.0.0.1");
+    assert_eq!(denials[0].port, port);
+    assert_eq!(denials[0].reason, "resolves to a private address");
     place.stop().await;
 }
 
@@ -265,4 +285,62 @@ async fn bwrap_a_job_cannot_allow_the_factorys_loopback() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_a_job_cannot_allow_the_factorys_loopback() {
     a_job_cannot_allow_the_factorys_loopback(SandboxKind::Docker).await;
+}
+
+async fn an_adopted_model_run_reaches_the_new_factorys_proxy(kind: SandboxKind) {
+    let mut place = Place::with(kind, |c| {
+        c.egress.private_for_jobs = true;
+        c.leave_runs_on_shutdown = true;
+    })
+    .await;
+    let (port, hits) = listener("reached-allowed").await;
+    let connect = via_proxy(&format!("CONNECT 127.0.0.1:{port} HTTP/1.1\\r\\n\\r\\n"));
+    // The flag is in the worktree, which both kinds of sandbox show the run.
+    let script = format!(
+        "{connect}echo first-done; while [ ! -e go-on ]; do sleep 0.05; done; {connect}echo second-done"
+    );
+    let job = place.job(&script, |s| {
+        s.network = Some(Network::Model);
+        s.allow = vec![HostPort::parse(&format!("127.0.0.1:{port}")).expect("host:port")];
+    });
+    place.coord.push(claim(1, 10, 1, job));
+    wait_for(|| {
+        place
+            .coord
+            .output(RunId(10), "stdout")
+            .contains("first-done")
+            .then_some(())
+    })
+    .await;
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    // The first factory leaves the run running; its proxy and socket are gone.
+    place.restart().await;
+    let worktree = std::path::absolute(gantry_factory::worktree_dir(
+        &place.data,
+        gantry_core::JobId(1),
+        1,
+    ))
+    .expect("absolute");
+    std::fs::write(worktree.join("go-on"), "").expect("flag");
+    let report = place.coord.finish_of(RunId(10)).await;
+    let out = place.coord.output(RunId(10), "stdout");
+    assert_eq!(report.outcome, Some(Outcome::Succeeded), "{report:?} {out}");
+    assert!(out.contains("second-done"), "{out}");
+    assert_eq!(
+        out.matches("reached-allowed").count(),
+        2,
+        "the adopted run reached the host through the new factory's proxy: {out}"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    place.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bwrap_an_adopted_model_run_reaches_the_new_factorys_proxy() {
+    an_adopted_model_run_reaches_the_new_factorys_proxy(SandboxKind::Bwrap).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_an_adopted_model_run_reaches_the_new_factorys_proxy() {
+    an_adopted_model_run_reaches_the_new_factorys_proxy(SandboxKind::Docker).await;
 }

@@ -219,3 +219,48 @@ fn issue12_the_factory_sandbox_keys_and_flags_make_the_docker_config() {
     let message = invalid("[factory]\ndocker_imgae = \"x\"\n");
     assert!(message.contains("docker_imgae"), "{message}");
 }
+
+#[test]
+fn issue12_the_factory_network_keys_are_read_and_bad_values_named() {
+    use gantry_core::sandbox::Network;
+    let cfg = ConfigFile::parse(
+        Path::new("g.toml"),
+        "[factory]\nnetwork = \"model\"\negress_allow = [\"llm.internal:8080\", \"Mirror.example\"]\negress_private_for_jobs = true\n",
+    )
+    .expect("valid");
+    assert_eq!(cfg.egress.network, Network::Model);
+    let allow: Vec<String> = cfg.egress.allow.iter().map(|h| h.to_string()).collect();
+    assert_eq!(allow, ["llm.internal:8080", "mirror.example:443"]);
+    assert!(cfg.egress.private_for_jobs);
+    assert_eq!(cfg.egress.forwarder, None, "the binary sets it");
+    let default = ConfigFile::default();
+    assert_eq!(default.egress.network, Network::None);
+    assert!(!default.egress.private_for_jobs);
+
+    let message = invalid("[factory]\nnetwork = \"lan\"\n");
+    assert!(message.contains("factory.network"), "{message}");
+    assert!(message.contains("\"lan\""), "{message}");
+    let message = invalid("[factory]\negress_allow = [\"ok.example\", \"bad.example:0\"]\n");
+    assert!(message.contains("factory.egress_allow"), "{message}");
+    assert!(message.contains("\"bad.example:0\""), "{message}");
+    let many: Vec<String> = (0..100).map(|i| format!("\"h{i}.example\"")).collect();
+    let message = invalid(&format!(
+        "[factory]\negress_allow = [{}]\n",
+        many.join(", ")
+    ));
+    assert!(message.contains("100 entries; at most 64"), "{message}");
+}
+
+#[test]
+fn issue12_the_sandbox_docs_example_parses() {
+    let doc = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../docs/sandboxes.md"
+    ))
+    .expect("docs/sandboxes.md");
+    let start = doc.find("```toml\n").expect("a toml block") + "```toml\n".len();
+    let end = doc[start..].find("```").expect("its end") + start;
+    let cfg = ConfigFile::parse(Path::new("docs/sandboxes.md"), &doc[start..end])
+        .expect("the documented [factory] keys parse");
+    assert_eq!(cfg.egress.allow[0].to_string(), "llm-gateway.internal:8080");
+}

@@ -41,7 +41,10 @@ async fn serve(
     let seen = std::sync::Mutex::new(Vec::new());
     let talk = client(ours);
     let limits = limits();
-    let report = |d| seen.lock().expect("lock").push(d);
+    let report = |d| {
+        seen.lock().expect("lock").push(d);
+        None
+    };
     let served = serve_connection(theirs, &policy, &limits, &report);
     tokio::time::timeout(GUARD, served)
         .await
