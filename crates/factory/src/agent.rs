@@ -13,6 +13,7 @@ use gantry_engine::{
 };
 use gantry_protocol::Checkpoint;
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -122,6 +123,28 @@ pub fn format_of(spec: &JobSpec) -> Option<Format> {
         EngineKind::ClaudeCode => Some(Format::ClaudeStreamJson),
         EngineKind::Codex => Some(Format::CodexJson),
     }
+}
+
+/// Codex's sandbox mode for a run inside one of Gantry's walls (bubblewrap or a
+/// container) whose job names none. See [`walled`].
+pub const CODEX_WALLED_SANDBOX: &str = "danger-full-access";
+
+/// The spec as its agent runs inside one of Gantry's walls (`walled`) or with none.
+///
+/// Codex's own sandbox for the commands it runs (`--sandbox workspace-write` or
+/// `read-only`) is a bubblewrap of its own, and it cannot make the user namespace that
+/// needs inside another sandbox ("bwrap: setting up uid map: Operation not permitted";
+/// its Landlock fallback refuses to run without bubblewrap), so every command the agent
+/// ran would fail. A walled Codex job that names no mode and is not yolo therefore runs
+/// with [`CODEX_WALLED_SANDBOX`]: Gantry's wall is its sandbox (the worktree the only
+/// writable host path). A mode the job names is kept as it is.
+pub fn walled(spec: &JobSpec, walled: bool) -> Cow<'_, JobSpec> {
+    if walled && spec.engine == EngineKind::Codex && spec.permission_mode.is_none() && !spec.yolo {
+        let mut s = spec.clone();
+        s.permission_mode = Some(CODEX_WALLED_SANDBOX.to_string());
+        return Cow::Owned(s);
+    }
+    Cow::Borrowed(spec)
 }
 
 /// Builds the process of a run: the argv, stdin, extra environment and output format

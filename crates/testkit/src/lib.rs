@@ -3,6 +3,7 @@
 //! certificates the same way ([`tls::TestCa`]). Dev-only: no crate depends on it
 //! outside its tests.
 
+pub mod model_api;
 pub mod tls;
 
 use std::path::Path;

@@ -160,7 +160,8 @@ impl Supervisor {
         tokio::fs::write(&prompt, text)
             .await
             .map_err(|e| format!("cannot write {}: {e}", prompt.display()))?;
-        Ok((reviewer_spec(job, spec), prompt))
+        let walled = self.sandbox_kind() != SandboxKind::None;
+        Ok((reviewer_spec(job, spec, walled), prompt))
     }
 
     /// Starts the reviewer in its read-only copy and watches it to its end, its
@@ -320,8 +321,11 @@ impl Reviewer {
 
 /// The job's spec as its reviewer runs: the review's engine, model and steps, reading
 /// only (Claude Code in plan mode with read tools, Codex in its read-only sandbox), the
-/// job's budget (checked against the whole run's spend) and turn limit.
-fn reviewer_spec(job: &JobSpec, spec: &ReviewSpec) -> JobSpec {
+/// job's budget (checked against the whole run's spend) and turn limit. Inside one of
+/// Gantry's walls (`walled`) Codex's own sandbox cannot start (see [`agent::walled`]):
+/// there its reviewer runs without it, reading a copy that the wall binds read-only and
+/// that is read-only on disk besides.
+fn reviewer_spec(job: &JobSpec, spec: &ReviewSpec, walled: bool) -> JobSpec {
     let mut r = job.clone();
     r.engine = spec.engine;
     r.model = spec.model.clone();
@@ -334,7 +338,11 @@ fn reviewer_spec(job: &JobSpec, spec: &ReviewSpec) -> JobSpec {
             r.allowed_tools = CLAUDE_REVIEW_TOOLS.iter().map(|t| t.to_string()).collect();
         }
         EngineKind::Codex => {
-            r.permission_mode = Some("read-only".to_string());
+            r.permission_mode = Some(if walled {
+                agent::CODEX_WALLED_SANDBOX.to_string()
+            } else {
+                "read-only".to_string()
+            });
             r.allowed_tools = Vec::new();
         }
         EngineKind::Command | EngineKind::Script => {}

@@ -55,8 +55,9 @@ impl Supervisor {
             Some(f) => (f.prompt.as_path(), f.session.as_deref()),
             None => (prompt.as_path(), self.claim.job.resume_session.as_deref()),
         };
+        let walled = agent::walled(spec, self.sandbox_kind() != SandboxKind::None);
         let launch = agent::launch(
-            spec,
+            &walled,
             (self.job(), self.run_id()),
             resume,
             &self.ctx.cfg.engines,

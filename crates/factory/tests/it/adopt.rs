@@ -2,6 +2,7 @@
 //! next factory on the same data dir adopts them (issue 3, "Runs that survive Gantry
 //! restarting").
 
+use crate::support::stop_factory as stop;
 use crate::support::*;
 use gantry_core::{JobId, Outcome, RunId, StopKind};
 use gantry_factory::record::RunRecord;
@@ -69,17 +70,6 @@ async fn die(factory: Doomed) {
     tokio::task::spawn_blocking(move || rt.shutdown_timeout(GUARD))
         .await
         .expect("runtime shut down");
-}
-
-/// Stops a factory gracefully and waits for it.
-async fn stop(factory: Running) {
-    let (shutdown, task) = factory;
-    shutdown.send(true).expect("factory listens");
-    tokio::time::timeout(GUARD, task)
-        .await
-        .expect("factory stops")
-        .expect("no panic")
-        .expect("factory ok");
 }
 
 /// A script that prints `before`, waits for `go1`, prints `unwatched`, waits for `go2`,

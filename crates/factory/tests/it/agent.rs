@@ -190,3 +190,38 @@ fn issue3_an_agent_that_reports_failure_failed_even_with_exit_0() {
     w.line(r#"{"type":"result","success":false,"error_kind":"api_error","num_turns":1,"cost_usd":null,"tokens_in":null,"tokens_out":null,"tokens_cached":null,"session_id":null,"text":null}"#);
     assert_eq!(w.outcome(Some(0)), Outcome::Failed);
 }
+
+/// Issue 12: Codex's own sandbox cannot start inside Gantry's wall, so a walled Codex
+/// job that names no mode runs with `danger-full-access`; a named mode, yolo, an
+/// unwalled run and other engines are left alone.
+#[test]
+fn issue12_a_walled_codex_job_without_a_mode_runs_without_codex_s_own_sandbox() {
+    use gantry_factory::agent::{CODEX_WALLED_SANDBOX, walled};
+    let tmp = tempfile::tempdir().expect("tmp");
+    let prompt = tmp.path().join("prompt.md");
+    let settings = EngineSettings::default();
+    let mode = |s: &JobSpec, wall: bool| {
+        let l = launch(
+            &walled(s, wall),
+            ids(),
+            None,
+            &settings,
+            &prompt,
+            tmp.path(),
+        )
+        .expect("launch");
+        let a = argv(&l);
+        a.iter()
+            .position(|x| x == "--sandbox")
+            .map(|i| a[i + 1].clone())
+    };
+    let codex = spec("engine: codex\n");
+    assert_eq!(mode(&codex, true).as_deref(), Some(CODEX_WALLED_SANDBOX));
+    assert_eq!(mode(&codex, false).as_deref(), Some("workspace-write"));
+    let named = spec("engine: codex\npermission_mode: read-only\n");
+    assert_eq!(mode(&named, true).as_deref(), Some("read-only"));
+    let yolo = spec("engine: codex\nyolo: true\n");
+    assert_eq!(mode(&yolo, true), None, "yolo bypasses the sandbox flag");
+    let claude = spec("engine: claude-code\n");
+    assert_eq!(*walled(&claude, true), claude);
+}

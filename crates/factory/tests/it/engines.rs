@@ -2,6 +2,7 @@
 //! mid-stream, stand-in `claude` and `codex` CLIs replaying recorded transcripts,
 //! checkpoints, and a retry that resumes the session from the checkpoint.
 
+use crate::support::stop_factory as stop;
 use crate::support::*;
 use gantry_core::engine::{Budget, Step};
 use gantry_core::event::NewEvent;
@@ -86,16 +87,6 @@ exit {code}
             .map(str::to_string)
             .collect()
     }
-}
-
-async fn stop(r: Running) {
-    let (tx, task) = r;
-    tx.send(true).expect("factory listens");
-    tokio::time::timeout(GUARD, task)
-        .await
-        .expect("factory stops")
-        .expect("no panic")
-        .expect("factory ok");
 }
 
 fn fixture(rel: &str) -> PathBuf {

@@ -12,6 +12,7 @@ mod heartbeat;
 mod http;
 mod hygiene;
 mod orphans;
+mod real_clis;
 mod result_refs;
 mod review;
 mod runs;
