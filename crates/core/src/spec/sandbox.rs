@@ -1,5 +1,6 @@
 //! Validation of `sandbox:` in a job file: a kind's name, or a map with the kind and,
-//! for Docker, the image, network and limits. The types live in [`crate::sandbox`].
+//! for Docker, the image and network, and for bwrap and Docker the limits. The types
+//! live in [`crate::sandbox`].
 
 use super::SpecError;
 use super::validate::Validator;
@@ -8,6 +9,8 @@ use crate::sandbox::{MIN_MEMORY_BYTES, Network, SandboxKind, SandboxSpec, parse_
 
 /// The keys a `sandbox:` map may have.
 const KEYS: [&str; 6] = ["kind", "image", "network", "memory", "cpus", "pids"];
+/// The keys that limit a run, for bwrap as for docker.
+const LIMIT_KEYS: [&str; 3] = ["memory", "cpus", "pids"];
 
 /// The highest `cpus:` accepted.
 const MAX_CPUS: f64 = 1024.0;
@@ -71,11 +74,19 @@ impl Validator<'_> {
             if name == "kind" {
                 continue;
             }
-            if kind != SandboxKind::Docker {
+            if kind != SandboxKind::Docker && !LIMIT_KEYS.contains(&name.as_str()) {
                 return Err(self.err(
                     self.line(k),
                     "sandbox",
                     format!("sandbox.{name} applies to the docker kind only, not to {kind}"),
+                ));
+            }
+            // The limits apply to both walls; with no wall there is nothing to hold them.
+            if kind == SandboxKind::None && LIMIT_KEYS.contains(&name.as_str()) {
+                return Err(self.err(
+                    self.line(k),
+                    "sandbox",
+                    format!("sandbox.{name} applies to the bwrap and docker kinds, not to none"),
                 ));
             }
             let line = self.line(v);
