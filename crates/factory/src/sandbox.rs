@@ -27,6 +27,8 @@
 //! there (see `workspace::WorktreeGit`), because the worktree is the one place a run
 //! may change.
 
+pub mod limits;
+
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -188,6 +190,18 @@ pub struct Confinement {
     /// Whether the working directory is bound read-only (a reviewer's copy of a result)
     /// rather than writable (a run's worktree).
     pub worktree_read_only: bool,
+    /// The run's limits on memory, CPU and pids, and what enforces them (see
+    /// [`limits`]); `None` when the job sets none.
+    pub limits: Option<RunLimits>,
+}
+
+/// A run's limits and the factory's mechanism for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunLimits {
+    /// The limits.
+    pub limits: limits::Limits,
+    /// What enforces them.
+    pub limiter: limits::Limiter,
 }
 
 impl Confinement {

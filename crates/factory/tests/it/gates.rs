@@ -63,6 +63,7 @@ impl Place {
                 read_only: Vec::new(),
                 read_write: Vec::new(),
                 worktree_read_only: false,
+                limits: None,
             }),
             container: None,
             tree: "4b825dc642cb6eb9a060e54bf8d69288fbee4904".to_string(),

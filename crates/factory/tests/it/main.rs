@@ -6,6 +6,7 @@ mod agent;
 mod checking;
 mod docker;
 mod engines;
+mod escape;
 mod gates;
 mod heartbeat;
 mod http;
