@@ -455,12 +455,18 @@ fn detect_now() -> Limiter {
     let mut why_not = Vec::new();
     if let Some(dir) = &found.v2 {
         match delegate_v2(dir) {
-            Ok(c) => return Limiter::Cgroup(c),
+            Ok(c) => {
+                tracing::info!(cgroup = %dir.display(), "runs outside containers are limited by cgroup v2");
+                return Limiter::Cgroup(c);
+            }
             Err(e) => why_not.push(format!("cgroup v2 at {}: {e}", dir.display())),
         }
     }
     match usable_v1(&found) {
-        Ok(c) => return Limiter::Cgroup(c),
+        Ok(c) => {
+            tracing::info!(why_not = ?why_not, "runs outside containers are limited by cgroup v1");
+            return Limiter::Cgroup(c);
+        }
         Err(e) => why_not.push(format!("cgroup v1: {e}")),
     }
     let why_not = why_not.join("; ");
