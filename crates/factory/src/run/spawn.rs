@@ -221,6 +221,9 @@ impl Supervisor {
     /// container has its own), with the factory's mechanism for them.
     fn run_limits(&self) -> Option<crate::sandbox::RunLimits> {
         let spec = self.claim.job.spec.sandbox.as_ref()?;
+        if self.sandbox_kind() == SandboxKind::Docker {
+            return None;
+        }
         let timeout = self.claim.job.spec.timeout_ms.map(Duration::from_millis);
         let limits = crate::sandbox::limits::Limits::of(spec, timeout);
         if limits.is_empty() {

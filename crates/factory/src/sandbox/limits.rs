@@ -324,8 +324,7 @@ impl Cgroups {
         })
     }
 
-    /// The files to write for `limits`, in order (v1 wants the memory limit before
-    /// the memory-and-swap one). Unlimited values are written too, so a cgroup left
+    /// The files to write for `limits`, in order. Unlimited values are written too, so a cgroup left
     /// by an earlier process of the same name keeps nothing of its limits.
     fn settings(&self, limits: &Limits) -> Vec<(&'static str, String)> {
         let max = |v: Option<u64>| v.map_or("max".to_string(), |v| v.to_string());
@@ -350,7 +349,10 @@ impl Cgroups {
                 let bytes = limits
                     .memory_bytes
                     .map_or("-1".to_string(), |b| b.to_string());
+                // The memory-and-swap limit may never be below the memory limit: lifted
+                // first, it lets the memory limit go up as well as down.
                 let mut s = vec![
+                    ("memory.memsw.limit_in_bytes", "-1".to_string()),
                     ("memory.limit_in_bytes", bytes.clone()),
                     ("memory.memsw.limit_in_bytes", bytes),
                     ("pids.max", max(limits.pids)),

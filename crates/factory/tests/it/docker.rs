@@ -105,7 +105,8 @@ impl World {
     }
 }
 
-async fn stop(factory: Running) {
+/// Shuts `factory` down and waits for it to end cleanly.
+pub async fn stop(factory: Running) {
     let (shutdown, task) = factory;
     shutdown.send(true).expect("factory listens");
     tokio::time::timeout(GUARD, task)

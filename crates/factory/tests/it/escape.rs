@@ -163,7 +163,7 @@ async fn run_table(kind: SandboxKind, first_job: i64) {
         ..base
     };
     let coord = std::sync::Arc::new(TestCoord::default());
-    let (shutdown, task) = spawn_factory(coord.clone(), cfg);
+    let factory = spawn_factory(coord.clone(), cfg);
     let table = attempts(&p);
     for (i, a) in table.iter().enumerate() {
         let job = first_job + i as i64;
@@ -230,12 +230,7 @@ async fn run_table(kind: SandboxKind, first_job: i64) {
             written.display()
         );
     }
-    shutdown.send(true).expect("factory listens");
-    tokio::time::timeout(GUARD, task)
-        .await
-        .expect("factory stops")
-        .expect("factory task did not panic")
-        .expect("factory loop ended without error");
+    crate::docker::stop(factory).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
