@@ -19,7 +19,7 @@
 //!   namespace, and every bwrap sandbox has its own, so it bounds the run as a whole.
 //!   It must be set inside that namespace: set before bwrap, the kernel also applies it
 //!   to all processes of the user on the machine. The kernel never applies it to root,
-//!   so a factory running as root has no pids limit by rlimit.
+//!   so a factory running as root refuses a `pids` it can only hold by rlimit.
 //!
 //! Every detached process of a run (agent, gate, reviewer) gets its own cgroup, named
 //! after its exit status file, so a factory that restarts finds the cgroup of a run it
@@ -124,6 +124,12 @@ pub enum LimitError {
         /// Why not.
         reason: String,
     },
+    /// The run asks for `pids` under rlimits, and the factory runs as root, to which
+    /// the kernel never applies `RLIMIT_NPROC`: refused rather than not enforced.
+    #[error(
+        "the run asks for `pids`, but this factory runs as root without cgroups it can create, and the kernel never applies a pids rlimit to root"
+    )]
+    PidsAsRoot,
     /// The run asks for a CPU limit and the cgroups have no cpu controller.
     #[error("the run asks for `cpus` but the factory's cgroups have no cpu controller")]
     NoCpuController,
@@ -216,6 +222,9 @@ impl Limiter {
             Limiter::Unavailable { reason } => Err(LimitError::Unavailable {
                 reason: reason.clone(),
             }),
+            Limiter::Rlimit { .. } if limits.pids.is_some() && nix::unistd::geteuid().is_root() => {
+                Err(LimitError::PidsAsRoot)
+            }
             Limiter::Rlimit { prlimit } => Ok(Prepared {
                 join: Vec::new(),
                 inner: prlimit_args(prlimit, limits),

@@ -205,4 +205,16 @@ async fn unavailable_limits_refuse_and_empty_ones_need_nothing() {
         Some(Breach::Cpu)
     );
     assert_eq!(r.settle(&limits(), Path::new("/x"), Some(9)).await, None);
+    // Root is never held by RLIMIT_NPROC: a pids limit is refused, not ignored.
+    let pids = Limits {
+        pids: Some(8),
+        ..Limits::default()
+    };
+    let asked = r.prepare(&pids, Path::new("/x/exit_status"));
+    if nix::unistd::geteuid().is_root() {
+        assert!(matches!(asked, Err(LimitError::PidsAsRoot)), "{asked:?}");
+    } else {
+        let inner = asked.expect("non-root").inner;
+        assert!(inner.iter().any(|a| a == "--nproc=8"), "{inner:?}");
+    }
 }
