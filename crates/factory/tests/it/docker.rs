@@ -7,6 +7,7 @@
 //! These tests need a Docker engine and the test image `./scripts/test` builds
 //! (`gantry-test-agent:latest`, busybox); they fail, never skip, without them.
 
+use crate::support::stop_factory as stop;
 use crate::support::*;
 use gantry_core::sandbox::{Network, SandboxKind, SandboxSpec};
 use gantry_core::{JobId, JobSpec, Outcome, RunId, StopKind};
@@ -103,17 +104,6 @@ impl World {
         std::path::absolute(gantry_factory::worktree_dir(&self.data, JobId(job), 1))
             .expect("absolute")
     }
-}
-
-/// Shuts `factory` down and waits for it to end cleanly.
-pub async fn stop(factory: Running) {
-    let (shutdown, task) = factory;
-    shutdown.send(true).expect("factory listens");
-    tokio::time::timeout(GUARD, task)
-        .await
-        .expect("factory stops")
-        .expect("factory task did not panic")
-        .expect("factory loop ended without error");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

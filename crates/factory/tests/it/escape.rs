@@ -230,7 +230,7 @@ async fn run_table(kind: SandboxKind, first_job: i64) {
             written.display()
         );
     }
-    crate::docker::stop(factory).await;
+    stop_factory(factory).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -393,6 +393,17 @@ pub fn spawn_factory(coord: Arc<TestCoord>, cfg: FactoryConfig) -> Running {
     (shutdown, task)
 }
 
+/// Shuts `factory` down and waits for it to end cleanly.
+pub async fn stop_factory(factory: Running) {
+    let (shutdown, task) = factory;
+    shutdown.send(true).expect("factory listens");
+    tokio::time::timeout(GUARD, task)
+        .await
+        .expect("factory stops")
+        .expect("factory task did not panic")
+        .expect("factory loop ended without error");
+}
+
 /// A running factory over a [`TestCoord`], with a source repo, all in one temp dir.
 pub struct Harness {
     pub _tmp: tempfile::TempDir,
