@@ -206,13 +206,13 @@ pub struct SandboxSpec {
     /// (`network: model` only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow: Vec<HostPort>,
-    /// Memory limit in bytes (Docker only).
+    /// Memory limit in bytes (bwrap and Docker).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_bytes: Option<u64>,
-    /// CPU limit in billionths of a CPU, as Docker's `NanoCpus` (Docker only).
+    /// CPU limit in billionths of a CPU, as Docker's `NanoCpus` (bwrap and Docker).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nano_cpus: Option<u64>,
-    /// Limit on the number of processes and threads (Docker only).
+    /// Limit on the number of processes and threads (bwrap and Docker).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids: Option<u64>,
 }

@@ -131,6 +131,8 @@ async fn run_and_judge(
     };
     // Whatever it left running (or all of it, on a timeout or stop) goes with it.
     process::kill_group_and_wait(child.pid).await;
+    let breach =
+        crate::sandbox::limits::settle(cmd.confinement.as_ref(), &detached.exit_status).await;
     result.duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     if let Some(reason) = ended {
         result.reason = Some(reason);
@@ -146,6 +148,9 @@ async fn run_and_judge(
         None => None,
     };
     judge(&mut result, gate, cmd.worktree).await;
+    if let Some(b) = breach.filter(|_| !result.passed) {
+        result.reason = Some(b.reason("gate"));
+    }
     if !result.passed {
         result.output_tail = output_tail(&output);
     }

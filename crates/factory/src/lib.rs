@@ -106,6 +106,10 @@ pub struct FactoryConfig {
     /// Paths every sandboxed run may write besides its worktree (a shared build cache,
     /// say). Anything here is shared by all jobs: name only what may be.
     pub sandbox_read_write: Vec<PathBuf>,
+    /// What enforces the memory, CPU and pids limits of runs outside containers:
+    /// `None` (the default) detects it when a run first needs it (see
+    /// [`sandbox::limits::Limiter::detect`]).
+    pub limiter: Option<sandbox::limits::Limiter>,
     /// The operator's secret rules and allowlist (gantry.toml's `[secrets]`): the
     /// checking stage's scan starts from them (a repository's `.gantry/secrets.toml`
     /// adds to them), and their rules redact what runs print and report.
@@ -139,6 +143,7 @@ impl Default for FactoryConfig {
             hidden_paths: Vec::new(),
             sandbox_read_only: Vec::new(),
             sandbox_read_write: Vec::new(),
+            limiter: None,
             secrets: SecretsConfig::default(),
             secrets_file: None,
         }

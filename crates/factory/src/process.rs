@@ -74,6 +74,15 @@ pub enum ProcessError {
         #[source]
         source: std::io::Error,
     },
+    /// The run's limits could not be put in place.
+    #[error("cannot limit the command {program:?}: {source}")]
+    Limits {
+        /// The program as given.
+        program: String,
+        /// What went wrong.
+        #[source]
+        source: crate::sandbox::limits::LimitError,
+    },
     /// The process vanished before its identity could be read.
     #[error("the command {program:?} ended before its pid and start time were known")]
     Vanished {
@@ -294,6 +303,18 @@ pub async fn spawn_detached(cmd: &DetachedCommand) -> Result<Detached, ProcessEr
         Some(p) => Stdio::from(open("stdin", p, false)?),
         None => Stdio::null(),
     };
+    // The limits go in place before the process starts: it joins its cgroups between
+    // fork and exec, and `prlimit` (inside the sandbox) sets its rlimits.
+    let limited = match cmd.confinement.as_ref().and_then(|c| c.limits.as_ref()) {
+        Some(l) => l
+            .limiter
+            .prepare(&l.limits, &cmd.exit_status)
+            .map_err(|source| ProcessError::Limits {
+                program: shown.clone(),
+                source,
+            })?,
+        None => Default::default(),
+    };
     let stdout = open("stdout", &cmd.stdout, true)?;
     let stderr = open("stderr", &cmd.stderr, true)?;
     // A stale status of an earlier start would pass for this one's.
@@ -320,6 +341,7 @@ pub async fn spawn_detached(cmd: &DetachedCommand) -> Result<Detached, ProcessEr
         .arg(SHIM_NAME)
         .arg(&cmd.exit_status)
         .args(&wall)
+        .args(&limited.inner)
         .arg(&resolved)
         .args(args)
         .current_dir(&cmd.cwd)
@@ -328,6 +350,15 @@ pub async fn spawn_detached(cmd: &DetachedCommand) -> Result<Detached, ProcessEr
         .stdin(stdin)
         .stdout(Stdio::from(stdout))
         .stderr(Stdio::from(stderr));
+    if limited.joins() {
+        // SAFETY: the closure only calls `write(2)` on files opened before the fork,
+        // which is async-signal-safe, and allocates nothing. Joining in the child is the
+        // only way its descendants cannot start outside the cgroup.
+        #[allow(unsafe_code)]
+        unsafe {
+            command.pre_exec(move || limited.join());
+        }
+    }
     let child = command.spawn().map_err(|source| ProcessError::Spawn {
         program: shown.clone(),
         source,

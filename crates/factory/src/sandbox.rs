@@ -29,6 +29,8 @@
 //! there (see `workspace::WorktreeGit`), because the worktree is the one place a run
 //! may change.
 
+pub mod limits;
+
 use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -193,6 +195,18 @@ pub struct Confinement {
     pub network: gantry_core::sandbox::Network,
     /// The egress proxy's socket and the forwarder of a `model` run.
     pub egress: Option<crate::egress::EgressMount>,
+    /// The run's limits on memory, CPU and pids, and what enforces them (see
+    /// [`limits`]); `None` when the job sets none.
+    pub limits: Option<RunLimits>,
+}
+
+/// A run's limits and the factory's mechanism for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunLimits {
+    /// The limits.
+    pub limits: limits::Limits,
+    /// What enforces them.
+    pub limiter: limits::Limiter,
 }
 
 impl Confinement {

@@ -1,6 +1,6 @@
 //! Validation of `sandbox:` in a job file: a kind's name, or a map with the kind, the
-//! network and its allowed hosts, and for Docker the image and limits. The types live
-//! in [`crate::sandbox`].
+//! network and its allowed hosts and the limits (for bwrap and Docker), and for Docker
+//! the image. The types live in [`crate::sandbox`].
 
 use super::SpecError;
 use super::validate::Validator;
@@ -14,8 +14,8 @@ const KEYS: [&str; 7] = [
     "kind", "image", "network", "allow", "memory", "cpus", "pids",
 ];
 
-/// The keys that apply to bwrap as well as to docker.
-const NETWORK_KEYS: [&str; 2] = ["network", "allow"];
+/// The keys that apply to bwrap as well as to docker: the network and the limits.
+const WALL_KEYS: [&str; 5] = ["network", "allow", "memory", "cpus", "pids"];
 
 /// The highest `cpus:` accepted.
 const MAX_CPUS: f64 = 1024.0;
@@ -79,15 +79,16 @@ impl Validator<'_> {
             if name == "kind" {
                 continue;
             }
-            let network_key = NETWORK_KEYS.contains(&name.as_str());
-            if kind == SandboxKind::None && network_key {
+            let wall_key = WALL_KEYS.contains(&name.as_str());
+            // With no wall there is nothing to hold a network rule or a limit.
+            if kind == SandboxKind::None && wall_key {
                 return Err(self.err(
                     self.line(k),
                     "sandbox",
                     format!("sandbox.{name} applies to the bwrap and docker kinds, not to none"),
                 ));
             }
-            if kind != SandboxKind::Docker && !network_key {
+            if kind != SandboxKind::Docker && !wall_key {
                 return Err(self.err(
                     self.line(k),
                     "sandbox",

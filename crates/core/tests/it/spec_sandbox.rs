@@ -46,6 +46,24 @@ fn a_kind_by_name_requires_its_capability() {
 }
 
 #[test]
+fn bwrap_takes_the_limits_and_none_refuses_them() {
+    let s = parse(&format!(
+        "{HEAD}sandbox: {{ kind: bwrap, memory: 512m, cpus: 0.5, pids: 64 }}\n"
+    ));
+    let sb = s.sandbox.expect("sandbox");
+    assert_eq!(sb.kind, SandboxKind::Bwrap);
+    assert_eq!(sb.memory_bytes, Some(512 << 20));
+    assert_eq!(sb.nano_cpus, Some(500_000_000));
+    assert_eq!(sb.pids, Some(64));
+    assert_eq!(sb.image, None);
+    refuse(
+        &format!("{HEAD}sandbox:\n  kind: none\n  pids: 64\n"),
+        7,
+        "sandbox.pids applies to the bwrap and docker kinds, not to none",
+    );
+}
+
+#[test]
 fn a_docker_map_with_every_key() {
     let s = parse(&format!(
         "{HEAD}sandbox: {{ kind: docker, image: gantry-agent:latest, network: full, memory: 2g, cpus: 1.5, pids: 512 }}\n"

@@ -75,6 +75,8 @@ impl Supervisor {
         }
         // The leader ended: now make sure nothing of its group (or container) survives.
         w.target.end_all(own, &record.get()).await;
+        self.settle_limits(&record.get(), &w.target, &mut w.end)
+            .await;
         drop(child);
         self.checkpoint_on_stop(record, &mut w).await;
         let mut end = w.end;

@@ -252,6 +252,12 @@ impl Supervisor {
             }
         };
         let exit_code = reviewer.end(&cmd.exit_status).await;
+        // A limit that stopped the reviewer is logged; its cgroup goes with it.
+        if let Some(b) =
+            crate::sandbox::limits::settle(cmd.confinement.as_ref(), &cmd.exit_status).await
+        {
+            tracing::warn!(limit = ?b, "{}", b.reason("reviewer"));
+        }
         while tail.fill(READ_MAX) > 0 {
             budget_events.extend(budget_only(reader.read(&mut tail, false)));
         }

@@ -10,6 +10,7 @@ use gantry_core::event::{NewEvent, RunStarted};
 use gantry_core::sandbox::SandboxKind;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// How a fix round's process starts: the round (from 1), the file holding its prompt
 /// ([`gantry_core::fix::prompt`]), and the agent session it resumes.
@@ -193,6 +194,48 @@ impl Supervisor {
             worktree_read_only: false,
             network: self.network(),
             egress: self.egress_mount(),
+            limits: self.run_limits(),
         })
+    }
+
+    /// After the run's process group ended: a run that did not succeed because a limit
+    /// stopped it says so in its error (`oom: ...`, `pids: ...`, `cpu: ...`), and its
+    /// cgroup goes. A container's memory kill is read from the engine instead.
+    pub(super) async fn settle_limits(
+        &self,
+        rec: &RunRecord,
+        target: &super::target::Target,
+        end: &mut super::ProcessEnd,
+    ) {
+        if !matches!(target, super::target::Target::Group(_)) {
+            return;
+        }
+        let confinement = self.confinement(&rec.artifacts);
+        let breach = crate::sandbox::limits::settle(confinement.as_ref(), &rec.exit_status).await;
+        let succeeded = process::read_exit_status(&rec.exit_status)
+            .is_some_and(|e| e.is_ok_and(process::Exit::success));
+        if let Some(b) = breach
+            && !succeeded
+            && end.error.is_none()
+        {
+            end.error = Some(b.reason("run"));
+        }
+    }
+
+    /// The limits the job's `sandbox:` sets, for a run outside a container (a
+    /// container has its own), with the factory's mechanism for them.
+    fn run_limits(&self) -> Option<crate::sandbox::RunLimits> {
+        let spec = self.claim.job.spec.sandbox.as_ref()?;
+        if self.sandbox_kind() == SandboxKind::Docker {
+            return None;
+        }
+        let timeout = self.claim.job.spec.timeout_ms.map(Duration::from_millis);
+        let limits = crate::sandbox::limits::Limits::of(spec, timeout);
+        if limits.is_empty() {
+            return None;
+        }
+        let limiter =
+            (self.ctx.cfg.limiter.clone()).unwrap_or_else(crate::sandbox::limits::Limiter::detect);
+        Some(crate::sandbox::RunLimits { limits, limiter })
     }
 }

@@ -18,13 +18,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The image every test shares, built once by `./scripts/test` with `docker import`.
-fn image() -> String {
+pub fn image() -> String {
     std::env::var("GANTRY_TEST_DOCKER_IMAGE")
         .unwrap_or_else(|_| "gantry-test-agent:latest".to_string())
 }
 
 /// The engine, or a loud failure saying how to get one.
-async fn engine() -> Engine {
+pub async fn engine() -> Engine {
     let engine = match Engine::connect(Path::new(DEFAULT_SOCKET)).await {
         Ok(e) => e,
         Err(e) => panic!(
@@ -38,7 +38,7 @@ async fn engine() -> Engine {
 }
 
 /// The test configuration with the docker sandbox on (not the default).
-fn docker_config(data: &Path) -> FactoryConfig {
+pub fn docker_config(data: &Path) -> FactoryConfig {
     FactoryConfig {
         docker: Some(DockerConfig {
             image: image(),
@@ -50,12 +50,7 @@ fn docker_config(data: &Path) -> FactoryConfig {
 
 /// A job running `script` with `sh -c` in a container set up by `sandbox`.
 fn job(repo: &Path, script: &str, sandbox: impl FnOnce(&mut SandboxSpec)) -> JobSpec {
-    let mut s = spec(repo, &["sh", "-c", script]);
-    let mut sb = SandboxSpec::of(SandboxKind::Docker);
-    sandbox(&mut sb);
-    s.sandbox = Some(sb);
-    s.capabilities.push(SandboxKind::Docker.capability());
-    s
+    sandboxed_job(SandboxKind::Docker, repo, script, sandbox)
 }
 
 /// A factory with the docker sandbox over its own coordinator, source repo and data

@@ -5,6 +5,8 @@ use crate::support::gate;
 use gantry_core::gate::{Gate, Metric, MetricFormat};
 use gantry_core::{JobId, RunId};
 use gantry_factory::gate::{GateCommand, output_tail, run_gate};
+use gantry_factory::sandbox::RunLimits;
+use gantry_factory::sandbox::limits::{Limiter, Limits};
 use gantry_factory::{Confinement, Sandbox};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -65,6 +67,7 @@ impl Place {
                 worktree_read_only: false,
                 network: Default::default(),
                 egress: None,
+                limits: None,
             }),
             container: None,
             tree: "4b825dc642cb6eb9a060e54bf8d69288fbee4904".to_string(),
@@ -246,3 +249,63 @@ async fn a_gate_runs_in_the_sandbox_and_cannot_see_the_data_dir() {
         "{out}"
     );
 }
+
+/// A gate under `limits`, enforced by `limiter`.
+async fn limited_gate(
+    script: &str,
+    limits: Limits,
+    limiter: Limiter,
+) -> (Place, gantry_core::gate::GateResult) {
+    let p = Place::new();
+    let g = gate("hog", script);
+    let mut cmd = p.cmd(&g);
+    if let Some(c) = cmd.confinement.as_mut() {
+        c.limits = Some(RunLimits { limits, limiter });
+    }
+    let r = run_gate(cmd, std::future::pending()).await;
+    (p, r)
+}
+
+#[tokio::test]
+async fn a_gate_runs_under_the_runs_limits_and_says_which_one_stopped_it() {
+    // This machine's mechanism (a cgroup where the factory can make one).
+    let memory = Limits {
+        memory_bytes: Some(32 << 20),
+        ..Limits::default()
+    };
+    let (p, r) = limited_gate(HOG, memory, Limiter::detect()).await;
+    assert!(!r.passed, "{r:?}");
+    if matches!(Limiter::detect(), Limiter::Cgroup(_)) {
+        let reason = r.reason.unwrap_or_default();
+        assert!(reason.starts_with("oom: the gate"), "{reason}");
+    }
+    assert!(p.leftovers().is_empty());
+}
+
+#[tokio::test]
+async fn rlimits_bound_a_gates_memory_per_process_and_its_cpu_time() {
+    let prlimit = Limiter::Rlimit {
+        prlimit: "/usr/bin/prlimit".into(),
+    };
+    // The allocation fails (no kill: the shell gives up), so no limit is named.
+    let memory = Limits {
+        memory_bytes: Some(32 << 20),
+        ..Limits::default()
+    };
+    let (_p, r) = limited_gate(&format!("{HOG}; echo survived"), memory, prlimit.clone()).await;
+    assert!(!r.passed, "{r:?}");
+    let out = std::fs::read_to_string(&r.output).expect("output");
+    assert!(!out.contains("survived"), "{out}");
+    // A busy loop past its CPU seconds gets SIGXCPU, which names the limit.
+    let cpu = Limits {
+        nano_cpus: Some(100_000_000),
+        cpu_seconds: Some(1),
+        ..Limits::default()
+    };
+    let (_p, r) = limited_gate("while :; do :; done", cpu, prlimit).await;
+    let reason = r.reason.clone().unwrap_or_default();
+    assert!(reason.starts_with("cpu: the gate"), "{r:?}");
+}
+
+/// Doubling a shell string grows the shell's memory without bound.
+const HOG: &str = "x=0123456789abcdef; while true; do x=\"$x$x\"; done";

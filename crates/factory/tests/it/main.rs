@@ -7,6 +7,7 @@ mod checking;
 mod docker;
 mod egress;
 mod engines;
+mod escape;
 mod gates;
 mod heartbeat;
 mod http;

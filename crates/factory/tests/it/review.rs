@@ -8,7 +8,7 @@ use gantry_core::review::{ReviewChoice, ReviewSpec};
 use gantry_core::spec::Step;
 use gantry_core::{EngineKind, JobSpec, Outcome, RunId};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// The kinds of the review and fix round events of `run`, in order.
@@ -222,9 +222,15 @@ async fn yolo_skips_the_review() {
 /// directory, and scores 0.95 when `fixed.txt` is there and 0.2 (asking for it) when
 /// not, saying whether its copy was writable.
 fn claude_reviewer(bin: &Path) -> String {
+    claude_reviewer_with(bin, "")
+}
+
+/// [`claude_reviewer`] running the shell line `prelude` first.
+fn claude_reviewer_with(bin: &Path, prelude: &str) -> String {
     let path = bin.join("claude");
     let script = format!(
         r#"#!/bin/sh
+{prelude}
 printf '%s\n' "$@" > '{argv}'
 cat > /dev/null
 if touch probe 2>/dev/null; then access=writable; else access=read-only; fi
@@ -241,13 +247,30 @@ printf '{{"type":"result","subtype":"success","is_error":false,"num_turns":1,"to
     path.to_string_lossy().into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_claude_reviewer_reads_only_and_its_findings_get_the_result_fixed() {
+/// A Claude Code review with a 0.9 threshold.
+fn claude_review() -> ReviewChoice {
+    ReviewChoice::Inline(ReviewSpec {
+        engine: EngineKind::ClaudeCode,
+        model: Some("claude-sonnet-4".into()),
+        threshold: 0.9,
+        instructions: None,
+        steps: Vec::new(),
+    })
+}
+
+/// A temp dir with a `bin` directory for stand-ins and a source repo.
+fn place() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let bin = tmp.path().join("bin");
     std::fs::create_dir_all(&bin).expect("bin");
     let repo = tmp.path().join("src-repo");
     make_repo(&repo);
+    (tmp, bin, repo)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claude_reviewer_reads_only_and_its_findings_get_the_result_fixed() {
+    let (tmp, bin, repo) = place();
     let mut cfg = test_config(&tmp.path().join("data"), 1);
     cfg.engines.claude.binary = claude_reviewer(&bin);
     let coord = Arc::new(TestCoord::default());
@@ -255,13 +278,7 @@ async fn a_claude_reviewer_reads_only_and_its_findings_get_the_result_fixed() {
     // The job adds fixed.txt only when its fix prompt asks for it.
     let script = "echo done > work.txt; if [ -n \"$GANTRY_FIX_ROUND\" ] && \
                   grep -q 'add fixed.txt' \"$GANTRY_FIX_PROMPT_FILE\"; then echo ok > fixed.txt; fi";
-    let review = ReviewChoice::Inline(ReviewSpec {
-        engine: EngineKind::ClaudeCode,
-        model: Some("claude-sonnet-4".into()),
-        threshold: 0.9,
-        instructions: None,
-        steps: Vec::new(),
-    });
+    let review = claude_review();
     coord.push(claim(306, 306, 1, reviewed(&repo, script, review, 1)));
     let report = tokio::time::timeout(GUARD, coord.finish_of(RunId(306)))
         .await
@@ -301,4 +318,37 @@ async fn a_claude_reviewer_reads_only_and_its_findings_get_the_result_fixed() {
     let cost = report.insights.and_then(|i| i.cost_usd).expect("a cost");
     assert!((cost - 0.04).abs() < 1e-9, "{cost}");
     let _ = shutdown.send(true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_and_the_reviewer_run_under_the_jobs_limits() {
+    let (tmp, bin, repo) = place();
+    let mut cfg = test_config(&tmp.path().join("data"), 1);
+    let seen = |who: &str| bin.join(format!("{who}.data-limit"));
+    // `ulimit -d` says the data size limit in KiB: the rlimit `prlimit` set.
+    let prelude = format!("ulimit -d > '{}'", seen("reviewer").display());
+    cfg.engines.claude.binary = claude_reviewer_with(&bin, &prelude);
+    cfg.limiter = Some(gantry_factory::sandbox::limits::Limiter::Rlimit {
+        prlimit: "/usr/bin/prlimit".into(),
+    });
+    let coord = Arc::new(TestCoord::default());
+    let factory = spawn_factory(coord.clone(), cfg);
+    let script = format!(
+        "ulimit -d > '{}'; echo done > work.txt; echo ok > fixed.txt",
+        seen("agent").display()
+    );
+    let review = claude_review();
+    let mut s = reviewed(&repo, &script, review, 0);
+    s.sandbox = Some(gantry_core::sandbox::SandboxSpec {
+        memory_bytes: Some(64 << 20),
+        ..gantry_core::sandbox::SandboxSpec::of(gantry_core::sandbox::SandboxKind::Bwrap)
+    });
+    coord.push(claim(307, 307, 1, s));
+    let report = coord.finish_of(RunId(307)).await;
+    assert_eq!(report.outcome, Some(Outcome::Succeeded), "{report:?}");
+    for who in ["agent", "reviewer"] {
+        let limit = std::fs::read_to_string(seen(who)).expect("the limit it saw");
+        assert_eq!(limit.trim(), "65536", "the {who}'s data limit");
+    }
+    stop_factory(factory).await;
 }

@@ -316,6 +316,22 @@ pub fn spec(repo: &Path, command: &[&str]) -> JobSpec {
     }
 }
 
+/// A job running `script` with `sh -c` in a sandbox of `kind` set up by `sandbox`
+/// (its capability required, as a job file's `sandbox:` does).
+pub fn sandboxed_job(
+    kind: gantry_core::sandbox::SandboxKind,
+    repo: &Path,
+    script: &str,
+    sandbox: impl FnOnce(&mut gantry_core::sandbox::SandboxSpec),
+) -> JobSpec {
+    let mut s = spec(repo, &["sh", "-c", script]);
+    let mut sb = gantry_core::sandbox::SandboxSpec::of(kind);
+    sandbox(&mut sb);
+    s.sandbox = Some(sb);
+    s.capabilities.push(kind.capability());
+    s
+}
+
 /// A claim of attempt `attempt` of job `job` as run `run`.
 pub fn claim(job: i64, run: i64, attempt: u32, spec: JobSpec) -> Claim {
     Claim {
