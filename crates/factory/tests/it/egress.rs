@@ -315,6 +315,16 @@ async fn an_adopted_model_run_reaches_the_new_factorys_proxy(kind: SandboxKind) 
     assert_eq!(hits.load(Ordering::SeqCst), 1);
     // The first factory leaves the run running; its proxy and socket are gone.
     place.restart().await;
+    // The run goes on only once the new factory listens on its socket again: a
+    // connection made before it adopts the run would find nobody.
+    let socket = std::path::absolute(gantry_factory::artifacts_dir(
+        &place.data,
+        gantry_core::JobId(1),
+        RunId(10),
+    ))
+    .expect("absolute")
+    .join("egress/sock");
+    wait_for(|| std::os::unix::net::UnixStream::connect(&socket).ok().map(drop)).await;
     let worktree = std::path::absolute(gantry_factory::worktree_dir(
         &place.data,
         gantry_core::JobId(1),
