@@ -21,6 +21,7 @@
 pub mod admission;
 pub mod agent;
 pub mod docker;
+mod engine_wait;
 mod factory;
 pub mod gate;
 mod heartbeat;

@@ -17,13 +17,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The image every test shares, built once by `./scripts/test` with `docker import`.
-fn image() -> String {
+pub(crate) fn image() -> String {
     std::env::var("GANTRY_TEST_DOCKER_IMAGE")
         .unwrap_or_else(|_| "gantry-test-agent:latest".to_string())
 }
 
 /// The engine, or a loud failure saying how to get one.
-async fn engine() -> Engine {
+pub(crate) async fn engine() -> Engine {
     let engine = match Engine::connect(Path::new(DEFAULT_SOCKET)).await {
         Ok(e) => e,
         Err(e) => panic!(
@@ -37,7 +37,7 @@ async fn engine() -> Engine {
 }
 
 /// The test configuration with the docker sandbox on (not the default).
-fn docker_config(data: &Path) -> FactoryConfig {
+pub(crate) fn docker_config(data: &Path) -> FactoryConfig {
     FactoryConfig {
         docker: Some(DockerConfig {
             image: image(),
@@ -48,7 +48,7 @@ fn docker_config(data: &Path) -> FactoryConfig {
 }
 
 /// A job running `script` with `sh -c` in a container set up by `sandbox`.
-fn job(repo: &Path, script: &str, sandbox: impl FnOnce(&mut SandboxSpec)) -> JobSpec {
+pub(crate) fn job(repo: &Path, script: &str, sandbox: impl FnOnce(&mut SandboxSpec)) -> JobSpec {
     let mut s = spec(repo, &["sh", "-c", script]);
     let mut sb = SandboxSpec::of(SandboxKind::Docker);
     sandbox(&mut sb);
@@ -60,16 +60,16 @@ fn job(repo: &Path, script: &str, sandbox: impl FnOnce(&mut SandboxSpec)) -> Job
 /// A factory with the docker sandbox over its own coordinator, source repo and data
 /// dir, all in one temp dir. Tests that look for a run's processes by the ids in their
 /// environment give their jobs ids no other test of this binary uses.
-struct World {
-    tmp: tempfile::TempDir,
-    repo: PathBuf,
-    data: PathBuf,
-    coord: Arc<TestCoord>,
-    engine: Engine,
+pub(crate) struct World {
+    pub tmp: tempfile::TempDir,
+    pub repo: PathBuf,
+    pub data: PathBuf,
+    pub coord: Arc<TestCoord>,
+    pub engine: Engine,
 }
 
 impl World {
-    async fn new() -> World {
+    pub async fn new() -> World {
         // As `gantry serve` and `gantry factory` do: the factory's files are private
         // to its user, and the container's user must still read its prompt and script.
         gantry_factory::private_files();
@@ -92,7 +92,7 @@ impl World {
     }
 
     /// The containers this world's factories started, still on the engine.
-    async fn containers(&self) -> Vec<String> {
+    pub async fn containers(&self) -> Vec<String> {
         let data = std::path::absolute(&self.data).expect("absolute");
         self.engine
             .containers_of(&data)
@@ -104,13 +104,13 @@ impl World {
     }
 
     /// The worktree of attempt 1 of `job`.
-    fn worktree(&self, job: i64) -> PathBuf {
+    pub fn worktree(&self, job: i64) -> PathBuf {
         std::path::absolute(gantry_factory::worktree_dir(&self.data, JobId(job), 1))
             .expect("absolute")
     }
 }
 
-async fn stop(factory: Running) {
+pub(crate) async fn stop(factory: Running) {
     let (shutdown, task) = factory;
     shutdown.send(true).expect("factory listens");
     tokio::time::timeout(GUARD, task)
@@ -528,6 +528,7 @@ async fn a_factory_whose_default_is_docker_does_not_start_without_an_engine() {
         socket: tmp.path().join("no-such-docker.sock"),
         image: image(),
         default: true,
+        ..DockerConfig::default()
     });
     let coord = Arc::new(TestCoord::default());
     let (_tx, task) = spawn_factory(coord.clone(), cfg.clone());

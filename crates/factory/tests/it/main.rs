@@ -5,6 +5,7 @@ mod adopt;
 mod agent;
 mod checking;
 mod docker;
+mod docker_away;
 mod engines;
 mod gates;
 mod heartbeat;
