@@ -46,7 +46,16 @@ pub(crate) async fn adopt_when_engine_answers(
     let give_up_at = Instant::now() + wait;
     tracing::warn!(%job, %run, socket = %socket.display(), ?wait, "the run's container cannot be looked at: no Docker engine answers; keeping its lease until one does");
     let why = loop {
-        match Engine::connect(&socket).await {
+        // An engine that hangs must not hold up the renewals: a try lasts at most a
+        // third of the lease.
+        match tokio::time::timeout(ttl / 3, Engine::connect(&socket))
+            .await
+            .unwrap_or_else(|_| {
+                Err(crate::docker::DockerError::Unreachable {
+                    socket: socket.display().to_string(),
+                    reason: format!("no answer within {:?}", ttl / 3),
+                })
+            }) {
             Ok(engine) => {
                 tracing::info!(%job, %run, "the Docker engine answers again: adopting the run");
                 ctx.docker = Some(Arc::new(engine));

@@ -69,6 +69,14 @@ pub async fn concurrent(
         "api: {} calls (status, job list, one job shown), p50 {p50:.2} ms, p99 {p99:.2} ms",
         lat.len()
     ));
+    let mut ramp = m.ramp_ms;
+    ramp.sort_by(f64::total_cmp);
+    output::line(format!(
+        "api while the runs started: {} calls (a job's events), p50 {:.2} ms, p99 {:.2} ms",
+        ramp.len(),
+        percentile(&ramp, 50.0),
+        percentile(&ramp, 99.0)
+    ));
     output::line(format!("all {runs} runs ended succeeded"));
     output::line(format!(
         "runs={runs} total_rss_mb={:.1} api_p50_ms={p50:.2} api_p99_ms={p99:.2}",
@@ -85,6 +93,8 @@ struct Concurrent {
     window: Duration,
     /// API call latencies while every run was going on.
     api_ms: Vec<f64>,
+    /// Latencies of the calls (a job's events) made while the runs started.
+    ramp_ms: Vec<f64>,
     /// Highest total RSS seen, in KiB.
     peak_rss_kb: u64,
     /// Gantry processes counted in that total.
@@ -123,10 +133,13 @@ async fn measure_concurrent(
     // docker, its container runs).
     let ramp_deadline = t0 + sleep;
     let mut waiting = ids.clone();
+    let mut ramp_ms = Vec::new();
     loop {
         let mut still = Vec::with_capacity(waiting.len());
         for id in waiting {
+            let t = std::time::Instant::now();
             let events = client.all_events(Some(id), 0).await.map_err(api)?;
+            ramp_ms.push(t.elapsed().as_secs_f64() * 1000.0);
             if !events.iter().any(|e| e.kind == "run.started") {
                 still.push(id);
             }
@@ -207,6 +220,7 @@ async fn measure_concurrent(
         ramp,
         window,
         api_ms,
+        ramp_ms,
         peak_rss_kb,
         processes,
         peak_shim_kb,

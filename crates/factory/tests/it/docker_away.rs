@@ -9,7 +9,7 @@
 
 use crate::docker::{World, docker_config, image, job, stop};
 use crate::support::*;
-use gantry_core::{JobId, Outcome, RunId};
+use gantry_core::{JobId, Outcome, RunId, StopKind};
 use gantry_factory::docker::{DEFAULT_SOCKET, Engine};
 use gantry_factory::{DockerConfig, Factory, FactoryConfig};
 use std::path::{Path, PathBuf};
@@ -171,4 +171,38 @@ async fn a_factory_whose_engine_stays_away_lets_the_run_go_without_reporting_it(
     );
     assert!(w.coord.finishes(run).is_empty(), "still never reported");
     stop(third).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_while_the_engine_is_away_ends_the_processes_at_once_and_the_run_as_killed() {
+    let w = World::new().await;
+    let link = w.tmp.path().join("docker.sock");
+    point(&link, Path::new(DEFAULT_SOCKET));
+    let cfg = config(&w, &link, Duration::from_secs(3600));
+    let (job_id, run) = (JobId(1203), RunId(12030));
+    leave_a_running_container(&w, &cfg, job_id.0, run.0).await;
+
+    point(&link, &dead_socket(w.tmp.path()));
+    let mut second = Factory::new(cfg, w.coord.clone());
+    let report = second.adopt().await.expect("adopt");
+    assert_eq!(report.awaiting_engine, vec![(job_id, run)], "{report:?}");
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(second.run(rx));
+    w.coord.set_renew(run, RenewMode::Stop(StopKind::Kill));
+    // The kill reaches the processes from the host while the engine is away.
+    wait_for(|| {
+        gantry_factory::process::processes_of_run(job_id, run)
+            .is_empty()
+            .then_some(())
+    })
+    .await;
+    assert!(
+        w.coord.finishes(run).is_empty(),
+        "reported once the engine answers"
+    );
+    point(&link, Path::new(DEFAULT_SOCKET));
+    let finish = w.coord.finish_of(run).await;
+    assert_eq!(finish.outcome, Some(Outcome::Killed), "{finish:?}");
+    assert!(w.containers().await.is_empty(), "no container is left");
+    stop((tx, task)).await;
 }
