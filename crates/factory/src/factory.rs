@@ -229,6 +229,15 @@ impl Factory {
             };
             let ids = (rec.claim.job.id, rec.claim.run.id);
             let why = match verdict {
+                // A factory restarted without the docker sandbox cannot watch a
+                // container: it lets the run go (the agent did not fail).
+                Verdict::Valid { .. }
+                    if rec.process.is_none()
+                        && rec.container.is_some()
+                        && self.cfg.docker.is_none() =>
+                {
+                    "the run is in a container and this factory no longer runs docker".to_string()
+                }
                 Verdict::Valid { renewed_at, stop }
                     if rec.process.is_some() || rec.container.is_some() =>
                 {

@@ -206,3 +206,32 @@ async fn a_kill_while_the_engine_is_away_ends_the_processes_at_once_and_the_run_
     assert!(w.containers().await.is_empty(), "no container is left");
     stop((tx, task)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_factory_restarted_without_the_docker_sandbox_lets_its_container_runs_go() {
+    let w = World::new().await;
+    let link = w.tmp.path().join("docker.sock");
+    point(&link, Path::new(DEFAULT_SOCKET));
+    let cfg = config(&w, &link, Duration::from_secs(3600));
+    let (job_id, run) = (JobId(1204), RunId(12040));
+    leave_a_running_container(&w, &cfg, job_id.0, run.0).await;
+
+    let without = FactoryConfig {
+        docker: None,
+        ..cfg.clone()
+    };
+    let mut second = Factory::new(without, w.coord.clone());
+    let report = second.adopt().await.expect("adopt");
+    assert_eq!(report.dropped, vec![(job_id, run)], "{report:?}");
+    assert!(
+        gantry_factory::process::processes_of_run(job_id, run).is_empty(),
+        "its processes were killed from the host"
+    );
+    assert!(w.coord.finishes(run).is_empty(), "never reported failed");
+    // A factory with the engine sweeps the stopped container nobody names.
+    let before = w.coord.registrations().len();
+    let third = spawn_factory(w.coord.clone(), cfg);
+    wait_for(|| (w.coord.registrations().len() > before).then_some(())).await;
+    assert!(w.containers().await.is_empty(), "the container was swept");
+    stop(third).await;
+}
