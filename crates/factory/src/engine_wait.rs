@@ -97,13 +97,14 @@ pub(crate) async fn adopt_when_engine_answers(
             }
         }
     };
-    match why {
-        Given::Shutdown if ctx.cfg.leave_runs_on_shutdown => {}
-        Given::Shutdown => process::kill_run_processes(job, run).await,
-        Given::Up(reason) => {
-            tracing::warn!(%job, %run, %reason, "recorded run dropped: killed, not finished");
-            process::kill_run_processes(job, run).await;
-            crate::factory::drop_run(&ctx.cfg, None, &adoption.record).await;
-        }
-    }
+    // Stopping without leaving runs behind ends this one as it ends the others: killed,
+    // not reported, its lease left to expire.
+    let reason = match why {
+        Given::Shutdown if ctx.cfg.leave_runs_on_shutdown => return,
+        Given::Shutdown => "the factory stops".to_string(),
+        Given::Up(reason) => reason,
+    };
+    tracing::warn!(%job, %run, %reason, "recorded run dropped: killed, not finished");
+    process::kill_run_processes(job, run).await;
+    crate::factory::drop_run(&ctx.cfg, None, &adoption.record).await;
 }
