@@ -503,7 +503,7 @@ under its epoch. The last line is `jobs_per_s=<x> p50_claim_ms=<y> p99_claim_ms=
     #[command(
         long_about = "In a generated git repo of --files files, for each kind of --sandbox (none, \
 bwrap, docker): measures the kind's floor (`git worktree add` plus the process started bare, in \
-`bwrap --unshare-all`, or by `docker run --rm`) and then real command jobs of that kind through \
+`bwrap --unshare-all --share-net`, or by `docker run --rm`) and then real command jobs of that kind through \
 an embedded server (from just before the submit request to the wall clock the job's process \
 reads). Prints p50/p99 of both and the difference per kind, what each sandbox adds over a run \
 without one, and with docker the handover of a worktree to the container's user and back. The \

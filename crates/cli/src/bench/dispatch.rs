@@ -26,12 +26,32 @@ pub async fn dispatch(runs: usize, kinds: Vec<BenchSandbox>, files: usize) -> Re
     output::line(
         "every measure ends when the started process reads the wall clock (`date +%s%N`; in a container without it, busybox `adjtimex`)",
     );
-    let mut rows = Vec::with_capacity(kinds.len());
+    // One embedded server per kind, all up at once: the measures take turns (each
+    // round, every kind's floor then its dispatch), so a change in the machine's load
+    // falls on every kind alike.
+    let mut servers = Vec::with_capacity(kinds.len());
     for kind in &kinds {
-        let floor = sorted(measure_floor(kind, &repo, root, runs).await?);
-        let dispatch = sorted(measure_dispatch(kind, &repo, root, runs).await?);
-        rows.push((kind.name(), floor, dispatch));
+        let dir = root.join(format!("server-{}", kind.name()));
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            CliError::local(format!("cannot create {}", dir.display())).cause(e.to_string())
+        })?;
+        let timing = (Duration::from_secs(30), Duration::from_secs(1));
+        servers.push(bench_server_with(&dir, 1, timing, kind.settings(root)).await?);
     }
+    let clients: Vec<&Client> = servers.iter().map(|(_, c)| c).collect();
+    let measured = measure_rounds(&kinds, &clients, &repo, root, runs).await;
+    for (server, _) in servers {
+        if let Err(e) = server.shutdown().await {
+            output::note(format!(
+                "warning: the bench server did not stop cleanly: {e}"
+            ));
+        }
+    }
+    let rows: Vec<(&str, Vec<f64>, Vec<f64>)> = kinds
+        .iter()
+        .zip(measured?)
+        .map(|(kind, (floor, dispatch))| (kind.name(), sorted(floor), sorted(dispatch)))
+        .collect();
     output::line(format!(
         "{:<7} {:>21} {:>21} {:>21}",
         "kind", "floor p50 / p99 ms", "dispatch p50 / p99", "added p50 / p99"
@@ -50,7 +70,7 @@ pub async fn dispatch(runs: usize, kinds: Vec<BenchSandbox>, files: usize) -> Re
         ));
     }
     output::line(
-        "floor: `git worktree add -b` + the process started bare (none), in `bwrap --unshare-all` (bwrap), or by `docker run --rm` (docker)",
+        "floor: `git worktree add -b` + the process started bare (none), in `bwrap --unshare-all --share-net` (bwrap), or by `docker run --rm` (docker)",
     );
     output::line(
         "dispatch: submit request sent -> the job's process runs, one job at a time into an idle embedded server (1 seat, no push)",
@@ -149,49 +169,65 @@ fn ms_until_clock(t0: i128, text: &str, what: &str) -> Result<f64, CliError> {
     Ok((at - t0) as f64 / 1e6)
 }
 
+/// Round after round (the first a warm-up), each kind's floor then its dispatch:
+/// milliseconds of each, per kind.
+async fn measure_rounds(
+    kinds: &[BenchSandbox],
+    clients: &[&Client],
+    repo: &Path,
+    root: &Path,
+    runs: usize,
+) -> Result<Vec<(Vec<f64>, Vec<f64>)>, CliError> {
+    let mut out = vec![(Vec::with_capacity(runs), Vec::with_capacity(runs)); kinds.len()];
+    for i in 0..=runs {
+        for ((kind, client), (floor, dispatch)) in kinds.iter().zip(clients).zip(&mut out) {
+            let f = measure_floor(kind, repo, root, i).await?;
+            let d = measure_dispatch(client, kind, repo, i).await?;
+            if i > 0 {
+                floor.push(f);
+                dispatch.push(d);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The floor of `kind`: what any runner must do at least, a worktree on a new branch,
 /// then the process in it, bare or in the kind's wall with nothing of Gantry's around.
 async fn measure_floor(
     kind: &BenchSandbox,
     repo: &Path,
     root: &Path,
-    runs: usize,
-) -> Result<Vec<f64>, CliError> {
-    let script = clock_script(kind);
-    let mut out = Vec::with_capacity(runs);
-    for i in 0..=runs {
-        let wt = root.join(format!("floor-{}-{i}", kind.name()));
-        let shown = wt.to_string_lossy().to_string();
-        let t0 = now_ns();
-        let branch = format!("floor/{}/{i}", kind.name());
-        git(
-            repo,
-            &["worktree", "add", "-q", "-b", &branch, &shown, "HEAD"],
-        )
-        .await?;
-        let mut cmd = floor_command(kind, &wt, script);
-        let done = cmd.output().await.map_err(|e| {
-            CliError::local("cannot start the floor's process").cause(e.to_string())
-        })?;
-        if !done.status.success() {
-            return Err(CliError::local(format!(
-                "the {} floor's process failed ({})",
-                kind.name(),
-                done.status
-            ))
-            .cause(String::from_utf8_lossy(&done.stderr).trim().to_string()));
-        }
-        let ms = ms_until_clock(
-            t0,
-            &String::from_utf8_lossy(&done.stdout),
-            "the floor's process",
-        )?;
-        if i > 0 {
-            out.push(ms);
-        }
-        git(repo, &["worktree", "remove", "--force", &shown]).await?;
+    i: usize,
+) -> Result<f64, CliError> {
+    let wt = root.join(format!("floor-{}-{i}", kind.name()));
+    let shown = wt.to_string_lossy().to_string();
+    let t0 = now_ns();
+    let branch = format!("floor/{}/{i}", kind.name());
+    git(
+        repo,
+        &["worktree", "add", "-q", "-b", &branch, &shown, "HEAD"],
+    )
+    .await?;
+    let done = floor_command(kind, &wt, clock_script(kind))
+        .output()
+        .await
+        .map_err(|e| CliError::local("cannot start the floor's process").cause(e.to_string()))?;
+    if !done.status.success() {
+        return Err(CliError::local(format!(
+            "the {} floor's process failed ({})",
+            kind.name(),
+            done.status
+        ))
+        .cause(String::from_utf8_lossy(&done.stderr).trim().to_string()));
     }
-    Ok(out)
+    let ms = ms_until_clock(
+        t0,
+        &String::from_utf8_lossy(&done.stdout),
+        "the floor's process",
+    )?;
+    git(repo, &["worktree", "remove", "--force", &shown]).await?;
+    Ok(ms)
 }
 
 /// The bare command of `kind`'s floor, in the worktree `wt`.
@@ -204,7 +240,9 @@ fn floor_command(kind: &BenchSandbox, wt: &Path, script: &str) -> tokio::process
         BenchSandbox::Bwrap => {
             cmd = tokio::process::Command::new("bwrap");
             cmd.args(["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc"]);
-            cmd.args(["--tmpfs", "/tmp", "--unshare-all", "--die-with-parent"]);
+            // The namespaces of the factory's bubblewrap: all but the network's.
+            cmd.args(["--tmpfs", "/tmp", "--unshare-all", "--share-net"]);
+            cmd.arg("--die-with-parent");
             cmd.arg("--bind").arg(wt).arg(wt).arg("--chdir").arg(wt);
             cmd.arg("sh");
         }
@@ -222,63 +260,35 @@ fn floor_command(kind: &BenchSandbox, wt: &Path, script: &str) -> tokio::process
 /// Dispatch in `kind`: the same process as a real command job through an embedded
 /// server whose factory runs that kind; the clock comes back in the job's output.
 async fn measure_dispatch(
-    kind: &BenchSandbox,
-    repo: &Path,
-    root: &Path,
-    runs: usize,
-) -> Result<Vec<f64>, CliError> {
-    let dir = root.join(format!("server-{}", kind.name()));
-    std::fs::create_dir_all(&dir).map_err(|e| {
-        CliError::local(format!("cannot create {}", dir.display())).cause(e.to_string())
-    })?;
-    let timing = (Duration::from_secs(30), Duration::from_secs(1));
-    let (server, client) = bench_server_with(&dir, 1, timing, kind.settings(root)).await?;
-    let measured = dispatch_runs(&client, kind, repo, runs).await;
-    if let Err(e) = server.shutdown().await {
-        output::note(format!(
-            "warning: the bench server did not stop cleanly: {e}"
-        ));
-    }
-    measured
-}
-
-async fn dispatch_runs(
     client: &Client,
     kind: &BenchSandbox,
     repo: &Path,
-    runs: usize,
-) -> Result<Vec<f64>, CliError> {
+    i: usize,
+) -> Result<f64, CliError> {
     let api = |e| from_client(e, client.base());
-    let mut out = Vec::with_capacity(runs);
-    for i in 0..=runs {
-        let text = format!(
-            "---\ntitle: dispatch bench {} {i}\nrepo: {}\nengine: command\ncommand: [sh, -c, '{}']\nmax_attempts: 1\n{}---\nPrints the wall clock.\n",
-            kind.name(),
-            repo.display(),
-            clock_script(kind).replace('\'', "''"),
-            kind.job_field()
-        );
-        let req = SubmitRequest {
-            jobs: vec![SubmitFile {
-                file: format!("dispatch-{}-{i}.md", kind.name()),
-                text,
-                dir: None,
-            }],
-        };
-        let t0 = now_ns();
-        let job = run_one(client, &req, "dispatch").await?;
-        let events = client.all_events(Some(job.id), 0).await.map_err(api)?;
-        let stdout: String = events
-            .iter()
-            .filter(|e| e.kind == "run.output" && e.data["stream"] == "stdout")
-            .filter_map(|e| e.data["text"].as_str())
-            .collect();
-        let ms = ms_until_clock(t0, &stdout, &format!("bench job {}", job.id))?;
-        if i > 0 {
-            out.push(ms);
-        }
-    }
-    Ok(out)
+    let text = format!(
+        "---\ntitle: dispatch bench {} {i}\nrepo: {}\nengine: command\ncommand: [sh, -c, '{}']\nmax_attempts: 1\n{}---\nPrints the wall clock.\n",
+        kind.name(),
+        repo.display(),
+        clock_script(kind).replace('\'', "''"),
+        kind.job_field()
+    );
+    let req = SubmitRequest {
+        jobs: vec![SubmitFile {
+            file: format!("dispatch-{}-{i}.md", kind.name()),
+            text,
+            dir: None,
+        }],
+    };
+    let t0 = now_ns();
+    let job = run_one(client, &req, "dispatch").await?;
+    let events = client.all_events(Some(job.id), 0).await.map_err(api)?;
+    let stdout: String = events
+        .iter()
+        .filter(|e| e.kind == "run.output" && e.data["stream"] == "stdout")
+        .filter_map(|e| e.data["text"].as_str())
+        .collect();
+    ms_until_clock(t0, &stdout, &format!("bench job {}", job.id))
 }
 
 /// The docker sandbox's handover of a worktree of `repo`: every file given to the
