@@ -151,6 +151,10 @@ pub struct FactorySection {
     pub docker_image: Option<String>,
     /// The Docker engine's socket (default `/var/run/docker.sock`).
     pub docker_socket: Option<PathBuf>,
+    /// How long a restarted factory keeps the leases of its container runs while the
+    /// engine does not answer, e.g. `"10m"` (the default).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub docker_engine_wait: Option<Duration>,
 }
 
 /// `[engines]`.
