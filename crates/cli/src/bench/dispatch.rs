@@ -53,17 +53,18 @@ pub async fn dispatch(runs: usize, kinds: Vec<BenchSandbox>, files: usize) -> Re
         .map(|(kind, (floor, dispatch))| (kind.name(), sorted(floor), sorted(dispatch)))
         .collect();
     output::line(format!(
-        "{:<7} {:>21} {:>21} {:>21}",
-        "kind", "floor p50 / p99 ms", "dispatch p50 / p99", "added p50 / p99"
+        "{:<7} {:>21} {:>21} {:>21} {:>8}",
+        "kind", "floor p50 / p99 ms", "dispatch p50 / p99", "added p50 / p99", "x floor"
     ));
     let mut last = Vec::new();
     for (name, floor, dispatch) in &rows {
         let (f50, f99) = (percentile(floor, 50.0), percentile(floor, 99.0));
         let (d50, d99) = (percentile(dispatch, 50.0), percentile(dispatch, 99.0));
         output::line(format!(
-            "{name:<7} {f50:>10.2} / {f99:>8.2} {d50:>10.2} / {d99:>8.2} {:>10.2} / {:>8.2}",
+            "{name:<7} {f50:>10.2} / {f99:>8.2} {d50:>10.2} / {d99:>8.2} {:>10.2} / {:>8.2} {:>8.2}",
             d50 - f50,
-            d99 - f99
+            d99 - f99,
+            d50 / f50
         ));
         last.push(format!(
             "{name}_p50_ms={d50:.2} {name}_p99_ms={d99:.2} {name}_floor_p50_ms={f50:.2} {name}_floor_p99_ms={f99:.2}"
