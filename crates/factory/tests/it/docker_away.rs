@@ -69,6 +69,30 @@ async fn leave_a_running_container(
     container
 }
 
+/// A world whose factory socket is the link `link` (pointing at the real engine), with
+/// run `run` of job `job` left running in a container by a first factory; the
+/// configuration (waiting an hour for an engine) and the container's id.
+struct Left {
+    w: World,
+    link: PathBuf,
+    cfg: FactoryConfig,
+    container: String,
+}
+
+async fn left_running(job_id: i64, run: i64) -> Left {
+    let w = World::new().await;
+    let link = w.tmp.path().join("docker.sock");
+    point(&link, Path::new(DEFAULT_SOCKET));
+    let cfg = config(&w, &link, Duration::from_secs(3600));
+    let container = leave_a_running_container(&w, &cfg, job_id, run).await;
+    Left {
+        w,
+        link,
+        cfg,
+        container,
+    }
+}
+
 /// Whether `id` runs, as the real engine tells.
 async fn running(engine: &Engine, id: &str) -> bool {
     matches!(
@@ -79,12 +103,13 @@ async fn running(engine: &Engine, id: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_factory_restarted_without_its_engine_keeps_the_lease_and_adopts_when_it_answers() {
-    let w = World::new().await;
-    let link = w.tmp.path().join("docker.sock");
-    point(&link, Path::new(DEFAULT_SOCKET));
-    let cfg = config(&w, &link, Duration::from_secs(3600));
     let run = RunId(12010);
-    let container = leave_a_running_container(&w, &cfg, 1201, run.0).await;
+    let Left {
+        w,
+        link,
+        cfg,
+        container,
+    } = left_running(1201, run.0).await;
 
     point(&link, &dead_socket(w.tmp.path()));
     let mut second = Factory::new(cfg, w.coord.clone());
@@ -127,12 +152,13 @@ async fn a_factory_restarted_without_its_engine_keeps_the_lease_and_adopts_when_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_factory_whose_engine_stays_away_lets_the_run_go_without_reporting_it() {
-    let w = World::new().await;
-    let link = w.tmp.path().join("docker.sock");
-    point(&link, Path::new(DEFAULT_SOCKET));
-    let cfg = config(&w, &link, Duration::from_secs(3600));
     let (job_id, run) = (JobId(1202), RunId(12020));
-    let container = leave_a_running_container(&w, &cfg, job_id.0, run.0).await;
+    let Left {
+        w,
+        link,
+        cfg: _,
+        container,
+    } = left_running(job_id.0, run.0).await;
     assert!(
         !gantry_factory::process::processes_of_run(job_id, run).is_empty(),
         "the container's processes are visible from the host"
@@ -175,12 +201,13 @@ async fn a_factory_whose_engine_stays_away_lets_the_run_go_without_reporting_it(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_while_the_engine_is_away_ends_the_processes_at_once_and_the_run_as_killed() {
-    let w = World::new().await;
-    let link = w.tmp.path().join("docker.sock");
-    point(&link, Path::new(DEFAULT_SOCKET));
-    let cfg = config(&w, &link, Duration::from_secs(3600));
     let (job_id, run) = (JobId(1203), RunId(12030));
-    leave_a_running_container(&w, &cfg, job_id.0, run.0).await;
+    let Left {
+        w,
+        link,
+        cfg,
+        container: _,
+    } = left_running(job_id.0, run.0).await;
 
     point(&link, &dead_socket(w.tmp.path()));
     let mut second = Factory::new(cfg, w.coord.clone());
@@ -209,12 +236,13 @@ async fn a_kill_while_the_engine_is_away_ends_the_processes_at_once_and_the_run_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_factory_restarted_without_the_docker_sandbox_lets_its_container_runs_go() {
-    let w = World::new().await;
-    let link = w.tmp.path().join("docker.sock");
-    point(&link, Path::new(DEFAULT_SOCKET));
-    let cfg = config(&w, &link, Duration::from_secs(3600));
     let (job_id, run) = (JobId(1204), RunId(12040));
-    leave_a_running_container(&w, &cfg, job_id.0, run.0).await;
+    let Left {
+        w,
+        link: _,
+        cfg,
+        container: _,
+    } = left_running(job_id.0, run.0).await;
 
     let without = FactoryConfig {
         docker: None,
