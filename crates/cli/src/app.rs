@@ -102,8 +102,14 @@ async fn run(global: Global, command: Command) -> Result<(), CliError> {
         Command::Demo { keep } => demo::demo(keep).await,
         Command::Factory(opts) => factory::run(&global, opts).await,
         Command::BenchQueue { jobs, workers, db } => bench::queue(jobs, workers, db).await,
-        Command::BenchDispatch { runs } => bench::dispatch(runs).await,
-        Command::BenchConcurrent { runs, sleep } => bench::concurrent(runs, sleep).await,
+        Command::BenchDispatch { runs, kinds, files } => {
+            bench::dispatch::dispatch(runs, kinds, files).await
+        }
+        Command::BenchConcurrent {
+            runs,
+            sleep,
+            sandbox,
+        } => bench::concurrent::concurrent(runs, sleep, sandbox).await,
         Command::BenchKill { runs, sandbox } => bench::kill::kill(runs, sandbox).await,
         Command::BenchMetrics { jobs, scrapes, db } => bench::metrics::run(jobs, scrapes, db).await,
         Command::BenchSecrets { mb } => bench::secrets::run(mb),

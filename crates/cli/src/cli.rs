@@ -499,23 +499,28 @@ under its epoch. The last line is `jobs_per_s=<x> p50_claim_ms=<y> p99_claim_ms=
         after_help = "Examples:\n  gantry bench queue --jobs 10000 --workers 4"
     )]
     Queue(BenchQueueArgs),
-    /// Submit-to-process-start latency of real command jobs against a bare baseline.
+    /// Submit-to-process-start latency per sandbox kind, next to each kind's bare floor.
     #[command(
-        long_about = "In a small temp git repo, measures a bare baseline (`git worktree add` plus \
-starting a process that writes a timestamp) and then the same for real command jobs through an \
-embedded server (from just before the submit request to the timestamp the job's process \
-writes). Prints p50/p99 of both; the last line is \
-`dispatch_p50_ms=<x> baseline_p50_ms=<y> ratio=<z>`.",
-        after_help = "Examples:\n  gantry bench dispatch\n  gantry bench dispatch --runs 50"
+        long_about = "In a generated git repo of --files files, for each kind of --sandbox (none, \
+bwrap, docker): measures the kind's floor (`git worktree add` plus the process started bare, in \
+`bwrap --unshare-all --share-net`, or by `docker run --rm`) and then real command jobs of that kind through \
+an embedded server (from just before the submit request to the wall clock the job's process \
+reads). Prints p50/p99 of both and the difference per kind, what each sandbox adds over a run \
+without one, and with docker the handover of a worktree to the container's user and back. The \
+last line is `<kind>_p50_ms=<x> <kind>_p99_ms=<y> <kind>_floor_p50_ms=<z> <kind>_floor_p99_ms=<w>` \
+per kind, then `handover_p50_ms=<h> reclaim_p50_ms=<r>` with docker.",
+        after_help = "Examples:\n  gantry bench dispatch\n  gantry bench dispatch --runs 50 --sandbox none,bwrap,docker --image gantry-agent:latest"
     )]
     Dispatch(BenchDispatchArgs),
     /// Many concurrent script-engine runs: Gantry's memory and API latency under load.
     #[command(
         long_about = "Starts an embedded server with one seat per run, submits --runs script-engine \
-jobs that each sleep --sleep, and while they all run, samples the resident memory of Gantry's own \
-processes and times API calls (status and job listings). The last line is \
+jobs that each sleep --sleep (in bubblewrap, or with --sandbox docker a container each), and while \
+they all run, samples the resident memory of Gantry's own processes and times API calls (status, \
+job listings, one job shown); then checks that every run succeeded. Prints the server's peak \
+memory (sampled, and its VmHWM). The last line is \
 `runs=<n> total_rss_mb=<x> api_p50_ms=<y> api_p99_ms=<z>`.",
-        after_help = "Examples:\n  gantry bench concurrent --runs 500\n  gantry bench concurrent --runs 50 --sleep 10s"
+        after_help = "Examples:\n  gantry bench concurrent --runs 500\n  gantry bench concurrent --runs 50 --sleep 10s\n  gantry bench concurrent --runs 50 --sleep 60s --sandbox docker --image gantry-agent:latest"
     )]
     Concurrent(BenchConcurrentArgs),
     /// Kill latency: from the kill call to the whole process tree of a run gone.
@@ -608,6 +613,12 @@ pub struct BenchConcurrentArgs {
     /// How long each run sleeps; the measurement window is the time all of them run.
     #[arg(long, default_value = "30s", value_name = "DURATION")]
     pub sleep: String,
+    /// What the runs run in: bwrap, or docker (a container each, on the local engine).
+    #[arg(long, default_value = "bwrap", value_name = "KIND", value_parser = ["bwrap", "docker"])]
+    pub sandbox: String,
+    /// The image of the docker runs (it needs `/bin/sh` and `sleep`).
+    #[arg(long, default_value = "gantry-agent:latest", value_name = "IMAGE")]
+    pub image: String,
 }
 
 /// Arguments of `bench queue`.
@@ -631,4 +642,13 @@ pub struct BenchDispatchArgs {
     /// Measured runs of each kind.
     #[arg(long, default_value = "20", value_name = "N")]
     pub runs: String,
+    /// The sandbox kinds to measure, comma-separated: none, bwrap, docker.
+    #[arg(long, default_value = "none,bwrap", value_name = "KINDS")]
+    pub sandbox: String,
+    /// The image of the docker runs (it needs `/bin/sh`, and `date +%s%N` or busybox).
+    #[arg(long, default_value = "gantry-agent:latest", value_name = "IMAGE")]
+    pub image: String,
+    /// Files in the generated repository the runs' worktrees are made from.
+    #[arg(long, default_value = "3000", value_name = "N")]
+    pub files: String,
 }

@@ -208,7 +208,7 @@ pub enum Command {
         /// Jobs to start and kill.
         runs: usize,
         /// What they run in.
-        sandbox: crate::bench::kill::KillSandbox,
+        sandbox: crate::bench::BenchSandbox,
     },
     /// The concurrent-runs benchmark.
     BenchConcurrent {
@@ -216,11 +216,17 @@ pub enum Command {
         runs: usize,
         /// How long each run sleeps.
         sleep: Duration,
+        /// What they run in.
+        sandbox: crate::bench::BenchSandbox,
     },
     /// The dispatch benchmark.
     BenchDispatch {
         /// Measured runs of each kind.
         runs: usize,
+        /// The sandbox kinds measured, in order.
+        kinds: Vec<crate::bench::BenchSandbox>,
+        /// Files in the generated repository.
+        files: usize,
     },
     /// The checking stage benchmark.
     BenchCheck {
@@ -411,17 +417,17 @@ fn convert(sub: Sub, global: &Global) -> Result<Command, UsageError> {
         },
         Sub::Bench(cli::BenchSub::Kill(a)) => Command::BenchKill {
             runs: parse_count("bench kill", "--runs <N>", &a.runs, 1)?,
-            sandbox: match a.sandbox.as_str() {
-                "docker" => crate::bench::kill::KillSandbox::Docker(a.image),
-                _ => crate::bench::kill::KillSandbox::Bwrap,
-            },
+            sandbox: bench_wall(&a.sandbox, a.image),
         },
         Sub::Bench(cli::BenchSub::Concurrent(a)) => Command::BenchConcurrent {
             runs: parse_count("bench concurrent", "--runs <N>", &a.runs, 1)?,
             sleep: parse_duration("bench concurrent", "--sleep <DURATION>", &a.sleep)?,
+            sandbox: bench_wall(&a.sandbox, a.image),
         },
         Sub::Bench(cli::BenchSub::Dispatch(a)) => Command::BenchDispatch {
             runs: parse_count("bench dispatch", "--runs <N>", &a.runs, 1)?,
+            kinds: parse_kinds("bench dispatch", &a.sandbox, &a.image)?,
+            files: parse_count("bench dispatch", "--files <N>", &a.files, 1)?,
         },
         Sub::Bench(cli::BenchSub::Check(a)) => Command::BenchCheck {
             runs: parse_count("bench check", "--runs <N>", &a.runs, 1)?,
@@ -634,6 +640,52 @@ fn parse_count(subcommand: &str, arg: &str, value: &str, min: usize) -> Result<u
             format!("expected a whole number of at least {min}"),
         )),
     }
+}
+
+/// The wall of a bench's runs from its `--sandbox` (`bwrap` or `docker`, checked by
+/// clap) and `--image`.
+fn bench_wall(kind: &str, image: String) -> crate::bench::BenchSandbox {
+    match kind {
+        "docker" => crate::bench::BenchSandbox::Docker(image),
+        _ => crate::bench::BenchSandbox::Bwrap,
+    }
+}
+
+/// A comma-separated list of sandbox kinds (`none`, `bwrap`, `docker`), each once.
+fn parse_kinds(
+    subcommand: &str,
+    value: &str,
+    image: &str,
+) -> Result<Vec<crate::bench::BenchSandbox>, UsageError> {
+    use crate::bench::BenchSandbox;
+    let mut kinds: Vec<BenchSandbox> = Vec::new();
+    for name in value.split(',').map(str::trim) {
+        let kind = match name {
+            "none" => BenchSandbox::None,
+            "bwrap" => BenchSandbox::Bwrap,
+            "docker" => BenchSandbox::Docker(image.to_string()),
+            other => {
+                return Err(bad(
+                    subcommand,
+                    "--sandbox <KINDS>",
+                    value,
+                    format!(
+                        "unknown kind {other:?}: expected none, bwrap or docker, comma-separated"
+                    ),
+                ));
+            }
+        };
+        if kinds.contains(&kind) {
+            return Err(bad(
+                subcommand,
+                "--sandbox <KINDS>",
+                value,
+                format!("{name} is named twice"),
+            ));
+        }
+        kinds.push(kind);
+    }
+    Ok(kinds)
 }
 
 fn parse_id(subcommand: &str, value: &str) -> Result<JobId, UsageError> {

@@ -44,6 +44,9 @@ pub const SANDBOX_UID: u32 = 10000;
 pub const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
 /// The image of runs that name none, unless configured otherwise.
 pub const DEFAULT_IMAGE: &str = "gantry-agent:latest";
+/// How long a restarted factory waits for an engine that does not answer before it
+/// lets its recorded container runs go, unless configured otherwise.
+pub const DEFAULT_ENGINE_WAIT: Duration = Duration::from_secs(600);
 
 /// How long one call to the engine may take (waiting for a container excepted).
 const API_TIMEOUT: Duration = Duration::from_secs(30);
@@ -66,6 +69,10 @@ pub struct DockerConfig {
     /// Whether jobs that ask for no sandbox kind run in Docker (else in the factory's
     /// process sandbox).
     pub default: bool,
+    /// How long a restarted factory keeps the leases of its recorded container runs
+    /// while the engine does not answer, waiting to adopt them; past it, it lets them
+    /// go (their processes killed, their leases left to expire).
+    pub engine_wait: Duration,
 }
 
 impl Default for DockerConfig {
@@ -74,6 +81,7 @@ impl Default for DockerConfig {
             socket: PathBuf::from(DEFAULT_SOCKET),
             image: DEFAULT_IMAGE.to_string(),
             default: false,
+            engine_wait: DEFAULT_ENGINE_WAIT,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! then claim a job whenever a seat is free and run it.
 
 use crate::admission::{self, Admission};
+use crate::engine_wait::adopt_when_engine_answers;
 use crate::heartbeat;
 use crate::process;
 use crate::record::{self, RunRecord};
@@ -58,6 +59,10 @@ pub struct AdoptReport {
     pub dropped: Vec<(JobId, RunId)>,
     /// Record files that could not be read; they were removed.
     pub unreadable: Vec<PathBuf>,
+    /// Runs in containers whose lease held but whose Docker engine did not answer:
+    /// their leases are kept and they are adopted once the engine answers (or let go
+    /// after [`crate::DockerConfig::engine_wait`]), never reported failed for it.
+    pub awaiting_engine: Vec<(JobId, RunId)>,
 }
 
 /// Whether a recorded run's lease still holds.
@@ -224,6 +229,15 @@ impl Factory {
             };
             let ids = (rec.claim.job.id, rec.claim.run.id);
             let why = match verdict {
+                // A factory restarted without the docker sandbox cannot watch a
+                // container: it lets the run go (the agent did not fail).
+                Verdict::Valid { .. }
+                    if rec.process.is_none()
+                        && rec.container.is_some()
+                        && self.cfg.docker.is_none() =>
+                {
+                    "the run is in a container and this factory no longer runs docker".to_string()
+                }
                 Verdict::Valid { renewed_at, stop }
                     if rec.process.is_some() || rec.container.is_some() =>
                 {
@@ -232,6 +246,12 @@ impl Factory {
                         tracing::warn!(job = %ids.0, run = %ids.1, seats = self.cfg.seats, "more runs to adopt than seats; adopting it anyway");
                     }
                     tracing::info!(job = %ids.0, run = %ids.1, "adopting run");
+                    // A run in a container whose engine does not answer (yet) keeps
+                    // its lease until it does: see `engine_wait`.
+                    let waits = match (&rec.process, &self.docker, &self.cfg.docker) {
+                        (None, None, Some(d)) => Some((d.socket.clone(), d.engine_wait)),
+                        _ => None,
+                    };
                     let adoption = Adoption {
                         guard: LiveGuard::new(&rec.worktree),
                         record: rec,
@@ -239,11 +259,22 @@ impl Factory {
                         stop,
                     };
                     let ctx = self.ctx();
-                    self.runs.spawn(async move {
-                        adopt_run(ctx, adoption).await;
-                        drop(permit);
-                    });
-                    report.adopted.push(ids);
+                    match waits {
+                        Some((socket, wait)) => {
+                            self.runs.spawn(async move {
+                                adopt_when_engine_answers(ctx, adoption, socket, wait).await;
+                                drop(permit);
+                            });
+                            report.awaiting_engine.push(ids);
+                        }
+                        None => {
+                            self.runs.spawn(async move {
+                                adopt_run(ctx, adoption).await;
+                                drop(permit);
+                            });
+                            report.adopted.push(ids);
+                        }
+                    }
                     continue;
                 }
                 Verdict::Valid { .. } => {
@@ -275,8 +306,11 @@ impl Factory {
             match or_shutdown(&mut shutdown, self.adopt()).await {
                 Waited::Done(report) => {
                     let report = report?;
-                    if !report.adopted.is_empty() || !report.dropped.is_empty() {
-                        tracing::info!(adopted = ?report.adopted, dropped = ?report.dropped, "runs of a previous factory");
+                    if !report.adopted.is_empty()
+                        || !report.dropped.is_empty()
+                        || !report.awaiting_engine.is_empty()
+                    {
+                        tracing::info!(adopted = ?report.adopted, dropped = ?report.dropped, awaiting_engine = ?report.awaiting_engine, "runs of a previous factory");
                     }
                 }
                 Waited::Shutdown => {
@@ -489,7 +523,11 @@ async fn decide(coord: &dyn Coordinator, claim: &Claim) -> Verdict {
 
 /// Kills what is left of a recorded run that is not ours any more, and removes its
 /// worktree and record (its artifacts stay, its output files redacted).
-async fn drop_run(cfg: &FactoryConfig, docker: Option<&crate::docker::Engine>, rec: &RunRecord) {
+pub(crate) async fn drop_run(
+    cfg: &FactoryConfig,
+    docker: Option<&crate::docker::Engine>,
+    rec: &RunRecord,
+) {
     match (&rec.process, &rec.container) {
         (Some(p), _) if process::group_is_run(p) => process::kill_group_and_wait(p.pgid).await,
         (Some(_), _) => {}
@@ -502,7 +540,10 @@ async fn drop_run(cfg: &FactoryConfig, docker: Option<&crate::docker::Engine>, r
                 }
             }
             None => {
-                tracing::warn!(container = %id, "no Docker engine to remove the dropped run's container")
+                // Its processes are the host's too: they carry the run's ids in their
+                // environment. The container itself goes with the next sweep.
+                tracing::warn!(container = %id, "no Docker engine to remove the dropped run's container; killing its processes");
+                process::kill_run_processes(rec.claim.job.id, rec.claim.run.id).await;
             }
         },
         (None, None) => process::kill_run_processes(rec.claim.job.id, rec.claim.run.id).await,

@@ -22,6 +22,7 @@ pub mod admission;
 pub mod agent;
 pub mod docker;
 pub mod egress;
+mod engine_wait;
 mod factory;
 pub mod gate;
 mod heartbeat;

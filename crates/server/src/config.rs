@@ -164,6 +164,10 @@ pub struct FactorySection {
     /// Whether hosts a job allows may resolve to loopback, private or link-local
     /// addresses (default false: a job must not reach the factory's own services).
     pub egress_private_for_jobs: Option<bool>,
+    /// How long a restarted factory keeps the leases of its container runs while the
+    /// engine does not answer, e.g. `"10m"` (the default).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub docker_engine_wait: Option<Duration>,
 }
 
 /// `[engines]`.

@@ -342,6 +342,7 @@ impl SandboxSettings {
                 .or_else(|| file.docker_image.clone())
                 .unwrap_or(fallback.image),
             default,
+            engine_wait: file.docker_engine_wait.unwrap_or(fallback.engine_wait),
         })
     }
 

@@ -14,10 +14,7 @@ use std::time::Duration;
 /// `gantry bench check [--runs N]`: `runs` jobs of each kind, one at a time, after one
 /// warm-up each; the last line is `check_p50_ms=<x> nogate_p50_ms=<y>`.
 pub async fn run(runs: usize) -> Result<(), CliError> {
-    let tmp = tempfile::Builder::new()
-        .prefix("gantry-check-")
-        .tempdir()
-        .map_err(|e| CliError::local("cannot create a temp dir").cause(e.to_string()))?;
+    let tmp = super::temp_dir("gantry-check-")?;
     let root = tmp.path();
     let repo = root.join("repo");
     init_repo(&repo, &[("README.md", "# bench\n")]).await?;

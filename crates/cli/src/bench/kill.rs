@@ -2,7 +2,7 @@
 //! of the run is left, for runs in bubblewrap (the process group gone) or in a Docker
 //! container (no process whose environment names the run, the container removed).
 
-use super::{bench_server_with, percentile};
+use super::{BenchSandbox, bench_server_with, percentile};
 use crate::error::{CliError, Kind, from_client};
 use crate::gitutil::init_repo;
 use crate::output;
@@ -13,36 +13,17 @@ use gantry_protocol::{SubmitFile, SubmitRequest};
 use std::path::Path;
 use std::time::Duration;
 
-/// What the killed runs run in: bubblewrap, or containers of this image.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KillSandbox {
-    /// The default process sandbox.
-    Bwrap,
-    /// A container per run, of this image.
-    Docker(String),
-}
-
 /// `gantry bench kill --runs N [--sandbox docker --image IMAGE]`.
-pub async fn kill(runs: usize, sandbox: KillSandbox) -> Result<(), CliError> {
-    let tmp = tempfile::Builder::new()
-        .prefix("gantry-kill-")
-        .tempdir()
-        .map_err(|e| CliError::local("cannot create a temp dir").cause(e.to_string()))?;
+pub async fn kill(runs: usize, sandbox: BenchSandbox) -> Result<(), CliError> {
+    let tmp = super::temp_dir("gantry-kill-")?;
     let root = tmp.path();
     let repo = root.join("repo");
     init_repo(&repo, &[("README.md", "# kill bench\n")]).await?;
-    let mut settings = gantry_server::SandboxSettings {
-        read_write: vec![root.to_path_buf()],
-        ..gantry_server::SandboxSettings::default()
-    };
     let what = match &sandbox {
-        KillSandbox::Bwrap => "bwrap; kill request -> no process of the run's group left",
-        KillSandbox::Docker(image) => {
-            settings.docker = true;
-            settings.docker_image = Some(image.clone());
-            "docker; kill request -> no process of the run's container left"
-        }
+        BenchSandbox::Docker(_) => "docker; kill request -> no process of the run's container left",
+        _ => "bwrap; kill request -> no process of the run's group left",
     };
+    let settings = sandbox.settings(root);
     let timing = (Duration::from_secs(30), Duration::from_secs(1));
     let (server, client) = bench_server_with(root, 1, timing, settings).await?;
     output::line(format!(
@@ -72,16 +53,13 @@ async fn measure_kills(
     client: &Client,
     repo: &Path,
     runs: usize,
-    sandbox: &KillSandbox,
+    sandbox: &BenchSandbox,
 ) -> Result<Vec<f64>, CliError> {
     let api = |e| from_client(e, client.base());
     // Two children that ignore SIGTERM, one grandchild; the shell waits for them.
     let script = "trap \"\" TERM; (trap \"\" TERM; sleep 300 & sleep 300; wait) & sleep 300 & wait";
     let mut out = Vec::with_capacity(runs);
-    let wall = match sandbox {
-        KillSandbox::Bwrap => String::new(),
-        KillSandbox::Docker(image) => format!("sandbox: {{ kind: docker, image: {image} }}\n"),
-    };
+    let wall = sandbox.job_field();
     for i in 0..runs {
         let req = SubmitRequest {
             jobs: vec![SubmitFile {
@@ -112,8 +90,8 @@ async fn measure_kills(
             });
             if let Some((run, started)) = started {
                 let tree = match sandbox {
-                    KillSandbox::Bwrap => Tree::Group(i64::from(started.pid)),
-                    KillSandbox::Docker(_) => Tree::Run(id, run),
+                    BenchSandbox::Docker(_) => Tree::Run(id, run),
+                    _ => Tree::Group(i64::from(started.pid)),
                 };
                 if tree.live() >= 4 {
                     break tree;

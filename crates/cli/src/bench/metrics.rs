@@ -31,10 +31,7 @@ pub async fn run(jobs: usize, scrapes: usize, url: Option<String>) -> Result<(),
             "PostgreSQL store".to_string(),
         ),
         None => {
-            let tmp = tempfile::Builder::new()
-                .prefix("gantry-bench-")
-                .tempdir()
-                .map_err(|e| CliError::local("cannot create a temp dir").cause(e.to_string()))?;
+            let tmp = super::temp_dir("gantry-bench-")?;
             let path = tmp.path().join("bench.db");
             let store = SqliteStore::open(&path).map_err(|e| {
                 CliError::local(format!("cannot open a SQLite store at {}", path.display()))

@@ -1,8 +1,14 @@
 //! `gantry bench queue`, `dispatch`, `kill`, `concurrent` and `metrics` print their
-//! machine-readable last line.
+//! machine-readable last line (in bwrap and in docker where they take `--sandbox`).
 
 use crate::harness::{gantry, run_with_timeout};
 use std::time::Duration;
+
+/// The image of docker benches, built by `./scripts/test`.
+fn docker_image() -> String {
+    std::env::var("GANTRY_TEST_DOCKER_IMAGE")
+        .unwrap_or_else(|_| "gantry-test-agent:latest".to_string())
+}
 
 /// Parses `k1=<f64> k2=<f64> ...` with exactly these keys in this order.
 fn parse_kv(line: &str, keys: &[&str]) -> Vec<f64> {
@@ -87,15 +93,75 @@ fn bench_queue_refuses_an_existing_db() {
 #[test]
 fn bench_dispatch_prints_the_last_line() {
     let mut c = gantry();
-    c.args(["bench", "dispatch", "--runs", "3"]);
+    c.args(["bench", "dispatch", "--runs", "3", "--files", "50"]);
     let out = run_with_timeout(c, Duration::from_secs(300));
     out.ok();
     let last = out.stdout.lines().last().unwrap_or_default();
-    let v = parse_kv(last, &["dispatch_p50_ms", "baseline_p50_ms", "ratio"]);
-    assert!(v[0] > 0.0 && v[1] > 0.0, "{last}");
+    let v = parse_kv(
+        last,
+        &[
+            "none_p50_ms",
+            "none_p99_ms",
+            "none_floor_p50_ms",
+            "none_floor_p99_ms",
+            "bwrap_p50_ms",
+            "bwrap_p99_ms",
+            "bwrap_floor_p50_ms",
+            "bwrap_floor_p99_ms",
+        ],
+    );
+    assert!(v.iter().all(|x| *x > 0.0), "{last}");
+    assert!(v[0] <= v[1] && v[4] <= v[5], "p50 <= p99: {last}");
     assert!(
-        out.stdout.contains("baseline  p50") && out.stdout.contains("dispatch  p50"),
+        out.stdout.contains("repository of 50 files")
+            && out.stdout.contains("bwrap over a run without a sandbox"),
         "says what it measures\n{out}"
+    );
+}
+
+/// Every kind, docker included: each kind's floor and dispatch, and the handover of
+/// the worktree to the container's user and back (the bench runs as root here).
+#[test]
+fn issue12_bench_dispatch_in_docker_prints_the_handover() {
+    let mut c = gantry();
+    c.args(["bench", "dispatch", "--runs", "2", "--files", "200"]);
+    c.args(["--sandbox", "docker,none", "--image", &docker_image()]);
+    let out = run_with_timeout(c, Duration::from_secs(300));
+    out.ok();
+    let last = out.stdout.lines().last().unwrap_or_default();
+    let v = parse_kv(
+        last,
+        &[
+            "docker_p50_ms",
+            "docker_p99_ms",
+            "docker_floor_p50_ms",
+            "docker_floor_p99_ms",
+            "none_p50_ms",
+            "none_p99_ms",
+            "none_floor_p50_ms",
+            "none_floor_p99_ms",
+            "handover_p50_ms",
+            "reclaim_p50_ms",
+        ],
+    );
+    assert!(v[..8].iter().all(|x| *x > 0.0), "{last}");
+    assert!(
+        out.stdout
+            .contains("docker worktree handover (200 files): to uid 10000")
+            && out.stdout.contains("docker over a run without a sandbox"),
+        "{out}"
+    );
+}
+
+#[test]
+fn bench_dispatch_refuses_an_unknown_kind_naming_it() {
+    let mut c = gantry();
+    c.args(["bench", "dispatch", "--sandbox", "bwrap,podman"]);
+    let out = run_with_timeout(c, Duration::from_secs(60));
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("--sandbox") && out.stderr.contains("podman"),
+        "{out}"
     );
 }
 
@@ -132,8 +198,7 @@ fn issue3_bench_kill_prints_the_last_line() {
 /// prepares; fails without them.
 #[test]
 fn issue12_bench_kill_in_docker_prints_the_last_line() {
-    let image = std::env::var("GANTRY_TEST_DOCKER_IMAGE")
-        .unwrap_or_else(|_| "gantry-test-agent:latest".to_string());
+    let image = docker_image();
     let mut c = gantry();
     c.args(["bench", "kill", "--runs", "3", "--sandbox", "docker"]);
     c.args(["--image", &image]);
@@ -160,4 +225,25 @@ fn issue3_bench_concurrent_prints_the_last_line() {
     assert_eq!(v[0], 8.0, "{last}");
     assert!(v[1] > 0.0, "the bench's own process counts: {last}");
     assert!(v[2] <= v[3], "{last}");
+}
+
+/// Concurrent runs each in a container: the bench waits until every container runs,
+/// polls the API meanwhile and checks that every run succeeded (it fails otherwise).
+#[test]
+fn issue12_bench_concurrent_in_docker_prints_the_last_line() {
+    let mut c = gantry();
+    c.args(["bench", "concurrent", "--runs", "4", "--sleep", "20s"]);
+    c.args(["--sandbox", "docker", "--image", &docker_image()]);
+    let out = run_with_timeout(c, Duration::from_secs(300));
+    out.ok();
+    let last = out.stdout.lines().last().unwrap_or_default();
+    let v = parse_kv(last, &["runs", "total_rss_mb", "api_p50_ms", "api_p99_ms"]);
+    assert_eq!(v[0], 4.0, "{last}");
+    assert!(v[1] > 0.0 && v[2] <= v[3], "{last}");
+    assert!(
+        out.stdout.contains("a docker container each")
+            && out.stdout.contains("high-water mark")
+            && out.stdout.contains("all 4 runs ended succeeded"),
+        "{out}"
+    );
 }

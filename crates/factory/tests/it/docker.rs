@@ -49,23 +49,23 @@ pub fn docker_config(data: &Path) -> FactoryConfig {
 }
 
 /// A job running `script` with `sh -c` in a container set up by `sandbox`.
-fn job(repo: &Path, script: &str, sandbox: impl FnOnce(&mut SandboxSpec)) -> JobSpec {
+pub(crate) fn job(repo: &Path, script: &str, sandbox: impl FnOnce(&mut SandboxSpec)) -> JobSpec {
     sandboxed_job(SandboxKind::Docker, repo, script, sandbox)
 }
 
 /// A factory with the docker sandbox over its own coordinator, source repo and data
 /// dir, all in one temp dir. Tests that look for a run's processes by the ids in their
 /// environment give their jobs ids no other test of this binary uses.
-struct World {
-    tmp: tempfile::TempDir,
-    repo: PathBuf,
-    data: PathBuf,
-    coord: Arc<TestCoord>,
-    engine: Engine,
+pub(crate) struct World {
+    pub tmp: tempfile::TempDir,
+    pub repo: PathBuf,
+    pub data: PathBuf,
+    pub coord: Arc<TestCoord>,
+    pub engine: Engine,
 }
 
 impl World {
-    async fn new() -> World {
+    pub async fn new() -> World {
         // As `gantry serve` and `gantry factory` do: the factory's files are private
         // to its user, and the container's user must still read its prompt and script.
         gantry_factory::private_files();
@@ -88,7 +88,7 @@ impl World {
     }
 
     /// The containers this world's factories started, still on the engine.
-    async fn containers(&self) -> Vec<String> {
+    pub async fn containers(&self) -> Vec<String> {
         let data = std::path::absolute(&self.data).expect("absolute");
         self.engine
             .containers_of(&data)
@@ -100,7 +100,7 @@ impl World {
     }
 
     /// The worktree of attempt 1 of `job`.
-    fn worktree(&self, job: i64) -> PathBuf {
+    pub fn worktree(&self, job: i64) -> PathBuf {
         std::path::absolute(gantry_factory::worktree_dir(&self.data, JobId(job), 1))
             .expect("absolute")
     }
@@ -515,6 +515,7 @@ async fn a_factory_whose_default_is_docker_does_not_start_without_an_engine() {
         socket: tmp.path().join("no-such-docker.sock"),
         image: image(),
         default: true,
+        ..DockerConfig::default()
     });
     let coord = Arc::new(TestCoord::default());
     let (_tx, task) = spawn_factory(coord.clone(), cfg.clone());

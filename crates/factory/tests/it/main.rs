@@ -6,6 +6,7 @@ mod agent;
 mod checking;
 mod docker;
 mod egress;
+mod docker_away;
 mod engines;
 mod escape;
 mod gates;

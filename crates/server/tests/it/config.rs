@@ -189,7 +189,7 @@ fn issue12_a_relative_secrets_file_is_taken_from_the_config_files_directory() {
 fn issue12_the_factory_sandbox_keys_and_flags_make_the_docker_config() {
     let cfg = ConfigFile::parse(
         Path::new("g.toml"),
-        "[factory]\nsandbox = \"docker\"\ndocker_image = \"my-agent:1\"\n",
+        "[factory]\nsandbox = \"docker\"\ndocker_image = \"my-agent:1\"\ndocker_engine_wait = \"2m\"\n",
     )
     .expect("valid");
     let flags = gantry_server::SandboxSettings::default();
@@ -197,6 +197,7 @@ fn issue12_the_factory_sandbox_keys_and_flags_make_the_docker_config() {
     assert!(docker.default, "docker is the default sandbox");
     assert_eq!(docker.image, "my-agent:1");
     assert_eq!(docker.socket, Path::new("/var/run/docker.sock"));
+    assert_eq!(docker.engine_wait, std::time::Duration::from_secs(120));
     // A flag wins over the file; `--docker` offers it without making it the default.
     let flags = gantry_server::SandboxSettings {
         docker: true,
@@ -209,6 +210,11 @@ fn issue12_the_factory_sandbox_keys_and_flags_make_the_docker_config() {
     assert!(!docker.default);
     assert_eq!(docker.image, "flag-agent:2");
     assert_eq!(
+        docker.engine_wait,
+        gantry_factory::docker::DEFAULT_ENGINE_WAIT,
+        "ten minutes unless set"
+    );
+    assert_eq!(
         gantry_server::SandboxSettings::default().docker_config(&ConfigFile::default().factory),
         None,
         "off unless asked for"
@@ -216,6 +222,8 @@ fn issue12_the_factory_sandbox_keys_and_flags_make_the_docker_config() {
     let message = invalid("[factory]\nsandbox = \"none\"\n");
     assert!(message.contains("factory.sandbox"), "{message}");
     assert!(message.contains("--allow-unsandboxed-jobs"), "{message}");
+    let message = invalid("[factory]\ndocker_engine_wait = \"soon\"\n");
+    assert!(message.contains("docker_engine_wait"), "{message}");
     let message = invalid("[factory]\ndocker_imgae = \"x\"\n");
     assert!(message.contains("docker_imgae"), "{message}");
 }
