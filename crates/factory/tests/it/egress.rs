@@ -324,7 +324,12 @@ async fn an_adopted_model_run_reaches_the_new_factorys_proxy(kind: SandboxKind) 
     ))
     .expect("absolute")
     .join("egress/sock");
-    wait_for(|| std::os::unix::net::UnixStream::connect(&socket).ok().map(drop)).await;
+    wait_for(|| {
+        std::os::unix::net::UnixStream::connect(&socket)
+            .ok()
+            .map(drop)
+    })
+    .await;
     let worktree = std::path::absolute(gantry_factory::worktree_dir(
         &place.data,
         gantry_core::JobId(1),
