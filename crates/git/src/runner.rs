@@ -166,8 +166,18 @@ pub(crate) fn repo_arg(repo: &str) -> std::ffi::OsString {
 }
 
 pub(crate) async fn update_refs(dir: &Path, stdin_text: &str) -> Result<()> {
+    git_stdin(dir, ["update-ref", "--stdin"], stdin_text).await
+}
+
+/// Runs `git args...` in `dir` with `stdin_text` as its standard input; a non-zero exit
+/// is an error carrying git's standard error.
+pub(crate) async fn git_stdin<I, S>(dir: &Path, args: I, stdin_text: &str) -> Result<()>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
     use tokio::io::AsyncWriteExt;
-    let (mut cmd, shown) = git_command(dir, ["update-ref", "--stdin"]);
+    let (mut cmd, shown) = git_command(dir, args);
     let mut child = cmd
         .stdin(Stdio::piped())
         .stdout(Stdio::null())

@@ -5,7 +5,7 @@
 use crate::cache::{SOURCE_HEAD_REF, cache_dir, cache_lock, ensure_cache};
 use crate::check;
 use crate::error::{Result, WorkspaceError, io_err};
-use crate::runner::{absolute, git, git_status, resolve_commit};
+use crate::runner::{absolute, git, git_stdin, resolve_commit};
 use std::collections::HashSet;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -130,22 +130,31 @@ pub async fn prepare(
         force_remove(&cache, path, "cannot remove the old worktree").await?;
         git(&cache, ["worktree", "prune"]).await?;
     }
+    let staging = staging_dir(path);
+    if tokio::fs::symlink_metadata(&staging).await.is_ok() {
+        tokio::fs::remove_dir_all(&staging)
+            .await
+            .map_err(io_err("cannot remove the old staging directory", &staging))?;
+    }
     // `worktree add` resolves the base itself: one git process instead of a rev-parse
     // before it, which matters because this is on the path from claim to process start.
-    let added = git(
-        &cache,
-        [
-            OsStr::new("worktree"),
-            OsStr::new("add"),
-            OsStr::new("--quiet"),
-            OsStr::new("--no-track"),
-            OsStr::new("-B"),
-            OsStr::new(branch),
-            path.as_os_str(),
-            OsStr::new(rev),
-        ],
-    )
-    .await;
+    // The agent's own repository is made beside it at the same time.
+    let (added, staged) = tokio::join!(
+        git(
+            &cache,
+            [
+                OsStr::new("worktree"),
+                OsStr::new("add"),
+                OsStr::new("--quiet"),
+                OsStr::new("--no-track"),
+                OsStr::new("-B"),
+                OsStr::new(branch),
+                path.as_os_str(),
+                OsStr::new(rev),
+            ],
+        ),
+        stage_agent_repo(&cache, &staging, rev, branch),
+    );
     match added {
         Ok(_) => {}
         Err(WorkspaceError::Git { stderr, .. })
@@ -167,8 +176,88 @@ pub async fn prepare(
             });
         }
     };
-    agent_repo(&cache, path, branch).await?;
+    let staged = staged?;
+    // Both resolved `rev` in the cache under its lock: they cannot differ.
+    if staged != base_commit {
+        return Err(WorkspaceError::Invalid {
+            field: "the agent's repository",
+            value: staged,
+            reason: format!("the worktree was made at {base_commit}"),
+        });
+    }
+    agent_repo(path, &staging).await?;
     Ok(Prepared { cache, base_commit })
+}
+
+/// Where the agent's own repository of the worktree at `path` is made before it moves
+/// in: beside the worktree, on the same file system.
+fn staging_dir(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".agent-git");
+    path.with_file_name(name)
+}
+
+/// Makes, in `staging`, the repository the agent's worktree will have as its own: the
+/// commit `rev` names in `cache` with its tree and nothing else (shallow), on `branch`.
+/// Returns the commit.
+///
+/// The objects are packed straight from the cache into the new repository: one
+/// `pack-objects` of the commit's objects instead of a fetch (an upload-pack and an
+/// index-pack talking a protocol), which is on the path from claim to process start.
+async fn stage_agent_repo(cache: &Path, staging: &Path, rev: &str, branch: &str) -> Result<String> {
+    tokio::fs::create_dir_all(staging)
+        .await
+        .map_err(io_err("cannot create directory", staging))?;
+    let commit_of = format!("{rev}^{{commit}}");
+    let (init, objects) = tokio::join!(
+        git(
+            staging,
+            ["init", "--quiet", "--template=", "--initial-branch", branch,],
+        ),
+        git(
+            cache,
+            [
+                "rev-list",
+                "--objects",
+                "--no-walk",
+                "--end-of-options",
+                &commit_of
+            ],
+        ),
+    );
+    init?;
+    let objects = objects?;
+    // The first object `rev-list --objects` names is the commit itself.
+    let commit = objects
+        .lines()
+        .next()
+        .and_then(|l| l.split(' ').next())
+        .unwrap_or_default()
+        .to_string();
+    crate::refs::check_full_commit("the commit git rev-list named", &commit)?;
+    let git_dir = staging.join(".git");
+    let pack_base = git_dir.join("objects/pack/pack");
+    git_stdin(
+        cache,
+        [
+            OsStr::new("pack-objects"),
+            OsStr::new("-q"),
+            pack_base.as_os_str(),
+        ],
+        &objects,
+    )
+    .await?;
+    // The repository holds no parent of the commit: `shallow` says so to git.
+    let shallow = git_dir.join("shallow");
+    tokio::fs::write(&shallow, format!("{commit}\n"))
+        .await
+        .map_err(io_err("cannot write", &shallow))?;
+    git(
+        staging,
+        ["update-ref", &format!("refs/heads/{branch}"), &commit],
+    )
+    .await?;
+    Ok(commit)
 }
 
 /// Takes the lock of `repo`'s cache (held until the guard is dropped), brings the cache
@@ -220,8 +309,9 @@ pub async fn fetch_base(data_dir: &Path, repo: &str, base: Option<&str>) -> Resu
 }
 
 /// Gives the worktree `path` a repository of its own for the agent, in place of the
-/// `.git` file that links it to the cache: a shallow clone of `branch` (the attempt's
-/// start), with the index matching the checkout so that `git status` is clean.
+/// `.git` file that links it to the cache: the shallow repository of the attempt's
+/// start made in `staging` ([`stage_agent_repo`]), with the index matching the
+/// checkout so that `git status` is clean.
 ///
 /// The cache holds every job's branches and objects, so it must stay out of the
 /// sandbox; yet agents expect `git status`, `git diff` and `git commit` to work in
@@ -229,40 +319,21 @@ pub async fn fetch_base(data_dir: &Path, repo: &str, base: Option<&str>) -> Resu
 /// commits the worktree's files through the cache's own record of the worktree
 /// ([`worktree_env`]): what an agent does to its repository (commits, a moved HEAD,
 /// hostile configuration) changes nothing of what the attempt delivers.
-async fn agent_repo(cache: &Path, path: &Path, branch: &str) -> Result<()> {
+async fn agent_repo(path: &Path, staging: &Path) -> Result<()> {
     let dot_git = path.join(".git");
     tokio::fs::remove_file(&dot_git)
         .await
         .map_err(io_err("cannot replace the worktree's link", &dot_git))?;
-    git(
-        path,
-        [
-            OsStr::new("init"),
-            OsStr::new("--quiet"),
-            OsStr::new("--template="),
-            OsStr::new("--initial-branch"),
-            OsStr::new(branch),
-        ],
-    )
-    .await?;
-    let refspec = format!("+refs/heads/{branch}:refs/heads/{branch}");
-    git(
-        path,
-        [
-            OsStr::new("fetch"),
-            OsStr::new("--quiet"),
-            OsStr::new("--depth=1"),
-            OsStr::new("--no-tags"),
-            OsStr::new("--update-head-ok"),
-            cache.as_os_str(),
-            OsStr::new(&refspec),
-        ],
-    )
-    .await?;
-    git(path, ["read-tree", "HEAD"]).await?;
-    // Stat data in the fresh index is empty: one refresh makes `git status` fast and
-    // quiet. A refresh that finds differences exits 1, which is not an error here.
-    git_status(path, ["update-index", "-q", "--refresh"], &[]).await?;
+    let staged = staging.join(".git");
+    tokio::fs::rename(&staged, &dot_git)
+        .await
+        .map_err(io_err("cannot move the agent's repository into", path))?;
+    tokio::fs::remove_dir(staging)
+        .await
+        .map_err(io_err("cannot remove", staging))?;
+    // The index from HEAD, with the stat data of the files `worktree add` wrote, so
+    // that `git status` is fast and quiet: one `reset` is a `read-tree` and a refresh.
+    git(path, ["reset", "--quiet"]).await?;
     Ok(())
 }
 
