@@ -4,7 +4,7 @@
 use crate::cache::{CacheUsage, cache_lock, cache_usage, caches};
 use crate::error::{Result, WorkspaceError, io_err};
 use crate::runner::{absolute, git};
-use crate::worktree::live_worktrees;
+use crate::worktree::{STAGING_SUFFIX, live_worktrees};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
@@ -64,7 +64,15 @@ pub async fn prune(data_dir: &Path, recorded: &[PathBuf]) -> Result<PruneReport,
             let path = entry.path();
             let is_dir = entry.file_type().await.is_ok_and(|t| t.is_dir());
             if is_dir {
-                if live.contains(&absolute(&path)) {
+                // A live worktree's agent repository may be being made beside it.
+                let owner = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(STAGING_SUFFIX))
+                    .map(|n| path.with_file_name(n));
+                if live.contains(&absolute(&path))
+                    || owner.is_some_and(|o| live.contains(&absolute(&o)))
+                {
                     continue;
                 }
                 tokio::fs::remove_dir_all(&path)

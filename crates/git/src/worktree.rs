@@ -191,11 +191,14 @@ pub async fn prepare(
 
 /// Where the agent's own repository of the worktree at `path` is made before it moves
 /// in: beside the worktree, on the same file system.
-fn staging_dir(path: &Path) -> PathBuf {
+pub(crate) fn staging_dir(path: &Path) -> PathBuf {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".agent-git");
+    name.push(STAGING_SUFFIX);
     path.with_file_name(name)
 }
+
+/// The suffix of [`staging_dir`]'s name: what `prune` keeps while its worktree is live.
+pub(crate) const STAGING_SUFFIX: &str = ".agent-git";
 
 /// Makes, in `staging`, the repository the agent's worktree will have as its own: the
 /// commit `rev` names in `cache` with its tree and nothing else (shallow), on `branch`.

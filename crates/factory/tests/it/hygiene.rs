@@ -52,6 +52,8 @@ async fn issue3_leftovers_are_pruned_at_start_and_cache_use_is_reported() {
     let work = data.join("work");
     std::fs::create_dir_all(work.join("77-a1/sub")).expect("leftover worktree");
     std::fs::write(work.join("77-a1.pid"), "{}").expect("leftover pid file");
+    // The agent repository a crash left half made beside its worktree.
+    std::fs::create_dir_all(work.join("77-a1.agent-git/.git")).expect("leftover staging");
     // A clone interrupted by a process that is gone (pids never reach 999999999).
     let stale_clone = data.join("repos/.tmp-src-repo-abc-999999999");
     std::fs::create_dir_all(&stale_clone).expect("stale clone");
@@ -65,6 +67,10 @@ async fn issue3_leftovers_are_pruned_at_start_and_cache_use_is_reported() {
     assert_eq!(r.outcome, Some(Outcome::Succeeded));
     assert!(!work.join("77-a1").exists(), "leftover worktree pruned");
     assert!(!work.join("77-a1.pid").exists(), "leftover pid file pruned");
+    assert!(
+        !work.join("77-a1.agent-git").exists(),
+        "leftover staging pruned"
+    );
     assert!(!stale_clone.exists(), "stale clone pruned");
 
     let usage = workspace::cache_usage(&data).await.expect("usage");
@@ -102,4 +108,27 @@ async fn issue3_a_remote_repo_is_fetched_before_each_run() {
     assert_eq!(usage.len(), 1);
     assert_eq!(usage[0].path, workspace::cache_dir(&h.data, &url));
     h.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prune_keeps_the_agent_repository_being_made_beside_a_live_worktree() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let data = tmp.path().join("data");
+    let work = data.join("work");
+    let live = work.join("88-a1");
+    let staging = work.join("88-a1.agent-git");
+    let other = work.join("89-a1.agent-git");
+    for dir in [&live, &staging, &other] {
+        std::fs::create_dir_all(dir.join(".git")).expect("dir");
+    }
+    let guard = gantry_factory::workspace::LiveGuard::new(&live);
+    let report = workspace::prune(&data, &[]).await.expect("prune");
+    assert!(live.exists(), "the live worktree stays");
+    assert!(staging.exists(), "its agent repository being made stays");
+    assert!(
+        !other.exists(),
+        "a staging directory of no live worktree goes"
+    );
+    assert_eq!(report.removed, [other]);
+    drop(guard);
 }
