@@ -68,15 +68,7 @@ impl FactoryProcess {
     /// Starts `gantry factory` for `server` with a token of scope factory, named
     /// `name`, with its data in `data` and `extra` arguments.
     fn start(server: &Server, name: &str, data: &std::path::Path, extra: &[&str]) -> Self {
-        let created = server.cli(&["token", "create", "--name", name, "--scope", "factory"]);
-        created.ok();
-        let token = created
-            .stdout
-            .lines()
-            .find(|l| l.starts_with("gtk_"))
-            .expect("the new token's secret")
-            .trim()
-            .to_string();
+        let token = crate::harness::create_token(server, name, "factory");
         let child = gantry()
             .args([
                 "factory",

@@ -280,19 +280,11 @@ fn issue12_a_secrets_file_others_may_read_stops_serve_and_factory_naming_it() {
 
     let factory_toml = env.tmp.path().join("factory.toml");
     std::fs::write(&factory_toml, &config).expect("write");
-    let mut factory = crate::harness::gantry();
-    factory
-        .args([
-            "--url",
-            "http://127.0.0.1:9",
-            "--token",
-            "gtk_unused",
-            "--data-dir",
-        ])
-        .arg(env.tmp.path().join("factory-data"))
-        .args(["factory", "--config"])
-        .arg(&factory_toml);
-    let out = crate::harness::run_with_timeout(factory, LONG);
+    let out = crate::harness::factory_with_config(
+        &env.tmp.path().join("factory-data"),
+        &factory_toml,
+        LONG,
+    );
     assert_ne!(out.code, Some(0), "{out}");
     assert!(
         out.stderr.contains(&file.display().to_string()) && out.stderr.contains("mode 0644"),

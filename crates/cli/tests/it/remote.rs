@@ -11,15 +11,7 @@ use std::time::Duration;
 /// Creates a factory token named `name` and starts `gantry factory` with it and a data
 /// dir of its own, `data` (as on another machine).
 fn start_factory(server: &Server, name: &str, data: &Path) -> Child {
-    let created = server.cli(&["token", "create", "--name", name, "--scope", "factory"]);
-    created.ok();
-    let token = created
-        .stdout
-        .lines()
-        .find(|l| l.starts_with("gtk_"))
-        .expect("the new token's secret")
-        .trim()
-        .to_string();
+    let token = crate::harness::create_token(server, name, "factory");
     gantry()
         .args([
             "factory",

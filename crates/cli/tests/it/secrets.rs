@@ -320,19 +320,7 @@ fn issue11_a_wrong_secrets_key_in_gantry_toml_stops_serve_and_factory_naming_it(
 
     let bad = env.tmp.path().join("factory.toml");
     std::fs::write(&bad, format!("{ACME_RULE}regex2 = 'x'\n")).expect("write");
-    let mut factory = crate::harness::gantry();
-    factory
-        .args([
-            "--url",
-            "http://127.0.0.1:9",
-            "--token",
-            "gtk_unused",
-            "--data-dir",
-        ])
-        .arg(env.tmp.path().join("factory-data"))
-        .args(["factory", "--config"])
-        .arg(&bad);
-    let out = crate::harness::run_with_timeout(factory, LONG);
+    let out = crate::harness::factory_with_config(&env.tmp.path().join("factory-data"), &bad, LONG);
     assert_ne!(out.code, Some(0), "{out}");
     assert!(
         out.stderr.contains(&bad.display().to_string())

@@ -95,22 +95,7 @@ fn issue12_a_remote_factory_runs_a_job_over_https() {
     let pki = pki(env.tmp.path());
     let mut server = serve_tls(&env, &pki, &["--no-factory"]);
     server.ca_file = Some(pki.ca_file.clone());
-    let created = server.cli(&[
-        "token",
-        "create",
-        "--name",
-        "tls-worker",
-        "--scope",
-        "factory",
-    ]);
-    created.ok();
-    let token = created
-        .stdout
-        .lines()
-        .find(|l| l.starts_with("gtk_"))
-        .expect("the new token's secret")
-        .trim()
-        .to_string();
+    let token = crate::harness::create_token(&server, "tls-worker", "factory");
 
     // Without the CA the factory stops at registration, saying why, instead of
     // retrying forever.

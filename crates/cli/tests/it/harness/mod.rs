@@ -459,6 +459,24 @@ pub fn signal(pid: i32, sig: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
 }
 
+/// Runs `gantry factory --config <config>` with its data in `data` against a server
+/// that is not there: for a configuration the factory must refuse before it connects.
+pub fn factory_with_config(data: &Path, config: &Path, timeout: Duration) -> Out {
+    let mut factory = gantry();
+    factory
+        .args([
+            "--url",
+            "http://127.0.0.1:9",
+            "--token",
+            "gtk_unused",
+            "--data-dir",
+        ])
+        .arg(data)
+        .args(["factory", "--config"])
+        .arg(config);
+    run_with_timeout(factory, timeout)
+}
+
 /// Creates a token named `name` of `scope` through `server`'s CLI; returns its secret.
 #[track_caller]
 pub fn create_token(server: &Server, name: &str, scope: &str) -> String {
